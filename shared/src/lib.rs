@@ -1,0 +1,28 @@
+//! The core of tpv, compiled natively and to wasm32: soft prompts and task prompt vectors
+//! ([`SoftPrompt`]), their arithmetic and merges ([`arith`], [`merge`]), similarity
+//! ([`similarity`]), the versioned run-file format ([`runfile`]) and HF peft interop ([`peft`]).
+//!
+//! No CLI, GPU or UI dependency may enter this crate (checked in CI with `cargo tree`).
+
+pub mod arith;
+pub mod document;
+pub mod error;
+pub mod merge;
+pub mod peft;
+pub mod prompt;
+pub mod runfile;
+pub mod similarity;
+mod st;
+pub mod tensor;
+mod time;
+
+pub use document::{Document, Norms, Summary};
+pub use error::{Error, Result};
+pub use merge::{MergeMethod, SignElection};
+pub use prompt::{Curve, Layout, ModelRef, Operand, OriginRef, PromptKind, PromptMeta, SoftPrompt, TaskType};
+pub use runfile::{FORMAT_NAME, FORMAT_VERSION, FileKind};
+pub use similarity::Measure;
+pub use tensor::PromptTensor;
+
+/// The version of tpv, stamped into every file it writes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,243 @@
+//! Merging several task prompt vectors into one: weighted sum and mean, TIES, DARE, magnitude
+//! pruning.
+//!
+//! The semantics follow peft's `peft/utils/merge_utils.py` (0.21.2), applied to the whole R×d
+//! prompt as one tensor. peft's DARE takes a keep `density`; here it is the drop probability
+//! p = 1 − density, and kept values are rescaled by 1/(1−p) as in peft. DARE's random draws come
+//! from [`SplitMix64`] seeded by the user (one draw per element, vectors in order, elements in
+//! row-major order), not from torch's generator: the browser and the CLI give the same result for
+//! a seed, and the masks differ from peft's.
+//!
+//! Magnitude pruning keeps `floor(density · n)` values of largest magnitude (as `int(density *
+//! numel)` in peft); among equal magnitudes the earlier element wins.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tensor::PromptTensor;
+
+/// How TIES elects the sign of each element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignElection {
+    /// Sign of the sum of the values (peft's `"total"`).
+    #[default]
+    Mass,
+    /// Sign of the sum of the signs (peft's `"frequency"`).
+    Count,
+}
+
+impl SignElection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mass => "mass",
+            Self::Count => "count",
+        }
+    }
+}
+
+/// A way of merging vectors τ₁…τₙ with weights w₁…wₙ into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum MergeMethod {
+    /// Σ wᵢτᵢ (task arithmetic).
+    Sum,
+    /// (1/n) Σ wᵢτᵢ.
+    Mean,
+    /// Trim each τᵢ to its `density` largest magnitudes, elect a sign per element, average the
+    /// weighted values that agree with it (disjoint mean).
+    Ties { density: f64, sign: SignElection },
+    /// Drop each value with probability `drop`, rescale the rest by 1/(1−drop), weighted sum.
+    Dare { drop: f64, seed: u64 },
+    /// DARE's random drop and rescale, then TIES' sign election and disjoint mean.
+    DareTies { drop: f64, seed: u64, sign: SignElection },
+    /// Trim each τᵢ to its `density` largest magnitudes, weighted sum.
+    Magnitude { density: f64 },
+}
+
+impl MergeMethod {
+    /// Rejects parameters outside their range.
+    pub fn validate(&self) -> Result<()> {
+        let density = |d: f64| {
+            if (0.0..=1.0).contains(&d) {
+                Ok(())
+            } else {
+                Err(Error::InvalidParameter {
+                    name: "density",
+                    value: d.to_string(),
+                    reason: "must be in [0, 1]",
+                })
+            }
+        };
+        let drop = |p: f64| {
+            if (0.0..1.0).contains(&p) {
+                Ok(())
+            } else {
+                Err(Error::InvalidParameter {
+                    name: "drop",
+                    value: p.to_string(),
+                    reason: "must be in [0, 1)",
+                })
+            }
+        };
+        match *self {
+            Self::Sum | Self::Mean => Ok(()),
+            Self::Ties { density: d, .. } | Self::Magnitude { density: d } => density(d),
+            Self::Dare { drop: p, .. } | Self::DareTies { drop: p, .. } => drop(p),
+        }
+    }
+
+    /// The call as written in an expression, e.g. `ties(density=0.2, sign=mass)`.
+    pub fn describe(&self) -> String {
+        match *self {
+            Self::Sum => "sum".into(),
+            Self::Mean => "mean".into(),
+            Self::Ties { density, sign } => {
+                format!("ties(density={}, sign={})", density, sign.as_str())
+            }
+            Self::Dare { drop, seed } => format!("dare(drop={drop}, seed={seed})"),
+            Self::DareTies { drop, seed, sign } => {
+                format!("dare_ties(drop={drop}, seed={seed}, sign={})", sign.as_str())
+            }
+            Self::Magnitude { density } => format!("magnitude(density={density})"),
+        }
+    }
+}
+
+/// Merges `vectors` (all the same shape) with `weights` (one per vector).
+pub fn merge(vectors: &[&PromptTensor], weights: &[f64], method: &MergeMethod) -> Result<PromptTensor> {
+    method.validate()?;
+    let first = vectors.first().ok_or(Error::NoOperands)?;
+    if weights.len() != vectors.len() {
+        return Err(Error::WeightCount {
+            weights: weights.len(),
+            vectors: vectors.len(),
+        });
+    }
+    for v in &vectors[1..] {
+        first.check_same_shape(v)?;
+    }
+    let (rows, dim) = (first.rows(), first.dim());
+    let n = first.len();
+    let as_f64 = |t: &PromptTensor| t.as_slice().iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+
+    let merged: Vec<f64> = match *method {
+        MergeMethod::Sum => weighted_sum(&vectors.iter().map(|v| as_f64(v)).collect::<Vec<_>>(), weights, n),
+        MergeMethod::Mean => {
+            let k = vectors.len() as f64;
+            weighted_sum(&vectors.iter().map(|v| as_f64(v)).collect::<Vec<_>>(), weights, n)
+                .into_iter()
+                .map(|x| x / k)
+                .collect()
+        }
+        MergeMethod::Magnitude { density } => {
+            let pruned: Vec<_> = vectors.iter().map(|v| magnitude_prune(&as_f64(v), density)).collect();
+            weighted_sum(&pruned, weights, n)
+        }
+        MergeMethod::Ties { density, sign } => {
+            let pruned: Vec<_> = vectors.iter().map(|v| magnitude_prune(&as_f64(v), density)).collect();
+            disjoint_merge(&pruned, weights, sign, n)
+        }
+        MergeMethod::Dare { drop, seed } => {
+            let pruned = dare_drop(vectors.iter().map(|v| as_f64(v)).collect(), drop, seed);
+            weighted_sum(&pruned, weights, n)
+        }
+        MergeMethod::DareTies { drop, seed, sign } => {
+            let pruned = dare_drop(vectors.iter().map(|v| as_f64(v)).collect(), drop, seed);
+            disjoint_merge(&pruned, weights, sign, n)
+        }
+    };
+    PromptTensor::new(rows, dim, merged.into_iter().map(|x| x as f32).collect())
+}
+
+fn weighted_sum(tensors: &[Vec<f64>], weights: &[f64], n: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n];
+    for (t, &w) in tensors.iter().zip(weights) {
+        for (o, &x) in out.iter_mut().zip(t) {
+            *o += w * x;
+        }
+    }
+    out
+}
+
+/// Keeps the `floor(density · n)` largest magnitudes, zeroes the rest.
+pub fn magnitude_prune(values: &[f64], density: f64) -> Vec<f64> {
+    if density >= 1.0 {
+        return values.to_vec();
+    }
+    let k = (density * values.len() as f64).floor() as usize;
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    // Stable sort: among equal magnitudes the earlier element comes first and is kept.
+    order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
+    let mut out = vec![0.0; values.len()];
+    for &i in &order[..k] {
+        out[i] = values[i];
+    }
+    out
+}
+
+/// DARE's drop: each value is kept with probability 1−p and rescaled by 1/(1−p).
+fn dare_drop(mut tensors: Vec<Vec<f64>>, drop: f64, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = SplitMix64::new(seed);
+    let scale = 1.0 / (1.0 - drop);
+    for t in &mut tensors {
+        for x in t.iter_mut() {
+            *x = if rng.next_f64() < drop { 0.0 } else { *x * scale };
+        }
+    }
+    tensors
+}
+
+/// TIES' elect-sign and disjoint mean: per element, the weighted values whose sign agrees with the
+/// elected sign (computed on the unweighted values, as peft does), divided by how many agree.
+fn disjoint_merge(tensors: &[Vec<f64>], weights: &[f64], sign: SignElection, n: usize) -> Vec<f64> {
+    let sgn = |x: f64| {
+        if x > 0.0 {
+            1.0
+        } else if x < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    (0..n)
+        .map(|i| {
+            let score: f64 = match sign {
+                SignElection::Mass => tensors.iter().map(|t| t[i]).sum(),
+                SignElection::Count => tensors.iter().map(|t| sgn(t[i])).sum(),
+            };
+            let elected = if score >= 0.0 { 1.0 } else { -1.0 };
+            let (mut total, mut count) = (0.0, 0usize);
+            for (t, &w) in tensors.iter().zip(weights) {
+                if sgn(t[i]) == elected {
+                    total += w * t[i];
+                    count += 1;
+                }
+            }
+            total / count.max(1) as f64
+        })
+        .collect()
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): tiny, portable, and identical on every platform.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}

@@ -1,0 +1,149 @@
+//! The run-file format: one safetensors file per prompt.
+//!
+//! Tensors (all F32):
+//! - `prompt` [R, d]: θ for origins, task prompts and combinations; τ for task prompt vectors.
+//! - `origin` [R, d] (optional): θ₀, when known.
+//! - `curve.<name>` [n, 2] (optional): (step, value) rows of a training or validation curve.
+//!
+//! `__metadata__` (all values are strings, as safetensors requires):
+//! - `format` = `tpv-run`, `format_version` = the integer [`FORMAT_VERSION`];
+//! - `tpv` = the JSON of [`PromptMeta`] (kind, model, tasks, origin, shapes, layout, dtype,
+//!   expression, operands, metrics, config, data fingerprint, tool version, creation time).
+//!
+//! Python reads it with `safetensors.safe_open(path, "np")`: `f.get_tensor("prompt")` and
+//! `json.loads(f.metadata()["tpv"])`.
+//!
+//! Versioning: a reader accepts every version up to its own and refuses newer files with
+//! [`Error::NewerFormat`]. Fields added without a version bump must be optional.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::prompt::{Curve, PromptMeta, SoftPrompt};
+use crate::st::{self, Loaded};
+use crate::tensor::PromptTensor;
+
+pub const FORMAT_NAME: &str = "tpv-run";
+pub const FORMAT_VERSION: u32 = 1;
+
+const KEY_FORMAT: &str = "format";
+const KEY_VERSION: &str = "format_version";
+const KEY_META: &str = "tpv";
+const CURVE_PREFIX: &str = "curve.";
+
+/// What a safetensors buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A tpv run file.
+    Run,
+    /// A peft `adapter_model.safetensors` (tensor `prompt_embeddings`).
+    PeftWeights,
+}
+
+/// Tells a run file from a peft adapter's weights without converting any tensor.
+pub fn sniff(bytes: &[u8]) -> Result<FileKind> {
+    let loaded = Loaded::parse(bytes)?;
+    if loaded.metadata.get(KEY_FORMAT).map(String::as_str) == Some(FORMAT_NAME) {
+        Ok(FileKind::Run)
+    } else if loaded.has(crate::peft::WEIGHTS_KEY) {
+        Ok(FileKind::PeftWeights)
+    } else {
+        Err(Error::NotARunFile(format!(
+            "no `format = {FORMAT_NAME}` in the metadata and no `{}` tensor (tensors: {})",
+            crate::peft::WEIGHTS_KEY,
+            loaded.names().join(", ")
+        )))
+    }
+}
+
+/// Serializes a prompt as a run file (after checking it is consistent and finite).
+pub fn write_run(prompt: &SoftPrompt) -> Result<Vec<u8>> {
+    prompt.validate()?;
+    let mut tensors: Vec<(String, &PromptTensor)> = vec![("prompt".into(), &prompt.values)];
+    if let Some(o) = &prompt.origin {
+        tensors.push(("origin".into(), o));
+    }
+    let curves: Vec<(String, PromptTensor)> = prompt
+        .curves
+        .iter()
+        .map(|(name, c)| {
+            let data = c.steps.iter().zip(&c.values).flat_map(|(&s, &v)| [s, v]).collect();
+            Ok((
+                format!("{CURVE_PREFIX}{name}"),
+                PromptTensor::new(c.steps.len(), 2, data)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    tensors.extend(curves.iter().map(|(n, t)| (n.clone(), t)));
+
+    let meta_json = serde_json::to_string(&prompt.meta).map_err(|e| Error::BadMetadata(e.to_string()))?;
+    let metadata = BTreeMap::from([
+        (KEY_FORMAT.to_owned(), FORMAT_NAME.to_owned()),
+        (KEY_VERSION.to_owned(), FORMAT_VERSION.to_string()),
+        (KEY_META.to_owned(), meta_json),
+    ]);
+    st::write(&tensors, metadata)
+}
+
+/// Parses a run file. Refuses newer format versions, inconsistent metadata and NaN/inf values.
+pub fn read_run(bytes: &[u8]) -> Result<SoftPrompt> {
+    let loaded = Loaded::parse(bytes)?;
+    let format = loaded.metadata.get(KEY_FORMAT).map(String::as_str);
+    if format != Some(FORMAT_NAME) {
+        return Err(Error::NotARunFile(match format {
+            Some(f) => format!("metadata `format` is {f:?}, expected {FORMAT_NAME:?}"),
+            None => "no `format` key in the safetensors metadata".into(),
+        }));
+    }
+    let version: u32 = loaded
+        .metadata
+        .get(KEY_VERSION)
+        .ok_or_else(|| Error::BadMetadata(format!("no `{KEY_VERSION}` key")))?
+        .parse()
+        .map_err(|_| Error::BadMetadata(format!("`{KEY_VERSION}` is not an integer")))?;
+    if version > FORMAT_VERSION {
+        return Err(Error::NewerFormat {
+            file: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version == 0 {
+        return Err(Error::BadMetadata("format version 0 does not exist".into()));
+    }
+    let meta_json = loaded
+        .metadata
+        .get(KEY_META)
+        .ok_or_else(|| Error::BadMetadata(format!("no `{KEY_META}` key")))?;
+    let meta: PromptMeta = serde_json::from_str(meta_json).map_err(|e| Error::BadMetadata(e.to_string()))?;
+
+    let (values, _) = loaded.matrix("prompt")?;
+    let origin = if loaded.has("origin") {
+        Some(loaded.matrix("origin")?.0)
+    } else {
+        None
+    };
+    let mut curves = BTreeMap::new();
+    for name in loaded.names() {
+        let Some(curve_name) = name.strip_prefix(CURVE_PREFIX) else {
+            continue;
+        };
+        let (t, _) = loaded.matrix(&name)?;
+        if t.dim() != 2 {
+            return Err(Error::WrongShape {
+                tensor: name.clone(),
+                shape: t.shape().to_vec(),
+                expected: "[n, 2] (step, value)",
+            });
+        }
+        let (steps, values) = t.as_slice().chunks_exact(2).map(|c| (c[0], c[1])).unzip();
+        curves.insert(curve_name.to_owned(), Curve { steps, values });
+    }
+    let prompt = SoftPrompt {
+        values,
+        origin,
+        meta,
+        curves,
+    };
+    prompt.validate()?;
+    Ok(prompt)
+}
