@@ -1,0 +1,189 @@
+//! Command-line definitions (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tpv",
+    version,
+    about = "Task prompt vectors: inspect, combine, compare and convert soft prompts"
+)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show kind, shape, metadata and norms of run files and peft adapters (files or directories).
+    Inspect(InspectArgs),
+    /// Convert between run files and HF peft prompt-tuning adapters.
+    #[command(subcommand)]
+    Peft(PeftCommand),
+    /// Apply task prompt vectors to an origin: θ₀ + λ·merge(w₁τ₁, …).
+    Combine(CombineArgs),
+    /// Similarity matrix of prompts or task prompt vectors.
+    Similarity(SimilarityArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Run files, adapter_model.safetensors files or peft adapter directories.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print JSON (an array, one object per file).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeftCommand {
+    /// Read a peft prompt-tuning adapter into a run file.
+    Import(PeftImportArgs),
+    /// Write a run file as a peft adapter directory that `PeftModel.from_pretrained` loads.
+    Export(PeftExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportAs {
+    Origin,
+    TaskPrompt,
+}
+
+#[derive(Debug, Args)]
+pub struct PeftImportArgs {
+    /// Adapter directory or its adapter_model.safetensors.
+    pub adapter: PathBuf,
+    /// Output run file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// What the adapter holds.
+    #[arg(long = "as", value_enum, default_value = "task-prompt")]
+    pub as_kind: ImportAs,
+    /// The origin the task prompt started from (a run file or a peft adapter), so its vector can be derived.
+    #[arg(long)]
+    pub origin: Option<PathBuf>,
+    /// Task name to record.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Origin id to record (e.g. origin0), when importing an origin or overriding the origin file's id.
+    #[arg(long)]
+    pub origin_id: Option<String>,
+    /// Base model id to record, overriding the adapter's base_model_name_or_path.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TaskTypeArg {
+    Seq2seq,
+    Causal,
+}
+
+#[derive(Debug, Args)]
+pub struct PeftExportArgs {
+    /// Run file holding a prompt (origin, task prompt or combination).
+    pub run: PathBuf,
+    /// Output adapter directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Task type, when the run file does not record one.
+    #[arg(long, value_enum)]
+    pub task_type: Option<TaskTypeArg>,
+    /// Base model id to write, overriding the run file's model.
+    #[arg(long)]
+    pub base_model: Option<String>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum MethodArg {
+    Sum,
+    Mean,
+    Ties,
+    Dare,
+    DareTies,
+    Magnitude,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SignArg {
+    /// Sign of the summed values (peft "total").
+    Mass,
+    /// Sign of the summed signs (peft "frequency").
+    Count,
+}
+
+#[derive(Debug, Args)]
+pub struct CombineArgs {
+    /// Origin θ₀ to apply the vectors to; without it the merged vector itself is written.
+    #[arg(long)]
+    pub origin: Option<PathBuf>,
+    /// A task prompt with a stored origin, or a task prompt vector (repeat).
+    #[arg(long = "vector", required = true)]
+    pub vectors: Vec<PathBuf>,
+    /// One weight per vector, in order (default 1 each).
+    #[arg(long = "weight", allow_negative_numbers = true)]
+    pub weights: Vec<f64>,
+    /// Scaling λ of the merged vector.
+    #[arg(long = "lambda", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub lambda: f64,
+    #[arg(long, value_enum, default_value = "sum")]
+    pub method: MethodArg,
+    /// Fraction of values kept by TIES and magnitude pruning, in [0, 1].
+    #[arg(long)]
+    pub density: Option<f64>,
+    /// DARE drop probability p in [0, 1); kept values are rescaled by 1/(1−p).
+    #[arg(long)]
+    pub drop: Option<f64>,
+    /// Seed of DARE's random drop.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// TIES sign election.
+    #[arg(long, value_enum)]
+    pub sign: Option<SignArg>,
+    /// Name to record in the output.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output run file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MeasureArg {
+    CosineMean,
+    CosineFlat,
+    MeanAbsDiff,
+    NormDiff,
+}
+
+#[derive(Debug, Args)]
+pub struct SimilarityArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Compare task prompt vectors (task prompts minus their stored origins).
+    #[arg(long)]
+    pub vectors: bool,
+    #[arg(long, value_enum, default_value = "cosine-mean")]
+    pub measure: MeasureArg,
+    /// The paper's across-origins view: per task pair an origins × origins matrix, averaged.
+    #[arg(long)]
+    pub across_origins: bool,
+    /// Print JSON: {"labels": [...], "matrix": [[...]]}.
+    #[arg(long)]
+    pub json: bool,
+}

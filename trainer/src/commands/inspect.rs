@@ -1,0 +1,66 @@
+//! `tpv inspect`: what a file holds.
+
+use anyhow::Result;
+use serde_json::Value;
+use tpv_shared::Norms;
+
+use super::print_json;
+use crate::cli::InspectArgs;
+use crate::io;
+
+pub fn run(args: &InspectArgs) -> Result<()> {
+    let mut reports = Vec::new();
+    for path in &args.files {
+        let loaded = io::load(path)?;
+        let mut report = serde_json::to_value(loaded.doc.summary())?;
+        report["path"] = Value::String(loaded.path.display().to_string());
+        if !args.json {
+            print_human(&loaded, &loaded.doc.summary());
+        }
+        reports.push(report);
+    }
+    if args.json {
+        print_json(&Value::Array(reports))?;
+    }
+    Ok(())
+}
+
+fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) {
+    println!("{}", loaded.path.display());
+    println!("  format   {}", s.format);
+    println!("  kind     {}   label {}", s.kind, s.label);
+    println!("  shape    {:?}", s.shape);
+    if let (Some(stored), Some(dtype)) = (s.stored_shape, &s.stored_dtype) {
+        println!("  stored   {stored:?} {dtype} (rows used: {})", s.shape[0]);
+    }
+    let norms = |name: &str, n: &Norms| {
+        println!(
+            "  {name:<8} ‖·‖ {:.6}  mean row {:.6}  max |x| {:.6}  ‖token-mean‖ {:.6}",
+            n.frobenius, n.mean_row, n.max_abs, n.token_mean
+        );
+    };
+    norms("values", &s.norms);
+    if let Some(n) = &s.origin_norms {
+        norms("origin", n);
+    }
+    if let Some(n) = &s.vector_norms {
+        norms("vector", n);
+    }
+    if let Ok(Value::Object(meta)) = serde_json::to_value(&s.metadata) {
+        for (k, v) in meta {
+            if matches!(k.as_str(), "kind" | "virtual_tokens" | "token_dim") {
+                continue;
+            }
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let text = if text.len() > 100 {
+                format!("{}…", &text[..text.floor_char_boundary(100)])
+            } else {
+                text
+            };
+            println!("  {k:<16} {text}");
+        }
+    }
+    for (k, n) in &s.curves {
+        println!("  curve {k}: {n} points");
+    }
+}

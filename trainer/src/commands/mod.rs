@@ -1,0 +1,27 @@
+//! One module per subcommand.
+
+mod combine;
+mod inspect;
+mod peft;
+mod similarity;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::cli::{Command, PeftCommand};
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Peft(PeftCommand::Import(args)) => peft::import(&args),
+        Command::Peft(PeftCommand::Export(args)) => peft::export(&args),
+        Command::Combine(args) => combine::run(&args),
+        Command::Similarity(args) => similarity::run(&args),
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Files: reading prompts of any supported format, and writing outputs atomically.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use tpv_shared::peft;
+use tpv_shared::runfile::{self, FileKind};
+use tpv_shared::{Document, SoftPrompt};
+
+/// Files larger than this are refused before reading: a run file of a 100-token prompt for a
+/// d=16384 model is 13 MB, so anything this big is the wrong file (a model's weights, say).
+const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// A prompt file and where it was read from.
+pub struct Loaded {
+    pub path: PathBuf,
+    pub doc: Document,
+}
+
+/// Reads a whole file, refusing implausibly large ones.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > MAX_FILE_BYTES {
+        bail!(
+            "{} is {} MiB; prompt files are far smaller (limit {} MiB)",
+            path.display(),
+            len >> 20,
+            MAX_FILE_BYTES >> 20
+        );
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Reads a run file, a peft `adapter_model.safetensors` (with the `adapter_config.json` beside it
+/// when there is one), or a peft adapter directory. Peft adapters become task prompts without an
+/// origin.
+pub fn load(path: &Path) -> Result<Loaded> {
+    load_inner(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The prompt of [`load`].
+pub fn load_prompt(path: &Path) -> Result<SoftPrompt> {
+    Ok(load(path)?.doc.prompt)
+}
+
+fn load_inner(path: &Path) -> Result<Loaded> {
+    let (weights, config) = if path.is_dir() {
+        let weights = path.join(peft::WEIGHTS_FILE);
+        if !weights.exists() {
+            if path.join("adapter_model.bin").exists() {
+                bail!(
+                    "adapter_model.bin is a pickle file, which tpv does not execute; re-save the adapter with safe_serialization=True"
+                );
+            }
+            bail!("no {} in the directory", peft::WEIGHTS_FILE);
+        }
+        let config = path.join(peft::CONFIG_FILE);
+        if !config.exists() {
+            bail!("no {} in the directory", peft::CONFIG_FILE);
+        }
+        (weights, Some(config))
+    } else {
+        let config = path.with_file_name(peft::CONFIG_FILE);
+        (path.to_owned(), config.exists().then_some(config))
+    };
+    let bytes = read_bytes(&weights)?;
+    // The config is read only when the weights turn out to be peft's.
+    let config_json = match &config {
+        Some(c) if runfile::sniff(&bytes)? == FileKind::PeftWeights => {
+            Some(std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?)
+        }
+        _ => None,
+    };
+    Ok(Loaded {
+        path: weights,
+        doc: Document::read(&bytes, config_json.as_deref())?,
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename, so
+/// a reader never sees half a file and an interrupted write leaves the old file intact.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes a prompt as a run file, atomically.
+pub fn write_run(path: &Path, prompt: &SoftPrompt) -> Result<()> {
+    let bytes = runfile::write_run(prompt).with_context(|| format!("serializing {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
