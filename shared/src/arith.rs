@@ -98,7 +98,8 @@ pub fn mean(xs: &[&SoftPrompt]) -> Result<SoftPrompt> {
 
 /// θ₀ + λ·merge(w₁τ₁, …, wₙτₙ): applies task prompt vectors to an origin.
 ///
-/// `vectors` are task prompt vectors, or task prompts / combinations with a stored origin (their
+/// `origin` is usually an origin; any prompt works as the base (θ_A + τ_B), and the result keeps
+/// the base's own origin, so its vector is the base's vector plus the merged one. `vectors` are task prompt vectors, or task prompts / combinations with a stored origin (their
 /// vector is derived). `weights` is empty (all 1) or one per vector. Vectors whose origin differs
 /// from `origin` are allowed (the cross-origin experiment) and flagged as `mixed_origins`.
 pub fn combine(
@@ -108,12 +109,14 @@ pub fn combine(
     lambda: f64,
     method: &MergeMethod,
 ) -> Result<SoftPrompt> {
+    if !origin.kind().is_prompt() {
+        return Err(Error::VectorIsNotAPrompt { label: origin.label() });
+    }
     let merged = merge_vectors(vectors, weights, lambda, method)?;
     origin.check_compatible(&merged)?;
-    let theta0 = origin
-        .origin_values()
-        .ok_or_else(|| Error::NoOrigin { label: origin.label() })?;
-    let values = theta0.zip_map(&merged.values, |o, t| (f64::from(o) + f64::from(t)) as f32)?;
+    let values = origin
+        .values
+        .zip_map(&merged.values, |o, t| (f64::from(o) + f64::from(t)) as f32)?;
 
     let mut meta = merged.meta;
     meta.kind = PromptKind::Combination;
@@ -135,7 +138,7 @@ pub fn combine(
     );
     Ok(SoftPrompt {
         values,
-        origin: Some(theta0.clone()),
+        origin: origin.origin_values().cloned(),
         meta,
         curves: Default::default(),
     })

@@ -36,7 +36,7 @@ pub enum Error {
     },
 
     // ---- files ----
-    #[error("not a safetensors file: {0}")]
+    #[error("not a valid safetensors file (truncated, or another format): {0}")]
     Safetensors(#[from] safetensors::SafeTensorError),
     #[error("not a tpv run file: {0}")]
     NotARunFile(String),

@@ -247,10 +247,14 @@ impl SoftPrompt {
         self.values.shape()
     }
 
-    /// A short label: the name, or `tasks@origin` (`tau[tasks@origin]` for a vector), or the kind.
+    /// A short label: the name; for a combination its expression; else `tasks@origin`
+    /// (`tau[tasks@origin]` for a vector), or the kind.
     pub fn label(&self) -> String {
         if let Some(name) = &self.meta.name {
             return name.clone();
+        }
+        if let (PromptKind::Combination, Some(expr)) = (self.kind(), &self.meta.expression) {
+            return expr.clone();
         }
         let tasks = self.meta.tasks.join("+");
         let origin = self.meta.origin.as_ref().map(|o| o.id.as_str());

@@ -22,6 +22,9 @@
 //!                 identical pairs omitted
 //! ```
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use tpv_shared::arith::{self, combine, linear_combination};
 use tpv_shared::merge::{SplitMix64, magnitude_prune, merge};
 use tpv_shared::similarity::{Labelled, Measure, across_origins, matrix, similarity};
@@ -405,4 +408,29 @@ fn across_origins_matches_numpy() {
     // A (task, origin) given twice is refused.
     let twice = [item("t1", "o1", &a), item("t1", "o1", &b)];
     assert!(across_origins(&twice, Measure::CosineMean).is_err());
+}
+
+#[test]
+fn a_task_prompt_as_base_adds_its_own_vector() {
+    // θ_A + τ_B = θ₀ + τ_A + τ_B when both come from θ₀.
+    let o = origin(O, "o1");
+    let (a, b) = (task_prompt("a", A, O, "o1"), task_prompt("b", B, O, "o1"));
+    let from_a = combine(&a, &[&b], &[], 1.0, &MergeMethod::Sum).unwrap();
+    let from_o = combine(&o, &[&a, &b], &[], 1.0, &MergeMethod::Sum).unwrap();
+    assert_close(
+        from_a.values.as_slice(),
+        &from_o
+            .values
+            .as_slice()
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect::<Vec<_>>(),
+        1e-6,
+    );
+    assert_eq!(from_a.origin.as_ref(), Some(&t(O)));
+    // A vector is not a base.
+    assert!(matches!(
+        combine(&vector("b", B), &[&a], &[], 1.0, &MergeMethod::Sum),
+        Err(Error::VectorIsNotAPrompt { .. })
+    ));
 }

@@ -1,6 +1,9 @@
 //! Run files and peft adapters: committed samples re-read, peft fixtures round-tripped, hostile
 //! files refused without panicking.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;

@@ -1,5 +1,8 @@
 //! Property tests of the algebra and of the run-file round trip.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use tpv_shared::arith::{self, combine, linear_combination};
 use tpv_shared::similarity::{Measure, similarity};

@@ -1,5 +1,13 @@
 //! `tpv`: the command line of tpv. The logic lives in the commands and in `tpv-shared`.
 
+/// `println!` that returns an I/O error instead of panicking (a closed pipe, as in `tpv … | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod cli;
 mod commands;
 mod io;
@@ -11,11 +19,19 @@ fn main() -> std::process::ExitCode {
     init_tracing(cli.verbose);
     match commands::run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`) is not an error.
+        Err(err) if is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn init_tracing(verbose: u8) {

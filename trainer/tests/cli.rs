@@ -1,5 +1,8 @@
 //! End-to-end tests of the `tpv` commands on the committed fixtures.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -387,4 +390,22 @@ fn exports_equal_the_adapters_peft_was_checked_to_load() {
         };
         assert_eq!(config(&dir), config(&checked), "{name}: config");
     }
+}
+
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    // `tpv inspect … | head -1`: stdout closes early; tpv must exit quietly, not panic.
+    let bin = assert_cmd::cargo::cargo_bin("tpv");
+    let mut child = std::process::Command::new(bin)
+        .arg("inspect")
+        .args((0..3).map(|o| sample(&format!("sst2-origin{o}"))))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{err}");
 }

@@ -45,10 +45,10 @@ pub fn run(args: &CombineArgs) -> Result<()> {
     if args.json {
         print_json(&summary)?;
     } else {
-        println!("wrote {} ({})", args.output.display(), result.kind());
-        println!("  {}", result.meta.expression.as_deref().unwrap_or(""));
+        out!("wrote {} ({})", args.output.display(), result.kind());
+        out!("  {}", result.meta.expression.as_deref().unwrap_or(""));
         if result.meta.mixed_origins {
-            println!("  note: the operands come from different origins");
+            out!("  note: the operands come from different origins");
         }
     }
     Ok(())

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use serde_json::Value;
-use tpv_shared::Norms;
 
 use super::print_json;
 use crate::cli::InspectArgs;
@@ -15,7 +14,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         let mut report = serde_json::to_value(loaded.doc.summary())?;
         report["path"] = Value::String(loaded.path.display().to_string());
         if !args.json {
-            print_human(&loaded, &loaded.doc.summary());
+            print_human(&loaded, &loaded.doc.summary())?;
         }
         reports.push(report);
     }
@@ -25,26 +24,28 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) {
-    println!("{}", loaded.path.display());
-    println!("  format   {}", s.format);
-    println!("  kind     {}   label {}", s.kind, s.label);
-    println!("  shape    {:?}", s.shape);
+fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) -> Result<()> {
+    out!("{}", loaded.path.display());
+    out!("  format   {}", s.format);
+    out!("  kind     {}   label {}", s.kind, s.label);
+    out!("  shape    {:?}", s.shape);
     if let (Some(stored), Some(dtype)) = (s.stored_shape, &s.stored_dtype) {
-        println!("  stored   {stored:?} {dtype} (rows used: {})", s.shape[0]);
+        out!("  stored   {stored:?} {dtype} (rows used: {})", s.shape[0]);
     }
-    let norms = |name: &str, n: &Norms| {
-        println!(
+    let norms = [
+        ("values", Some(&s.norms)),
+        ("origin", s.origin_norms.as_ref()),
+        ("vector", s.vector_norms.as_ref()),
+    ];
+    for (name, n) in norms {
+        let Some(n) = n else { continue };
+        out!(
             "  {name:<8} ‖·‖ {:.6}  mean row {:.6}  max |x| {:.6}  ‖token-mean‖ {:.6}",
-            n.frobenius, n.mean_row, n.max_abs, n.token_mean
+            n.frobenius,
+            n.mean_row,
+            n.max_abs,
+            n.token_mean
         );
-    };
-    norms("values", &s.norms);
-    if let Some(n) = &s.origin_norms {
-        norms("origin", n);
-    }
-    if let Some(n) = &s.vector_norms {
-        norms("vector", n);
     }
     if let Ok(Value::Object(meta)) = serde_json::to_value(&s.metadata) {
         for (k, v) in meta {
@@ -57,10 +58,11 @@ fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) {
             } else {
                 text
             };
-            println!("  {k:<16} {text}");
+            out!("  {k:<16} {text}");
         }
     }
     for (k, n) in &s.curves {
-        println!("  curve {k}: {n} points");
+        out!("  curve {k}: {n} points");
     }
+    Ok(())
 }

@@ -22,6 +22,6 @@ pub fn run(command: Command) -> Result<()> {
 
 /// Prints a value as pretty JSON on stdout.
 fn print_json(v: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    out!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

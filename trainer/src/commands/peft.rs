@@ -67,7 +67,7 @@ pub fn import(args: &PeftImportArgs) -> Result<()> {
         } else {
             format!(" {label}")
         };
-        println!(
+        out!(
             "wrote {} ({}{named}, {} of {} stored rows)",
             args.output.display(),
             prompt.kind(),
@@ -112,7 +112,7 @@ pub fn export(args: &PeftExportArgs) -> Result<()> {
             "num_virtual_tokens": adapter.config.num_virtual_tokens,
         }))?;
     } else {
-        println!(
+        out!(
             "wrote {} (prompt_embeddings {:?}, {})",
             args.output.display(),
             adapter.embeddings.shape(),

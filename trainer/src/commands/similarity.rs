@@ -57,12 +57,12 @@ pub fn run(args: &SimilarityArgs) -> Result<()> {
         if args.json {
             return print_json(&serde_json::to_value(&view)?);
         }
-        println!(
+        out!(
             "{} across origins ({}), tasks × tasks:",
             measure.as_str(),
             view.origins.join(", ")
         );
-        print_table(&view.tasks, &view.matrix);
+        print_table(&view.tasks, &view.matrix)?;
         return Ok(());
     }
 
@@ -75,13 +75,13 @@ pub fn run(args: &SimilarityArgs) -> Result<()> {
             "matrix": matrix,
         }));
     }
-    println!(
+    out!(
         "{}{}:",
         measure.as_str(),
         if args.vectors { " of task prompt vectors" } else { "" }
     );
     let matrix: Vec<Vec<Option<f64>>> = matrix.into_iter().map(|r| r.into_iter().map(Some).collect()).collect();
-    print_table(&labels, &matrix);
+    print_table(&labels, &matrix)?;
     Ok(())
 }
 
@@ -101,22 +101,23 @@ fn unique_labels(prompts: &[SoftPrompt], paths: &[std::path::PathBuf]) -> Vec<St
         .collect()
 }
 
-fn print_table(labels: &[String], m: &[Vec<Option<f64>>]) {
+fn print_table(labels: &[String], m: &[Vec<Option<f64>>]) -> Result<()> {
     let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).min(28);
-    print!("{:width$}", "");
+    let mut header = format!("{:width$}", "");
     for i in 0..labels.len() {
-        print!(" {:>8}", format!("[{i}]"));
+        header.push_str(&format!(" {:>8}", format!("[{i}]")));
     }
-    println!();
+    out!("{header}");
     for (i, (label, row)) in labels.iter().zip(m).enumerate() {
-        let short: String = label.chars().take(width).collect();
-        print!("{short:width$}");
+        let mut line: String = label.chars().take(width).collect();
+        line = format!("{line:width$}");
         for v in row {
             match v {
-                Some(v) => print!(" {v:>8.4}"),
-                None => print!(" {:>8}", "-"),
+                Some(v) => line.push_str(&format!(" {v:>8.4}")),
+                None => line.push_str(&format!(" {:>8}", "-")),
             }
         }
-        println!("  [{i}]");
+        out!("{line}  [{i}]");
     }
+    Ok(())
 }
