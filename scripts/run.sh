@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The main job until the demo study lands: the paper's analysis steps on the sample study shipped in
+# tests/fixtures/runs/v1 (2 tasks x 3 origins). Builds tpv, then: similarity of task prompts and of
+# task prompt vectors across origins, the vector sum θ₀ + τ_sst2 + τ_mnli (plain and TIES),
+# cross-origin transfer, and a peft export of the sum. Outputs go to OUT (default out/showcase).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-out/showcase}
+mkdir -p "$OUT"
+
+cargo build --release --locked -p tpv-trainer
+tpv=target/release/tpv
+S=tests/fixtures/runs/v1
+say() { printf '\n== %s\n' "$*"; }
+
+say "the sample study"
+$tpv inspect $S/origin0.safetensors $S/sst2-origin0.safetensors
+
+say "similarity of task prompts (token-mean cosine, across origins)"
+$tpv similarity --across-origins $S/{sst2,mnli}-origin{0,1,2}.safetensors
+say "similarity of task prompt vectors (token-mean cosine, across origins)"
+$tpv similarity --across-origins --vectors $S/{sst2,mnli}-origin{0,1,2}.safetensors
+say "task prompts of origin0 and origin1, all pairs"
+$tpv similarity $S/{sst2,mnli}-origin{0,1}.safetensors
+
+say "vector arithmetic: θ₀ + τ_sst2 + τ_mnli (sum and TIES)"
+$tpv combine --origin $S/origin0.safetensors --vector $S/sst2-origin0.safetensors \
+  --vector $S/mnli-origin0.safetensors -o "$OUT/sst2+mnli@origin0.safetensors"
+$tpv combine --origin $S/origin0.safetensors --vector $S/sst2-origin0.safetensors \
+  --vector $S/mnli-origin0.safetensors --method ties --density 0.5 -o "$OUT/ties-sst2+mnli@origin0.safetensors"
+say "cross-origin: θ₀ of origin1 + τ_sst2 of origin0"
+$tpv combine --origin $S/origin1.safetensors --vector $S/sst2-origin0.safetensors \
+  -o "$OUT/origin1+tau_sst2@origin0.safetensors"
+$tpv similarity $S/sst2-origin1.safetensors "$OUT/origin1+tau_sst2@origin0.safetensors"
+
+say "export the sum as a peft adapter"
+$tpv peft export -o "$OUT/sst2+mnli-peft" "$OUT/sst2+mnli@origin0.safetensors"
+$tpv inspect "$OUT/sst2+mnli-peft"
+
+say "done: outputs in $OUT; open them in the web app with 'trunk serve' (see README)"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs every tool the tests need, idempotently: the wasm32 target, trunk, wasm-bindgen-cli
+# (the exact version in Cargo.lock), Debian's chromium + chromedriver, and the npm packages of the
+# browser tests. Safe to run again: each step checks first and does nothing when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+TRUNK_VERSION=0.21.14
+
+# 1. Rust target for the browser build.
+if ! rustup target list --installed --toolchain "$TOOLCHAIN" | grep -qx wasm32-unknown-unknown; then
+  log "adding wasm32-unknown-unknown to $TOOLCHAIN"
+  rustup target add wasm32-unknown-unknown --toolchain "$TOOLCHAIN"
+fi
+
+# 2. trunk (0.22 needs a newer rustc than ours).
+if ! trunk --version 2>/dev/null | grep -q "$TRUNK_VERSION"; then
+  log "installing trunk $TRUNK_VERSION (about 9 min on 2 cores)"
+  cargo install --locked "trunk@$TRUNK_VERSION"
+fi
+
+# 3. wasm-bindgen-cli, exactly the version of the wasm-bindgen crate in Cargo.lock.
+WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+if ! wasm-bindgen --version 2>/dev/null | grep -q " $WB_VERSION"; then
+  log "installing wasm-bindgen-cli $WB_VERSION (about 3 min)"
+  # Not --locked: its lock file wants a webpki-roots release the registry mirror lacks.
+  cargo install wasm-bindgen-cli --version "$WB_VERSION"
+fi
+
+# 4. Chromium and chromedriver from Debian (never a browser a tool downloads itself).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  log "installing chromium + chromium-driver from Debian"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+# 5. npm packages of the browser tests (playwright-core only drives the Debian chromium).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  log "installing npm packages for tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# 6. Crates, so that trunk's offline build finds them.
+cargo fetch --locked >/dev/null
+log "tools ready"

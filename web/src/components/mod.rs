@@ -1,0 +1,2 @@
+pub mod file_list;
+pub mod file_picker;
