@@ -10,7 +10,11 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 TRUNK_VERSION=0.21.14
 
-# 1. Rust target for the browser build.
+# 1. The pinned toolchain (rust-toolchain.toml) and its target for the browser build.
+if ! rustup toolchain list | grep -q "^$TOOLCHAIN"; then
+  log "installing Rust $TOOLCHAIN"
+  rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy -t wasm32-unknown-unknown
+fi
 if ! rustup target list --installed --toolchain "$TOOLCHAIN" | grep -qx wasm32-unknown-unknown; then
   log "adding wasm32-unknown-unknown to $TOOLCHAIN"
   rustup target add wasm32-unknown-unknown --toolchain "$TOOLCHAIN"
