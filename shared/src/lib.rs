@@ -8,12 +8,15 @@ pub mod arith;
 pub mod document;
 pub mod error;
 pub mod merge;
+pub mod model;
+pub mod origins;
 pub mod peft;
 pub mod prompt;
 pub mod runfile;
 pub mod similarity;
 mod st;
 pub mod tensor;
+pub mod text;
 mod time;
 
 pub use document::{Document, Norms, Summary};

@@ -1,0 +1,484 @@
+//! LLaMA-family decoder (LLaMA 2/3/3.1, DeepSeek-LLM, SmolLM2) with an input-embedding entry point,
+//! per-example positions, a padding mask, a KV cache and hidden states at every position.
+//!
+//! Parameter names mirror the HF checkpoint (`model.layers.N.self_attn.q_proj`, …). Every op has a
+//! backward pass (see [`super::ops`]).
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::ops;
+
+/// `config.json` of a LLaMA-family model, field names as in transformers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// transformers 4.x: top-level `rope_theta` and `rope_scaling`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    /// transformers 5.x: `rope_parameters` with `rope_theta` inside.
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+}
+
+fn default_max_positions() -> usize {
+    4096
+}
+
+fn default_act() -> String {
+    "silu".into()
+}
+
+/// A token id or a list of them (LLaMA-3.1 lists several EOS ids).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// RoPE parameters in either transformers layout.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// How rotary frequencies are scaled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// θ and the scaling, from `rope_parameters` (5.x) or `rope_theta` + `rope_scaling` (4.x). A
+    /// config with neither is an error: defaulting θ silently changes every result.
+    pub fn rope(&self) -> std::result::Result<(f64, RopeScaling), String> {
+        let params = self
+            .rope_parameters
+            .clone()
+            .or_else(|| self.rope_scaling.clone())
+            .unwrap_or_default();
+        let theta = params
+            .rope_theta
+            .or(self.rope_theta)
+            .ok_or("config.json has no rope_theta (neither top-level nor in rope_parameters)")?;
+        let need = |v: Option<f64>, name: &str| v.ok_or(format!("rope scaling needs {name}"));
+        let scaling = match params.rope_type.as_deref() {
+            None | Some("default") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: need(params.factor, "factor")?,
+            },
+            Some("llama3") => RopeScaling::Llama3 {
+                factor: need(params.factor, "factor")?,
+                low_freq_factor: need(params.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(params.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: params
+                    .original_max_position_embeddings
+                    .ok_or("rope scaling needs original_max_position_embeddings")?,
+            },
+            Some(other) => {
+                return Err(format!(
+                    "rope type {other:?} is not supported (default, linear, llama3 are)"
+                ));
+            }
+        };
+        Ok((theta, scaling))
+    }
+}
+
+/// Inverse frequencies as transformers computes them (in f32).
+fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    let base = theta as f32;
+    let inv: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    match *scaling {
+        RopeScaling::None => inv,
+        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let (factor, low, high) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+            let old = original_max_position_embeddings as f32;
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            inv.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    if wavelen < high_wavelen || wavelen > low_wavelen {
+                        scaled
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (h, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        let lin = |i, o, name| candle_nn::linear_b(i, o, cfg.attention_bias, vb.pp(name));
+        Ok(Self {
+            q_proj: lin(d, h * hd, "q_proj")?,
+            k_proj: lin(d, kv * hd, "k_proj")?,
+            v_proj: lin(d, kv * hd, "v_proj")?,
+            o_proj: lin(h * hd, d, "o_proj")?,
+            n_heads: h,
+            n_kv_heads: kv,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, rot: &Rotary, mask: &Tensor, cache: Option<&mut KvEntry>) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let heads = |proj: &Linear, n| -> Result<Tensor> {
+            proj.forward(xs)?
+                .reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = ops::rope(&heads(&self.q_proj, self.n_heads)?, &rot.cos, &rot.sin)?;
+        let mut k = ops::rope(&heads(&self.k_proj, self.n_kv_heads)?, &rot.cos, &rot.sin)?;
+        let mut v = heads(&self.v_proj, self.n_kv_heads)?;
+        if let Some(entry) = cache {
+            if let Some((pk, pv)) = &entry.0 {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            entry.0 = Some((k.clone(), v.clone()));
+        }
+        let n_rep = self.n_heads / self.n_kv_heads;
+        let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
+        let probs = ops::softmax_last(&scores.broadcast_add(mask)?)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// [B, KV, S, hd] → [B, KV·n_rep, S, hd], head h reading kv head h / n_rep (as HF's repeat_kv).
+fn repeat_kv(xs: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, kv, s, hd) = xs.dims4()?;
+    Tensor::cat(&vec![xs; n_rep], 2)?.reshape((b, kv * n_rep, s, hd))
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: candle_nn::linear_b(d, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_b(d, i, cfg.mlp_bias, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_b(i, d, cfg.mlp_bias, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(xs)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    eps: f64,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            input_layernorm: vb.get(cfg.hidden_size, "input_layernorm.weight")?,
+            post_attention_layernorm: vb.get(cfg.hidden_size, "post_attention_layernorm.weight")?,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, rot: &Rotary, mask: &Tensor, cache: Option<&mut KvEntry>) -> Result<Tensor> {
+        let h = ops::rms_norm(xs, &self.input_layernorm, self.eps)?;
+        let xs = (xs + self.self_attn.forward(&h, rot, mask, cache)?)?;
+        let h = ops::rms_norm(&xs, &self.post_attention_layernorm, self.eps)?;
+        xs + self.mlp.forward(&h)?
+    }
+}
+
+/// cos/sin for a batch of positions, [B, 1, T, head_dim].
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Keys and values of one layer for the positions seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct KvEntry(Option<(Tensor, Tensor)>);
+
+/// The decoding state of a batch: per-layer keys/values and which key columns are real tokens.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<KvEntry>,
+    /// `valid[b][s]`: key column s of sequence b is a real token (not padding).
+    valid: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize, batch: usize) -> Self {
+        Self {
+            layers: vec![KvEntry::default(); num_layers],
+            valid: vec![Vec::new(); batch],
+        }
+    }
+
+    /// Number of key columns cached.
+    pub fn len(&self) -> usize {
+        self.valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A LLaMA-family causal LM with frozen weights.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Vec<f32>,
+    pub cfg: LlamaConfig,
+}
+
+impl Llama {
+    /// Loads from HF-named tensors (`model.embed_tokens.weight`, …); a tied head reuses the
+    /// input embeddings.
+    pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (theta, scaling) = cfg.rope().map_err(candle_core::Error::msg)?;
+        if cfg.hidden_act != "silu" {
+            candle_core::bail!("hidden_act {:?} is not supported (silu is)", cfg.hidden_act);
+        }
+        let m = vb.pp("model");
+        let embed_tokens = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = m.get(cfg.hidden_size, "norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq: inv_freq(cfg.head_dim(), theta, &scaling),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// The input embedding matrix [V, d] (origins are sampled from it).
+    pub fn embeddings(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// Embeddings of token ids, any shape → shape + [d].
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.cfg.hidden_size);
+        self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape(shape)
+    }
+
+    /// Runs the decoder on `embeds` [B, T, d]. `positions[b]` are the rotary positions of the T new
+    /// columns, `valid[b]` says which of them are real tokens. With a cache, the new columns attend
+    /// to the cached ones too, and are appended to it. Returns the final-norm hidden states.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let rot = self.rotary(positions, t)?;
+        // Key validity over past + new columns.
+        let keys: Vec<Vec<bool>> = (0..b)
+            .map(|i| {
+                let mut k = cache.as_ref().map_or_else(Vec::new, |c| c.valid[i].clone());
+                k.extend_from_slice(&valid[i]);
+                k
+            })
+            .collect();
+        let mask = causal_mask(&keys, past, t, embeds.device())?.to_dtype(embeds.dtype())?;
+        let mut xs = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let entry = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            xs = layer.forward(&xs, &rot, &mask, entry)?;
+        }
+        if let Some(c) = cache {
+            c.valid = keys;
+        }
+        ops::rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Logits of hidden states [.., d] → [.., V].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.broadcast_matmul(&self.lm_head.t()?)
+    }
+
+    fn rotary(&self, positions: &[Vec<u32>], t: usize) -> Result<Rotary> {
+        let half = self.inv_freq.len();
+        let hd = 2 * half;
+        let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * t * hd), Vec::new());
+        sin.reserve(positions.len() * t * hd);
+        for row in positions {
+            for &p in row {
+                let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
+                for _ in 0..2 {
+                    cos.extend(freqs.iter().map(|x| x.cos()));
+                    sin.extend(freqs.iter().map(|x| x.sin()));
+                }
+            }
+        }
+        let shape = (positions.len(), 1, t, hd);
+        let dev = self.device();
+        Ok(Rotary {
+            cos: Tensor::from_vec(cos, shape, dev)?.to_dtype(self.dtype())?,
+            sin: Tensor::from_vec(sin, shape, dev)?.to_dtype(self.dtype())?,
+        })
+    }
+}
+
+/// Additive mask [B, 1, T, S] for T new query columns after `past` cached ones: a query may see a
+/// key at or before its own column that is a real token. Blocked cells get f32::MIN (as HF), not
+/// −∞, so a row with nothing visible (a padding query) stays finite.
+fn causal_mask(keys: &[Vec<bool>], past: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let s = past + t;
+    let mut data = Vec::with_capacity(keys.len() * t * s);
+    for valid in keys {
+        for q in 0..t {
+            data.extend((0..s).map(|k| if valid[k] && k <= past + q { 0.0 } else { f32::MIN }));
+        }
+    }
+    Tensor::from_vec(data, (keys.len(), 1, t, s), device)
+}
+
+/// Rows [.., d] of `xs` at `dim`-indices, for picking the positions whose logits are needed.
+pub fn select_rows(xs: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    let d = xs.dim(D::Minus1)?;
+    let flat = xs.reshape(((), d))?;
+    let idx = Tensor::from_slice(rows, rows.len(), xs.device())?;
+    flat.index_select(&idx, 0)
+}

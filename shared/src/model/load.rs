@@ -1,0 +1,233 @@
+//! Building models from bytes: HF `config.json` + safetensors (one file or shards), or GGUF
+//! (dequantized, llama.cpp's Q/K row permutation undone). Works on native and wasm32; file and
+//! hub handling live in the callers.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::llama::{Llama, LlamaConfig, RopeParameters};
+use super::t5::{T5, T5Config};
+
+/// A loaded frozen model of a supported family.
+#[derive(Debug, Clone)]
+pub enum Model {
+    T5(Box<T5>),
+    Llama(Box<Llama>),
+}
+
+impl Model {
+    /// The input embedding matrix [V, d].
+    pub fn embeddings(&self) -> &Tensor {
+        match self {
+            Self::T5(m) => m.embeddings(),
+            Self::Llama(m) => m.embeddings(),
+        }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::T5(m) => m.hidden_size(),
+            Self::Llama(m) => m.hidden_size(),
+        }
+    }
+
+    pub fn is_seq2seq(&self) -> bool {
+        matches!(self, Self::T5(_))
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelType {
+    #[serde(default)]
+    model_type: Option<String>,
+}
+
+/// Parses `config.json` and builds the model from safetensors buffers (one per shard).
+pub fn from_safetensors(config_json: &str, shards: &[Vec<u8>], dtype: DType, device: &Device) -> Result<Model> {
+    let kind: ModelType =
+        serde_json::from_str(config_json).map_err(|e| candle_core::Error::msg(format!("config.json: {e}")))?;
+    let mut tensors = HashMap::new();
+    for shard in shards {
+        tensors.extend(candle_core::safetensors::load_buffer(shard, device)?);
+    }
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let parse_err = |e: serde_json::Error| candle_core::Error::msg(format!("config.json: {e}"));
+    match kind.model_type.as_deref() {
+        Some("t5") => {
+            let cfg: T5Config = serde_json::from_str(config_json).map_err(parse_err)?;
+            Ok(Model::T5(Box::new(T5::load(vb, &cfg)?)))
+        }
+        Some("llama") => {
+            let cfg: LlamaConfig = serde_json::from_str(config_json).map_err(parse_err)?;
+            Ok(Model::Llama(Box::new(Llama::load(vb, &cfg)?)))
+        }
+        other => candle_core::bail!("model_type {other:?} is not supported (t5 and llama are)"),
+    }
+}
+
+/// What a GGUF file carries besides the weights: its tokenizer and chat template.
+#[derive(Debug, Clone, Default)]
+pub struct GgufExtras {
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    pub token_types: Vec<i32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub chat_template: Option<String>,
+    pub tokenizer_model: Option<String>,
+    pub pretokenizer: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Reads a LLaMA-architecture GGUF file, dequantizing every tensor to `dtype`.
+pub fn from_gguf<R: Read + Seek>(
+    reader: &mut R,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, LlamaConfig, GgufExtras)> {
+    let content = gguf_file::Content::read(reader)?;
+    let md = &content.metadata;
+    let get = |key: &str| {
+        md.get(key)
+            .ok_or_else(|| candle_core::Error::msg(format!("GGUF metadata has no {key}")))
+    };
+    let arch = get("general.architecture")?.to_string()?.clone();
+    if arch != "llama" {
+        candle_core::bail!("GGUF architecture {arch:?} is not supported (llama is)");
+    }
+    let u = |key: &str| -> Result<usize> { Ok(get(&format!("llama.{key}"))?.to_u32()? as usize) };
+    let tokens: Vec<String> = match md.get("tokenizer.ggml.tokens") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| t.to_string().cloned())
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let n_head = u("attention.head_count")?;
+    let n_kv = match md.get("llama.attention.head_count_kv") {
+        Some(v) => v.to_u32()? as usize,
+        None => n_head,
+    };
+    let theta = get("llama.rope.freq_base")?.to_f32()?;
+    let vocab_size = match md.get("llama.vocab_size") {
+        Some(v) => v.to_u32()? as usize,
+        None => tokens.len(),
+    };
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let cfg = LlamaConfig {
+        vocab_size,
+        hidden_size: u("embedding_length")?,
+        intermediate_size: u("feed_forward_length")?,
+        num_hidden_layers: u("block_count")?,
+        num_attention_heads: n_head,
+        num_key_value_heads: Some(n_kv),
+        head_dim: None,
+        rms_norm_eps: f64::from(get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?),
+        max_position_embeddings: u("context_length").unwrap_or(4096),
+        rope_theta: None,
+        rope_scaling: None,
+        rope_parameters: Some(RopeParameters {
+            rope_theta: Some(f64::from(theta)),
+            ..Default::default()
+        }),
+        tie_word_embeddings: !has_output,
+        hidden_act: "silu".into(),
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        candle_core::bail!(
+            "GGUF rope_freqs (llama3 rope scaling) is not supported yet; load the HF checkpoint instead"
+        );
+    }
+
+    let mut tensors = HashMap::new();
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    for name in names {
+        let t = content.tensor(reader, &name, device)?.dequantize(device)?;
+        let (hf, heads) = hf_name(&name, n_head, n_kv);
+        let t = match heads {
+            Some(h) => unpermute(&t, h)?,
+            None => t,
+        };
+        tensors.insert(hf, t.to_dtype(dtype)?);
+    }
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let model = Llama::load(vb, &cfg)?;
+
+    let strings = |key: &str| -> Result<Vec<String>> {
+        match md.get(key) {
+            Some(v) => v.to_vec()?.iter().map(|t| t.to_string().cloned()).collect(),
+            None => Ok(Vec::new()),
+        }
+    };
+    let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok().cloned());
+    let extras = GgufExtras {
+        merges: strings("tokenizer.ggml.merges")?,
+        token_types: match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v.to_vec()?.iter().map(|t| t.to_i32()).collect::<Result<_>>()?,
+            None => Vec::new(),
+        },
+        tokens,
+        bos_token_id: id("tokenizer.ggml.bos_token_id"),
+        eos_token_id: id("tokenizer.ggml.eos_token_id"),
+        chat_template: text("tokenizer.chat_template"),
+        tokenizer_model: text("tokenizer.ggml.model"),
+        pretokenizer: text("tokenizer.ggml.pre"),
+        name: text("general.name"),
+    };
+    let mut cfg = cfg;
+    cfg.bos_token_id = extras.bos_token_id.map(super::llama::TokenIds::One);
+    cfg.eos_token_id = extras.eos_token_id.map(super::llama::TokenIds::One);
+    Ok((Model::Llama(Box::new(model)), cfg, extras))
+}
+
+/// The HF name of a GGUF tensor, and the head count to unpermute Q/K rows with.
+fn hf_name(gguf: &str, n_head: usize, n_kv: usize) -> (String, Option<usize>) {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return (f.to_owned(), None);
+    }
+    let Some(rest) = gguf.strip_prefix("blk.") else {
+        return (gguf.to_owned(), None);
+    };
+    let Some((layer, what)) = rest.split_once('.') else {
+        return (gguf.to_owned(), None);
+    };
+    let (hf, heads) = match what {
+        "attn_q.weight" => ("self_attn.q_proj.weight", Some(n_head)),
+        "attn_k.weight" => ("self_attn.k_proj.weight", Some(n_kv)),
+        "attn_v.weight" => ("self_attn.v_proj.weight", None),
+        "attn_output.weight" => ("self_attn.o_proj.weight", None),
+        "attn_norm.weight" => ("input_layernorm.weight", None),
+        "ffn_norm.weight" => ("post_attention_layernorm.weight", None),
+        "ffn_gate.weight" => ("mlp.gate_proj.weight", None),
+        "ffn_up.weight" => ("mlp.up_proj.weight", None),
+        "ffn_down.weight" => ("mlp.down_proj.weight", None),
+        _ => return (gguf.to_owned(), None),
+    };
+    (format!("model.layers.{layer}.{hf}"), heads)
+}
+
+/// Undoes llama.cpp's conversion permutation of Q/K rows: GGUF stores
+/// `w.reshape(h, 2, rows/h/2, in).swapaxes(1, 2)`; HF wants `w`.
+fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    w.reshape((heads, rows / heads / 2, 2, cols))?
+        .transpose(1, 2)?
+        .reshape((rows, cols))
+}

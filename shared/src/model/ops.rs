@@ -1,0 +1,74 @@
+//! Differentiable building blocks. candle's fused `softmax_last_dim`, `rms_norm`, `rope*` and sdpa
+//! have no backward pass (gradients silently stop); these are written with ops that have one, so
+//! the gradient of the loss reaches the soft prompt through every layer.
+
+use candle_core::{D, DType, Result, Tensor};
+
+use crate::merge::SplitMix64;
+
+/// Softmax over the last dimension. The max is detached: subtracting a constant does not change
+/// the result, so no gradient needs to flow through it.
+pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    exp.broadcast_div(&sum)
+}
+
+/// log-softmax over the last dimension.
+pub fn log_softmax_last(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let shifted = xs.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// RMS normalization as LLaMA and T5 compute it: x · rsqrt(mean(x²) + eps) · w, in f32.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(DType::F32)?;
+    let var = xs.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xs.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// Rotary embedding in the HF (non-interleaved, "rotate half") layout: x·cos + rotate_half(x)·sin,
+/// with `cos`/`sin` broadcastable to `xs` ([.., T, head_dim]).
+pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = xs.dim(D::Minus1)? / 2;
+    let x1 = xs.narrow(D::Minus1, 0, half)?;
+    let x2 = xs.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    xs.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// GELU with the tanh approximation (`gelu_new` in transformers; T5 v1.1's activation).
+pub fn gelu_tanh(xs: &Tensor) -> Result<Tensor> {
+    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+    let inner = ((xs.powf(3.0)? * 0.044715)? + xs)?;
+    let t = (inner * (2.0f64 / std::f64::consts::PI).sqrt())?.tanh()?;
+    ((t + 1.0)? * 0.5)?.mul(xs)
+}
+
+/// Inverted dropout with keep-probability 1 − p, as torch does it in training mode, with masks
+/// drawn from a seeded [`SplitMix64`] so a run is reproducible (and resumable) on every platform.
+/// `p == 0` returns the input unchanged.
+pub fn dropout(xs: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(xs.clone());
+    }
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..xs.elem_count())
+        .map(|_| if rng.next_f64() < f64::from(p) { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+    xs * mask
+}
+
+/// Mean of the negative log-likelihood of `targets` ([N], u32) under `logits` ([N, V]), and the
+/// per-row NLL ([N]).
+pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let logp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    Ok((picked.mean_all()?, picked))
+}
