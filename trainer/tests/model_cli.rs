@@ -1,0 +1,174 @@
+//! `tpv origins` and `tpv eval` on the tiny fixture models (tests/fixtures/models, with the
+//! word-level tokenizers of tests/reference/tiny_tokenizers.py).
+
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+use tpv_shared::model::load::from_safetensors;
+use tpv_shared::model::{DType, Device, Tensor};
+use tpv_shared::{PromptKind, runfile};
+
+fn model_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+fn tpv() -> Command {
+    Command::cargo_bin("tpv").unwrap()
+}
+
+fn json_out(cmd: &mut Command) -> Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+fn write_data(dir: &Path, lines: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("data.jsonl");
+    let text: String = lines
+        .iter()
+        .map(|(i, t)| serde_json::json!({ "input": i, "target": t }).to_string() + "\n")
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const DATA: &[(&str, &str)] = &[
+    ("w5 w17 w33 w9", "w12 w7"),
+    ("w44 w3", "w30"),
+    ("w8 w8 w21 w60 w61 w62 w63 w4 w11 w40", "w9 w9 w10"),
+    ("w13", "w14"),
+];
+
+#[test]
+fn origins_are_rows_of_the_embedding_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir("llama_tied");
+    let v = json_out(
+        tpv()
+            .args([
+                "origins", "--json", "--count", "2", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
+            ])
+            .arg(&dir)
+            .arg("-o")
+            .arg(tmp.path()),
+    );
+    assert_eq!(v["origins"].as_array().unwrap().len(), 2);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let model = from_safetensors(&config, &[weights], DType::F32, &Device::Cpu).unwrap();
+    for i in 0..2 {
+        let p = runfile::read_run(&std::fs::read(tmp.path().join(format!("origin{i}.safetensors"))).unwrap()).unwrap();
+        assert_eq!(p.kind(), PromptKind::Origin);
+        assert_eq!(p.origin_id(), Some(format!("origin{i}").as_str()));
+        let ids: Vec<u32> = serde_json::from_value(p.meta.config.as_ref().unwrap()["token_ids"].clone()).unwrap();
+        assert!(ids.iter().all(|&t| t < 64));
+        let rows: Vec<f32> = model
+            .embeddings()
+            .index_select(&Tensor::from_slice(&ids, ids.len(), &Device::Cpu).unwrap(), 0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(p.values.as_slice(), rows.as_slice());
+    }
+}
+
+fn eval(model: &str, prompt: Option<&Path>, data: &Path, extra: &[&str]) -> Value {
+    let mut cmd = tpv();
+    cmd.args(["eval", "--json", "--max-new-tokens", "4", "--model"])
+        .arg(model_dir(model))
+        .arg("--data")
+        .arg(data);
+    if let Some(p) = prompt {
+        cmd.arg("--prompt").arg(p);
+    }
+    json_out(cmd.args(extra))
+}
+
+#[track_caller]
+fn assert_same_results(a: &Value, b: &Value) {
+    let (ea, eb) = (a["examples"].as_array().unwrap(), b["examples"].as_array().unwrap());
+    assert_eq!(ea.len(), eb.len());
+    for (x, y) in ea.iter().zip(eb) {
+        assert_eq!(x["prediction"], y["prediction"]);
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs().max(1.0), "{lx} vs {ly}");
+    }
+}
+
+#[test]
+fn eval_batched_equals_one_by_one_on_llama_and_t5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), DATA);
+    for model in ["llama_gqa_rope3", "llama_tied", "t5_relu_tied", "t5_gated_untied"] {
+        let origins = tmp.path().join(model);
+        tpv()
+            .args([
+                "origins", "--count", "1", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
+            ])
+            .arg(model_dir(model))
+            .arg("-o")
+            .arg(&origins)
+            .assert()
+            .success();
+        let prompt = origins.join("origin0.safetensors");
+        let one = eval(model, Some(&prompt), &data, &["--batch-size", "1"]);
+        let all = eval(model, Some(&prompt), &data, &["--batch-size", "3"]);
+        assert_same_results(&one, &all);
+        assert_eq!(one["examples"].as_array().unwrap().len(), 4);
+        let mean: f64 = one["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["loss"].as_f64().unwrap())
+            .sum::<f64>()
+            / 4.0;
+        assert!((one["mean_loss"].as_f64().unwrap() - mean).abs() < 1e-9);
+        let em = one["exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&em));
+    }
+    // Raw text and no prompt at all (zero-shot) work too.
+    let raw = eval("llama_tied", None, &data, &["--no-chat-template", "--batch-size", "2"]);
+    assert_eq!(raw["examples"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn eval_accepts_peft_adapters_and_refuses_mismatches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), DATA);
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peft/t5_seq2seq");
+    let v = eval("t5_relu_tied", Some(&adapter), &data, &[]);
+    assert_eq!(v["examples"].as_array().unwrap().len(), 4);
+
+    // A prompt of another width is refused, naming both sizes.
+    let wide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/runs/v1/sst2-origin0.safetensors");
+    let out = tpv()
+        .args(["eval", "--model"])
+        .arg(model_dir("llama_tied"))
+        .arg("--prompt")
+        .arg(&wide)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .failure();
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("token dim 8") && err.contains("16"), "{err}");
+
+    // A malformed line names the file and the line.
+    std::fs::write(&data, "{\"input\": \"w5\", \"target\": \"w6\"}\n{\"text\": \"w5\"}\n").unwrap();
+    let out = tpv()
+        .args(["eval", "--model"])
+        .arg(model_dir("llama_tied"))
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .failure();
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("line 2"), "{err}");
+}
