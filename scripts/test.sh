@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check, in the order CI runs them: installs what it needs (scripts/setup.sh, idempotent),
-# then fmt, clippy (native and wasm32), the dependency rule, all tests, a trunk build of the web
-# app and its headless-Chromium test.
+# then fmt, clippy (native and wasm32), the dependency rule, all tests (native, and the forward
+# passes in headless Chromium), a trunk build of the web app and its headless-Chromium test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -29,8 +29,12 @@ cargo run -q -p tpv-trainer --locked -- fetch smollm2
 step "tests"
 cargo test --workspace --locked
 
+step "forward passes in headless Chromium (wasm-bindgen-test)"
+CHROMEDRIVER=/usr/bin/chromedriver cargo test -p tpv-shared --target wasm32-unknown-unknown --locked --test wasm
+
 step "trunk build"
-trunk build --release --skip-version-check
+# The dev profile shares the wasm build above (users build with --release; see web/README.md).
+trunk build --skip-version-check
 
 step "browser test (headless chromium)"
 cargo build -p tpv-trainer --locked

@@ -1,0 +1,111 @@
+//! The forward passes compiled to wasm32 and run in headless Chromium, checked against the same
+//! HF reference numbers and tolerances as the native tests (`tests/models.rs`):
+//!
+//!     CHROMEDRIVER=/usr/bin/chromedriver cargo test -p tpv-shared --target wasm32-unknown-unknown --test wasm
+#![cfg(target_arch = "wasm32")]
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use tpv_shared::model::causal::{self, Example};
+use tpv_shared::model::load::{Model, from_safetensors};
+use tpv_shared::model::t5;
+use tpv_shared::model::{DType, Device, Tensor, Var};
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn max_abs(got: &Tensor, want: &[f32]) -> f32 {
+    let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+fn rel(got: f32, want: &Value) -> f64 {
+    let want = want.as_f64().unwrap();
+    (f64::from(got) - want).abs() / want.abs()
+}
+
+fn prompt(expected: &Value) -> Var {
+    let r = expected["virtual_tokens"].as_u64().unwrap() as usize;
+    Var::from_tensor(&Tensor::from_vec(floats(&expected["prompt"]), (r, 16), &Device::Cpu).unwrap()).unwrap()
+}
+
+#[wasm_bindgen_test]
+fn llama_in_the_browser_matches_hf() {
+    let config = include_str!("../../tests/fixtures/models/llama_gqa_rope3/config.json");
+    let weights = include_bytes!("../../tests/fixtures/models/llama_gqa_rope3/model.safetensors").to_vec();
+    let expected: Value = serde_json::from_str(include_str!(
+        "../../tests/fixtures/models/llama_gqa_rope3/expected.json"
+    ))
+    .unwrap();
+    let Model::Llama(model) = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap() else {
+        panic!("not a llama")
+    };
+    let p = prompt(&expected);
+    let mut batch = Vec::new();
+    for ex in expected["examples"].as_array().unwrap() {
+        let example = Example::answer(&ids(&ex["input_ids"]), &ids(&ex["answer_ids"]));
+        let out = causal::loss(&model, p.as_tensor(), std::slice::from_ref(&example)).unwrap();
+        assert!(rel(out.loss.to_scalar().unwrap(), &ex["loss"]) <= 1e-5);
+        let grads = out.loss.backward().unwrap();
+        assert!(max_abs(grads.get(p.as_tensor()).unwrap(), &floats(&ex["grad"])) <= 1e-4);
+        let logits = causal::sequence_logits(&model, p.as_tensor(), &example.ids).unwrap();
+        assert!(max_abs(&logits, &floats(&ex["logits"])) <= 1e-4);
+        let want = ids(&ex["greedy"]);
+        let got = causal::greedy(&model, p.as_tensor(), &[ids(&ex["input_ids"])], want.len(), &[]).unwrap();
+        assert_eq!(got[0], want);
+        batch.push(example);
+    }
+    let out = causal::loss(&model, p.as_tensor(), &batch).unwrap();
+    assert!(rel(out.loss.to_scalar().unwrap(), &expected["batch"]["loss"]) <= 1e-5);
+}
+
+#[wasm_bindgen_test]
+fn t5_in_the_browser_matches_hf() {
+    let config = include_str!("../../tests/fixtures/models/t5_gated_untied/config.json");
+    let weights = include_bytes!("../../tests/fixtures/models/t5_gated_untied/model.safetensors").to_vec();
+    let expected: Value = serde_json::from_str(include_str!(
+        "../../tests/fixtures/models/t5_gated_untied/expected.json"
+    ))
+    .unwrap();
+    let Model::T5(model) = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap() else {
+        panic!("not a t5")
+    };
+    let p = prompt(&expected);
+    for ex in expected["examples"].as_array().unwrap() {
+        let example = t5::Example {
+            input: ids(&ex["input_ids"]),
+            target: ids(&ex["labels"]),
+        };
+        let out = t5::loss(&model, p.as_tensor(), std::slice::from_ref(&example), None).unwrap();
+        assert!(rel(out.loss.to_scalar().unwrap(), &ex["loss"]) <= 1e-5);
+        assert!(max_abs(&out.logits, &floats(&ex["logits"])) <= 1e-4);
+        let grads = out.loss.backward().unwrap();
+        assert!(max_abs(grads.get(p.as_tensor()).unwrap(), &floats(&ex["grad"])) <= 1e-4);
+        let mut want = ids(&ex["greedy"])[1..].to_vec();
+        if want.last() == Some(&1) {
+            want.pop();
+        }
+        assert_eq!(
+            t5::greedy(&model, p.as_tensor(), &[example.input.clone()], 6).unwrap()[0],
+            want
+        );
+    }
+}
