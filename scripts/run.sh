@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The main job until the demo study lands: the paper's analysis steps on the sample study shipped in
-# tests/fixtures/runs/v1 (2 tasks x 3 origins). Builds tpv, then: similarity of task prompts and of
-# task prompt vectors across origins, the vector sum θ₀ + τ_sst2 + τ_mnli (plain and TIES),
-# cross-origin transfer, and a peft export of the sum. Outputs go to OUT (default out/showcase).
+# The main job until the demo study lands (no GPU; network only for PyPI). Builds tpv, then:
+# 1. the paper's analysis steps on the sample study shipped in tests/fixtures/runs/v1 (2 tasks x 3
+#    origins): similarity of task prompts and of task prompt vectors across origins, the vector sum
+#    θ₀ + τ_sst2 + τ_mnli (plain and TIES), cross-origin transfer, a peft export of the sum;
+# 2. the embedded default model, SmolLM2-135M-Instruct (fetched from PyPI into ~/.cache/tpv):
+#    three origins sampled with the paper's recipe, and an evaluation of origin0 and of the bare
+#    model on six sentiment examples.
+# Outputs go to OUT (default out/showcase).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/showcase}
@@ -36,5 +40,14 @@ $tpv similarity $S/sst2-origin1.safetensors "$OUT/origin1+tau_sst2@origin0.safet
 say "export the sum as a peft adapter"
 $tpv peft export -o "$OUT/sst2+mnli-peft" "$OUT/sst2+mnli@origin0.safetensors"
 $tpv inspect "$OUT/sst2+mnli-peft"
+
+say "SmolLM2-135M-Instruct: origins with the paper's recipe (ids < 5000, numpy seed 1024)"
+$tpv fetch smollm2
+$tpv origins --model smollm2 --count 3 --tokens 8 -o "$OUT/smollm2-origins"
+$tpv similarity "$OUT"/smollm2-origins/origin{0,1,2}.safetensors
+say "evaluation: the bare model (zero-shot), then with origin0 as an untrained soft prompt"
+$tpv eval --model smollm2 --data tests/fixtures/smollm2/sentiment6.jsonl --max-new-tokens 4
+$tpv eval --model smollm2 --prompt "$OUT/smollm2-origins/origin0.safetensors" \
+  --data tests/fixtures/smollm2/sentiment6.jsonl --max-new-tokens 4
 
 say "done: outputs in $OUT; open them in the web app with 'trunk serve' (see README)"
