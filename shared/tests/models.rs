@@ -193,6 +193,8 @@ fn t5_case(name: &str) {
         }
         let got = t5::greedy(&model, prompt.as_tensor(), std::slice::from_ref(&example.input), 6).unwrap();
         assert_eq!(got[0], want, "greedy tokens");
+        let recomputed = t5::greedy_recompute(&model, prompt.as_tensor(), &example.input, 6).unwrap();
+        assert_eq!(recomputed, want, "greedy by recomputation");
         singles.push((loss, want));
         batch.push(example);
     }

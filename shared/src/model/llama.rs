@@ -150,7 +150,7 @@ impl LlamaConfig {
 }
 
 /// Inverse frequencies as transformers computes them (in f32).
-fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
     let base = theta as f32;
     let inv: Vec<f32> = (0..head_dim / 2)
         .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
@@ -374,6 +374,18 @@ impl Llama {
             inv_freq: inv_freq(cfg.head_dim(), theta, &scaling),
             cfg: cfg.clone(),
         })
+    }
+
+    /// Divides the rotary inverse frequencies by per-dimension factors: how GGUF files store
+    /// LLaMA-3.1's rope scaling (`rope_freqs.weight`, head_dim/2 values).
+    pub fn set_rope_freq_factors(&mut self, factors: &[f32]) -> Result<()> {
+        if factors.len() != self.inv_freq.len() {
+            candle_core::bail!("rope_freqs has {} values, head_dim/2 is {}", factors.len(), self.inv_freq.len());
+        }
+        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= d;
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {

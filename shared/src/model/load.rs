@@ -84,7 +84,8 @@ pub struct GgufExtras {
     pub name: Option<String>,
 }
 
-/// Reads a LLaMA-architecture GGUF file, dequantizing every tensor to `dtype`.
+/// Reads a LLaMA-architecture GGUF file, dequantizing every tensor to `dtype`. LLaMA-3.1's rope
+/// scaling comes as `rope_freqs.weight` (per-dimension divisors of the inverse frequencies).
 pub fn from_gguf<R: Read + Seek>(
     reader: &mut R,
     dtype: DType,
@@ -143,16 +144,15 @@ pub fn from_gguf<R: Read + Seek>(
         bos_token_id: None,
         eos_token_id: None,
     };
-    if content.tensor_infos.contains_key("rope_freqs.weight") {
-        candle_core::bail!(
-            "GGUF rope_freqs (llama3 rope scaling) is not supported yet; load the HF checkpoint instead"
-        );
-    }
-
     let mut tensors = HashMap::new();
+    let mut freq_factors = None;
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     for name in names {
         let t = content.tensor(reader, &name, device)?.dequantize(device)?;
+        if name == "rope_freqs.weight" {
+            freq_factors = Some(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            continue;
+        }
         let (hf, heads) = hf_name(&name, n_head, n_kv);
         let t = match heads {
             Some(h) => unpermute(&t, h)?,
@@ -161,7 +161,10 @@ pub fn from_gguf<R: Read + Seek>(
         tensors.insert(hf, t.to_dtype(dtype)?);
     }
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let model = Llama::load(vb, &cfg)?;
+    let mut model = Llama::load(vb, &cfg)?;
+    if let Some(factors) = freq_factors {
+        model.set_rope_freq_factors(&factors)?;
+    }
 
     let strings = |key: &str| -> Result<Vec<String>> {
         match md.get(key) {

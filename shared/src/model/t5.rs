@@ -614,3 +614,23 @@ pub fn greedy(model: &T5, prompt: &Tensor, inputs: &[Vec<u32>], max_new: usize) 
     }
     Ok(out)
 }
+
+/// Greedy decoding by recomputing the whole decoder at every step (no cache), to check [`greedy`].
+pub fn greedy_recompute(model: &T5, prompt: &Tensor, input: &[u32], max_new: usize) -> Result<Vec<u32>> {
+    let (enc, enc_mask) = encode_prompted(model, &prompt.detach(), &[input], None)?;
+    let eos = model.cfg.eos_token_id.unwrap_or(1);
+    let mut dec = vec![model.cfg.decoder_start_token_id.unwrap_or(0)];
+    let mut out = Vec::new();
+    for _ in 0..max_new {
+        let ids = Tensor::from_slice(&dec, (1, dec.len()), model.device())?;
+        let hidden = model.decode(&ids, &enc, &enc_mask, None)?;
+        let last = hidden.narrow(1, dec.len() - 1, 1)?;
+        let tok: u32 = model.logits(&last)?.flatten_all()?.argmax(0)?.to_scalar()?;
+        if tok == eos {
+            break;
+        }
+        out.push(tok);
+        dec.push(tok);
+    }
+    Ok(out)
+}
