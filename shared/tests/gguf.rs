@@ -19,7 +19,12 @@ use tpv_shared::model::{DType, Device, Tensor};
 /// llama.cpp's `permute`: `w.reshape(h, 2, rows/h/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
 fn permute(w: &Tensor, heads: usize) -> Tensor {
     let (rows, cols) = w.dims2().unwrap();
-    w.reshape((heads, 2, rows / heads / 2, cols)).unwrap().transpose(1, 2).unwrap().reshape((rows, cols)).unwrap()
+    w.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
 }
 
 fn gguf_name(hf: &str) -> Option<String> {
@@ -66,11 +71,16 @@ fn a_llama_gguf_with_rope_freqs_matches_hf() {
     let base = inv_freq(4, 500000.0, &RopeScaling::None);
     let scaled = inv_freq(4, 500000.0, &scaling);
     let factors: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
-    assert!(factors.iter().any(|&f| f > 1.0), "the fixture's scaling changes some frequency");
+    assert!(
+        factors.iter().any(|&f| f > 1.0),
+        "the fixture's scaling changes some frequency"
+    );
 
     let mut qtensors: Vec<(String, QTensor)> = Vec::new();
     for (name, t) in &hf {
-        let Some(g) = gguf_name(name) else { panic!("unmapped tensor {name}") };
+        let Some(g) = gguf_name(name) else {
+            panic!("unmapped tensor {name}")
+        };
         let t = if name.ends_with("q_proj.weight") {
             permute(t, 4)
         } else if name.ends_with("k_proj.weight") {
@@ -81,7 +91,10 @@ fn a_llama_gguf_with_rope_freqs_matches_hf() {
         qtensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
     }
     let freqs = Tensor::new(factors.as_slice(), &Device::Cpu).unwrap();
-    qtensors.push(("rope_freqs.weight".into(), QTensor::quantize(&freqs, GgmlDType::F32).unwrap()));
+    qtensors.push((
+        "rope_freqs.weight".into(),
+        QTensor::quantize(&freqs, GgmlDType::F32).unwrap(),
+    ));
 
     use gguf_file::Value as V;
     let metadata: Vec<(&str, V)> = vec![
@@ -103,18 +116,44 @@ fn a_llama_gguf_with_rope_freqs_matches_hf() {
     file.set_position(0);
 
     let (model, _, _) = from_gguf(&mut file, DType::F32, &Device::Cpu).unwrap();
-    let Model::Llama(model) = model else { panic!("not a llama") };
+    let Model::Llama(model) = model else {
+        panic!("not a llama")
+    };
     let r = expected["virtual_tokens"].as_u64().unwrap() as usize;
-    let floats = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let floats = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect::<Vec<_>>()
+    };
+    let ids = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
     let prompt = Tensor::from_vec(floats(&expected["prompt"]), (r, 16), &Device::Cpu).unwrap();
     for ex in expected["examples"].as_array().unwrap() {
         let example = Example::answer(&ids(&ex["input_ids"]), &ids(&ex["answer_ids"]));
-        let logits: Vec<f32> =
-            causal::sequence_logits(&model, &prompt, &example.ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let worst = logits.iter().zip(floats(&ex["logits"])).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let logits: Vec<f32> = causal::sequence_logits(&model, &prompt, &example.ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let worst = logits
+            .iter()
+            .zip(floats(&ex["logits"]))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst <= 1e-4, "logits differ by {worst}");
-        let loss: f32 = causal::loss(&model, &prompt, &[example]).unwrap().loss.to_scalar().unwrap();
+        let loss: f32 = causal::loss(&model, &prompt, &[example])
+            .unwrap()
+            .loss
+            .to_scalar()
+            .unwrap();
         let want = ex["loss"].as_f64().unwrap();
         assert!((f64::from(loss) - want).abs() / want <= 1e-5, "{loss} vs {want}");
     }

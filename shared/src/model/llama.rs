@@ -380,7 +380,11 @@ impl Llama {
     /// LLaMA-3.1's rope scaling (`rope_freqs.weight`, head_dim/2 values).
     pub fn set_rope_freq_factors(&mut self, factors: &[f32]) -> Result<()> {
         if factors.len() != self.inv_freq.len() {
-            candle_core::bail!("rope_freqs has {} values, head_dim/2 is {}", factors.len(), self.inv_freq.len());
+            candle_core::bail!(
+                "rope_freqs has {} values, head_dim/2 is {}",
+                factors.len(),
+                self.inv_freq.len()
+            );
         }
         for (f, d) in self.inv_freq.iter_mut().zip(factors) {
             *f /= d;
