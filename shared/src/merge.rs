@@ -240,4 +240,22 @@ impl SplitMix64 {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+
+    /// The generator's state: `SplitMix64::new(g.state())` continues where `g` stands.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// Uniform in 0..n (Lemire's multiply-shift; n ≥ 1).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            let j = self.below(i + 1);
+            xs.swap(i, j);
+        }
+    }
 }

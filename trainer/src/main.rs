@@ -1,25 +1,11 @@
 //! `tpv`: the command line of tpv. The logic lives in the commands and in `tpv-shared`.
 
-/// `println!` that returns an I/O error instead of panicking (a closed pipe, as in `tpv … | head`).
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
-    }};
-}
-
-mod assets;
-mod cli;
-mod commands;
-mod io;
-mod models;
-
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = tpv_trainer::cli::Cli::parse();
     init_tracing(cli.verbose);
-    match commands::run(cli.command) {
+    match tpv_trainer::commands::run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A reader that stopped reading (`| head`) is not an error.
         Err(err) if is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,

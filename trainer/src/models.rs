@@ -53,24 +53,38 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         && !org.is_empty()
         && !name.contains('/')
     {
-        let hub = match std::env::var_os("HF_HOME") {
-            Some(home) => PathBuf::from(home).join("hub"),
-            None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/huggingface/hub"),
-        };
-        let repo = hub.join(format!("models--{org}--{name}"));
-        let rev = std::fs::read_to_string(repo.join("refs/main")).with_context(|| {
-            format!(
-                "{spec} is not in the local hub cache ({}); download it with `huggingface-cli download {spec}`",
-                repo.display()
-            )
-        })?;
-        let snapshot = repo.join("snapshots").join(rev.trim());
-        if snapshot.is_dir() {
-            return Ok(snapshot);
-        }
-        bail!("{} is missing", snapshot.display());
+        return hub_snapshot("models", spec);
     }
     bail!("{spec}: no such file or directory, and not `smollm2` or an `org/name` hub id")
+}
+
+/// The local HF hub cache: `$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`.
+pub fn hub_cache() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    Ok(match std::env::var_os("HF_HOME") {
+        Some(home) => PathBuf::from(home).join("hub"),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/huggingface/hub"),
+    })
+}
+
+/// The snapshot directory `refs/main` points at, for a repo of `kind` (`models`, `datasets`) in
+/// the hub cache.
+pub fn hub_snapshot(kind: &str, repo_id: &str) -> Result<PathBuf> {
+    let repo = hub_cache()?.join(format!("{kind}--{}", repo_id.replace('/', "--")));
+    let what = if kind == "datasets" { "--repo-type dataset " } else { "" };
+    let rev = std::fs::read_to_string(repo.join("refs/main")).with_context(|| {
+        format!(
+            "{repo_id} is not in the local hub cache ({}); download it with `huggingface-cli download {what}{repo_id}`",
+            repo.display()
+        )
+    })?;
+    let snapshot = repo.join("snapshots").join(rev.trim());
+    if snapshot.is_dir() {
+        return Ok(snapshot);
+    }
+    bail!("{} is missing", snapshot.display())
 }
 
 #[derive(Deserialize)]

@@ -1,12 +1,14 @@
 //! One module per subcommand.
 
 mod combine;
+mod data;
 mod eval;
 mod fetch;
 mod inspect;
 mod origins;
 mod peft;
 mod similarity;
+mod train;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -23,6 +25,8 @@ pub fn run(command: Command) -> Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Origins(args) => origins::run(&args),
         Command::Fetch(args) => fetch::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Data(args) => data::run(&args),
     }
 }
 

@@ -1,0 +1,382 @@
+//! The training configuration (`tpv train CONFIG.toml [--set key=value …]`). Unknown keys are
+//! errors naming the key; the resolved configuration is stored in every run file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tpv_shared::tasks::TaskSpec;
+
+use crate::optim::ScheduleKind;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelSection,
+    pub prompt: PromptSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub optim: OptimSection,
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF model directory, hub id in the local cache, .gguf file, or `smollm2`.
+    pub path: String,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `f32` (default) or `bf16` (large models on a GPU).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Chat models: put the input in a user turn of the chat template.
+    #[serde(default = "yes")]
+    pub chat_template: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSection {
+    pub virtual_tokens: usize,
+    pub init: Init,
+}
+
+/// Where θ₀ comes from: an origin run file, or sampled from the vocabulary embeddings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Init {
+    File(PathBuf),
+    Sampled(InitTable),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitTable {
+    pub sample_vocab: SampleVocab,
+}
+
+/// Origin `index` of the stream seeded with `seed`: with `below`, the paper's recipe (ids below
+/// `below`, without replacement, numpy's generator); without, peft's SAMPLE_VOCAB over the vocabulary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleVocab {
+    #[serde(default = "default_origin_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub below: Option<usize>,
+    #[serde(default)]
+    pub index: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// A task name from the registry, or a JSONL/CSV/TSV/parquet file.
+    pub train: String,
+    /// For a registry task: a directory holding its split files (`train-*.parquet`, …) instead
+    /// of the HF hub cache.
+    #[serde(default)]
+    pub dataset_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub validation: Option<String>,
+    #[serde(default)]
+    pub test: Option<String>,
+    /// The task of file data: a registry name, or a table declaring a custom task. Without it,
+    /// files must have `input` and `target` columns.
+    #[serde(default)]
+    pub task: Option<TaskRef>,
+    /// Shuffle the training examples every epoch (seeded by `train.seed`).
+    #[serde(default)]
+    pub shuffle: bool,
+    /// Seed of the splits (the paper: 42).
+    #[serde(default = "default_split_seed")]
+    pub split_seed: u64,
+    /// k-shot training set (stratified; identical across methods and origins for a split seed).
+    #[serde(default)]
+    pub shots: Option<usize>,
+    #[serde(default)]
+    pub max_train: Option<usize>,
+    #[serde(default)]
+    pub max_validation: Option<usize>,
+    #[serde(default)]
+    pub max_test: Option<usize>,
+    /// Truncate inputs to this many tokens (T5 in the paper: 256).
+    #[serde(default)]
+    pub max_source_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TaskRef {
+    Name(String),
+    Custom(Box<TaskSpec>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
+    /// Warmup as a fraction of the total steps (the paper's LLM recipe: 0.03).
+    #[serde(default)]
+    pub warmup_ratio: Option<f64>,
+    #[serde(default)]
+    pub scheduler: ScheduleKind,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub gradient_accumulation: usize,
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            learning_rate: default_lr(),
+            weight_decay: default_wd(),
+            warmup_steps: None,
+            warmup_ratio: None,
+            scheduler: ScheduleKind::Linear,
+            batch_size: default_batch(),
+            gradient_accumulation: 1,
+            max_steps: None,
+            epochs: None,
+            max_grad_norm: None,
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+        }
+    }
+}
+
+/// Which examples' tokens the causal loss covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// The answer tokens only (default).
+    #[default]
+    Answer,
+    /// Every token of the sequence (trl's default).
+    Sequence,
+}
+
+/// What "best" means when selecting the checkpoint to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The task's first metric (exact match when it has none), higher is better.
+    #[default]
+    Metric,
+    /// Validation loss, lower is better (the paper's few-shot recipe).
+    Loss,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Output directory: `prompt.safetensors` (the best prompt) and `checkpoint.safetensors`.
+    pub output: PathBuf,
+    /// Override of the model's dropout (T5: 0.1).
+    #[serde(default)]
+    pub dropout: Option<f32>,
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// Checkpoint interval (default: `eval_every`).
+    #[serde(default)]
+    pub save_every: Option<u64>,
+    /// Seed of shuffling and dropout.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub select: Select,
+    /// Stop after this many evaluations without improvement.
+    #[serde(default)]
+    pub early_stopping_patience: Option<u32>,
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default)]
+    pub loss: LossOn,
+    /// Evaluate the final prompt on the test split.
+    #[serde(default = "yes")]
+    pub test: bool,
+    /// Also evaluate the untrained origin and the bare model (zero-shot) on the test split, stored
+    /// as `origin_test_*` and `zero_shot_test_*` metrics.
+    #[serde(default)]
+    pub baselines: bool,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn default_origin_seed() -> u64 {
+    1024
+}
+fn default_split_seed() -> u64 {
+    42
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_lr() -> f64 {
+    0.3
+}
+fn default_wd() -> f64 {
+    1e-5
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_eval_every() -> u64 {
+    100
+}
+fn default_new_tokens() -> usize {
+    16
+}
+fn default_eval_batch() -> usize {
+    16
+}
+
+/// Reads `path`, applies `--set key=value` overrides (dotted keys; values parsed as TOML, else
+/// taken as strings), resolves relative paths against the config's directory, and validates.
+pub fn load(path: &Path, sets: &[String]) -> Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    for set in sets {
+        apply_set(&mut table, set).with_context(|| format!("--set {set}"))?;
+    }
+    let de = toml::Value::Table(table);
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        anyhow::anyhow!("{}: {at}: {}", path.display(), e.into_inner())
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    config.resolve_paths(base);
+    config.validate().with_context(|| format!("{}", path.display()))?;
+    Ok(config)
+}
+
+fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+    let Some((key, value)) = set.split_once('=') else {
+        bail!("expected key=value")
+    };
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, parents) = parts.split_last().context("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry((*p).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().with_context(|| format!("{p} is not a table"))?;
+    }
+    cur.insert((*last).to_owned(), value);
+    Ok(())
+}
+
+fn is_file_like(s: &str) -> bool {
+    s.contains('/') || s.contains('.')
+}
+
+impl Config {
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |s: &mut String| {
+            if is_file_like(s) && Path::new(s.as_str()).is_relative() && base.join(s.as_str()).exists() {
+                *s = base.join(s.as_str()).display().to_string();
+            }
+        };
+        fix(&mut self.data.train);
+        if let Some(v) = &mut self.data.validation {
+            fix(v);
+        }
+        if let Some(t) = &mut self.data.test {
+            fix(t);
+        }
+        fix(&mut self.model.path);
+        if let Some(d) = &mut self.data.dataset_dir
+            && d.is_relative()
+            && base.join(&*d).exists()
+        {
+            *d = base.join(&*d);
+        }
+        if let Init::File(p) = &mut self.prompt.init
+            && p.is_relative()
+            && base.join(&*p).exists()
+        {
+            *p = base.join(&*p);
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let o = &self.optim;
+        if self.prompt.virtual_tokens == 0 {
+            bail!("prompt.virtual_tokens must be at least 1");
+        }
+        if o.batch_size == 0 || o.gradient_accumulation == 0 {
+            bail!("optim.batch_size and optim.gradient_accumulation must be at least 1");
+        }
+        match (o.max_steps, o.epochs) {
+            (Some(_), Some(_)) => bail!("optim: give max_steps or epochs, not both"),
+            (None, None) => bail!("optim: give max_steps or epochs"),
+            _ => {}
+        }
+        if o.warmup_steps.is_some() && o.warmup_ratio.is_some() {
+            bail!("optim: give warmup_steps or warmup_ratio, not both");
+        }
+        if !(o.learning_rate.is_finite() && o.learning_rate >= 0.0) {
+            bail!("optim.learning_rate must be a finite number ≥ 0");
+        }
+        if self.train.eval_every == 0 {
+            bail!("train.eval_every must be at least 1");
+        }
+        if !matches!(self.model.dtype.as_str(), "f32" | "bf16" | "f16") {
+            bail!("model.dtype must be f32, bf16 or f16, not {:?}", self.model.dtype);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint interval.
+    pub fn save_every(&self) -> u64 {
+        self.train.save_every.unwrap_or(self.train.eval_every).max(1)
+    }
+}

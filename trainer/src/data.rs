@@ -1,0 +1,481 @@
+//! Data: records from JSONL/CSV/TSV/parquet files, HF datasets in the local hub cache (parquet),
+//! or the embedded default's offline datasets; the paper's splits (seed 42, stratified), k-shot
+//! sets, and a fingerprint of the result.
+//!
+//! Splits (SPEC 5): a dataset with more than 10,000 training examples gives 1,000 of them to
+//! validation and its original validation/test split becomes the test set; a smaller one keeps its
+//! training set and halves the original validation split into validation and test. A dataset that
+//! comes as one file (the offline snippets) first holds out min(1,000, 20%) stratified examples to
+//! play the original validation split.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use tpv_shared::merge::SplitMix64;
+use tpv_shared::tasks::{self, Record, TaskSpec};
+
+use crate::config::{DataSection, TaskRef};
+use crate::{assets, models};
+
+/// The examples of a run, as records, with the task that reads them.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub task: TaskSpec,
+    pub train: Vec<Record>,
+    pub validation: Vec<Record>,
+    pub test: Vec<Record>,
+    /// sha256 (hex, 16 chars) of the task name and every record of every split, in order.
+    pub fingerprint: String,
+}
+
+fn is_file_like(s: &str) -> bool {
+    s.contains('/') || s.contains('.')
+}
+
+/// Loads the data a config describes and splits it.
+pub fn load(cfg: &DataSection) -> Result<Splits> {
+    let (task, train, validation, test) = if is_file_like(&cfg.train) {
+        let task = match &cfg.task {
+            None => tasks::plain(),
+            Some(TaskRef::Name(n)) => tasks::get(n)?,
+            Some(TaskRef::Custom(t)) => (**t).clone(),
+        };
+        let train = read_records(Path::new(&cfg.train))?;
+        let validation = cfg
+            .validation
+            .as_deref()
+            .map(|p| read_records(Path::new(p)))
+            .transpose()?;
+        let test = cfg.test.as_deref().map(|p| read_records(Path::new(p))).transpose()?;
+        match (validation, test) {
+            (Some(v), Some(t)) => (task, train, v, t),
+            (held_out, None) => {
+                let (tr, v, t) = paper_split(train, held_out, &task, cfg.split_seed);
+                (task, tr, v, t)
+            }
+            (None, Some(_)) => bail!("data.test without data.validation: give both, or neither"),
+        }
+    } else {
+        let task = tasks::get(&cfg.train)?;
+        let (records, held_out) = builtin_records(&task, cfg.dataset_dir.as_deref())?;
+        let (tr, v, t) = paper_split(records, held_out, &task, cfg.split_seed);
+        (task, tr, v, t)
+    };
+    for (name, recs) in [("train", &train), ("validation", &validation), ("test", &test)] {
+        for (i, r) in recs.iter().enumerate().take(1000) {
+            task.render(r, tasks::Style::T5)
+                .and_then(|_| task.target(r))
+                .with_context(|| format!("{name} example {}", i + 1))?;
+        }
+    }
+    let seed = cfg.split_seed;
+    let train = match cfg.shots {
+        Some(k) => stratified_take(train, k, &task, seed ^ 0x5eed_0001).0,
+        None => train,
+    };
+    let cap = |recs: Vec<Record>, n: Option<usize>, salt: u64| match n {
+        Some(n) if n < recs.len() => stratified_take(recs, n, &task, seed ^ salt).0,
+        _ => recs,
+    };
+    let train = cap(train, cfg.max_train, 0x5eed_0002);
+    let validation = cap(validation, cfg.max_validation, 0x5eed_0003);
+    let test = cap(test, cfg.max_test, 0x5eed_0004);
+    if train.is_empty() {
+        bail!("the training set is empty");
+    }
+    let fingerprint = fingerprint(&task, &[&train, &validation, &test]);
+    Ok(Splits {
+        task,
+        train,
+        validation,
+        test,
+        fingerprint,
+    })
+}
+
+fn fingerprint(task: &TaskSpec, splits: &[&Vec<Record>]) -> String {
+    let mut h = Sha256::new();
+    h.update(task.name.as_bytes());
+    for (i, s) in splits.iter().enumerate() {
+        h.update(format!("\u{0}split{i}:{}", s.len()).as_bytes());
+        for r in s.iter() {
+            for (k, v) in r {
+                h.update(k.as_bytes());
+                h.update([0]);
+                h.update(v.as_bytes());
+                h.update([1]);
+            }
+            h.update([2]);
+        }
+    }
+    let hex = format!("{:x}", h.finalize());
+    hex[..16].to_owned()
+}
+
+/// The paper's split of `train` (and its original held-out split, if any) into train, validation
+/// and test.
+pub fn paper_split(
+    train: Vec<Record>,
+    held_out: Option<Vec<Record>>,
+    task: &TaskSpec,
+    seed: u64,
+) -> (Vec<Record>, Vec<Record>, Vec<Record>) {
+    let (train, held_out) = match held_out {
+        Some(h) => (train, h),
+        None => {
+            let n = 1000.min(train.len() / 5);
+            let (h, rest) = stratified_take(train, n, task, seed ^ 0x401d);
+            (rest, h)
+        }
+    };
+    if train.len() > 10_000 {
+        let (validation, train) = stratified_take(train, 1000, task, seed);
+        (train, validation, held_out)
+    } else {
+        let half = held_out.len() / 2;
+        let (validation, test) = stratified_take(held_out, half, task, seed);
+        (train, validation, test)
+    }
+}
+
+/// `n` records chosen stratified by class (proportional quotas, largest remainders first), and
+/// the rest; both keep the original order. Deterministic for a seed.
+pub fn stratified_take(records: Vec<Record>, n: usize, task: &TaskSpec, seed: u64) -> (Vec<Record>, Vec<Record>) {
+    let total = records.len();
+    if n >= total {
+        return (records, Vec::new());
+    }
+    let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        groups.entry(task.class_of(r)).or_default().push(i);
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut quotas: Vec<(Option<usize>, usize, f64)> = groups
+        .iter()
+        .map(|(c, idx)| {
+            let exact = n as f64 * idx.len() as f64 / total as f64;
+            (*c, exact.floor() as usize, exact - exact.floor())
+        })
+        .collect();
+    let mut left = n - quotas.iter().map(|q| q.1).sum::<usize>();
+    let mut by_remainder: Vec<usize> = (0..quotas.len()).collect();
+    by_remainder.sort_by(|&a, &b| quotas[b].2.total_cmp(&quotas[a].2).then(a.cmp(&b)));
+    for &i in &by_remainder {
+        if left == 0 {
+            break;
+        }
+        quotas[i].1 += 1;
+        left -= 1;
+    }
+    let mut chosen = vec![false; total];
+    for (class, quota, _) in &quotas {
+        let mut idx = groups[class].clone();
+        rng.shuffle(&mut idx);
+        for &i in idx.iter().take(*quota) {
+            chosen[i] = true;
+        }
+    }
+    let (mut taken, mut rest) = (Vec::with_capacity(n), Vec::with_capacity(total - n));
+    for (r, c) in records.into_iter().zip(chosen) {
+        if c { taken.push(r) } else { rest.push(r) }
+    }
+    (taken, rest)
+}
+
+/// Records of a JSONL, CSV or TSV file (by extension). JSON values that are not strings are
+/// written as text; lists of strings (and SQuAD's `answers.text`) are joined with `|||`.
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    match ext.as_str() {
+        "jsonl" | "json" => read_jsonl(path),
+        "csv" => read_delimited(path, b','),
+        "tsv" => read_delimited(path, b'\t'),
+        "parquet" => read_parquet(path),
+        _ => bail!(
+            "{}: unknown data format (expected .jsonl, .csv or .tsv)",
+            path.display()
+        ),
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(xs) => xs.iter().map(json_text).collect::<Vec<_>>().join("|||"),
+        Value::Object(m) => match m.get("text") {
+            Some(t) => json_text(t),
+            None => v.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+        let Some(obj) = v.as_object() else {
+            bail!("{} line {}: expected a JSON object", path.display(), i + 1)
+        };
+        out.push(obj.iter().map(|(k, v)| (k.clone(), json_text(v))).collect());
+    }
+    Ok(out)
+}
+
+/// A parquet column's value as text (lists joined with `|||`, a struct by its `text` field).
+fn field_text(f: &parquet::record::Field) -> String {
+    use parquet::record::Field;
+    match f {
+        Field::Null => String::new(),
+        Field::Str(s) => s.clone(),
+        Field::Bool(b) => b.to_string(),
+        Field::Byte(x) => x.to_string(),
+        Field::Short(x) => x.to_string(),
+        Field::Int(x) => x.to_string(),
+        Field::Long(x) => x.to_string(),
+        Field::UByte(x) => x.to_string(),
+        Field::UShort(x) => x.to_string(),
+        Field::UInt(x) => x.to_string(),
+        Field::ULong(x) => x.to_string(),
+        Field::Float(x) => x.to_string(),
+        Field::Double(x) => x.to_string(),
+        Field::ListInternal(list) => list.elements().iter().map(field_text).collect::<Vec<_>>().join("|||"),
+        Field::Group(row) => match row.get_column_iter().find(|(name, _)| name.as_str() == "text") {
+            Some((_, text)) => field_text(text),
+            None => f.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    let mut out = Vec::new();
+    for (i, row) in reader.get_row_iter(None)?.enumerate() {
+        let row = row.with_context(|| format!("{} row {}", path.display(), i + 1))?;
+        out.push(row.get_column_iter().map(|(k, v)| (k.clone(), field_text(v))).collect());
+    }
+    Ok(out)
+}
+
+/// Split name → its files, found under `root` (a dataset snapshot or any directory): files named
+/// `SPLIT-*.{parquet,jsonl,csv,tsv}` or inside a directory named after the split, preferring those
+/// under a `config` subdirectory when there is one.
+pub fn split_files(root: &Path, config: Option<&str>) -> Result<BTreeMap<String, Vec<std::path::PathBuf>>> {
+    let base = match config {
+        Some(c) if root.join(c).is_dir() => root.join(c),
+        _ => root.to_owned(),
+    };
+    let mut found: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
+    let mut stack = vec![(base, 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                if depth < 3 {
+                    stack.push((path, depth + 1));
+                }
+                continue;
+            }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if !matches!(ext, "parquet" | "jsonl" | "csv" | "tsv") {
+                continue;
+            }
+            let stem = name.split(['-', '.']).next().unwrap_or("");
+            let parent = path
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
+            let split = if is_split_name(stem) {
+                stem
+            } else if is_split_name(parent) {
+                parent
+            } else {
+                continue;
+            };
+            found.entry(split.to_owned()).or_default().push(path);
+        }
+    }
+    for files in found.values_mut() {
+        files.sort();
+    }
+    Ok(found)
+}
+
+fn is_split_name(s: &str) -> bool {
+    matches!(s, "train" | "validation" | "test" | "dev") || s.starts_with("validation_") || s.starts_with("test_")
+}
+
+fn read_split(files: &BTreeMap<String, Vec<std::path::PathBuf>>, split: &str) -> Result<Option<Vec<Record>>> {
+    let Some(paths) = files.get(split) else { return Ok(None) };
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend(read_records(p)?);
+    }
+    Ok(Some(out))
+}
+
+fn read_delimited(path: &Path, delimiter: u8) -> Result<Vec<Record>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let mut out = Vec::new();
+    for (i, row) in reader.records().enumerate() {
+        let row = row.with_context(|| format!("{} row {}", path.display(), i + 2))?;
+        out.push(
+            headers
+                .iter()
+                .zip(row.iter())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// The training records and the original held-out split of a built-in task: an offline asset,
+/// or the task's HF dataset from `dataset_dir` or the local hub cache (parquet, as the hub
+/// stores it). Class tasks drop records without a gold label (SNLI's −1).
+fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<Record>, Option<Vec<Record>>)> {
+    if let Some(asset) = assets::for_task(&task.name) {
+        let path = assets::ensure(asset)?;
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let records =
+            parse_snippets(&String::from_utf8_lossy(&bytes)).with_context(|| format!("parsing {}", path.display()))?;
+        return Ok((records, None));
+    }
+    let root = match dataset_dir {
+        Some(d) => d.to_owned(),
+        None => models::hub_snapshot("datasets", &task.origin.dataset)
+            .with_context(|| format!("task {} reads HF dataset {}", task.name, task.origin.dataset))?,
+    };
+    let files = split_files(&root, task.origin.config.as_deref())?;
+    let train = read_split(&files, "train")?.with_context(|| {
+        format!(
+            "{}: no train split (found: {:?})",
+            root.display(),
+            files.keys().collect::<Vec<_>>()
+        )
+    })?;
+    let held_name = task.origin.held_out_split.as_deref().unwrap_or("validation");
+    let held_out = read_split(&files, held_name)?;
+    let keep = |recs: Vec<Record>| -> Vec<Record> {
+        if task.labels.is_empty() {
+            return recs;
+        }
+        let before = recs.len();
+        let kept: Vec<Record> = recs.into_iter().filter(|r| task.class_of(r).is_some()).collect();
+        if kept.len() < before {
+            tracing::info!(
+                "{}: dropped {} records without a gold label",
+                task.name,
+                before - kept.len()
+            );
+        }
+        kept
+    };
+    Ok((keep(train), held_out.map(keep)))
+}
+
+/// Hutto & Gilbert's ground-truth files: `id \t valence \t text`; label 1 when the mean valence
+/// is positive, 0 when negative; neutral (0.0) snippets are dropped.
+pub fn parse_snippets(text: &str) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for (i, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut parts = line.splitn(3, '\t');
+        let (Some(id), Some(valence), Some(sentence)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("line {}: expected id, valence and text separated by tabs", i + 1)
+        };
+        let v: f64 = valence
+            .trim()
+            .parse()
+            .with_context(|| format!("line {}: valence {valence:?}", i + 1))?;
+        if v == 0.0 {
+            continue;
+        }
+        let mut r = Record::new();
+        r.insert("id".into(), id.to_owned());
+        r.insert("valence".into(), valence.trim().to_owned());
+        r.insert("sentence".into(), sentence.trim().to_owned());
+        r.insert("label".into(), if v > 0.0 { "1" } else { "0" }.into());
+        out.push(r);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(labels: &[usize]) -> Vec<Record> {
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut r = Record::new();
+                r.insert("sentence".into(), format!("s{i}"));
+                r.insert("label".into(), l.to_string());
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stratified_take_keeps_class_proportions_and_is_deterministic() {
+        let task = tasks::get("sst2").unwrap();
+        let labels: Vec<usize> = (0..100).map(|i| usize::from(i % 4 == 0)).collect(); // 25% positive
+        let (a, rest) = stratified_take(recs(&labels), 20, &task, 42);
+        assert_eq!(a.len(), 20);
+        assert_eq!(rest.len(), 80);
+        assert_eq!(a.iter().filter(|r| r["label"] == "1").count(), 5);
+        let (b, _) = stratified_take(recs(&labels), 20, &task, 42);
+        assert_eq!(a, b);
+        let (c, _) = stratified_take(recs(&labels), 20, &task, 43);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_paper_split_rule() {
+        let task = tasks::get("sst2").unwrap();
+        // Small dataset with a held-out split: train kept, held-out halved.
+        let (tr, v, t) = paper_split(recs(&[0, 1].repeat(50)), Some(recs(&[0, 1].repeat(10))), &task, 42);
+        assert_eq!((tr.len(), v.len(), t.len()), (100, 10, 10));
+        // Large: 1,000 of train become validation, the held-out split is the test set.
+        let (tr, v, t) = paper_split(recs(&[0, 1].repeat(5001)), Some(recs(&[0, 1].repeat(10))), &task, 42);
+        assert_eq!((tr.len(), v.len(), t.len()), (9002, 1000, 20));
+        // One file: 20% (at most 1,000) held out first, then halved.
+        let (tr, v, t) = paper_split(recs(&[0, 1].repeat(50)), None, &task, 42);
+        assert_eq!((tr.len(), v.len(), t.len()), (80, 10, 10));
+    }
+
+    #[test]
+    fn snippets_parse_and_drop_neutral() {
+        let text = "\u{feff}1_1\t2.266\tA fine film.\r\n1_2\t0.0\tmeh\r\n1_3\t-1.5\tDull.\r\n";
+        let r = parse_snippets(text).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0]["label"], "1");
+        assert_eq!(r[1]["label"], "0");
+        assert_eq!(r[1]["sentence"], "Dull.");
+    }
+}

@@ -1,0 +1,268 @@
+//! The training step and evaluation on top of the shared forward passes: one loss for both model
+//! families, AdamW on the host, losses normalized over all target tokens of an optimizer step.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use tpv_shared::merge::SplitMix64;
+use tpv_shared::metrics;
+use tpv_shared::model::causal;
+use tpv_shared::model::load::Model;
+use tpv_shared::model::t5;
+use tpv_shared::tasks::TaskSpec;
+use tpv_shared::text::TextCodec;
+
+use crate::optim::{AdamW, Schedule, clip_grad_norm, grad_norm};
+
+/// One example, tokenized for its model family.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoded {
+    Causal {
+        example: causal::Example,
+        /// The prompt part (input ids) for generation.
+        input: Vec<u32>,
+        target: String,
+    },
+    Seq2Seq {
+        example: t5::Example,
+        target: String,
+    },
+}
+
+impl Encoded {
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Causal { target, .. } | Self::Seq2Seq { target, .. } => target,
+        }
+    }
+
+    /// How many target tokens the loss covers.
+    pub fn target_count(&self) -> usize {
+        match self {
+            Self::Causal { example, .. } => example
+                .ids
+                .len()
+                .saturating_sub(example.target_start.min(example.ids.len())),
+            Self::Seq2Seq { example, .. } => example.target.len(),
+        }
+    }
+
+    fn input(&self) -> &[u32] {
+        match self {
+            Self::Causal { input, .. } => input,
+            Self::Seq2Seq { example, .. } => &example.input,
+        }
+    }
+}
+
+/// Why a training step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Steps count from 1, as in the curves.
+    #[error("the loss is {value} at step {step}")]
+    NonFiniteLoss { step: u64, value: f32 },
+    #[error("the gradient has a non-finite value at step {step}")]
+    NonFiniteGrad { step: u64 },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The model, how to decode, and the dropout of training mode.
+pub struct Engine<'a> {
+    pub model: &'a Model,
+    pub codec: Option<&'a TextCodec>,
+    pub eos: Vec<u32>,
+    pub dropout: f32,
+    pub device: Device,
+}
+
+/// Loss over a batch: the mean NLL over its target tokens, and its target-token count.
+pub struct BatchLoss {
+    pub loss: Tensor,
+    pub per_example: Vec<f32>,
+    pub counts: Vec<usize>,
+}
+
+impl Engine<'_> {
+    /// Loss of `batch` under `theta` ([R, d]); `rng` turns on dropout (T5).
+    pub fn loss(
+        &self,
+        theta: &Tensor,
+        batch: &[&Encoded],
+        rng: Option<&mut SplitMix64>,
+    ) -> candle_core::Result<BatchLoss> {
+        match self.model {
+            Model::Llama(m) => {
+                let examples: Vec<causal::Example> = batch
+                    .iter()
+                    .map(|e| match e {
+                        Encoded::Causal { example, .. } => Ok(example.clone()),
+                        Encoded::Seq2Seq { .. } => {
+                            Err(candle_core::Error::Msg("a seq2seq example for a causal model".into()))
+                        }
+                    })
+                    .collect::<candle_core::Result<_>>()?;
+                let out = causal::loss(m, theta, &examples)?;
+                Ok(BatchLoss {
+                    loss: out.loss,
+                    per_example: out.per_example,
+                    counts: out.counts,
+                })
+            }
+            Model::T5(m) => {
+                let examples: Vec<t5::Example> = batch
+                    .iter()
+                    .map(|e| match e {
+                        Encoded::Seq2Seq { example, .. } => Ok(example.clone()),
+                        Encoded::Causal { .. } => {
+                            Err(candle_core::Error::Msg("a causal example for a seq2seq model".into()))
+                        }
+                    })
+                    .collect::<candle_core::Result<_>>()?;
+                let train = match rng {
+                    Some(rng) if self.dropout > 0.0 => Some(t5::Train {
+                        dropout: self.dropout,
+                        rng,
+                    }),
+                    _ => None,
+                };
+                let out = t5::loss(m, theta, &examples, train)?;
+                Ok(BatchLoss {
+                    loss: out.loss,
+                    per_example: out.per_example,
+                    counts: out.counts,
+                })
+            }
+        }
+    }
+
+    /// Greedy generations (token ids) for a batch.
+    pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
+        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
+        match self.model {
+            Model::Llama(m) => causal::greedy(m, theta, &inputs, max_new, &self.eos),
+            Model::T5(m) => t5::greedy(m, theta, &inputs, max_new),
+        }
+    }
+}
+
+/// Everything that changes during training (and is saved in a checkpoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub step: u64,
+    pub params: Vec<f32>,
+    pub adam: AdamW,
+    /// SplitMix64 state of the dropout masks.
+    pub rng: u64,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: f64,
+}
+
+/// One optimizer step over `micro_batches` (gradient accumulation): each micro-batch's mean loss
+/// is weighted by its share of the step's target tokens, so the step minimizes the mean NLL over
+/// all of them (as transformers' Trainer with `num_items_in_batch`); then clipping, the LR of
+/// this step, and AdamW.
+pub fn train_step(
+    engine: &Engine<'_>,
+    state: &mut State,
+    micro_batches: &[Vec<&Encoded>],
+    schedule: &Schedule,
+    max_grad_norm: Option<f64>,
+    shape: (usize, usize),
+) -> Result<StepStats, StepError> {
+    let var = Var::from_tensor(&Tensor::from_slice(&state.params, shape, &engine.device)?)?;
+    let mut rng = SplitMix64::new(state.rng);
+    let mut grads = vec![0f32; state.params.len()];
+    let total: usize = micro_batches.iter().flatten().map(|e| e.target_count()).sum();
+    let mut loss = 0f32;
+    for mb in micro_batches {
+        let out = engine.loss(var.as_tensor(), mb, Some(&mut rng))?;
+        let share = out.counts.iter().sum::<usize>() as f64 / total.max(1) as f64;
+        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
+        loss += scaled.to_scalar::<f32>()?;
+        let g = scaled.backward()?;
+        if let Some(g) = g.get(&var) {
+            for (a, b) in grads
+                .iter_mut()
+                .zip(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            {
+                *a += b;
+            }
+        }
+    }
+    if !loss.is_finite() {
+        return Err(StepError::NonFiniteLoss {
+            step: state.step + 1,
+            value: loss,
+        });
+    }
+    if grads.iter().any(|g| !g.is_finite()) {
+        return Err(StepError::NonFiniteGrad { step: state.step + 1 });
+    }
+    let norm = match max_grad_norm {
+        Some(max) => clip_grad_norm(&mut grads, max),
+        None => grad_norm(&grads),
+    };
+    let lr = schedule.lr(state.step);
+    state.adam.step(&mut state.params, &grads, lr);
+    state.step += 1;
+    state.rng = rng.state();
+    Ok(StepStats {
+        loss,
+        lr,
+        grad_norm: norm,
+    })
+}
+
+/// Validation or test results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalResult {
+    /// Mean NLL over all target tokens.
+    pub loss: f64,
+    /// exact_match and the task's metrics.
+    pub metrics: BTreeMap<String, f64>,
+    pub predictions: Vec<String>,
+}
+
+/// Loss, greedy predictions and metrics of `theta` on `examples`.
+pub fn evaluate(
+    engine: &Engine<'_>,
+    theta: &Tensor,
+    examples: &[Encoded],
+    task: &TaskSpec,
+    batch_size: usize,
+    max_new: usize,
+) -> anyhow::Result<EvalResult> {
+    let (mut nll, mut count) = (0f64, 0usize);
+    let mut predictions = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch: Vec<&Encoded> = chunk.iter().collect();
+        let out = engine.loss(theta, &batch, None)?;
+        for (l, c) in out.per_example.iter().zip(&out.counts) {
+            if *c > 0 {
+                nll += f64::from(*l) * *c as f64;
+                count += c;
+            }
+        }
+        for ids in engine.generate(theta, &batch, max_new)? {
+            let text = match engine.codec {
+                Some(codec) => codec.decode(&ids)?.trim().to_owned(),
+                None => ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+            };
+            predictions.push(text);
+        }
+    }
+    let refs: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
+    let metrics = metrics::compute(&task.metrics, &predictions, &refs, &task.labels);
+    Ok(EvalResult {
+        loss: if count == 0 { f64::NAN } else { nll / count as f64 },
+        metrics,
+        predictions,
+    })
+}

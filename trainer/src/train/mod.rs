@@ -1,0 +1,608 @@
+//! `tpv train`: prompt tuning of a frozen model, as the paper does it (SPEC 4).
+//!
+//! The sample stream is deterministic: sample k of the run is example `k mod n` of epoch `k / n`
+//! (in a seeded shuffled order per epoch when `data.shuffle`), an optimizer step takes
+//! `batch_size × gradient_accumulation` consecutive samples. With the checkpointed AdamW state and
+//! dropout generator, a resumed run therefore repeats the uninterrupted one exactly.
+
+pub mod checkpoint;
+pub mod engine;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Tensor};
+use serde_json::json;
+use tpv_shared::merge::SplitMix64;
+use tpv_shared::model::causal;
+use tpv_shared::model::load::Model;
+use tpv_shared::model::t5;
+use tpv_shared::origins::{Sampling, origin_token_ids};
+use tpv_shared::tasks::{Record, Style, TaskSpec};
+use tpv_shared::{Curve, Layout, ModelRef, OriginRef, PromptKind, PromptTensor, SoftPrompt, TaskType};
+
+use self::checkpoint::{Best, Checkpoint};
+use self::engine::{Encoded, Engine, EvalResult, State, StepError, train_step};
+use crate::config::{Config, Init, LossOn, Select};
+use crate::models::{self, LoadedModel};
+use crate::optim::{AdamW, Schedule};
+use crate::{data, io};
+
+/// Options of one training invocation besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the checkpoint if there is one; skip a finished run.
+    pub resume: bool,
+    /// Start over even if the output directory has a run.
+    pub overwrite: bool,
+    /// Test hook: abort the process (as a kill would) right after this step.
+    pub abort_after_step: Option<u64>,
+}
+
+/// Where a run writes.
+pub fn prompt_path(output: &Path) -> PathBuf {
+    output.join("prompt.safetensors")
+}
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    output.join("checkpoint.safetensors")
+}
+
+/// Tokenizes records for the model family.
+pub fn encode(
+    loaded: &LoadedModel,
+    task: &TaskSpec,
+    records: &[Record],
+    chat: bool,
+    loss_on: LossOn,
+    max_source_tokens: Option<usize>,
+) -> Result<Vec<Encoded>> {
+    let mut out = Vec::with_capacity(records.len());
+    for (i, rec) in records.iter().enumerate() {
+        let e = encode_one(loaded, task, rec, chat, loss_on, max_source_tokens)
+            .with_context(|| format!("tokenizing example {}", i + 1))?;
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn encode_one(
+    loaded: &LoadedModel,
+    task: &TaskSpec,
+    rec: &Record,
+    chat: bool,
+    loss_on: LossOn,
+    max_source_tokens: Option<usize>,
+) -> Result<Encoded> {
+    let codec = &loaded.codec;
+    let target = task.target(rec)?;
+    match &loaded.model {
+        Model::Llama(_) => {
+            let style = if chat { Style::Chat } else { Style::T5 };
+            let text = task.render(rec, style)?;
+            let mut input = if chat {
+                codec.encode(&codec.chat(&text, true)?, false)?
+            } else {
+                codec.encode(&text, true)?
+            };
+            if let Some(max) = max_source_tokens {
+                input.truncate(max);
+            }
+            // The answer ends with the end-of-turn token, so the tuned model stops after it.
+            let mut answer = codec.encode(&target, false)?;
+            answer.extend(loaded.eos.first().copied());
+            let example = match loss_on {
+                LossOn::Answer => causal::Example::answer(&input, &answer),
+                LossOn::Sequence => causal::Example::whole(&[input.as_slice(), &answer].concat()),
+            };
+            Ok(Encoded::Causal { example, input, target })
+        }
+        Model::T5(_) => {
+            let text = task.render(rec, Style::T5)?;
+            let mut input = codec.encode(&text, true)?;
+            if let Some(max) = max_source_tokens
+                && input.len() > max
+                && let Some(&last) = input.last()
+            {
+                // Keep the closing </s>, as HF truncation does.
+                input.truncate(max.saturating_sub(1));
+                input.push(last);
+            }
+            let target_ids = codec.encode(&target, true)?;
+            Ok(Encoded::Seq2Seq {
+                example: t5::Example {
+                    input,
+                    target: target_ids,
+                },
+                target,
+            })
+        }
+    }
+}
+
+/// The origin θ₀ of a run: from a run file, or sampled from the model's vocabulary embeddings.
+fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(PromptTensor, Option<OriginRef>)> {
+    let r = config.prompt.virtual_tokens;
+    match &config.prompt.init {
+        Init::File(path) => {
+            let p = io::load_prompt(path)?;
+            if !p.kind().is_prompt() {
+                bail!(
+                    "prompt.init {} holds a task prompt vector, not a prompt",
+                    path.display()
+                );
+            }
+            if p.shape() != [r, d] {
+                bail!(
+                    "prompt.init {} is {}×{}, the run needs {r}×{d} (virtual_tokens × hidden size)",
+                    path.display(),
+                    p.shape()[0],
+                    p.shape()[1]
+                );
+            }
+            let origin_ref = p.meta.origin.clone();
+            Ok((p.values, origin_ref))
+        }
+        Init::Sampled(t) => {
+            let s = &t.sample_vocab;
+            let embeddings = loaded.model.embeddings();
+            let vocab = embeddings.dim(0)?;
+            let sampling = match s.below {
+                Some(below) => Sampling::VocabBelow { below, draw: 200 },
+                None => Sampling::SampleVocab,
+            };
+            let ids = origin_token_ids(sampling, s.index + 1, r, s.seed, vocab)?;
+            let ids = &ids[s.index];
+            let index = Tensor::from_slice(ids, ids.len(), embeddings.device())?;
+            let rows: Vec<f32> = embeddings
+                .index_select(&index, 0)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            Ok((
+                PromptTensor::new(r, d, rows)?,
+                Some(OriginRef {
+                    id: format!("origin{}", s.index),
+                    seed: Some(s.seed),
+                    index: Some(s.index as u32),
+                    sampling: Some(sampling.describe()),
+                }),
+            ))
+        }
+    }
+}
+
+/// Total optimizer steps and warmup steps of a config for `n_train` examples.
+pub fn step_counts(config: &Config, n_train: usize) -> (u64, u64) {
+    let o = &config.optim;
+    let per_step = (o.batch_size * o.gradient_accumulation) as f64;
+    let total = match (o.max_steps, o.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => ((e * n_train as f64) / per_step).ceil().max(1.0) as u64,
+        (None, None) => 1,
+    };
+    let warmup = match (o.warmup_steps, o.warmup_ratio) {
+        (Some(w), _) => w,
+        (None, Some(r)) => (r * total as f64).ceil() as u64,
+        (None, None) => 0,
+    };
+    (total, warmup)
+}
+
+/// The order of the training examples in `epoch`.
+fn epoch_order(n: usize, epoch: u64, shuffle: bool, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        let mut rng = SplitMix64::new(seed ^ (epoch + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        rng.shuffle(&mut order);
+    }
+    order
+}
+
+/// Indices of the micro-batches of optimizer step `step`.
+pub fn step_batches(
+    n: usize,
+    step: u64,
+    batch: usize,
+    accumulation: usize,
+    shuffle: bool,
+    seed: u64,
+) -> Vec<Vec<usize>> {
+    let mut cached: Option<(u64, Vec<usize>)> = None;
+    let first = step as usize * batch * accumulation;
+    (0..accumulation)
+        .map(|a| {
+            (0..batch)
+                .map(|j| {
+                    let k = first + a * batch + j;
+                    let epoch = (k / n) as u64;
+                    if cached.as_ref().map(|c| c.0) != Some(epoch) {
+                        cached = Some((epoch, epoch_order(n, epoch, shuffle, seed)));
+                    }
+                    cached.as_ref().map_or(0, |c| c.1[k % n])
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn score(select: Select, task: &TaskSpec, r: &EvalResult) -> f64 {
+    match select {
+        Select::Loss => -r.loss,
+        Select::Metric => task
+            .metrics
+            .first()
+            .and_then(|m| r.metrics.get(m.as_str()))
+            .or_else(|| r.metrics.get("exact_match"))
+            .copied()
+            .unwrap_or(f64::NAN),
+    }
+}
+
+fn push(curves: &mut BTreeMap<String, Curve>, name: &str, step: u64, value: f64) {
+    let c = curves.entry(name.to_owned()).or_default();
+    c.steps.push(step as f32);
+    c.values.push(value as f32);
+}
+
+/// Trains one prompt as `config` says; returns the run file written.
+pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
+    let out_dir = &config.train.output;
+    let prompt_file = prompt_path(out_dir);
+    let ckpt_file = checkpoint_path(out_dir);
+    let resolved = serde_json::to_value(config)?;
+    if opts.overwrite {
+        for f in [&prompt_file, &ckpt_file] {
+            if f.exists() {
+                std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
+            }
+        }
+    } else {
+        if ckpt_file.exists() && !opts.resume {
+            bail!(
+                "{} has an unfinished run ({}); pass --resume to continue it or --overwrite to start over",
+                out_dir.display(),
+                ckpt_file.display()
+            );
+        }
+        if prompt_file.exists() && !ckpt_file.exists() {
+            if opts.resume {
+                tracing::info!("{} is finished; nothing to do", prompt_file.display());
+                return Ok(prompt_file);
+            }
+            bail!(
+                "{} already exists; pass --resume to keep it or --overwrite to train again",
+                prompt_file.display()
+            );
+        }
+    }
+
+    let device = models::device(&config.model.device)?;
+    let dtype = match config.model.dtype.as_str() {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => DType::F32,
+    };
+    let loaded = models::load(&config.model.path, dtype, &device)
+        .with_context(|| format!("loading model {}", config.model.path))?;
+    let d = loaded.model.hidden_size();
+    let r = config.prompt.virtual_tokens;
+    let splits = data::load(&config.data).context("loading data")?;
+    let chat = config.model.chat_template && loaded.codec.chat_template().is_some() && !loaded.model.is_seq2seq();
+    let enc = |recs: &[Record]| {
+        encode(
+            &loaded,
+            &splits.task,
+            recs,
+            chat,
+            config.train.loss,
+            config.data.max_source_tokens,
+        )
+    };
+    let train = enc(&splits.train)?;
+    let validation = enc(&splits.validation)?;
+    let test = enc(&splits.test)?;
+    let (total, warmup) = step_counts(config, train.len());
+    let schedule = Schedule {
+        kind: config.optim.scheduler,
+        base_lr: config.optim.learning_rate,
+        warmup,
+        total,
+    };
+    tracing::info!(
+        task = %splits.task.name, train = train.len(), validation = validation.len(), test = test.len(),
+        total, warmup, fingerprint = %splits.fingerprint, "data ready"
+    );
+    let (theta0, origin_ref) = origin(config, &loaded, d)?;
+    let dropout = match (&loaded.model, config.train.dropout) {
+        (_, Some(p)) => p,
+        (Model::T5(m), None) => m.cfg.dropout_rate as f32,
+        (Model::Llama(_), None) => 0.0,
+    };
+    let engine = Engine {
+        model: &loaded.model,
+        codec: Some(&loaded.codec),
+        eos: loaded.eos.clone(),
+        dropout,
+        device: device.clone(),
+    };
+
+    let mut adam = AdamW::new(r * d, config.optim.weight_decay);
+    adam.beta1 = config.optim.beta1;
+    adam.beta2 = config.optim.beta2;
+    adam.eps = config.optim.eps;
+    let mut state = State {
+        step: 0,
+        params: theta0.as_slice().to_vec(),
+        adam,
+        rng: config.train.seed,
+    };
+    let mut best: Option<Best> = None;
+    let mut curves: BTreeMap<String, Curve> = BTreeMap::new();
+    let mut stale = 0u32;
+    if opts.resume && ckpt_file.exists() {
+        let c = checkpoint::read(&ckpt_file)?;
+        if c.config != resolved {
+            bail!(
+                "{} was written by a different configuration; resume with the same config or pass --overwrite",
+                ckpt_file.display()
+            );
+        }
+        if c.fingerprint != splits.fingerprint {
+            bail!(
+                "{}: the data changed since the checkpoint (fingerprint {} → {})",
+                ckpt_file.display(),
+                c.fingerprint,
+                splits.fingerprint
+            );
+        }
+        if c.params.len() != r * d {
+            bail!(
+                "{}: the checkpoint's prompt has {} values, expected {}",
+                ckpt_file.display(),
+                c.params.len(),
+                r * d
+            );
+        }
+        state.step = c.step;
+        state.params = c.params;
+        state.adam.m = c.adam_m;
+        state.adam.v = c.adam_v;
+        state.adam.t = c.adam_t;
+        state.rng = c.rng;
+        best = c.best;
+        curves = c.curves;
+        stale = c.evals_without_improvement;
+        tracing::info!("resuming {} at step {}", out_dir.display(), state.step);
+    }
+
+    let save = |state: &State, best: &Option<Best>, curves: &BTreeMap<String, Curve>, stale: u32| {
+        checkpoint::write(
+            &ckpt_file,
+            &Checkpoint {
+                step: state.step,
+                params: state.params.clone(),
+                adam_m: state.adam.m.clone(),
+                adam_v: state.adam.v.clone(),
+                adam_t: state.adam.t,
+                rng: state.rng,
+                best: best.clone(),
+                evals_without_improvement: stale,
+                curves: curves.clone(),
+                config: resolved.clone(),
+                fingerprint: splits.fingerprint.clone(),
+            },
+        )
+        .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))
+    };
+    let theta_of = |params: &[f32]| Tensor::from_slice(params, (r, d), &device);
+
+    let bar = progress_bar(total, state.step);
+    let eval_bs = config.train.eval_batch_size;
+    let max_new = config.train.max_new_tokens;
+    while state.step < total {
+        let idx = step_batches(
+            train.len(),
+            state.step,
+            config.optim.batch_size,
+            config.optim.gradient_accumulation,
+            config.data.shuffle,
+            config.train.seed,
+        );
+        let micro: Vec<Vec<&Encoded>> = idx.iter().map(|mb| mb.iter().map(|&i| &train[i]).collect()).collect();
+        let stats = match train_step(
+            &engine,
+            &mut state,
+            &micro,
+            &schedule,
+            config.optim.max_grad_norm,
+            (r, d),
+        ) {
+            Ok(s) => s,
+            Err(e @ (StepError::NonFiniteLoss { .. } | StepError::NonFiniteGrad { .. })) => {
+                bar.abandon();
+                let kept = if ckpt_file.exists() {
+                    format!(
+                        "the last good checkpoint is {} (step {})",
+                        ckpt_file.display(),
+                        checkpoint::read(&ckpt_file).map(|c| c.step).unwrap_or(0)
+                    )
+                } else {
+                    "no checkpoint was written yet".to_owned()
+                };
+                bail!("training stopped: {e}; lower optim.learning_rate or set optim.max_grad_norm; {kept}");
+            }
+            Err(e) => return Err(e).context(format!("training step {}", state.step)),
+        };
+        let step = state.step;
+        push(&mut curves, "train_loss", step, f64::from(stats.loss));
+        push(&mut curves, "lr", step, stats.lr);
+        bar.set_position(step);
+        bar.set_message(format!("loss {:.4} lr {:.3e}", stats.loss, stats.lr));
+        tracing::debug!(
+            step,
+            loss = stats.loss,
+            lr = stats.lr,
+            grad_norm = stats.grad_norm,
+            "step"
+        );
+
+        let mut stop = false;
+        if (step.is_multiple_of(config.train.eval_every) || step == total) && !validation.is_empty() {
+            let res = evaluate_quiet(
+                &engine,
+                &theta_of(&state.params)?,
+                &validation,
+                &splits.task,
+                eval_bs,
+                max_new,
+            )?;
+            push(&mut curves, "valid_loss", step, res.loss);
+            for (k, v) in &res.metrics {
+                push(&mut curves, &format!("valid_{k}"), step, *v);
+            }
+            let s = score(config.train.select, &splits.task, &res);
+            let improved = best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan());
+            bar.println(format!(
+                "step {step}: validation loss {:.4}, {}{}",
+                res.loss,
+                fmt_metrics(&res.metrics),
+                if improved { " (best)" } else { "" }
+            ));
+            if improved {
+                best = Some(Best {
+                    step,
+                    score: s,
+                    params: state.params.clone(),
+                    metrics: res.metrics.clone(),
+                });
+                stale = 0;
+            } else {
+                stale += 1;
+                if config.train.early_stopping_patience.is_some_and(|p| stale >= p) {
+                    bar.println(format!(
+                        "early stopping at step {step}: no improvement in {stale} evaluations"
+                    ));
+                    stop = true;
+                }
+            }
+        }
+        if step.is_multiple_of(config.save_every()) && step < total && !stop {
+            save(&state, &best, &curves, stale)?;
+        }
+        if opts.abort_after_step == Some(step) {
+            // Test hook: die as a killed process would, without cleanup.
+            std::process::abort();
+        }
+        if stop {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+
+    // The kept prompt: the best on validation, or the last one without validation data.
+    let (params, kept_step, valid_metrics) = match &best {
+        Some(b) => (b.params.clone(), b.step, b.metrics.clone()),
+        None => (state.params.clone(), state.step, BTreeMap::new()),
+    };
+    let mut metrics = BTreeMap::new();
+    for (k, v) in &valid_metrics {
+        metrics.insert(format!("validation_{k}"), *v);
+    }
+    if config.train.test && !test.is_empty() {
+        let res = evaluate_quiet(&engine, &theta_of(&params)?, &test, &splits.task, eval_bs, max_new)?;
+        metrics.insert("test_loss".into(), res.loss);
+        for (k, v) in &res.metrics {
+            metrics.insert(format!("test_{k}"), *v);
+        }
+    }
+    if config.train.baselines && !test.is_empty() {
+        // The untrained origin θ₀, and the model with no prompt at all (zero-shot, instruction only).
+        let none = Tensor::zeros((0, d), DType::F32, &device)?;
+        for (name, theta) in [("origin", theta_of(theta0.as_slice())?), ("zero_shot", none)] {
+            let res = evaluate_quiet(&engine, &theta, &test, &splits.task, eval_bs, max_new)?;
+            metrics.insert(format!("{name}_test_loss"), res.loss);
+            for (k, v) in &res.metrics {
+                metrics.insert(format!("{name}_test_{k}"), *v);
+            }
+        }
+    }
+    metrics.insert("best_step".into(), kept_step as f64);
+    metrics.insert("steps".into(), state.step as f64);
+
+    let values = PromptTensor::new(r, d, params)?;
+    let mut prompt = SoftPrompt::new(PromptKind::TaskPrompt, values, Some(theta0))?;
+    let task_type = if loaded.model.is_seq2seq() {
+        TaskType::Seq2SeqLm
+    } else {
+        TaskType::CausalLm
+    };
+    prompt.meta.model = Some(ModelRef {
+        id: loaded.id.clone(),
+        revision: None,
+    });
+    prompt.meta.tasks = vec![splits.task.name.clone()];
+    prompt.meta.origin = origin_ref;
+    prompt.meta.layout = Layout {
+        task_type: Some(task_type),
+        num_transformer_submodules: task_type.default_submodules(),
+    };
+    prompt.meta.metrics = metrics;
+    prompt.meta.config = Some(json!({
+        "config": resolved,
+        "splits": { "train": train.len(), "validation": validation.len(), "test": test.len() },
+        "total_steps": total,
+        "warmup_steps": warmup,
+        "chat_template": chat,
+    }));
+    prompt.meta.data_fingerprint = Some(splits.fingerprint.clone());
+    prompt.curves = curves;
+    io::write_run(&prompt_file, &prompt).with_context(|| format!("writing {}", prompt_file.display()))?;
+    if ckpt_file.exists() {
+        std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
+    }
+    Ok(prompt_file)
+}
+
+fn evaluate_quiet(
+    engine: &Engine<'_>,
+    theta: &Tensor,
+    examples: &[Encoded],
+    task: &TaskSpec,
+    batch_size: usize,
+    max_new: usize,
+) -> Result<EvalResult> {
+    engine::evaluate(engine, theta, examples, task, batch_size, max_new).context("evaluating")
+}
+
+fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {:.2}%", 100.0 * v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} steps  {msg}  {per_sec}  [{elapsed_precise} < {eta_precise}]",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_position(at);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_stream_wraps_epochs_and_is_deterministic() {
+        let b = step_batches(5, 1, 2, 2, false, 1);
+        assert_eq!(b, vec![vec![4, 0], vec![1, 2]]);
+        let s1 = step_batches(5, 3, 2, 1, true, 7);
+        let s2 = step_batches(5, 3, 2, 1, true, 7);
+        assert_eq!(s1, s2);
+    }
+}
