@@ -453,8 +453,41 @@ pub fn builtin() -> Vec<TaskSpec> {
             SENT2,
             BINARY,
         ),
+        spec(
+            "uci_imdb",
+            "npm sentiment 5.0.2: test/fixtures/imdb.json (UCI Sentiment Labelled Sentences)",
+            None,
+            "uci_imdb sentence: {text}",
+            "sentence",
+            &[("sentence", "text")],
+            SENT2,
+            BINARY,
+        ),
+        spec(
+            "uci_yelp",
+            "npm sentiment 5.0.2: test/fixtures/yelp.json (UCI Sentiment Labelled Sentences)",
+            None,
+            "uci_yelp sentence: {text}",
+            "sentence",
+            &[("sentence", "text")],
+            SENT2,
+            BINARY,
+        ),
+        spec(
+            "uci_amazon",
+            "npm sentiment 5.0.2: test/fixtures/amazon.json (UCI Sentiment Labelled Sentences)",
+            None,
+            "uci_amazon sentence: {text}",
+            "sentence",
+            &[("sentence", "text")],
+            SENT2,
+            BINARY,
+        ),
     ];
     for t in &mut tasks {
+        if t.name.starts_with("uci_") {
+            t.label_column = "class".into();
+        }
         match t.name.as_str() {
             "trec" => t.label_column = "coarse_label".into(),
             "yahoo" => t.label_column = "topic".into(),

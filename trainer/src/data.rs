@@ -189,7 +189,16 @@ pub fn stratified_take(records: Vec<Record>, n: usize, task: &TaskSpec, seed: u6
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     match ext.as_str() {
-        "jsonl" | "json" => read_jsonl(path),
+        "jsonl" => read_jsonl(path),
+        "json" => {
+            // A JSON array, or JSON lines under a .json name (as `datasets.Dataset.to_json` writes).
+            let head = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+                read_json_array(path)
+            } else {
+                read_jsonl(path)
+            }
+        }
         "csv" => read_delimited(path, b','),
         "tsv" => read_delimited(path, b'\t'),
         "parquet" => read_parquet(path),
@@ -212,6 +221,16 @@ fn json_text(v: &serde_json::Value) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// A JSON file holding one array of objects.
+fn read_json_array(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
+    Ok(v.into_iter()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), json_text(v))).collect())
+        .collect())
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
@@ -356,9 +375,21 @@ fn read_delimited(path: &Path, delimiter: u8) -> Result<Vec<Record>> {
 fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<Record>, Option<Vec<Record>>)> {
     if let Some(asset) = assets::for_task(&task.name) {
         let path = assets::ensure(asset)?;
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let records =
-            parse_snippets(&String::from_utf8_lossy(&bytes)).with_context(|| format!("parsing {}", path.display()))?;
+        let records = if path.extension().is_some_and(|e| e == "json") {
+            read_json_array(&path)?
+        } else {
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            parse_snippets(&String::from_utf8_lossy(&bytes)).with_context(|| format!("parsing {}", path.display()))?
+        };
+        let before = records.len();
+        let records: Vec<Record> = records.into_iter().filter(|r| task.class_of(r).is_some()).collect();
+        if records.len() < before {
+            tracing::info!(
+                "{}: dropped {} records without a label",
+                task.name,
+                before - records.len()
+            );
+        }
         return Ok((records, None));
     }
     let root = match dataset_dir {

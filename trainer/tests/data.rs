@@ -147,3 +147,18 @@ metrics = ["f1"]
     let err = format!("{:#}", data::load(&bad).unwrap_err());
     assert!(err.contains("sentence") && err.contains("example 1"), "{err}");
 }
+
+#[test]
+fn json_arrays_and_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let array = dir.path().join("a.json");
+    std::fs::write(&array, r#"[{"text": "good", "class": 1}, {"text": "", "class": null}]"#).unwrap();
+    let recs = data::read_records(&array).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0]["class"], "1");
+    assert_eq!(recs[1]["class"], "");
+    let lines = dir.path().join("l.json");
+    std::fs::write(&lines, "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": \"c\", \"target\": 2}\n").unwrap();
+    let recs = data::read_records(&lines).unwrap();
+    assert_eq!(recs[1]["target"], "2");
+}
