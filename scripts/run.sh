@@ -5,7 +5,10 @@
 #    θ₀ + τ_sst2 + τ_mnli (plain and TIES), cross-origin transfer, a peft export of the sum;
 # 2. the embedded default model, SmolLM2-135M-Instruct (fetched from PyPI into ~/.cache/tpv):
 #    three origins sampled with the paper's recipe, and an evaluation of origin0 and of the bare
-#    model on six sentiment examples.
+#    model on six sentiment examples;
+# 3. prompt tuning of SmolLM2 on rt_polarity (movie-review snippets, from the vaderSentiment sdist
+#    on PyPI), shortened to 40 steps (~10 min on 2 cores), with the test accuracy of the tuned
+#    prompt, the untrained origin and the bare model.
 # Outputs go to OUT (default out/showcase).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +51,13 @@ $tpv similarity "$OUT"/smollm2-origins/origin{0,1,2}.safetensors
 say "evaluation: the bare model (zero-shot), then with origin0 as an untrained soft prompt"
 $tpv eval --model smollm2 --data tests/fixtures/smollm2/sentiment6.jsonl --max-new-tokens 4
 $tpv eval --model smollm2 --prompt "$OUT/smollm2-origins/origin0.safetensors" \
+  --data tests/fixtures/smollm2/sentiment6.jsonl --max-new-tokens 4
+
+say "prompt tuning on rt_polarity from origin0: 40 steps (configs/demo/rt_polarity_smollm2.toml has the full run)"
+$tpv train configs/demo/rt_polarity_smollm2.toml --overwrite --set optim.max_steps=40 --set train.eval_every=20 \
+  --set data.max_validation=32 --set data.max_test=64 --set train.output="$OUT/rt_polarity-origin0"
+$tpv inspect "$OUT/rt_polarity-origin0/prompt.safetensors"
+$tpv eval --model smollm2 --prompt "$OUT/rt_polarity-origin0/prompt.safetensors" \
   --data tests/fixtures/smollm2/sentiment6.jsonl --max-new-tokens 4
 
 say "done: outputs in $OUT; open them in the web app with 'trunk serve' (see README)"

@@ -158,7 +158,11 @@ fn json_arrays_and_json_lines() {
     assert_eq!(recs[0]["class"], "1");
     assert_eq!(recs[1]["class"], "");
     let lines = dir.path().join("l.json");
-    std::fs::write(&lines, "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": \"c\", \"target\": 2}\n").unwrap();
+    std::fs::write(
+        &lines,
+        "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": \"c\", \"target\": 2}\n",
+    )
+    .unwrap();
     let recs = data::read_records(&lines).unwrap();
     assert_eq!(recs[1]["target"], "2");
 }

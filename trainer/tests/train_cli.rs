@@ -18,7 +18,7 @@ fn root() -> PathBuf {
 fn write_data(dir: &Path) {
     // Two classes over the tiny vocabulary (tokens w3 … w63): the target is w10 or w11.
     let line = |i: usize| {
-        let target = if i % 2 == 0 { "w10" } else { "w11" };
+        let target = if i.is_multiple_of(2) { "w10" } else { "w11" };
         format!(
             "{{\"input\": \"w{} w{} w{}\", \"target\": \"{target}\"}}\n",
             20 + i % 7,

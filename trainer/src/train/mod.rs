@@ -463,12 +463,15 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             }
             let s = score(config.train.select, &splits.task, &res);
             let improved = best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan());
-            bar.println(format!(
-                "step {step}: validation loss {:.4}, {}{}",
-                res.loss,
-                fmt_metrics(&res.metrics),
-                if improved { " (best)" } else { "" }
-            ));
+            say(
+                &bar,
+                format!(
+                    "step {step}: validation loss {:.4}, {}{}",
+                    res.loss,
+                    fmt_metrics(&res.metrics),
+                    if improved { " (best)" } else { "" }
+                ),
+            );
             if improved {
                 best = Some(Best {
                     step,
@@ -480,9 +483,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             } else {
                 stale += 1;
                 if config.train.early_stopping_patience.is_some_and(|p| stale >= p) {
-                    bar.println(format!(
-                        "early stopping at step {step}: no improvement in {stale} evaluations"
-                    ));
+                    say(
+                        &bar,
+                        format!("early stopping at step {step}: no improvement in {stale} evaluations"),
+                    );
                     stop = true;
                 }
             }
@@ -580,6 +584,15 @@ fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
         .map(|(k, v)| format!("{k} {:.2}%", 100.0 * v))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {
