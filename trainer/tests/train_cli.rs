@@ -104,6 +104,12 @@ fn kill_and_resume(model: &str) {
     let run = PathBuf::from(last["runs"][0].as_str().unwrap());
     assert_eq!(run, dir.path().join("full/prompt.safetensors"));
     let want = result(&run);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&run).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "run files are readable by others, as results to share");
+    }
     assert!(want.1["test_exact_match"].is_number(), "{}", want.1);
 
     // Killed after steps before, on and after a checkpoint (every 2 steps), then resumed.
