@@ -202,3 +202,29 @@ fn config_mistakes_name_the_key() {
     assert!(!out.status.success());
     assert!(err.contains("target") && err.contains("example 1"), "{err}");
 }
+
+#[test]
+fn early_stopping_ends_the_run_after_the_patience_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let cfg = config(dir.path(), "llama_tied", "early");
+    // With a learning rate of 0 nothing improves after the first evaluation.
+    let out = train(
+        &cfg,
+        &[
+            "--set",
+            "optim.learning_rate=0.0",
+            "--set",
+            "train.eval_every=1",
+            "--set",
+            "train.early_stopping_patience=2",
+            "--set",
+            "train.select=\"loss\"",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("early stopping at step 3"));
+    let (_, metrics) = result(&dir.path().join("early/prompt.safetensors"));
+    assert_eq!(metrics["steps"], 3.0);
+    assert_eq!(metrics["best_step"], 1.0);
+}
