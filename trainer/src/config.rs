@@ -45,10 +45,32 @@ pub struct PromptSection {
 
 /// Where θ₀ comes from: an origin run file, or sampled from the vocabulary embeddings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "RawInit")]
 pub enum Init {
     File(PathBuf),
     Sampled(InitTable),
+}
+
+/// `init` as written, so a mistake inside the table is reported with its key (an untagged enum
+/// would only say that nothing matched).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInit {
+    File(PathBuf),
+    Table(toml::Table),
+}
+
+impl TryFrom<RawInit> for Init {
+    type Error = String;
+
+    fn try_from(raw: RawInit) -> std::result::Result<Self, String> {
+        match raw {
+            RawInit::File(p) => Ok(Self::File(p)),
+            RawInit::Table(t) => InitTable::deserialize(toml::Value::Table(t))
+                .map(Self::Sampled)
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

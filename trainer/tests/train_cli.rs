@@ -193,6 +193,14 @@ fn config_mistakes_name_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("optim") && err.contains("learnin_rate"), "{err}");
 
+    let out = train(
+        &cfg,
+        &["--set", "prompt.init={ sample_vocab = { seed = 1, belw = 3 } }"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("prompt.init") && err.contains("belw"), "{err}");
+
     let out = train(&cfg, &["--set", "optim.epochs=3"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_steps or epochs"));
 

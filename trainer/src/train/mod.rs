@@ -449,14 +449,15 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
 
         let mut stop = false;
         if (step.is_multiple_of(config.train.eval_every) || step == total) && !validation.is_empty() {
-            let res = evaluate_quiet(
+            let res = engine::evaluate(
                 &engine,
                 &theta_of(&state.params)?,
                 &validation,
                 &splits.task,
                 eval_bs,
                 max_new,
-            )?;
+            )
+            .with_context(|| format!("evaluating on the validation split at step {step}"))?;
             push(&mut curves, "valid_loss", step, res.loss);
             for (k, v) in &res.metrics {
                 push(&mut curves, &format!("valid_{k}"), step, *v);
@@ -514,7 +515,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         metrics.insert(format!("validation_{k}"), *v);
     }
     if config.train.test && !test.is_empty() {
-        let res = evaluate_quiet(&engine, &theta_of(&params)?, &test, &splits.task, eval_bs, max_new)?;
+        let res = engine::evaluate(&engine, &theta_of(&params)?, &test, &splits.task, eval_bs, max_new)
+            .context("evaluating the kept prompt on the test split")?;
         metrics.insert("test_loss".into(), res.loss);
         for (k, v) in &res.metrics {
             metrics.insert(format!("test_{k}"), *v);
@@ -524,7 +526,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         // The untrained origin θ₀, and the model with no prompt at all (zero-shot, instruction only).
         let none = Tensor::zeros((0, d), DType::F32, &device)?;
         for (name, theta) in [("origin", theta_of(theta0.as_slice())?), ("zero_shot", none)] {
-            let res = evaluate_quiet(&engine, &theta, &test, &splits.task, eval_bs, max_new)?;
+            let res = engine::evaluate(&engine, &theta, &test, &splits.task, eval_bs, max_new)
+                .with_context(|| format!("evaluating the {name} baseline on the test split"))?;
             metrics.insert(format!("{name}_test_loss"), res.loss);
             for (k, v) in &res.metrics {
                 metrics.insert(format!("{name}_test_{k}"), *v);
@@ -566,17 +569,6 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
     }
     Ok(prompt_file)
-}
-
-fn evaluate_quiet(
-    engine: &Engine<'_>,
-    theta: &Tensor,
-    examples: &[Encoded],
-    task: &TaskSpec,
-    batch_size: usize,
-    max_new: usize,
-) -> Result<EvalResult> {
-    engine::evaluate(engine, theta, examples, task, batch_size, max_new).context("evaluating")
 }
 
 fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
