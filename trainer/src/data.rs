@@ -377,6 +377,8 @@ fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<R
         let path = assets::ensure(asset)?;
         let records = if path.extension().is_some_and(|e| e == "json") {
             read_json_array(&path)?
+        } else if path.extension().is_some_and(|e| e == "jsonl") {
+            read_jsonl(&path)?
         } else {
             let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             parse_snippets(&String::from_utf8_lossy(&bytes)).with_context(|| format!("parsing {}", path.display()))?
