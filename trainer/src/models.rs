@@ -40,7 +40,8 @@ pub fn device(spec: &str) -> Result<Device> {
 }
 
 /// Finds the files of `spec`: a directory, a `.gguf` file, `smollm2`, or `org/name` in the local
-/// hub cache (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+/// hub cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`, default `~/.cache/huggingface/hub`), downloaded
+/// there from the hub when it is missing.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.exists() {
@@ -53,7 +54,11 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         && !org.is_empty()
         && !name.contains('/')
     {
-        return hub_snapshot("models", spec);
+        return match hub_snapshot("models", spec) {
+            Ok(snapshot) => Ok(snapshot),
+            // Not cached: download it (unless HF_HUB_OFFLINE=1), naming both failures if that fails too.
+            Err(cached) => crate::hub::download_model(spec, "main").map_err(|e| e.context(format!("{cached:#}"))),
+        };
     }
     bail!("{spec}: no such file or directory, and not `smollm2` or an `org/name` hub id")
 }
