@@ -48,7 +48,7 @@ pub struct Origin {
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub name: String,
-    /// T5 input template with `{column}` placeholders.
+    /// T5 input template; each `{column}` is replaced by that column's value.
     pub template: String,
     /// The chat models' instruction (first line of the user turn).
     #[serde(default)]

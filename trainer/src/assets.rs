@@ -104,45 +104,43 @@ const SENTIMENT_NPM: Source = Source::Npm {
 const SENTIMENT_TGZ: &str = "sentiment-5.0.2.tgz";
 const SENTIMENT_SHA: &str = "89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f";
 
-/// UCI "Sentiment Labelled Sentences" (Kotzias et al. 2015), 1,000 IMDB sentences (500/500), as a
-/// JSON array of `{text, class}` in npm `sentiment@5.0.2` (MIT): the `uci_imdb` task.
-pub const UCI_IMDB: Asset = Asset {
-    name: "uci_imdb",
-    source: SENTIMENT_NPM,
-    package_file: SENTIMENT_TGZ,
-    package_sha256: SENTIMENT_SHA,
-    member: "package/test/fixtures/imdb.json",
-    inner: None,
-    collection: None,
-    target: "data/uci/imdb.json",
-    target_sha256: "44a7b9082ed732ee2de3c858ea5ee2e99aca34f239a1c4359d3a300bf099bdb5",
-};
+/// One file of the UCI "Sentiment Labelled Sentences" (Kotzias et al. 2015; 1,000 sentences,
+/// 500/500) as a JSON array of `{text, class}` in npm `sentiment@5.0.2` (MIT).
+const fn uci(name: &'static str, member: &'static str, target: &'static str, sha: &'static str) -> Asset {
+    Asset {
+        name,
+        source: SENTIMENT_NPM,
+        package_file: SENTIMENT_TGZ,
+        package_sha256: SENTIMENT_SHA,
+        member,
+        inner: None,
+        collection: None,
+        target,
+        target_sha256: sha,
+    }
+}
 
-/// The UCI Yelp sentences: the `uci_yelp` task.
-pub const UCI_YELP: Asset = Asset {
-    name: "uci_yelp",
-    source: SENTIMENT_NPM,
-    package_file: SENTIMENT_TGZ,
-    package_sha256: SENTIMENT_SHA,
-    member: "package/test/fixtures/yelp.json",
-    inner: None,
-    collection: None,
-    target: "data/uci/yelp.json",
-    target_sha256: "9f3f47983f21eeb819380767b74bfa648eca208f156241111454b3e122773ff7",
-};
-
-/// The UCI Amazon sentences: the `uci_amazon` task.
-pub const UCI_AMAZON: Asset = Asset {
-    name: "uci_amazon",
-    source: SENTIMENT_NPM,
-    package_file: SENTIMENT_TGZ,
-    package_sha256: SENTIMENT_SHA,
-    member: "package/test/fixtures/amazon.json",
-    inner: None,
-    collection: None,
-    target: "data/uci/amazon.json",
-    target_sha256: "bc5eb0cac49fc45987301f1dc2d02cf5ca356ba6c882be179dce77d74e666ed9",
-};
+/// IMDB sentences: the `uci_imdb` task.
+pub const UCI_IMDB: Asset = uci(
+    "uci_imdb",
+    "package/test/fixtures/imdb.json",
+    "data/uci/imdb.json",
+    "44a7b9082ed732ee2de3c858ea5ee2e99aca34f239a1c4359d3a300bf099bdb5",
+);
+/// Yelp sentences: the `uci_yelp` task.
+pub const UCI_YELP: Asset = uci(
+    "uci_yelp",
+    "package/test/fixtures/yelp.json",
+    "data/uci/yelp.json",
+    "9f3f47983f21eeb819380767b74bfa648eca208f156241111454b3e122773ff7",
+);
+/// Amazon sentences: the `uci_amazon` task.
+pub const UCI_AMAZON: Asset = uci(
+    "uci_amazon",
+    "package/test/fixtures/amazon.json",
+    "data/uci/amazon.json",
+    "bc5eb0cac49fc45987301f1dc2d02cf5ca356ba6c882be179dce77d74e666ed9",
+);
 
 /// How the files of a collection become records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -336,7 +336,8 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
     Ok(())
 }
 
-fn is_file_like(s: &str) -> bool {
+/// A data or model spec that names a file (a path or a name with an extension), not a registry name.
+pub fn is_file_like(s: &str) -> bool {
     s.contains('/') || s.contains('.')
 }
 

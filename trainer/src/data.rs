@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::tasks::{self, Record, TaskSpec};
 
-use crate::config::{DataSection, TaskRef};
+use crate::config::{DataSection, TaskRef, is_file_like};
 use crate::{assets, models};
 
 /// The examples of a run, as records, with the task that reads them.
@@ -28,10 +28,6 @@ pub struct Splits {
     pub test: Vec<Record>,
     /// sha256 (hex, 16 chars) of the task name and every record of every split, in order.
     pub fingerprint: String,
-}
-
-fn is_file_like(s: &str) -> bool {
-    s.contains('/') || s.contains('.')
 }
 
 /// Loads the data a config describes and splits it.

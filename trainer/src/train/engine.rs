@@ -93,15 +93,10 @@ impl Engine<'_> {
     ) -> candle_core::Result<BatchLoss> {
         match self.model {
             Model::Llama(m) => {
-                let examples: Vec<causal::Example> = batch
-                    .iter()
-                    .map(|e| match e {
-                        Encoded::Causal { example, .. } => Ok(example.clone()),
-                        Encoded::Seq2Seq { .. } => {
-                            Err(candle_core::Error::Msg("a seq2seq example for a causal model".into()))
-                        }
-                    })
-                    .collect::<candle_core::Result<_>>()?;
+                let examples = collect(batch, "causal", |e| match e {
+                    Encoded::Causal { example, .. } => Some(example),
+                    Encoded::Seq2Seq { .. } => None,
+                })?;
                 let out = causal::loss(m, theta, &examples)?;
                 Ok(BatchLoss {
                     loss: out.loss,
@@ -110,15 +105,10 @@ impl Engine<'_> {
                 })
             }
             Model::T5(m) => {
-                let examples: Vec<t5::Example> = batch
-                    .iter()
-                    .map(|e| match e {
-                        Encoded::Seq2Seq { example, .. } => Ok(example.clone()),
-                        Encoded::Causal { .. } => {
-                            Err(candle_core::Error::Msg("a causal example for a seq2seq model".into()))
-                        }
-                    })
-                    .collect::<candle_core::Result<_>>()?;
+                let examples = collect(batch, "seq2seq", |e| match e {
+                    Encoded::Seq2Seq { example, .. } => Some(example),
+                    Encoded::Causal { .. } => None,
+                })?;
                 let train = match rng {
                     Some(rng) if self.dropout > 0.0 => Some(t5::Train {
                         dropout: self.dropout,
@@ -144,6 +134,22 @@ impl Engine<'_> {
             Model::T5(m) => t5::greedy(m, theta, &inputs, max_new),
         }
     }
+}
+
+/// The examples of a batch for one model family; an example of the other family is an error.
+fn collect<T: Clone>(
+    batch: &[&Encoded],
+    family: &str,
+    pick: impl Fn(&Encoded) -> Option<&T>,
+) -> candle_core::Result<Vec<T>> {
+    batch
+        .iter()
+        .map(|e| {
+            pick(e)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("an example of the wrong family for a {family} model")))
+        })
+        .collect()
 }
 
 /// Everything that changes during training (and is saved in a checkpoint).
