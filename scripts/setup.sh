@@ -34,12 +34,17 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $WB_VERSION"; then
   cargo install wasm-bindgen-cli --version "$WB_VERSION"
 fi
 
-# 4. Chromium and chromedriver from Debian (never a browser a tool downloads itself).
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  log "installing chromium + chromium-driver from Debian"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+# 4. From Debian: chromium and chromedriver (never a browser a tool downloads itself), and the
+#    package managers `tpv fetch` calls (pip for PyPI assets, npm for npm assets and the browser test).
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+APT=()
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then APT+=(chromium chromium-driver); fi
+if ! python3 -m pip --version >/dev/null 2>&1; then APT+=(python3-pip); fi
+if ! command -v npm >/dev/null; then APT+=(npm); fi
+if [ ${#APT[@]} -gt 0 ]; then
+  log "installing ${APT[*]} from Debian"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}" >/dev/null
 fi
 
 # 5. npm packages of the browser tests (playwright-core only drives the Debian chromium).
