@@ -15,6 +15,7 @@ pub mod peft;
 pub mod prompt;
 pub mod runfile;
 pub mod similarity;
+pub mod stats;
 mod st;
 pub mod tasks;
 pub mod tensor;

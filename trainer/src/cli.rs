@@ -39,6 +39,112 @@ pub enum Command {
     Train(TrainArgs),
     /// Show the data a config yields (splits, fingerprint, rendered examples), or export a split.
     Data(DataArgs),
+    /// Time training steps, greedy evaluation and loading on this machine (see bench/compare.sh).
+    Bench(BenchArgs),
+    /// Run a study (tasks × origins × experiments), skipping finished runs; or emit Slurm scripts.
+    Sweep(SweepArgs),
+    /// Tables of a study directory (whatever has finished): Markdown, CSV, JSON.
+    Aggregate(AggregateArgs),
+    /// A static site of a study: the web app, the run files, a manifest and the tables.
+    Report(ReportArgs),
+    /// The demo studies on the embedded default (SmolLM2-135M-Instruct, CPU), reported and served.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The study config (TOML with a [study] table).
+    pub config: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Jobs at once (child processes; for machines with several GPUs or many cores).
+    #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+    pub jobs: usize,
+    /// Run only this job (an id from --list).
+    #[arg(long, conflicts_with_all = ["stage", "emit"])]
+    pub job: Option<String>,
+    /// With --index: run job INDEX of stage STAGE (what the Slurm array tasks do).
+    #[arg(long, requires = "index")]
+    pub stage: Option<u8>,
+    #[arg(long, requires = "stage")]
+    pub index: Option<usize>,
+    /// Write scheduler scripts instead of running (`slurm`) into -o DIR.
+    #[arg(long, value_name = "SCHEDULER")]
+    pub emit: Option<String>,
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Extra #SBATCH lines for --emit slurm (e.g. --sbatch=--gres=gpu:1).
+    #[arg(long, value_name = "LINE", allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// At most this many Slurm array tasks at once.
+    #[arg(long)]
+    pub max_parallel: Option<usize>,
+    /// List the jobs (id, stage, finished) and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Stop after this many jobs (a partial study).
+    #[arg(long)]
+    pub max_jobs: Option<usize>,
+    /// Test hook: abort the process (as a kill would) at step S of the N-th job run, given as N:S.
+    #[arg(long, hide = true, value_name = "N:S")]
+    pub abort_in_job: Option<String>,
+    /// Also write the tables when the jobs are done.
+    #[arg(long)]
+    pub aggregate: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AggregateArgs {
+    /// The study directory (study.output of the config).
+    pub study_dir: PathBuf,
+    /// Where to write tables.{md,csv,json} (default: the study directory).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Print the aggregate as JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The study directory.
+    pub study_dir: PathBuf,
+    /// The site directory to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The built web app (trunk's dist; default: TPV_WEB_DIST or target/site beside this tpv).
+    #[arg(long)]
+    pub web: Option<PathBuf>,
+    /// Serve the site on 127.0.0.1 afterwards.
+    #[arg(long)]
+    pub serve: bool,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the study, the site and the configs go.
+    #[arg(long, default_value = "out/demo")]
+    pub out: PathBuf,
+    /// A smaller demo (one origin pair, fewer steps and examples): a few minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Write DIR/site and exit instead of serving it.
+    #[arg(long)]
+    pub no_serve: bool,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+    pub jobs: usize,
+    /// Extra overrides of the demo study (dotted keys).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// The built web app (as for tpv report).
+    #[arg(long)]
+    pub web: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -47,6 +153,41 @@ pub enum InputStyle {
     Chat,
     /// The task's T5 template.
     T5,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// `smollm2-shaped` or `t5-base-shaped` (random weights of that shape), or a model spec as in
+    /// `tpv eval` (HF directory, .gguf, hub id in the local cache, `smollm2`).
+    #[arg(long, default_value = "smollm2-shaped")]
+    pub model: String,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
+    pub device: String,
+    /// f32, bf16 or f16 (weights and activations).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Virtual tokens R (default: 100 for causal models, 50 for T5).
+    #[arg(long)]
+    pub virtual_tokens: Option<usize>,
+    /// Examples per batch (default: 4 causal, 8 T5).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Input tokens per example (default: 64 causal, 256 T5).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Target tokens (T5) and tokens generated in the evaluation.
+    #[arg(long, default_value_t = 3)]
+    pub target_tokens: usize,
+    /// Steps of the short and the long run; per step = (long − short) / (steps difference).
+    #[arg(long, default_value_t = 2)]
+    pub short: usize,
+    #[arg(long, default_value_t = 6)]
+    pub long: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

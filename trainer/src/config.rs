@@ -127,6 +127,14 @@ pub struct DataSection {
     /// Truncate inputs to this many tokens (T5 in the paper: 256).
     #[serde(default)]
     pub max_source_tokens: Option<usize>,
+    /// Multi-task training (SPoT's multi-task prompt): more registry tasks whose splits join this
+    /// one's, each split, capped and rendered with its own template; examples are interleaved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
+    /// The task's name in run files and tables (default: the registry or custom task's name;
+    /// `plain` for input/target files). Studies set it to the study's task name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,18 +312,23 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Config> {
     for set in sets {
         apply_set(&mut table, set).with_context(|| format!("--set {set}"))?;
     }
+    from_table(table, path.parent().unwrap_or(Path::new(".")), &path.display().to_string())
+}
+
+/// A config from a TOML table: relative paths resolved against `base`; errors name `label`.
+pub fn from_table(table: toml::Table, base: &Path, label: &str) -> Result<Config> {
     let de = toml::Value::Table(table);
     let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
-        anyhow::anyhow!("{}: {at}: {}", path.display(), e.into_inner())
+        anyhow::anyhow!("{label}: {at}: {}", e.into_inner())
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
     config.resolve_paths(base);
-    config.validate().with_context(|| format!("{}", path.display()))?;
+    config.validate().with_context(|| label.to_owned())?;
     Ok(config)
 }
 
-fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+/// Applies one `key=value` override (dotted key; the value parsed as TOML, else a string).
+pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
     let Some((key, value)) = set.split_once('=') else {
         bail!("expected key=value")
     };
@@ -331,6 +344,19 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
             .entry((*p).to_owned())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = entry.as_table_mut().with_context(|| format!("{p} is not a table"))?;
+    }
+    // Setting one of two exclusive keys replaces the other (an override, not a conflict).
+    let exclusive = match *last {
+        "max_steps" => Some("epochs"),
+        "epochs" => Some("max_steps"),
+        "warmup_steps" => Some("warmup_ratio"),
+        "warmup_ratio" => Some("warmup_steps"),
+        _ => None,
+    };
+    if let Some(other) = exclusive
+        && parents == ["optim"]
+    {
+        cur.remove(other);
     }
     cur.insert((*last).to_owned(), value);
     Ok(())

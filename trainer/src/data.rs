@@ -23,11 +23,54 @@ use crate::{assets, models};
 #[derive(Debug, Clone)]
 pub struct Splits {
     pub task: TaskSpec,
+    /// The task names (more than one for a multi-task run).
+    pub tasks: Vec<String>,
     pub train: Vec<Record>,
     pub validation: Vec<Record>,
     pub test: Vec<Record>,
     /// sha256 (hex, 16 chars) of the task name and every record of every split, in order.
     pub fingerprint: String,
+}
+
+/// Loads the data of a config and of each `also` task (multi-task training).
+pub fn load_all(cfg: &DataSection) -> Result<Vec<Splits>> {
+    let mut all = vec![load(cfg)?];
+    for name in &cfg.also {
+        let mut other = cfg.clone();
+        other.train.clone_from(name);
+        other.also.clear();
+        other.dataset_dir = None;
+        other.validation = None;
+        other.test = None;
+        other.task = None;
+        other.name = None;
+        all.push(load(&other).with_context(|| format!("data.also task {name}"))?);
+    }
+    Ok(all)
+}
+
+impl Splits {
+    /// One description of several tasks' data: the first task's splits stay, the task is a
+    /// generic one scored by exact match, and the fingerprint covers every task's.
+    pub fn joined(mut all: Vec<Splits>) -> Splits {
+        if all.len() == 1 {
+            return all.remove(0);
+        }
+        let names: Vec<String> = all.iter().map(|s| s.task.name.clone()).collect();
+        let mut task = tasks::plain();
+        task.name = names.join("+");
+        let mut hasher = Sha256::new();
+        for s in &all {
+            hasher.update(s.fingerprint.as_bytes());
+        }
+        let first = all.remove(0);
+        Splits {
+            task,
+            tasks: names,
+            fingerprint: format!("{:x}", hasher.finalize())[..16].to_owned(),
+            ..first
+        }
+    }
 }
 
 /// Loads the data a config describes and splits it.
@@ -59,6 +102,10 @@ pub fn load(cfg: &DataSection) -> Result<Splits> {
         let (tr, v, t) = paper_split(records, held_out, &task, cfg.split_seed);
         (task, tr, v, t)
     };
+    let mut task = task;
+    if let Some(name) = &cfg.name {
+        task.name.clone_from(name);
+    }
     for (name, recs) in [("train", &train), ("validation", &validation), ("test", &test)] {
         for (i, r) in recs.iter().enumerate().take(1000) {
             task.render(r, tasks::Style::T5)
@@ -83,6 +130,7 @@ pub fn load(cfg: &DataSection) -> Result<Splits> {
     }
     let fingerprint = fingerprint(&task, &[&train, &validation, &test]);
     Ok(Splits {
+        tasks: vec![task.name.clone()],
         task,
         train,
         validation,

@@ -18,4 +18,5 @@ pub mod hub;
 pub mod io;
 pub mod models;
 pub mod optim;
+pub mod study;
 pub mod train;

@@ -19,11 +19,20 @@ fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// The CPU, or the device `TPV_TEST_DEVICE` names (`cuda:0` in a build with `--features cuda`,
+/// for the check on a GPU machine).
+fn device() -> Device {
+    match std::env::var("TPV_TEST_DEVICE") {
+        Ok(spec) => tpv_trainer::models::device(&spec).unwrap(),
+        Err(_) => Device::Cpu,
+    }
+}
+
 fn model(name: &str) -> Model {
     let dir = root().join("tests/fixtures/models").join(name);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
-    from_safetensors(&config, &[weights], DType::F32, &Device::Cpu).unwrap()
+    from_safetensors(&config, &[weights], DType::F32, &device()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -61,7 +70,7 @@ fn check(fixture: &str, model_name: &str, encode: impl Fn(&Value) -> Encoded) {
         codec: None,
         eos: vec![],
         dropout: 0.0,
-        device: Device::Cpu,
+        device: device(),
     };
     let steps = want["steps"].as_u64().unwrap();
     let schedule = Schedule {

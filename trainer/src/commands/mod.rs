@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
+mod bench;
 mod combine;
+mod demo;
+mod study;
 mod data;
 mod eval;
 mod fetch;
@@ -27,6 +30,11 @@ pub fn run(command: Command) -> Result<()> {
         Command::Fetch(args) => fetch::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Data(args) => data::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Sweep(args) => study::sweep(&args),
+        Command::Aggregate(args) => study::aggregate(&args),
+        Command::Report(args) => study::report(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 

@@ -121,7 +121,7 @@ fn encode_one(
 }
 
 /// The origin θ₀ of a run: from a run file, or sampled from the model's vocabulary embeddings.
-fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(PromptTensor, Option<OriginRef>)> {
+pub fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(PromptTensor, Option<OriginRef>)> {
     let r = config.prompt.virtual_tokens;
     match &config.prompt.init {
         Init::File(path) => {
@@ -170,6 +170,20 @@ fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(PromptTens
             ))
         }
     }
+}
+
+/// Joins the tasks of a multi-task run split by split, alternating between tasks (example i of
+/// every task, then example i+1, …) so that batches mix them; one task is left as it is.
+fn interleave(parts: Vec<[Vec<Encoded>; 3]>) -> [Vec<Encoded>; 3] {
+    let mut out: [Vec<Encoded>; 3] = Default::default();
+    for (k, split) in out.iter_mut().enumerate() {
+        let lists: Vec<&Vec<Encoded>> = parts.iter().map(|p| &p[k]).collect();
+        let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+        for i in 0..longest {
+            split.extend(lists.iter().filter_map(|l| l.get(i)).cloned());
+        }
+    }
+    out
 }
 
 /// Total optimizer steps and warmup steps of a config for `n_train` examples.
@@ -287,21 +301,25 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         .with_context(|| format!("loading model {}", config.model.path))?;
     let d = loaded.model.hidden_size();
     let r = config.prompt.virtual_tokens;
-    let splits = data::load(&config.data).context("loading data")?;
+    let all = data::load_all(&config.data).context("loading data")?;
     let chat = config.model.chat_template && loaded.codec.chat_template().is_some() && !loaded.model.is_seq2seq();
-    let enc = |recs: &[Record]| {
-        encode(
-            &loaded,
-            &splits.task,
-            recs,
-            chat,
-            config.train.loss,
-            config.data.max_source_tokens,
-        )
-    };
-    let train = enc(&splits.train)?;
-    let validation = enc(&splits.validation)?;
-    let test = enc(&splits.test)?;
+    let mut parts = Vec::with_capacity(all.len());
+    for s in &all {
+        let enc = |recs: &[Record]| {
+            encode(
+                &loaded,
+                &s.task,
+                recs,
+                chat,
+                config.train.loss,
+                config.data.max_source_tokens,
+            )
+            .with_context(|| format!("task {}", s.task.name))
+        };
+        parts.push([enc(&s.train)?, enc(&s.validation)?, enc(&s.test)?]);
+    }
+    let splits = data::Splits::joined(all);
+    let [train, validation, test] = interleave(parts);
     let (total, warmup) = step_counts(config, train.len());
     let schedule = Schedule {
         kind: config.optim.scheduler,
@@ -548,7 +566,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         id: loaded.id.clone(),
         revision: None,
     });
-    prompt.meta.tasks = vec![splits.task.name.clone()];
+    prompt.meta.tasks = splits.tasks.clone();
     prompt.meta.origin = origin_ref;
     prompt.meta.layout = Layout {
         task_type: Some(task_type),

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CUDA check, run on a GPU machine with no network (no cargo there): binaries built elsewhere with
+#   source <cuda env>; cargo build --release -p tpv-trainer --features cuda
+#   cargo test --release -p tpv-trainer --features cuda --test train_parity --no-run
+# are copied to .gpu/ (tpv, train_parity) and this script runs, with $OUT for the log:
+#   1. the training parity test (torch + peft fixtures) on cuda:0;
+#   2. `tpv bench` and bench/torch_bench.py on the same GPU, f32 and bf16, both model shapes.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+log() { echo "== $*" | tee -a "$OUT/log"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log"
+# The test binary reads fixtures from the path it was built in.
+mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
+lib=$(dirname "$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
+log "libraries from $lib"
+chmod +x .gpu/*
+log "parity on cuda:0"
+TPV_TEST_DEVICE=cuda:0 timeout 90 .gpu/train_parity --test-threads 1 2>&1 | tee -a "$OUT/log"
+for m in smollm2-shaped t5-base-shaped; do
+  for dt in f32 bf16; do
+    log "tpv bench $m $dt"
+    timeout 55 .gpu/tpv bench --model $m --device cuda:0 --dtype $dt --short 5 --long 25 --repeats 3 --json 2>&1 | tee -a "$OUT/log"
+    log "torch bench $m $dt"
+    timeout 55 python3 bench/torch_bench.py --model $m --device cuda --dtype $dt --short 5 --long 25 --repeats 3 --json 2>&1 | tee -a "$OUT/log"
+  done
+done
+log done

@@ -1,0 +1,286 @@
+//! `tpv bench`: how fast this machine tunes and evaluates soft prompts (the tpv side of
+//! `bench/compare.sh`, which runs the same work with PyTorch + transformers + peft).
+//!
+//! - training step: forward + backward w.r.t. the prompt + AdamW, timed as the difference between
+//!   a long and a short run of steps (so warm-up and loading do not count), median over repeats;
+//! - evaluation: greedy generation of `--target-tokens` tokens for one batch, median over repeats;
+//! - loading (for a model given by path): reading and converting the weights;
+//! - the machine's matmul peak (a square matmul in the bench dtype), and the GFLOP/s the step
+//!   achieves by an analytic count of its matmul work (forward, plus the backward's input-gradient
+//!   products, which cost the same; no weight gradients: the model is frozen).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::{Value, json};
+use tpv_shared::merge::SplitMix64;
+use tpv_shared::model::causal;
+use tpv_shared::model::llama::{Llama, LlamaConfig};
+use tpv_shared::model::load::Model;
+use tpv_shared::model::t5::{self, T5, T5Config};
+
+use super::print_json;
+use crate::cli::BenchArgs;
+use crate::models;
+use crate::optim::{AdamW, Schedule, ScheduleKind};
+use crate::train::engine::{Encoded, Engine, State, train_step};
+
+/// SmolLM2-135M-Instruct's shape (HF config.json of HuggingFaceTB/SmolLM2-135M-Instruct).
+pub fn smollm2_config() -> Value {
+    json!({
+        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192, "rope_theta": 100000.0, "tie_word_embeddings": true,
+        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "model_type": "llama"
+    })
+}
+
+/// T5-base's shape (d_model 768, 12+12 layers, relu, tied embeddings).
+pub fn t5_base_config() -> Value {
+    json!({
+        "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12,
+        "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "dropout_rate": 0.1,
+        "layer_norm_epsilon": 1e-6, "feed_forward_proj": "relu", "tie_word_embeddings": true,
+        "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1, "model_type": "t5"
+    })
+}
+
+/// Frozen tensors of a freshly initialized VarMap (random weights of the right shapes).
+fn frozen(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the VarMap lock is poisoned"))?;
+    Ok(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect())
+}
+
+/// A model with random weights of a known shape.
+fn random_model(config: &Value, dtype: DType, device: &Device) -> Result<Model> {
+    let varmap = VarMap::new();
+    if config["model_type"] == "t5" {
+        let cfg: T5Config = serde_json::from_value(config.clone())?;
+        T5::load(VarBuilder::from_varmap(&varmap, dtype, device), &cfg)?;
+        Ok(Model::T5(Box::new(T5::load(
+            VarBuilder::from_tensors(frozen(&varmap)?, dtype, device),
+            &cfg,
+        )?)))
+    } else {
+        let cfg: LlamaConfig = serde_json::from_value(config.clone())?;
+        Llama::load(VarBuilder::from_varmap(&varmap, dtype, device), &cfg)?;
+        Ok(Model::Llama(Box::new(Llama::load(
+            VarBuilder::from_tensors(frozen(&varmap)?, dtype, device),
+            &cfg,
+        )?)))
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn random_ids(rng: &mut SplitMix64, n: usize, vocab: usize) -> Vec<u32> {
+    // Ids from 3 up, so no special token (pad 0, eos 1/2) is drawn.
+    (0..n).map(|_| (3 + rng.below(vocab - 3)) as u32).collect()
+}
+
+/// Analytic matmul FLOPs of one forward pass over the bench batch.
+fn forward_flops(model: &Model, r: usize, b: usize, l: usize, t: usize) -> f64 {
+    match model {
+        Model::Llama(m) => {
+            let c = &m.cfg;
+            let d = c.hidden_size as f64;
+            let heads = c.num_attention_heads as f64;
+            let hd = c.head_dim.map_or(d / heads, |h| h as f64);
+            let q = heads * hd;
+            let kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads) as f64 * hd;
+            let s = (r + l) as f64;
+            let per_token = 2.0 * (d * (q + 2.0 * kv) + q * d + 3.0 * d * c.intermediate_size as f64);
+            let attention = 2.0 * 2.0 * s * s * q; // QKᵀ and AV (full, as computed)
+            let layers = c.num_hidden_layers as f64;
+            // The LM head runs at the loss positions: every input token (whole-sequence loss).
+            let head = 2.0 * d * c.vocab_size as f64 * l as f64;
+            b as f64 * (layers * (s * per_token + attention) + head)
+        }
+        Model::T5(m) => {
+            let c = &m.cfg;
+            let d = c.d_model as f64;
+            let inner = (c.num_heads * c.d_kv) as f64;
+            let ff = c.d_ff as f64 * if c.feed_forward_proj.contains("gated") { 3.0 } else { 2.0 };
+            let se = (r + l) as f64;
+            let sd = t as f64;
+            let enc = c.num_layers as f64 * (se * 2.0 * (4.0 * d * inner + d * ff) + 4.0 * se * se * inner);
+            let dec_layers = c.num_decoder_layers.unwrap_or(c.num_layers) as f64;
+            let dec = dec_layers
+                * (sd * 2.0 * (4.0 * d * inner + 2.0 * d * inner + d * ff) // self-attn, cross q/o, ff
+                    + se * 2.0 * 2.0 * d * inner // cross-attention k, v over the encoder output
+                    + 4.0 * sd * sd * inner
+                    + 4.0 * sd * se * inner);
+            let head = 2.0 * d * c.vocab_size as f64 * sd;
+            b as f64 * (enc + dec + head)
+        }
+    }
+}
+
+/// Median GFLOP/s of an n×n×n matmul in `dtype` on `device`.
+fn matmul_peak(device: &Device, dtype: DType, n: usize, repeats: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    a.matmul(&b)?;
+    device.synchronize()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+        drop(c);
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.long <= args.short || args.repeats == 0 {
+        bail!("--long must exceed --short, and --repeats must be at least 1");
+    }
+    let device = models::device(&args.device)?;
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("unknown dtype {other:?}: use f32, bf16 or f16"),
+    };
+    let t = Instant::now();
+    let (model, load_s) = match args.model.as_str() {
+        "smollm2-shaped" => (random_model(&smollm2_config(), dtype, &device)?, None),
+        "t5-base-shaped" => (random_model(&t5_base_config(), dtype, &device)?, None),
+        spec => {
+            let loaded = models::load(spec, dtype, &device).with_context(|| format!("loading {spec}"))?;
+            (loaded.model, Some(t.elapsed().as_secs_f64()))
+        }
+    };
+    let seq2seq = model.is_seq2seq();
+    let r = args.virtual_tokens.unwrap_or(if seq2seq { 50 } else { 100 });
+    let b = args.batch.unwrap_or(if seq2seq { 8 } else { 4 });
+    let l = args.tokens.unwrap_or(if seq2seq { 256 } else { 64 });
+    let tt = args.target_tokens;
+    let d = model.hidden_size();
+    let vocab = model.embeddings().dim(0)?;
+
+    let mut rng = SplitMix64::new(0);
+    let train: Vec<Encoded> = (0..b)
+        .map(|_| {
+            let input = random_ids(&mut rng, l, vocab);
+            if seq2seq {
+                Encoded::Seq2Seq {
+                    example: t5::Example {
+                        input,
+                        target: random_ids(&mut rng, tt, vocab),
+                    },
+                    target: String::new(),
+                }
+            } else {
+                Encoded::Causal {
+                    example: causal::Example::whole(&input),
+                    input,
+                    target: String::new(),
+                }
+            }
+        })
+        .collect();
+    let engine = Engine {
+        model: &model,
+        codec: None,
+        eos: vec![],
+        dropout: 0.0,
+        device: device.clone(),
+    };
+    let init: Vec<f32> = model
+        .embeddings()
+        .narrow(0, 1000, r)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let schedule = Schedule {
+        kind: ScheduleKind::Constant,
+        base_lr: 0.3,
+        warmup: 0,
+        total: u64::MAX,
+    };
+    let batch: Vec<&Encoded> = train.iter().collect();
+    let micro = [batch.clone()];
+    let mut state = State {
+        step: 0,
+        params: init.clone(),
+        adam: AdamW::new(r * d, 1e-5),
+        rng: 0,
+    };
+    let mut run_steps = |n: usize| -> Result<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            train_step(&engine, &mut state, &micro, &schedule, Some(1.0), (r, d))?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run_steps(1)?; // warm-up: kernels, allocations
+    let mut per_step = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let short = run_steps(args.short)?;
+        let long = run_steps(args.long)?;
+        per_step.push((long - short) / (args.long - args.short) as f64);
+    }
+    let step_s = median(per_step);
+
+    let theta = Tensor::from_slice(&state.params, (r, d), &device)?;
+    engine.generate(&theta, &batch, tt)?; // warm-up
+    let mut gen_times = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let t = Instant::now();
+        engine.generate(&theta, &batch, tt)?;
+        gen_times.push(t.elapsed().as_secs_f64());
+    }
+    let eval_s = median(gen_times);
+
+    let n = if device.is_cpu() { 1024 } else { 8192 };
+    let peak = matmul_peak(&device, dtype, n, 5)?;
+    let train_flops = 2.0 * forward_flops(&model, r, b, l, tt);
+    let achieved = train_flops / step_s / 1e9;
+    let threads = candle_core::utils::get_num_threads();
+    let out = json!({
+        "tool": "tpv",
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": threads,
+        "virtual_tokens": r,
+        "batch": b,
+        "tokens": l,
+        "target_tokens": tt,
+        "step_s": step_s,
+        "eval_batch_s": eval_s,
+        "eval_examples_per_s": b as f64 / eval_s,
+        "load_s": load_s,
+        "train_gflop_per_step": train_flops / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops": peak,
+        "matmul_n": n,
+    });
+    if args.json {
+        print_json(&out)
+    } else {
+        out!(
+            "{} ({}, {}, {threads} threads) R={r} batch {b}×{l}{}: {step_s:.4} s/step ({achieved:.1} GFLOP/s, \
+             {:.0}% of the {n}³ matmul peak {peak:.1} GFLOP/s); greedy {tt} tokens for the batch {eval_s:.4} s{}",
+            args.model,
+            args.device,
+            args.dtype,
+            if seq2seq { format!("→{tt}") } else { String::new() },
+            100.0 * achieved / peak,
+            load_s.map_or(String::new(), |s| format!("; loaded in {s:.2} s")),
+        );
+        Ok(())
+    }
+}

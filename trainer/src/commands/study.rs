@@ -1,0 +1,142 @@
+//! `tpv sweep`, `tpv aggregate`, `tpv report`.
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::print_json;
+use crate::cli::{AggregateArgs, ReportArgs, SweepArgs};
+use crate::study::jobs::{SweepOptions, run_all, run_job, write_manifest};
+use crate::study::slurm::{SlurmOptions, emit};
+use crate::study::{Study, aggregate as agg, report as rep};
+
+pub fn sweep(args: &SweepArgs) -> Result<()> {
+    let study = Study::load(&args.config, &args.sets)?;
+    if args.list {
+        let jobs = study.jobs();
+        if args.json {
+            let list: Vec<_> = jobs
+                .iter()
+                .map(|j| json!({ "id": j.id, "stage": j.stage(), "finished": study.finished(j), "deps": j.deps }))
+                .collect();
+            return print_json(&json!({ "jobs": list }));
+        }
+        for j in &jobs {
+            out!(
+                "{} stage {} {}",
+                if study.finished(j) { "done" } else { "todo" },
+                j.stage(),
+                j.id
+            );
+        }
+        return Ok(());
+    }
+    if let Some(scheduler) = &args.emit {
+        if scheduler != "slurm" {
+            bail!("--emit {scheduler}: only slurm is supported");
+        }
+        let dir = args.output.as_ref().context("--emit slurm needs -o DIR")?;
+        let files = emit(
+            &study,
+            dir,
+            &SlurmOptions {
+                sbatch: args.sbatch.clone(),
+                max_parallel: args.max_parallel,
+                tpv: std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "tpv".into()),
+                sets: args.sets.clone(),
+            },
+        )?;
+        write_manifest(&study)?;
+        for f in files {
+            out!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
+    if let Some(id) = &args.job {
+        let jobs = study.jobs();
+        let job = jobs
+            .iter()
+            .find(|j| &j.id == id)
+            .with_context(|| format!("no job {id} in {} (see --list)", args.config.display()))?;
+        write_manifest(&study)?;
+        let file = run_job(&study, job, None)?;
+        out!("{}", file.display());
+        return Ok(());
+    }
+    if let (Some(stage), Some(index)) = (args.stage, args.index) {
+        let jobs: Vec<_> = study.jobs().into_iter().filter(|j| j.stage() == stage).collect();
+        let job = jobs
+            .get(index)
+            .with_context(|| format!("stage {stage} has {} jobs; no index {index}", jobs.len()))?;
+        write_manifest(&study)?;
+        let file = run_job(&study, job, None)?;
+        out!("{}", file.display());
+        return Ok(());
+    }
+    let abort_in_job = match &args.abort_in_job {
+        Some(s) => {
+            let (n, step) = s.split_once(':').context("--abort-in-job N:S")?;
+            Some((n.parse()?, step.parse()?))
+        }
+        None => None,
+    };
+    let (ran, skipped, failed) = run_all(
+        &study,
+        &SweepOptions {
+            jobs: args.jobs,
+            sets: args.sets.clone(),
+            max_jobs: args.max_jobs,
+            abort_in_job,
+        },
+    )?;
+    if args.aggregate || args.json {
+        agg::aggregate(study.output())?.write(study.output())?;
+    }
+    if args.json {
+        print_json(&json!({ "study": study.output().display().to_string(), "ran": ran, "skipped": skipped, "failed": failed }))?;
+    } else {
+        out!(
+            "study {}: ran {ran}, skipped {skipped} finished, {} failed → {}",
+            study.study.name,
+            failed.len(),
+            study.output().display()
+        );
+    }
+    if !failed.is_empty() {
+        bail!("{} jobs failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+pub fn aggregate(args: &AggregateArgs) -> Result<()> {
+    let a = agg::aggregate(&args.study_dir)?;
+    let dir = args.output.clone().unwrap_or_else(|| args.study_dir.clone());
+    let files = a.write(&dir)?;
+    if args.json {
+        return print_json(&serde_json::to_value(&a)?);
+    }
+    out!("{}", a.markdown());
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+pub fn report(args: &ReportArgs) -> Result<()> {
+    let r = rep::write(&args.study_dir, &args.output, args.web.as_deref())?;
+    out!(
+        "wrote {} ({} runs{})",
+        r.site.display(),
+        r.runs,
+        if r.web_app {
+            ", with the web app"
+        } else {
+            "; no built web app found (trunk build, or --web DIR): index.html shows the tables"
+        }
+    );
+    if args.serve {
+        rep::serve(&r.site, args.port)?;
+    }
+    Ok(())
+}

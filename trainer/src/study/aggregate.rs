@@ -1,0 +1,621 @@
+//! Aggregation of a study directory (whatever has finished): mean ± std over origins, performance
+//! relative to single-task prompts, Welch t-tests with the Bonferroni correction, similarity
+//! matrices across origins, and the list of missing runs; written as Markdown, CSV and JSON.
+//!
+//! Standard deviations are numpy's default (population, ddof = 0), as the reference code computes
+//! them; the t-tests use sample variances (Welch).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tpv_shared::similarity::{self, AcrossOrigins, Labelled, Measure};
+use tpv_shared::stats::{TTest, bonferroni, mean, std, welch_t_test};
+use tpv_shared::{SoftPrompt, tasks};
+
+use super::{InitMethod, Job, JobKind};
+use crate::{io, train};
+
+/// mean ± std over the origins that finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub values: Vec<f64>,
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Summary {
+    fn of(values: Vec<f64>) -> Self {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        Self {
+            mean: mean(&finite),
+            std: std(&finite, 0),
+            n: finite.len(),
+            values,
+        }
+    }
+
+    /// `85.4 ± 0.1` in percent for scores in [0, 1].
+    fn pct(&self) -> String {
+        if self.n == 0 {
+            return "–".into();
+        }
+        format!("{:.1} ± {:.1}", 100.0 * self.mean, 100.0 * self.std)
+    }
+}
+
+/// A comparison with its Bonferroni-corrected p-value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Test {
+    #[serde(flatten)]
+    pub test: TTest,
+    pub p_bonferroni: f64,
+    /// Comparisons in the family.
+    pub m: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromptTuningRow {
+    pub task: String,
+    pub metric: String,
+    pub test: Summary,
+    pub validation: Summary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdditionRow {
+    pub tasks: Vec<String>,
+    /// The task this row scores.
+    pub task: String,
+    pub metric: String,
+    pub single: Summary,
+    pub combined: Summary,
+    /// combined / single mean, in percent.
+    pub relative: f64,
+    /// The λ chosen on validation, per origin.
+    pub lambdas: Vec<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrossOriginRow {
+    pub task: String,
+    pub metric: String,
+    pub original: Summary,
+    pub cross: Summary,
+    pub test: Test,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferRow {
+    pub target: String,
+    pub metric: String,
+    pub shots: usize,
+    /// random, spot_<source>, multi, tpv_sum.
+    pub init: String,
+    pub score: Summary,
+    /// TPV-sum against this init at the same shots (absent for TPV-sum itself).
+    pub vs_tpv_sum: Option<Test>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Similarity {
+    pub prompts: AcrossOrigins,
+    pub vectors: AcrossOrigins,
+    pub prompts_flat: AcrossOrigins,
+    pub vectors_flat: AcrossOrigins,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub name: String,
+    pub origins: Vec<usize>,
+    pub jobs: usize,
+    pub finished: usize,
+    /// Jobs without a finished run file.
+    pub missing: Vec<String>,
+    pub prompt_tuning: Vec<PromptTuningRow>,
+    pub addition: Vec<AdditionRow>,
+    pub cross_origin: Vec<CrossOriginRow>,
+    pub transfer: Vec<TransferRow>,
+    pub similarity: Option<Similarity>,
+}
+
+/// `OUTPUT/study.json` as written by the sweep.
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    name: String,
+    origins: Vec<usize>,
+    tasks: Vec<String>,
+    jobs: Vec<Job>,
+}
+
+/// The score names of a task: its registry metrics, else exact match.
+fn task_metrics(task: &str) -> Vec<String> {
+    match tasks::get(task) {
+        Ok(spec) if !spec.metrics.is_empty() => spec.metrics.iter().map(|m| m.as_str().to_owned()).collect(),
+        _ => vec!["exact_match".into()],
+    }
+}
+
+fn init_label(init: InitMethod, source: Option<&str>) -> String {
+    match source {
+        Some(s) => format!("spot_{s}"),
+        None => init.as_str().to_owned(),
+    }
+}
+
+/// Reads a study directory and aggregates what has finished.
+pub fn aggregate(dir: &Path) -> Result<Aggregate> {
+    let manifest_path = dir.join("study.json");
+    let manifest: Manifest = serde_json::from_slice(&io::read_bytes(&manifest_path)?)
+        .with_context(|| format!("{} is not a study manifest", manifest_path.display()))?;
+    let mut runs: BTreeMap<String, SoftPrompt> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for job in &manifest.jobs {
+        let d = dir.join(&job.id);
+        let f = train::prompt_path(&d);
+        if f.exists() && !train::checkpoint_path(&d).exists() {
+            runs.insert(job.id.clone(), io::load_prompt(&f)?);
+        } else {
+            missing.push(job.id.clone());
+        }
+    }
+    let metric_of = |id: &str, key: &str| -> f64 {
+        runs.get(id)
+            .and_then(|r| r.meta.metrics.get(key))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let origins = &manifest.origins;
+    let jobs = &manifest.jobs;
+
+    // Prompt tuning: every tuned task × its metrics, over origins.
+    let mut prompt_tuning = Vec::new();
+    for task in &manifest.tasks {
+        for metric in task_metrics(task) {
+            let ids: Vec<String> = origins.iter().map(|o| super::pt_id(task, *o)).collect();
+            prompt_tuning.push(PromptTuningRow {
+                task: task.clone(),
+                test: Summary::of(ids.iter().map(|id| metric_of(id, &format!("test_{metric}"))).collect()),
+                validation: Summary::of(
+                    ids.iter()
+                        .map(|id| metric_of(id, &format!("validation_{metric}")))
+                        .collect(),
+                ),
+                metric,
+            });
+        }
+    }
+
+    // Addition: per set and task, the combined prompt's score against the single-task prompt's.
+    let mut addition = Vec::new();
+    let mut sets: Vec<Vec<String>> = Vec::new();
+    for j in jobs {
+        if let JobKind::Addition { tasks, .. } = &j.kind
+            && !sets.contains(tasks)
+        {
+            sets.push(tasks.clone());
+        }
+    }
+    for set in &sets {
+        let ids: Vec<String> = origins
+            .iter()
+            .map(|o| format!("addition/{}/origin{o}", set.join("+")))
+            .collect();
+        let lambdas: Vec<Vec<f64>> = ids
+            .iter()
+            .filter_map(|id| runs.get(id))
+            .map(|r| {
+                r.meta
+                    .metrics
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("lambda"))
+                    .map(|(_, v)| *v)
+                    .collect()
+            })
+            .collect();
+        for task in set {
+            for metric in task_metrics(task) {
+                let single = Summary::of(
+                    origins
+                        .iter()
+                        .map(|o| metric_of(&super::pt_id(task, *o), &format!("test_{metric}")))
+                        .collect(),
+                );
+                let combined = Summary::of(
+                    ids.iter()
+                        .map(|id| metric_of(id, &format!("{task}:test_{metric}")))
+                        .collect(),
+                );
+                addition.push(AdditionRow {
+                    tasks: set.clone(),
+                    task: task.clone(),
+                    relative: 100.0 * combined.mean / single.mean,
+                    single,
+                    combined,
+                    metric,
+                    lambdas: lambdas.clone(),
+                });
+            }
+        }
+    }
+
+    // Cross-origin: per task, the original prompts against θ₀ of one origin + τ of another.
+    let mut cross_origin = Vec::new();
+    let mut cross_tasks: Vec<String> = Vec::new();
+    for j in jobs {
+        if let JobKind::CrossOrigin { task, .. } = &j.kind
+            && !cross_tasks.contains(task)
+        {
+            cross_tasks.push(task.clone());
+        }
+    }
+    for task in &cross_tasks {
+        for metric in task_metrics(task) {
+            let key = format!("test_{metric}");
+            let original = Summary::of(
+                origins
+                    .iter()
+                    .map(|o| metric_of(&super::pt_id(task, *o), &key))
+                    .collect(),
+            );
+            let cross = Summary::of(
+                jobs.iter()
+                    .filter(|j| matches!(&j.kind, JobKind::CrossOrigin { task: t, .. } if t == task))
+                    .map(|j| metric_of(&j.id, &key))
+                    .collect(),
+            );
+            let test = welch_t_test(&finite(&original.values), &finite(&cross.values));
+            cross_origin.push(CrossOriginRow {
+                task: task.clone(),
+                metric,
+                original,
+                cross,
+                test: Test {
+                    test,
+                    p_bonferroni: f64::NAN,
+                    m: 0,
+                },
+            });
+        }
+    }
+    correct(cross_origin.iter_mut().map(|r| &mut r.test));
+
+    // Transfer: per target, metric, shots and init; TPV-sum against every other init.
+    let mut transfer = Vec::new();
+    let mut keys: Vec<(String, usize, String)> = Vec::new();
+    for j in jobs {
+        if let JobKind::Transfer {
+            target,
+            init,
+            source,
+            shots,
+            ..
+        } = &j.kind
+        {
+            let k = (target.clone(), *shots, init_label(*init, source.as_deref()));
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    keys.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let values_of = |target: &str, shots: usize, init: &str, metric: &str| -> Vec<f64> {
+        jobs.iter()
+            .filter(|j| match &j.kind {
+                JobKind::Transfer {
+                    target: t,
+                    init: i,
+                    source,
+                    shots: k,
+                    ..
+                } => t == target && *k == shots && init_label(*i, source.as_deref()) == init,
+                _ => false,
+            })
+            .map(|j| metric_of(&j.id, &format!("test_{metric}")))
+            .collect()
+    };
+    for (target, shots, init) in &keys {
+        for metric in task_metrics(target) {
+            let score = Summary::of(values_of(target, *shots, init, &metric));
+            let vs_tpv_sum = (init != "tpv_sum" && keys.contains(&(target.clone(), *shots, "tpv_sum".into()))).then(|| {
+                let sum = values_of(target, *shots, "tpv_sum", &metric);
+                Test {
+                    test: welch_t_test(&finite(&sum), &finite(&score.values)),
+                    p_bonferroni: f64::NAN,
+                    m: 0,
+                }
+            });
+            transfer.push(TransferRow {
+                target: target.clone(),
+                metric,
+                shots: *shots,
+                init: init.clone(),
+                score,
+                vs_tpv_sum,
+            });
+        }
+    }
+    // One family per metric name.
+    let metric_names: Vec<String> = transfer.iter().map(|r| r.metric.clone()).collect();
+    for m in dedup(metric_names) {
+        correct(
+            transfer
+                .iter_mut()
+                .filter(|r| r.metric == m)
+                .filter_map(|r| r.vs_tpv_sum.as_mut()),
+        );
+    }
+
+    let similarity = similarity_of(&manifest, &runs)?;
+    Ok(Aggregate {
+        name: manifest.name,
+        origins: manifest.origins.clone(),
+        jobs: manifest.jobs.len(),
+        finished: runs.len(),
+        missing,
+        prompt_tuning,
+        addition,
+        cross_origin,
+        transfer,
+        similarity,
+    })
+}
+
+fn finite(xs: &[f64]) -> Vec<f64> {
+    xs.iter().copied().filter(|v| v.is_finite()).collect()
+}
+
+fn dedup(mut xs: Vec<String>) -> Vec<String> {
+    xs.sort();
+    xs.dedup();
+    xs
+}
+
+/// Bonferroni over a family: m = the tests with a p-value.
+fn correct<'a>(tests: impl Iterator<Item = &'a mut Test>) {
+    let mut tests: Vec<&mut Test> = tests.collect();
+    let m = tests.iter().filter(|t| t.test.p.is_finite()).count();
+    for t in &mut tests {
+        t.m = m;
+        t.p_bonferroni = bonferroni(t.test.p, m);
+    }
+}
+
+/// Similarity of the tuned prompts and their vectors across origins (tasks with runs only).
+fn similarity_of(manifest: &Manifest, runs: &BTreeMap<String, SoftPrompt>) -> Result<Option<Similarity>> {
+    let mut prompts = Vec::new();
+    let mut vectors = Vec::new();
+    for task in &manifest.tasks {
+        for o in &manifest.origins {
+            if let Some(run) = runs.get(&super::pt_id(task, *o)) {
+                prompts.push((task.clone(), format!("origin{o}"), run.values.clone()));
+                vectors.push((task.clone(), format!("origin{o}"), run.vector_values()?));
+            }
+        }
+    }
+    if prompts.is_empty() {
+        return Ok(None);
+    }
+    fn labelled(xs: &[(String, String, tpv_shared::PromptTensor)]) -> Vec<Labelled<'_>> {
+        xs.iter()
+            .map(|(t, o, v)| Labelled {
+                task: t.clone(),
+                origin: o.clone(),
+                values: v,
+            })
+            .collect()
+    }
+    let (p, v) = (labelled(&prompts), labelled(&vectors));
+    Ok(Some(Similarity {
+        prompts: similarity::across_origins(&p, Measure::CosineMean)?,
+        vectors: similarity::across_origins(&v, Measure::CosineMean)?,
+        prompts_flat: similarity::across_origins(&p, Measure::CosineFlat)?,
+        vectors_flat: similarity::across_origins(&v, Measure::CosineFlat)?,
+    }))
+}
+
+fn p_cell(t: &Test) -> String {
+    if !t.test.p.is_finite() {
+        return "–".into();
+    }
+    let star = if t.p_bonferroni < 0.05 { " *" } else { "" };
+    format!("{:.3} ({:.3}){star}", t.test.p, t.p_bonferroni)
+}
+
+fn matrix_md(out: &mut String, title: &str, m: &AcrossOrigins) {
+    let _ = writeln!(out, "\n**{title}**\n");
+    let _ = writeln!(out, "| | {} |", m.tasks.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(m.tasks.len()));
+    for (i, row) in m.matrix.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| c.map_or("–".into(), |v| format!("{v:.3}")))
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", m.tasks[i], cells.join(" | "));
+    }
+}
+
+impl Aggregate {
+    /// The tables as Markdown (scores in percent).
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Study {}\n", self.name);
+        let _ = writeln!(
+            s,
+            "{} of {} runs finished; origins {:?}. Scores in percent, mean ± std over origins (std: numpy's default, ddof 0).",
+            self.finished, self.jobs, self.origins
+        );
+        if !self.prompt_tuning.is_empty() {
+            let _ = writeln!(s, "\n## Prompt tuning (test)\n\n| task | metric | test | validation | n |\n|---|---|---|---|---|");
+            for r in &self.prompt_tuning {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    r.task,
+                    r.metric,
+                    r.test.pct(),
+                    r.validation.pct(),
+                    r.test.n
+                );
+            }
+        }
+        if !self.addition.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Addition of task prompt vectors (test; λ chosen on validation)\n\n| tasks | task | metric | single-task | combined | relative | λ per origin |\n|---|---|---|---|---|---|---|"
+            );
+            for r in &self.addition {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {:.1}% | {:?} |",
+                    r.tasks.join(" + "),
+                    r.task,
+                    r.metric,
+                    r.single.pct(),
+                    r.combined.pct(),
+                    r.relative,
+                    r.lambdas
+                );
+            }
+        }
+        if !self.cross_origin.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Cross-origin (θ₀ of one origin + τ of another; test)\n\n| task | metric | original | cross-origin | Welch p (Bonferroni) |\n|---|---|---|---|---|"
+            );
+            for r in &self.cross_origin {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    r.task,
+                    r.metric,
+                    r.original.pct(),
+                    r.cross.pct(),
+                    p_cell(&r.test)
+                );
+            }
+        }
+        if !self.transfer.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Transfer to target tasks (test, by shots and init)\n\n| target | metric | shots | init | score | n | TPV-sum vs this: Welch p (Bonferroni) |\n|---|---|---|---|---|---|---|"
+            );
+            for r in &self.transfer {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    r.target,
+                    r.metric,
+                    r.shots,
+                    r.init,
+                    r.score.pct(),
+                    r.score.n,
+                    r.vs_tpv_sum.as_ref().map_or("".into(), p_cell)
+                );
+            }
+        }
+        if let Some(sim) = &self.similarity {
+            let _ = writeln!(
+                s,
+                "\n## Similarity across origins (cosine of token-means, identical pairs omitted)"
+            );
+            matrix_md(&mut s, "Task prompts", &sim.prompts);
+            matrix_md(&mut s, "Task prompt vectors", &sim.vectors);
+            matrix_md(&mut s, "Task prompts (flattened cosine)", &sim.prompts_flat);
+            matrix_md(&mut s, "Task prompt vectors (flattened cosine)", &sim.vectors_flat);
+        }
+        if !self.missing.is_empty() {
+            let _ = writeln!(s, "\n## Missing runs ({})\n", self.missing.len());
+            for m in &self.missing {
+                let _ = writeln!(s, "- {m}");
+            }
+        }
+        s
+    }
+
+    /// One row per number: table, keys, statistic, value (long format).
+    pub fn csv(&self) -> Result<String> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["table", "task", "metric", "shots", "method", "statistic", "value"])?;
+        let mut put = |table: &str, task: &str, metric: &str, shots: &str, method: &str, stat: &str, v: f64| {
+            w.write_record([table, task, metric, shots, method, stat, &format!("{v}")])
+        };
+        for r in &self.prompt_tuning {
+            for (stat, v) in [("test_mean", r.test.mean), ("test_std", r.test.std), ("validation_mean", r.validation.mean), ("n", r.test.n as f64)] {
+                put("prompt_tuning", &r.task, &r.metric, "", "single", stat, v)?;
+            }
+        }
+        for r in &self.addition {
+            let set = r.tasks.join("+");
+            for (stat, v) in [
+                ("single_mean", r.single.mean),
+                ("single_std", r.single.std),
+                ("combined_mean", r.combined.mean),
+                ("combined_std", r.combined.std),
+                ("relative_pct", r.relative),
+            ] {
+                put("addition", &r.task, &r.metric, "", &set, stat, v)?;
+            }
+        }
+        for r in &self.cross_origin {
+            for (stat, v) in [
+                ("original_mean", r.original.mean),
+                ("original_std", r.original.std),
+                ("cross_mean", r.cross.mean),
+                ("cross_std", r.cross.std),
+                ("welch_p", r.test.test.p),
+                ("welch_p_bonferroni", r.test.p_bonferroni),
+            ] {
+                put("cross_origin", &r.task, &r.metric, "", "cross", stat, v)?;
+            }
+        }
+        for r in &self.transfer {
+            let shots = r.shots.to_string();
+            put("transfer", &r.target, &r.metric, &shots, &r.init, "mean", r.score.mean)?;
+            put("transfer", &r.target, &r.metric, &shots, &r.init, "std", r.score.std)?;
+            put("transfer", &r.target, &r.metric, &shots, &r.init, "n", r.score.n as f64)?;
+            if let Some(t) = &r.vs_tpv_sum {
+                put("transfer", &r.target, &r.metric, &shots, &r.init, "tpv_sum_welch_p", t.test.p)?;
+                put("transfer", &r.target, &r.metric, &shots, &r.init, "tpv_sum_welch_p_bonferroni", t.p_bonferroni)?;
+            }
+        }
+        if let Some(sim) = &self.similarity {
+            for (name, m) in [("prompts", &sim.prompts), ("vectors", &sim.vectors)] {
+                for (i, row) in m.matrix.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        if let Some(v) = v {
+                            put(
+                                &format!("similarity_{name}"),
+                                &m.tasks[i],
+                                "cosine_mean",
+                                "",
+                                &m.tasks[j],
+                                "mean_across_origins",
+                                *v,
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?)
+    }
+
+    /// Writes tables.md, tables.csv and tables.json into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let files = [
+            (dir.join("tables.md"), self.markdown().into_bytes()),
+            (dir.join("tables.csv"), self.csv()?.into_bytes()),
+            (dir.join("tables.json"), serde_json::to_vec_pretty(self)?),
+        ];
+        for (path, bytes) in &files {
+            io::write_atomic(path, bytes)?;
+        }
+        Ok(files.into_iter().map(|(p, _)| p).collect())
+    }
+}

@@ -1,0 +1,519 @@
+//! Running a study's jobs: training jobs through `train::run` (resumable), evaluation jobs
+//! (addition with its λ search, cross-origin, 0-shot transfer) here; each writes its run file
+//! atomically and last.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Tensor};
+use serde_json::json;
+use tpv_shared::tasks::TaskSpec;
+use tpv_shared::{MergeMethod, OriginRef, SoftPrompt, arith};
+
+use super::{InitMethod, Job, JobKind, Study, paper_lambdas, pt_id};
+use crate::config::Config;
+use crate::data;
+use crate::io;
+use crate::models::{self, LoadedModel};
+use crate::train::engine::{self, Encoded, Engine, EvalResult};
+use crate::train::{self, RunOptions};
+
+/// Options of `tpv sweep`.
+#[derive(Debug, Clone, Default)]
+pub struct SweepOptions {
+    /// Jobs at once (child processes).
+    pub jobs: usize,
+    /// The `--set` overrides, passed on to child processes.
+    pub sets: Vec<String>,
+    /// Stop after this many jobs ran (a partial study).
+    pub max_jobs: Option<usize>,
+    /// Test hook: abort the process at step S of the N-th job run (1-based), as a kill would.
+    pub abort_in_job: Option<(usize, u64)>,
+}
+
+/// Writes `OUTPUT/study.json`: the study's name, config and every job (for aggregation).
+pub fn write_manifest(study: &Study) -> Result<()> {
+    let jobs = study.jobs();
+    let doc = json!({
+        "format": "tpv-study",
+        "version": 1,
+        "name": study.study.name,
+        "config": study.path.display().to_string(),
+        "origins": study.study.origins,
+        "tasks": study.tuned_tasks(),
+        "study": study.study,
+        "jobs": jobs,
+    });
+    std::fs::create_dir_all(study.output())
+        .with_context(|| format!("creating the study directory {}", study.output().display()))?;
+    io::write_atomic(
+        &study.output().join("study.json"),
+        serde_json::to_string_pretty(&doc)?.as_bytes(),
+    )
+}
+
+/// Runs every unfinished job whose dependencies are finished, in order (`-j 1`) or as child
+/// processes (`-j N`); returns (ran, skipped, failed ids).
+pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<String>)> {
+    write_manifest(study)?;
+    let jobs = study.jobs();
+    let skipped = jobs.iter().filter(|j| study.finished(j)).count();
+    let todo: Vec<&Job> = jobs.iter().filter(|j| !study.finished(j)).collect();
+    eprintln!(
+        "study {}: {} jobs, {skipped} finished, {} to run",
+        study.study.name,
+        jobs.len(),
+        todo.len()
+    );
+    let limit = opts.max_jobs.unwrap_or(usize::MAX);
+    if opts.jobs <= 1 {
+        let mut failed = Vec::new();
+        let mut ran = 0;
+        for job in todo {
+            if ran >= limit {
+                break;
+            }
+            if job.deps.iter().any(|d| failed.contains(d)) {
+                eprintln!("skipping {}: a dependency failed", job.id);
+                failed.push(job.id.clone());
+                continue;
+            }
+            let t = Instant::now();
+            eprintln!("[{}/{}] {}", ran + 1, jobs.len() - skipped, job.id);
+            let abort = opts.abort_in_job.and_then(|(n, step)| (n == ran + 1).then_some(step));
+            match run_job(study, job, abort) {
+                Ok(_) => eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64()),
+                Err(e) => {
+                    eprintln!("  failed: {e:#}");
+                    failed.push(job.id.clone());
+                }
+            }
+            ran += 1;
+        }
+        return Ok((ran, skipped, failed));
+    }
+    run_parallel(study, todo, opts, skipped)
+}
+
+/// `-j N`: a scheduler thread per slot takes the next job whose dependencies are finished and runs
+/// it as `tpv sweep CONFIG --job ID` in a child process.
+fn run_parallel(
+    study: &Study,
+    todo: Vec<&Job>,
+    opts: &SweepOptions,
+    skipped: usize,
+) -> Result<(usize, usize, Vec<String>)> {
+    #[derive(Default)]
+    struct Queue {
+        waiting: Vec<Job>,
+        running: Vec<String>,
+        failed: Vec<String>,
+        ran: usize,
+    }
+    let exe = std::env::current_exe().context("locating the tpv executable")?;
+    let total = todo.len();
+    let queue = Mutex::new(Queue {
+        waiting: todo.into_iter().cloned().collect(),
+        ..Default::default()
+    });
+    let limit = opts.max_jobs.unwrap_or(usize::MAX);
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs {
+            scope.spawn(|| {
+                loop {
+                    let job = {
+                        let Ok(mut q) = queue.lock() else { return };
+                        if q.ran >= limit {
+                            return;
+                        }
+                        let failed = q.failed.clone();
+                        // Dependencies of a failed job fail too.
+                        let (doomed, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut q.waiting)
+                            .into_iter()
+                            .partition(|j| j.deps.iter().any(|d| failed.contains(d)));
+                        q.waiting = rest;
+                        q.failed.extend(doomed.into_iter().map(|j| j.id));
+                        if q.waiting.is_empty() {
+                            return;
+                        }
+                        let ready = q.waiting.iter().position(|j| {
+                            j.deps
+                                .iter()
+                                .all(|d| !q.running.contains(d) && !q.waiting.iter().any(|w| &w.id == d))
+                        });
+                        match ready {
+                            Some(i) => {
+                                let job = q.waiting.remove(i);
+                                q.running.push(job.id.clone());
+                                q.ran += 1;
+                                eprintln!("[{}/{total}] {}", q.ran, job.id);
+                                Some(job)
+                            }
+                            None => None,
+                        }
+                    };
+                    let Some(job) = job else {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        continue;
+                    };
+                    let mut cmd = Command::new(&exe);
+                    cmd.arg("sweep").arg(&study.path).arg("--job").arg(&job.id);
+                    for s in &opts.sets {
+                        cmd.arg("--set").arg(s);
+                    }
+                    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+                    if let Ok(mut q) = queue.lock() {
+                        q.running.retain(|r| r != &job.id);
+                        if !ok || !study.finished(&job) {
+                            eprintln!("  {} failed", job.id);
+                            q.failed.push(job.id.clone());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let q = queue.into_inner().map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
+    Ok((q.ran, skipped, q.failed))
+}
+
+/// Runs one job (resuming it if it was interrupted); returns its run file. `abort_after_step`
+/// is the test hook of `train::run`.
+pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Result<PathBuf> {
+    let dir = study.job_dir(job);
+    let out = train::prompt_path(&dir);
+    if study.finished(job) {
+        return Ok(out);
+    }
+    for d in &job.deps {
+        let dep_file = train::prompt_path(&study.output().join(d));
+        if !dep_file.exists() {
+            bail!("{} needs {d}, which has not finished", job.id);
+        }
+    }
+    let resume = RunOptions {
+        resume: true,
+        abort_after_step,
+        ..Default::default()
+    };
+    let result = match &job.kind {
+        JobKind::PromptTuning { .. } | JobKind::MultiTask { .. } => {
+            let config = study.train_config(job, None)?.context("not a training job")?;
+            train::run(&config, &resume)
+        }
+        JobKind::Transfer {
+            target,
+            init,
+            source,
+            shots,
+            origin,
+        } => {
+            let init_prompt = transfer_init(study, job, *init, source.as_deref(), *origin)?;
+            if *shots == 0 {
+                let config = study.task_config(target, job)?;
+                let ev = Evaluation::new(&config)?;
+                let mut prompt = match init_prompt {
+                    Some(p) => p,
+                    None => ev.origin(&config, job)?,
+                };
+                let (task, sets) = ev.sets(&config)?;
+                let res = ev.eval(&prompt_theta(&prompt), &sets.test, &task, &config)?;
+                prompt.meta.metrics = prefixed("test_", &res);
+                prompt.meta.config = Some(json!({ "study_job": job }));
+                write(&out, &prompt)
+            } else {
+                let init_file = match init_prompt {
+                    Some(p) => {
+                        let f = dir.join("init.safetensors");
+                        io::write_run(&f, &p)?;
+                        Some(f)
+                    }
+                    None => None,
+                };
+                let config = study
+                    .train_config(job, init_file.as_deref())?
+                    .context("not a training job")?;
+                train::run(&config, &resume)
+            }
+        }
+        JobKind::Addition { tasks, origin } => addition(study, job, tasks, *origin).map(|()| out.clone()),
+        JobKind::CrossOrigin { task, origin, from } => {
+            let own = load_run(study, &pt_id(task, *origin))?;
+            let other = load_run(study, &pt_id(task, *from))?;
+            let theta0 = origin_of(&own)?;
+            let mut combined = arith::combine(&theta0, &[&other], &[], 1.0, &MergeMethod::Sum)?;
+            let config = study.task_config(task, job)?;
+            let ev = Evaluation::new(&config)?;
+            let (spec, sets) = ev.sets(&config)?;
+            let res = ev.eval(&prompt_theta(&combined), &sets.test, &spec, &config)?;
+            combined.meta.metrics = prefixed("test_", &res);
+            combined.meta.tasks = vec![task.clone()];
+            combined.meta.config = Some(json!({ "study_job": job }));
+            write(&out, &combined)
+        }
+    };
+    result.with_context(|| format!("job {}", job.id))
+}
+
+fn write(path: &Path, prompt: &SoftPrompt) -> Result<PathBuf> {
+    io::write_run(path, prompt)?;
+    Ok(path.to_path_buf())
+}
+
+fn load_run(study: &Study, id: &str) -> Result<SoftPrompt> {
+    io::load_prompt(&train::prompt_path(&study.output().join(id)))
+}
+
+/// θ₀ of a task prompt run, as an origin prompt (model and layout kept).
+fn origin_of(run: &SoftPrompt) -> Result<SoftPrompt> {
+    let values = run
+        .origin_values()
+        .with_context(|| format!("{} has no origin stored", run.label()))?
+        .clone();
+    let mut o = SoftPrompt::origin(values, run.meta.origin.clone().unwrap_or_else(|| unnamed_origin("origin")));
+    o.meta.model.clone_from(&run.meta.model);
+    o.meta.layout = run.meta.layout;
+    Ok(o)
+}
+
+/// The init prompt of a transfer job (`None`: the sampled origin itself).
+fn transfer_init(
+    study: &Study,
+    job: &Job,
+    init: InitMethod,
+    source: Option<&str>,
+    origin: usize,
+) -> Result<Option<SoftPrompt>> {
+    let tr = study.study.transfer.as_ref().context("no [study.transfer]")?;
+    Ok(match init {
+        InitMethod::Random => None,
+        InitMethod::Spot => Some(load_run(study, &pt_id(source.context("a SPoT job without a source")?, origin))?),
+        InitMethod::Multi => Some(load_run(study, job.deps.first().context("no multi-task dependency")?)?),
+        InitMethod::TpvSum => {
+            let runs: Vec<SoftPrompt> = tr
+                .sources
+                .iter()
+                .map(|s| load_run(study, &pt_id(s, origin)))
+                .collect::<Result<_>>()?;
+            let theta0 = origin_of(&runs[0])?;
+            let refs: Vec<&SoftPrompt> = runs.iter().collect();
+            Some(arith::combine(&theta0, &refs, &[], 1.0, &MergeMethod::Sum)?)
+        }
+    })
+}
+
+fn unnamed_origin(id: &str) -> OriginRef {
+    OriginRef {
+        id: id.to_owned(),
+        seed: None,
+        index: None,
+        sampling: None,
+    }
+}
+
+fn prompt_theta(p: &SoftPrompt) -> (Vec<f32>, usize) {
+    (p.values.as_slice().to_vec(), p.shape()[0])
+}
+
+fn prefixed(prefix: &str, res: &EvalResult) -> BTreeMap<String, f64> {
+    let mut m: BTreeMap<String, f64> = res.metrics.iter().map(|(k, v)| (format!("{prefix}{k}"), *v)).collect();
+    m.insert(format!("{prefix}loss"), res.loss);
+    m
+}
+
+/// The encoded validation and test examples of one task.
+pub struct EvalSets {
+    pub validation: Vec<Encoded>,
+    pub test: Vec<Encoded>,
+}
+
+/// A loaded model for evaluating prompts on tasks' data.
+pub struct Evaluation {
+    loaded: LoadedModel,
+    device: candle_core::Device,
+}
+
+impl Evaluation {
+    pub fn new(config: &Config) -> Result<Self> {
+        let device = models::device(&config.model.device)?;
+        let dtype = match config.model.dtype.as_str() {
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
+        let loaded = models::load(&config.model.path, dtype, &device)
+            .with_context(|| format!("loading model {}", config.model.path))?;
+        Ok(Self { loaded, device })
+    }
+
+    /// The sampled origin of a job (the random init at 0 shots).
+    fn origin(&self, config: &Config, job: &Job) -> Result<SoftPrompt> {
+        let (values, origin) = train::origin(config, &self.loaded, self.loaded.model.hidden_size())?;
+        let mut p = SoftPrompt::origin(values, origin.unwrap_or_else(|| unnamed_origin(&format!("origin{}", job.origin()))));
+        p.meta.name = Some(format!("origin{}", job.origin()));
+        p.meta.model = Some(tpv_shared::ModelRef {
+            id: self.loaded.id.clone(),
+            revision: None,
+        });
+        Ok(p)
+    }
+
+    pub fn sets(&self, config: &Config) -> Result<(TaskSpec, EvalSets)> {
+        let splits = data::load(&config.data).context("loading data")?;
+        let chat = config.model.chat_template
+            && self.loaded.codec.chat_template().is_some()
+            && !self.loaded.model.is_seq2seq();
+        let enc = |recs| {
+            train::encode(
+                &self.loaded,
+                &splits.task,
+                recs,
+                chat,
+                config.train.loss,
+                config.data.max_source_tokens,
+            )
+        };
+        let sets = EvalSets {
+            validation: enc(&splits.validation)?,
+            test: enc(&splits.test)?,
+        };
+        Ok((splits.task, sets))
+    }
+
+    pub fn eval(
+        &self,
+        theta: &(Vec<f32>, usize),
+        examples: &[Encoded],
+        task: &TaskSpec,
+        config: &Config,
+    ) -> Result<EvalResult> {
+        let d = self.loaded.model.hidden_size();
+        let t = Tensor::from_slice(&theta.0, (theta.1, d), &self.device)?;
+        let engine = Engine {
+            model: &self.loaded.model,
+            codec: Some(&self.loaded.codec),
+            eos: self.loaded.eos.clone(),
+            dropout: 0.0,
+            device: self.device.clone(),
+        };
+        engine::evaluate(
+            &engine,
+            &t,
+            examples,
+            task,
+            config.train.eval_batch_size,
+            config.train.max_new_tokens,
+        )
+    }
+}
+
+/// The score a λ search maximizes for one task: its first metric, else exact match.
+fn task_score(task: &TaskSpec, res: &EvalResult) -> f64 {
+    task.metrics
+        .first()
+        .and_then(|m| res.metrics.get(m.as_str()))
+        .or_else(|| res.metrics.get("exact_match"))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The λ grid of the search: one shared λ, or one per vector (the grid's product).
+fn lambda_grid(lambdas: &[f64], n: usize, per_vector: bool) -> Vec<Vec<f64>> {
+    if !per_vector {
+        return lambdas.iter().map(|&l| vec![l]).collect();
+    }
+    let mut out: Vec<Vec<f64>> = vec![vec![]];
+    for _ in 0..n {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                lambdas.iter().map(move |&l| {
+                    let mut v = prefix.clone();
+                    v.push(l);
+                    v
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// Addition: for each λ (or λ vector) of the grid, θ₀ + merge(λ·τ) on every task's validation
+/// split; the best mean score wins (ties: the smaller λ, as in the paper), then the test splits.
+fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result<()> {
+    let a = study.study.addition.as_ref().context("no [study.addition]")?;
+    let runs: Vec<SoftPrompt> = tasks
+        .iter()
+        .map(|t| load_run(study, &pt_id(t, origin)))
+        .collect::<Result<_>>()?;
+    let theta0 = origin_of(&runs[0])?;
+    let refs: Vec<&SoftPrompt> = runs.iter().collect();
+    let method = a.merge.unwrap_or(MergeMethod::Sum);
+    let lambdas = a.lambdas.clone().unwrap_or_else(paper_lambdas);
+    let grid = lambda_grid(&lambdas, tasks.len(), a.per_vector);
+
+    let configs: Vec<Config> = tasks.iter().map(|t| study.task_config(t, job)).collect::<Result<_>>()?;
+    let ev = Evaluation::new(&configs[0])?;
+    let data: Vec<(TaskSpec, EvalSets)> = configs.iter().map(|c| ev.sets(c)).collect::<Result<_>>()?;
+    let combine = |l: &[f64]| -> Result<SoftPrompt> {
+        let (weights, lambda) = if l.len() == 1 { (vec![], l[0]) } else { (l.to_vec(), 1.0) };
+        Ok(arith::combine(&theta0, &refs, &weights, lambda, &method)?)
+    };
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    let mut search = Vec::new();
+    for l in &grid {
+        let p = combine(l)?;
+        let theta = prompt_theta(&p);
+        let mut scores = Vec::new();
+        for ((task, sets), config) in data.iter().zip(&configs) {
+            let res = ev.eval(&theta, &sets.validation, task, config)?;
+            scores.push(task_score(task, &res));
+        }
+        let mean = tpv_shared::stats::mean(&scores);
+        search.push((l.clone(), mean, scores));
+        let better = match &best {
+            None => true,
+            // Strictly better only: the grid runs from small to large λ, so ties keep the smaller.
+            Some((b, _)) => mean > *b || (b.is_nan() && !mean.is_nan()),
+        };
+        if better {
+            best = Some((mean, l.clone()));
+        }
+    }
+    let (valid_score, chosen) = best.context("empty λ grid")?;
+    let chosen_scores = search
+        .iter()
+        .find(|(l, _, _)| *l == chosen)
+        .map(|(_, _, s)| s.clone())
+        .unwrap_or_default();
+    let mut combined = combine(&chosen)?;
+    let theta = prompt_theta(&combined);
+    let mut metrics = BTreeMap::new();
+    for (((task, sets), config), vscore) in data.iter().zip(&configs).zip(&chosen_scores) {
+        let res = ev.eval(&theta, &sets.test, task, config)?;
+        for (k, v) in prefixed("test_", &res) {
+            metrics.insert(format!("{}:{k}", task.name), v);
+        }
+        metrics.insert(format!("{}:validation_score", task.name), *vscore);
+    }
+    metrics.insert("validation_mean_score".into(), valid_score);
+    for (i, l) in chosen.iter().enumerate() {
+        let key = if chosen.len() == 1 { "lambda".to_owned() } else { format!("lambda_{i}") };
+        metrics.insert(key, *l);
+    }
+    combined.meta.metrics = metrics;
+    combined.meta.tasks = tasks.to_vec();
+    combined.meta.config = Some(json!({
+        "study_job": job,
+        "lambda_search": search
+            .iter()
+            .map(|(l, s, per_task)| json!({ "lambda": l, "validation_mean_score": s, "validation_scores": per_task }))
+            .collect::<Vec<_>>(),
+    }));
+    write(&train::prompt_path(&study.job_dir(job)), &combined)?;
+    Ok(())
+}

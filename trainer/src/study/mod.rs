@@ -1,0 +1,554 @@
+//! Studies: the paper's experiments as independent, resumable jobs over tasks × origins × methods ×
+//! shot counts (`tpv sweep`), their aggregation (`tpv aggregate`) and static report (`tpv report`).
+//!
+//! A study config is a training config (the `tpv train` sections, minus `data.train`, are the base
+//! of every run) plus a `[study]` table naming the tasks, origins and experiments. Every job writes
+//! one run file, `OUTPUT/JOB_ID/prompt.safetensors`, atomically and last; a job is finished when that
+//! file exists and no checkpoint does, so an interrupted study re-run skips what finished and resumes
+//! what was cut off. `OUTPUT/study.json` lists every job, so aggregation can say what is missing.
+
+pub mod aggregate;
+pub mod jobs;
+pub mod report;
+pub mod slurm;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tpv_shared::MergeMethod;
+
+use crate::config::{self, Config};
+use crate::train;
+
+/// The paper's λ grid: 0, 0.05, …, 1.
+pub fn paper_lambdas() -> Vec<f64> {
+    (0..=20).map(|i| f64::from(i) / 20.0).collect()
+}
+
+/// The paper's shot counts for transfer.
+pub const PAPER_SHOTS: [usize; 10] = [0, 5, 10, 25, 50, 100, 250, 500, 750, 1000];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudySection {
+    pub name: String,
+    /// The study directory (relative to the working directory).
+    pub output: PathBuf,
+    /// Origin indices of the base config's `prompt.init.sample_vocab` stream.
+    #[serde(default = "default_origins")]
+    pub origins: Vec<usize>,
+    /// Tasks tuned from every origin (the sources of the other experiments are added to them).
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Per-task `[data]` keys, e.g. `[study.data.my_task] train = "my.jsonl"` for a task that
+    /// is not in the registry, or different caps for one task.
+    #[serde(default)]
+    pub data: BTreeMap<String, toml::Table>,
+    /// Overrides (dotted keys) of the prompt-tuning runs only.
+    #[serde(default)]
+    pub set: toml::Table,
+    #[serde(default)]
+    pub addition: Option<Addition>,
+    #[serde(default)]
+    pub cross_origin: Option<CrossOrigin>,
+    #[serde(default)]
+    pub transfer: Option<Transfer>,
+}
+
+fn default_origins() -> Vec<usize> {
+    vec![0, 1, 2]
+}
+
+/// Addition of task prompt vectors: θ₀ + λ·merge(τ₁, …), λ chosen on validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addition {
+    /// The task sets to add (pairs or more); default: every pair of `study.tasks`.
+    #[serde(default)]
+    pub sets: Option<Vec<Vec<String>>>,
+    /// The λ grid; default the paper's 0, 0.05, …, 1.
+    #[serde(default)]
+    pub lambdas: Option<Vec<f64>>,
+    /// One λ per vector (the grid's product) instead of one shared λ.
+    #[serde(default)]
+    pub per_vector: bool,
+    /// The merge of the vectors before scaling (default: the sum, as in the paper).
+    #[serde(default)]
+    pub merge: Option<MergeMethod>,
+}
+
+/// Cross-origin: θ₀ of one origin plus τ of another, against the original prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossOrigin {
+    /// Default: `study.tasks`.
+    #[serde(default)]
+    pub tasks: Option<Vec<String>>,
+}
+
+/// How a transfer run's prompt starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitMethod {
+    /// The origin θ₀ itself.
+    Random,
+    /// Each single source task prompt (SPoT).
+    Spot,
+    /// A prompt trained on the union of the sources (multi-task SPoT).
+    Multi,
+    /// θ₀ + Σ τ_source (λ = 1).
+    TpvSum,
+}
+
+impl InitMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Spot => "spot",
+            Self::Multi => "multi",
+            Self::TpvSum => "tpv_sum",
+        }
+    }
+}
+
+/// Few-shot transfer of source prompts to target tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pub sources: Vec<String>,
+    pub targets: Vec<String>,
+    /// Default: the paper's 0, 5, …, 1000.
+    #[serde(default)]
+    pub shots: Option<Vec<usize>>,
+    #[serde(default = "all_inits")]
+    pub inits: Vec<InitMethod>,
+    /// Apply the paper's few-shot recipe (SPEC 4: 1000 steps, 500 warmup, batch 2/8/16 by shots,
+    /// ≤250 validation examples, best by validation loss) before `set`.
+    #[serde(default = "yes")]
+    pub paper_recipe: bool,
+    /// Overrides (dotted keys) of the transfer runs, applied last.
+    #[serde(default)]
+    pub set: toml::Table,
+}
+
+fn all_inits() -> Vec<InitMethod> {
+    vec![InitMethod::Random, InitMethod::Spot, InitMethod::Multi, InitMethod::TpvSum]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A study config: the base training config and the `[study]` table.
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub study: StudySection,
+    /// The base config as a TOML table (without `study`), with `--set` overrides applied.
+    pub base: toml::Table,
+    /// The config file's directory (relative paths in it are read from there).
+    pub dir: PathBuf,
+    pub path: PathBuf,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "experiment", rename_all = "snake_case")]
+pub enum JobKind {
+    /// Prompt tuning of one task from one origin.
+    PromptTuning { task: String, origin: usize },
+    /// Prompt tuning on the union of tasks (the multi-task SPoT init).
+    MultiTask { tasks: Vec<String>, origin: usize },
+    /// Addition of the task prompt vectors of `tasks` (one origin), λ chosen on validation.
+    Addition { tasks: Vec<String>, origin: usize },
+    /// θ₀ of `origin` plus τ of `task` trained from `from`.
+    CrossOrigin { task: String, origin: usize, from: usize },
+    /// Few-shot training (0 shots: evaluation) of `target` from an init.
+    Transfer {
+        target: String,
+        init: InitMethod,
+        /// The source prompt of a SPoT init.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        shots: usize,
+        origin: usize,
+    },
+}
+
+/// One job of a study: an id (also its directory under the study output), what it does, and the
+/// jobs it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: JobKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deps: Vec<String>,
+}
+
+impl Job {
+    /// 1 for jobs without dependencies, 2 for the rest (Slurm runs the stages in order).
+    pub fn stage(&self) -> u8 {
+        if self.deps.is_empty() { 1 } else { 2 }
+    }
+
+    pub fn origin(&self) -> usize {
+        match &self.kind {
+            JobKind::PromptTuning { origin, .. }
+            | JobKind::MultiTask { origin, .. }
+            | JobKind::Addition { origin, .. }
+            | JobKind::CrossOrigin { origin, .. }
+            | JobKind::Transfer { origin, .. } => *origin,
+        }
+    }
+}
+
+pub fn pt_id(task: &str, origin: usize) -> String {
+    format!("prompt_tuning/{task}/origin{origin}")
+}
+fn multi_id(tasks: &[String], origin: usize) -> String {
+    format!("multi_task/{}/origin{origin}", tasks.join("+"))
+}
+
+impl Study {
+    /// Reads a study config and applies `--set` overrides (dotted keys, `study.…` included).
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_str(&text, path, sets)
+    }
+
+    pub fn from_str(text: &str, path: &Path, sets: &[String]) -> Result<Self> {
+        let mut table: toml::Table =
+            toml::from_str(text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        for set in sets {
+            config::apply_set(&mut table, set).with_context(|| format!("--set {set}"))?;
+        }
+        let raw = table
+            .remove("study")
+            .with_context(|| format!("{}: no [study] table (a training config? use tpv train)", path.display()))?;
+        let study: StudySection = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let at = e.path().to_string();
+            anyhow::anyhow!("{}: study.{at}: {}", path.display(), e.into_inner())
+        })?;
+        let s = Self {
+            study,
+            base: table,
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            path: path.to_path_buf(),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let s = &self.study;
+        if s.origins.is_empty() {
+            bail!("study.origins is empty");
+        }
+        if let Some(a) = &s.addition {
+            for set in self.addition_sets() {
+                if set.len() < 2 {
+                    bail!("study.addition.sets: {set:?} needs at least two tasks");
+                }
+            }
+            if a.lambdas.as_ref().is_some_and(|l| l.is_empty()) {
+                bail!("study.addition.lambdas is empty");
+            }
+        }
+        if let Some(t) = &s.transfer {
+            if t.sources.is_empty() || t.targets.is_empty() {
+                bail!("study.transfer needs sources and targets");
+            }
+            if t.inits.is_empty() {
+                bail!("study.transfer.inits is empty");
+            }
+        }
+        // Every run's config must be valid before anything starts.
+        for job in self.jobs() {
+            if let Some(c) = self.train_config(&job, None)? {
+                drop(c);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn output(&self) -> &Path {
+        &self.study.output
+    }
+
+    fn addition_sets(&self) -> Vec<Vec<String>> {
+        let Some(a) = &self.study.addition else {
+            return Vec::new();
+        };
+        a.sets.clone().unwrap_or_else(|| {
+            let t = &self.study.tasks;
+            let mut sets = Vec::new();
+            for i in 0..t.len() {
+                for j in i + 1..t.len() {
+                    sets.push(vec![t[i].clone(), t[j].clone()]);
+                }
+            }
+            sets
+        })
+    }
+
+    /// Every task tuned from every origin: `study.tasks`, the addition and cross-origin tasks,
+    /// and the transfer sources.
+    pub fn tuned_tasks(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |t: &String| {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        };
+        self.study.tasks.iter().for_each(&mut add);
+        self.addition_sets().iter().flatten().for_each(&mut add);
+        if let Some(c) = &self.study.cross_origin {
+            c.tasks.iter().flatten().for_each(&mut add);
+        }
+        if let Some(t) = &self.study.transfer
+            && t.inits.iter().any(|i| matches!(i, InitMethod::Spot | InitMethod::TpvSum))
+        {
+            t.sources.iter().for_each(&mut add);
+        }
+        out
+    }
+
+    /// All jobs, dependencies first.
+    pub fn jobs(&self) -> Vec<Job> {
+        let s = &self.study;
+        let mut jobs = Vec::new();
+        for &o in &s.origins {
+            for t in self.tuned_tasks() {
+                jobs.push(Job {
+                    id: pt_id(&t, o),
+                    kind: JobKind::PromptTuning { task: t, origin: o },
+                    deps: vec![],
+                });
+            }
+        }
+        if let Some(tr) = &s.transfer
+            && tr.inits.contains(&InitMethod::Multi)
+        {
+            for &o in &s.origins {
+                jobs.push(Job {
+                    id: multi_id(&tr.sources, o),
+                    kind: JobKind::MultiTask {
+                        tasks: tr.sources.clone(),
+                        origin: o,
+                    },
+                    deps: vec![],
+                });
+            }
+        }
+        for set in self.addition_sets() {
+            for &o in &s.origins {
+                jobs.push(Job {
+                    id: format!("addition/{}/origin{o}", set.join("+")),
+                    deps: set.iter().map(|t| pt_id(t, o)).collect(),
+                    kind: JobKind::Addition {
+                        tasks: set.clone(),
+                        origin: o,
+                    },
+                });
+            }
+        }
+        if let Some(c) = &s.cross_origin {
+            for t in c.tasks.as_ref().unwrap_or(&s.tasks) {
+                for &o in &s.origins {
+                    for &from in s.origins.iter().filter(|&&f| f != o) {
+                        jobs.push(Job {
+                            id: format!("cross_origin/{t}/origin{o}_from{from}"),
+                            deps: vec![pt_id(t, o), pt_id(t, from)],
+                            kind: JobKind::CrossOrigin {
+                                task: t.clone(),
+                                origin: o,
+                                from,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(tr) = &s.transfer {
+            let shots = tr.shots.clone().unwrap_or_else(|| PAPER_SHOTS.to_vec());
+            for target in &tr.targets {
+                for &init in &tr.inits {
+                    let sources: Vec<Option<&String>> = match init {
+                        InitMethod::Spot => tr.sources.iter().map(Some).collect(),
+                        _ => vec![None],
+                    };
+                    for source in sources {
+                        for &k in &shots {
+                            for &o in &s.origins {
+                                let deps = match init {
+                                    InitMethod::Random => vec![],
+                                    InitMethod::Spot => vec![pt_id(source.map_or("", |s| s.as_str()), o)],
+                                    InitMethod::Multi => vec![multi_id(&tr.sources, o)],
+                                    InitMethod::TpvSum => tr.sources.iter().map(|t| pt_id(t, o)).collect(),
+                                };
+                                let method = match source {
+                                    Some(src) => format!("spot_{src}"),
+                                    None => init.as_str().to_owned(),
+                                };
+                                jobs.push(Job {
+                                    id: format!("transfer/{target}/{method}/{k}shot/origin{o}"),
+                                    kind: JobKind::Transfer {
+                                        target: target.clone(),
+                                        init,
+                                        source: source.cloned(),
+                                        shots: k,
+                                        origin: o,
+                                    },
+                                    deps,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        jobs
+    }
+
+    /// The directory of a job.
+    pub fn job_dir(&self, job: &Job) -> PathBuf {
+        self.study.output.join(&job.id)
+    }
+
+    /// True when the job's run file is complete (written last, with no checkpoint beside it).
+    pub fn finished(&self, job: &Job) -> bool {
+        let dir = self.job_dir(job);
+        train::prompt_path(&dir).exists() && !train::checkpoint_path(&dir).exists()
+    }
+
+    /// The base table with the data of `task` (registry name, or the study's per-task data).
+    fn task_table(&self, task: &str) -> Result<toml::Table> {
+        let mut t = self.base.clone();
+        let data = t
+            .entry("data")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .context("data is not a table")?;
+        data.insert("train".into(), toml::Value::String(task.to_owned()));
+        data.insert("name".into(), toml::Value::String(task.to_owned()));
+        if let Some(extra) = self.study.data.get(task) {
+            for (k, v) in extra {
+                data.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(t)
+    }
+
+    /// Sets `prompt.init` to origin `o` of the base config's sample_vocab stream.
+    fn set_origin(&self, t: &mut toml::Table, o: usize) -> Result<()> {
+        config::apply_set(t, &format!("prompt.init.sample_vocab.index={o}"))?;
+        if !matches!(
+            t.get("prompt").and_then(|p| p.get("init")),
+            Some(toml::Value::Table(_))
+        ) {
+            bail!("a study's prompt.init must be a sample_vocab table (origins are sampled by index)");
+        }
+        Ok(())
+    }
+
+    fn finish(&self, mut t: toml::Table, job: &Job, sets: &toml::Table) -> Result<Config> {
+        apply_table(&mut t, sets)?;
+        config::apply_set(&mut t, "train.output=\"\"")?;
+        let mut c = config::from_table(t, &self.dir, &format!("{} (job {})", self.path.display(), job.id))?;
+        c.train.output = self.job_dir(job);
+        Ok(c)
+    }
+
+    /// The config of the evaluation data of `task` at origin `o` (model, data, caps).
+    pub fn task_config(&self, task: &str, job: &Job) -> Result<Config> {
+        let mut t = self.task_table(task)?;
+        self.set_origin(&mut t, job.origin())?;
+        self.finish(t, job, &self.study.set)
+    }
+
+    /// The training config of a job that trains (`init`: the init prompt file of a transfer run,
+    /// required for those that start from another prompt); `None` for evaluation-only jobs.
+    pub fn train_config(&self, job: &Job, init: Option<&Path>) -> Result<Option<Config>> {
+        match &job.kind {
+            JobKind::PromptTuning { task, origin } => {
+                let mut t = self.task_table(task)?;
+                self.set_origin(&mut t, *origin)?;
+                Ok(Some(self.finish(t, job, &self.study.set)?))
+            }
+            JobKind::MultiTask { tasks, origin } => {
+                let mut t = self.task_table(&tasks[0])?;
+                self.set_origin(&mut t, *origin)?;
+                let also: Vec<toml::Value> = tasks[1..].iter().map(|s| toml::Value::String(s.clone())).collect();
+                config::apply_set(&mut t, "data.also=[]")?;
+                if let Some(d) = t.get_mut("data").and_then(|d| d.as_table_mut()) {
+                    d.insert("also".into(), toml::Value::Array(also));
+                }
+                Ok(Some(self.finish(t, job, &self.study.set)?))
+            }
+            JobKind::Transfer {
+                target, shots, origin, ..
+            } if *shots > 0 => {
+                let Some(tr) = &self.study.transfer else {
+                    return Ok(None);
+                };
+                let mut t = self.task_table(target)?;
+                self.set_origin(&mut t, *origin)?;
+                config::apply_set(&mut t, &format!("data.shots={shots}"))?;
+                if tr.paper_recipe {
+                    for set in paper_few_shot(*shots) {
+                        config::apply_set(&mut t, &set)?;
+                    }
+                }
+                let mut c = self.finish(t, job, &tr.set)?;
+                if let Some(p) = init {
+                    c.prompt.init = config::Init::File(p.to_path_buf());
+                }
+                Ok(Some(c))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The paper's few-shot recipe (SPEC 4) as overrides.
+pub fn paper_few_shot(shots: usize) -> Vec<String> {
+    let batch = match shots {
+        0..=25 => 2,
+        26..=250 => 8,
+        _ => 16,
+    };
+    vec![
+        "optim.max_steps=1000".into(),
+        "optim.warmup_steps=500".into(),
+        format!("optim.batch_size={batch}"),
+        "data.max_validation=250".into(),
+        "train.select=\"loss\"".into(),
+    ]
+}
+
+/// Applies a table of dotted-key overrides.
+fn apply_table(t: &mut toml::Table, sets: &toml::Table) -> Result<()> {
+    for (k, v) in flatten(sets, "") {
+        config::apply_set(t, &format!("{k}={v}"))?;
+    }
+    Ok(())
+}
+
+fn flatten(t: &toml::Table, prefix: &str) -> Vec<(String, toml::Value)> {
+    let mut out = Vec::new();
+    for (k, v) in t {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(inner) if !is_value_table(inner) => out.extend(flatten(inner, &key)),
+            _ => out.push((key, v.clone())),
+        }
+    }
+    out
+}
+
+/// Tables that are values (an init's sample_vocab, a custom task) rather than nested keys.
+fn is_value_table(t: &toml::Table) -> bool {
+    t.contains_key("sample_vocab") || t.contains_key("template")
+}

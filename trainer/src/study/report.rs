@@ -1,0 +1,289 @@
+//! `tpv report STUDY_DIR -o SITE_DIR`: a folder any static host can serve — the web app, the run
+//! files, `manifest.json` (what each run is), the tables (Markdown, CSV, JSON) and `results.html`
+//! (the tables as plain HTML, readable without JavaScript). Also a small static file server for
+//! `--serve` and `tpv demo`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::aggregate::{Aggregate, aggregate};
+use super::Job;
+use crate::{io, train};
+
+/// Where the built web app (trunk's dist) is: `--web`, `TPV_WEB_DIST`, or `target/site` next to
+/// this executable's target directory (a `cargo build` in the repository).
+pub fn find_web_dist(explicit: Option<&Path>) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = explicit
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(std::env::var_os("TPV_WEB_DIST").map(PathBuf::from))
+        .chain(
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent()?.parent().map(|target| target.join("site"))),
+        )
+        .collect();
+    candidates.into_iter().find(|d| d.join("index.html").is_file())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {} to {}", entry.path().display(), target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the report folder holds.
+pub struct Report {
+    pub site: PathBuf,
+    pub runs: usize,
+    pub web_app: bool,
+}
+
+/// Writes the report folder of a study directory.
+pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report> {
+    let agg = aggregate(study_dir)?;
+    std::fs::create_dir_all(site).with_context(|| format!("creating {}", site.display()))?;
+    let study: Value = serde_json::from_slice(&io::read_bytes(&study_dir.join("study.json"))?)?;
+    let jobs: Vec<Job> = serde_json::from_value(study["jobs"].clone()).context("study.json: jobs")?;
+
+    let mut runs = Vec::new();
+    for job in &jobs {
+        let dir = study_dir.join(&job.id);
+        let file = train::prompt_path(&dir);
+        if !file.exists() || train::checkpoint_path(&dir).exists() {
+            continue;
+        }
+        let rel = format!("runs/{}.safetensors", job.id);
+        let dest = site.join(&rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&file, &dest).with_context(|| format!("copying {}", file.display()))?;
+        let prompt = io::load_prompt(&file)?;
+        let mut entry = serde_json::to_value(job)?;
+        if let Some(o) = entry.as_object_mut() {
+            o.insert("file".into(), json!(rel));
+            o.insert("kind".into(), json!(prompt.kind().as_str()));
+            o.insert("model".into(), json!(prompt.meta.model.as_ref().map(|m| m.id.clone())));
+            o.insert("tasks".into(), json!(prompt.meta.tasks));
+            o.insert("origin_id".into(), json!(prompt.origin_id()));
+            o.insert("metrics".into(), json!(prompt.meta.metrics));
+        }
+        runs.push(entry);
+    }
+    let tables = agg.write(site)?;
+    let manifest = json!({
+        "format": "tpv-report",
+        "version": 1,
+        "name": agg.name,
+        "tool_version": tpv_shared::VERSION,
+        "origins": agg.origins,
+        "jobs": agg.jobs,
+        "finished": agg.finished,
+        "missing": agg.missing,
+        "tables": {
+            "markdown": "tables.md",
+            "csv": "tables.csv",
+            "json": "tables.json",
+            "html": "results.html",
+        },
+        "runs": runs,
+    });
+    io::write_atomic(&site.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    let html = results_html(&agg);
+    io::write_atomic(&site.join("results.html"), html.as_bytes())?;
+    let web_app = match find_web_dist(web) {
+        Some(dist) => {
+            copy_dir(&dist, site)?;
+            true
+        }
+        None => {
+            // No built web app: the static tables are the front page.
+            io::write_atomic(&site.join("index.html"), html.as_bytes())?;
+            false
+        }
+    };
+    drop(tables);
+    Ok(Report {
+        site: site.to_path_buf(),
+        runs: runs.len(),
+        web_app,
+    })
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Inline Markdown of the tables: `**bold**` only.
+fn inline(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in escape(s).split("**").enumerate() {
+        if i % 2 == 1 {
+            out.push_str(&format!("<strong>{part}</strong>"));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// The tables as a self-contained HTML page (the Markdown subset `markdown()` writes).
+pub fn results_html(agg: &Aggregate) -> String {
+    let md = agg.markdown();
+    let mut body = String::new();
+    let mut in_table = false;
+    let mut in_list = false;
+    for line in md.lines() {
+        let t = line.trim();
+        if in_table && !t.starts_with('|') {
+            body.push_str("</tbody></table>\n");
+            in_table = false;
+        }
+        if in_list && !t.starts_with("- ") {
+            body.push_str("</ul>\n");
+            in_list = false;
+        }
+        if let Some(h) = t.strip_prefix("## ") {
+            body.push_str(&format!("<h2>{}</h2>\n", inline(h)));
+        } else if let Some(h) = t.strip_prefix("# ") {
+            body.push_str(&format!("<h1>{}</h1>\n", inline(h)));
+        } else if t.starts_with('|') {
+            let cells: Vec<&str> = t.trim_matches('|').split('|').map(str::trim).collect();
+            if cells.iter().all(|c| c.chars().all(|ch| ch == '-')) {
+                continue;
+            }
+            if in_table {
+                body.push_str("<tr>");
+                for c in cells {
+                    body.push_str(&format!("<td>{}</td>", inline(c)));
+                }
+                body.push_str("</tr>\n");
+            } else {
+                body.push_str("<table><thead><tr>");
+                for c in cells {
+                    body.push_str(&format!("<th>{}</th>", inline(c)));
+                }
+                body.push_str("</tr></thead><tbody>\n");
+                in_table = true;
+            }
+        } else if let Some(item) = t.strip_prefix("- ") {
+            if !in_list {
+                body.push_str("<ul>\n");
+                in_list = true;
+            }
+            body.push_str(&format!("<li>{}</li>\n", inline(item)));
+        } else if !t.is_empty() {
+            body.push_str(&format!("<p>{}</p>\n", inline(t)));
+        }
+    }
+    if in_table {
+        body.push_str("</tbody></table>\n");
+    }
+    if in_list {
+        body.push_str("</ul>\n");
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>{title} — tpv results</title><style>body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}}\
+table{{border-collapse:collapse;margin:1rem 0}}th,td{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}}th{{background:#f3f3f3}}\
+td{{font-variant-numeric:tabular-nums}}</style></head><body>\n{body}<p>Files: <a href=\"manifest.json\">manifest.json</a> · \
+<a href=\"tables.csv\">tables.csv</a> · <a href=\"tables.json\">tables.json</a> · <a href=\"tables.md\">tables.md</a></p>\n</body></html>\n",
+        title = escape(&agg.name)
+    )
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" => "text/javascript; charset=utf-8",
+        "wasm" => "application/wasm",
+        "json" => "application/json",
+        "css" => "text/css; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "md" | "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+fn respond(stream: &mut TcpStream, root: &Path) -> Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // Drain the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut parts = request.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    let rel = Path::new(path.trim_start_matches('/'));
+    let safe = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    let mut file = root.join(rel);
+    if file.is_dir() {
+        file = file.join("index.html");
+    }
+    if method != "GET" && method != "HEAD" {
+        stream.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
+    match std::fs::read(&file) {
+        Ok(bytes) if safe => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                content_type(&file),
+                bytes.len()
+            )?;
+            if method == "GET" {
+                stream.write_all(&bytes)?;
+            }
+        }
+        _ => {
+            let msg = b"not found\n";
+            write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                msg.len()
+            )?;
+            stream.write_all(msg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Serves `root` on 127.0.0.1:`port` until the process is stopped.
+pub fn serve(root: &Path, port: u16) -> Result<()> {
+    if !root.join("index.html").is_file() {
+        bail!("{} has no index.html", root.display());
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let addr = listener.local_addr()?;
+    println!("serving {} at http://{addr}/ (Ctrl-C stops)", root.display());
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let root = root.to_path_buf();
+        std::thread::spawn(move || {
+            if let Err(e) = respond(&mut stream, &root) {
+                tracing::debug!("request failed: {e}");
+            }
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Studies end to end on the tiny fixture LLaMA: the job list, a partial study's aggregation
+//! (missing runs listed), a sweep killed halfway and re-run (finished runs are not redone), the
+//! Slurm scripts (array sizes, one resumable command per index), the tables and the report folder.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .canonicalize()
+        .unwrap()
+}
+
+/// Three small tasks over the fixture vocabulary (tokens w3 … w63), two labels each.
+fn write_task(dir: &Path, name: &str, offset: usize) {
+    let line = |i: usize| {
+        let target = if i.is_multiple_of(2) { "w10" } else { "w11" };
+        format!(
+            "{{\"input\": \"w{} w{} w{}\", \"target\": \"{target}\"}}\n",
+            20 + (i + offset) % 7,
+            30 + (i * 3 + offset) % 11,
+            45 + i % 2
+        )
+    };
+    for (split, range) in [("train", 0..12), ("valid", 12..16), ("test", 16..20)] {
+        std::fs::write(dir.join(format!("{name}-{split}.jsonl")), range.map(line).collect::<String>()).unwrap();
+    }
+}
+
+fn study_config(dir: &Path) -> PathBuf {
+    for (i, t) in ["a", "b", "c"].iter().enumerate() {
+        write_task(dir, t, i * 5);
+    }
+    let data = |t: &str| {
+        format!("[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n")
+    };
+    let text = format!(
+        r#"# a tiny study for the tests
+[study]
+name = "tiny"
+output = "{out}"
+origins = [0, 1]
+tasks = ["a", "b"]
+
+[study.set]
+optim.max_steps = 4
+
+[study.addition]
+lambdas = [0.5, 1.0]
+
+[study.cross_origin]
+
+[study.transfer]
+sources = ["a", "b"]
+targets = ["c"]
+shots = [0, 4]
+inits = ["random", "spot", "tpv_sum"]
+paper_recipe = false
+
+[study.transfer.set]
+optim.max_steps = 3
+optim.batch_size = 2
+
+{da}{db}{dc}
+[model]
+path = "{model}"
+
+[prompt]
+virtual_tokens = 3
+init = {{ sample_vocab = {{ seed = 7 }} }}
+
+[data]
+shuffle = true
+
+[optim]
+learning_rate = 0.3
+warmup_steps = 1
+scheduler = "linear"
+batch_size = 4
+max_steps = 4
+
+[train]
+eval_every = 2
+output = "unused"
+max_new_tokens = 3
+"#,
+        out = dir.join("study").display(),
+        model = root().join("tests/fixtures/models/llama_tied").display(),
+        da = data("a"),
+        db = data("b"),
+        dc = data("c"),
+    );
+    let path = dir.join("study.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tpv() -> Command {
+    Command::cargo_bin("tpv").unwrap()
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "tpv failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn run_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "prompt.safetensors") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// 2 tasks × 2 origins of prompt tuning; 1 addition pair × 2 origins; 2 tasks × 2 ordered origin
+// pairs of cross-origin; 1 target × (random, 2 SPoT sources, TPV sum) × 2 shot counts × 2 origins.
+const JOBS: usize = 4 + 2 + 4 + 16;
+// Stage 1: the jobs without dependencies (prompt tuning, random-init transfer).
+const STAGE1: usize = 4 + 4;
+
+#[test]
+fn study_runs_resumes_aggregates_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let study = tmp.path().join("study");
+
+    // The job list.
+    let list = json_of(&tpv().args(["sweep", "--list", "--json"]).arg(&config).output().unwrap());
+    let jobs = list["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), JOBS);
+    assert_eq!(jobs.iter().filter(|j| j["stage"] == 1).count(), STAGE1);
+
+    // A partial study: 3 jobs, then the aggregation lists the rest as missing.
+    let out = json_of(&tpv().args(["sweep", "--max-jobs", "3", "--json"]).arg(&config).output().unwrap());
+    assert_eq!(out["ran"], 3);
+    let agg = json_of(&tpv().args(["aggregate", "--json"]).arg(&study).output().unwrap());
+    assert_eq!(agg["finished"], 3);
+    assert_eq!(agg["missing"].as_array().unwrap().len(), JOBS - 3);
+    assert!(std::fs::read_to_string(study.join("tables.md")).unwrap().contains("Missing runs (23)"));
+
+    // A sweep killed in the middle of its first job (prompt tuning of b from origin1, at step 3,
+    // after the checkpoint of step 2), then run again: finished runs are skipped and untouched,
+    // the cut run resumes from its checkpoint.
+    let before = run_files(&study);
+    assert_eq!(before.len(), 3);
+    let bytes_before: Vec<Vec<u8>> = before.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let out = tpv().args(["sweep", "--abort-in-job", "1:3"]).arg(&config).output().unwrap();
+    assert!(!out.status.success(), "the sweep was not killed");
+    let mid = run_files(&study);
+    assert_eq!(mid, before);
+    let cut = study.join("prompt_tuning/b/origin1");
+    assert!(cut.join("checkpoint.safetensors").exists(), "no checkpoint after the kill");
+    assert!(!cut.join("prompt.safetensors").exists());
+    let bytes_mid: Vec<(PathBuf, Vec<u8>)> = mid.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
+
+    let out = json_of(&tpv().args(["sweep", "--json"]).arg(&config).output().unwrap());
+    assert_eq!(out["skipped"].as_u64().unwrap() as usize, mid.len(), "finished runs were redone");
+    assert_eq!(out["ran"].as_u64().unwrap() as usize, JOBS - mid.len());
+    assert!(out["failed"].as_array().unwrap().is_empty());
+    for (p, b) in before.iter().zip(&bytes_before) {
+        assert_eq!(&std::fs::read(p).unwrap(), b, "{} changed", p.display());
+    }
+    for (p, b) in &bytes_mid {
+        assert_eq!(&std::fs::read(p).unwrap(), b, "{} changed", p.display());
+    }
+    assert_eq!(run_files(&study).len(), JOBS);
+    assert!(
+        !run_files(&study)
+            .iter()
+            .any(|p| p.with_file_name("checkpoint.safetensors").exists()),
+        "a checkpoint was left behind"
+    );
+
+    // The tables.
+    let agg = json_of(&tpv().args(["aggregate", "--json"]).arg(&study).output().unwrap());
+    assert_eq!(agg["finished"].as_u64().unwrap() as usize, JOBS);
+    assert!(agg["missing"].as_array().unwrap().is_empty());
+    let pt = agg["prompt_tuning"].as_array().unwrap();
+    assert_eq!(pt.len(), 2);
+    assert!(pt.iter().all(|r| r["test"]["n"] == 2));
+    let transfer = agg["transfer"].as_array().unwrap();
+    // (random, spot_a, spot_b, tpv_sum) × 2 shot counts.
+    assert_eq!(transfer.len(), 8);
+    let compared: Vec<&Value> = transfer.iter().filter(|r| !r["vs_tpv_sum"].is_null()).collect();
+    assert_eq!(compared.len(), 6);
+    let add = agg["addition"].as_array().unwrap();
+    assert_eq!(add.len(), 2);
+    assert!(add.iter().all(|r| r["combined"]["n"] == 2));
+    assert!(
+        add[0]["lambdas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| [0.5, 1.0].contains(&l[0].as_f64().unwrap()))
+    );
+    let sim = &agg["similarity"]["vectors"];
+    assert_eq!(sim["tasks"], serde_json::json!(["a", "b"]));
+    assert_eq!(sim["origins"], serde_json::json!(["origin0", "origin1"]));
+    let csv = std::fs::read_to_string(study.join("tables.csv")).unwrap();
+    assert!(csv.starts_with("table,task,metric,shots,method,statistic,value"));
+    assert!(csv.contains("transfer,c,exact_match,4,tpv_sum,mean,"));
+
+    // A finished job's addition picks λ on validation and stores the search.
+    let add_run = study.join("addition/a+b/origin0/prompt.safetensors");
+    let insp = json_of(&tpv().args(["inspect", "--json"]).arg(&add_run).output().unwrap());
+    let text = insp.to_string();
+    assert!(text.contains("lambda_search"), "{text}");
+
+    // Slurm: one array per stage, one resumable command per index.
+    let slurm = tmp.path().join("slurm");
+    let out = tpv()
+        .args(["sweep", "--emit", "slurm", "--sbatch=--gres=gpu:1", "-o"])
+        .arg(&slurm)
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s1 = std::fs::read_to_string(slurm.join("stage1.sbatch")).unwrap();
+    let s2 = std::fs::read_to_string(slurm.join("stage2.sbatch")).unwrap();
+    assert!(s1.contains(&format!("#SBATCH --array=0-{}\n", STAGE1 - 1)), "{s1}");
+    assert!(s2.contains(&format!("#SBATCH --array=0-{}\n", JOBS - STAGE1 - 1)), "{s2}");
+    assert!(s1.contains("#SBATCH --gres=gpu:1"));
+    for (s, stage) in [(&s1, 1), (&s2, 2)] {
+        let cmds: Vec<&str> = s.lines().filter(|l| l.starts_with("exec ")).collect();
+        assert_eq!(cmds.len(), 1);
+        assert!(cmds[0].contains(&format!("sweep {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"", config.display())));
+    }
+    let submit = std::fs::read_to_string(slurm.join("submit.sh")).unwrap();
+    assert!(submit.contains("--dependency=afterok:"));
+    // What an array task runs: a finished job is skipped, its file untouched.
+    let first = study.join("prompt_tuning/a/origin0/prompt.safetensors");
+    let bytes = std::fs::read(&first).unwrap();
+    let out = tpv().args(["sweep", "--stage", "1", "--index", "0"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&first).unwrap(), bytes);
+    let out = tpv().args(["sweep", "--stage", "2", "--index", "99"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stage 2 has 18 jobs"));
+
+    // The report folder.
+    let site = tmp.path().join("site");
+    let out = tpv()
+        .args(["report"])
+        .arg(&study)
+        .arg("-o")
+        .arg(&site)
+        .arg("--web")
+        .arg(tmp.path().join("no-web-app"))
+        .env("TPV_WEB_DIST", tmp.path().join("no-web-app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(site.join("manifest.json")).unwrap()).unwrap();
+    let runs = manifest["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), JOBS);
+    for r in runs {
+        assert!(site.join(r["file"].as_str().unwrap()).is_file());
+        assert!(r["experiment"].is_string() && r["metrics"].is_object());
+    }
+    for f in ["tables.md", "tables.csv", "tables.json", "results.html", "index.html"] {
+        assert!(site.join(f).is_file(), "{f} missing");
+    }
+    let html = std::fs::read_to_string(site.join("results.html")).unwrap();
+    assert!(html.contains("<table>") && html.contains("Transfer to target tasks"));
+}
+
+#[test]
+fn study_config_errors_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace("origins = [0, 1]", "origins = [0, 1]\norigns = 3");
+    std::fs::write(&config, text).unwrap();
+    let out = tpv().args(["sweep", "--list"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("origns"), "{err}");
+    // A training key misspelled in the study's overrides is reported with its job.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("origns = 3\n", "")
+        .replace("optim.max_steps = 4", "optim.max_stepz = 4");
+    std::fs::write(&config, text).unwrap();
+    let out = tpv().args(["sweep", "--list"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max_stepz"), "{err}");
+}
