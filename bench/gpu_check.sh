@@ -2,7 +2,8 @@
 # The CUDA check, run on a GPU machine with no network (no cargo there): binaries built elsewhere with
 #   source <cuda env>; cargo build --release -p tpv-trainer --features cuda
 #   cargo test --release -p tpv-trainer --features cuda --test train_parity --no-run
-# are copied to .gpu/ (tpv, train_parity) and this script runs, with $OUT for the log:
+# are stripped and xz-compressed into .gpu/ (tpv.xz, train_parity.xz) and this script runs there,
+# with $OUT for the log:
 #   1. the training parity test (torch + peft fixtures) on cuda:0;
 #   2. `tpv bench` and bench/torch_bench.py on the same GPU, f32 and bf16, both model shapes.
 set -uo pipefail
@@ -11,7 +12,10 @@ log() { echo "== $*" | tee -a "$OUT/log"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log"
 # The test binary reads fixtures from the path it was built in.
 mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
-lib=$(dirname "$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)")
+python3 -c "import lzma,shutil,sys
+for n in ['tpv','train_parity']:
+    with lzma.open('.gpu/'+n+'.xz') as f, open('.gpu/'+n,'wb') as g: shutil.copyfileobj(f,g)"
+lib=$(dirname "$(find /opt /usr/local /usr/lib -name 'libcublas.so.13' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
 log "libraries from $lib"
 chmod +x .gpu/*

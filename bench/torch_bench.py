@@ -41,6 +41,8 @@ def main():
     p.add_argument("--short", type=int, default=2)
     p.add_argument("--long", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--load-only", action="store_true")
+    p.add_argument("--save", help="write the random model (and nothing else) to this directory")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
@@ -58,7 +60,17 @@ def main():
         cls = AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else AutoModelForCausalLM
         model = cls.from_pretrained(a.model, torch_dtype=dtype)
         load_s = time.perf_counter() - t0
+    if a.save:
+        model.save_pretrained(a.save)
+        return
     model = model.to(dev, dtype)
+    if a.load_only:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        load_s = time.perf_counter() - t0
+        res = dict(tool="torch+peft", model=a.model, device=a.device, dtype=a.dtype, load_s=load_s)
+        print(json.dumps(res, indent=2) if a.json else f"{a.model}: loaded in {load_s:.3f} s")
+        return
     seq2seq = model.config.is_encoder_decoder
     r = a.virtual_tokens or (50 if seq2seq else 100)
     b = a.batch or (8 if seq2seq else 4)

@@ -186,6 +186,9 @@ pub struct BenchArgs {
     pub long: usize,
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Only load the model (a path) and report the time.
+    #[arg(long)]
+    pub load_only: bool,
     #[arg(long)]
     pub json: bool,
 }

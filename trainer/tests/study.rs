@@ -304,3 +304,32 @@ fn study_config_errors_name_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("max_stepz"), "{err}");
 }
+
+#[test]
+fn every_shipped_config_parses() {
+    let mut checked = 0;
+    for dir in ["configs/demo", "configs/paper"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.starts_with('#'), "{} has no comment header", path.display());
+            assert!(text.contains("tpv "), "{}'s header gives no command", path.display());
+            if text.contains("[study]") {
+                let out = tpv().args(["sweep", "--list"]).arg(&path).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            } else {
+                tpv_trainer::config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "{checked} configs");
+}

@@ -4,7 +4,7 @@
 //! Parameter names mirror the HF checkpoint (`model.layers.N.self_attn.q_proj`, …). Every op has a
 //! backward pass (see [`super::ops`]).
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -213,7 +213,7 @@ impl Attention {
     fn forward(&self, xs: &Tensor, rot: &Rotary, mask: &Tensor, cache: Option<&mut KvEntry>) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let heads = |proj: &Linear, n| -> Result<Tensor> {
-            proj.forward(xs)?
+            ops::linear(&proj, xs)?
                 .reshape((b, t, n, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
@@ -236,7 +236,7 @@ impl Attention {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        ops::linear(&self.o_proj, &out)
     }
 }
 
@@ -267,8 +267,8 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let gate = ops::linear(&self.gate_proj, xs)?.silu()?;
+        ops::linear(&self.down_proj, &(gate * ops::linear(&self.up_proj, xs)?)?)
     }
 }
 
@@ -451,7 +451,7 @@ impl Llama {
 
     /// Logits of hidden states [.., d] → [.., V].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.broadcast_matmul(&self.lm_head.t()?)
+        ops::frozen_matmul_t(hidden, &self.lm_head)
     }
 
     fn rotary(&self, positions: &[Vec<u32>], t: usize) -> Result<Rotary> {

@@ -2,7 +2,9 @@
 //! have no backward pass (gradients silently stop); these are written with ops that have one, so
 //! the gradient of the loss reaches the soft prompt through every layer.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn::Linear;
 
 use crate::merge::SplitMix64;
 
@@ -71,4 +73,51 @@ pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let logp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     Ok((picked.mean_all()?, picked))
+}
+
+/// The value `y` of a product with a frozen weight, made differentiable w.r.t. `x` alone: the
+/// forward pass copies `y`; the backward pass is dx = dy·W. candle's matmul backward also computes
+/// (and accumulates, in a weight-sized buffer) the gradient of the frozen weight — a third of a
+/// training step's matmul work and most of its memory, spent on a gradient nobody reads.
+struct InputGradOnly {
+    /// W of y = x·Wᵀ, [out, in].
+    weight: Tensor,
+}
+
+impl CustomOp2 for InputGradOnly {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    // `y` is a fresh contiguous result: cloning its storage is cloning the value.
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, y: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.broadcast_matmul(&self.weight)?), None))
+    }
+}
+
+fn input_grad_only(x: &Tensor, y: Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(y);
+    }
+    x.apply_op2(&y.contiguous()?, InputGradOnly { weight: weight.clone() })
+}
+
+/// x·Wᵀ for a frozen W ([out, in]; e.g. a tied LM head): the gradient flows to `x` only.
+pub fn frozen_matmul_t(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let y = x.detach().broadcast_matmul(&weight.t()?)?;
+    input_grad_only(x, y, weight)
+}
+
+/// A frozen linear layer (weight and bias receive no gradient): the gradient flows to `x` only.
+pub fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let y = layer.forward(&x.detach())?;
+    input_grad_only(x, y, layer.weight())
 }

@@ -5,7 +5,7 @@
 //!
 //! Parameter names mirror the HF checkpoint (`encoder.block.N.layer.0.SelfAttention.q`, …).
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -151,11 +151,11 @@ impl Attention {
     /// `bias`: position bias + mask, [B or 1, H or 1, Tq, Tk].
     fn forward(&self, xs: &Tensor, kv: KvSource<'_>, bias: &Tensor, train: &mut Option<Train<'_>>) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        let q = self.heads(&self.q.forward(xs)?)?;
+        let q = self.heads(&ops::linear(&self.q, xs)?)?;
         let (k, v) = match kv {
-            KvSource::Project(src) => (self.heads(&self.k.forward(src)?)?, self.heads(&self.v.forward(src)?)?),
+            KvSource::Project(src) => (self.heads(&ops::linear(&self.k, src)?)?, self.heads(&ops::linear(&self.v, src)?)?),
             KvSource::Cached(entry, src) => {
-                let (k, v) = (self.heads(&self.k.forward(src)?)?, self.heads(&self.v.forward(src)?)?);
+                let (k, v) = (self.heads(&ops::linear(&self.k, src)?)?, self.heads(&ops::linear(&self.v, src)?)?);
                 let (k, v) = match &entry.0 {
                     Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                     None => (k, v),
@@ -172,7 +172,7 @@ impl Attention {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.d_kv))?;
-        self.o.forward(&out)
+        ops::linear(&self.o, &out)
     }
 
     /// Position bias [1, H, Tq, Tk] for queries at `q0..q0+tq` and keys `0..tk`.
@@ -244,11 +244,11 @@ impl Ff {
 
     fn forward(&self, xs: &Tensor, train: &mut Option<Train<'_>>) -> Result<Tensor> {
         let h = match (self.kind, &self.wi, &self.wi_0, &self.wi_1) {
-            (FeedForward::Relu, Some(wi), _, _) => wi.forward(xs)?.relu()?,
-            (FeedForward::GatedGelu, _, Some(w0), Some(w1)) => (ops::gelu_tanh(&w0.forward(xs)?)? * w1.forward(xs)?)?,
+            (FeedForward::Relu, Some(wi), _, _) => ops::linear(&wi, xs)?.relu()?,
+            (FeedForward::GatedGelu, _, Some(w0), Some(w1)) => (ops::gelu_tanh(&ops::linear(&w0, xs)?)? * ops::linear(&w1, xs)?)?,
             _ => candle_core::bail!("feed-forward weights missing"),
         };
-        self.wo.forward(&drop(&h, train)?)
+        ops::linear(&self.wo, &drop(&h, train)?)
     }
 }
 
@@ -442,7 +442,7 @@ impl T5 {
         } else {
             hidden.clone()
         };
-        h.broadcast_matmul(&self.lm_head.t()?)
+        ops::frozen_matmul_t(&h, &self.lm_head)
     }
 
     /// Starts greedy decoding: cross-attention keys/values of every decoder layer.
@@ -451,7 +451,7 @@ impl T5 {
             .decoder
             .iter()
             .map(|b| match &b.cross {
-                Some((c, _)) => Ok((c.heads(&c.k.forward(enc)?)?, c.heads(&c.v.forward(enc)?)?)),
+                Some((c, _)) => Ok((c.heads(&ops::linear(&c.k, enc)?)?, c.heads(&ops::linear(&c.v, enc)?)?)),
                 None => candle_core::bail!("decoder block without cross-attention"),
             })
             .collect::<Result<Vec<_>>>()?;

@@ -162,6 +162,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             (loaded.model, Some(t.elapsed().as_secs_f64()))
         }
     };
+    if args.load_only {
+        let out = json!({ "tool": "tpv", "model": args.model, "device": args.device, "dtype": args.dtype, "load_s": load_s });
+        return if args.json {
+            print_json(&out)
+        } else {
+            out!("{}: loaded in {:.3} s", args.model, load_s.unwrap_or(f64::NAN));
+            Ok(())
+        };
+    }
     let seq2seq = model.is_seq2seq();
     let r = args.virtual_tokens.unwrap_or(if seq2seq { 50 } else { 100 });
     let b = args.batch.unwrap_or(if seq2seq { 8 } else { 4 });
@@ -200,7 +209,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let init: Vec<f32> = model
         .embeddings()
-        .narrow(0, 1000, r)?
+        .narrow(0, 1000.min(vocab.saturating_sub(r)), r)?
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1()?;

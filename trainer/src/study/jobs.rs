@@ -221,7 +221,7 @@ pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Resul
                     None => ev.origin(&config, job)?,
                 };
                 let (task, sets) = ev.sets(&config)?;
-                let res = ev.eval(&prompt_theta(&prompt), &sets.test, &task, &config)?;
+                let res = ev.eval(&prompt_theta(&prompt), &sets.test, &task, &config, false)?;
                 prompt.meta.metrics = prefixed("test_", &res);
                 prompt.meta.config = Some(json!({ "study_job": job }));
                 write(&out, &prompt)
@@ -249,7 +249,7 @@ pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Resul
             let config = study.task_config(task, job)?;
             let ev = Evaluation::new(&config)?;
             let (spec, sets) = ev.sets(&config)?;
-            let res = ev.eval(&prompt_theta(&combined), &sets.test, &spec, &config)?;
+            let res = ev.eval(&prompt_theta(&combined), &sets.test, &spec, &config, false)?;
             combined.meta.metrics = prefixed("test_", &res);
             combined.meta.tasks = vec![task.clone()];
             combined.meta.config = Some(json!({ "study_job": job }));
@@ -321,7 +321,9 @@ fn prompt_theta(p: &SoftPrompt) -> (Vec<f32>, usize) {
 
 fn prefixed(prefix: &str, res: &EvalResult) -> BTreeMap<String, f64> {
     let mut m: BTreeMap<String, f64> = res.metrics.iter().map(|(k, v)| (format!("{prefix}{k}"), *v)).collect();
-    m.insert(format!("{prefix}loss"), res.loss);
+    if res.loss.is_finite() {
+        m.insert(format!("{prefix}loss"), res.loss);
+    }
     m
 }
 
@@ -384,12 +386,14 @@ impl Evaluation {
         Ok((splits.task, sets))
     }
 
+    /// Scores `theta` on `examples`; the loss (a second forward pass) only where it is reported.
     pub fn eval(
         &self,
         theta: &(Vec<f32>, usize),
         examples: &[Encoded],
         task: &TaskSpec,
         config: &Config,
+        with_loss: bool,
     ) -> Result<EvalResult> {
         let d = self.loaded.model.hidden_size();
         let t = Tensor::from_slice(&theta.0, (theta.1, d), &self.device)?;
@@ -407,6 +411,7 @@ impl Evaluation {
             task,
             config.train.eval_batch_size,
             config.train.max_new_tokens,
+            with_loss,
         )
     }
 }
@@ -470,7 +475,7 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
         let theta = prompt_theta(&p);
         let mut scores = Vec::new();
         for ((task, sets), config) in data.iter().zip(&configs) {
-            let res = ev.eval(&theta, &sets.validation, task, config)?;
+            let res = ev.eval(&theta, &sets.validation, task, config, false)?;
             scores.push(task_score(task, &res));
         }
         let mean = tpv_shared::stats::mean(&scores);
@@ -494,7 +499,7 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
     let theta = prompt_theta(&combined);
     let mut metrics = BTreeMap::new();
     for (((task, sets), config), vscore) in data.iter().zip(&configs).zip(&chosen_scores) {
-        let res = ev.eval(&theta, &sets.test, task, config)?;
+        let res = ev.eval(&theta, &sets.test, task, config, false)?;
         for (k, v) in prefixed("test_", &res) {
             metrics.insert(format!("{}:{k}", task.name), v);
         }

@@ -46,6 +46,10 @@ pub struct StudySection {
     /// is not in the registry, or different caps for one task.
     #[serde(default)]
     pub data: BTreeMap<String, toml::Table>,
+    /// Per-task overrides of any key (dotted), e.g. `[study.overrides.trec] optim.epochs = 50`;
+    /// they apply to every job that reads the task.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, toml::Table>,
     /// Overrides (dotted keys) of the prompt-tuning runs only.
     #[serde(default)]
     pub set: toml::Table,
@@ -437,6 +441,9 @@ impl Study {
             for (k, v) in extra {
                 data.insert(k.clone(), v.clone());
             }
+        }
+        if let Some(o) = self.study.overrides.get(task) {
+            apply_table(&mut t, o)?;
         }
         Ok(t)
     }

@@ -1,7 +1,7 @@
-//! `tpv report STUDY_DIR -o SITE_DIR`: a folder any static host can serve — the web app, the run
-//! files, `manifest.json` (what each run is), the tables (Markdown, CSV, JSON) and `results.html`
-//! (the tables as plain HTML, readable without JavaScript). Also a small static file server for
-//! `--serve` and `tpv demo`.
+//! `tpv report STUDY_DIR -o SITE_DIR`: a folder any static host can serve — `index.html` (the
+//! tables as plain HTML, readable without JavaScript), the web app in `app/`, the run files in
+//! `runs/`, `manifest.json` (what each run is) and the tables as Markdown, CSV and JSON. Also a
+//! small static file server for `--serve` and `tpv demo`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -103,19 +103,16 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         "runs": runs,
     });
     io::write_atomic(&site.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-    let html = results_html(&agg);
-    io::write_atomic(&site.join("results.html"), html.as_bytes())?;
     let web_app = match find_web_dist(web) {
         Some(dist) => {
-            copy_dir(&dist, site)?;
+            copy_dir(&dist, &site.join("app"))?;
             true
         }
-        None => {
-            // No built web app: the static tables are the front page.
-            io::write_atomic(&site.join("index.html"), html.as_bytes())?;
-            false
-        }
+        None => false,
     };
+    let html = results_html(&agg, web_app);
+    io::write_atomic(&site.join("results.html"), html.as_bytes())?;
+    io::write_atomic(&site.join("index.html"), html.as_bytes())?;
     drop(tables);
     Ok(Report {
         site: site.to_path_buf(),
@@ -142,7 +139,7 @@ fn inline(s: &str) -> String {
 }
 
 /// The tables as a self-contained HTML page (the Markdown subset `markdown()` writes).
-pub fn results_html(agg: &Aggregate) -> String {
+pub fn results_html(agg: &Aggregate, web_app: bool) -> String {
     let md = agg.markdown();
     let mut body = String::new();
     let mut in_table = false;
@@ -201,8 +198,13 @@ pub fn results_html(agg: &Aggregate) -> String {
 <title>{title} — tpv results</title><style>body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}}\
 table{{border-collapse:collapse;margin:1rem 0}}th,td{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}}th{{background:#f3f3f3}}\
 td{{font-variant-numeric:tabular-nums}}</style></head><body>\n{body}<p>Files: <a href=\"manifest.json\">manifest.json</a> · \
-<a href=\"tables.csv\">tables.csv</a> · <a href=\"tables.json\">tables.json</a> · <a href=\"tables.md\">tables.md</a></p>\n</body></html>\n",
-        title = escape(&agg.name)
+<a href=\"tables.csv\">tables.csv</a> · <a href=\"tables.json\">tables.json</a> · <a href=\"tables.md\">tables.md</a>{app}</p>\n</body></html>\n",
+        title = escape(&agg.name),
+        app = if web_app {
+            " · <a href=\"app/\">the explorer (web app): load the run files in runs/</a>"
+        } else {
+            ""
+        }
     )
 }
 

@@ -236,7 +236,8 @@ pub struct EvalResult {
     pub predictions: Vec<String>,
 }
 
-/// Loss, greedy predictions and metrics of `theta` on `examples`.
+/// Loss (unless `with_loss` is false: it costs a second forward pass; NaN then), greedy
+/// predictions and metrics of `theta` on `examples`.
 pub fn evaluate(
     engine: &Engine<'_>,
     theta: &Tensor,
@@ -244,16 +245,19 @@ pub fn evaluate(
     task: &TaskSpec,
     batch_size: usize,
     max_new: usize,
+    with_loss: bool,
 ) -> anyhow::Result<EvalResult> {
     let (mut nll, mut count) = (0f64, 0usize);
     let mut predictions = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let batch: Vec<&Encoded> = chunk.iter().collect();
-        let out = engine.loss(theta, &batch, None)?;
-        for (l, c) in out.per_example.iter().zip(&out.counts) {
-            if *c > 0 {
-                nll += f64::from(*l) * *c as f64;
-                count += c;
+        if with_loss {
+            let out = engine.loss(theta, &batch, None)?;
+            for (l, c) in out.per_example.iter().zip(&out.counts) {
+                if *c > 0 {
+                    nll += f64::from(*l) * *c as f64;
+                    count += c;
+                }
             }
         }
         for ids in engine.generate(theta, &batch, max_new)? {

@@ -474,6 +474,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
                 &splits.task,
                 eval_bs,
                 max_new,
+                true,
             )
             .with_context(|| format!("evaluating on the validation split at step {step}"))?;
             push(&mut curves, "valid_loss", step, res.loss);
@@ -533,7 +534,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         metrics.insert(format!("validation_{k}"), *v);
     }
     if config.train.test && !test.is_empty() {
-        let res = engine::evaluate(&engine, &theta_of(&params)?, &test, &splits.task, eval_bs, max_new)
+        let res = engine::evaluate(&engine, &theta_of(&params)?, &test, &splits.task, eval_bs, max_new, true)
             .context("evaluating the kept prompt on the test split")?;
         metrics.insert("test_loss".into(), res.loss);
         for (k, v) in &res.metrics {
@@ -544,7 +545,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         // The untrained origin θ₀, and the model with no prompt at all (zero-shot, instruction only).
         let none = Tensor::zeros((0, d), DType::F32, &device)?;
         for (name, theta) in [("origin", theta_of(theta0.as_slice())?), ("zero_shot", none)] {
-            let res = engine::evaluate(&engine, &theta, &test, &splits.task, eval_bs, max_new)
+            let res = engine::evaluate(&engine, &theta, &test, &splits.task, eval_bs, max_new, true)
                 .with_context(|| format!("evaluating the {name} baseline on the test split"))?;
             metrics.insert(format!("{name}_test_loss"), res.loss);
             for (k, v) in &res.metrics {
