@@ -46,5 +46,8 @@ step "browser test (headless chromium)"
 cargo build -p tpv-trainer --locked
 node tests/browser/run.mjs target/site
 
+step "report folder in headless chromium (views against the CLI)"
+node tests/browser/study.mjs target/site
+
 echo
 echo "all checks passed in $(( $(date +%s) - start )) s"

@@ -158,10 +158,11 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
     {
         eos.push(e);
     }
+    // A local directory is named by its canonical path, so `a/../m` and `m` are the same model.
     let id = if path.components().any(|c| c.as_os_str() == "snapshots") {
         spec.to_owned()
     } else {
-        path.display().to_string()
+        std::fs::canonicalize(&path).unwrap_or(path).display().to_string()
     };
     Ok(LoadedModel { model, codec, id, eos })
 }

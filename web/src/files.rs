@@ -9,6 +9,8 @@ pub struct Entry {
     pub id: usize,
     pub name: String,
     pub outcome: Result<Summary, String>,
+    /// The parsed file, for the other views.
+    pub document: Option<Document>,
 }
 
 /// Reads the files' bytes and parses them. An `adapter_config.json` chosen together with peft
@@ -34,23 +36,20 @@ pub async fn open(files: Vec<web_sys::File>, first_id: usize) -> Vec<Entry> {
         .filter(|(name, _)| name != peft::CONFIG_FILE || !has_weights)
         .enumerate()
         .map(|(i, (name, bytes))| {
-            let outcome = if name == peft::CONFIG_FILE {
+            let document = if name == peft::CONFIG_FILE {
                 Err(format!(
                     "{} describes an adapter; choose it together with its {}",
                     peft::CONFIG_FILE,
                     peft::WEIGHTS_FILE
                 ))
             } else {
-                bytes.and_then(|b| {
-                    Document::read(&b, config.as_deref())
-                        .map(|d| d.summary())
-                        .map_err(|e| e.to_string())
-                })
+                bytes.and_then(|b| Document::read(&b, config.as_deref()).map_err(|e| e.to_string()))
             };
             Entry {
                 id: first_id + i,
                 name,
-                outcome,
+                outcome: document.as_ref().map(Document::summary).map_err(Clone::clone),
+                document: document.ok(),
             }
         })
         .collect()

@@ -1,27 +1,153 @@
-//! The tpv web app (Leptos, client-side only). Files are parsed in the browser by `tpv-shared`,
-//! the same code the `tpv` CLI runs.
+//! The tpv web app (Leptos, client-side only). Files and studies are parsed in the browser by
+//! `tpv-shared`, the same code the `tpv` CLI runs, so every number equals the CLI's.
+//!
+//! Views: Runs (a sortable, filterable table), Similarity (heatmaps across origins), Compose
+//! (prompt arithmetic = `tpv combine`), Curves (training curves, few-shot curves), Files (opened
+//! run files and adapters). A study loads from `?manifest=URL`, or from the `manifest.json` beside
+//! the page when it is served from a report folder (`tpv report`). Every view keeps its state in
+//! the URL.
 
 mod components;
 mod files;
+mod study;
+mod url;
+
+use std::collections::BTreeMap;
 
 use leptos::prelude::*;
+use leptos::task::spawn_local;
 
+use components::compose::Compose;
+use components::curves::Curves;
 use components::file_list::FileList;
 use components::file_picker::FilePicker;
+use components::runs::Runs;
+use components::similarity::Similarity;
 use files::Entry;
+use study::{Run, Study};
 
-/// The page: a file picker / drop zone and the list of opened files.
+/// The query string as a signal: views read their parameters from it and write them back.
+pub type Query = RwSignal<BTreeMap<String, String>>;
+
+/// A parameter of the query, or `default`.
+pub fn param(q: Query, key: &str, default: &str) -> String {
+    q.with(|m| m.get(key).cloned().unwrap_or_else(|| default.to_owned()))
+}
+
+/// Sets a parameter (an empty value removes it).
+pub fn set_param(q: Query, key: &str, value: impl Into<String>) {
+    let value = value.into();
+    q.update(|m| {
+        if value.is_empty() {
+            m.remove(key);
+        } else {
+            m.insert(key.to_owned(), value);
+        }
+    });
+}
+
+const VIEWS: [(&str, &str); 5] = [
+    ("runs", "Runs"),
+    ("similarity", "Similarity"),
+    ("compose", "Compose"),
+    ("curves", "Curves"),
+    ("files", "Files"),
+];
+
+/// The page: study loading, the view tabs and the current view.
 #[component]
 pub fn App() -> impl IntoView {
+    let query: Query = RwSignal::new(url::read());
+    Effect::new(move |_| query.with(url::write));
+
     let entries = RwSignal::new(Vec::<Entry>::new());
+    let study = RwSignal::new(None::<Study>);
+    let status = RwSignal::new(None::<Result<String, String>>);
+
+    // A study: ?manifest=URL, else manifest.json beside the page when there is one.
+    let explicit = query.with_untracked(|m| m.get("manifest").cloned());
+    spawn_local(async move {
+        let url = explicit.clone().unwrap_or_else(|| "manifest.json".into());
+        status.set(Some(Ok(format!("Loading {url}…"))));
+        match study::load(&url).await {
+            Ok(s) => {
+                let msg = format!("Study {}: {} runs", s.name, s.runs.len());
+                let errors = s.errors.clone();
+                study.set(Some(s));
+                status.set(Some(if errors.is_empty() {
+                    Ok(msg)
+                } else {
+                    Err(format!("{msg}; could not read: {}", errors.join("; ")))
+                }));
+                if query.with_untracked(|m| !m.contains_key("view")) {
+                    set_param(query, "view", "runs");
+                }
+            }
+            Err(e) if explicit.is_some() => status.set(Some(Err(format!("could not load the study: {e}")))),
+            Err(_) => status.set(None),
+        }
+    });
+
+    // Every prompt the views can use: the study's runs and the opened files.
+    let runs = Memo::new(move |_| {
+        let mut all: Vec<Run> = study.with(|s| s.as_ref().map(|s| s.runs.clone()).unwrap_or_default());
+        entries.with(|es| {
+            for e in es {
+                if let Some(doc) = &e.document {
+                    all.push(study::from_document(e.name.clone(), doc));
+                }
+            }
+        });
+        all
+    });
+
+    let view = move || param(query, "view", "files");
+    let tabs = VIEWS
+        .iter()
+        .map(|&(key, label)| {
+            view! {
+                <button
+                    type="button"
+                    role="tab"
+                    id=format!("tab-{key}")
+                    data-testid=format!("tab-{key}")
+                    aria-selected=move || (view() == key).to_string()
+                    on:click=move |_| set_param(query, "view", key)
+                >
+                    {label}
+                </button>
+            }
+        })
+        .collect_view();
+
     view! {
         <header>
             <h1>"tpv"</h1>
-            <p class="tagline">"Task prompt vectors: open run files and peft adapters. Nothing leaves your browser."</p>
+            <p class="tagline">"Task prompt vectors: explore a study, compose prompts, open run files and peft adapters. Nothing leaves your browser."</p>
+            {move || status.get().map(|s| match s {
+                Ok(m) => view! { <p role="status" data-testid="study-status">{m}</p> }.into_any(),
+                Err(m) => view! { <p class="error" role="alert" data-testid="study-error">{m}</p> }.into_any(),
+            })}
+            {move || study.with(|s| s.as_ref().map(|s| {
+                let link = |f: &str| study::resolve(f, &s.url).unwrap_or_default();
+                view! {
+                    <p class="links">
+                        <a href=link("results.html")>"Tables"</a>" · "
+                        <a href=link("tables.csv")>"tables.csv"</a>" · "
+                        <a href=s.url.clone()>"manifest.json"</a>
+                    </p>
+                }
+            }))}
         </header>
-        <main>
-            <FilePicker entries />
-            <FileList entries />
+        <nav role="tablist" aria-label="Views">{tabs}</nav>
+        <main role="tabpanel" aria-labelledby=move || format!("tab-{}", view())>
+            {move || match view().as_str() {
+                "runs" => view! { <Runs runs query /> }.into_any(),
+                "similarity" => view! { <Similarity runs query /> }.into_any(),
+                "compose" => view! { <Compose runs query /> }.into_any(),
+                "curves" => view! { <Curves runs query /> }.into_any(),
+                _ => view! { <FilePicker entries /> <FileList entries /> }.into_any(),
+            }}
         </main>
     }
 }

@@ -1,5 +1,6 @@
-//! `tpv report STUDY_DIR -o SITE_DIR`: a folder any static host can serve — `index.html` (the
-//! tables as plain HTML, readable without JavaScript), the web app in `app/`, the run files in
+//! `tpv report STUDY_DIR -o SITE_DIR`: a folder any static host can serve — the web app
+//! (`index.html`, which loads `manifest.json` beside it), `results.html` (the tables as plain HTML,
+//! readable without JavaScript; the front page when no built web app is found), the run files in
 //! `runs/`, `manifest.json` (what each run is) and the tables as Markdown, CSV and JSON. Also a
 //! small static file server for `--serve` and `tpv demo`.
 
@@ -105,14 +106,16 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
     io::write_atomic(&site.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     let web_app = match find_web_dist(web) {
         Some(dist) => {
-            copy_dir(&dist, &site.join("app"))?;
+            copy_dir(&dist, site)?;
             true
         }
         None => false,
     };
     let html = results_html(&agg, web_app);
     io::write_atomic(&site.join("results.html"), html.as_bytes())?;
-    io::write_atomic(&site.join("index.html"), html.as_bytes())?;
+    if !web_app {
+        io::write_atomic(&site.join("index.html"), html.as_bytes())?;
+    }
     drop(tables);
     Ok(Report {
         site: site.to_path_buf(),
@@ -201,7 +204,7 @@ td{{font-variant-numeric:tabular-nums}}</style></head><body>\n{body}<p>Files: <a
 <a href=\"tables.csv\">tables.csv</a> · <a href=\"tables.json\">tables.json</a> · <a href=\"tables.md\">tables.md</a>{app}</p>\n</body></html>\n",
         title = escape(&agg.name),
         app = if web_app {
-            " · <a href=\"app/\">the explorer (web app): load the run files in runs/</a>"
+            " · <a href=\"index.html\">the explorer (web app)</a>"
         } else {
             ""
         }

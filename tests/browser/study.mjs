@@ -1,0 +1,237 @@
+// Headless-Chromium test of the web app on a report folder:
+//
+//   node tests/browser/study.mjs [SITE_DIR]   (the trunk build, default target/site; TPV_BIN defaults to target/debug/tpv)
+//
+// Runs the tiny fixture study (tests/fixtures/study) with `tpv sweep`, writes its report with the web
+// app (`tpv report --web SITE_DIR`), serves it on 127.0.0.1 and checks each view against the CLI:
+// the runs table against the manifest; heatmap cells against `tpv similarity --across-origins --json`
+// (1e-6); a composition downloaded from the page against `tpv combine` (values 1e-6, same
+// expression); the URL reopening a view; the few-shot curves; a corrupt file shows an error and the
+// page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
+
+import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync, statSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, extname, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const webDist = resolve(process.argv[2] ?? join(root, 'target', 'site'));
+const tpvBin = process.env.TPV_BIN ?? join(root, 'target', 'debug', 'tpv');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const shots = process.env.TPV_SCREENSHOTS;
+
+let failures = 0;
+function check(condition, message) {
+  if (condition) {
+    console.log(`  ok   ${message}`);
+  } else {
+    failures += 1;
+    console.log(`  FAIL ${message}`);
+  }
+}
+const tpv = (...args) => execFileSync(tpvBin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const close = (a, b, tol = 1e-6) => Math.abs(a - b) <= tol;
+
+const types = {
+  '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css',
+  '.json': 'application/json',
+};
+function serve(dir) {
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    let file = join(dir, path);
+    if (!file.startsWith(dir) || !existsSync(file)) {
+      res.writeHead(404).end();
+      return;
+    }
+    if (statSync(file).isDirectory()) file = join(file, 'index.html');
+    res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream' });
+    res.end(readFileSync(file));
+  });
+  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
+}
+
+// A safetensors file: its tensors (F32 only) and its metadata.
+function readSafetensors(bytes) {
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8'));
+  const data = bytes.subarray(8 + n);
+  const tensors = {};
+  for (const [name, t] of Object.entries(header)) {
+    if (name === '__metadata__' || t.dtype !== 'F32') continue;
+    const [a, b] = t.data_offsets;
+    const slice = data.subarray(a, b);
+    tensors[name] = Array.from({ length: (b - a) / 4 }, (_, i) => slice.readFloatLE(i * 4));
+  }
+  return { tensors, metadata: header.__metadata__ ?? {} };
+}
+
+// 1. The study, the report, the origin files for the CLI's combine.
+const tmp = mkdtempSync(join(tmpdir(), 'tpv-study-'));
+const studyDir = join(tmp, 'study');
+const site = join(tmp, 'site');
+tpv('sweep', join(root, 'tests', 'fixtures', 'study', 'study.toml'), '--set', `study.output=${JSON.stringify(studyDir)}`);
+tpv('report', studyDir, '-o', site, '--web', webDist);
+tpv('origins', '--model', join(root, 'tests', 'fixtures', 'models', 'llama_tied'), '--count', '2', '--tokens', '3',
+  '--seed', '7', '--sample-vocab', '-o', join(tmp, 'origins'));
+const manifest = JSON.parse(readFileSync(join(site, 'manifest.json'), 'utf8'));
+const pt = ['a/origin0', 'b/origin0', 'a/origin1', 'b/origin1'].map((p) => join(studyDir, 'prompt_tuning', p, 'prompt.safetensors'));
+
+const server = await serve(site);
+const base = `http://127.0.0.1:${server.address().port}/`;
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run', '--disable-quic'],
+});
+const errors = [];
+const snap = async (page, name) => {
+  if (!shots) return;
+  mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+};
+try {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('404')) errors.push(m.text()); });
+  const t0 = Date.now();
+  await page.goto(base);
+  const status = page.getByTestId('study-status');
+  await status.waitFor({ timeout: 30000 });
+  await page.waitForFunction(() => document.querySelector('[data-testid=study-status]')?.textContent.startsWith('Study'), null, { timeout: 30000 });
+  console.log(`report at ${base}: ${await status.textContent()} (${Date.now() - t0} ms)`);
+
+  // 2. Runs: every run of the manifest, sortable, filterable.
+  const rows = page.getByTestId('run-row');
+  check((await rows.count()) === manifest.runs.length, `runs table: ${await rows.count()} rows = manifest's ${manifest.runs.length}`);
+  await page.getByTestId('runs-filter').fill('prompt_tuning');
+  check((await rows.count()) === 4, 'runs table: the filter keeps the 4 prompt-tuning runs');
+  await page.getByTestId('runs-filter').fill('');
+  await page.getByTestId('sort-shots').click();
+  await page.getByTestId('sort-shots').click();
+  const firstShots = await rows.first().locator('td').nth(4).textContent();
+  check(firstShots === '8', `runs table: sorted by shots, descending, first ${firstShots}`);
+  check(page.url().includes('sort=-shots'), 'runs table: the sort is in the URL');
+  await snap(page, 'runs');
+
+  // 3. Similarity: heatmap cells = tpv similarity --across-origins --json.
+  const t1 = Date.now();
+  await page.getByTestId('tab-similarity').click();
+  await page.getByTestId('heatmap-cell').first().waitFor({ timeout: 20000 });
+  console.log(`  first heatmap ${Date.now() - t1} ms after the click`);
+  for (const [vectors, measure] of [[true, 'cosine-mean'], [false, 'cosine-mean'], [true, 'cosine-flat']]) {
+    if (!vectors) await page.getByTestId('sim-prompts').check();
+    else await page.getByTestId('sim-vectors').check();
+    await page.getByTestId('sim-measure').selectOption(measure);
+    const want = JSON.parse(tpv('similarity', '--across-origins', '--json', '--measure', measure, ...(vectors ? ['--vectors'] : []), ...pt));
+    await page.waitForTimeout(100);
+    const cells = await page.getByTestId('heatmap-cell').evaluateAll((els) => els.map((e) => ({
+      row: e.dataset.row, col: e.dataset.col, value: e.dataset.value,
+    })));
+    let worst = 0;
+    let compared = 0;
+    for (const c of cells) {
+      const i = want.tasks.indexOf(c.row);
+      const j = want.tasks.indexOf(c.col);
+      const w = want.matrix[i]?.[j];
+      if (w === null || w === undefined) {
+        check(c.value === '', `similarity: ${c.row} × ${c.col} omitted on both sides`);
+        continue;
+      }
+      worst = Math.max(worst, Math.abs(Number(c.value) - w));
+      compared += 1;
+    }
+    check(compared === want.tasks.length ** 2 && worst <= 1e-6,
+      `similarity (${vectors ? 'vectors' : 'prompts'}, ${measure}): ${compared} cells = tpv similarity --json (max diff ${worst.toExponential(1)})`);
+  }
+  // The origins × origins map of a pair of tasks.
+  await page.getByTestId('sim-vectors').check();
+  await page.getByTestId('sim-measure').selectOption('cosine-mean');
+  await page.locator('[data-testid=heatmap-cell][data-row=a][data-col=b] button').click();
+  const want = JSON.parse(tpv('similarity', '--across-origins', '--json', '--vectors', ...pt));
+  const pair = await page.getByTestId('pair-cell').evaluateAll((els) => els.map((e) => e.dataset.value));
+  const flat = want.pairs[0][1].flat().map((v) => (v === null ? '' : v));
+  check(pair.length === flat.length && pair.every((v, k) => (v === '' ? flat[k] === '' : close(Number(v), flat[k]))),
+    `similarity: the a × b origins map = tpv's pairs (${pair.length} cells)`);
+  check(page.url().includes('pair=a%2Cb') || page.url().includes('pair=a,b'), 'similarity: the chosen pair is in the URL');
+  await snap(page, 'similarity');
+
+  // 4. Compose: θ₀ + 0.8·ties(1·τ_a, 0.5·τ_b) downloaded = tpv combine.
+  await page.getByTestId('tab-compose').click();
+  await page.getByTestId('compose-origin').selectOption('origin0');
+  await page.locator('[data-testid=compose-vector][data-id="prompt_tuning/a/origin0"] input[type=checkbox]').check();
+  await page.locator('[data-testid=compose-vector][data-id="prompt_tuning/b/origin0"] input[type=checkbox]').check();
+  await page.locator('[data-testid=compose-vector][data-id="prompt_tuning/b/origin0"] input[type=number]').fill('0.5');
+  await page.locator('[data-testid=compose-vector][data-id="prompt_tuning/b/origin0"] input[type=number]').press('Enter');
+  await page.getByTestId('compose-lambda').fill('0.8');
+  await page.getByTestId('compose-lambda').press('Enter');
+  await page.getByTestId('compose-method').selectOption('ties');
+  await page.getByTestId('compose-density').fill('0.5');
+  await page.getByTestId('compose-density').press('Enter');
+  await page.getByTestId('compose-result').waitFor({ timeout: 10000 });
+  console.log('  compose URL', page.url());
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('download-run').click()]);
+  const webFile = join(tmp, 'web-composed.safetensors');
+  await download.saveAs(webFile);
+  const cliFile = join(tmp, 'cli-composed.safetensors');
+  tpv('combine', '--origin', join(tmp, 'origins', 'origin0.safetensors'), '--vector', pt[0], '--vector', pt[1],
+    '--weight', '1', '--weight', '0.5', '--lambda', '0.8', '--method', 'ties', '--density', '0.5', '-o', cliFile);
+  const web = readSafetensors(readFileSync(webFile));
+  const cli = readSafetensors(readFileSync(cliFile));
+  const names = Object.keys(cli.tensors).sort();
+  check(names.length > 0 && JSON.stringify(Object.keys(web.tensors).sort()) === JSON.stringify(names), `compose: the same tensors (${names})`);
+  let worst = 0;
+  for (const n of names) {
+    cli.tensors[n].forEach((v, k) => { worst = Math.max(worst, Math.abs(v - (web.tensors[n]?.[k] ?? Infinity))); });
+  }
+  check(worst <= 1e-6, `compose: downloaded run file = tpv combine (max diff ${worst})`);
+  const expr = (m) => JSON.parse(m.tpv ?? '{}').expression;
+  check(expr(web.metadata) && expr(web.metadata) === expr(cli.metadata), `compose: same expression "${expr(web.metadata)}"`);
+  const [peftDownload] = await Promise.all([page.waitForEvent('download'), page.getByTestId('download-peft').click()]);
+  check(peftDownload.suggestedFilename() === 'adapter_model.safetensors', 'compose: peft adapter download');
+  await snap(page, 'compose');
+
+  // 5. The URL reopens the view.
+  const page2 = await context.newPage();
+  await page2.goto(page.url());
+  const expression2 = await page2.getByTestId('compose-expression').textContent({ timeout: 20000 });
+  check(expression2 === expr(cli.metadata), 'URL state: the link reopens the same composition');
+  await page2.close();
+
+  // 6. Curves: few-shot (4 inits for c) and training curves.
+  await page.getByTestId('tab-curves').click();
+  await page.getByTestId('curves-run').waitFor({ timeout: 10000 });
+  const series = await page.locator('figure').first().getByTestId('series').count();
+  check(series === 4, `curves: the few-shot chart of c has ${series} inits (random, spot_a, spot_b, tpv_sum)`);
+  check((await page.locator('figure').count()) >= 3, 'curves: training curves drawn');
+  await snap(page, 'curves');
+
+  // 7. A corrupt file: an error, and the page keeps working.
+  await page.getByTestId('tab-files').click();
+  const corrupt = join(tmp, 'corrupt.safetensors');
+  writeFileSync(corrupt, readFileSync(pt[0]).subarray(0, 200));
+  await page.getByTestId('file-input').setInputFiles([corrupt]);
+  await page.getByTestId('file-error').waitFor({ timeout: 10000 });
+  check((await page.getByTestId('file-error').getAttribute('role')) === 'alert', 'corrupt file: an error is shown');
+  await snap(page, 'files');
+  await page.getByTestId('tab-runs').click();
+  check((await page.getByTestId('run-row').count()) === manifest.runs.length, 'after the error the runs view still works');
+  // Keyboard: the view tabs are buttons reachable with Tab.
+  await page.keyboard.press('Tab');
+  check(await page.evaluate(() => document.activeElement?.getAttribute('role') === 'tab' || document.activeElement?.tagName === 'A'),
+    'keyboard: Tab reaches the links and view tabs');
+  check(errors.length === 0, `no page errors ${errors.length ? JSON.stringify(errors) : ''}`);
+} finally {
+  await browser.close();
+  server.close();
+}
+
+if (failures > 0) {
+  console.log(`${failures} study browser check(s) failed`);
+  process.exit(1);
+}
+console.log('study browser tests passed');
