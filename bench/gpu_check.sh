@@ -5,7 +5,8 @@
 # are stripped and xz-compressed into .gpu/ (tpv.xz, train_parity.xz) and this script runs there,
 # with $OUT for the log:
 #   1. the training parity test (torch + peft fixtures) on cuda:0;
-#   2. `tpv bench` and bench/torch_bench.py on the same GPU, f32 and bf16, both model shapes.
+#   2. the tiny fixture study (tests/fixtures/study) swept on cuda:0;
+#   3. `tpv bench` and bench/torch_bench.py on the same GPU, f32 and bf16, both model shapes.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log() { echo "== $*" | tee -a "$OUT/log"; }
@@ -21,6 +22,9 @@ log "libraries from $lib"
 chmod +x .gpu/*
 log "parity on cuda:0"
 TPV_TEST_DEVICE=cuda:0 timeout 90 .gpu/train_parity --test-threads 1 2>&1 | tee -a "$OUT/log"
+log "the tiny fixture study on cuda:0 (sweep + aggregate)"
+timeout 60 .gpu/tpv sweep tests/fixtures/study/study.toml --set 'study.output="/tmp/gpu-study"' --set 'model.device="cuda:0"' 2>&1 | tail -3 | tee -a "$OUT/log"
+timeout 30 .gpu/tpv aggregate /tmp/gpu-study 2>/dev/null | head -12 | tee -a "$OUT/log"
 for m in smollm2-shaped t5-base-shaped; do
   for dt in f32 bf16; do
     log "tpv bench $m $dt"
