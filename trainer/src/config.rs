@@ -252,6 +252,14 @@ pub struct TrainSection {
     /// as `origin_test_*` and `zero_shot_test_*` metrics.
     #[serde(default)]
     pub baselines: bool,
+    /// Compute the loss in validation evaluations (a second forward pass over the examples; always
+    /// on with `select = "loss"`). Off halves the cost of an evaluation and drops the valid_loss curve.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub eval_loss: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_device() -> String {

@@ -49,27 +49,35 @@ pub fn load_all(cfg: &DataSection) -> Result<Vec<Splits>> {
     Ok(all)
 }
 
-impl Splits {
-    /// One description of several tasks' data: the first task's splits stay, the task is a
-    /// generic one scored by exact match, and the fingerprint covers every task's.
-    pub fn joined(mut all: Vec<Splits>) -> Splits {
-        if all.len() == 1 {
-            return all.remove(0);
-        }
-        let names: Vec<String> = all.iter().map(|s| s.task.name.clone()).collect();
-        let mut task = tasks::plain();
-        task.name = names.join("+");
-        let mut hasher = Sha256::new();
-        for s in &all {
-            hasher.update(s.fingerprint.as_bytes());
-        }
-        let first = all.remove(0);
-        Splits {
-            task,
-            tasks: names,
-            fingerprint: format!("{:x}", hasher.finalize())[..16].to_owned(),
-            ..first
-        }
+/// What a run records about its data: the task used for metrics, the task names, the fingerprint.
+#[derive(Debug, Clone)]
+pub struct DataInfo {
+    pub task: TaskSpec,
+    pub tasks: Vec<String>,
+    pub fingerprint: String,
+}
+
+/// One description of one or several tasks' data: for several, a generic task scored by exact
+/// match, and a fingerprint covering every task's.
+pub fn describe(all: &[Splits]) -> DataInfo {
+    if let [one] = all {
+        return DataInfo {
+            task: one.task.clone(),
+            tasks: one.tasks.clone(),
+            fingerprint: one.fingerprint.clone(),
+        };
+    }
+    let names: Vec<String> = all.iter().map(|s| s.task.name.clone()).collect();
+    let mut task = tasks::plain();
+    task.name = names.join("+");
+    let mut hasher = Sha256::new();
+    for s in all {
+        hasher.update(s.fingerprint.as_bytes());
+    }
+    DataInfo {
+        task,
+        tasks: names,
+        fingerprint: format!("{:x}", hasher.finalize())[..16].to_owned(),
     }
 }
 

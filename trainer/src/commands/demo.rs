@@ -15,16 +15,18 @@ use crate::study::{Study, aggregate, report};
 /// The demo study (configs/demo/study.toml), embedded so the demo runs from anywhere.
 pub const DEMO_STUDY: &str = include_str!("../../../configs/demo/study.toml");
 
-/// `--quick`: fewer steps, examples and shots.
+/// `--quick`: one target, fewer steps, examples and shots (a few minutes on two cores).
 const QUICK: &[&str] = &[
-    "study.set.optim.max_steps=12",
-    "study.set.train.eval_every=6",
-    "data.max_validation=16",
-    "data.max_test=32",
-    "study.addition.lambdas=[0.5, 1.0]",
+    "study.set.optim.max_steps=8",
+    "study.set.train.eval_every=8",
+    "data.max_validation=8",
+    "data.max_test=16",
+    "study.addition.lambdas=[1.0]",
+    "study.transfer.targets=[\"uci_imdb\"]",
     "study.transfer.shots=[0, 8]",
-    "study.transfer.set.optim.max_steps=6",
-    "study.transfer.set.train.eval_every=3",
+    "study.transfer.set.optim.max_steps=2",
+    "study.transfer.set.train.eval_every=2",
+    "study.transfer.set.data.max_test=16",
 ];
 
 pub fn run(args: &DemoArgs) -> Result<()> {

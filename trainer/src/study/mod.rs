@@ -468,11 +468,31 @@ impl Study {
         Ok(c)
     }
 
-    /// The config of the evaluation data of `task` at origin `o` (model, data, caps).
+    /// The config of the evaluation data of a job's `task` (model, data, caps): a transfer job's
+    /// target gets the transfer runs' overrides, so 0 shots and k shots are scored on the same test
+    /// examples.
     pub fn task_config(&self, task: &str, job: &Job) -> Result<Config> {
+        if let JobKind::Transfer { target, origin, .. } = &job.kind {
+            return self.transfer_config(target, 0, *origin, job);
+        }
         let mut t = self.task_table(task)?;
         self.set_origin(&mut t, job.origin())?;
         self.finish(t, job, &self.study.set)
+    }
+
+    fn transfer_config(&self, target: &str, shots: usize, origin: usize, job: &Job) -> Result<Config> {
+        let tr = self.study.transfer.as_ref().context("no [study.transfer]")?;
+        let mut t = self.task_table(target)?;
+        self.set_origin(&mut t, origin)?;
+        if shots > 0 {
+            config::apply_set(&mut t, &format!("data.shots={shots}"))?;
+        }
+        if tr.paper_recipe {
+            for set in paper_few_shot(shots) {
+                config::apply_set(&mut t, &set)?;
+            }
+        }
+        self.finish(t, job, &tr.set)
     }
 
     /// The training config of a job that trains (`init`: the init prompt file of a transfer run,
@@ -488,7 +508,6 @@ impl Study {
                 let mut t = self.task_table(&tasks[0])?;
                 self.set_origin(&mut t, *origin)?;
                 let also: Vec<toml::Value> = tasks[1..].iter().map(|s| toml::Value::String(s.clone())).collect();
-                config::apply_set(&mut t, "data.also=[]")?;
                 if let Some(d) = t.get_mut("data").and_then(|d| d.as_table_mut()) {
                     d.insert("also".into(), toml::Value::Array(also));
                 }
@@ -497,18 +516,7 @@ impl Study {
             JobKind::Transfer {
                 target, shots, origin, ..
             } if *shots > 0 => {
-                let Some(tr) = &self.study.transfer else {
-                    return Ok(None);
-                };
-                let mut t = self.task_table(target)?;
-                self.set_origin(&mut t, *origin)?;
-                config::apply_set(&mut t, &format!("data.shots={shots}"))?;
-                if tr.paper_recipe {
-                    for set in paper_few_shot(*shots) {
-                        config::apply_set(&mut t, &set)?;
-                    }
-                }
-                let mut c = self.finish(t, job, &tr.set)?;
+                let mut c = self.transfer_config(target, *shots, *origin, job)?;
                 if let Some(p) = init {
                     c.prompt.init = config::Init::File(p.to_path_buf());
                 }

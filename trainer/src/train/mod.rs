@@ -174,10 +174,10 @@ pub fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(Prompt
 
 /// Joins the tasks of a multi-task run split by split, alternating between tasks (example i of
 /// every task, then example i+1, …) so that batches mix them; one task is left as it is.
-fn interleave(parts: Vec<[Vec<Encoded>; 3]>) -> [Vec<Encoded>; 3] {
-    let mut out: [Vec<Encoded>; 3] = Default::default();
+fn interleave<T: Clone>(parts: Vec<[Vec<T>; 3]>) -> [Vec<T>; 3] {
+    let mut out: [Vec<T>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (k, split) in out.iter_mut().enumerate() {
-        let lists: Vec<&Vec<Encoded>> = parts.iter().map(|p| &p[k]).collect();
+        let lists: Vec<&Vec<T>> = parts.iter().map(|p| &p[k]).collect();
         let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
         for i in 0..longest {
             split.extend(lists.iter().filter_map(|l| l.get(i)).cloned());
@@ -302,24 +302,36 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let d = loaded.model.hidden_size();
     let r = config.prompt.virtual_tokens;
     let all = data::load_all(&config.data).context("loading data")?;
+    let splits = data::describe(&all);
     let chat = config.model.chat_template && loaded.codec.chat_template().is_some() && !loaded.model.is_seq2seq();
-    let mut parts = Vec::with_capacity(all.len());
-    for s in &all {
-        let enc = |recs: &[Record]| {
-            encode(
-                &loaded,
-                &s.task,
-                recs,
-                chat,
-                config.train.loss,
-                config.data.max_source_tokens,
-            )
-            .with_context(|| format!("task {}", s.task.name))
-        };
-        parts.push([enc(&s.train)?, enc(&s.validation)?, enc(&s.test)?]);
-    }
-    let splits = data::Splits::joined(all);
-    let [train, validation, test] = interleave(parts);
+    // Records of every task, joined split by split (task index, record); validation and test are
+    // tokenized now, training examples only when the sample stream reaches them (a short run on a
+    // large dataset tokenizes the examples it uses, not the whole set).
+    let records: Vec<[Vec<(usize, &Record)>; 3]> = all
+        .iter()
+        .enumerate()
+        .map(|(t, s)| {
+            [&s.train, &s.validation, &s.test].map(|recs| recs.iter().map(|r| (t, r)).collect::<Vec<_>>())
+        })
+        .collect();
+    let [train_recs, valid_recs, test_recs] = interleave(records);
+    let encode_rec = |(t, rec): (usize, &Record)| -> Result<Encoded> {
+        let task = &all[t].task;
+        encode(
+            &loaded,
+            task,
+            std::slice::from_ref(rec),
+            chat,
+            config.train.loss,
+            config.data.max_source_tokens,
+        )
+        .with_context(|| format!("task {}", task.name))?
+        .pop()
+        .context("an example was lost in tokenization")
+    };
+    let validation: Vec<Encoded> = valid_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
+    let test: Vec<Encoded> = test_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
+    let mut train: Vec<Option<Encoded>> = vec![None; train_recs.len()];
     let (total, warmup) = step_counts(config, train.len());
     let schedule = Schedule {
         kind: config.optim.scheduler,
@@ -427,7 +439,15 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             config.data.shuffle,
             config.train.seed,
         );
-        let micro: Vec<Vec<&Encoded>> = idx.iter().map(|mb| mb.iter().map(|&i| &train[i]).collect()).collect();
+        for &i in idx.iter().flatten() {
+            if train[i].is_none() {
+                train[i] = Some(encode_rec(train_recs[i]).with_context(|| format!("tokenizing training example {}", i + 1))?);
+            }
+        }
+        let micro: Vec<Vec<&Encoded>> = idx
+            .iter()
+            .map(|mb| mb.iter().filter_map(|&i| train[i].as_ref()).collect())
+            .collect();
         let stats = match train_step(
             &engine,
             &mut state,
@@ -474,10 +494,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
                 &splits.task,
                 eval_bs,
                 max_new,
-                true,
+                config.train.eval_loss || config.train.select == Select::Loss,
             )
             .with_context(|| format!("evaluating on the validation split at step {step}"))?;
-            push(&mut curves, "valid_loss", step, res.loss);
+            if res.loss.is_finite() {
+                push(&mut curves, "valid_loss", step, res.loss);
+            }
             for (k, v) in &res.metrics {
                 push(&mut curves, &format!("valid_{k}"), step, *v);
             }
@@ -486,8 +508,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             say(
                 &bar,
                 format!(
-                    "step {step}: validation loss {:.4}, {}{}",
-                    res.loss,
+                    "step {step}: validation {}{}{}",
+                    if res.loss.is_finite() { format!("loss {:.4}, ", res.loss) } else { String::new() },
                     fmt_metrics(&res.metrics),
                     if improved { " (best)" } else { "" }
                 ),
@@ -534,9 +556,19 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         metrics.insert(format!("validation_{k}"), *v);
     }
     if config.train.test && !test.is_empty() {
-        let res = engine::evaluate(&engine, &theta_of(&params)?, &test, &splits.task, eval_bs, max_new, true)
+        let res = engine::evaluate(
+            &engine,
+            &theta_of(&params)?,
+            &test,
+            &splits.task,
+            eval_bs,
+            max_new,
+            config.train.eval_loss,
+        )
             .context("evaluating the kept prompt on the test split")?;
-        metrics.insert("test_loss".into(), res.loss);
+        if res.loss.is_finite() {
+            metrics.insert("test_loss".into(), res.loss);
+        }
         for (k, v) in &res.metrics {
             metrics.insert(format!("test_{k}"), *v);
         }
@@ -545,9 +577,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         // The untrained origin θ₀, and the model with no prompt at all (zero-shot, instruction only).
         let none = Tensor::zeros((0, d), DType::F32, &device)?;
         for (name, theta) in [("origin", theta_of(theta0.as_slice())?), ("zero_shot", none)] {
-            let res = engine::evaluate(&engine, &theta, &test, &splits.task, eval_bs, max_new, true)
+            let res = engine::evaluate(&engine, &theta, &test, &splits.task, eval_bs, max_new, config.train.eval_loss)
                 .with_context(|| format!("evaluating the {name} baseline on the test split"))?;
-            metrics.insert(format!("{name}_test_loss"), res.loss);
+            if res.loss.is_finite() {
+                metrics.insert(format!("{name}_test_loss"), res.loss);
+            }
             for (k, v) in &res.metrics {
                 metrics.insert(format!("{name}_test_{k}"), *v);
             }

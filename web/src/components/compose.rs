@@ -217,7 +217,10 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
         runs.with(|r| {
             vectors(r)
                 .into_iter()
-                .map(|r| (r.id.clone(), r.label(), r.kind.clone()))
+                .map(|r| {
+                    let label = if r.label() == r.id { r.id.clone() } else { format!("{} — {}", r.label(), r.id) };
+                    (r.id.clone(), label, r.kind.clone())
+                })
                 .collect::<Vec<_>>()
         })
     });
