@@ -320,7 +320,11 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Config> {
     for set in sets {
         apply_set(&mut table, set).with_context(|| format!("--set {set}"))?;
     }
-    from_table(table, path.parent().unwrap_or(Path::new(".")), &path.display().to_string())
+    from_table(
+        table,
+        path.parent().unwrap_or(Path::new(".")),
+        &path.display().to_string(),
+    )
 }
 
 /// A config from a TOML table: relative paths resolved against `base`; errors name `label`.

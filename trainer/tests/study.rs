@@ -27,7 +27,11 @@ fn write_task(dir: &Path, name: &str, offset: usize) {
         )
     };
     for (split, range) in [("train", 0..12), ("valid", 12..16), ("test", 16..20)] {
-        std::fs::write(dir.join(format!("{name}-{split}.jsonl")), range.map(line).collect::<String>()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}-{split}.jsonl")),
+            range.map(line).collect::<String>(),
+        )
+        .unwrap();
     }
 }
 
@@ -36,7 +40,9 @@ fn study_config(dir: &Path) -> PathBuf {
         write_task(dir, t, i * 5);
     }
     let data = |t: &str| {
-        format!("[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n")
+        format!(
+            "[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n"
+        )
     };
     let text = format!(
         r#"# a tiny study for the tests
@@ -151,12 +157,22 @@ fn study_runs_resumes_aggregates_and_reports() {
     assert_eq!(jobs.iter().filter(|j| j["stage"] == 1).count(), STAGE1);
 
     // A partial study: 3 jobs, then the aggregation lists the rest as missing.
-    let out = json_of(&tpv().args(["sweep", "--max-jobs", "3", "--json"]).arg(&config).output().unwrap());
+    let out = json_of(
+        &tpv()
+            .args(["sweep", "--max-jobs", "3", "--json"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(out["ran"], 3);
     let agg = json_of(&tpv().args(["aggregate", "--json"]).arg(&study).output().unwrap());
     assert_eq!(agg["finished"], 3);
     assert_eq!(agg["missing"].as_array().unwrap().len(), JOBS - 3);
-    assert!(std::fs::read_to_string(study.join("tables.md")).unwrap().contains("Missing runs (23)"));
+    assert!(
+        std::fs::read_to_string(study.join("tables.md"))
+            .unwrap()
+            .contains("Missing runs (23)")
+    );
 
     // A sweep killed in the middle of its first job (prompt tuning of b from origin1, at step 3,
     // after the checkpoint of step 2), then run again: finished runs are skipped and untouched,
@@ -164,17 +180,28 @@ fn study_runs_resumes_aggregates_and_reports() {
     let before = run_files(&study);
     assert_eq!(before.len(), 3);
     let bytes_before: Vec<Vec<u8>> = before.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    let out = tpv().args(["sweep", "--abort-in-job", "1:3"]).arg(&config).output().unwrap();
+    let out = tpv()
+        .args(["sweep", "--abort-in-job", "1:3"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "the sweep was not killed");
     let mid = run_files(&study);
     assert_eq!(mid, before);
     let cut = study.join("prompt_tuning/b/origin1");
-    assert!(cut.join("checkpoint.safetensors").exists(), "no checkpoint after the kill");
+    assert!(
+        cut.join("checkpoint.safetensors").exists(),
+        "no checkpoint after the kill"
+    );
     assert!(!cut.join("prompt.safetensors").exists());
     let bytes_mid: Vec<(PathBuf, Vec<u8>)> = mid.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
 
     let out = json_of(&tpv().args(["sweep", "--json"]).arg(&config).output().unwrap());
-    assert_eq!(out["skipped"].as_u64().unwrap() as usize, mid.len(), "finished runs were redone");
+    assert_eq!(
+        out["skipped"].as_u64().unwrap() as usize,
+        mid.len(),
+        "finished runs were redone"
+    );
     assert_eq!(out["ran"].as_u64().unwrap() as usize, JOBS - mid.len());
     assert!(out["failed"].as_array().unwrap().is_empty());
     for (p, b) in before.iter().zip(&bytes_before) {
@@ -238,22 +265,36 @@ fn study_runs_resumes_aggregates_and_reports() {
     let s1 = std::fs::read_to_string(slurm.join("stage1.sbatch")).unwrap();
     let s2 = std::fs::read_to_string(slurm.join("stage2.sbatch")).unwrap();
     assert!(s1.contains(&format!("#SBATCH --array=0-{}\n", STAGE1 - 1)), "{s1}");
-    assert!(s2.contains(&format!("#SBATCH --array=0-{}\n", JOBS - STAGE1 - 1)), "{s2}");
+    assert!(
+        s2.contains(&format!("#SBATCH --array=0-{}\n", JOBS - STAGE1 - 1)),
+        "{s2}"
+    );
     assert!(s1.contains("#SBATCH --gres=gpu:1"));
     for (s, stage) in [(&s1, 1), (&s2, 2)] {
         let cmds: Vec<&str> = s.lines().filter(|l| l.starts_with("exec ")).collect();
         assert_eq!(cmds.len(), 1);
-        assert!(cmds[0].contains(&format!("sweep {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"", config.display())));
+        assert!(cmds[0].contains(&format!(
+            "sweep {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"",
+            config.display()
+        )));
     }
     let submit = std::fs::read_to_string(slurm.join("submit.sh")).unwrap();
     assert!(submit.contains("--dependency=afterok:"));
     // What an array task runs: a finished job is skipped, its file untouched.
     let first = study.join("prompt_tuning/a/origin0/prompt.safetensors");
     let bytes = std::fs::read(&first).unwrap();
-    let out = tpv().args(["sweep", "--stage", "1", "--index", "0"]).arg(&config).output().unwrap();
+    let out = tpv()
+        .args(["sweep", "--stage", "1", "--index", "0"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&first).unwrap(), bytes);
-    let out = tpv().args(["sweep", "--stage", "2", "--index", "99"]).arg(&config).output().unwrap();
+    let out = tpv()
+        .args(["sweep", "--stage", "2", "--index", "99"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stage 2 has 18 jobs"));
 
@@ -288,7 +329,9 @@ fn study_runs_resumes_aggregates_and_reports() {
 fn study_config_errors_name_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let config = study_config(tmp.path());
-    let text = std::fs::read_to_string(&config).unwrap().replace("origins = [0, 1]", "origins = [0, 1]\norigns = 3");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("origins = [0, 1]", "origins = [0, 1]\norigns = 3");
     std::fs::write(&config, text).unwrap();
     let out = tpv().args(["sweep", "--list"]).arg(&config).output().unwrap();
     assert!(!out.status.success());

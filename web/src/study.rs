@@ -180,11 +180,11 @@ pub fn from_document(id: String, doc: &Document) -> Run {
     Run {
         experiment: "file".into(),
         tasks: p.meta.tasks.clone(),
-        origin: p
-            .meta
-            .origin
-            .as_ref()
-            .and_then(|o| o.index.map(|i| i as usize).or_else(|| o.id.strip_prefix("origin")?.parse().ok())),
+        origin: p.meta.origin.as_ref().and_then(|o| {
+            o.index
+                .map(|i| i as usize)
+                .or_else(|| o.id.strip_prefix("origin")?.parse().ok())
+        }),
         init: None,
         shots: None,
         kind: p.kind().as_str().to_owned(),

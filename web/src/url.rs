@@ -26,7 +26,9 @@ pub fn read() -> BTreeMap<String, String> {
 /// Replaces the query string (no new history entry); empty values are left out.
 pub fn write(params: &BTreeMap<String, String>) {
     let Some(window) = web_sys::window() else { return };
-    let Ok(search) = web_sys::UrlSearchParams::new() else { return };
+    let Ok(search) = web_sys::UrlSearchParams::new() else {
+        return;
+    };
     for (k, v) in params {
         if !v.is_empty() {
             search.append(k, v);
@@ -34,7 +36,11 @@ pub fn write(params: &BTreeMap<String, String>) {
     }
     let query: String = search.to_string().into();
     let path = window.location().pathname().unwrap_or_default();
-    let url = if query.is_empty() { path } else { format!("{path}?{query}") };
+    let url = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
     if let Ok(history) = window.history() {
         let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(&url));
     }

@@ -213,7 +213,7 @@ impl Attention {
     fn forward(&self, xs: &Tensor, rot: &Rotary, mask: &Tensor, cache: Option<&mut KvEntry>) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let heads = |proj: &Linear, n| -> Result<Tensor> {
-            ops::linear(&proj, xs)?
+            ops::linear(proj, xs)?
                 .reshape((b, t, n, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()

@@ -153,9 +153,15 @@ impl Attention {
         let (b, t, _) = xs.dims3()?;
         let q = self.heads(&ops::linear(&self.q, xs)?)?;
         let (k, v) = match kv {
-            KvSource::Project(src) => (self.heads(&ops::linear(&self.k, src)?)?, self.heads(&ops::linear(&self.v, src)?)?),
+            KvSource::Project(src) => (
+                self.heads(&ops::linear(&self.k, src)?)?,
+                self.heads(&ops::linear(&self.v, src)?)?,
+            ),
             KvSource::Cached(entry, src) => {
-                let (k, v) = (self.heads(&ops::linear(&self.k, src)?)?, self.heads(&ops::linear(&self.v, src)?)?);
+                let (k, v) = (
+                    self.heads(&ops::linear(&self.k, src)?)?,
+                    self.heads(&ops::linear(&self.v, src)?)?,
+                );
                 let (k, v) = match &entry.0 {
                     Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                     None => (k, v),
@@ -244,8 +250,10 @@ impl Ff {
 
     fn forward(&self, xs: &Tensor, train: &mut Option<Train<'_>>) -> Result<Tensor> {
         let h = match (self.kind, &self.wi, &self.wi_0, &self.wi_1) {
-            (FeedForward::Relu, Some(wi), _, _) => ops::linear(&wi, xs)?.relu()?,
-            (FeedForward::GatedGelu, _, Some(w0), Some(w1)) => (ops::gelu_tanh(&ops::linear(&w0, xs)?)? * ops::linear(&w1, xs)?)?,
+            (FeedForward::Relu, Some(wi), _, _) => ops::linear(wi, xs)?.relu()?,
+            (FeedForward::GatedGelu, _, Some(w0), Some(w1)) => {
+                (ops::gelu_tanh(&ops::linear(w0, xs)?)? * ops::linear(w1, xs)?)?
+            }
             _ => candle_core::bail!("feed-forward weights missing"),
         };
         ops::linear(&self.wo, &drop(&h, train)?)

@@ -109,7 +109,12 @@ fn forward_flops(model: &Model, r: usize, b: usize, l: usize, t: usize) -> f64 {
             let c = &m.cfg;
             let d = c.d_model as f64;
             let inner = (c.num_heads * c.d_kv) as f64;
-            let ff = c.d_ff as f64 * if c.feed_forward_proj.contains("gated") { 3.0 } else { 2.0 };
+            let ff = c.d_ff as f64
+                * if c.feed_forward_proj.contains("gated") {
+                    3.0
+                } else {
+                    2.0
+                };
             let se = (r + l) as f64;
             let sd = t as f64;
             let enc = c.num_layers as f64 * (se * 2.0 * (4.0 * d * inner + d * ff) + 4.0 * se * se * inner);
@@ -163,7 +168,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     };
     if args.load_only {
-        let out = json!({ "tool": "tpv", "model": args.model, "device": args.device, "dtype": args.dtype, "load_s": load_s });
+        let out =
+            json!({ "tool": "tpv", "model": args.model, "device": args.device, "dtype": args.dtype, "load_s": load_s });
         return if args.json {
             print_json(&out)
         } else {

@@ -71,7 +71,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         failed.len(),
         start.elapsed().as_secs_f64(),
         r.site.join("index.html").display(),
-        if r.web_app { "" } else { " (tables only: no built web app found)" }
+        if r.web_app {
+            ""
+        } else {
+            " (tables only: no built web app found)"
+        }
     );
     if !failed.is_empty() {
         anyhow::bail!("{} demo jobs failed: {}", failed.len(), failed.join(", "));

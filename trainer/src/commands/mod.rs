@@ -2,15 +2,15 @@
 
 mod bench;
 mod combine;
-mod demo;
-mod study;
 mod data;
+mod demo;
 mod eval;
 mod fetch;
 mod inspect;
 mod origins;
 mod peft;
 mod similarity;
+mod study;
 mod train;
 
 use anyhow::Result;

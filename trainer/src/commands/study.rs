@@ -94,7 +94,9 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         agg::aggregate(study.output())?.write(study.output())?;
     }
     if args.json {
-        print_json(&json!({ "study": study.output().display().to_string(), "ran": ran, "skipped": skipped, "failed": failed }))?;
+        print_json(
+            &json!({ "study": study.output().display().to_string(), "ran": ran, "skipped": skipped, "failed": failed }),
+        )?;
     } else {
         out!(
             "study {}: ran {ran}, skipped {skipped} finished, {} failed → {}",

@@ -321,14 +321,15 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     for (target, shots, init) in &keys {
         for metric in task_metrics(target) {
             let score = Summary::of(values_of(target, *shots, init, &metric));
-            let vs_tpv_sum = (init != "tpv_sum" && keys.contains(&(target.clone(), *shots, "tpv_sum".into()))).then(|| {
-                let sum = values_of(target, *shots, "tpv_sum", &metric);
-                Test {
-                    test: welch_t_test(&finite(&sum), &finite(&score.values)),
-                    p_bonferroni: f64::NAN,
-                    m: 0,
-                }
-            });
+            let vs_tpv_sum =
+                (init != "tpv_sum" && keys.contains(&(target.clone(), *shots, "tpv_sum".into()))).then(|| {
+                    let sum = values_of(target, *shots, "tpv_sum", &metric);
+                    Test {
+                        test: welch_t_test(&finite(&sum), &finite(&score.values)),
+                        p_bonferroni: f64::NAN,
+                        m: 0,
+                    }
+                });
             transfer.push(TransferRow {
                 target: target.clone(),
                 metric,
@@ -450,7 +451,10 @@ impl Aggregate {
             self.finished, self.jobs, self.origins
         );
         if !self.prompt_tuning.is_empty() {
-            let _ = writeln!(s, "\n## Prompt tuning (test)\n\n| task | metric | test | validation | n |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Prompt tuning (test)\n\n| task | metric | test | validation | n |\n|---|---|---|---|---|"
+            );
             for r in &self.prompt_tuning {
                 let _ = writeln!(
                     s,
@@ -545,7 +549,12 @@ impl Aggregate {
             w.write_record([table, task, metric, shots, method, stat, &format!("{v}")])
         };
         for r in &self.prompt_tuning {
-            for (stat, v) in [("test_mean", r.test.mean), ("test_std", r.test.std), ("validation_mean", r.validation.mean), ("n", r.test.n as f64)] {
+            for (stat, v) in [
+                ("test_mean", r.test.mean),
+                ("test_std", r.test.std),
+                ("validation_mean", r.validation.mean),
+                ("n", r.test.n as f64),
+            ] {
                 put("prompt_tuning", &r.task, &r.metric, "", "single", stat, v)?;
             }
         }
@@ -579,8 +588,24 @@ impl Aggregate {
             put("transfer", &r.target, &r.metric, &shots, &r.init, "std", r.score.std)?;
             put("transfer", &r.target, &r.metric, &shots, &r.init, "n", r.score.n as f64)?;
             if let Some(t) = &r.vs_tpv_sum {
-                put("transfer", &r.target, &r.metric, &shots, &r.init, "tpv_sum_welch_p", t.test.p)?;
-                put("transfer", &r.target, &r.metric, &shots, &r.init, "tpv_sum_welch_p_bonferroni", t.p_bonferroni)?;
+                put(
+                    "transfer",
+                    &r.target,
+                    &r.metric,
+                    &shots,
+                    &r.init,
+                    "tpv_sum_welch_p",
+                    t.test.p,
+                )?;
+                put(
+                    "transfer",
+                    &r.target,
+                    &r.metric,
+                    &shots,
+                    &r.init,
+                    "tpv_sum_welch_p_bonferroni",
+                    t.p_bonferroni,
+                )?;
             }
         }
         if let Some(sim) = &self.similarity {

@@ -177,7 +177,9 @@ fn run_parallel(
             });
         }
     });
-    let q = queue.into_inner().map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
+    let q = queue
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
     Ok((q.ran, skipped, q.failed))
 }
 
@@ -274,7 +276,10 @@ fn origin_of(run: &SoftPrompt) -> Result<SoftPrompt> {
         .origin_values()
         .with_context(|| format!("{} has no origin stored", run.label()))?
         .clone();
-    let mut o = SoftPrompt::origin(values, run.meta.origin.clone().unwrap_or_else(|| unnamed_origin("origin")));
+    let mut o = SoftPrompt::origin(
+        values,
+        run.meta.origin.clone().unwrap_or_else(|| unnamed_origin("origin")),
+    );
     o.meta.model.clone_from(&run.meta.model);
     o.meta.layout = run.meta.layout;
     Ok(o)
@@ -291,7 +296,10 @@ fn transfer_init(
     let tr = study.study.transfer.as_ref().context("no [study.transfer]")?;
     Ok(match init {
         InitMethod::Random => None,
-        InitMethod::Spot => Some(load_run(study, &pt_id(source.context("a SPoT job without a source")?, origin))?),
+        InitMethod::Spot => Some(load_run(
+            study,
+            &pt_id(source.context("a SPoT job without a source")?, origin),
+        )?),
         InitMethod::Multi => Some(load_run(study, job.deps.first().context("no multi-task dependency")?)?),
         InitMethod::TpvSum => {
             let runs: Vec<SoftPrompt> = tr
@@ -355,7 +363,10 @@ impl Evaluation {
     /// The sampled origin of a job (the random init at 0 shots).
     fn origin(&self, config: &Config, job: &Job) -> Result<SoftPrompt> {
         let (values, origin) = train::origin(config, &self.loaded, self.loaded.model.hidden_size())?;
-        let mut p = SoftPrompt::origin(values, origin.unwrap_or_else(|| unnamed_origin(&format!("origin{}", job.origin()))));
+        let mut p = SoftPrompt::origin(
+            values,
+            origin.unwrap_or_else(|| unnamed_origin(&format!("origin{}", job.origin()))),
+        );
         p.meta.name = Some(format!("origin{}", job.origin()));
         p.meta.model = Some(tpv_shared::ModelRef {
             id: self.loaded.id.clone(),
@@ -465,7 +476,11 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
     let ev = Evaluation::new(&configs[0])?;
     let data: Vec<(TaskSpec, EvalSets)> = configs.iter().map(|c| ev.sets(c)).collect::<Result<_>>()?;
     let combine = |l: &[f64]| -> Result<SoftPrompt> {
-        let (weights, lambda) = if l.len() == 1 { (vec![], l[0]) } else { (l.to_vec(), 1.0) };
+        let (weights, lambda) = if l.len() == 1 {
+            (vec![], l[0])
+        } else {
+            (l.to_vec(), 1.0)
+        };
         Ok(arith::combine(&theta0, &refs, &weights, lambda, &method)?)
     };
     let mut best: Option<(f64, Vec<f64>)> = None;
@@ -507,7 +522,11 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
     }
     metrics.insert("validation_mean_score".into(), valid_score);
     for (i, l) in chosen.iter().enumerate() {
-        let key = if chosen.len() == 1 { "lambda".to_owned() } else { format!("lambda_{i}") };
+        let key = if chosen.len() == 1 {
+            "lambda".to_owned()
+        } else {
+            format!("lambda_{i}")
+        };
         metrics.insert(key, *l);
     }
     combined.meta.metrics = metrics;

@@ -138,7 +138,12 @@ pub struct Transfer {
 }
 
 fn all_inits() -> Vec<InitMethod> {
-    vec![InitMethod::Random, InitMethod::Spot, InitMethod::Multi, InitMethod::TpvSum]
+    vec![
+        InitMethod::Random,
+        InitMethod::Spot,
+        InitMethod::Multi,
+        InitMethod::TpvSum,
+    ]
 }
 
 fn yes() -> bool {
@@ -228,9 +233,12 @@ impl Study {
         for set in sets {
             config::apply_set(&mut table, set).with_context(|| format!("--set {set}"))?;
         }
-        let raw = table
-            .remove("study")
-            .with_context(|| format!("{}: no [study] table (a training config? use tpv train)", path.display()))?;
+        let raw = table.remove("study").with_context(|| {
+            format!(
+                "{}: no [study] table (a training config? use tpv train)",
+                path.display()
+            )
+        })?;
         let study: StudySection = serde_path_to_error::deserialize(raw).map_err(|e| {
             let at = e.path().to_string();
             anyhow::anyhow!("{}: study.{at}: {}", path.display(), e.into_inner())
@@ -312,7 +320,9 @@ impl Study {
             c.tasks.iter().flatten().for_each(&mut add);
         }
         if let Some(t) = &self.study.transfer
-            && t.inits.iter().any(|i| matches!(i, InitMethod::Spot | InitMethod::TpvSum))
+            && t.inits
+                .iter()
+                .any(|i| matches!(i, InitMethod::Spot | InitMethod::TpvSum))
         {
             t.sources.iter().for_each(&mut add);
         }
@@ -451,10 +461,7 @@ impl Study {
     /// Sets `prompt.init` to origin `o` of the base config's sample_vocab stream.
     fn set_origin(&self, t: &mut toml::Table, o: usize) -> Result<()> {
         config::apply_set(t, &format!("prompt.init.sample_vocab.index={o}"))?;
-        if !matches!(
-            t.get("prompt").and_then(|p| p.get("init")),
-            Some(toml::Value::Table(_))
-        ) {
+        if !matches!(t.get("prompt").and_then(|p| p.get("init")), Some(toml::Value::Table(_))) {
             bail!("a study's prompt.init must be a sample_vocab table (origins are sampled by index)");
         }
         Ok(())
@@ -554,7 +561,11 @@ fn apply_table(t: &mut toml::Table, sets: &toml::Table) -> Result<()> {
 fn flatten(t: &toml::Table, prefix: &str) -> Vec<(String, toml::Value)> {
     let mut out = Vec::new();
     for (k, v) in t {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(inner) if !is_value_table(inner) => out.extend(flatten(inner, &key)),
             _ => out.push((key, v.clone())),

@@ -11,8 +11,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::aggregate::{Aggregate, aggregate};
 use super::Job;
+use super::aggregate::{Aggregate, aggregate};
 use crate::{io, train};
 
 /// Where the built web app (trunk's dist) is: `--web`, `TPV_WEB_DIST`, or `target/site` next to
@@ -103,7 +103,10 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         },
         "runs": runs,
     });
-    io::write_atomic(&site.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    io::write_atomic(
+        &site.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
     let web_app = match find_web_dist(web) {
         Some(dist) => {
             copy_dir(&dist, site)?;

@@ -84,11 +84,15 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
         written.push(path);
         stages.push(stage);
     }
-    let mut submit = String::from("#!/bin/bash\n# Submits the study's stages; stage 2 starts when every stage-1 task succeeded.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\n");
+    let mut submit = String::from(
+        "#!/bin/bash\n# Submits the study's stages; stage 2 starts when every stage-1 task succeeded.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\n",
+    );
     if stages.contains(&1) {
         submit.push_str("s1=$(sbatch --parsable stage1.sbatch)\necho \"stage 1: $s1\"\n");
         if stages.contains(&2) {
-            submit.push_str("s2=$(sbatch --parsable --dependency=afterok:\"$s1\" stage2.sbatch)\necho \"stage 2: $s2\"\n");
+            submit.push_str(
+                "s2=$(sbatch --parsable --dependency=afterok:\"$s1\" stage2.sbatch)\necho \"stage 2: $s2\"\n",
+            );
         }
     } else if stages.contains(&2) {
         submit.push_str("s2=$(sbatch --parsable stage2.sbatch)\necho \"stage 2: $s2\"\n");

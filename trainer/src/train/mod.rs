@@ -310,9 +310,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let records: Vec<[Vec<(usize, &Record)>; 3]> = all
         .iter()
         .enumerate()
-        .map(|(t, s)| {
-            [&s.train, &s.validation, &s.test].map(|recs| recs.iter().map(|r| (t, r)).collect::<Vec<_>>())
-        })
+        .map(|(t, s)| [&s.train, &s.validation, &s.test].map(|recs| recs.iter().map(|r| (t, r)).collect::<Vec<_>>()))
         .collect();
     let [train_recs, valid_recs, test_recs] = interleave(records);
     let encode_rec = |(t, rec): (usize, &Record)| -> Result<Encoded> {
@@ -441,7 +439,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         );
         for &i in idx.iter().flatten() {
             if train[i].is_none() {
-                train[i] = Some(encode_rec(train_recs[i]).with_context(|| format!("tokenizing training example {}", i + 1))?);
+                train[i] =
+                    Some(encode_rec(train_recs[i]).with_context(|| format!("tokenizing training example {}", i + 1))?);
             }
         }
         let micro: Vec<Vec<&Encoded>> = idx
@@ -509,7 +508,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
                 &bar,
                 format!(
                     "step {step}: validation {}{}{}",
-                    if res.loss.is_finite() { format!("loss {:.4}, ", res.loss) } else { String::new() },
+                    if res.loss.is_finite() {
+                        format!("loss {:.4}, ", res.loss)
+                    } else {
+                        String::new()
+                    },
                     fmt_metrics(&res.metrics),
                     if improved { " (best)" } else { "" }
                 ),
@@ -565,7 +568,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             max_new,
             config.train.eval_loss,
         )
-            .context("evaluating the kept prompt on the test split")?;
+        .context("evaluating the kept prompt on the test split")?;
         if res.loss.is_finite() {
             metrics.insert("test_loss".into(), res.loss);
         }
@@ -577,8 +580,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         // The untrained origin θ₀, and the model with no prompt at all (zero-shot, instruction only).
         let none = Tensor::zeros((0, d), DType::F32, &device)?;
         for (name, theta) in [("origin", theta_of(theta0.as_slice())?), ("zero_shot", none)] {
-            let res = engine::evaluate(&engine, &theta, &test, &splits.task, eval_bs, max_new, config.train.eval_loss)
-                .with_context(|| format!("evaluating the {name} baseline on the test split"))?;
+            let res = engine::evaluate(
+                &engine,
+                &theta,
+                &test,
+                &splits.task,
+                eval_bs,
+                max_new,
+                config.train.eval_loss,
+            )
+            .with_context(|| format!("evaluating the {name} baseline on the test split"))?;
             if res.loss.is_finite() {
                 metrics.insert(format!("{name}_test_loss"), res.loss);
             }

@@ -60,7 +60,9 @@ fn method_of(q: Query) -> Result<MergeMethod, String> {
         "count" => SignElection::Count,
         _ => SignElection::Mass,
     };
-    let seed = param(q, "seed", "0").parse::<u64>().map_err(|_| "seed must be a whole number".to_owned())?;
+    let seed = param(q, "seed", "0")
+        .parse::<u64>()
+        .map_err(|_| "seed must be a whole number".to_owned())?;
     let m = match param(q, "method", "sum").as_str() {
         "mean" => MergeMethod::Mean,
         "ties" => MergeMethod::Ties {
@@ -91,7 +93,8 @@ fn download(name: &str, bytes: &[u8], mime: &str) -> Result<(), String> {
     let parts = js_sys::Array::of1(&array.buffer());
     let opts = web_sys::BlobPropertyBag::new();
     opts.set_type(mime);
-    let blob = web_sys::Blob::new_with_buffer_source_sequence_and_options(&parts, &opts).map_err(|e| format!("{e:?}"))?;
+    let blob =
+        web_sys::Blob::new_with_buffer_source_sequence_and_options(&parts, &opts).map_err(|e| format!("{e:?}"))?;
     let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| format!("{e:?}"))?;
     let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
     let a: web_sys::HtmlAnchorElement = document
@@ -137,14 +140,24 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
         let ws: Vec<f64> = weights()
             .iter()
             .take(picked.len())
-            .map(|w| if w.is_empty() { Ok(1.0) } else { w.parse::<f64>().map_err(|_| format!("weight {w:?} is not a number")) })
+            .map(|w| {
+                if w.is_empty() {
+                    Ok(1.0)
+                } else {
+                    w.parse::<f64>().map_err(|_| format!("weight {w:?} is not a number"))
+                }
+            })
             .collect::<Result<_, _>>()?;
-        let ws = if ws.iter().all(|w| *w == 1.0) && ws.len() <= picked.len() { Vec::new() } else {
+        let ws = if ws.iter().all(|w| *w == 1.0) && ws.len() <= picked.len() {
+            Vec::new()
+        } else {
             let mut ws = ws;
             ws.resize(picked.len(), 1.0);
             ws
         };
-        let lambda = param(query, "lambda", "1").parse::<f64>().map_err(|_| "λ must be a number".to_owned())?;
+        let lambda = param(query, "lambda", "1")
+            .parse::<f64>()
+            .map_err(|_| "λ must be a number".to_owned())?;
         let method = method_of(query)?;
         let refs: Vec<&SoftPrompt> = picked.iter().map(|r| &r.prompt).collect();
         let mut result = arith::combine(origin, &refs, &ws, lambda, &method).map_err(|e| e.to_string())?;
@@ -168,9 +181,9 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
     let message = RwSignal::new(None::<String>);
     let save_run = move |_| {
         if let Ok(Some(o)) = outcome.get_untracked() {
-            let r = runfile::write_run(&o.result).map_err(|e| e.to_string()).and_then(|b| {
-                download("composed.safetensors", &b, "application/octet-stream")
-            });
+            let r = runfile::write_run(&o.result)
+                .map_err(|e| e.to_string())
+                .and_then(|b| download("composed.safetensors", &b, "application/octet-stream"));
             message.set(r.err());
         }
     };
@@ -200,7 +213,15 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
         }
         set_param(query, "tau", ids.join(","));
         let ws = ws.join(",");
-        set_param(query, "w", if ws.chars().all(|c| c == ',') { String::new() } else { ws });
+        set_param(
+            query,
+            "w",
+            if ws.chars().all(|c| c == ',') {
+                String::new()
+            } else {
+                ws
+            },
+        );
     };
     let set_weight = move |id: String, value: String| {
         let ids = chosen();
@@ -218,7 +239,11 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
             vectors(r)
                 .into_iter()
                 .map(|r| {
-                    let label = if r.label() == r.id { r.id.clone() } else { format!("{} — {}", r.label(), r.id) };
+                    let label = if r.label() == r.id {
+                        r.id.clone()
+                    } else {
+                        format!("{} — {}", r.label(), r.id)
+                    };
                     (r.id.clone(), label, r.kind.clone())
                 })
                 .collect::<Vec<_>>()
@@ -227,10 +252,20 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
     let weight_of = move |id: &str| -> Option<String> {
         let ids = chosen();
         let pos = ids.iter().position(|x| x == id)?;
-        Some(weights().get(pos).cloned().filter(|w| !w.is_empty()).unwrap_or_else(|| "1".into()))
+        Some(
+            weights()
+                .get(pos)
+                .cloned()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "1".into()),
+        )
     };
     // Inputs are created once and bound to the query, so typing never loses focus.
-    let number = move |key: &'static str, default: &'static str, label: &'static str, testid: &'static str, step: &'static str| {
+    let number = move |key: &'static str,
+                       default: &'static str,
+                       label: &'static str,
+                       testid: &'static str,
+                       step: &'static str| {
         view! {
             <label>{label}
                 <input type="number" step=step data-testid=testid

@@ -69,7 +69,11 @@ pub fn Runs(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
             rows.sort_by(|a, b| {
                 let o = compare(&a[i], &b[i]);
                 // Empty cells stay last in both directions.
-                if desc && !a[i].is_empty() && !b[i].is_empty() { o.reverse() } else { o }
+                if desc && !a[i].is_empty() && !b[i].is_empty() {
+                    o.reverse()
+                } else {
+                    o
+                }
             });
         }
         rows

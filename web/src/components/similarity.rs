@@ -20,7 +20,12 @@ fn items(runs: &[Run], vectors: bool) -> Vec<(String, String, PromptTensor)> {
         if r.experiment != "prompt_tuning" && r.experiment != "file" {
             continue;
         }
-        let Some(origin) = r.prompt.origin_id().map(str::to_owned).or(r.origin.map(|o| format!("origin{o}"))) else {
+        let Some(origin) = r
+            .prompt
+            .origin_id()
+            .map(str::to_owned)
+            .or(r.origin.map(|o| format!("origin{o}")))
+        else {
             continue;
         };
         let task = r.tasks.join("+");
@@ -66,7 +71,10 @@ pub fn Heatmap(
     #[prop(optional)] on_pick: Option<Callback<(usize, usize)>>,
 ) -> impl IntoView {
     let testid = testid.unwrap_or("heatmap-cell");
-    let header = cols.iter().map(|c| view! { <th scope="col">{c.clone()}</th> }).collect_view();
+    let header = cols
+        .iter()
+        .map(|c| view! { <th scope="col">{c.clone()}</th> })
+        .collect_view();
     let body = values
         .into_iter()
         .enumerate()
@@ -149,7 +157,13 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
             set_param(query, "pair", format!("{},{}", a.tasks[i], a.tasks[j]));
         }
     });
-    let what = move || if vectors() { "task prompt vectors" } else { "task prompts" };
+    let what = move || {
+        if vectors() {
+            "task prompt vectors"
+        } else {
+            "task prompts"
+        }
+    };
     view! {
         <section class="similarity">
             <h2>"Similarity across origins"</h2>
