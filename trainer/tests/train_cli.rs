@@ -201,8 +201,21 @@ fn config_mistakes_name_the_key() {
     assert!(!out.status.success());
     assert!(err.contains("prompt.init") && err.contains("belw"), "{err}");
 
-    let out = train(&cfg, &["--set", "optim.epochs=3"]);
+    // Both in the file is a mistake; `--set` of one replaces the other (an override).
+    let both = dir.path().join("both.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_steps = 7", "max_steps = 7\nepochs = 3");
+    std::fs::write(&both, text).unwrap();
+    let out = train(&both, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_steps or epochs"));
+    let out = tpv()
+        .args(["data"])
+        .arg(&cfg)
+        .args(["--set", "optim.epochs=3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     std::fs::write(dir.path().join("broken.jsonl"), "{\"input\": \"w3\"}\n").unwrap();
     let out = train(&cfg, &["--set", "data.train=broken.jsonl"]);

@@ -132,12 +132,19 @@ struct Manifest {
     jobs: Vec<Job>,
 }
 
-/// The score names of a task: its registry metrics, else exact match.
+/// The score names of a task: exact match (accuracy; not for regression tasks scored by
+/// correlation), then its registry metrics.
 fn task_metrics(task: &str) -> Vec<String> {
-    match tasks::get(task) {
-        Ok(spec) if !spec.metrics.is_empty() => spec.metrics.iter().map(|m| m.as_str().to_owned()).collect(),
-        _ => vec!["exact_match".into()],
+    let listed: Vec<String> = tasks::get(task)
+        .map(|spec| spec.metrics.iter().map(|m| m.as_str().to_owned()).collect())
+        .unwrap_or_default();
+    let regression = listed.iter().any(|m| m == "pearson" || m == "spearman");
+    let mut out = Vec::new();
+    if !regression {
+        out.push("exact_match".to_owned());
     }
+    out.extend(listed.into_iter().filter(|m| m != "exact_match"));
+    out
 }
 
 fn init_label(init: InitMethod, source: Option<&str>) -> String {
