@@ -7,8 +7,8 @@
 # and 16 shots from random / single-source / TPV-sum inits, similarity across origins), writes
 # the report to out/demo/site and serves it on 127.0.0.1, printing the URL.
 #
-#   bash scripts/run.sh                    # the full demo, then serve (Ctrl-C stops)
-#   bash scripts/run.sh --quick --no-serve # a smaller run; out/demo/site/index.html
+#   bash scripts/run.sh                    # the full demo (50 min on 2 CPU cores), then serve (Ctrl-C stops)
+#   bash scripts/run.sh --quick --no-serve # a smaller run (15 min); out/demo/site/index.html
 #
 # Re-running skips finished runs (an interrupted demo resumes). OUT=dir changes the output folder.
 set -euo pipefail

@@ -376,3 +376,63 @@ fn every_shipped_config_parses() {
     }
     assert!(checked >= 14, "{checked} configs");
 }
+
+/// GET `path` from 127.0.0.1:`port`: (status line, body).
+fn get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+#[test]
+fn report_is_served_on_localhost() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let out = tpv().args(["sweep", "--max-jobs", "2"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let site = tmp.path().join("site");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tpv"))
+        .arg("report")
+        .arg(tmp.path().join("study"))
+        .arg("-o")
+        .arg(&site)
+        .args(["--serve", "--port", "0"])
+        .env("TPV_WEB_DIST", tmp.path().join("none"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url_line = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("serving"))
+        .unwrap();
+    let after = url_line.split("http://127.0.0.1:").nth(1).unwrap();
+    let port: u16 = after
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    // The front page: the web app when a build is found beside this tpv, else the tables.
+    let (status, body) = get(port, "/");
+    assert!(status.contains("200") && body.contains("<html"), "{status}");
+    let (status, body) = get(port, "/results.html");
+    assert!(status.contains("200") && body.contains("Study tiny"), "{status}");
+    let (status, body) = get(port, "/manifest.json");
+    assert!(status.contains("200") && body.contains("tpv-report"));
+    // Nothing outside the site is served.
+    let (status, _) = get(port, "/../study.toml");
+    assert!(status.contains("404"), "{status}");
+    let (status, _) = get(port, "/missing.html");
+    assert!(status.contains("404"), "{status}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

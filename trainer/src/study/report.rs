@@ -281,7 +281,14 @@ pub fn serve(root: &Path, port: u16) -> Result<()> {
     if !root.join("index.html").is_file() {
         bail!("{} has no index.html", root.display());
     }
-    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    // A busy port falls back to any free one (the URL printed below is the one to open).
+    let listener = match TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("127.0.0.1:{port} is not available ({e}); using a free port");
+            TcpListener::bind(("127.0.0.1", 0)).context("binding a port on 127.0.0.1")?
+        }
+    };
     let addr = listener.local_addr()?;
     println!("serving {} at http://{addr}/ (Ctrl-C stops)", root.display());
     for stream in listener.incoming() {

@@ -94,7 +94,7 @@ pub fn Heatmap(
                     let value = v.map(|v| format!("{v}")).unwrap_or_default();
                     let inner = match on_pick {
                         Some(cb) => view! {
-                            <button type="button" class="cell-button" on:click=move |_| cb.run((i, j))>{text}</button>
+                            <button type="button" class="cell-button" aria-label=title.clone() on:click=move |_| cb.run((i, j))>{text}</button>
                         }
                         .into_any(),
                         None => view! { <span>{text}</span> }.into_any(),
