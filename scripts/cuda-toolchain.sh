@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A CUDA 13.0 build toolchain from PyPI wheels, for building `tpv --features cuda` on a machine
 # without the CUDA toolkit (no GPU needed to build): nvcc, headers, libraries to link against, and a
-# stub libcuda.so (the real one comes with the driver on the GPU machine). 13.0 matches driver 580.
+# link-time libcuda.so that only names the driver's symbols (the driver's own libcuda.so.1 is the one
+# loaded at run time on the GPU machine). 13.0 matches driver 580.
 #
 #   source scripts/cuda-toolchain.sh            # installs into ~/.cache/tpv/cuda13 once, sets env
 #   cargo build --release -p tpv-trainer --features cuda
@@ -21,12 +22,13 @@ if [ ! -x "$root/x/nvidia/cu13/bin/nvcc" ]; then
   cu="$root/x/nvidia/cu13"
   chmod +x "$cu"/bin/* "$cu"/nvvm/bin/*
   (cd "$cu/lib" && for l in cublas cublasLt cudart nvrtc; do ln -sf lib$l.so.13 lib$l.so; done && ln -sf libcurand.so.10 libcurand.so)
-  # libcuda.so stub: every driver entry point cudarc declares, soname libcuda.so.1.
+  # Link-time libcuda.so: every driver entry point cudarc declares (so the linker resolves them),
+  # soname libcuda.so.1 (so the binary loads the driver's library at run time).
   src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1)
-  mkdir -p "$cu/lib/stubs"
-  grep -oE '^ +fn cu[A-Za-z0-9_]*\(' "$src" | sed 's/ *fn //; s/(//' | sort -u | sed 's/.*/void &(void){}/' > "$root/stub.c"
-  gcc -shared -fPIC -o "$cu/lib/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$root/stub.c"
+  mkdir -p "$cu/lib/link"
+  grep -oE '^ +fn cu[A-Za-z0-9_]*\(' "$src" | sed 's/ *fn //; s/(//' | sort -u | sed 's/.*/void &(void){}/' > "$root/libcuda-symbols.c"
+  gcc -shared -fPIC -o "$cu/lib/link/libcuda.so" -Wl,-soname,libcuda.so.1 "$root/libcuda-symbols.c"
 fi
 export CUDA_ROOT="$root/x/nvidia/cu13" CUDA_PATH="$root/x/nvidia/cu13"
-export PATH="$CUDA_ROOT/bin:$PATH" LIBRARY_PATH="$CUDA_ROOT/lib/stubs:$CUDA_ROOT/lib"
+export PATH="$CUDA_ROOT/bin:$PATH" LIBRARY_PATH="$CUDA_ROOT/lib/link:$CUDA_ROOT/lib"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}

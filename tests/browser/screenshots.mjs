@@ -2,24 +2,14 @@
 //
 //   node tests/browser/screenshots.mjs SITE_DIR OUT_DIR     (e.g. out/demo/site docs/screenshots)
 
-import { createServer } from 'node:http';
-import { readFileSync, existsSync, statSync, mkdirSync } from 'node:fs';
-import { join, extname, resolve } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
 
 const site = resolve(process.argv[2]);
 const out = resolve(process.argv[3] ?? 'docs/screenshots');
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css', '.json': 'application/json' };
-const server = await new Promise((ok) => {
-  const s = createServer((req, res) => {
-    let file = join(site, decodeURIComponent(new URL(req.url, 'http://x').pathname));
-    if (!file.startsWith(site) || !existsSync(file)) return res.writeHead(404).end();
-    if (statSync(file).isDirectory()) file = join(file, 'index.html');
-    res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream' });
-    res.end(readFileSync(file));
-  });
-  s.listen(0, '127.0.0.1', () => ok(s));
-});
+const server = await serve(site);
 const base = `http://127.0.0.1:${server.address().port}/`;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',

@@ -10,12 +10,12 @@
 // page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
 
 import { execFileSync } from 'node:child_process';
-import { createServer } from 'node:http';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync, statSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, extname, resolve, dirname } from 'node:path';
+import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const webDist = resolve(process.argv[2] ?? join(root, 'target', 'site'));
@@ -35,24 +35,6 @@ function check(condition, message) {
 const tpv = (...args) => execFileSync(tpvBin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const close = (a, b, tol = 1e-6) => Math.abs(a - b) <= tol;
 
-const types = {
-  '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css',
-  '.json': 'application/json',
-};
-function serve(dir) {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    let file = join(dir, path);
-    if (!file.startsWith(dir) || !existsSync(file)) {
-      res.writeHead(404).end();
-      return;
-    }
-    if (statSync(file).isDirectory()) file = join(file, 'index.html');
-    res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream' });
-    res.end(readFileSync(file));
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
-}
 
 // A safetensors file: its tensors (F32 only) and its metadata.
 function readSafetensors(bytes) {

@@ -21,6 +21,16 @@ pub struct LoadedModel {
     pub eos: Vec<u32>,
 }
 
+/// `f32`, `bf16` or `f16`.
+pub fn dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => bail!("unknown dtype {other:?}: use f32, bf16 or f16"),
+    }
+}
+
 /// `cpu` or `cuda:N` (the latter needs the `cuda` feature).
 pub fn device(spec: &str) -> Result<Device> {
     if spec == "cpu" {

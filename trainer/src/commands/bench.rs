@@ -152,12 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--long must exceed --short, and --repeats must be at least 1");
     }
     let device = models::device(&args.device)?;
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("unknown dtype {other:?}: use f32, bf16 or f16"),
-    };
+    let dtype = models::dtype(&args.dtype)?;
     let t = Instant::now();
     let (model, load_s) = match args.model.as_str() {
         "smollm2-shaped" => (random_model(&smollm2_config(), dtype, &device)?, None),

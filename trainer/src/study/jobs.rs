@@ -350,11 +350,7 @@ pub struct Evaluation {
 impl Evaluation {
     pub fn new(config: &Config) -> Result<Self> {
         let device = models::device(&config.model.device)?;
-        let dtype = match config.model.dtype.as_str() {
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            _ => DType::F32,
-        };
+        let dtype = models::dtype(&config.model.dtype)?;
         let loaded = models::load(&config.model.path, dtype, &device)
             .with_context(|| format!("loading model {}", config.model.path))?;
         Ok(Self { loaded, device })

@@ -292,11 +292,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     }
 
     let device = models::device(&config.model.device)?;
-    let dtype = match config.model.dtype.as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => DType::F32,
-    };
+    let dtype = models::dtype(&config.model.dtype)?;
     let loaded = models::load(&config.model.path, dtype, &device)
         .with_context(|| format!("loading model {}", config.model.path))?;
     let d = loaded.model.hidden_size();
