@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 use tpv_shared::tasks::TaskSpec;
 use tpv_shared::{MergeMethod, OriginRef, SoftPrompt, arith};
