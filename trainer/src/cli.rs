@@ -189,6 +189,10 @@ pub struct BenchArgs {
     /// Only load the model (a path) and report the time.
     #[arg(long)]
     pub load_only: bool,
+    /// Also time the phases of a training step separately: forward (loss), backward, and the rest
+    /// (gradient copy, clipping, AdamW); medians over --repeats.
+    #[arg(long)]
+    pub phases: bool,
     #[arg(long)]
     pub json: bool,
 }

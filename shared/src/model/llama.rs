@@ -228,25 +228,22 @@ impl Attention {
             }
             entry.0 = Some((k.clone(), v.clone()));
         }
+        // Grouped-query attention without materializing repeated keys and values: the n_rep query
+        // heads that share a key/value head (consecutive, as HF's repeat_kv orders them) form one
+        // [n_rep·T, D] block against that head's keys.
         let n_rep = self.n_heads / self.n_kv_heads;
-        let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let probs = ops::softmax_last(&scores.broadcast_add(mask)?)?;
+        let s = k.dim(2)?;
+        let q = q.reshape((b, self.n_kv_heads, n_rep * t, self.head_dim))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, self.n_heads, t, s))?;
+        let probs = ops::attention_softmax(&scores, 1.0 / (self.head_dim as f64).sqrt(), mask)?;
         let out = probs
+            .reshape((b, self.n_kv_heads, n_rep * t, s))?
             .matmul(&v)?
+            .reshape((b, self.n_heads, t, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
         ops::linear(&self.o_proj, &out)
     }
-}
-
-/// [B, KV, S, hd] → [B, KV·n_rep, S, hd], head h reading kv head h / n_rep (as HF's repeat_kv).
-fn repeat_kv(xs: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(xs.clone());
-    }
-    let (b, kv, s, hd) = xs.dims4()?;
-    Tensor::cat(&vec![xs; n_rep], 2)?.reshape((b, kv * n_rep, s, hd))
 }
 
 #[derive(Debug, Clone)]
@@ -267,8 +264,8 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = ops::linear(&self.gate_proj, xs)?.silu()?;
-        ops::linear(&self.down_proj, &(gate * ops::linear(&self.up_proj, xs)?)?)
+        let gated = ops::swiglu(&ops::linear(&self.gate_proj, xs)?, &ops::linear(&self.up_proj, xs)?)?;
+        ops::linear(&self.down_proj, &gated)
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`tests/fixtures/models`, `shared/tests/models.rs`).
 
 pub mod causal;
+pub mod fused;
 pub mod llama;
 pub mod load;
 pub mod ops;

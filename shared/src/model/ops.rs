@@ -8,9 +8,32 @@ use candle_nn::Linear;
 
 use crate::merge::SplitMix64;
 
-/// Softmax over the last dimension. The max is detached: subtracting a constant does not change
-/// the result, so no gradient needs to flow through it.
+/// Whether the fused kernels of [`super::fused`] apply: f32 on the CPU (native and wasm).
+fn fused(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// Softmax over the last dimension.
 pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
+    if fused(xs) {
+        return super::fused::softmax(xs, 1.0, None);
+    }
+    softmax_last_composed(xs)
+}
+
+/// softmax(x · scale + bias) over the last dimension of an `x` of [B, H, T, S], with a frozen
+/// `bias` broadcast to it (an attention mask, T5's position bias).
+pub fn attention_softmax(xs: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    if fused(xs) && bias.dtype() == DType::F32 && !bias.track_op() && super::fused::bias_fits(xs, bias) {
+        return super::fused::softmax(xs, scale as f32, Some(bias));
+    }
+    let scaled = if scale == 1.0 { xs.clone() } else { (xs * scale)? };
+    softmax_last_composed(&scaled.broadcast_add(bias)?)
+}
+
+/// Softmax over the last dimension of candle ops. The max is detached: subtracting a constant
+/// does not change the result, so no gradient needs to flow through it.
+pub fn softmax_last_composed(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let exp = xs.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
@@ -25,8 +48,17 @@ pub fn log_softmax_last(xs: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// RMS normalization as LLaMA and T5 compute it: x · rsqrt(mean(x²) + eps) · w, in f32.
+/// RMS normalization as LLaMA and T5 compute it: x · rsqrt(mean(x²) + eps) · w, in f32. The
+/// weight is frozen.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(xs) && weight.dtype() == DType::F32 && !weight.track_op() {
+        return super::fused::rms_norm(xs, weight, eps);
+    }
+    rms_norm_composed(xs, weight, eps)
+}
+
+/// [`rms_norm`] of candle ops.
+pub fn rms_norm_composed(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = xs.dtype();
     let xs = xs.to_dtype(DType::F32)?;
     let var = xs.sqr()?.mean_keepdim(D::Minus1)?;
@@ -37,11 +69,33 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Rotary embedding in the HF (non-interleaved, "rotate half") layout: x·cos + rotate_half(x)·sin,
 /// with `cos`/`sin` broadcastable to `xs` ([.., T, head_dim]).
 pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let tables_fit = xs.rank() == 4
+        && cos.rank() == 4
+        && cos.dims() == sin.dims()
+        && cos.dim(1)? == 1
+        && (cos.dim(0)? == 1 || cos.dim(0)? == xs.dim(0)?)
+        && cos.dims()[2..] == xs.dims()[2..];
+    if fused(xs) && tables_fit && cos.dtype() == DType::F32 && sin.dtype() == DType::F32 {
+        return super::fused::rope(xs, cos, sin);
+    }
+    rope_composed(xs, cos, sin)
+}
+
+/// [`rope`] of candle ops.
+pub fn rope_composed(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = xs.dim(D::Minus1)? / 2;
     let x1 = xs.narrow(D::Minus1, 0, half)?;
     let x2 = xs.narrow(D::Minus1, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     xs.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// silu(gate) ⊙ up, LLaMA's gated MLP activation.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(gate) && up.dtype() == DType::F32 {
+        return super::fused::swiglu(gate, up);
+    }
+    gate.silu()? * up
 }
 
 /// GELU with the tanh approximation (`gelu_new` in transformers; T5 v1.1's activation).
@@ -70,6 +124,16 @@ pub fn dropout(xs: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
 /// Mean of the negative log-likelihood of `targets` ([N], u32) under `logits` ([N, V]), and the
 /// per-row NLL ([N]).
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let logits = logits.to_dtype(DType::F32)?;
+    if fused(&logits) {
+        let picked = super::fused::nll(&logits, targets)?;
+        return Ok((picked.mean_all()?, picked));
+    }
+    nll_composed(&logits, targets)
+}
+
+/// [`nll`] of candle ops.
+pub fn nll_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let logp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     Ok((picked.mean_all()?, picked))

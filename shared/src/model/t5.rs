@@ -172,8 +172,7 @@ impl Attention {
             KvSource::Fixed(k, v) => (k.clone(), v.clone()),
         };
         // T5 does not scale the scores (it is folded into the initialization).
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = drop(&ops::softmax_last(&scores)?, train)?;
+        let probs = drop(&ops::attention_softmax(&q.matmul(&k.t()?)?, 1.0, bias)?, train)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?

@@ -243,6 +243,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         per_step.push((long - short) / (args.long - args.short) as f64);
     }
     let step_s = median(per_step);
+    let phases = if args.phases {
+        let var = candle_core::Var::from_tensor(&Tensor::from_slice(&state.params, (r, d), &device)?)?;
+        let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+        for _ in 0..args.repeats {
+            let t = Instant::now();
+            let out = engine.loss(var.as_tensor(), &batch, None)?;
+            out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            fwd.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let grads = out.loss.backward()?;
+            if let Some(g) = grads.get(&var) {
+                g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            }
+            bwd.push(t.elapsed().as_secs_f64());
+        }
+        let (fwd, bwd) = (median(fwd), median(bwd));
+        Some(json!({ "forward_s": fwd, "backward_s": bwd, "rest_s": step_s - fwd - bwd }))
+    } else {
+        None
+    };
 
     let theta = Tensor::from_slice(&state.params, (r, d), &device)?;
     engine.generate(&theta, &batch, tt)?; // warm-up
@@ -277,6 +297,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "achieved_gflops": achieved,
         "matmul_peak_gflops": peak,
         "matmul_n": n,
+        "phases": phases,
     });
     if args.json {
         print_json(&out)
@@ -291,6 +312,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             100.0 * achieved / peak,
             load_s.map_or(String::new(), |s| format!("; loaded in {s:.2} s")),
         );
+        if let Some(p) = &phases {
+            out!(
+                "  phases: forward {:.4} s, backward {:.4} s, rest {:.4} s",
+                p["forward_s"].as_f64().unwrap_or(f64::NAN),
+                p["backward_s"].as_f64().unwrap_or(f64::NAN),
+                p["rest_s"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
         Ok(())
     }
 }

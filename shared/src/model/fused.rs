@@ -1,0 +1,501 @@
+//! Fused CPU kernels (f32) with hand-written backward passes, for the ops a training step repeats
+//! in every layer: softmax with a scale and an additive bias (the attention mask / T5's position
+//! bias), RMS normalization, rotary embedding, SwiGLU, and the token-level cross-entropy.
+//!
+//! Composed of candle ops, each of these is 4–8 passes over a tensor in the forward pass (each
+//! allocating a fresh tensor) and about twice that in the backward pass; on a CPU a training step
+//! is dominated by that memory traffic rather than by its matmuls. Here each is one pass forward
+//! and one backward. [`super::ops`] uses them on the CPU in f32 and falls back to the composed ops
+//! elsewhere; `shared/tests/fused.rs` checks values and gradients against the composed versions.
+//!
+//! The frozen operands (norm weights, rotary tables, the bias) are captured by the op and receive
+//! no gradient: only the activations do, which is all prompt tuning needs.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Below this many output elements a kernel runs on the calling thread.
+const PAR_MIN: usize = 1 << 15;
+
+fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("fused kernel: the input is not contiguous"),
+    }
+}
+
+fn last_dim(l: &Layout) -> Result<usize> {
+    match l.dims().last() {
+        Some(&n) if n > 0 => Ok(n),
+        _ => bail!("fused kernel: empty last dimension"),
+    }
+}
+
+/// Calls `f(row, out_row)` for each `n`-long row of `out`, on several threads when `out` is large.
+fn for_rows(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() >= PAR_MIN {
+        let min_rows = (PAR_MIN / 4 / n).max(1);
+        out.par_chunks_mut(n)
+            .with_min_len(min_rows)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        out.chunks_mut(n).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax(x · scale + bias) over the last dimension
+
+/// An additive bias broadcast over the rows of a `[B, H, T, S]` input: its own shape is
+/// `[B or 1, H or 1, T or 1, S]`.
+#[derive(Clone)]
+struct Bias {
+    data: Arc<Vec<f32>>,
+    b: usize,
+    h: usize,
+    t: usize,
+}
+
+impl Bias {
+    /// Offset of the bias row for input row `i` of a `[B, H, T, S]` tensor.
+    fn row(&self, i: usize, heads: usize, t: usize, s: usize) -> usize {
+        let (bi, hi, ti) = (i / (heads * t), (i / t) % heads, i % t);
+        let bi = if self.b == 1 { 0 } else { bi };
+        let hi = if self.h == 1 { 0 } else { hi };
+        let ti = if self.t == 1 { 0 } else { ti };
+        ((bi * self.h + hi) * self.t + ti) * s
+    }
+}
+
+/// Whether `bias` broadcasts to `x` the way [`softmax`] reads it: both rank 4, each of the first
+/// three dimensions 1 or equal, the last equal.
+pub fn bias_fits(x: &Tensor, bias: &Tensor) -> bool {
+    let (xd, bd) = (x.dims(), bias.dims());
+    xd.len() == 4 && bd.len() == 4 && bd[3] == xd[3] && (0..3).all(|i| bd[i] == 1 || bd[i] == xd[i])
+}
+
+#[derive(Clone)]
+struct Softmax {
+    scale: f32,
+    bias: Option<Bias>,
+}
+
+impl Softmax {
+    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
+        let n = last_dim(l)?;
+        match (&self.bias, l.dims()) {
+            (None, _) => Ok((1, 1, n)),
+            (Some(_), &[_, h, t, s]) => Ok((h, t, s)),
+            (Some(_), dims) => bail!("fused softmax with a bias needs [B, H, T, S], got {dims:?}"),
+        }
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s, l)?;
+        let (h, t, n) = self.dims(l)?;
+        let mut y = vec![0f32; x.len()];
+        for_rows(&mut y, n, |i, row| {
+            let xs = &x[i * n..(i + 1) * n];
+            match &self.bias {
+                Some(b) => {
+                    let off = b.row(i, h, t, n);
+                    let bias = &b.data[off..off + n];
+                    for ((o, &v), &c) in row.iter_mut().zip(xs).zip(bias) {
+                        *o = v * self.scale + c;
+                    }
+                }
+                None => {
+                    for (o, &v) in row.iter_mut().zip(xs) {
+                        *o = v * self.scale;
+                    }
+                }
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for o in row.iter_mut() {
+                *o = (*o - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|o| *o *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(grad.apply_op2_no_bwd(res, &SoftmaxGrad { scale: self.scale })?))
+    }
+}
+
+/// dx = scale · y ⊙ (g − Σ g ⊙ y), rows of the last dimension.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ys: &CpuStorage, yl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, y) = (contiguous::<f32>(gs, gl)?, contiguous::<f32>(ys, yl)?);
+        let n = last_dim(gl)?;
+        let mut dx = vec![0f32; g.len()];
+        for_rows(&mut dx, n, |i, row| {
+            let (g, y) = (&g[i * n..(i + 1) * n], &y[i * n..(i + 1) * n]);
+            let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+            for ((o, &gi), &yi) in row.iter_mut().zip(g).zip(y) {
+                *o = self.scale * yi * (gi - dot);
+            }
+        });
+        Ok((CpuStorage::F32(dx), gl.shape().clone()))
+    }
+}
+
+/// softmax(x · scale + bias) over the last dimension; `bias` is `[B or 1, H or 1, T, S]` for an
+/// `x` of `[B, H, T, S]` (T may be 1 too), and receives no gradient.
+pub fn softmax(x: &Tensor, scale: f32, bias: Option<&Tensor>) -> Result<Tensor> {
+    let bias = match bias {
+        None => None,
+        Some(b) if bias_fits(x, b) => {
+            let (bb, bh, bt, _) = b.dims4()?;
+            Some(Bias {
+                data: Arc::new(b.flatten_all()?.to_vec1::<f32>()?),
+                b: bb,
+                h: bh,
+                t: bt,
+            })
+        }
+        Some(b) => bail!("softmax: a bias of {:?} does not broadcast to {:?}", b.dims(), x.dims()),
+    };
+    x.contiguous()?.apply_op1(Softmax { scale, bias })
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMS normalization: y = x · rsqrt(mean(x²) + eps) · w
+
+#[derive(Clone)]
+struct RmsNorm {
+    weight: Arc<Vec<f32>>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn rsqrt(&self, x: &[f32]) -> f32 {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        1.0 / (ms + self.eps).sqrt()
+    }
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s, l)?;
+        let n = last_dim(l)?;
+        if n != self.weight.len() {
+            bail!("rms norm: last dimension {n}, weight {}", self.weight.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        for_rows(&mut y, n, |i, row| {
+            let xs = &x[i * n..(i + 1) * n];
+            let r = self.rsqrt(xs);
+            for ((o, &v), &w) in row.iter_mut().zip(xs).zip(self.weight.iter()) {
+                *o = v * r * w;
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(grad.apply_op2_no_bwd(arg, &RmsNormGrad(self.clone()))?))
+    }
+}
+
+/// dx = r · (g ⊙ w) − x · r³ · Σ(g ⊙ w ⊙ x) / n, with r = rsqrt(mean(x²) + eps).
+struct RmsNormGrad(RmsNorm);
+
+impl CustomOp2 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, x) = (contiguous::<f32>(gs, gl)?, contiguous::<f32>(xs, xl)?);
+        let n = last_dim(gl)?;
+        let w = &self.0.weight;
+        let mut dx = vec![0f32; g.len()];
+        for_rows(&mut dx, n, |i, row| {
+            let (g, x) = (&g[i * n..(i + 1) * n], &x[i * n..(i + 1) * n]);
+            let r = self.0.rsqrt(x);
+            let dot: f32 = g.iter().zip(w.iter()).zip(x).map(|((g, w), x)| g * w * x).sum();
+            let c = r * r * r * dot / n as f32;
+            for (((o, &gi), &wi), &xi) in row.iter_mut().zip(g).zip(w.iter()).zip(x) {
+                *o = r * gi * wi - xi * c;
+            }
+        });
+        Ok((CpuStorage::F32(dx), gl.shape().clone()))
+    }
+}
+
+/// RMS normalization over the last dimension with a frozen weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let op = RmsNorm {
+        weight: Arc::new(weight.to_vec1::<f32>()?),
+        eps: eps as f32,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding, HF "rotate half" layout: y = x·cos + rotate_half(x)·sin
+
+#[derive(Clone)]
+struct Rope {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    /// Leading size of the tables: 1 (shared) or B (per example).
+    table_batch: usize,
+    /// The backward pass: dx = g·cos + rotate_halfᵀ(g·sin).
+    transposed: bool,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s, l)?;
+        let &[_, h, t, d] = l.dims() else {
+            bail!("rope needs [B, H, T, D], got {:?}", l.dims());
+        };
+        if d % 2 != 0 || self.cos.len() != self.table_batch * t * d {
+            bail!("rope: tables of {} values for T = {t}, D = {d}", self.cos.len());
+        }
+        let half = d / 2;
+        let mut y = vec![0f32; x.len()];
+        for_rows(&mut y, d, |i, row| {
+            let xs = &x[i * d..(i + 1) * d];
+            let b = if self.table_batch == 1 { 0 } else { i / (h * t) };
+            let off = (b * t + i % t) * d;
+            let (cos, sin) = (&self.cos[off..off + d], &self.sin[off..off + d]);
+            for j in 0..half {
+                let (x1, x2) = (xs[j], xs[j + half]);
+                if self.transposed {
+                    row[j] = x1 * cos[j] + x2 * sin[j + half];
+                    row[j + half] = x2 * cos[j + half] - x1 * sin[j];
+                } else {
+                    row[j] = x1 * cos[j] - x2 * sin[j];
+                    row[j + half] = x2 * cos[j + half] + x1 * sin[j + half];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = Rope {
+            transposed: !self.transposed,
+            ..self.clone()
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// Rotary embedding of `x` ([B, H, T, D]) with tables `cos`/`sin` of [B or 1, 1, T, D].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let op = Rope {
+        cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
+        sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
+        table_batch: cos.dim(0)?,
+        transposed: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: y = silu(a) ⊙ b
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+struct Swiglu;
+
+impl CustomOp2 for Swiglu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            bail!("swiglu: shapes {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let n = last_dim(l1)?;
+        let mut y = vec![0f32; a.len()];
+        for_rows(&mut y, n, |i, row| {
+            let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
+            for ((o, &ai), &bi) in row.iter_mut().zip(a).zip(b) {
+                *o = ai * sigmoid(ai) * bi;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = grad.contiguous()?.apply_op3_no_bwd(a, b, &SwigluGrad)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+/// [da; db] stacked on a new leading dimension: da = g ⊙ b ⊙ silu'(a), db = g ⊙ silu(a), with
+/// silu'(a) = σ(a) · (1 + a · (1 − σ(a))).
+struct SwigluGrad;
+
+impl CustomOp3 for SwigluGrad {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, a, b) = (
+            contiguous::<f32>(gs, gl)?,
+            contiguous::<f32>(s1, l1)?,
+            contiguous::<f32>(s2, l2)?,
+        );
+        let len = g.len();
+        let mut out = vec![0f32; 2 * len];
+        let (da, db) = out.split_at_mut(len);
+        let n = last_dim(gl)?;
+        let kernel = |(i, (da, db)): (usize, (&mut [f32], &mut [f32]))| {
+            let r = i * n..(i + 1) * n;
+            let (g, a, b) = (&g[r.clone()], &a[r.clone()], &b[r]);
+            for j in 0..n {
+                let s = sigmoid(a[j]);
+                db[j] = g[j] * a[j] * s;
+                da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
+            }
+        };
+        if len >= PAR_MIN {
+            da.par_chunks_mut(n)
+                .zip(db.par_chunks_mut(n))
+                .with_min_len((PAR_MIN / 4 / n).max(1))
+                .enumerate()
+                .for_each(kernel);
+        } else {
+            da.chunks_mut(n).zip(db.chunks_mut(n)).enumerate().for_each(kernel);
+        }
+        let mut dims = vec![2];
+        dims.extend_from_slice(gl.dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// silu(a) ⊙ b.
+pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, Swiglu)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token-level cross-entropy: nll_i = logsumexp(x_i) − x_i[t_i]
+
+fn logsumexp(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + x.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
+}
+
+struct Nll;
+
+impl CustomOp2 for Nll {
+    fn name(&self) -> &'static str {
+        "fused-nll"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ts: &CpuStorage, tl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, t) = (contiguous::<f32>(xs, xl)?, contiguous::<u32>(ts, tl)?);
+        let &[rows, v] = xl.dims() else {
+            bail!("nll needs logits [N, V], got {:?}", xl.dims());
+        };
+        if t.len() != rows || t.iter().any(|&t| t as usize >= v) {
+            bail!("nll: {} targets for {rows} rows of {v} logits (or a target out of range)", t.len());
+        }
+        let nll: Vec<f32> = (0..rows)
+            .into_par_iter()
+            .map(|i| {
+                let row = &x[i * v..(i + 1) * v];
+                logsumexp(row) - row[t[i] as usize]
+            })
+            .collect();
+        Ok((CpuStorage::F32(nll), Shape::from(rows)))
+    }
+
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = grad.contiguous()?.apply_op3_no_bwd(logits, targets, &NllGrad)?;
+        Ok((Some(d), None))
+    }
+}
+
+/// dlogits_i = g_i · (softmax(x_i) − onehot(t_i)).
+struct NllGrad;
+
+impl CustomOp3 for NllGrad {
+    fn name(&self) -> &'static str {
+        "fused-nll-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ts: &CpuStorage,
+        tl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, x, t) = (
+            contiguous::<f32>(gs, gl)?,
+            contiguous::<f32>(xs, xl)?,
+            contiguous::<u32>(ts, tl)?,
+        );
+        let v = last_dim(xl)?;
+        let mut dx = vec![0f32; x.len()];
+        for_rows(&mut dx, v, |i, row| {
+            let xs = &x[i * v..(i + 1) * v];
+            let lse = logsumexp(xs);
+            for (o, &xi) in row.iter_mut().zip(xs) {
+                *o = g[i] * (xi - lse).exp();
+            }
+            row[t[i] as usize] -= g[i];
+        });
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` ([N], u32) under `logits` ([N, V], f32).
+pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits.contiguous()?.apply_op2(&targets.contiguous()?, Nll)
+}

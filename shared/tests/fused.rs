@@ -1,0 +1,130 @@
+//! The fused CPU kernels (`model::fused`) against the same ops composed of candle ops (which the
+//! model tests check against HF transformers): values and gradients, on random inputs of several
+//! shapes, including every broadcast the attention bias and the rotary tables allow.
+
+#![allow(clippy::unwrap_used)]
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use tpv_shared::model::{fused, ops};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            // xorshift → roughly uniform in [-2, 2)
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Value and gradient (w.r.t. every input) of `f` under a fixed random upstream gradient.
+fn value_and_grads(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts).unwrap();
+    let upstream = randn(y.dims(), 99);
+    let loss = (&y * &upstream).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let gs = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+    (y.detach(), gs)
+}
+
+fn check(name: &str, inputs: &[Tensor], fused: &dyn Fn(&[Tensor]) -> Result<Tensor>, composed: &dyn Fn(&[Tensor]) -> Result<Tensor>, tol: f32) {
+    let (yf, gf) = value_and_grads(inputs, fused);
+    let (yc, gc) = value_and_grads(inputs, composed);
+    let dy = max_abs_diff(&yf, &yc);
+    assert!(dy <= tol, "{name}: values differ by {dy}");
+    for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+        let dg = max_abs_diff(a, b);
+        assert!(dg <= tol, "{name}: gradient of input {i} differs by {dg}");
+    }
+}
+
+#[test]
+fn softmax_with_scale_and_every_bias_broadcast() {
+    let x = randn(&[2, 3, 5, 7], 1);
+    let plain = |t: &[Tensor]| fused::softmax(&t[0], 1.0, None);
+    check("softmax", std::slice::from_ref(&x), &plain, &|t| ops::softmax_last_composed(&t[0]), 1e-6);
+    // A causal mask per example ([B, 1, T, S]), T5's position bias ([1, H, T, S]), an encoder
+    // padding mask ([B, 1, 1, S]), a full bias.
+    for (k, shape) in [[2, 1, 5, 7], [1, 3, 5, 7], [2, 1, 1, 7], [2, 3, 5, 7]].iter().enumerate() {
+        let mut bias = randn(shape, 10 + k as u64);
+        if k == 0 {
+            // Masked entries as the models write them.
+            let keep = randn(shape, 20).ge(0.0).unwrap().to_dtype(DType::F32).unwrap();
+            bias = ((keep.clone() * &bias).unwrap() + ((1.0 - keep).unwrap() * f64::from(f32::MIN)).unwrap()).unwrap();
+        }
+        let scale = 0.37;
+        let f = |t: &[Tensor]| ops::attention_softmax(&t[0], scale, &bias);
+        let c = |t: &[Tensor]| ops::softmax_last_composed(&(&t[0] * scale)?.broadcast_add(&bias)?);
+        check(&format!("attention softmax, bias {shape:?}"), std::slice::from_ref(&x), &f, &c, 1e-6);
+    }
+}
+
+#[test]
+fn a_bias_that_does_not_broadcast_is_an_error() {
+    let x = randn(&[2, 3, 5, 7], 1);
+    assert!(fused::softmax(&x, 1.0, Some(&randn(&[3, 1, 5, 7], 2))).is_err());
+    assert!(fused::softmax(&x, 1.0, Some(&randn(&[2, 1, 5, 6], 2))).is_err());
+    // ops falls back to candle's broadcasting rules (which reject it too).
+    assert!(ops::attention_softmax(&x, 1.0, &randn(&[3, 1, 5, 7], 2)).is_err());
+}
+
+#[test]
+fn rms_norm_matches_composed() {
+    for (k, shape) in [[3, 4, 16], [1, 1, 5], [2, 64, 48]].iter().enumerate() {
+        let x = randn(shape, 30 + k as u64);
+        let w = randn(&[shape[2]], 40 + k as u64);
+        let f = |t: &[Tensor]| ops::rms_norm(&t[0], &w, 1e-6);
+        let c = |t: &[Tensor]| ops::rms_norm_composed(&t[0], &w, 1e-6);
+        check(&format!("rms norm {shape:?}"), &[x], &f, &c, 2e-5);
+    }
+}
+
+#[test]
+fn rope_matches_composed_with_shared_and_per_example_tables() {
+    let x = randn(&[2, 3, 5, 8], 50);
+    for table_batch in [1, 2] {
+        let angles = randn(&[table_batch, 1, 5, 4], 60);
+        let angles = Tensor::cat(&[&angles, &angles], 3).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let f = |t: &[Tensor]| ops::rope(&t[0], &cos, &sin);
+        let c = |t: &[Tensor]| ops::rope_composed(&t[0], &cos, &sin);
+        check(&format!("rope, tables for {table_batch}"), std::slice::from_ref(&x), &f, &c, 1e-6);
+    }
+}
+
+#[test]
+fn swiglu_matches_composed() {
+    let (a, b) = (randn(&[2, 7, 40], 70), randn(&[2, 7, 40], 71));
+    let f = |t: &[Tensor]| ops::swiglu(&t[0], &t[1]);
+    let c = |t: &[Tensor]| t[0].silu()? * &t[1];
+    check("swiglu", &[a, b], &f, &c, 1e-5);
+    // Large enough for the threaded path.
+    let (a, b) = (randn(&[64, 1024], 72), randn(&[64, 1024], 73));
+    check("swiglu (threaded)", &[a, b], &f, &c, 1e-5);
+}
+
+#[test]
+fn nll_matches_composed() {
+    for (rows, vocab) in [(5, 11), (40, 3000)] {
+        let logits = (randn(&[rows, vocab], 80) * 3.0).unwrap();
+        let targets: Vec<u32> = (0..rows as u32).map(|i| (i * 7919) % vocab as u32).collect();
+        let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+        let f = |t: &[Tensor]| ops::nll(&t[0], &targets).map(|(_, rows)| rows);
+        let c = |t: &[Tensor]| ops::nll_composed(&t[0], &targets).map(|(_, rows)| rows);
+        check(&format!("nll {rows}×{vocab}"), &[logits], &f, &c, 1e-5);
+    }
+    let bad = Tensor::new(&[0u32, 11], &Device::Cpu).unwrap();
+    assert!(ops::nll(&randn(&[2, 11], 1), &bad).is_err(), "a target out of range is an error");
+}
