@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = tpv_trainer::cli::Cli::parse();
     init_tracing(cli.verbose);
     match tpv_trainer::commands::run(cli.command) {
@@ -15,6 +16,26 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+/// A training step allocates and frees thousands of activation-sized buffers (MBs each). glibc
+/// serves blocks above its (dynamic) mmap threshold with fresh mappings and returns freed heap
+/// tops to the kernel, so each step page-faults and clears that memory again: on the
+/// SmolLM2-shaped CPU benchmark a quarter of the step (8.4 s → 6.1 s with this, `tpv bench`).
+/// A fixed threshold at its maximum (32 MiB) and no trimming keep the blocks for reuse; the
+/// process holds on to its peak heap, which a trainer reaches in its first step anyway.
+/// (mimalloc, tried as the global allocator, gave 8.0 s, and 6.8 s with purging off.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain()
