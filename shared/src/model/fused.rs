@@ -8,8 +8,8 @@
 //! and one backward. [`super::ops`] uses them on the CPU in f32 and falls back to the composed ops
 //! elsewhere; `shared/tests/fused.rs` checks values and gradients against the composed versions.
 //!
-//! The frozen operands (norm weights, rotary tables, the bias) are captured by the op and receive
-//! no gradient: only the activations do, which is all prompt tuning needs.
+//! The frozen operands (norm weights, rotary tables, the attention bias) receive no gradient: only
+//! the activations do, which is all prompt tuning needs.
 
 use std::sync::Arc;
 
@@ -50,17 +50,16 @@ fn for_rows(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
 // ---------------------------------------------------------------------------------------------
 // softmax(x · scale + bias) over the last dimension
 
-/// An additive bias broadcast over the rows of a `[B, H, T, S]` input: its own shape is
+/// The broadcast of an additive bias over the rows of a `[B, H, T, S]` input: the bias itself is
 /// `[B or 1, H or 1, T or 1, S]`.
-#[derive(Clone)]
-struct Bias {
-    data: Arc<Vec<f32>>,
+#[derive(Clone, Copy)]
+struct BiasShape {
     b: usize,
     h: usize,
     t: usize,
 }
 
-impl Bias {
+impl BiasShape {
     /// Offset of the bias row for input row `i` of a `[B, H, T, S]` tensor.
     fn row(&self, i: usize, heads: usize, t: usize, s: usize) -> usize {
         let (bi, hi, ti) = (i / (heads * t), (i / t) % heads, i % t);
@@ -74,25 +73,58 @@ impl Bias {
 /// Whether `bias` broadcasts to `x` the way [`softmax`] reads it: both rank 4, each of the first
 /// three dimensions 1 or equal, the last equal.
 pub fn bias_fits(x: &Tensor, bias: &Tensor) -> bool {
-    let (xd, bd) = (x.dims(), bias.dims());
+    dims_fit(x.dims(), bias.dims())
+}
+
+fn dims_fit(xd: &[usize], bd: &[usize]) -> bool {
     xd.len() == 4 && bd.len() == 4 && bd[3] == xd[3] && (0..3).all(|i| bd[i] == 1 || bd[i] == xd[i])
 }
 
-#[derive(Clone)]
-struct Softmax {
-    scale: f32,
-    bias: Option<Bias>,
+/// Row-wise softmax(x · scale + bias) of a contiguous `x` whose rows are `n` long.
+fn softmax_rows(x: &[f32], l: &Layout, scale: f32, bias: Option<(&[f32], &Layout)>) -> Result<Vec<f32>> {
+    let n = last_dim(l)?;
+    let bias = match bias {
+        None => None,
+        Some((data, bl)) => {
+            if !dims_fit(l.dims(), bl.dims()) {
+                bail!("softmax: a bias of {:?} does not broadcast to {:?}", bl.dims(), l.dims());
+            }
+            let d = bl.dims();
+            let shape = BiasShape { b: d[0], h: d[1], t: d[2] };
+            Some((data, shape, l.dims()[1], l.dims()[2]))
+        }
+    };
+    let mut y = vec![0f32; x.len()];
+    for_rows(&mut y, n, |i, row| {
+        let xs = &x[i * n..(i + 1) * n];
+        match bias {
+            Some((data, shape, h, t)) => {
+                let off = shape.row(i, h, t, n);
+                for ((o, &v), &c) in row.iter_mut().zip(xs).zip(&data[off..off + n]) {
+                    *o = v * scale + c;
+                }
+            }
+            None => {
+                for (o, &v) in row.iter_mut().zip(xs) {
+                    *o = v * scale;
+                }
+            }
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for o in row.iter_mut() {
+            *o = (*o - max).exp();
+            sum += *o;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|o| *o *= inv);
+    });
+    Ok(y)
 }
 
-impl Softmax {
-    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
-        let n = last_dim(l)?;
-        match (&self.bias, l.dims()) {
-            (None, _) => Ok((1, 1, n)),
-            (Some(_), &[_, h, t, s]) => Ok((h, t, s)),
-            (Some(_), dims) => bail!("fused softmax with a bias needs [B, H, T, S], got {dims:?}"),
-        }
-    }
+/// softmax(x · scale) over the last dimension.
+struct Softmax {
+    scale: f32,
 }
 
 impl CustomOp1 for Softmax {
@@ -101,40 +133,35 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous::<f32>(s, l)?;
-        let (h, t, n) = self.dims(l)?;
-        let mut y = vec![0f32; x.len()];
-        for_rows(&mut y, n, |i, row| {
-            let xs = &x[i * n..(i + 1) * n];
-            match &self.bias {
-                Some(b) => {
-                    let off = b.row(i, h, t, n);
-                    let bias = &b.data[off..off + n];
-                    for ((o, &v), &c) in row.iter_mut().zip(xs).zip(bias) {
-                        *o = v * self.scale + c;
-                    }
-                }
-                None => {
-                    for (o, &v) in row.iter_mut().zip(xs) {
-                        *o = v * self.scale;
-                    }
-                }
-            }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for o in row.iter_mut() {
-                *o = (*o - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|o| *o *= inv);
-        });
+        let y = softmax_rows(contiguous::<f32>(s, l)?, l, self.scale, None)?;
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(grad.apply_op2_no_bwd(res, &SoftmaxGrad { scale: self.scale })?))
+    }
+}
+
+/// softmax(x · scale + bias) over the last dimension; the bias (second argument) gets no gradient.
+struct BiasedSoftmax {
+    scale: f32,
+}
+
+impl CustomOp2 for BiasedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-biased-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let bias = contiguous::<f32>(bs, bl)?;
+        let y = softmax_rows(contiguous::<f32>(s, l)?, l, self.scale, Some((bias, bl)))?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        Ok((Some(grad.apply_op2_no_bwd(res, &SoftmaxGrad { scale: self.scale })?), None))
     }
 }
 
@@ -163,23 +190,14 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-/// softmax(x · scale + bias) over the last dimension; `bias` is `[B or 1, H or 1, T, S]` for an
-/// `x` of `[B, H, T, S]` (T may be 1 too), and receives no gradient.
+/// softmax(x · scale + bias) over the last dimension; `bias` is `[B or 1, H or 1, T or 1, S]` for
+/// an `x` of `[B, H, T, S]`, and receives no gradient.
 pub fn softmax(x: &Tensor, scale: f32, bias: Option<&Tensor>) -> Result<Tensor> {
-    let bias = match bias {
-        None => None,
-        Some(b) if bias_fits(x, b) => {
-            let (bb, bh, bt, _) = b.dims4()?;
-            Some(Bias {
-                data: Arc::new(b.flatten_all()?.to_vec1::<f32>()?),
-                b: bb,
-                h: bh,
-                t: bt,
-            })
-        }
-        Some(b) => bail!("softmax: a bias of {:?} does not broadcast to {:?}", b.dims(), x.dims()),
-    };
-    x.contiguous()?.apply_op1(Softmax { scale, bias })
+    let x = x.contiguous()?;
+    match bias {
+        None => x.apply_op1(Softmax { scale }),
+        Some(b) => x.apply_op2(&b.contiguous()?, BiasedSoftmax { scale }),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ impl CustomOp2 for InputGradOnly {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.broadcast_matmul(&self.weight)?), None))
+        Ok((Some(rows_matmul(grad, &self.weight)?), None))
     }
 }
 
@@ -174,9 +174,23 @@ fn input_grad_only(x: &Tensor, y: Tensor, weight: &Tensor) -> Result<Tensor> {
     x.apply_op2(&y.contiguous()?, InputGradOnly { weight: weight.clone() })
 }
 
+/// `x` ([.., K]) times a 2-D `m` ([K, N]) as one matrix product over all of `x`'s rows, rather
+/// than one per leading index (candle's broadcast matmul): a few large products keep a CPU's
+/// cores busier than many small ones.
+fn rows_matmul(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() <= 2 {
+        return x.matmul(m);
+    }
+    let k = dims[dims.len() - 1];
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(m.dim(1)?);
+    x.contiguous()?.reshape(((), k))?.matmul(m)?.reshape(out)
+}
+
 /// x·Wᵀ for a frozen W ([out, in]; e.g. a tied LM head): the gradient flows to `x` only.
 pub fn frozen_matmul_t(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let y = x.detach().broadcast_matmul(&weight.t()?)?;
+    let y = rows_matmul(&x.detach(), &weight.t()?)?;
     input_grad_only(x, y, weight)
 }
 
