@@ -53,37 +53,128 @@ impl Measure {
 /// The measure between two tensors of the same shape.
 pub fn similarity(a: &PromptTensor, b: &PromptTensor, measure: Measure) -> Result<f64> {
     a.check_same_shape(b)?;
-    Ok(match measure {
-        Measure::CosineMean => cosine(&a.token_mean(), &b.token_mean()),
-        Measure::CosineFlat => {
-            let f = |t: &PromptTensor| t.as_slice().iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-            cosine(&f(a), &f(b))
-        }
-        Measure::MeanAbsDiff => {
-            let total: f64 = a
-                .as_slice()
-                .iter()
-                .zip(b.as_slice())
-                .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
-                .sum();
-            total / a.len().max(1) as f64
-        }
-        Measure::NormDiff => (a.norm() - b.norm()).abs(),
-    })
+    Ok(Prepared::new(a, measure).measure(&Prepared::new(b, measure)))
 }
 
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let (mut dot, mut na, mut nb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
+/// What the measure needs of one tensor, computed once however many pairs it is in (the
+/// token-mean, the flattened values in f64 with their squared norm, the norm).
+enum Prepared<'a> {
+    Cosine { values: Vec<f64>, norm2: f64 },
+    Values(&'a [f32]),
+    Norm(f64),
+}
+
+impl<'a> Prepared<'a> {
+    fn new(t: &'a PromptTensor, measure: Measure) -> Self {
+        let cosine = |values: Vec<f64>| {
+            let norm2 = dot(&values, &values);
+            Self::Cosine { values, norm2 }
+        };
+        match measure {
+            Measure::CosineMean => cosine(t.token_mean()),
+            Measure::CosineFlat => cosine(t.as_slice().iter().map(|&x| f64::from(x)).collect()),
+            Measure::MeanAbsDiff => Self::Values(t.as_slice()),
+            Measure::NormDiff => Self::Norm(t.norm()),
+        }
     }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
+
+    /// The measure between two prepared tensors (same shape, same measure). Symmetric to the bit:
+    /// every measure here gives exactly the same value for (a, b) and (b, a).
+    fn measure(&self, other: &Self) -> f64 {
+        match (self, other) {
+            (Self::Cosine { values: a, norm2: na }, Self::Cosine { values: b, norm2: nb }) => {
+                cosine(dot(a, b), *na, *nb)
+            }
+            (Self::Values(a), Self::Values(b)) => {
+                let total: f64 = a.iter().zip(*b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs()).sum();
+                total / a.len().max(1) as f64
+            }
+            (Self::Norm(a), Self::Norm(b)) => (a - b).abs(),
+            _ => f64::NAN,
+        }
     }
+}
+
+/// Cosine from a dot product and the two squared norms; 0 when either vector is zero. The
+/// product of the norms commutes, so the value is the same for (a, b) and (b, a).
+fn cosine(dot: f64, na: f64, nb: f64) -> f64 {
+    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) }
+}
+
+/// Values per block of [`dot`] and [`gram`].
+const BLOCK: usize = 1024;
+
+/// Dot product in f64, block by block ([`BLOCK`] values) with four independent accumulators in
+/// each (the loop pipelines instead of waiting on one running sum). [`gram`] sums the same blocks
+/// in the same order, so a matrix and a single pair give the same bits.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.chunks(BLOCK).zip(b.chunks(BLOCK)).map(|(x, y)| dot_block(x, y)).sum()
+}
+
+fn dot_block(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// All pairwise dot products of `vs` (equal lengths), the upper triangle of an n×n matrix
+/// (`g[i][j]`, j ≥ i), equal to [`dot`] of each pair. It goes block by block over the values:
+/// one block of every vector (60 prompts of 100×768: 60 × 8 KiB) stays in cache while all pairs
+/// use it, instead of streaming two whole vectors from memory per pair.
+fn gram(vs: &[&[f64]]) -> Vec<Vec<f64>> {
+    let n = vs.len();
+    let len = vs.first().map_or(0, |v| v.len());
+    let mut g = vec![vec![0.0; n]; n];
+    for start in (0..len).step_by(BLOCK) {
+        let end = (start + BLOCK).min(len);
+        for i in 0..n {
+            let a = &vs[i][start..end];
+            for j in i..n {
+                g[i][j] += dot_block(a, &vs[j][start..end]);
+            }
+        }
+    }
+    g
+}
+
+/// The measure over all pairs of `prepared` (one measure), as a symmetric n×n matrix.
+fn pairwise(prepared: &[Prepared<'_>]) -> Vec<Vec<f64>> {
+    let n = prepared.len();
+    let mut m = vec![vec![0.0; n]; n];
+    let cosines: Option<Vec<(&[f64], f64)>> = prepared
+        .iter()
+        .map(|p| match p {
+            Prepared::Cosine { values, norm2 } => Some((values.as_slice(), *norm2)),
+            _ => None,
+        })
+        .collect();
+    match cosines {
+        Some(cs) => {
+            let g = gram(&cs.iter().map(|c| c.0).collect::<Vec<_>>());
+            for i in 0..n {
+                for j in i..n {
+                    m[i][j] = cosine(g[i][j], cs[i].1, cs[j].1);
+                    m[j][i] = m[i][j];
+                }
+            }
+        }
+        None => {
+            for i in 0..n {
+                for j in i..n {
+                    m[i][j] = prepared[i].measure(&prepared[j]);
+                    m[j][i] = m[i][j];
+                }
+            }
+        }
+    }
+    m
 }
 
 /// The n×n matrix of the measure over `items`.
@@ -93,26 +184,12 @@ pub fn matrix(items: &[&PromptTensor], measure: Measure) -> Result<Vec<Vec<f64>>
             first.check_same_shape(t)?;
         }
     }
-    // Token-means are computed once per item, not once per pair.
-    let means: Vec<Vec<f64>> = match measure {
-        Measure::CosineMean => items.iter().map(|t| t.token_mean()).collect(),
-        _ => Vec::new(),
-    };
-    let n = items.len();
-    let mut m = vec![vec![0.0; n]; n];
-    for i in 0..n {
-        for j in i..n {
-            let v = if measure == Measure::CosineMean {
-                cosine(&means[i], &means[j])
-            } else {
-                similarity(items[i], items[j], measure)?
-            };
-            m[i][j] = v;
-            m[j][i] = v;
-        }
-    }
-    Ok(m)
+    let prepared: Vec<Prepared<'_>> = items.iter().map(|t| Prepared::new(t, measure)).collect();
+    Ok(pairwise(&prepared))
 }
+
+/// (task index, origin index).
+type Key = (usize, usize);
 
 /// One prompt in an across-origins analysis.
 #[derive(Debug, Clone)]
@@ -154,6 +231,19 @@ pub fn across_origins(items: &[Labelled<'_>], measure: Measure) -> Result<Across
         }
     }
     let (nt, no) = (tasks.len(), origins.len());
+    if let Some((first, rest)) = items.split_first() {
+        for item in rest {
+            first.values.check_same_shape(item.values)?;
+        }
+    }
+    // Each prompt prepared once, each unordered pair measured once (the measures are symmetric).
+    let keys: Vec<Key> = by_key.keys().copied().collect();
+    let prepared: Vec<Prepared<'_>> = by_key.values().map(|t| Prepared::new(t, measure)).collect();
+    let values = pairwise(&prepared);
+    let lookup = |ka: Key, kb: Key| {
+        let (i, j) = (keys.binary_search(&ka).ok()?, keys.binary_search(&kb).ok()?);
+        (i != j).then(|| values[i][j])
+    };
     let mut pairs = vec![vec![vec![vec![None; no]; no]; nt]; nt];
     let mut matrix = vec![vec![None; nt]; nt];
     for (ti, pair_row) in pairs.iter_mut().enumerate() {
@@ -161,13 +251,9 @@ pub fn across_origins(items: &[Labelled<'_>], measure: Measure) -> Result<Across
             let (mut total, mut count) = (0.0, 0usize);
             for (oa, cell_row) in cells.iter_mut().enumerate() {
                 for (ob, cell) in cell_row.iter_mut().enumerate() {
-                    if ti == tj && oa == ob {
-                        continue;
-                    }
-                    let (Some(a), Some(b)) = (by_key.get(&(ti, oa)), by_key.get(&(tj, ob))) else {
+                    let Some(v) = lookup((ti, oa), (tj, ob)) else {
                         continue;
                     };
-                    let v = similarity(a, b, measure)?;
                     *cell = Some(v);
                     total += v;
                     count += 1;

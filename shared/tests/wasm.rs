@@ -109,3 +109,40 @@ fn t5_in_the_browser_matches_hf() {
         );
     }
 }
+
+/// Not a check of speed (nothing here is timed against a bound): the across-origins view of 60
+/// prompts of 100 × 768 (12 tasks × 5 origins, the size of a T5 study's heatmap), computed in the
+/// browser, with the time it took printed for the notes. The view is checked for its shape and
+/// symmetry.
+#[wasm_bindgen_test]
+fn across_origins_of_60_prompts() {
+    use tpv_shared::merge::SplitMix64;
+    use tpv_shared::similarity::{Labelled, Measure, across_origins};
+    use tpv_shared::tensor::PromptTensor;
+    let mut rng = SplitMix64::new(7);
+    let tensors: Vec<PromptTensor> = (0..60)
+        .map(|_| PromptTensor::new(100, 768, (0..100 * 768).map(|_| rng.next_f64() as f32 - 0.5).collect()).unwrap())
+        .collect();
+    let items: Vec<Labelled<'_>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Labelled {
+            task: format!("task{}", i / 5),
+            origin: format!("origin{}", i % 5),
+            values: t,
+        })
+        .collect();
+    for measure in [Measure::CosineMean, Measure::CosineFlat] {
+        let start = web_time::Instant::now();
+        let view = across_origins(&items, measure).unwrap();
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        wasm_bindgen_test::console_log!("across-origins view of 60 prompts of 100×768, {}: {ms:.1} ms", measure.as_str());
+        assert_eq!((view.tasks.len(), view.origins.len()), (12, 5));
+        for i in 0..12 {
+            for j in 0..12 {
+                let (a, b) = (view.matrix[i][j].unwrap(), view.matrix[j][i].unwrap());
+                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+            }
+        }
+    }
+}
