@@ -86,7 +86,11 @@ impl<'a> Prepared<'a> {
                 cosine(dot(a, b), *na, *nb)
             }
             (Self::Values(a), Self::Values(b)) => {
-                let total: f64 = a.iter().zip(*b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs()).sum();
+                let total: f64 = a
+                    .iter()
+                    .zip(*b)
+                    .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+                    .sum();
                 total / a.len().max(1) as f64
             }
             (Self::Norm(a), Self::Norm(b)) => (a - b).abs(),
@@ -98,7 +102,11 @@ impl<'a> Prepared<'a> {
 /// Cosine from a dot product and the two squared norms; 0 when either vector is zero. The
 /// product of the norms commutes, so the value is the same for (a, b) and (b, a).
 fn cosine(dot: f64, na: f64, nb: f64) -> f64 {
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
 }
 
 /// Values per block of [`dot`] and [`gram`].

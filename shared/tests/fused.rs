@@ -24,7 +24,16 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Value and gradient (w.r.t. every input) of `f` under a fixed random upstream gradient.
@@ -39,7 +48,13 @@ fn value_and_grads(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -
     (y.detach(), gs)
 }
 
-fn check(name: &str, inputs: &[Tensor], fused: &dyn Fn(&[Tensor]) -> Result<Tensor>, composed: &dyn Fn(&[Tensor]) -> Result<Tensor>, tol: f32) {
+fn check(
+    name: &str,
+    inputs: &[Tensor],
+    fused: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    composed: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    tol: f32,
+) {
     let (yf, gf) = value_and_grads(inputs, fused);
     let (yc, gc) = value_and_grads(inputs, composed);
     let dy = max_abs_diff(&yf, &yc);
@@ -54,10 +69,19 @@ fn check(name: &str, inputs: &[Tensor], fused: &dyn Fn(&[Tensor]) -> Result<Tens
 fn softmax_with_scale_and_every_bias_broadcast() {
     let x = randn(&[2, 3, 5, 7], 1);
     let plain = |t: &[Tensor]| fused::softmax(&t[0], 1.0, None);
-    check("softmax", std::slice::from_ref(&x), &plain, &|t| ops::softmax_last_composed(&t[0]), 1e-6);
+    check(
+        "softmax",
+        std::slice::from_ref(&x),
+        &plain,
+        &|t| ops::softmax_last_composed(&t[0]),
+        1e-6,
+    );
     // A causal mask per example ([B, 1, T, S]), T5's position bias ([1, H, T, S]), an encoder
     // padding mask ([B, 1, 1, S]), a full bias.
-    for (k, shape) in [[2, 1, 5, 7], [1, 3, 5, 7], [2, 1, 1, 7], [2, 3, 5, 7]].iter().enumerate() {
+    for (k, shape) in [[2, 1, 5, 7], [1, 3, 5, 7], [2, 1, 1, 7], [2, 3, 5, 7]]
+        .iter()
+        .enumerate()
+    {
         let mut bias = randn(shape, 10 + k as u64);
         if k == 0 {
             // Masked entries as the models write them.
@@ -67,7 +91,13 @@ fn softmax_with_scale_and_every_bias_broadcast() {
         let scale = 0.37;
         let f = |t: &[Tensor]| ops::attention_softmax(&t[0], scale, &bias);
         let c = |t: &[Tensor]| ops::softmax_last_composed(&(&t[0] * scale)?.broadcast_add(&bias)?);
-        check(&format!("attention softmax, bias {shape:?}"), std::slice::from_ref(&x), &f, &c, 1e-6);
+        check(
+            &format!("attention softmax, bias {shape:?}"),
+            std::slice::from_ref(&x),
+            &f,
+            &c,
+            1e-6,
+        );
     }
 }
 
@@ -100,7 +130,13 @@ fn rope_matches_composed_with_shared_and_per_example_tables() {
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
         let f = |t: &[Tensor]| ops::rope(&t[0], &cos, &sin);
         let c = |t: &[Tensor]| ops::rope_composed(&t[0], &cos, &sin);
-        check(&format!("rope, tables for {table_batch}"), std::slice::from_ref(&x), &f, &c, 1e-6);
+        check(
+            &format!("rope, tables for {table_batch}"),
+            std::slice::from_ref(&x),
+            &f,
+            &c,
+            1e-6,
+        );
     }
 }
 
@@ -126,5 +162,8 @@ fn nll_matches_composed() {
         check(&format!("nll {rows}×{vocab}"), &[logits], &f, &c, 1e-5);
     }
     let bad = Tensor::new(&[0u32, 11], &Device::Cpu).unwrap();
-    assert!(ops::nll(&randn(&[2, 11], 1), &bad).is_err(), "a target out of range is an error");
+    assert!(
+        ops::nll(&randn(&[2, 11], 1), &bad).is_err(),
+        "a target out of range is an error"
+    );
 }

@@ -136,7 +136,10 @@ fn across_origins_of_60_prompts() {
         let start = web_time::Instant::now();
         let view = across_origins(&items, measure).unwrap();
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        wasm_bindgen_test::console_log!("across-origins view of 60 prompts of 100×768, {}: {ms:.1} ms", measure.as_str());
+        wasm_bindgen_test::console_log!(
+            "across-origins view of 60 prompts of 100×768, {}: {ms:.1} ms",
+            measure.as_str()
+        );
         assert_eq!((view.tasks.len(), view.origins.len()), (12, 5));
         for i in 0..12 {
             for j in 0..12 {

@@ -87,10 +87,18 @@ fn softmax_rows(x: &[f32], l: &Layout, scale: f32, bias: Option<(&[f32], &Layout
         None => None,
         Some((data, bl)) => {
             if !dims_fit(l.dims(), bl.dims()) {
-                bail!("softmax: a bias of {:?} does not broadcast to {:?}", bl.dims(), l.dims());
+                bail!(
+                    "softmax: a bias of {:?} does not broadcast to {:?}",
+                    bl.dims(),
+                    l.dims()
+                );
             }
             let d = bl.dims();
-            let shape = BiasShape { b: d[0], h: d[1], t: d[2] };
+            let shape = BiasShape {
+                b: d[0],
+                h: d[1],
+                t: d[2],
+            };
             Some((data, shape, l.dims()[1], l.dims()[2]))
         }
     };
@@ -159,9 +167,18 @@ impl CustomOp2 for BiasedSoftmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, _bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        Ok((Some(grad.apply_op2_no_bwd(res, &SoftmaxGrad { scale: self.scale })?), None))
+        Ok((
+            Some(grad.apply_op2_no_bwd(res, &SoftmaxGrad { scale: self.scale })?),
+            None,
+        ))
     }
 }
 
@@ -459,7 +476,10 @@ impl CustomOp2 for Nll {
             bail!("nll needs logits [N, V], got {:?}", xl.dims());
         };
         if t.len() != rows || t.iter().any(|&t| t as usize >= v) {
-            bail!("nll: {} targets for {rows} rows of {v} logits (or a target out of range)", t.len());
+            bail!(
+                "nll: {} targets for {rows} rows of {v} logits (or a target out of range)",
+                t.len()
+            );
         }
         let nll: Vec<f32> = (0..rows)
             .into_par_iter()
@@ -471,7 +491,13 @@ impl CustomOp2 for Nll {
         Ok((CpuStorage::F32(nll), Shape::from(rows)))
     }
 
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = grad.contiguous()?.apply_op3_no_bwd(logits, targets, &NllGrad)?;
         Ok((Some(d), None))
     }
