@@ -189,8 +189,9 @@ pub struct BenchArgs {
     /// Only load the model (a path) and report the time.
     #[arg(long)]
     pub load_only: bool,
-    /// Also time the phases of a training step separately: forward (loss), backward, and the rest
-    /// (gradient copy, clipping, AdamW); medians over --repeats.
+    /// Also time the phases of a training step apart: forward (the loss) and backward, each
+    /// repeat followed by a whole step (the difference is clipping, AdamW and host copies);
+    /// medians over --repeats.
     #[arg(long)]
     pub phases: bool,
     #[arg(long)]
