@@ -7,6 +7,7 @@
 pub mod arith;
 pub mod document;
 pub mod error;
+pub mod eval;
 pub mod merge;
 pub mod metrics;
 pub mod model;

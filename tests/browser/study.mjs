@@ -6,11 +6,13 @@
 // app (`tpv report --web SITE_DIR`), serves it on 127.0.0.1 and checks each view against the CLI:
 // the runs table against the manifest; heatmap cells against `tpv similarity --across-origins --json`
 // (1e-6); a composition downloaded from the page against `tpv combine` (values 1e-6, same
-// expression); the URL reopening a view; the few-shot curves; a corrupt file shows an error and the
+// expression); the URL reopening a view; the few-shot curves; the Evaluate view (the fixture model in
+// a Web Worker, loaded by URL and from files) against `tpv eval` (same predictions, losses to 1e-4)
+// for a run, the Compose view's result and pasted examples; corrupt files show an error and the
 // page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -156,6 +158,7 @@ try {
   await page.getByTestId('compose-density').press('Enter');
   await page.getByTestId('compose-result').waitFor({ timeout: 10000 });
   console.log('  compose URL', page.url());
+  const composeUrl = page.url();
   const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('download-run').click()]);
   const webFile = join(tmp, 'web-composed.safetensors');
   await download.saveAs(webFile);
@@ -192,7 +195,82 @@ try {
   check((await page.locator('figure').count()) >= 3, 'curves: training curves drawn');
   await snap(page, 'curves');
 
-  // 7. A corrupt file: an error, and the page keeps working.
+  // 7. Evaluate: the fixture model in a Web Worker = tpv eval (predictions equal, losses to 1e-4).
+  const modelDir = join(root, 'tests', 'fixtures', 'models', 'llama_tied');
+  const modelFiles = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => join(modelDir, f));
+  mkdirSync(join(site, 'model'), { recursive: true });
+  for (const f of modelFiles) copyFileSync(f, join(site, 'model', f.split('/').pop()));
+  const evaluateAndCompare = async (what, cliArgs) => {
+    await page.getByTestId('eval-run').click();
+    await page.locator('[data-testid=eval-results][data-running=false]').waitFor({ timeout: 120000 });
+    const got = await page.getByTestId('eval-example').evaluateAll((els) => els.map((e) => ({
+      prediction: e.dataset.prediction, loss: Number(e.dataset.loss), target: e.dataset.target,
+    })));
+    const cli = JSON.parse(tpv('eval', '--json', '--model', modelDir, ...cliArgs));
+    const n = cli.examples.length;
+    const samePreds = got.length === n && got.every((g, i) => g.prediction === cli.examples[i].prediction);
+    const lossDiff = Math.max(...got.map((g, i) => Math.abs(g.loss - cli.examples[i].loss)));
+    check(n > 0 && samePreds && lossDiff <= 1e-4,
+      `evaluate (${what}): ${got.length} predictions = tpv eval's ${n}, losses within ${lossDiff.toExponential(1)}`);
+    const acc = Number(await page.getByTestId('eval-accuracy').getAttribute('data-value'));
+    check(close(acc, cli.exact_match), `evaluate (${what}): accuracy ${acc} = tpv eval's exact match ${cli.exact_match}`);
+    const counts = await page.getByTestId('confusion-cell').evaluateAll((els) => els.map((e) => Number(e.dataset.value)));
+    const cliCounts = cli.confusion.counts.flat();
+    check(JSON.stringify(counts) === JSON.stringify(cliCounts), `evaluate (${what}): confusion matrix = tpv eval's ${JSON.stringify(cliCounts)}`);
+    const speed = await page.getByTestId('eval-speed').textContent();
+    console.log(`  evaluate (${what}): ${speed}`);
+  };
+  // (a) A run on a task's bundled test examples, the model fetched by URL (?model=).
+  await page.goto(`${base}?view=evaluate&model=model%2F&prompt=${encodeURIComponent('prompt_tuning/a/origin0')}&examples=a`);
+  await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
+  await page.locator('[data-testid=eval-examples] option[value=a]').waitFor({ state: 'attached', timeout: 20000 });
+  await evaluateAndCompare('a@origin0 on examples/a.json', ['--prompt', pt[0], '--data', join(site, 'examples', 'a.json')]);
+  await snap(page, 'evaluate');
+  // (b) The Compose view's result (the composition above) on task b; the model loaded with the Load button.
+  await page.goto(composeUrl);
+  await page.getByTestId('evaluate-composed').click();
+  await page.getByTestId('model-url').fill('model/');
+  await page.getByTestId('model-load').click();
+  await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
+  await page.locator('[data-testid=eval-examples] option[value=b]').waitFor({ state: 'attached', timeout: 20000 });
+  await page.getByTestId('eval-examples').selectOption('b');
+  await page.waitForTimeout(300);
+  await evaluateAndCompare('the composition on examples/b.json', ['--prompt', cliFile, '--data', join(site, 'examples', 'b.json')]);
+  // (c) Pasted examples, no prompt, the model opened as files.
+  const pastedLines = '{"input": "w5 w17 w33", "target": "w12"}\n{"input": "w40 w2", "target": "w7"}\n{"input": "w9", "target": "w9"}\n';
+  const pastedFile = join(tmp, 'pasted.jsonl');
+  writeFileSync(pastedFile, pastedLines);
+  await page.getByTestId('model-files').setInputFiles(modelFiles);
+  await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
+  await page.getByTestId('eval-prompt').selectOption('');
+  await page.getByTestId('eval-examples').selectOption('@paste');
+  await page.getByTestId('eval-paste').fill(pastedLines);
+  await evaluateAndCompare('the model alone on pasted examples', ['--data', pastedFile]);
+  check(page.url().includes('view=evaluate'), 'evaluate: the view is in the URL');
+  // Cancel: 300 examples one per batch, cancelled after the first results.
+  await page.getByTestId('eval-paste').fill(pastedLines.repeat(100));
+  await page.getByTestId('eval-n').fill('300');
+  await page.getByTestId('eval-batch').fill('1');
+  await page.getByTestId('eval-run').click();
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid=eval-results]')?.dataset.done) >= 2, null, { timeout: 60000 });
+  await page.getByTestId('eval-cancel').click({ timeout: 5000 });
+  await page.locator('[data-testid=eval-results][data-running=false]').waitFor({ timeout: 30000 });
+  const doneAt = Number(await page.getByTestId('eval-results').getAttribute('data-done'));
+  const cancelText = await page.getByTestId('eval-status').textContent();
+  check(doneAt >= 2 && doneAt < 300 && cancelText.includes('Cancelled'), `evaluate: cancel stops the run (${doneAt} of 300 done: "${cancelText.split('·')[0].trim()}")`);
+  await page.getByTestId('eval-paste').fill(pastedLines);
+  await page.getByTestId('eval-batch').fill('8');
+  // (d) A corrupt model file: an error, and the page keeps working.
+  const badWeights = join(tmp, 'model.safetensors');
+  writeFileSync(badWeights, readFileSync(modelFiles[1]).subarray(0, 300));
+  await page.getByTestId('model-files').setInputFiles([modelFiles[0], badWeights, modelFiles[2]]);
+  await page.getByTestId('model-error').waitFor({ timeout: 30000 });
+  check((await page.getByTestId('model-error').getAttribute('role')) === 'alert', 'evaluate: a corrupt model file shows an error');
+  await page.getByTestId('model-files').setInputFiles(modelFiles);
+  await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
+  await evaluateAndCompare('after the error, the model reloaded', ['--data', pastedFile]);
+
+  // 8. A corrupt file: an error, and the page keeps working.
   await page.getByTestId('tab-files').click();
   const corrupt = join(tmp, 'corrupt.safetensors');
   writeFileSync(corrupt, readFileSync(pt[0]).subarray(0, 200));

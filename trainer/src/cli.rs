@@ -245,14 +245,22 @@ pub struct EvalArgs {
     /// Run file or peft adapter (file or directory); without it, the model alone (zero-shot).
     #[arg(long)]
     pub prompt: Option<PathBuf>,
-    /// JSONL with {"input": ..., "target": ...} per line.
+    /// Records (JSONL, JSON, CSV or TSV; {"input": …, "target": …} unless --task says otherwise),
+    /// or an eval set (`examples/TASK.json` of a study or report: task, encoding and records).
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 16)]
-    pub max_new_tokens: usize,
+    /// The records' task from the registry (its template, label words and metrics).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Tokens to generate (default 16; an eval set's own value).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Truncate inputs to this many tokens.
+    #[arg(long)]
+    pub max_source_tokens: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Feed `input` as raw text instead of a chat user turn.
+    /// Feed inputs to chat models as raw text instead of a chat user turn.
     #[arg(long)]
     pub no_chat_template: bool,
     /// cpu or cuda:N.

@@ -196,16 +196,8 @@ impl Default for OptimSection {
     }
 }
 
-/// Which examples' tokens the causal loss covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LossOn {
-    /// The answer tokens only (default).
-    #[default]
-    Answer,
-    /// Every token of the sequence (trl's default).
-    Sequence,
-}
+/// Which examples' tokens the causal loss covers (shared with the web app's evaluation).
+pub use tpv_shared::eval::LossOn;
 
 /// What "best" means when selecting the checkpoint to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -8,17 +8,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use serde::Deserialize;
-use tpv_shared::model::load::{self, Model};
-use tpv_shared::text::TextCodec;
+use tpv_shared::eval::Loaded;
 
 use crate::assets;
 
-/// A frozen model, its tokenizer and what identifies it.
+/// A frozen model with its tokenizer (`tpv_shared::eval::Loaded`, the code the web app loads
+/// models with) and what identifies it.
 pub struct LoadedModel {
-    pub model: Model,
-    pub codec: TextCodec,
+    pub loaded: Loaded,
     pub id: String,
-    pub eos: Vec<u32>,
+}
+
+impl std::ops::Deref for LoadedModel {
+    type Target = Loaded;
+    fn deref(&self) -> &Loaded {
+        &self.loaded
+    }
 }
 
 /// `f32`, `bf16` or `f16`.
@@ -112,17 +117,14 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
     let path = resolve(spec)?;
     if path.extension().is_some_and(|e| e == "gguf") {
         let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let (model, cfg, extras) = load::from_gguf(&mut BufReader::new(file), dtype, device)
+        let (loaded, name) = Loaded::from_gguf(&mut BufReader::new(file), dtype, device)
             .with_context(|| format!("loading {}", path.display()))?;
-        let codec = TextCodec::from_gguf(&extras).with_context(|| format!("tokenizer of {}", path.display()))?;
-        let eos = cfg.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
-        let id = extras.name.clone().unwrap_or_else(|| spec.to_owned());
         let id = if spec == assets::SMOLLM2.name {
             "HuggingFaceTB/SmolLM2-135M-Instruct".to_owned()
         } else {
-            id
+            name.unwrap_or_else(|| spec.to_owned())
         };
-        return Ok(LoadedModel { model, codec, id, eos });
+        return Ok(LoadedModel { loaded, id });
     }
     if !path.is_dir() {
         bail!("{}: expected a model directory or a .gguf file", path.display());
@@ -150,29 +152,16 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
         .iter()
         .map(|s| std::fs::read(s).with_context(|| format!("cannot read {}", s.display())))
         .collect::<Result<Vec<_>>>()?;
-    let model = load::from_safetensors(&config, &bytes, dtype, device)
-        .with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = std::fs::read(path.join("tokenizer.json"))
         .with_context(|| format!("{} has no tokenizer.json", path.display()))?;
     let tokenizer_config = read("tokenizer_config.json").ok();
-    let codec = TextCodec::from_hf(&tokenizer, tokenizer_config.as_deref()).context("tokenizer")?;
-    #[derive(Deserialize)]
-    struct Ids {
-        #[serde(default)]
-        eos_token_id: Option<tpv_shared::model::llama::TokenIds>,
-    }
-    let ids: Ids = serde_json::from_str(&config).context("config.json")?;
-    let mut eos = ids.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
-    if let Some(e) = codec.eos_token().and_then(|t| codec.token_id(t))
-        && !eos.contains(&e)
-    {
-        eos.push(e);
-    }
+    let loaded = Loaded::from_hf(&config, &bytes, &tokenizer, tokenizer_config.as_deref(), dtype, device)
+        .with_context(|| format!("loading {}", path.display()))?;
     // A local directory is named by its canonical path, so `a/../m` and `m` are the same model.
     let id = if path.components().any(|c| c.as_os_str() == "snapshots") {
         spec.to_owned()
     } else {
         std::fs::canonicalize(&path).unwrap_or(path).display().to_string()
     };
-    Ok(LoadedModel { model, codec, id, eos })
+    Ok(LoadedModel { loaded, id })
 }

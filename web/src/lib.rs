@@ -2,8 +2,9 @@
 //! `tpv-shared`, the same code the `tpv` CLI runs, so every number equals the CLI's.
 //!
 //! Views: Runs (a sortable, filterable table), Similarity (heatmaps across origins), Compose
-//! (prompt arithmetic = `tpv combine`), Curves (training curves, few-shot curves), Files (opened
-//! run files and adapters). A study loads from `?manifest=URL`, or from the `manifest.json` beside
+//! (prompt arithmetic = `tpv combine`), Curves (training curves, few-shot curves), Evaluate (a
+//! model in a Web Worker scoring a prompt on examples = `tpv eval`), Files (opened run files and
+//! adapters). A study loads from `?manifest=URL`, or from the `manifest.json` beside
 //! the page when it is served from a report folder (`tpv report`). Every view keeps its state in
 //! the URL.
 
@@ -11,6 +12,7 @@ mod components;
 mod files;
 mod study;
 mod url;
+pub mod worker;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,7 @@ use leptos::task::spawn_local;
 
 use components::compose::Compose;
 use components::curves::Curves;
+use components::evaluate::{EvalState, Evaluate};
 use components::file_list::FileList;
 use components::file_picker::FilePicker;
 use components::runs::Runs;
@@ -46,11 +49,12 @@ pub fn set_param(q: Query, key: &str, value: impl Into<String>) {
     });
 }
 
-const VIEWS: [(&str, &str); 5] = [
+const VIEWS: [(&str, &str); 6] = [
     ("runs", "Runs"),
     ("similarity", "Similarity"),
     ("compose", "Compose"),
     ("curves", "Curves"),
+    ("evaluate", "Evaluate"),
     ("files", "Files"),
 ];
 
@@ -63,6 +67,7 @@ pub fn App() -> impl IntoView {
     let entries = RwSignal::new(Vec::<Entry>::new());
     let study = RwSignal::new(None::<Study>);
     let status = RwSignal::new(None::<Result<String, String>>);
+    let eval_state = EvalState::new();
 
     // A study: ?manifest=URL, else manifest.json beside the page when there is one.
     let explicit = query.with_untracked(|m| m.get("manifest").cloned());
@@ -101,7 +106,9 @@ pub fn App() -> impl IntoView {
         all
     });
 
-    let view = move || param(query, "view", "files");
+    // A memo: views re-render when the view changes, not on every change of the query.
+    let view_memo = Memo::new(move |_| param(query, "view", "files"));
+    let view = move || view_memo.get();
     let tabs = VIEWS
         .iter()
         .map(|&(key, label)| {
@@ -146,6 +153,7 @@ pub fn App() -> impl IntoView {
                 "similarity" => view! { <Similarity runs query /> }.into_any(),
                 "compose" => view! { <Compose runs query /> }.into_any(),
                 "curves" => view! { <Curves runs query /> }.into_any(),
+                "evaluate" => view! { <Evaluate runs study query state=eval_state /> }.into_any(),
                 _ => view! { <FilePicker entries /> <FileList entries /> }.into_any(),
             }}
         </main>

@@ -50,6 +50,22 @@ struct Manifest {
     name: String,
     #[serde(default)]
     runs: Vec<ManifestRun>,
+    #[serde(default)]
+    examples: Vec<ExampleSet>,
+}
+
+/// A task's bundled examples (`examples/TASK.json`, a `tpv_shared::eval::EvalSet`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ExampleSet {
+    pub task: String,
+    /// Relative to the manifest in the manifest; absolute once loaded.
+    pub file: String,
+    #[serde(default)]
+    pub split: String,
+    #[serde(default)]
+    pub records: usize,
+    #[serde(default)]
+    pub split_size: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +102,8 @@ pub struct Study {
     pub url: String,
     pub runs: Vec<Run>,
     pub errors: Vec<String>,
+    /// The examples bundled with the report, per task.
+    pub examples: Vec<ExampleSet>,
 }
 
 fn js_err(e: wasm_bindgen::JsValue) -> String {
@@ -133,6 +151,10 @@ pub async fn load(manifest_url: &str) -> Result<Study, String> {
         url: url.clone(),
         ..Default::default()
     };
+    for mut set in manifest.examples {
+        set.file = resolve(&set.file, &url)?;
+        study.examples.push(set);
+    }
     for r in manifest.runs {
         let file_url = resolve(&r.file, &url)?;
         let prompt = match fetch_bytes(&file_url).await {

@@ -159,7 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "t5-base-shaped" => (random_model(&t5_base_config(), dtype, &device)?, None),
         spec => {
             let loaded = models::load(spec, dtype, &device).with_context(|| format!("loading {spec}"))?;
-            (loaded.model, Some(t.elapsed().as_secs_f64()))
+            (loaded.loaded.model, Some(t.elapsed().as_secs_f64()))
         }
     };
     if args.load_only {

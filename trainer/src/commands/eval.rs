@@ -1,27 +1,33 @@
-//! `tpv eval`: per-example loss and greedy prediction of a prompt on JSONL examples.
+//! `tpv eval`: per-example loss and greedy prediction of a prompt, the task's metrics and a
+//! confusion matrix. Examples are encoded exactly as training encodes them
+//! (`tpv_shared::eval`, also what the web app's Evaluate view runs).
+
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
-use serde::Deserialize;
 use serde_json::json;
-use tpv_shared::model::causal::{self, Example};
-use tpv_shared::model::load::Model;
-use tpv_shared::model::t5;
+use tpv_shared::eval::{self, Confusion, EncodeOptions, EvalSet, ExampleResult};
+use tpv_shared::tasks;
 
 use super::print_json;
 use crate::cli::EvalArgs;
-use crate::io;
-use crate::models::{self, LoadedModel};
+use crate::models;
+use crate::{data, io};
 
-#[derive(Debug, Deserialize)]
-struct Record {
-    input: String,
-    target: String,
-}
+/// The default of `--max-new-tokens` for record files (an eval set carries its own).
+const MAX_NEW_TOKENS: usize = 16;
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    let mut set = read_set(&args.data, args)?;
+    if let Some(n) = args.max_new_tokens {
+        set.max_new_tokens = n;
+    }
+    if args.no_chat_template {
+        set.encode.chat = false;
     }
     let device = models::device(&args.device)?;
     let loaded = models::load(&args.model, DType::F32, &device)?;
@@ -43,98 +49,98 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         None => Tensor::zeros((0, d), DType::F32, &device)?,
     };
-    let records = read_jsonl(&args.data)?;
-
-    let mut results = Vec::with_capacity(records.len());
-    for chunk in records.chunks(args.batch_size) {
-        results.extend(evaluate(&loaded, &theta, chunk, args)?);
-    }
-    let n = results.len().max(1) as f64;
-    let mean_loss = results.iter().map(|(l, _)| f64::from(*l)).sum::<f64>() / n;
-    let exact = results
+    let encoded = set
+        .records
         .iter()
-        .zip(&records)
-        .filter(|((_, p), r)| p.trim().to_lowercase() == r.target.trim().to_lowercase())
-        .count() as f64
-        / n;
+        .enumerate()
+        .map(|(i, rec)| {
+            loaded
+                .encode(&set.task, rec, set.encode)
+                .with_context(|| format!("{} example {} (line {})", args.data.display(), i + 1, i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<String> = encoded.iter().map(|e| e.target().to_owned()).collect();
+
+    let mut results: Vec<ExampleResult> = Vec::with_capacity(encoded.len());
+    for chunk in encoded.chunks(args.batch_size) {
+        let batch: Vec<_> = chunk.iter().collect();
+        results.extend(
+            loaded
+                .evaluate_batch(&theta, &batch, set.max_new_tokens)
+                .with_context(|| {
+                    format!(
+                        "evaluating examples {}–{}",
+                        results.len() + 1,
+                        results.len() + chunk.len()
+                    )
+                })?,
+        );
+    }
+    let summary = eval::summarize(&set.task, &results, &refs);
+    let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
+    let confusion = Confusion::new(&set.task.labels, &preds, &refs);
+    let exact = summary.metrics.get("exact_match").copied().unwrap_or(0.0);
     if args.json {
         let examples: Vec<_> = results
             .iter()
-            .map(|(l, p)| json!({ "loss": l, "prediction": p }))
+            .zip(&refs)
+            .map(|(r, t)| json!({ "loss": r.loss, "tokens": r.tokens, "prediction": r.prediction, "target": t }))
             .collect();
-        return print_json(&json!({ "examples": examples, "mean_loss": mean_loss, "exact_match": exact }));
+        return print_json(&json!({
+            "task": set.name,
+            "examples": examples,
+            "loss": summary.loss,
+            "mean_loss": summary.mean_example_loss,
+            "exact_match": exact,
+            "metrics": summary.metrics,
+            "confusion": confusion,
+        }));
     }
-    for ((loss, pred), rec) in results.iter().zip(&records) {
-        out!("{loss:>8.4}  {:<24}  (target {:?})", format!("{pred:?}"), rec.target);
+    for (r, target) in results.iter().zip(&refs) {
+        out!(
+            "{:>8.4}  {:<24}  (target {target:?})",
+            r.loss,
+            format!("{:?}", r.prediction)
+        );
     }
+    let metrics: Vec<String> = summary
+        .metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2}%", 100.0 * v))
+        .collect();
     out!(
-        "{} examples: mean loss {mean_loss:.4}, exact match {:.2}%",
+        "{} examples of {}: loss {:.4} (per token), {}",
         results.len(),
-        100.0 * exact
+        set.name,
+        summary.loss,
+        metrics.join(", ")
     );
     Ok(())
 }
 
-fn read_jsonl(path: &std::path::Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| {
-                format!(
-                    "{} line {}: expected {{\"input\": …, \"target\": …}}",
-                    path.display(),
-                    i + 1
-                )
-            })
-        })
-        .collect()
-}
-
-/// (loss, prediction) of each record of a batch.
-fn evaluate(m: &LoadedModel, theta: &Tensor, batch: &[Record], args: &EvalArgs) -> Result<Vec<(f32, String)>> {
-    let codec = &m.codec;
-    match &m.model {
-        Model::Llama(model) => {
-            let mut examples = Vec::with_capacity(batch.len());
-            let mut inputs = Vec::with_capacity(batch.len());
-            for rec in batch {
-                let ids = if args.no_chat_template {
-                    codec.encode(&rec.input, true)?
-                } else {
-                    codec.encode(&codec.chat(&rec.input, true)?, false)?
-                };
-                let target = codec.encode(&rec.target, false)?;
-                examples.push(Example::answer(&ids, &target));
-                inputs.push(ids);
-            }
-            let loss = causal::loss(model, theta, &examples)?;
-            let preds = causal::greedy(model, theta, &inputs, args.max_new_tokens, &m.eos)?;
-            preds
-                .iter()
-                .zip(loss.per_example)
-                .map(|(p, l)| Ok((l, codec.decode(p)?.trim().to_owned())))
-                .collect()
+/// An eval set (`examples/TASK.json` of a study or report) as it is, or a records file (JSONL,
+/// JSON, CSV, TSV) under `--task` (default: `plain`, with `input` and `target` columns).
+fn read_set(path: &Path, args: &EvalArgs) -> Result<EvalSet> {
+    let bytes = io::read_bytes(path)?;
+    let is_set = path.extension().is_some_and(|e| e == "json")
+        && serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some(EvalSet::FORMAT));
+    if is_set {
+        if args.task.is_some() {
+            bail!("{} is an eval set with its own task; drop --task", path.display());
         }
-        Model::T5(model) => {
-            let examples = batch
-                .iter()
-                .map(|rec| {
-                    Ok(t5::Example {
-                        input: codec.encode(&rec.input, true)?,
-                        target: codec.encode(&rec.target, true)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let loss = t5::loss(model, theta, &examples, None)?;
-            let inputs: Vec<Vec<u32>> = examples.into_iter().map(|e| e.input).collect();
-            let preds = t5::greedy(model, theta, &inputs, args.max_new_tokens)?;
-            preds
-                .iter()
-                .zip(loss.per_example)
-                .map(|(p, l)| Ok((l, codec.decode(p)?.trim().to_owned())))
-                .collect()
-        }
+        return EvalSet::from_json(&bytes).with_context(|| format!("reading {}", path.display()));
     }
+    let records = data::read_records(path)?;
+    let mut set = eval::plain_set(records, true, MAX_NEW_TOKENS);
+    if let Some(name) = &args.task {
+        set.task = tasks::get(name)?;
+        set.name = name.clone();
+    }
+    set.encode = EncodeOptions {
+        max_source_tokens: args.max_source_tokens,
+        ..set.encode
+    };
+    Ok(set)
 }

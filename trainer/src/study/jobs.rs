@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use serde_json::json;
+use tpv_shared::eval::{EncodeOptions, EvalSet};
 use tpv_shared::tasks::TaskSpec;
 use tpv_shared::{MergeMethod, OriginRef, SoftPrompt, arith};
 
@@ -56,10 +57,57 @@ pub fn write_manifest(study: &Study) -> Result<()> {
     )
 }
 
+/// The most records an eval set holds (the first of the test split).
+pub const EVAL_SET_MAX: usize = 1000;
+
+/// Writes `OUTPUT/examples/TASK.json` for every task a study evaluates: the test split its runs
+/// are scored on (the first [`EVAL_SET_MAX`] records), its task spec and how examples are encoded,
+/// so the report's Evaluate view (and `tpv eval --data`) scores them as the study did.
+pub fn write_eval_sets(study: &Study) -> Result<()> {
+    let dir = study.output().join("examples");
+    let mut done: Vec<String> = Vec::new();
+    for job in study.jobs() {
+        let task = match &job.kind {
+            JobKind::PromptTuning { task, .. } => task,
+            JobKind::Transfer { target, .. } => target,
+            _ => continue,
+        };
+        if done.contains(task) {
+            continue;
+        }
+        done.push(task.clone());
+        let config = study.task_config(task, &job)?;
+        let splits = data::load(&config.data).with_context(|| format!("loading the data of task {task}"))?;
+        let split_size = splits.test.len();
+        let set = EvalSet {
+            format: EvalSet::FORMAT.into(),
+            version: EvalSet::VERSION,
+            name: task.clone(),
+            split: "test".into(),
+            split_size,
+            task: splits.task,
+            encode: EncodeOptions {
+                chat: config.model.chat_template,
+                loss_on: config.train.loss,
+                max_source_tokens: config.data.max_source_tokens,
+            },
+            max_new_tokens: config.train.max_new_tokens,
+            records: splits.test.into_iter().take(EVAL_SET_MAX).collect(),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        io::write_atomic(
+            &dir.join(format!("{task}.json")),
+            serde_json::to_string(&set)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Runs every unfinished job whose dependencies are finished, in order (`-j 1`) or as child
 /// processes (`-j N`); returns (ran, skipped, failed ids).
 pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<String>)> {
     write_manifest(study)?;
+    write_eval_sets(study)?;
     let jobs = study.jobs();
     let skipped = jobs.iter().filter(|j| study.finished(j)).count();
     let todo: Vec<&Job> = jobs.iter().filter(|j| !study.finished(j)).collect();
@@ -373,9 +421,7 @@ impl Evaluation {
 
     pub fn sets(&self, config: &Config) -> Result<(TaskSpec, EvalSets)> {
         let splits = data::load(&config.data).context("loading data")?;
-        let chat = config.model.chat_template
-            && self.loaded.codec.chat_template().is_some()
-            && !self.loaded.model.is_seq2seq();
+        let chat = config.model.chat_template;
         let enc = |recs| {
             train::encode(
                 &self.loaded,

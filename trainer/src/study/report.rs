@@ -85,6 +85,7 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         }
         runs.push(entry);
     }
+    let examples = copy_eval_sets(study_dir, site)?;
     let tables = agg.write(site)?;
     let manifest = json!({
         "format": "tpv-report",
@@ -102,6 +103,7 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
             "html": "results.html",
         },
         "runs": runs,
+        "examples": examples,
     });
     io::write_atomic(
         &site.join("manifest.json"),
@@ -125,6 +127,38 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         runs: runs.len(),
         web_app,
     })
+}
+
+/// Copies the study's eval sets (`examples/TASK.json`, written by `tpv sweep`) into the site;
+/// returns their manifest entries.
+fn copy_eval_sets(study_dir: &Path, site: &Path) -> Result<Vec<Value>> {
+    let dir = study_dir.join("examples");
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    std::fs::create_dir_all(site.join("examples"))?;
+    for file in files {
+        let bytes = io::read_bytes(&file)?;
+        let set =
+            tpv_shared::eval::EvalSet::from_json(&bytes).with_context(|| format!("reading {}", file.display()))?;
+        let rel = format!("examples/{}.json", set.name);
+        io::write_atomic(&site.join(&rel), &bytes)?;
+        out.push(json!({
+            "task": set.name,
+            "file": rel,
+            "split": set.split,
+            "records": set.records.len(),
+            "split_size": set.split_size,
+        }));
+    }
+    Ok(out)
 }
 
 fn escape(s: &str) -> String {

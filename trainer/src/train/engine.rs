@@ -14,46 +14,7 @@ use tpv_shared::text::TextCodec;
 
 use crate::optim::{AdamW, Schedule, clip_grad_norm, grad_norm};
 
-/// One example, tokenized for its model family.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Encoded {
-    Causal {
-        example: causal::Example,
-        /// The prompt part (input ids) for generation.
-        input: Vec<u32>,
-        target: String,
-    },
-    Seq2Seq {
-        example: t5::Example,
-        target: String,
-    },
-}
-
-impl Encoded {
-    pub fn target(&self) -> &str {
-        match self {
-            Self::Causal { target, .. } | Self::Seq2Seq { target, .. } => target,
-        }
-    }
-
-    /// How many target tokens the loss covers.
-    pub fn target_count(&self) -> usize {
-        match self {
-            Self::Causal { example, .. } => example
-                .ids
-                .len()
-                .saturating_sub(example.target_start.min(example.ids.len())),
-            Self::Seq2Seq { example, .. } => example.target.len(),
-        }
-    }
-
-    fn input(&self) -> &[u32] {
-        match self {
-            Self::Causal { input, .. } => input,
-            Self::Seq2Seq { example, .. } => &example.input,
-        }
-    }
-}
+pub use tpv_shared::eval::Encoded;
 
 /// Why a training step failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +89,7 @@ impl Engine<'_> {
 
     /// Greedy generations (token ids) for a batch.
     pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
-        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
-        match self.model {
-            Model::Llama(m) => causal::greedy(m, theta, &inputs, max_new, &self.eos),
-            Model::T5(m) => t5::greedy(m, theta, &inputs, max_new),
-        }
+        tpv_shared::eval::generate(self.model, &self.eos, theta, batch, max_new)
     }
 }
 

@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
 use serde_json::json;
+use tpv_shared::eval::EncodeOptions;
 use tpv_shared::merge::SplitMix64;
-use tpv_shared::model::causal;
 use tpv_shared::model::load::Model;
-use tpv_shared::model::t5;
 use tpv_shared::origins::{Sampling, origin_token_ids};
-use tpv_shared::tasks::{Record, Style, TaskSpec};
+use tpv_shared::tasks::{Record, TaskSpec};
 use tpv_shared::{Curve, Layout, ModelRef, OriginRef, PromptKind, PromptTensor, SoftPrompt, TaskType};
 
 use self::checkpoint::{Best, Checkpoint};
@@ -74,50 +73,12 @@ fn encode_one(
     loss_on: LossOn,
     max_source_tokens: Option<usize>,
 ) -> Result<Encoded> {
-    let codec = &loaded.codec;
-    let target = task.target(rec)?;
-    match &loaded.model {
-        Model::Llama(_) => {
-            let style = if chat { Style::Chat } else { Style::T5 };
-            let text = task.render(rec, style)?;
-            let mut input = if chat {
-                codec.encode(&codec.chat(&text, true)?, false)?
-            } else {
-                codec.encode(&text, true)?
-            };
-            if let Some(max) = max_source_tokens {
-                input.truncate(max);
-            }
-            // The answer ends with the end-of-turn token, so the tuned model stops after it.
-            let mut answer = codec.encode(&target, false)?;
-            answer.extend(loaded.eos.first().copied());
-            let example = match loss_on {
-                LossOn::Answer => causal::Example::answer(&input, &answer),
-                LossOn::Sequence => causal::Example::whole(&[input.as_slice(), &answer].concat()),
-            };
-            Ok(Encoded::Causal { example, input, target })
-        }
-        Model::T5(_) => {
-            let text = task.render(rec, Style::T5)?;
-            let mut input = codec.encode(&text, true)?;
-            if let Some(max) = max_source_tokens
-                && input.len() > max
-                && let Some(&last) = input.last()
-            {
-                // Keep the closing </s>, as HF truncation does.
-                input.truncate(max.saturating_sub(1));
-                input.push(last);
-            }
-            let target_ids = codec.encode(&target, true)?;
-            Ok(Encoded::Seq2Seq {
-                example: t5::Example {
-                    input,
-                    target: target_ids,
-                },
-                target,
-            })
-        }
-    }
+    let opts = EncodeOptions {
+        chat,
+        loss_on,
+        max_source_tokens,
+    };
+    Ok(loaded.encode(task, rec, opts)?)
 }
 
 /// The origin θ₀ of a run: from a run file, or sampled from the model's vocabulary embeddings.
@@ -299,7 +260,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let r = config.prompt.virtual_tokens;
     let all = data::load_all(&config.data).context("loading data")?;
     let splits = data::describe(&all);
-    let chat = config.model.chat_template && loaded.codec.chat_template().is_some() && !loaded.model.is_seq2seq();
+    // Chat models use their chat template when they have one (`Loaded::encode`).
+    let chat = config.model.chat_template;
     // Records of every task, joined split by split (task index, record); validation and test are
     // tokenized now, training examples only when the sample stream reaches them (a short run on a
     // large dataset tokenizes the examples it uses, not the whole set).

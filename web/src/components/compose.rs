@@ -109,6 +109,59 @@ fn download(name: &str, bytes: &[u8], mime: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn chosen_ids(query: Query) -> Vec<String> {
+    param(query, "tau", "")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The composition the query describes (`origin`, `tau`, `w`, `lambda`, `method`, …) with the
+/// runs it takes vectors from; `None` until an origin and a vector are chosen. The Evaluate view
+/// evaluates it as `prompt=@compose`.
+pub fn composition(runs: &[Run], query: Query) -> Result<Option<(SoftPrompt, Vec<&Run>)>, String> {
+    let origins = origins(runs);
+    let origin_id = param(query, "origin", "");
+    let Some((_, origin)) = origins.iter().find(|(id, _)| *id == origin_id) else {
+        return Ok(None);
+    };
+    let ids = chosen_ids(query);
+    let picked: Vec<&Run> = ids.iter().filter_map(|id| runs.iter().find(|r| &r.id == id)).collect();
+    if picked.is_empty() {
+        return Ok(None);
+    }
+    let ws: Vec<f64> = param(query, "w", "")
+        .split(',')
+        .take(picked.len())
+        .map(|w| {
+            if w.is_empty() {
+                Ok(1.0)
+            } else {
+                w.parse::<f64>().map_err(|_| format!("weight {w:?} is not a number"))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let ws = if ws.iter().all(|w| *w == 1.0) && ws.len() <= picked.len() {
+        Vec::new()
+    } else {
+        let mut ws = ws;
+        ws.resize(picked.len(), 1.0);
+        ws
+    };
+    let lambda = param(query, "lambda", "1")
+        .parse::<f64>()
+        .map_err(|_| "λ must be a number".to_owned())?;
+    let method = method_of(query)?;
+    let refs: Vec<&SoftPrompt> = picked.iter().map(|r| &r.prompt).collect();
+    let mut result = arith::combine(origin, &refs, &ws, lambda, &method).map_err(|e| e.to_string())?;
+    let name = param(query, "name", "");
+    if !name.is_empty() {
+        result.meta.name = Some(name);
+    }
+    Ok(Some((result, picked)))
+}
+
 #[derive(Clone, PartialEq)]
 struct Outcome {
     result: SoftPrompt,
@@ -117,54 +170,13 @@ struct Outcome {
 
 #[component]
 pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
-    let chosen = move || -> Vec<String> {
-        param(query, "tau", "")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
+    let chosen = move || chosen_ids(query);
     let weights = move || -> Vec<String> { param(query, "w", "").split(',').map(str::to_owned).collect() };
     let outcome = Memo::new(move |_| -> Result<Option<Outcome>, String> {
         let runs = runs.get();
-        let origins = origins(&runs);
-        let origin_id = param(query, "origin", "");
-        let Some((_, origin)) = origins.iter().find(|(id, _)| *id == origin_id) else {
+        let Some((result, picked)) = composition(&runs, query)? else {
             return Ok(None);
         };
-        let ids = chosen();
-        let picked: Vec<&Run> = ids.iter().filter_map(|id| runs.iter().find(|r| &r.id == id)).collect();
-        if picked.is_empty() {
-            return Ok(None);
-        }
-        let ws: Vec<f64> = weights()
-            .iter()
-            .take(picked.len())
-            .map(|w| {
-                if w.is_empty() {
-                    Ok(1.0)
-                } else {
-                    w.parse::<f64>().map_err(|_| format!("weight {w:?} is not a number"))
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        let ws = if ws.iter().all(|w| *w == 1.0) && ws.len() <= picked.len() {
-            Vec::new()
-        } else {
-            let mut ws = ws;
-            ws.resize(picked.len(), 1.0);
-            ws
-        };
-        let lambda = param(query, "lambda", "1")
-            .parse::<f64>()
-            .map_err(|_| "λ must be a number".to_owned())?;
-        let method = method_of(query)?;
-        let refs: Vec<&SoftPrompt> = picked.iter().map(|r| &r.prompt).collect();
-        let mut result = arith::combine(origin, &refs, &ws, lambda, &method).map_err(|e| e.to_string())?;
-        let name = param(query, "name", "");
-        if !name.is_empty() {
-            result.meta.name = Some(name);
-        }
         let tau: Option<PromptTensor> = result.vector_values().ok();
         let sources = picked
             .iter()
@@ -348,6 +360,11 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                             <button type="button" data-testid="download-run" on:click=save_run>"Download run file"</button>
                             " "
                             <button type="button" data-testid="download-peft" on:click=save_peft>"Download peft adapter"</button>
+                            " "
+                            <button type="button" data-testid="evaluate-composed" on:click=move |_| {
+                                set_param(query, "prompt", "@compose");
+                                set_param(query, "view", "evaluate");
+                            }>"Evaluate it"</button>
                         </div>
                     }.into_any()
                 }

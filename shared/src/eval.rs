@@ -1,0 +1,531 @@
+//! Evaluating a prompt: records → model inputs (the training code's encoding), per-example loss and
+//! greedy prediction, the task's metrics and a confusion matrix. The CLI (`tpv eval`, the training
+//! loop's validation and test) and the web app's Evaluate view run this same code, so their
+//! numbers agree.
+//!
+//! An [`EvalSet`] is a task's examples with everything needed to encode them as training did (the
+//! task spec, chat or raw input, truncation, generation length): `tpv sweep` writes one per task
+//! into the study and `tpv report` bundles them with the site.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics;
+use crate::model::load::{self, Model};
+use crate::model::{causal, t5};
+use crate::tasks::{Record, Style, TaskError, TaskSpec};
+use crate::text::{TextCodec, TextError};
+
+/// Why an example could not be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("an example of the wrong family for a {0} model")]
+    WrongFamily(&'static str),
+    #[error("eval set: {0}")]
+    BadSet(String),
+    #[error("model files: {0}")]
+    Files(String),
+}
+
+/// Which tokens of a causal example the loss covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// The answer tokens only (default).
+    #[default]
+    Answer,
+    /// Every token of the sequence (trl's default).
+    Sequence,
+}
+
+/// How records become model inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodeOptions {
+    /// Chat models: the input is a user turn of the chat template, when the model has one (else
+    /// raw text).
+    pub chat: bool,
+    #[serde(default)]
+    pub loss_on: LossOn,
+    /// Truncate inputs to this many tokens.
+    #[serde(default)]
+    pub max_source_tokens: Option<usize>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            chat: true,
+            loss_on: LossOn::Answer,
+            max_source_tokens: None,
+        }
+    }
+}
+
+/// A frozen model with its tokenizer and end-of-sequence ids.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub model: Model,
+    pub codec: TextCodec,
+    pub eos: Vec<u32>,
+}
+
+/// One example, tokenized for its model family.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoded {
+    Causal {
+        example: causal::Example,
+        /// The prompt part (input ids) for generation.
+        input: Vec<u32>,
+        target: String,
+    },
+    Seq2Seq {
+        example: t5::Example,
+        target: String,
+    },
+}
+
+impl Encoded {
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Causal { target, .. } | Self::Seq2Seq { target, .. } => target,
+        }
+    }
+
+    /// How many target tokens the loss covers.
+    pub fn target_count(&self) -> usize {
+        match self {
+            Self::Causal { example, .. } => example
+                .ids
+                .len()
+                .saturating_sub(example.target_start.min(example.ids.len())),
+            Self::Seq2Seq { example, .. } => example.target.len(),
+        }
+    }
+
+    /// The input ids generation starts from.
+    pub fn input(&self) -> &[u32] {
+        match self {
+            Self::Causal { input, .. } => input,
+            Self::Seq2Seq { example, .. } => &example.input,
+        }
+    }
+}
+
+impl Loaded {
+    /// A GGUF file (LLaMA architecture, tokenizer and chat template embedded); also returns the
+    /// model's name from its metadata.
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        reader: &mut R,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, Option<String>), EvalError> {
+        let (model, cfg, extras) = load::from_gguf(reader, dtype, device)?;
+        let codec = TextCodec::from_gguf(&extras)?;
+        let eos = cfg.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+        Ok((Self { model, codec, eos }, extras.name))
+    }
+
+    /// An HF model: `config.json`, its safetensors shards, `tokenizer.json` and (optional)
+    /// `tokenizer_config.json`. End-of-sequence ids: config.json's, then the tokenizer's.
+    pub fn from_hf(
+        config_json: &str,
+        shards: &[Vec<u8>],
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<&str>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, EvalError> {
+        let model = load::from_safetensors(config_json, shards, dtype, device)?;
+        let codec = TextCodec::from_hf(tokenizer_json, tokenizer_config)?;
+        #[derive(Deserialize)]
+        struct Ids {
+            #[serde(default)]
+            eos_token_id: Option<crate::model::llama::TokenIds>,
+        }
+        let ids: Ids = serde_json::from_str(config_json).map_err(|e| EvalError::Files(format!("config.json: {e}")))?;
+        let mut eos = ids.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+        if let Some(e) = codec.eos_token().and_then(|t| codec.token_id(t))
+            && !eos.contains(&e)
+        {
+            eos.push(e);
+        }
+        Ok(Self { model, codec, eos })
+    }
+
+    /// A model from its files by name (the browser's file picker or downloads): one `.gguf`
+    /// file, or `config.json` + `model.safetensors` (or `model.safetensors.index.json` and the
+    /// shards it names) + `tokenizer.json` (+ `tokenizer_config.json`).
+    pub fn from_files(files: &BTreeMap<String, Vec<u8>>, dtype: DType, device: &Device) -> Result<Self, EvalError> {
+        let ggufs: Vec<&String> = files.keys().filter(|k| k.ends_with(".gguf")).collect();
+        if let [name] = ggufs.as_slice() {
+            let bytes = &files[*name];
+            return Ok(Self::from_gguf(&mut std::io::Cursor::new(bytes), dtype, device)?.0);
+        }
+        if ggufs.len() > 1 {
+            return Err(EvalError::Files(format!("{} .gguf files; give one", ggufs.len())));
+        }
+        let get = |name: &str| {
+            files.get(name).ok_or_else(|| {
+                EvalError::Files(format!(
+                    "{name} is missing (have: {}); give a .gguf file, or config.json, model.safetensors and tokenizer.json",
+                    files.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })
+        };
+        let text = |name: &str| {
+            get(name).and_then(|b| {
+                String::from_utf8(b.clone()).map_err(|_| EvalError::Files(format!("{name} is not UTF-8 text")))
+            })
+        };
+        let config = text("config.json")?;
+        let shards: Vec<Vec<u8>> = if let Some(one) = files.get("model.safetensors") {
+            vec![one.clone()]
+        } else if files.contains_key("model.safetensors.index.json") {
+            #[derive(Deserialize)]
+            struct ShardIndex {
+                weight_map: BTreeMap<String, String>,
+            }
+            let index: ShardIndex = serde_json::from_str(&text("model.safetensors.index.json")?)
+                .map_err(|e| EvalError::Files(format!("model.safetensors.index.json: {e}")))?;
+            let mut names: Vec<&String> = index.weight_map.values().collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| get(n).cloned()).collect::<Result<_, _>>()?
+        } else {
+            return Err(EvalError::Files(
+                "model.safetensors is missing (pytorch_model.bin is a pickle, which tpv does not execute)".into(),
+            ));
+        };
+        let tokenizer_config = files
+            .get("tokenizer_config.json")
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        Self::from_hf(
+            &config,
+            &shards,
+            get("tokenizer.json")?,
+            tokenizer_config.as_deref(),
+            dtype,
+            device,
+        )
+    }
+
+    /// Tokenizes a record as training does: the task's template (chat models: instruction and
+    /// fields in a user turn of the chat template when `opts.chat` and the model has one), the answer followed by the first end-of-sequence id (so a tuned
+    /// chat model stops after it), inputs truncated to `max_source_tokens` (T5 keeps its `</s>`).
+    pub fn encode(&self, task: &TaskSpec, rec: &Record, opts: EncodeOptions) -> Result<Encoded, EvalError> {
+        let codec = &self.codec;
+        let target = task.target(rec)?;
+        match &self.model {
+            Model::Llama(_) => {
+                let chat = opts.chat && codec.chat_template().is_some();
+                let style = if chat { Style::Chat } else { Style::T5 };
+                let text = task.render(rec, style)?;
+                let mut input = if chat {
+                    codec.encode(&codec.chat(&text, true)?, false)?
+                } else {
+                    codec.encode(&text, true)?
+                };
+                if let Some(max) = opts.max_source_tokens {
+                    input.truncate(max);
+                }
+                let mut answer = codec.encode(&target, false)?;
+                answer.extend(self.eos.first().copied());
+                let example = match opts.loss_on {
+                    LossOn::Answer => causal::Example::answer(&input, &answer),
+                    LossOn::Sequence => causal::Example::whole(&[input.as_slice(), &answer].concat()),
+                };
+                Ok(Encoded::Causal { example, input, target })
+            }
+            Model::T5(_) => {
+                let text = task.render(rec, Style::T5)?;
+                let mut input = codec.encode(&text, true)?;
+                if let Some(max) = opts.max_source_tokens
+                    && input.len() > max
+                    && let Some(&last) = input.last()
+                {
+                    // Keep the closing </s>, as HF truncation does.
+                    input.truncate(max.saturating_sub(1));
+                    input.push(last);
+                }
+                let target_ids = codec.encode(&target, true)?;
+                Ok(Encoded::Seq2Seq {
+                    example: t5::Example {
+                        input,
+                        target: target_ids,
+                    },
+                    target,
+                })
+            }
+        }
+    }
+
+    /// Greedy generations (token ids) of a batch under `theta` ([R, d]).
+    pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
+        generate(&self.model, &self.eos, theta, batch, max_new)
+    }
+
+    /// Per-example mean NLL over the target tokens (no dropout) and the target-token counts.
+    pub fn losses(&self, theta: &Tensor, batch: &[&Encoded]) -> Result<(Vec<f32>, Vec<usize>), EvalError> {
+        let out = match &self.model {
+            Model::Llama(m) => {
+                let examples = batch
+                    .iter()
+                    .map(|e| match e {
+                        Encoded::Causal { example, .. } => Ok(example.clone()),
+                        Encoded::Seq2Seq { .. } => Err(EvalError::WrongFamily("causal")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = causal::loss(m, theta, &examples)?;
+                (out.per_example, out.counts)
+            }
+            Model::T5(m) => {
+                let examples = batch
+                    .iter()
+                    .map(|e| match e {
+                        Encoded::Seq2Seq { example, .. } => Ok(example.clone()),
+                        Encoded::Causal { .. } => Err(EvalError::WrongFamily("seq2seq")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = t5::loss(m, theta, &examples, None)?;
+                (out.per_example, out.counts)
+            }
+        };
+        Ok(out)
+    }
+
+    /// Loss, target-token count and decoded greedy prediction (trimmed) of each example of a batch.
+    pub fn evaluate_batch(
+        &self,
+        theta: &Tensor,
+        batch: &[&Encoded],
+        max_new: usize,
+    ) -> Result<Vec<ExampleResult>, EvalError> {
+        let (losses, counts) = self.losses(theta, batch)?;
+        let generated = self.generate(theta, batch, max_new)?;
+        generated
+            .iter()
+            .zip(losses.into_iter().zip(counts))
+            .map(|(ids, (loss, tokens))| {
+                Ok(ExampleResult {
+                    loss,
+                    tokens,
+                    prediction: self.codec.decode(ids)?.trim().to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Greedy generations (token ids) of a batch under `theta` ([R, d]); causal models stop at `eos`.
+pub fn generate(
+    model: &Model,
+    eos: &[u32],
+    theta: &Tensor,
+    batch: &[&Encoded],
+    max_new: usize,
+) -> candle_core::Result<Vec<Vec<u32>>> {
+    let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
+    match model {
+        Model::Llama(m) => causal::greedy(m, theta, &inputs, max_new, eos),
+        Model::T5(m) => t5::greedy(m, theta, &inputs, max_new),
+    }
+}
+
+/// What the evaluation of one example gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExampleResult {
+    /// Mean NLL over the example's target tokens.
+    pub loss: f32,
+    /// How many target tokens the loss covers.
+    pub tokens: usize,
+    pub prediction: String,
+}
+
+/// A task's examples and how to encode and decode them (the `examples/TASK.json` of a study).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSet {
+    /// `tpv-eval-set`.
+    pub format: String,
+    pub version: u32,
+    /// The task's name in the study (run files' task).
+    pub name: String,
+    /// Which split the records are (`test`).
+    pub split: String,
+    /// How many records the split has (the set may hold the first `records.len()` of them).
+    pub split_size: usize,
+    pub task: TaskSpec,
+    pub encode: EncodeOptions,
+    pub max_new_tokens: usize,
+    pub records: Vec<Record>,
+}
+
+impl EvalSet {
+    pub const FORMAT: &'static str = "tpv-eval-set";
+    pub const VERSION: u32 = 1;
+
+    /// Parses and checks an eval set.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EvalError> {
+        let set: Self = serde_json::from_slice(bytes).map_err(|e| EvalError::BadSet(e.to_string()))?;
+        if set.format != Self::FORMAT {
+            return Err(EvalError::BadSet(format!(
+                "format is {:?}, expected {:?}",
+                set.format,
+                Self::FORMAT
+            )));
+        }
+        if set.version > Self::VERSION {
+            return Err(EvalError::BadSet(format!(
+                "version {} is newer than this tpv reads ({}); upgrade tpv",
+                set.version,
+                Self::VERSION
+            )));
+        }
+        Ok(set)
+    }
+
+    /// The targets of the records (the references of the metrics).
+    pub fn targets(&self) -> Result<Vec<String>, TaskError> {
+        self.records.iter().map(|r| self.task.target(r)).collect()
+    }
+}
+
+/// Plain examples (`{"input": …, "target": …}` lines) as an eval set of the `plain` task.
+pub fn plain_set(records: Vec<Record>, chat: bool, max_new_tokens: usize) -> EvalSet {
+    EvalSet {
+        format: EvalSet::FORMAT.into(),
+        version: EvalSet::VERSION,
+        name: "plain".into(),
+        split: "given".into(),
+        split_size: records.len(),
+        task: crate::tasks::plain(),
+        encode: EncodeOptions {
+            chat,
+            ..EncodeOptions::default()
+        },
+        max_new_tokens,
+        records,
+    }
+}
+
+/// Summary of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Mean NLL over all target tokens (token-weighted, as the training curves).
+    pub loss: f64,
+    /// Mean of the per-example losses.
+    pub mean_example_loss: f64,
+    /// exact_match and the task's metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Loss and metrics of finished results against their references.
+pub fn summarize(task: &TaskSpec, results: &[ExampleResult], refs: &[String]) -> Summary {
+    let (mut nll, mut count) = (0f64, 0usize);
+    for r in results.iter().filter(|r| r.tokens > 0) {
+        nll += f64::from(r.loss) * r.tokens as f64;
+        count += r.tokens;
+    }
+    let n = results.len().max(1) as f64;
+    let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
+    Summary {
+        loss: if count == 0 { f64::NAN } else { nll / count as f64 },
+        mean_example_loss: results.iter().map(|r| f64::from(r.loss)).sum::<f64>() / n,
+        metrics: metrics::compute(&task.metrics, &preds, refs, &task.labels),
+    }
+}
+
+/// Counts of (reference, prediction) pairs: rows are references, columns the same classes plus
+/// `other` for predictions outside them. Classes are the task's label words, or the distinct
+/// references (sorted) when it has none; strings compare after [`metrics::normalize_label`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub classes: Vec<String>,
+    /// `counts[reference][prediction]`, `classes.len()` rows of `classes.len() + 1` columns.
+    pub counts: Vec<Vec<usize>>,
+}
+
+impl Confusion {
+    pub fn new(labels: &[String], preds: &[String], refs: &[String]) -> Self {
+        let classes: Vec<String> = if labels.is_empty() {
+            let mut c: Vec<String> = refs.iter().map(|r| metrics::normalize_label(r)).collect();
+            c.sort();
+            c.dedup();
+            c
+        } else {
+            labels.iter().map(|l| metrics::normalize_label(l)).collect()
+        };
+        let index = |s: &str| {
+            let s = metrics::normalize_label(s);
+            classes.iter().position(|c| *c == s)
+        };
+        let k = classes.len();
+        let mut counts = vec![vec![0; k + 1]; k];
+        for (p, r) in preds.iter().zip(refs) {
+            if let Some(row) = index(r) {
+                counts[row][index(p).unwrap_or(k)] += 1;
+            }
+        }
+        Self { classes, counts }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn confusion_counts_references_by_predictions_with_an_other_column() {
+        let c = Confusion::new(
+            &s(&["negative", "positive"]),
+            &s(&["positive", " Negative", "maybe", "positive"]),
+            &s(&["positive", "negative", "negative", "negative"]),
+        );
+        assert_eq!(c.classes, s(&["negative", "positive"]));
+        assert_eq!(c.counts, vec![vec![1, 1, 1], vec![0, 1, 0]]);
+        // Without label words the classes are the distinct references.
+        let c = Confusion::new(&[], &s(&["w1", "w2"]), &s(&["w2", "w2"]));
+        assert_eq!(c.classes, s(&["w2"]));
+        assert_eq!(c.counts, vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn summary_weights_the_loss_by_target_tokens() {
+        let r = |loss, tokens, p: &str| ExampleResult {
+            loss,
+            tokens,
+            prediction: p.into(),
+        };
+        let res = [r(1.0, 1, "a"), r(4.0, 3, "b")];
+        let sum = summarize(&crate::tasks::plain(), &res, &s(&["a", "c"]));
+        assert!((sum.loss - 13.0 / 4.0).abs() < 1e-12);
+        assert!((sum.mean_example_loss - 2.5).abs() < 1e-12);
+        assert_eq!(sum.metrics["exact_match"], 0.5);
+    }
+
+    #[test]
+    fn eval_sets_refuse_other_formats_and_newer_versions() {
+        let set = plain_set(Vec::new(), true, 4);
+        let mut v = serde_json::to_value(&set).unwrap();
+        assert_eq!(EvalSet::from_json(v.to_string().as_bytes()).unwrap(), set);
+        v["version"] = 9.into();
+        let e = EvalSet::from_json(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("version 9"), "{e}");
+        v["version"] = 1.into();
+        v["format"] = "x".into();
+        assert!(EvalSet::from_json(v.to_string().as_bytes()).is_err());
+        assert!(EvalSet::from_json(b"{").is_err());
+    }
+}

@@ -1,0 +1,680 @@
+//! Evaluate: a model (files or URL) in a Web Worker, a prompt (a run, the Compose view's result,
+//! or none), examples (a task's bundled test examples, or pasted `{"input", "target"}` lines);
+//! accuracy and the task's metrics, a confusion matrix and each example's prediction and loss,
+//! with progress and cancel. The worker runs `tpv_shared::eval`, the code of `tpv eval`.
+//!
+//! Query: `view=evaluate&model=URL&prompt=RUN|@compose&examples=TASK|@paste&n=50&batch=8`.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult};
+use tpv_shared::tasks::{Record, Style, TaskSpec};
+use web_sys::HtmlInputElement;
+
+use super::compose::composition;
+use crate::study::{self, Run, Study};
+use crate::worker::{self, Batch, ModelInfo, Reply};
+use crate::{Query, param, set_param};
+
+/// The model the worker holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelState {
+    None,
+    Loading(String),
+    Loaded { info: ModelInfo, source: String },
+    Failed(String),
+}
+
+/// An evaluation: what it runs and what came back so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub run: u32,
+    pub label: String,
+    pub task: TaskSpec,
+    pub records: Vec<Record>,
+    pub refs: Vec<String>,
+    pub results: Vec<ExampleResult>,
+    pub running: bool,
+    pub cancelled: bool,
+    pub error: Option<String>,
+    pub started_ms: f64,
+    pub elapsed_ms: f64,
+    /// Time the worker spent computing (without messaging and waiting).
+    pub compute_ms: f64,
+}
+
+/// Batches still to send, and the prompt they use.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    run: u32,
+    batches: Vec<Batch>,
+    next: usize,
+    prompt: Vec<f32>,
+}
+
+/// The Evaluate view's state; it lives in the app, so an evaluation goes on while another view
+/// is shown.
+#[derive(Clone, Copy)]
+pub struct EvalState {
+    model: RwSignal<ModelState>,
+    progress: RwSignal<Option<Progress>>,
+    sets: RwSignal<Vec<(String, Result<EvalSet, String>)>>,
+    /// The pasted examples (kept while other views are shown).
+    pasted: RwSignal<String>,
+    pending: StoredValue<Pending>,
+    next_run: StoredValue<u32>,
+}
+
+impl EvalState {
+    /// Creates the state and routes the worker's replies to it.
+    pub fn new() -> Self {
+        let s = Self {
+            model: RwSignal::new(ModelState::None),
+            progress: RwSignal::new(None),
+            sets: RwSignal::new(Vec::new()),
+            pasted: RwSignal::new(String::new()),
+            pending: StoredValue::new(Pending::default()),
+            next_run: StoredValue::new(1),
+        };
+        worker::set_handler(move |reply| s.on_reply(reply));
+        s
+    }
+
+    fn on_reply(self, reply: Reply) {
+        match reply {
+            Reply::Ready => {}
+            Reply::Loaded(info) => self.model.update(|m| {
+                let source = match m {
+                    ModelState::Loading(s) => s.clone(),
+                    _ => String::new(),
+                };
+                *m = ModelState::Loaded { info, source };
+            }),
+            Reply::Result { run, results, ms, .. } => {
+                let mut finished = false;
+                self.progress.update(|p| {
+                    let Some(p) = p.as_mut().filter(|p| p.run == run && p.running) else {
+                        return;
+                    };
+                    p.results.extend(results);
+                    p.compute_ms += ms;
+                    p.elapsed_ms = now_ms() - p.started_ms;
+                    finished = p.cancelled || p.results.len() >= p.records.len();
+                    if finished {
+                        p.running = false;
+                    }
+                });
+                if !finished {
+                    self.send_next(run);
+                }
+            }
+            Reply::Error { run, message } => {
+                let current = self.progress.with_untracked(|p| p.as_ref().map(|p| p.run));
+                if run.is_some() && run == current {
+                    self.progress.update(|p| {
+                        if let Some(p) = p.as_mut() {
+                            p.running = false;
+                            p.error = Some(message);
+                        }
+                    });
+                } else {
+                    self.model.set(ModelState::Failed(message));
+                }
+            }
+        }
+    }
+
+    fn send_next(self, run: u32) {
+        let next = self.pending.try_update_value(|p| {
+            if p.run != run || p.next >= p.batches.len() {
+                return None;
+            }
+            p.next += 1;
+            Some((p.next - 1, p.batches[p.next - 1].clone(), p.prompt.clone()))
+        });
+        if let Some(Some((index, batch, prompt))) = next
+            && let Err(e) = worker::eval_batch(run, index as u32, &batch, &prompt)
+        {
+            self.progress.update(|p| {
+                if let Some(p) = p.as_mut() {
+                    p.running = false;
+                    p.error = Some(e);
+                }
+            });
+        }
+    }
+
+    fn load_files(self, source: String, files: Vec<(String, Vec<u8>)>) {
+        self.model.set(ModelState::Loading(source));
+        if let Err(e) = worker::load_model(files) {
+            self.model.set(ModelState::Failed(e));
+        }
+    }
+
+    /// Fetches a model from `url` (a `.gguf` file, or a directory with config.json,
+    /// model.safetensors or its shards, tokenizer.json and tokenizer_config.json) into the worker.
+    fn load_url(self, url: String) {
+        self.model.set(ModelState::Loading(url.clone()));
+        spawn_local(async move {
+            match fetch_model(&url).await {
+                Ok(files) => self.load_files(url, files),
+                Err(e) => self.model.set(ModelState::Failed(e)),
+            }
+        });
+    }
+
+    fn cancel(self) {
+        self.progress.update(|p| {
+            if let Some(p) = p.as_mut()
+                && p.running
+            {
+                p.cancelled = true;
+            }
+        });
+    }
+}
+
+impl Default for EvalState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+async fn fetch_model(url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let abs = study::resolve(url, &study::page_url())?;
+    let path = abs.split(['?', '#']).next().unwrap_or(&abs);
+    if path.ends_with(".gguf") {
+        let name = path.rsplit('/').next().unwrap_or("model.gguf").to_owned();
+        return Ok(vec![(name, study::fetch_bytes(&abs).await?)]);
+    }
+    let base = if abs.ends_with('/') {
+        abs.clone()
+    } else {
+        format!("{abs}/")
+    };
+    let get = |name: &str| {
+        let u = study::resolve(name, &base);
+        async move { study::fetch_bytes(&u?).await }
+    };
+    let mut files = vec![
+        ("config.json".to_owned(), get("config.json").await?),
+        ("tokenizer.json".to_owned(), get("tokenizer.json").await?),
+    ];
+    if let Ok(b) = get("tokenizer_config.json").await {
+        files.push(("tokenizer_config.json".into(), b));
+    }
+    match get("model.safetensors").await {
+        Ok(b) => files.push(("model.safetensors".into(), b)),
+        Err(single) => {
+            let index = get("model.safetensors.index.json")
+                .await
+                .map_err(|e| format!("{single}; and no shard index: {e}"))?;
+            #[derive(serde::Deserialize)]
+            struct Index {
+                weight_map: std::collections::BTreeMap<String, String>,
+            }
+            let parsed: Index =
+                serde_json::from_slice(&index).map_err(|e| format!("model.safetensors.index.json: {e}"))?;
+            let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
+            shards.sort();
+            shards.dedup();
+            files.push(("model.safetensors.index.json".into(), index));
+            for s in shards {
+                let bytes = get(&s).await?;
+                files.push((s, bytes));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Pasted examples: one JSON object per line with `input` and `target` (other values as text).
+fn parse_pasted(text: &str) -> Result<Vec<Record>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1))?;
+            let rec: Record = v
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (k, text)
+                })
+                .collect();
+            for col in ["input", "target"] {
+                if !rec.contains_key(col) {
+                    return Err(format!("line {}: no {col:?}", i + 1));
+                }
+            }
+            Ok(rec)
+        })
+        .collect()
+}
+
+/// The prompt an evaluation uses.
+struct Chosen {
+    label: String,
+    values: Vec<f32>,
+    shape: [usize; 2],
+}
+
+/// A prompt for the query's `prompt`: a run (a prompt, not a vector), the composition, or none.
+fn chosen_prompt(runs: &[Run], query: Query) -> Result<Option<Chosen>, String> {
+    let id = param(query, "prompt", "");
+    if id.is_empty() {
+        return Ok(None);
+    }
+    let prompt = if id == "@compose" {
+        composition(runs, query)?
+            .map(|(p, _)| p)
+            .ok_or("the Compose view has no result yet")?
+    } else {
+        runs.iter()
+            .find(|r| r.id == id)
+            .map(|r| r.prompt.clone())
+            .ok_or_else(|| format!("no run {id:?}"))?
+    };
+    if !prompt.kind().is_prompt() {
+        return Err(format!(
+            "{} is a task prompt vector; apply it to an origin first (Compose)",
+            prompt.label()
+        ));
+    }
+    Ok(Some(Chosen {
+        label: prompt.label(),
+        values: prompt.values.as_slice().to_vec(),
+        shape: prompt.shape(),
+    }))
+}
+
+#[component]
+pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Query, state: EvalState) -> impl IntoView {
+    let message = RwSignal::new(None::<String>);
+    let pasted = state.pasted;
+    let url_input = RwSignal::new(param(query, "model", ""));
+
+    // Open with ?model=URL: load it unless the worker already holds it.
+    {
+        let url = param(query, "model", "");
+        let have = state.model.with_untracked(|m| match m {
+            ModelState::Loaded { source, .. } | ModelState::Loading(source) => source.clone(),
+            _ => String::new(),
+        });
+        if !url.is_empty() && url != have {
+            state.load_url(url);
+        }
+    }
+
+    let example_sets = Memo::new(move |_| study.with(|s| s.as_ref().map(|s| s.examples.clone()).unwrap_or_default()));
+    // The chosen bundled set, fetched once.
+    Effect::new(move |_| {
+        let task = param(query, "examples", "");
+        if task.is_empty() || task.starts_with('@') {
+            return;
+        }
+        let Some(set) = example_sets.with(|s| s.iter().find(|e| e.task == task).cloned()) else {
+            return;
+        };
+        if state.sets.with_untracked(|s| s.iter().any(|(t, _)| *t == task)) {
+            return;
+        }
+        spawn_local(async move {
+            let got = study::fetch_bytes(&set.file)
+                .await
+                .and_then(|b| EvalSet::from_json(&b).map_err(|e| format!("{}: {e}", set.file)));
+            state.sets.update(|s| s.push((task, got)));
+        });
+    });
+    // The default choice: the first bundled set.
+    Effect::new(move |_| {
+        if param(query, "examples", "").is_empty()
+            && let Some(first) = example_sets.with(|s| s.first().map(|e| e.task.clone()))
+        {
+            set_param(query, "examples", first);
+        }
+    });
+
+    let prompt_options = Memo::new(move |_| {
+        runs.with(|rs| {
+            rs.iter()
+                .filter(|r| r.prompt.kind().is_prompt())
+                .map(|r| {
+                    let label = if r.label() == r.id {
+                        r.id.clone()
+                    } else {
+                        format!("{} — {}", r.label(), r.id)
+                    };
+                    (r.id.clone(), label)
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+
+    let start = move |_| {
+        message.set(None);
+        let hidden = match state.model.get_untracked() {
+            ModelState::Loaded { info, .. } => info.hidden_size,
+            _ => {
+                message.set(Some("Load a model first.".into()));
+                return;
+            }
+        };
+        let prompt = match runs.with_untracked(|rs| chosen_prompt(rs, query)) {
+            Ok(p) => p,
+            Err(e) => {
+                message.set(Some(e));
+                return;
+            }
+        };
+        let choice = param(query, "examples", "");
+        let set = if choice == "@paste" {
+            let max_new = param(query, "max_new", "16").parse::<usize>().unwrap_or(16);
+            match parse_pasted(&pasted.get_untracked()) {
+                Ok(recs) if !recs.is_empty() => Ok(eval::plain_set(recs, param(query, "chat", "1") == "1", max_new)),
+                Ok(_) => Err("paste at least one example".to_owned()),
+                Err(e) => Err(e),
+            }
+        } else {
+            state
+                .sets
+                .with_untracked(|s| s.iter().find(|(t, _)| *t == choice).map(|(_, s)| s.clone()))
+                .unwrap_or_else(|| Err("choose examples".to_owned()))
+        };
+        let mut set = match set {
+            Ok(s) => s,
+            Err(e) => {
+                message.set(Some(e));
+                return;
+            }
+        };
+        let n = param(query, "n", "50").parse::<usize>().unwrap_or(50).max(1);
+        let batch_size = param(query, "batch", "8").parse::<usize>().unwrap_or(8).max(1);
+        set.records.truncate(n);
+        let refs = match set.targets() {
+            Ok(r) => r,
+            Err(e) => {
+                message.set(Some(e.to_string()));
+                return;
+            }
+        };
+        let Chosen {
+            label,
+            values,
+            shape: [rows, cols],
+        } = prompt.unwrap_or_else(|| Chosen {
+            label: "the model alone".into(),
+            values: Vec::new(),
+            shape: [0, hidden],
+        });
+        let batches: Vec<Batch> = set
+            .records
+            .chunks(batch_size)
+            .map(|c| Batch {
+                task: set.task.clone(),
+                encode: set.encode,
+                max_new_tokens: set.max_new_tokens,
+                records: c.to_vec(),
+                rows,
+                cols,
+            })
+            .collect();
+        let run = state.next_run.get_value();
+        state.next_run.set_value(run + 1);
+        state.pending.set_value(Pending {
+            run,
+            batches,
+            next: 0,
+            prompt: values,
+        });
+        state.progress.set(Some(Progress {
+            run,
+            label: format!("{label} on {} ({} examples)", set.name, set.records.len()),
+            task: set.task.clone(),
+            records: set.records,
+            refs,
+            results: Vec::new(),
+            running: true,
+            cancelled: false,
+            error: None,
+            started_ms: now_ms(),
+            elapsed_ms: 0.0,
+            compute_ms: 0.0,
+        }));
+        state.send_next(run);
+    };
+
+    let on_files = move |ev: leptos::ev::Event| {
+        let input: HtmlInputElement = event_target(&ev);
+        let Some(list) = input.files() else { return };
+        let files: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.get(i)).collect();
+        input.set_value("");
+        if files.is_empty() {
+            return;
+        }
+        let source = files.iter().map(web_sys::File::name).collect::<Vec<_>>().join(", ");
+        state.model.set(ModelState::Loading(source.clone()));
+        spawn_local(async move {
+            let mut read = Vec::new();
+            for f in files {
+                match wasm_bindgen_futures::JsFuture::from(f.array_buffer()).await {
+                    Ok(buf) => read.push((f.name(), js_sys::Uint8Array::new(&buf).to_vec())),
+                    Err(e) => {
+                        state.model.set(ModelState::Failed(format!(
+                            "the browser could not read {}: {e:?}",
+                            f.name()
+                        )));
+                        return;
+                    }
+                }
+            }
+            set_param(query, "model", "");
+            state.load_files(source, read);
+        });
+    };
+
+    let running = move || state.progress.with(|p| p.as_ref().is_some_and(|p| p.running));
+
+    view! {
+        <section class="evaluate">
+            <h2>"Evaluate"</h2>
+            <fieldset>
+                <legend>"Model"</legend>
+                <label>"URL (a .gguf file or a folder with config.json, model.safetensors, tokenizer.json) "
+                    <input type="url" data-testid="model-url" size="48" prop:value=move || url_input.get()
+                        on:input=move |ev| url_input.set(event_target_value(&ev)) />
+                </label>
+                " "
+                <button type="button" data-testid="model-load" on:click=move |_| {
+                    let url = url_input.get_untracked();
+                    if !url.is_empty() {
+                        set_param(query, "model", url.clone());
+                        state.load_url(url);
+                    }
+                }>"Load"</button>
+                <br />
+                <label>"…or open its files "
+                    <input type="file" multiple data-testid="model-files" accept=".gguf,.json,.safetensors" on:change=on_files />
+                </label>
+                {move || match state.model.get() {
+                    ModelState::None => view! { <p class="hint">"No model loaded. The model runs in a background worker; nothing leaves your browser."</p> }.into_any(),
+                    ModelState::Loading(s) => view! { <p role="status" data-testid="model-status">{format!("Loading {s}…")}</p> }.into_any(),
+                    ModelState::Failed(e) => view! { <p class="error" role="alert" data-testid="model-error">{e}</p> }.into_any(),
+                    ModelState::Loaded { info, source } => view! {
+                        <p role="status" data-testid="model-status" data-loaded="true">
+                            {format!("Loaded {source}: {} (hidden size {}, vocabulary {}{}) in {:.0} ms",
+                                info.family, info.hidden_size, info.vocab_size,
+                                if info.chat_template { ", chat template" } else { "" }, info.load_ms)}
+                        </p>
+                    }.into_any(),
+                }}
+                {move || study.with(|s| s.as_ref().and_then(|s| s.runs.iter().find_map(|r| r.model.clone())).map(|m| view! {
+                    <p class="hint">"The study's runs were trained on " <code>{m}</code> "."</p>
+                }))}
+            </fieldset>
+            <fieldset>
+                <legend>"Prompt and examples"</legend>
+                <label>"Prompt "
+                    <select data-testid="eval-prompt" on:change=move |ev| set_param(query, "prompt", event_target_value(&ev))>
+                        <option value="" selected=move || param(query, "prompt", "").is_empty()>"none (the model alone)"</option>
+                        <option value="@compose" selected=move || param(query, "prompt", "") == "@compose">"the Compose view's result"</option>
+                        {move || prompt_options.get().into_iter().map(|(id, label)| {
+                            let key = id.clone();
+                            view! { <option value=id selected=move || param(query, "prompt", "") == key>{label}</option> }
+                        }).collect_view()}
+                    </select>
+                </label>
+                " "
+                <label>"Examples "
+                    <select data-testid="eval-examples" on:change=move |ev| set_param(query, "examples", event_target_value(&ev))>
+                        {move || example_sets.get().into_iter().map(|e| {
+                            let key = e.task.clone();
+                            view! { <option value=e.task.clone() selected=move || param(query, "examples", "") == key>
+                                {format!("{} — {} of {} {} examples", e.task, e.records, e.split_size, e.split)}</option> }
+                        }).collect_view()}
+                        <option value="@paste" selected=move || param(query, "examples", "") == "@paste">"pasted examples"</option>
+                    </select>
+                </label>
+                " "
+                <label>"first "
+                    <input type="number" min="1" step="1" data-testid="eval-n" prop:value=move || param(query, "n", "50")
+                        on:input=move |ev| set_param(query, "n", event_target_value(&ev)) />
+                </label>
+                " "
+                <label>"batch "
+                    <input type="number" min="1" step="1" data-testid="eval-batch" prop:value=move || param(query, "batch", "8")
+                        on:input=move |ev| set_param(query, "batch", event_target_value(&ev)) />
+                </label>
+                <Show when=move || param(query, "examples", "") == "@paste">
+                    <label class="block">"One JSON object per line: " <code>"{\"input\": …, \"target\": …}"</code>
+                        <textarea data-testid="eval-paste" rows="5" cols="80" prop:value=move || pasted.get()
+                            on:input=move |ev| pasted.set(event_target_value(&ev))></textarea>
+                    </label>
+                    <label><input type="checkbox" prop:checked=move || param(query, "chat", "1") == "1"
+                        on:change=move |ev| set_param(query, "chat", if event_target_checked(&ev) { "1" } else { "0" }) />
+                        " chat template (chat models)"</label>
+                    " "
+                    <label>"new tokens "
+                        <input type="number" min="1" step="1" prop:value=move || param(query, "max_new", "16")
+                            on:input=move |ev| set_param(query, "max_new", event_target_value(&ev)) />
+                    </label>
+                </Show>
+                {move || {
+                    let task = param(query, "examples", "");
+                    state.sets.with(|s| s.iter().find(|(t, _)| *t == task).and_then(|(_, r)| r.as_ref().err().cloned()))
+                        .map(|e| view! { <p class="error" role="alert">{e}</p> })
+                }}
+            </fieldset>
+            <p>
+                <button type="button" data-testid="eval-run" disabled=running on:click=start>"Evaluate"</button>
+                " "
+                <button type="button" data-testid="eval-cancel" disabled=move || !running() on:click=move |_| state.cancel()>"Cancel"</button>
+            </p>
+            {move || message.get().map(|m| view! { <p class="error" role="alert" data-testid="eval-error">{m}</p> })}
+            {move || state.progress.get().map(|p| view! { <Results p /> })}
+        </section>
+    }
+}
+
+#[component]
+fn Results(p: Progress) -> impl IntoView {
+    let done = p.results.len();
+    let total = p.records.len();
+    let secs = p.elapsed_ms / 1000.0;
+    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    let refs = &p.refs[..done.min(p.refs.len())];
+    let summary = eval::summarize(&p.task, &p.results, refs);
+    let preds: Vec<String> = p.results.iter().map(|r| r.prediction.clone()).collect();
+    let confusion = Confusion::new(&p.task.labels, &preds, refs);
+    let status = if p.error.is_some() {
+        format!("Failed after {done} of {total} examples:")
+    } else if p.running && p.cancelled {
+        format!("Cancelling after the batch in flight… ({done} of {total})")
+    } else if p.running {
+        format!("{done} of {total} examples…")
+    } else if p.cancelled {
+        format!("Cancelled after {done} of {total} examples")
+    } else {
+        format!("Done: {total} examples")
+    };
+    let accuracy = summary.metrics.get("exact_match").copied().unwrap_or(0.0);
+    let metrics: Vec<(String, f64)> = summary.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let k = confusion.classes.len();
+    view! {
+        <div class="eval-results" data-testid="eval-results" data-done=done.to_string() data-total=total.to_string()
+            data-running=p.running.to_string()>
+            <p><strong>{p.label.clone()}</strong></p>
+            <p role="status" data-testid="eval-status">
+                <progress max=total.to_string() value=done.to_string()></progress>
+                " " {status} {p.error.clone().map(|e| view! { " " <span class="error">{e}</span> })}
+                " · " <span data-testid="eval-speed" data-value=rate.to_string()>
+                    {format!("{rate:.2} examples/s ({:.1} s; worker {:.1} s)", secs, p.compute_ms / 1000.0)}</span>
+            </p>
+            <Show when=move || { done > 0 }>
+                <table class="metrics">
+                    <caption>{format!("Scores over the {done} examples evaluated")}</caption>
+                    <tbody>
+                        <tr><th scope="row">"accuracy (exact match)"</th>
+                            <td data-testid="eval-accuracy" data-value=accuracy.to_string()>{format!("{:.2}%", 100.0 * accuracy)}</td></tr>
+                        {metrics.iter().filter(|(m, _)| m != "exact_match").map(|(m, v)| view! {
+                            <tr><th scope="row">{m.clone()}</th><td data-testid="eval-metric" data-metric=m.clone() data-value=v.to_string()>{format!("{v:.4}")}</td></tr>
+                        }).collect_view()}
+                        <tr><th scope="row">"loss (mean NLL per target token)"</th>
+                            <td data-testid="eval-loss" data-value=summary.loss.to_string()>{format!("{:.4}", summary.loss)}</td></tr>
+                    </tbody>
+                </table>
+            </Show>
+            <Show when=move || { done > 0 && k > 0 }>
+                <table class="confusion" data-testid="confusion">
+                    <caption>"Confusion matrix: rows are targets, columns predictions"</caption>
+                    <thead><tr><th scope="col">"target \\ prediction"</th>
+                        {confusion.classes.iter().map(|c| view! { <th scope="col">{c.clone()}</th> }).collect_view()}
+                        <th scope="col">"other"</th></tr></thead>
+                    <tbody>
+                        {confusion.classes.iter().zip(&confusion.counts).map(|(row, counts)| {
+                            let cols = confusion.classes.iter().cloned().chain(std::iter::once("other".to_owned()));
+                            view! {
+                                <tr><th scope="row">{row.clone()}</th>
+                                    {cols.zip(counts).enumerate().map(|(j, (col, n))| view! {
+                                        <td data-testid="confusion-cell" data-row=row.clone() data-col=col
+                                            class:diagonal=j < k && confusion.classes[j] == *row
+                                            data-value=n.to_string()>{n.to_string()}</td>
+                                    }).collect_view()}
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </Show>
+            <table class="examples">
+                <caption>"Examples"</caption>
+                <thead><tr><th scope="col">"#"</th><th scope="col">"input"</th><th scope="col">"target"</th>
+                    <th scope="col">"prediction"</th><th scope="col">"loss"</th></tr></thead>
+                <tbody>
+                    {p.results.iter().zip(&p.records).zip(&p.refs).enumerate().map(|(i, ((r, rec), target))| {
+                        let input = p.task.render(rec, Style::T5).unwrap_or_default();
+                        let ok = tpv_shared::metrics::normalize_label(&r.prediction) == tpv_shared::metrics::normalize_label(target);
+                        view! {
+                            <tr data-testid="eval-example" data-index=i.to_string() data-prediction=r.prediction.clone()
+                                data-target=target.clone() data-loss=r.loss.to_string() class:correct=ok class:wrong=!ok>
+                                <td>{(i + 1).to_string()}</td>
+                                <td class="input">{input}</td>
+                                <td>{target.clone()}</td>
+                                <td>{r.prediction.clone()} {if ok { " ✓" } else { " ✗" }}</td>
+                                <td>{format!("{:.4}", r.loss)}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </div>
+    }
+}

@@ -1,0 +1,396 @@
+//! The Evaluate view's model runs in a Web Worker, so the page never freezes. The worker runs this
+//! same wasm module (no second download or compile): a small module script imports the app's
+//! wasm-bindgen glue by its URL, instantiates it with the page's compiled `WebAssembly.Module`
+//! and calls [`worker_main`]. It holds one model and answers one batch of examples per message;
+//! the page drives the evaluation batch by batch, so progress and cancelling need no shared
+//! memory and a cancelled run stops after the batch in flight.
+//!
+//! Messages are plain objects `{op, …}`; structured parts travel as JSON strings, files and the
+//! prompt as (transferred) typed arrays.
+//! - page → worker: `{op: "load", names: [..], files: [ArrayBuffer..]}`,
+//!   `{op: "eval", run, index, json: Batch, prompt: Float32Array | null}`
+//! - worker → page: `{op: "ready"}`, `{op: "loaded", json: ModelInfo}`,
+//!   `{op: "result", run, index, json: [ExampleResult..], ms}`, `{op: "error", run?, index?, message}`
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tpv_shared::eval::{EncodeOptions, ExampleResult, Loaded};
+use tpv_shared::model::load::Model;
+use tpv_shared::tasks::{Record, TaskSpec};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+/// What the worker says about the model it loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub family: String,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub chat_template: bool,
+    pub load_ms: f64,
+}
+
+/// One batch of an evaluation: how to encode it and its records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    pub task: TaskSpec,
+    pub encode: EncodeOptions,
+    pub max_new_tokens: usize,
+    pub records: Vec<Record>,
+    /// The prompt's shape [R, d] (R = 0: the model alone).
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A message from the worker.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Ready,
+    Loaded(ModelInfo),
+    Result {
+        run: u32,
+        index: u32,
+        results: Vec<ExampleResult>,
+        ms: f64,
+    },
+    Error {
+        run: Option<u32>,
+        message: String,
+    },
+}
+
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    js_sys::Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn object(pairs: &[(&str, JsValue)]) -> JsValue {
+    let o = js_sys::Object::new();
+    for (k, v) in pairs {
+        let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), v);
+    }
+    o.into()
+}
+
+fn js_err(e: &JsValue) -> String {
+    e.as_string()
+        .or_else(|| js_sys::Reflect::get(e, &"message".into()).ok()?.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+// ---------------------------------------------------------------- worker side
+
+/// The worker's state: the model it holds.
+#[derive(Default)]
+struct State {
+    model: Option<Loaded>,
+}
+
+/// Entry point inside the worker (called by the bootstrap script after instantiating the module).
+#[wasm_bindgen]
+pub fn worker_main() {
+    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let state = Rc::new(RefCell::new(State::default()));
+    let post_scope = scope.clone();
+    let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+        let reply = handle(&state, &ev.data());
+        if let Err(e) = post_scope.post_message(&reply) {
+            web_sys::console::error_1(&e);
+        }
+    });
+    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let _ = scope.post_message(&object(&[("op", "ready".into())]));
+}
+
+fn error_reply(data: &JsValue, message: String) -> JsValue {
+    object(&[
+        ("op", "error".into()),
+        ("run", get(data, "run")),
+        ("index", get(data, "index")),
+        ("message", message.into()),
+    ])
+}
+
+fn handle(state: &Rc<RefCell<State>>, data: &JsValue) -> JsValue {
+    let op = get(data, "op").as_string().unwrap_or_default();
+    let out = match op.as_str() {
+        "load" => load(state, data),
+        "eval" => eval(state, data),
+        other => Err(format!("unknown message {other:?}")),
+    };
+    out.unwrap_or_else(|e| error_reply(data, e))
+}
+
+fn load(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
+    let start = now_ms();
+    let names = js_sys::Array::from(&get(data, "names"));
+    let buffers = js_sys::Array::from(&get(data, "files"));
+    let mut files = BTreeMap::new();
+    for (name, buf) in names.iter().zip(buffers.iter()) {
+        let name = name.as_string().ok_or("a file name is not a string")?;
+        files.insert(name, js_sys::Uint8Array::new(&buf).to_vec());
+    }
+    // Free the previous model before building the next one.
+    state.borrow_mut().model = None;
+    let loaded = Loaded::from_files(&files, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+    drop(files);
+    let (family, vocab_size) = match &loaded.model {
+        Model::Llama(_) => ("llama", loaded.model.embeddings().dim(0).unwrap_or(0)),
+        Model::T5(_) => ("t5", loaded.model.embeddings().dim(0).unwrap_or(0)),
+    };
+    let info = ModelInfo {
+        family: family.into(),
+        hidden_size: loaded.model.hidden_size(),
+        vocab_size,
+        chat_template: loaded.codec.chat_template().is_some(),
+        load_ms: now_ms() - start,
+    };
+    state.borrow_mut().model = Some(loaded);
+    let json = serde_json::to_string(&info).map_err(|e| e.to_string())?;
+    Ok(object(&[("op", "loaded".into()), ("json", json.into())]))
+}
+
+fn eval(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
+    let start = now_ms();
+    let state = state.borrow();
+    let loaded = state.model.as_ref().ok_or("no model is loaded")?;
+    let batch: Batch = serde_json::from_str(&get(data, "json").as_string().ok_or("no batch")?)
+        .map_err(|e| format!("bad batch: {e}"))?;
+    let d = loaded.model.hidden_size();
+    if batch.rows > 0 && batch.cols != d {
+        return Err(format!(
+            "the prompt has token dim {}, the model's hidden size is {d}",
+            batch.cols
+        ));
+    }
+    let values: Vec<f32> = match get(data, "prompt") {
+        v if v.is_undefined() || v.is_null() => Vec::new(),
+        v => js_sys::Float32Array::new(&v).to_vec(),
+    };
+    if values.len() != batch.rows * batch.cols {
+        return Err(format!(
+            "the prompt has {} values for shape {}×{}",
+            values.len(),
+            batch.rows,
+            batch.cols
+        ));
+    }
+    let theta = Tensor::from_vec(values, (batch.rows, d), &Device::Cpu).map_err(|e| e.to_string())?;
+    let encoded = batch
+        .records
+        .iter()
+        .map(|r| loaded.encode(&batch.task, r, batch.encode))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let refs: Vec<_> = encoded.iter().collect();
+    let results = loaded
+        .evaluate_batch(&theta, &refs, batch.max_new_tokens)
+        .map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&results).map_err(|e| e.to_string())?;
+    Ok(object(&[
+        ("op", "result".into()),
+        ("run", get(data, "run")),
+        ("index", get(data, "index")),
+        ("json", json.into()),
+        ("ms", (now_ms() - start).into()),
+    ]))
+}
+
+// ---------------------------------------------------------------- page side
+
+/// Imports the app's glue, instantiates the page's module and starts the worker.
+const BOOTSTRAP: &str = r#"
+self.onmessage = async (event) => {
+  self.onmessage = null;
+  try {
+    const glue = await import(event.data.glue);
+    await glue.default({ module_or_path: event.data.module });
+    glue.worker_main();
+  } catch (e) {
+    self.postMessage({ op: "error", message: "the worker could not start: " + e });
+  }
+};
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// The URL of the app's wasm-bindgen glue (the module this code is part of).
+    #[wasm_bindgen(thread_local_v2, js_namespace = ["import", "meta"], js_name = url)]
+    static GLUE_URL: String;
+}
+
+struct Client {
+    worker: web_sys::Worker,
+    ready: bool,
+    /// Messages sent before the worker was ready (it would drop them).
+    pending: Vec<(JsValue, js_sys::Array)>,
+    _on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
+}
+
+type Handler = Rc<dyn Fn(Reply)>;
+
+thread_local! {
+    static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
+    static HANDLER: RefCell<Option<Handler>> = RefCell::new(None);
+}
+
+/// Where the worker's replies go (the Evaluate view sets it).
+pub fn set_handler(f: impl Fn(Reply) + 'static) {
+    HANDLER.with(|h| *h.borrow_mut() = Some(Rc::new(f)));
+}
+
+fn parse_reply(data: &JsValue) -> Reply {
+    let op = get(data, "op").as_string().unwrap_or_default();
+    let json = get(data, "json").as_string().unwrap_or_default();
+    let num = |k: &str| get(data, k).as_f64().map(|v| v as u32);
+    match op.as_str() {
+        "ready" => Reply::Ready,
+        "loaded" => match serde_json::from_str(&json) {
+            Ok(info) => Reply::Loaded(info),
+            Err(e) => Reply::Error {
+                run: None,
+                message: format!("bad reply: {e}"),
+            },
+        },
+        "result" => match serde_json::from_str(&json) {
+            Ok(results) => Reply::Result {
+                run: num("run").unwrap_or(0),
+                index: num("index").unwrap_or(0),
+                results,
+                ms: get(data, "ms").as_f64().unwrap_or(f64::NAN),
+            },
+            Err(e) => Reply::Error {
+                run: num("run"),
+                message: format!("bad reply: {e}"),
+            },
+        },
+        _ => Reply::Error {
+            run: num("run"),
+            message: get(data, "message")
+                .as_string()
+                .unwrap_or_else(|| format!("unknown reply {op:?}")),
+        },
+    }
+}
+
+fn on_reply(data: JsValue) {
+    let reply = parse_reply(&data);
+    if matches!(reply, Reply::Ready) {
+        CLIENT.with(|c| {
+            if let Some(c) = c.borrow_mut().as_mut() {
+                c.ready = true;
+                for (msg, transfer) in c.pending.drain(..) {
+                    let _ = c.worker.post_message_with_transfer(&msg, &transfer);
+                }
+            }
+        });
+    }
+    let handler = HANDLER.with(|h| h.borrow().clone());
+    if let Some(h) = handler {
+        h(reply);
+    }
+}
+
+fn spawn() -> Result<Client, String> {
+    let parts = js_sys::Array::of1(&JsValue::from_str(BOOTSTRAP));
+    let opts = web_sys::BlobPropertyBag::new();
+    opts.set_type("text/javascript");
+    let blob = web_sys::Blob::new_with_str_sequence_and_options(&parts, &opts).map_err(|e| js_err(&e))?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| js_err(&e))?;
+    let options = web_sys::WorkerOptions::new();
+    options.set_type(web_sys::WorkerType::Module);
+    options.set_name("tpv-eval");
+    let worker = web_sys::Worker::new_with_options(&url, &options).map_err(|e| js_err(&e))?;
+    let _ = web_sys::Url::revoke_object_url(&url);
+    let on_message =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| on_reply(ev.data()));
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    let on_error = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
+        on_reply(object(&[
+            ("op", "error".into()),
+            ("message", format!("the worker failed: {}", ev.message()).into()),
+        ]));
+    });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    on_error.forget();
+    let glue = GLUE_URL.with(Clone::clone);
+    worker
+        .post_message(&object(&[("glue", glue.into()), ("module", wasm_bindgen::module())]))
+        .map_err(|e| js_err(&e))?;
+    Ok(Client {
+        worker,
+        ready: false,
+        pending: Vec::new(),
+        _on_message: on_message,
+    })
+}
+
+/// Sends a message to the worker (started on first use), transferring `transfer`'s buffers.
+fn send(msg: JsValue, transfer: js_sys::Array) -> Result<(), String> {
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(spawn()?);
+        }
+        let Some(client) = c.as_mut() else {
+            return Err("the worker did not start".to_owned());
+        };
+        if client.ready {
+            client
+                .worker
+                .post_message_with_transfer(&msg, &transfer)
+                .map_err(|e| js_err(&e))
+        } else {
+            client.pending.push((msg, transfer));
+            Ok(())
+        }
+    })
+}
+
+/// Stops the worker (and the model it holds); the next message starts a fresh one.
+pub fn terminate() {
+    CLIENT.with(|c| {
+        if let Some(client) = c.borrow_mut().take() {
+            client.worker.terminate();
+        }
+    });
+}
+
+/// Loads a model from its files (name, bytes) in the worker; the reply is `Loaded` or `Error`.
+pub fn load_model(files: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    let names = js_sys::Array::new();
+    let buffers = js_sys::Array::new();
+    for (name, bytes) in files {
+        names.push(&JsValue::from_str(&name));
+        buffers.push(&js_sys::Uint8Array::from(bytes.as_slice()).buffer());
+    }
+    let msg = object(&[
+        ("op", "load".into()),
+        ("names", names.into()),
+        ("files", buffers.clone().into()),
+    ]);
+    send(msg, buffers)
+}
+
+/// Evaluates one batch in the worker; the reply is `Result` or `Error` with the same run.
+pub fn eval_batch(run: u32, index: u32, batch: &Batch, prompt: &[f32]) -> Result<(), String> {
+    let json = serde_json::to_string(batch).map_err(|e| e.to_string())?;
+    let values = js_sys::Float32Array::from(prompt);
+    let transfer = js_sys::Array::of1(&values.buffer());
+    let msg = object(&[
+        ("op", "eval".into()),
+        ("run", run.into()),
+        ("index", index.into()),
+        ("json", json.into()),
+        ("prompt", values.into()),
+    ]);
+    send(msg, transfer)
+}
