@@ -498,7 +498,7 @@ mod tests {
         // Without label words the classes are the distinct references.
         let c = Confusion::new(&[], &s(&["w1", "w2"]), &s(&["w2", "w2"]));
         assert_eq!(c.classes, s(&["w2"]));
-        assert_eq!(c.counts, vec![vec![0, 1]]);
+        assert_eq!(c.counts, vec![vec![1, 1]]);
     }
 
     #[test]

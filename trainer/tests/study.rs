@@ -323,6 +323,35 @@ fn study_runs_resumes_aggregates_and_reports() {
     }
     let html = std::fs::read_to_string(site.join("results.html")).unwrap();
     assert!(html.contains("<table>") && html.contains("Transfer to target tasks"));
+
+    // The eval sets bundled with the report: each task's test split, scored by `tpv eval` (the
+    // Evaluate view's code) exactly as the study scored its runs.
+    let sets: Vec<&str> = manifest["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(sets, ["a", "b", "c"]);
+    for (task, origin) in [("a", 0), ("b", 1)] {
+        let run = study.join(format!("prompt_tuning/{task}/origin{origin}/prompt.safetensors"));
+        let meta = json_of(&tpv().args(["inspect", "--json"]).arg(&run).output().unwrap());
+        let metrics = &meta[0]["metadata"]["metrics"];
+        let out = tpv()
+            .args(["eval", "--json", "--model"])
+            .arg(root().join("tests/fixtures/models/llama_tied"))
+            .arg("--prompt")
+            .arg(&run)
+            .arg("--data")
+            .arg(site.join(format!("examples/{task}.json")))
+            .output()
+            .unwrap();
+        let ev = json_of(&out);
+        assert_eq!(ev["examples"].as_array().unwrap().len(), 4);
+        let (loss, want) = (ev["loss"].as_f64().unwrap(), metrics["test_loss"].as_f64().unwrap());
+        assert!((loss - want).abs() < 1e-6, "{task}: tpv eval loss {loss}, the run's test_loss {want}");
+        assert_eq!(ev["exact_match"], metrics["test_exact_match"], "{task}");
+    }
 }
 
 #[test]
