@@ -349,7 +349,10 @@ fn study_runs_resumes_aggregates_and_reports() {
         let ev = json_of(&out);
         assert_eq!(ev["examples"].as_array().unwrap().len(), 4);
         let (loss, want) = (ev["loss"].as_f64().unwrap(), metrics["test_loss"].as_f64().unwrap());
-        assert!((loss - want).abs() < 1e-6, "{task}: tpv eval loss {loss}, the run's test_loss {want}");
+        assert!(
+            (loss - want).abs() < 1e-6,
+            "{task}: tpv eval loss {loss}, the run's test_loss {want}"
+        );
         assert_eq!(ev["exact_match"], metrics["test_exact_match"], "{task}");
     }
 }

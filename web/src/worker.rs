@@ -1,9 +1,10 @@
-//! The Evaluate view's model runs in a Web Worker, so the page never freezes. The worker runs this
-//! same wasm module (no second download or compile): a small module script imports the app's
-//! wasm-bindgen glue by its URL, instantiates it with the page's compiled `WebAssembly.Module`
-//! and calls [`worker_main`]. It holds one model and answers one batch of examples per message;
-//! the page drives the evaluation batch by batch, so progress and cancelling need no shared
-//! memory and a cancelled run stops after the batch in flight.
+//! The Evaluate view's model runs in a Web Worker, so the page never freezes. The worker is a second
+//! wasm binary (`src/bin/tpv-eval-worker.rs`, built by trunk next to the app as
+//! `tpv-eval-worker.js` + `tpv-eval-worker_bg.wasm`), so the page's module carries no model code
+//! and the model code is downloaded only when the Evaluate view is used. A small module script
+//! imports the worker's glue and instantiates it. It holds one model and answers one batch of
+//! examples per message; the page drives the evaluation batch by batch, so progress and
+//! cancelling need no shared memory and a cancelled run stops after the batch in flight.
 //!
 //! Messages are plain objects `{op, …}`; structured parts travel as JSON strings, files and the
 //! prompt as (transferred) typed arrays.
@@ -13,13 +14,10 @@
 //!   `{op: "result", run, index, json: [ExampleResult..], ms}`, `{op: "error", run?, index?, message}`
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use tpv_shared::eval::{EncodeOptions, ExampleResult, Loaded};
-use tpv_shared::model::load::Model;
+use tpv_shared::eval::{EncodeOptions, ExampleResult};
 use tpv_shared::tasks::{Record, TaskSpec};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -63,11 +61,13 @@ pub enum Reply {
     },
 }
 
-fn get(obj: &JsValue, key: &str) -> JsValue {
+/// A property of a message.
+pub fn get(obj: &JsValue, key: &str) -> JsValue {
     js_sys::Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
 }
 
-fn object(pairs: &[(&str, JsValue)]) -> JsValue {
+/// A message: a plain object of `pairs`.
+pub fn object(pairs: &[(&str, JsValue)]) -> JsValue {
     let o = js_sys::Object::new();
     for (k, v) in pairs {
         let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), v);
@@ -81,139 +81,18 @@ fn js_err(e: &JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
-fn now_ms() -> f64 {
-    js_sys::Date::now()
-}
-
-// ---------------------------------------------------------------- worker side
-
-/// The worker's state: the model it holds.
-#[derive(Default)]
-struct State {
-    model: Option<Loaded>,
-}
-
-/// Entry point inside the worker (called by the bootstrap script after instantiating the module).
-#[wasm_bindgen]
-pub fn worker_main() {
-    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let state = Rc::new(RefCell::new(State::default()));
-    let post_scope = scope.clone();
-    let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
-        let reply = handle(&state, &ev.data());
-        if let Err(e) = post_scope.post_message(&reply) {
-            web_sys::console::error_1(&e);
-        }
-    });
-    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    on_message.forget();
-    let _ = scope.post_message(&object(&[("op", "ready".into())]));
-}
-
-fn error_reply(data: &JsValue, message: String) -> JsValue {
-    object(&[
-        ("op", "error".into()),
-        ("run", get(data, "run")),
-        ("index", get(data, "index")),
-        ("message", message.into()),
-    ])
-}
-
-fn handle(state: &Rc<RefCell<State>>, data: &JsValue) -> JsValue {
-    let op = get(data, "op").as_string().unwrap_or_default();
-    let out = match op.as_str() {
-        "load" => load(state, data),
-        "eval" => eval(state, data),
-        other => Err(format!("unknown message {other:?}")),
-    };
-    out.unwrap_or_else(|e| error_reply(data, e))
-}
-
-fn load(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
-    let start = now_ms();
-    let names = js_sys::Array::from(&get(data, "names"));
-    let buffers = js_sys::Array::from(&get(data, "files"));
-    let mut files = BTreeMap::new();
-    for (name, buf) in names.iter().zip(buffers.iter()) {
-        let name = name.as_string().ok_or("a file name is not a string")?;
-        files.insert(name, js_sys::Uint8Array::new(&buf).to_vec());
-    }
-    // Free the previous model before building the next one.
-    state.borrow_mut().model = None;
-    let loaded = Loaded::from_files(&files, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
-    drop(files);
-    let (family, vocab_size) = match &loaded.model {
-        Model::Llama(_) => ("llama", loaded.model.embeddings().dim(0).unwrap_or(0)),
-        Model::T5(_) => ("t5", loaded.model.embeddings().dim(0).unwrap_or(0)),
-    };
-    let info = ModelInfo {
-        family: family.into(),
-        hidden_size: loaded.model.hidden_size(),
-        vocab_size,
-        chat_template: loaded.codec.chat_template().is_some(),
-        load_ms: now_ms() - start,
-    };
-    state.borrow_mut().model = Some(loaded);
-    let json = serde_json::to_string(&info).map_err(|e| e.to_string())?;
-    Ok(object(&[("op", "loaded".into()), ("json", json.into())]))
-}
-
-fn eval(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
-    let start = now_ms();
-    let state = state.borrow();
-    let loaded = state.model.as_ref().ok_or("no model is loaded")?;
-    let batch: Batch = serde_json::from_str(&get(data, "json").as_string().ok_or("no batch")?)
-        .map_err(|e| format!("bad batch: {e}"))?;
-    let d = loaded.model.hidden_size();
-    if batch.rows > 0 && batch.cols != d {
-        return Err(format!(
-            "the prompt has token dim {}, the model's hidden size is {d}",
-            batch.cols
-        ));
-    }
-    let values: Vec<f32> = match get(data, "prompt") {
-        v if v.is_undefined() || v.is_null() => Vec::new(),
-        v => js_sys::Float32Array::new(&v).to_vec(),
-    };
-    if values.len() != batch.rows * batch.cols {
-        return Err(format!(
-            "the prompt has {} values for shape {}×{}",
-            values.len(),
-            batch.rows,
-            batch.cols
-        ));
-    }
-    let theta = Tensor::from_vec(values, (batch.rows, d), &Device::Cpu).map_err(|e| e.to_string())?;
-    let encoded = batch
-        .records
-        .iter()
-        .map(|r| loaded.encode(&batch.task, r, batch.encode))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let refs: Vec<_> = encoded.iter().collect();
-    let results = loaded
-        .evaluate_batch(&theta, &refs, batch.max_new_tokens)
-        .map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(&results).map_err(|e| e.to_string())?;
-    Ok(object(&[
-        ("op", "result".into()),
-        ("run", get(data, "run")),
-        ("index", get(data, "index")),
-        ("json", json.into()),
-        ("ms", (now_ms() - start).into()),
-    ]))
-}
-
 // ---------------------------------------------------------------- page side
 
-/// Imports the app's glue, instantiates the page's module and starts the worker.
+/// The worker's glue, next to the app's (trunk's dist; a report folder).
+const WORKER_GLUE: &str = "tpv-eval-worker.js";
+
+/// Imports the worker's glue and instantiates it (its `main` answers messages from then on).
 const BOOTSTRAP: &str = r#"
 self.onmessage = async (event) => {
   self.onmessage = null;
   try {
     const glue = await import(event.data.glue);
-    await glue.default({ module_or_path: event.data.module });
-    glue.worker_main();
+    await glue.default();
   } catch (e) {
     self.postMessage({ op: "error", message: "the worker could not start: " + e });
   }
@@ -222,7 +101,7 @@ self.onmessage = async (event) => {
 
 #[wasm_bindgen]
 extern "C" {
-    /// The URL of the app's wasm-bindgen glue (the module this code is part of).
+    /// The URL of the app's wasm-bindgen glue (the worker's sits beside it).
     #[wasm_bindgen(thread_local_v2, js_namespace = ["import", "meta"], js_name = url)]
     static GLUE_URL: String;
 }
@@ -321,9 +200,10 @@ fn spawn() -> Result<Client, String> {
     });
     worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
     on_error.forget();
-    let glue = GLUE_URL.with(Clone::clone);
+    let glue = GLUE_URL.with(|base| web_sys::Url::new_with_base(WORKER_GLUE, base).map(|u| u.href()));
+    let glue = glue.map_err(|e| js_err(&e))?;
     worker
-        .post_message(&object(&[("glue", glue.into()), ("module", wasm_bindgen::module())]))
+        .post_message(&object(&[("glue", glue.into())]))
         .map_err(|e| js_err(&e))?;
     Ok(Client {
         worker,

@@ -3,6 +3,7 @@
 //! (`tpv_shared::eval`, also what the web app's Evaluate view runs).
 
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
@@ -30,7 +31,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         set.encode.chat = false;
     }
     let device = models::device(&args.device)?;
+    let t_load = Instant::now();
     let loaded = models::load(&args.model, DType::F32, &device)?;
+    let load_s = t_load.elapsed().as_secs_f64();
     let d = loaded.model.hidden_size();
     let theta = match &args.prompt {
         Some(path) => {
@@ -49,6 +52,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         None => Tensor::zeros((0, d), DType::F32, &device)?,
     };
+    let t_eval = Instant::now();
     let encoded = set
         .records
         .iter()
@@ -76,6 +80,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 })?,
         );
     }
+    let eval_s = t_eval.elapsed().as_secs_f64();
+    let rate = results.len() as f64 / eval_s.max(1e-9);
     let summary = eval::summarize(&set.task, &results, &refs);
     let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
     let confusion = Confusion::new(&set.task.labels, &preds, &refs);
@@ -94,6 +100,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "exact_match": exact,
             "metrics": summary.metrics,
             "confusion": confusion,
+            "timing": { "load_s": load_s, "eval_s": eval_s, "examples_per_s": rate },
         }));
     }
     for (r, target) in results.iter().zip(&refs) {
@@ -115,6 +122,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         summary.loss,
         metrics.join(", ")
     );
+    out!("model loaded in {load_s:.2} s; {eval_s:.2} s for the examples ({rate:.2} examples/s)");
     Ok(())
 }
 

@@ -315,6 +315,15 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
     }
 
     let example_sets = Memo::new(move |_| study.with(|s| s.as_ref().map(|s| s.examples.clone()).unwrap_or_default()));
+    // The examples chosen: a bundled task, or pasted ones (the only choice without a study).
+    let choice = move || {
+        let c = param(query, "examples", "");
+        if c.is_empty() && example_sets.with(Vec::is_empty) {
+            "@paste".to_owned()
+        } else {
+            c
+        }
+    };
     // The chosen bundled set, fetched once.
     Effect::new(move |_| {
         let task = param(query, "examples", "");
@@ -375,7 +384,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 return;
             }
         };
-        let choice = param(query, "examples", "");
+        let choice = choice();
         let set = if choice == "@paste" {
             let max_new = param(query, "max_new", "16").parse::<usize>().unwrap_or(16);
             match parse_pasted(&pasted.get_untracked()) {
@@ -540,7 +549,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                             view! { <option value=e.task.clone() selected=move || param(query, "examples", "") == key>
                                 {format!("{} — {} of {} {} examples", e.task, e.records, e.split_size, e.split)}</option> }
                         }).collect_view()}
-                        <option value="@paste" selected=move || param(query, "examples", "") == "@paste">"pasted examples"</option>
+                        <option value="@paste" selected=move || choice() == "@paste">"pasted examples"</option>
                     </select>
                 </label>
                 " "
@@ -553,7 +562,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                     <input type="number" min="1" step="1" data-testid="eval-batch" prop:value=move || param(query, "batch", "8")
                         on:input=move |ev| set_param(query, "batch", event_target_value(&ev)) />
                 </label>
-                <Show when=move || param(query, "examples", "") == "@paste">
+                <Show when=move || choice() == "@paste">
                     <label class="block">"One JSON object per line: " <code>"{\"input\": …, \"target\": …}"</code>
                         <textarea data-testid="eval-paste" rows="5" cols="80" prop:value=move || pasted.get()
                             on:input=move |ev| pasted.set(event_target_value(&ev))></textarea>

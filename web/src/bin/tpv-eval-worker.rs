@@ -1,0 +1,136 @@
+//! The Evaluate view's worker (a second wasm binary, built by trunk as `data-type="worker"`, so the
+//! page's own module stays free of the model code): holds one model and answers one batch of
+//! examples per message with `tpv_shared::eval`, the code of `tpv eval`. The protocol and the
+//! page's side are in `tpv_web::worker`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use candle_core::{DType, Device, Tensor};
+use tpv_shared::eval::Loaded;
+use tpv_shared::model::load::Model;
+use tpv_web::worker::{Batch, ModelInfo, get, object};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+/// The worker's state: the model it holds.
+#[derive(Default)]
+struct State {
+    model: Option<Loaded>,
+}
+
+/// Runs when the worker instantiates this module (wasm-bindgen's start): answers messages.
+fn main() {
+    console_error_panic_hook::set_once();
+    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let state = Rc::new(RefCell::new(State::default()));
+    let post_scope = scope.clone();
+    let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+        let reply = handle(&state, &ev.data());
+        if let Err(e) = post_scope.post_message(&reply) {
+            web_sys::console::error_1(&e);
+        }
+    });
+    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let _ = scope.post_message(&object(&[("op", "ready".into())]));
+}
+
+fn error_reply(data: &JsValue, message: String) -> JsValue {
+    object(&[
+        ("op", "error".into()),
+        ("run", get(data, "run")),
+        ("index", get(data, "index")),
+        ("message", message.into()),
+    ])
+}
+
+fn handle(state: &Rc<RefCell<State>>, data: &JsValue) -> JsValue {
+    let op = get(data, "op").as_string().unwrap_or_default();
+    let out = match op.as_str() {
+        "load" => load(state, data),
+        "eval" => eval(state, data),
+        other => Err(format!("unknown message {other:?}")),
+    };
+    out.unwrap_or_else(|e| error_reply(data, e))
+}
+
+fn load(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
+    let start = now_ms();
+    let names = js_sys::Array::from(&get(data, "names"));
+    let buffers = js_sys::Array::from(&get(data, "files"));
+    let mut files = BTreeMap::new();
+    for (name, buf) in names.iter().zip(buffers.iter()) {
+        let name = name.as_string().ok_or("a file name is not a string")?;
+        files.insert(name, js_sys::Uint8Array::new(&buf).to_vec());
+    }
+    // Free the previous model before building the next one.
+    state.borrow_mut().model = None;
+    let loaded = Loaded::from_files(&files, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+    drop(files);
+    let (family, vocab_size) = match &loaded.model {
+        Model::Llama(_) => ("llama", loaded.model.embeddings().dim(0).unwrap_or(0)),
+        Model::T5(_) => ("t5", loaded.model.embeddings().dim(0).unwrap_or(0)),
+    };
+    let info = ModelInfo {
+        family: family.into(),
+        hidden_size: loaded.model.hidden_size(),
+        vocab_size,
+        chat_template: loaded.codec.chat_template().is_some(),
+        load_ms: now_ms() - start,
+    };
+    state.borrow_mut().model = Some(loaded);
+    let json = serde_json::to_string(&info).map_err(|e| e.to_string())?;
+    Ok(object(&[("op", "loaded".into()), ("json", json.into())]))
+}
+
+fn eval(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
+    let start = now_ms();
+    let state = state.borrow();
+    let loaded = state.model.as_ref().ok_or("no model is loaded")?;
+    let batch: Batch = serde_json::from_str(&get(data, "json").as_string().ok_or("no batch")?)
+        .map_err(|e| format!("bad batch: {e}"))?;
+    let d = loaded.model.hidden_size();
+    if batch.rows > 0 && batch.cols != d {
+        return Err(format!(
+            "the prompt has token dim {}, the model's hidden size is {d}",
+            batch.cols
+        ));
+    }
+    let values: Vec<f32> = match get(data, "prompt") {
+        v if v.is_undefined() || v.is_null() => Vec::new(),
+        v => js_sys::Float32Array::new(&v).to_vec(),
+    };
+    if values.len() != batch.rows * batch.cols {
+        return Err(format!(
+            "the prompt has {} values for shape {}×{}",
+            values.len(),
+            batch.rows,
+            batch.cols
+        ));
+    }
+    let theta = Tensor::from_vec(values, (batch.rows, d), &Device::Cpu).map_err(|e| e.to_string())?;
+    let encoded = batch
+        .records
+        .iter()
+        .map(|r| loaded.encode(&batch.task, r, batch.encode))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let refs: Vec<_> = encoded.iter().collect();
+    let results = loaded
+        .evaluate_batch(&theta, &refs, batch.max_new_tokens)
+        .map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&results).map_err(|e| e.to_string())?;
+    Ok(object(&[
+        ("op", "result".into()),
+        ("run", get(data, "run")),
+        ("index", get(data, "index")),
+        ("json", json.into()),
+        ("ms", (now_ms() - start).into()),
+    ]))
+}
