@@ -411,6 +411,31 @@ fn across_origins_matches_numpy() {
 }
 
 #[test]
+fn a_matrix_gives_each_pair_the_bits_of_its_own_similarity() {
+    // 9 prompts (the Gram matrix takes four columns at a time, then the rest) of 3×701 values
+    // (over one 1,024-value block, not a multiple of 4).
+    let mut rng = SplitMix64::new(3);
+    let ts: Vec<PromptTensor> = (0..9)
+        .map(|_| PromptTensor::new(3, 701, (0..3 * 701).map(|_| rng.next_f64() as f32 - 0.5).collect()).unwrap())
+        .collect();
+    let refs: Vec<&PromptTensor> = ts.iter().collect();
+    for measure in [Measure::CosineFlat, Measure::CosineMean, Measure::MeanAbsDiff] {
+        let m = matrix(&refs, measure).unwrap();
+        for i in 0..ts.len() {
+            for j in 0..ts.len() {
+                let one = similarity(&ts[i], &ts[j], measure).unwrap();
+                assert_eq!(
+                    m[i][j].to_bits(),
+                    one.to_bits(),
+                    "{measure:?} [{i}][{j}]: {} vs {one}",
+                    m[i][j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn a_task_prompt_as_base_adds_its_own_vector() {
     // θ_A + τ_B = θ₀ + τ_A + τ_B when both come from θ₀.
     let o = origin(O, "o1");

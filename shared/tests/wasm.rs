@@ -115,6 +115,29 @@ fn t5_in_the_browser_matches_hf() {
 /// browser, with the time it took printed for the notes. The view is checked for its shape and
 /// symmetry.
 #[wasm_bindgen_test]
+fn a_matrix_gives_each_pair_the_bits_of_its_own_similarity() {
+    // The SIMD Gram kernel (four columns at a time, then the rest) against one pair at a time:
+    // 9 prompts of 3×701 values (over one 1,024-value block, not a multiple of 4).
+    use tpv_shared::merge::SplitMix64;
+    use tpv_shared::similarity::{Measure, matrix, similarity};
+    use tpv_shared::tensor::PromptTensor;
+    let mut rng = SplitMix64::new(3);
+    let ts: Vec<PromptTensor> = (0..9)
+        .map(|_| PromptTensor::new(3, 701, (0..3 * 701).map(|_| rng.next_f64() as f32 - 0.5).collect()).unwrap())
+        .collect();
+    let refs: Vec<&PromptTensor> = ts.iter().collect();
+    for measure in [Measure::CosineFlat, Measure::CosineMean] {
+        let m = matrix(&refs, measure).unwrap();
+        for i in 0..ts.len() {
+            for j in 0..ts.len() {
+                let one = similarity(&ts[i], &ts[j], measure).unwrap();
+                assert_eq!(m[i][j].to_bits(), one.to_bits(), "{measure:?} [{i}][{j}]");
+            }
+        }
+    }
+}
+
+#[wasm_bindgen_test]
 fn across_origins_of_60_prompts() {
     use tpv_shared::merge::SplitMix64;
     use tpv_shared::similarity::{Labelled, Measure, across_origins};
