@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::print_json;
 use crate::cli::{AggregateArgs, ReportArgs, SweepArgs};
-use crate::study::jobs::{SweepOptions, run_all, run_job, write_manifest};
+use crate::study::jobs::{SweepOptions, run_all, run_job, write_eval_sets, write_manifest};
 use crate::study::slurm::{SlurmOptions, emit};
 use crate::study::{Study, aggregate as agg, report as rep};
 
@@ -48,6 +48,8 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
             },
         )?;
         write_manifest(&study)?;
+        // The array tasks run single jobs; the eval sets the report bundles are written here.
+        write_eval_sets(&study)?;
         for f in files {
             out!("wrote {}", f.display());
         }

@@ -108,18 +108,27 @@ impl EvalState {
                     self.send_next(run);
                 }
             }
-            Reply::Error { run, message } => {
-                let current = self.progress.with_untracked(|p| p.as_ref().map(|p| p.run));
-                if run.is_some() && run == current {
-                    self.progress.update(|p| {
-                        if let Some(p) = p.as_mut() {
-                            p.running = false;
-                            p.error = Some(message);
-                        }
-                    });
-                } else {
-                    self.model.set(ModelState::Failed(message));
-                }
+            Reply::Error {
+                run: Some(run),
+                message,
+            } => {
+                // An evaluation's batch failed (a stale run's reply is dropped).
+                self.progress.update(|p| {
+                    if let Some(p) = p.as_mut().filter(|p| p.run == run) {
+                        p.running = false;
+                        p.error = Some(message);
+                    }
+                });
+            }
+            Reply::Error { run: None, message } => {
+                // Loading failed, or the worker itself did: a running evaluation cannot finish.
+                self.progress.update(|p| {
+                    if let Some(p) = p.as_mut().filter(|p| p.running) {
+                        p.running = false;
+                        p.error = Some(message.clone());
+                    }
+                });
+                self.model.set(ModelState::Failed(message));
             }
         }
     }
