@@ -25,6 +25,9 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/similarity_bits.rs"]
+mod similarity_bits;
+
 use tpv_shared::arith::{self, combine, linear_combination};
 use tpv_shared::merge::{SplitMix64, magnitude_prune, merge};
 use tpv_shared::similarity::{Labelled, Measure, across_origins, matrix, similarity};
@@ -412,27 +415,7 @@ fn across_origins_matches_numpy() {
 
 #[test]
 fn a_matrix_gives_each_pair_the_bits_of_its_own_similarity() {
-    // 9 prompts (the Gram matrix takes four columns at a time, then the rest) of 3×701 values
-    // (over one 1,024-value block, not a multiple of 4).
-    let mut rng = SplitMix64::new(3);
-    let ts: Vec<PromptTensor> = (0..9)
-        .map(|_| PromptTensor::new(3, 701, (0..3 * 701).map(|_| rng.next_f64() as f32 - 0.5).collect()).unwrap())
-        .collect();
-    let refs: Vec<&PromptTensor> = ts.iter().collect();
-    for measure in [Measure::CosineFlat, Measure::CosineMean, Measure::MeanAbsDiff] {
-        let m = matrix(&refs, measure).unwrap();
-        for i in 0..ts.len() {
-            for j in 0..ts.len() {
-                let one = similarity(&ts[i], &ts[j], measure).unwrap();
-                assert_eq!(
-                    m[i][j].to_bits(),
-                    one.to_bits(),
-                    "{measure:?} [{i}][{j}]: {} vs {one}",
-                    m[i][j]
-                );
-            }
-        }
-    }
+    similarity_bits::assert_matrix_bits_equal_pairs();
 }
 
 #[test]

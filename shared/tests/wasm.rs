@@ -6,6 +6,9 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/similarity_bits.rs"]
+mod similarity_bits;
+
 use serde_json::Value;
 use tpv_shared::model::causal::{self, Example};
 use tpv_shared::model::load::{Model, from_safetensors};
@@ -116,25 +119,7 @@ fn t5_in_the_browser_matches_hf() {
 /// symmetry.
 #[wasm_bindgen_test]
 fn a_matrix_gives_each_pair_the_bits_of_its_own_similarity() {
-    // The SIMD Gram kernel (four columns at a time, then the rest) against one pair at a time:
-    // 9 prompts of 3×701 values (over one 1,024-value block, not a multiple of 4).
-    use tpv_shared::merge::SplitMix64;
-    use tpv_shared::similarity::{Measure, matrix, similarity};
-    use tpv_shared::tensor::PromptTensor;
-    let mut rng = SplitMix64::new(3);
-    let ts: Vec<PromptTensor> = (0..9)
-        .map(|_| PromptTensor::new(3, 701, (0..3 * 701).map(|_| rng.next_f64() as f32 - 0.5).collect()).unwrap())
-        .collect();
-    let refs: Vec<&PromptTensor> = ts.iter().collect();
-    for measure in [Measure::CosineFlat, Measure::CosineMean] {
-        let m = matrix(&refs, measure).unwrap();
-        for i in 0..ts.len() {
-            for j in 0..ts.len() {
-                let one = similarity(&ts[i], &ts[j], measure).unwrap();
-                assert_eq!(m[i][j].to_bits(), one.to_bits(), "{measure:?} [{i}][{j}]");
-            }
-        }
-    }
+    similarity_bits::assert_matrix_bits_equal_pairs();
 }
 
 #[wasm_bindgen_test]
