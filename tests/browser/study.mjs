@@ -6,9 +6,9 @@
 // app (`tpv report --web SITE_DIR`), serves it on 127.0.0.1 and checks each view against the CLI:
 // the runs table against the manifest; heatmap cells against `tpv similarity --across-origins --json`
 // (1e-6); a composition downloaded from the page against `tpv combine` (values 1e-6, same
-// expression); the URL reopening a view; the few-shot curves; the Evaluate view (the fixture model in
-// a Web Worker, loaded by URL and from files) against `tpv eval` (same predictions, losses to 1e-4)
-// for a run, the Compose view's result and pasted examples; corrupt files show an error and the
+// expression); the URL reopening a view; the few-shot curves; the Evaluate view (the fixture LLaMA
+// and T5 in a Web Worker, loaded by URL and from files) against `tpv eval` (same predictions,
+// losses to 1e-4) for a run, the Compose view's result and pasted examples; cancel; corrupt files show an error and the
 // page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
 
 import { execFileSync } from 'node:child_process';
@@ -200,13 +200,13 @@ try {
   const modelFiles = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => join(modelDir, f));
   mkdirSync(join(site, 'model'), { recursive: true });
   for (const f of modelFiles) copyFileSync(f, join(site, 'model', f.split('/').pop()));
-  const evaluateAndCompare = async (what, cliArgs) => {
+  const evaluateAndCompare = async (what, cliArgs, model = modelDir) => {
     await page.getByTestId('eval-run').click();
     await page.locator('[data-testid=eval-results][data-running=false]').waitFor({ timeout: 120000 });
     const got = await page.getByTestId('eval-example').evaluateAll((els) => els.map((e) => ({
       prediction: e.dataset.prediction, loss: Number(e.dataset.loss), target: e.dataset.target,
     })));
-    const cli = JSON.parse(tpv('eval', '--json', '--model', modelDir, ...cliArgs));
+    const cli = JSON.parse(tpv('eval', '--json', '--model', model, ...cliArgs));
     const n = cli.examples.length;
     const samePreds = got.length === n && got.every((g, i) => g.prediction === cli.examples[i].prediction);
     const lossDiff = Math.max(...got.map((g, i) => Math.abs(g.loss - cli.examples[i].loss)));
@@ -260,7 +260,13 @@ try {
   check(doneAt >= 2 && doneAt < 300 && cancelText.includes('Cancelled'), `evaluate: cancel stops the run (${doneAt} of 300 done: "${cancelText.split('·')[0].trim()}")`);
   await page.getByTestId('eval-paste').fill(pastedLines);
   await page.getByTestId('eval-batch').fill('8');
-  // (d) A corrupt model file: an error, and the page keeps working.
+  // (d) A T5 model (the seq2seq path: encoder, decoder with its cache) on the same pasted examples.
+  const t5Dir = join(root, 'tests', 'fixtures', 'models', 't5_gated_untied');
+  const t5Files = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => join(t5Dir, f));
+  await page.getByTestId('model-files').setInputFiles(t5Files);
+  await page.waitForFunction(() => document.querySelector('[data-testid=model-status][data-loaded=true]')?.textContent.includes('t5'), null, { timeout: 60000 });
+  await evaluateAndCompare('T5 on pasted examples', ['--data', pastedFile], t5Dir);
+  // (e) A corrupt model file: an error, and the page keeps working.
   const badWeights = join(tmp, 'model.safetensors');
   writeFileSync(badWeights, readFileSync(modelFiles[1]).subarray(0, 300));
   await page.getByTestId('model-files').setInputFiles([modelFiles[0], badWeights, modelFiles[2]]);
