@@ -160,7 +160,7 @@ fn eval_accepts_peft_adapters_and_refuses_mismatches() {
     let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(err.contains("token dim 8") && err.contains("16"), "{err}");
 
-    // A malformed line names the file and the line.
+    // A record without the task's columns names the file, the example and the column.
     std::fs::write(&data, "{\"input\": \"w5\", \"target\": \"w6\"}\n{\"text\": \"w5\"}\n").unwrap();
     let out = tpv()
         .args(["eval", "--model"])
@@ -170,5 +170,5 @@ fn eval_accepts_peft_adapters_and_refuses_mismatches() {
         .assert()
         .failure();
     let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("example 2") && err.contains("no column"), "{err}");
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
 use serde_json::json;
-use tpv_shared::eval::{self, Confusion, EncodeOptions, EvalSet, ExampleResult};
+use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult};
 use tpv_shared::tasks;
 
 use super::print_json;
@@ -29,6 +29,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     if args.no_chat_template {
         set.encode.chat = false;
+    }
+    if args.max_source_tokens.is_some() {
+        set.encode.max_source_tokens = args.max_source_tokens;
     }
     let device = models::device(&args.device)?;
     let t_load = Instant::now();
@@ -60,7 +63,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .map(|(i, rec)| {
             loaded
                 .encode(&set.task, rec, set.encode)
-                .with_context(|| format!("{} example {} (line {})", args.data.display(), i + 1, i + 1))
+                .with_context(|| format!("{} example {}", args.data.display(), i + 1))
         })
         .collect::<Result<Vec<_>>>()?;
     let refs: Vec<String> = encoded.iter().map(|e| e.target().to_owned()).collect();
@@ -146,9 +149,5 @@ fn read_set(path: &Path, args: &EvalArgs) -> Result<EvalSet> {
         set.task = tasks::get(name)?;
         set.name = name.clone();
     }
-    set.encode = EncodeOptions {
-        max_source_tokens: args.max_source_tokens,
-        ..set.encode
-    };
     Ok(set)
 }
