@@ -62,7 +62,8 @@ pub const EVAL_SET_MAX: usize = 1000;
 
 /// Writes `OUTPUT/examples/TASK.json` for every task a study evaluates: the test split its runs
 /// are scored on (the first [`EVAL_SET_MAX`] records), its task spec and how examples are encoded,
-/// so the report's Evaluate view (and `tpv eval --data`) scores them as the study did.
+/// so the report's Evaluate view (and `tpv eval --data`) scores them as the study did. A task whose
+/// data does not load is skipped with a warning (its jobs report the error themselves).
 pub fn write_eval_sets(study: &Study) -> Result<()> {
     let dir = study.output().join("examples");
     let mut done: Vec<String> = Vec::new();
@@ -77,7 +78,13 @@ pub fn write_eval_sets(study: &Study) -> Result<()> {
         }
         done.push(task.clone());
         let config = study.task_config(task, &job)?;
-        let splits = data::load(&config.data).with_context(|| format!("loading the data of task {task}"))?;
+        let splits = match data::load(&config.data) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("warning: no eval set for task {task}: {e:#}");
+                continue;
+            }
+        };
         let split_size = splits.test.len();
         let set = EvalSet {
             format: EvalSet::FORMAT.into(),
