@@ -189,16 +189,10 @@ impl Loaded {
         let shards: Vec<Vec<u8>> = if let Some(one) = files.get("model.safetensors") {
             vec![one.clone()]
         } else if files.contains_key("model.safetensors.index.json") {
-            #[derive(Deserialize)]
-            struct ShardIndex {
-                weight_map: BTreeMap<String, String>,
-            }
-            let index: ShardIndex = serde_json::from_str(&text("model.safetensors.index.json")?)
-                .map_err(|e| EvalError::Files(format!("model.safetensors.index.json: {e}")))?;
-            let mut names: Vec<&String> = index.weight_map.values().collect();
-            names.sort();
-            names.dedup();
-            names.into_iter().map(|n| get(n).cloned()).collect::<Result<_, _>>()?
+            shard_files(&text("model.safetensors.index.json")?)?
+                .iter()
+                .map(|n| get(n).cloned())
+                .collect::<Result<_, _>>()?
         } else {
             return Err(EvalError::Files(
                 "model.safetensors is missing (pytorch_model.bin is a pickle, which tpv does not execute)".into(),
@@ -322,6 +316,20 @@ impl Loaded {
             })
             .collect()
     }
+}
+
+/// The shard files a `model.safetensors.index.json` names, sorted, each once.
+pub fn shard_files(index_json: &str) -> Result<Vec<String>, EvalError> {
+    #[derive(Deserialize)]
+    struct ShardIndex {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: ShardIndex =
+        serde_json::from_str(index_json).map_err(|e| EvalError::Files(format!("model.safetensors.index.json: {e}")))?;
+    let mut names: Vec<String> = index.weight_map.into_values().collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Greedy generations (token ids) of a batch under `theta` ([R, d]); causal models stop at `eos`.
@@ -513,6 +521,16 @@ mod tests {
         assert!((sum.loss - 13.0 / 4.0).abs() < 1e-12);
         assert!((sum.mean_example_loss - 2.5).abs() < 1e-12);
         assert_eq!(sum.metrics["exact_match"], 0.5);
+    }
+
+    #[test]
+    fn shard_files_are_the_index_files_sorted_once_each() {
+        let index = r#"{"metadata": {}, "weight_map": {"a.w": "m-00002.safetensors", "b.w": "m-00001.safetensors", "c.w": "m-00002.safetensors"}}"#;
+        assert_eq!(
+            shard_files(index).unwrap(),
+            s(&["m-00001.safetensors", "m-00002.safetensors"])
+        );
+        assert!(shard_files("{}").unwrap_err().to_string().contains("index.json"));
     }
 
     #[test]

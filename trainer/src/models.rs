@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use serde::Deserialize;
 use tpv_shared::eval::Loaded;
 
 use crate::assets;
@@ -107,11 +106,6 @@ pub fn hub_snapshot(kind: &str, repo_id: &str) -> Result<PathBuf> {
     bail!("{} is missing", snapshot.display())
 }
 
-#[derive(Deserialize)]
-struct ShardIndex {
-    weight_map: std::collections::BTreeMap<String, String>,
-}
-
 /// Loads the model `spec` names onto `device`.
 pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
     let path = resolve(spec)?;
@@ -136,12 +130,10 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
     let shards: Vec<PathBuf> = if path.join("model.safetensors").exists() {
         vec![path.join("model.safetensors")]
     } else if path.join("model.safetensors.index.json").exists() {
-        let index: ShardIndex =
-            serde_json::from_str(&read("model.safetensors.index.json")?).context("model.safetensors.index.json")?;
-        let mut files: Vec<&String> = index.weight_map.values().collect();
-        files.sort();
-        files.dedup();
-        files.into_iter().map(|f| path.join(f)).collect()
+        tpv_shared::eval::shard_files(&read("model.safetensors.index.json")?)?
+            .iter()
+            .map(|f| path.join(f))
+            .collect()
     } else {
         bail!(
             "{} has no model.safetensors (pytorch_model.bin is a pickle, which tpv does not execute)",

@@ -222,15 +222,7 @@ async fn fetch_model(url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
             let index = get("model.safetensors.index.json")
                 .await
                 .map_err(|e| format!("{single}; and no shard index: {e}"))?;
-            #[derive(serde::Deserialize)]
-            struct Index {
-                weight_map: std::collections::BTreeMap<String, String>,
-            }
-            let parsed: Index =
-                serde_json::from_slice(&index).map_err(|e| format!("model.safetensors.index.json: {e}"))?;
-            let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
-            shards.sort();
-            shards.dedup();
+            let shards = eval::shard_files(&String::from_utf8_lossy(&index)).map_err(|e| e.to_string())?;
             files.push(("model.safetensors.index.json".into(), index));
             for s in shards {
                 let bytes = get(&s).await?;
