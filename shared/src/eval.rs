@@ -33,6 +33,8 @@ pub enum EvalError {
     BadSet(String),
     #[error("model files: {0}")]
     Files(String),
+    #[error("rank scoring needs a task with a label set; {0} has none (use generation)")]
+    NoLabels(String),
 }
 
 /// Which tokens of a causal example the loss covers.
@@ -47,7 +49,7 @@ pub enum LossOn {
 }
 
 /// How records become model inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncodeOptions {
     /// Chat models: the input is a user turn of the chat template, when the model has one (else
     /// raw text).
@@ -57,6 +59,10 @@ pub struct EncodeOptions {
     /// Truncate inputs to this many tokens.
     #[serde(default)]
     pub max_source_tokens: Option<usize>,
+    /// Chat models: the system turn before the input (`Some("")`: an empty one). `None` leaves
+    /// it to the chat template, which may insert a default (SmolLM2's is ~20 tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
 }
 
 impl Default for EncodeOptions {
@@ -65,7 +71,49 @@ impl Default for EncodeOptions {
             chat: true,
             loss_on: LossOn::Answer,
             max_source_tokens: None,
+            system: None,
         }
+    }
+}
+
+/// How an example's prediction is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// Greedy generation of at most `max_new_tokens` tokens (the paper's evaluation).
+    #[default]
+    Generate,
+    /// Rank classification over the task's label set: every label's answer tokens (with the end
+    /// token) scored in one forward pass, the most likely label is the prediction. The loss is
+    /// the target label's, as training computes it.
+    Rank,
+}
+
+impl Scoring {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generate => "generate",
+            Self::Rank => "rank",
+        }
+    }
+}
+
+/// How a batch is scored: the scoring, the generation length and, for rank classification, the
+/// label set tokenized as answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scorer {
+    pub scoring: Scoring,
+    pub max_new: usize,
+    /// Generation only: also compute each example's loss (a second forward pass; NaN without).
+    pub with_loss: bool,
+    labels: Vec<String>,
+    candidates: Vec<Vec<u32>>,
+}
+
+impl Scorer {
+    /// The label words rank classification chooses among.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
     }
 }
 
@@ -214,24 +262,58 @@ impl Loaded {
     /// Tokenizes a record as training does: the task's template (chat models: instruction and
     /// fields in a user turn of the chat template when `opts.chat` and the model has one), the answer followed by the first end-of-sequence id (so a tuned
     /// chat model stops after it), inputs truncated to `max_source_tokens` (T5 keeps its `</s>`).
-    pub fn encode(&self, task: &TaskSpec, rec: &Record, opts: EncodeOptions) -> Result<Encoded, EvalError> {
+    pub fn encode(&self, task: &TaskSpec, rec: &Record, opts: &EncodeOptions) -> Result<Encoded, EvalError> {
         let codec = &self.codec;
         let target = task.target(rec)?;
         match &self.model {
             Model::Llama(_) => {
                 let chat = opts.chat && codec.chat_template().is_some();
                 let style = if chat { Style::Chat } else { Style::T5 };
-                let text = task.render(rec, style)?;
-                let mut input = if chat {
-                    codec.encode(&codec.chat(&text, true)?, false)?
-                } else {
-                    codec.encode(&text, true)?
+                let render = |rec: &Record| -> Result<Vec<u32>, EvalError> {
+                    let text = task.render(rec, style)?;
+                    Ok(if chat {
+                        codec.encode(&codec.chat_with_system(opts.system.as_deref(), &text, true)?, false)?
+                    } else {
+                        codec.encode(&text, true)?
+                    })
                 };
-                if let Some(max) = opts.max_source_tokens {
+                let mut input = render(rec)?;
+                if let Some(max) = opts.max_source_tokens
+                    && input.len() > max
+                {
+                    if chat {
+                        // Shorten the longest field, so the instruction, the `label:` cue and
+                        // the template's assistant turn stay (cutting the templated text's end
+                        // would drop the turn the answer follows).
+                        let mut shortened = rec.clone();
+                        for _ in 0..4 {
+                            let over = input.len().saturating_sub(max);
+                            if over == 0 {
+                                break;
+                            }
+                            let columns: Vec<&str> = if task.is_plain() {
+                                vec!["input"]
+                            } else {
+                                task.fields.iter().map(|(_, c)| c.as_str()).collect()
+                            };
+                            let mut longest: Option<(String, Vec<u32>)> = None;
+                            for c in columns {
+                                let ids = codec.encode(shortened.get(c).map_or("", |v| v.trim()), false)?;
+                                if longest.as_ref().is_none_or(|(_, l)| ids.len() > l.len()) {
+                                    longest = Some((c.to_owned(), ids));
+                                }
+                            }
+                            let Some((column, ids)) = longest.filter(|(_, ids)| !ids.is_empty()) else {
+                                break;
+                            };
+                            let keep = ids.len().saturating_sub(over);
+                            shortened.insert(column, codec.decode(&ids[..keep])?);
+                            input = render(&shortened)?;
+                        }
+                    }
                     input.truncate(max);
                 }
-                let mut answer = codec.encode(&target, false)?;
-                answer.extend(self.eos.first().copied());
+                let answer = self.answer_ids(&target)?;
                 let example = match opts.loss_on {
                     LossOn::Answer => causal::Example::answer(&input, &answer),
                     LossOn::Sequence => causal::Example::whole(&[input.as_slice(), &answer].concat()),
@@ -249,7 +331,7 @@ impl Loaded {
                     input.truncate(max.saturating_sub(1));
                     input.push(last);
                 }
-                let target_ids = codec.encode(&target, true)?;
+                let target_ids = self.answer_ids(&target)?;
                 Ok(Encoded::Seq2Seq {
                     example: t5::Example {
                         input,
@@ -261,6 +343,177 @@ impl Loaded {
         }
     }
 
+    /// The tokens a target is trained and scored as: a causal model's answer followed by the
+    /// first end-of-sequence id, a T5 target with its `</s>`.
+    pub fn answer_ids(&self, target: &str) -> Result<Vec<u32>, EvalError> {
+        Ok(match &self.model {
+            Model::Llama(_) => {
+                let mut answer = self.codec.encode(target, false)?;
+                answer.extend(self.eos.first().copied());
+                answer
+            }
+            Model::T5(_) => self.codec.encode(target, true)?,
+        })
+    }
+
+    /// How to score `task`: rank classification tokenizes its labels (an error for a task
+    /// without a label set).
+    pub fn scorer(
+        &self,
+        task: &TaskSpec,
+        scoring: Scoring,
+        max_new: usize,
+        with_loss: bool,
+    ) -> Result<Scorer, EvalError> {
+        let (labels, candidates) = match scoring {
+            Scoring::Generate => (Vec::new(), Vec::new()),
+            Scoring::Rank => {
+                if task.labels.is_empty() {
+                    return Err(EvalError::NoLabels(task.name.clone()));
+                }
+                let ids = task
+                    .labels
+                    .iter()
+                    .map(|l| self.answer_ids(l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (task.labels.clone(), ids)
+            }
+        };
+        Ok(Scorer {
+            scoring,
+            max_new,
+            with_loss,
+            labels,
+            candidates,
+        })
+    }
+
+    /// Scores rows that may each carry their own prompt (`rows[i] = (θ_i [R_i, d], example)`; R_i
+    /// may be 0): loss, target-token count and prediction per row, as each row alone gives them.
+    pub fn evaluate_rows(
+        &self,
+        rows: &[(&Tensor, &Encoded)],
+        scorer: &Scorer,
+    ) -> Result<Vec<ExampleResult>, EvalError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prompts: Vec<&Tensor> = rows.iter().map(|(p, _)| *p).collect();
+        let batch: Vec<&Encoded> = rows.iter().map(|(_, e)| *e).collect();
+        match scorer.scoring {
+            Scoring::Generate => {
+                let (losses, counts) = if scorer.with_loss {
+                    self.losses_rows(&prompts, &batch)?
+                } else {
+                    (
+                        vec![f32::NAN; batch.len()],
+                        batch.iter().map(|e| e.target_count()).collect(),
+                    )
+                };
+                let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
+                let generated = match &self.model {
+                    Model::Llama(m) => causal::greedy_rows(m, &prompts, &inputs, scorer.max_new, &self.eos)?,
+                    Model::T5(m) => t5::greedy_rows(m, &prompts, &inputs, scorer.max_new)?,
+                };
+                generated
+                    .iter()
+                    .zip(losses.into_iter().zip(counts))
+                    .map(|(ids, (loss, tokens))| {
+                        Ok(ExampleResult {
+                            loss,
+                            tokens,
+                            prediction: self.codec.decode(ids)?.trim().to_owned(),
+                            scores: Vec::new(),
+                        })
+                    })
+                    .collect()
+            }
+            Scoring::Rank => {
+                let inputs: Vec<&[u32]> = batch.iter().map(|e| e.input()).collect();
+                self.check_family(&batch)?;
+                let scores = match &self.model {
+                    Model::Llama(m) => causal::rank(m, &prompts, &inputs, &scorer.candidates)?,
+                    Model::T5(m) => t5::rank(m, &prompts, &inputs, &scorer.candidates)?,
+                };
+                // A target outside the label set has no candidate: its loss takes its own pass.
+                let outside: Vec<usize> = (0..batch.len())
+                    .filter(|&i| !scorer.labels.iter().any(|l| l == batch[i].target()))
+                    .collect();
+                let mut extra = BTreeMap::new();
+                if !outside.is_empty() {
+                    let p: Vec<&Tensor> = outside.iter().map(|&i| prompts[i]).collect();
+                    let b: Vec<&Encoded> = outside.iter().map(|&i| batch[i]).collect();
+                    let (l, c) = self.losses_rows(&p, &b)?;
+                    for (k, &i) in outside.iter().enumerate() {
+                        extra.insert(i, (l[k], c[k]));
+                    }
+                }
+                Ok(scores
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        // The most likely label (lowest summed NLL); ties go to the first.
+                        let best = s.iter().enumerate().fold(0, |b, (j, v)| if *v < s[b] { j } else { b });
+                        let (loss, tokens) = match extra.get(&i) {
+                            Some(&lc) => lc,
+                            None => {
+                                let j = scorer.labels.iter().position(|l| l == batch[i].target()).unwrap_or(0);
+                                let n = scorer.candidates[j].len();
+                                (s[j] / n as f32, n)
+                            }
+                        };
+                        ExampleResult {
+                            loss,
+                            tokens,
+                            prediction: scorer.labels[best].clone(),
+                            scores: s,
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Every prompt on every example, in batches of `batch_size` rows that mix prompts: rows
+    /// are ordered by input length (little padding), and an example's rows under all prompts
+    /// sit side by side. `out[p][e]`; `progress(rows done, rows)` after each batch.
+    pub fn evaluate_prompts(
+        &self,
+        prompts: &[&Tensor],
+        examples: &[&Encoded],
+        scorer: &Scorer,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<ExampleResult>>, EvalError> {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        order.sort_by_key(|&i| examples[i].input().len());
+        let rows: Vec<(usize, usize)> = order
+            .iter()
+            .flat_map(|&e| (0..prompts.len()).map(move |p| (p, e)))
+            .collect();
+        let mut out: Vec<Vec<Option<ExampleResult>>> = vec![vec![None; examples.len()]; prompts.len()];
+        let mut done = 0;
+        for chunk in rows.chunks(batch_size.max(1)) {
+            let batch: Vec<(&Tensor, &Encoded)> = chunk.iter().map(|&(p, e)| (prompts[p], examples[e])).collect();
+            for (&(p, e), r) in chunk.iter().zip(self.evaluate_rows(&batch, scorer)?) {
+                out[p][e] = Some(r);
+            }
+            done += chunk.len();
+            progress(done, rows.len());
+        }
+        Ok(out.into_iter().map(|per| per.into_iter().flatten().collect()).collect())
+    }
+
+    fn check_family(&self, batch: &[&Encoded]) -> Result<(), EvalError> {
+        let causal = matches!(self.model, Model::Llama(_));
+        for e in batch {
+            if matches!(e, Encoded::Causal { .. }) != causal {
+                return Err(EvalError::WrongFamily(if causal { "causal" } else { "seq2seq" }));
+            }
+        }
+        Ok(())
+    }
+
     /// Greedy generations (token ids) of a batch under `theta` ([R, d]).
     pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
         generate(&self.model, &self.eos, theta, batch, max_new)
@@ -268,27 +521,33 @@ impl Loaded {
 
     /// Per-example mean NLL over the target tokens (no dropout) and the target-token counts.
     pub fn losses(&self, theta: &Tensor, batch: &[&Encoded]) -> Result<(Vec<f32>, Vec<usize>), EvalError> {
+        self.losses_rows(&vec![theta; batch.len()], batch)
+    }
+
+    /// [`Self::losses`] with a prompt per example.
+    pub fn losses_rows(&self, prompts: &[&Tensor], batch: &[&Encoded]) -> Result<(Vec<f32>, Vec<usize>), EvalError> {
+        self.check_family(batch)?;
         let out = match &self.model {
             Model::Llama(m) => {
-                let examples = batch
+                let examples: Vec<causal::Example> = batch
                     .iter()
-                    .map(|e| match e {
-                        Encoded::Causal { example, .. } => Ok(example.clone()),
-                        Encoded::Seq2Seq { .. } => Err(EvalError::WrongFamily("causal")),
+                    .filter_map(|e| match e {
+                        Encoded::Causal { example, .. } => Some(example.clone()),
+                        Encoded::Seq2Seq { .. } => None,
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = causal::loss(m, theta, &examples)?;
+                    .collect();
+                let out = causal::loss_rows(m, prompts, &examples)?;
                 (out.per_example, out.counts)
             }
             Model::T5(m) => {
-                let examples = batch
+                let examples: Vec<t5::Example> = batch
                     .iter()
-                    .map(|e| match e {
-                        Encoded::Seq2Seq { example, .. } => Ok(example.clone()),
-                        Encoded::Causal { .. } => Err(EvalError::WrongFamily("seq2seq")),
+                    .filter_map(|e| match e {
+                        Encoded::Seq2Seq { example, .. } => Some(example.clone()),
+                        Encoded::Causal { .. } => None,
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = t5::loss(m, theta, &examples, None)?;
+                    .collect();
+                let out = t5::loss_rows(m, prompts, &examples, None)?;
                 (out.per_example, out.counts)
             }
         };
@@ -302,19 +561,15 @@ impl Loaded {
         batch: &[&Encoded],
         max_new: usize,
     ) -> Result<Vec<ExampleResult>, EvalError> {
-        let (losses, counts) = self.losses(theta, batch)?;
-        let generated = self.generate(theta, batch, max_new)?;
-        generated
-            .iter()
-            .zip(losses.into_iter().zip(counts))
-            .map(|(ids, (loss, tokens))| {
-                Ok(ExampleResult {
-                    loss,
-                    tokens,
-                    prediction: self.codec.decode(ids)?.trim().to_owned(),
-                })
-            })
-            .collect()
+        let scorer = Scorer {
+            scoring: Scoring::Generate,
+            max_new,
+            with_loss: true,
+            labels: Vec::new(),
+            candidates: Vec::new(),
+        };
+        let rows: Vec<(&Tensor, &Encoded)> = batch.iter().map(|e| (theta, *e)).collect();
+        self.evaluate_rows(&rows, &scorer)
     }
 }
 
@@ -355,6 +610,9 @@ pub struct ExampleResult {
     /// How many target tokens the loss covers.
     pub tokens: usize,
     pub prediction: String,
+    /// Rank classification: the summed NLL of each label, in the task's label order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<f32>,
 }
 
 /// A task's examples and how to encode and decode them (the `examples/TASK.json` of a study).
@@ -373,37 +631,63 @@ pub struct EvalSet {
     pub task: TaskSpec,
     pub encode: EncodeOptions,
     pub max_new_tokens: usize,
+    /// How the study scored its runs (version 2; version 1 sets generate).
+    #[serde(default)]
+    pub scoring: Scoring,
     pub records: Vec<Record>,
 }
 
 impl EvalSet {
     pub const FORMAT: &'static str = "tpv-eval-set";
-    pub const VERSION: u32 = 1;
+    /// 2: `scoring` and `encode.system`.
+    pub const VERSION: u32 = 2;
 
-    /// Parses and checks an eval set.
+    /// Parses and checks an eval set (format and version first, so a newer set is refused by
+    /// its version, not by a field this reader does not know).
     pub fn from_json(bytes: &[u8]) -> Result<Self, EvalError> {
-        let set: Self = serde_json::from_slice(bytes).map_err(|e| EvalError::BadSet(e.to_string()))?;
-        if set.format != Self::FORMAT {
+        #[derive(Deserialize)]
+        struct Head {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| EvalError::BadSet(e.to_string()))?;
+        if head.format.as_deref() != Some(Self::FORMAT) {
             return Err(EvalError::BadSet(format!(
                 "format is {:?}, expected {:?}",
-                set.format,
+                head.format.unwrap_or_default(),
                 Self::FORMAT
             )));
         }
-        if set.version > Self::VERSION {
+        if let Some(v) = head.version
+            && v > Self::VERSION
+        {
             return Err(EvalError::BadSet(format!(
-                "version {} is newer than this tpv reads ({}); upgrade tpv",
-                set.version,
+                "version {v} is newer than this tpv reads ({}); upgrade tpv",
                 Self::VERSION
             )));
         }
-        Ok(set)
+        serde_json::from_slice(bytes).map_err(|e| EvalError::BadSet(e.to_string()))
     }
 
     /// The targets of the records (the references of the metrics).
     pub fn targets(&self) -> Result<Vec<String>, TaskError> {
         self.records.iter().map(|r| self.task.target(r)).collect()
     }
+}
+
+/// The model of a report (`manifest.json`'s `model`): where the Evaluate view fetches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportModel {
+    /// A `.gguf` file or an HF folder (ending in `/`), relative to the manifest or absolute.
+    pub url: String,
+    /// How the study named it (`smollm2`, `org/name`, a path).
+    pub name: String,
+    /// The files' total size, when bundled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// True when the files are in the report (`SITE/model/`).
+    #[serde(default)]
+    pub bundled: bool,
 }
 
 /// Plain examples (`{"input": …, "target": …}` lines) as an eval set of the `plain` task.
@@ -420,6 +704,7 @@ pub fn plain_set(records: Vec<Record>, chat: bool, max_new_tokens: usize) -> Eva
             ..EncodeOptions::default()
         },
         max_new_tokens,
+        scoring: Scoring::Generate,
         records,
     }
 }
@@ -438,7 +723,7 @@ pub struct Summary {
 /// Loss and metrics of finished results against their references.
 pub fn summarize(task: &TaskSpec, results: &[ExampleResult], refs: &[String]) -> Summary {
     let (mut nll, mut count) = (0f64, 0usize);
-    for r in results.iter().filter(|r| r.tokens > 0) {
+    for r in results.iter().filter(|r| r.tokens > 0 && r.loss.is_finite()) {
         nll += f64::from(r.loss) * r.tokens as f64;
         count += r.tokens;
     }
@@ -515,6 +800,7 @@ mod tests {
             loss,
             tokens,
             prediction: p.into(),
+            scores: Vec::new(),
         };
         let res = [r(1.0, 1, "a"), r(4.0, 3, "b")];
         let sum = summarize(&crate::tasks::plain(), &res, &s(&["a", "c"]));

@@ -195,13 +195,24 @@ impl TextCodec {
     /// The chat-templated text of one user turn (with the assistant turn opened when
     /// `add_generation_prompt`), as `apply_chat_template(..., tokenize=False)` renders it.
     pub fn chat(&self, user: &str, add_generation_prompt: bool) -> Result<String> {
+        self.chat_with_system(None, user, add_generation_prompt)
+    }
+
+    /// [`Self::chat`] after a system turn with `system` as its content (`None`: no system turn,
+    /// so the template's default, if it has one, applies).
+    pub fn chat_with_system(&self, system: Option<&str>, user: &str, add_generation_prompt: bool) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
             .ok_or_else(|| TextError::Template("the tokenizer has no chat template".into()))?;
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = system {
+            messages.push(("system", s));
+        }
+        messages.push(("user", user));
         render_chat(
             template,
-            &[("user", user)],
+            &messages,
             add_generation_prompt,
             self.bos_token.as_deref(),
             self.eos_token.as_deref(),

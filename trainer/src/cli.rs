@@ -115,8 +115,13 @@ pub struct ReportArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// The built web app (trunk's dist; default: TPV_WEB_DIST or target/site beside this tpv).
+    /// When given, a missing app is an error (without it the site falls back to the tables).
     #[arg(long)]
     pub web: Option<PathBuf>,
+    /// Copy the study's model into SITE/model/ for the Evaluate view: `auto` when its files add
+    /// up to at most 256 MB (else a hub model is linked), `always`, or `never`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub bundle_model: BundleArg,
     /// Serve the site on 127.0.0.1 afterwards.
     #[arg(long)]
     pub serve: bool,
@@ -124,12 +129,29 @@ pub struct ReportArgs {
     pub port: u16,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BundleArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<BundleArg> for crate::study::report::BundleModel {
+    fn from(b: BundleArg) -> Self {
+        match b {
+            BundleArg::Auto => Self::Auto,
+            BundleArg::Always => Self::Always,
+            BundleArg::Never => Self::Never,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where the study, the site and the configs go.
     #[arg(long, default_value = "out/demo")]
     pub out: PathBuf,
-    /// A smaller demo (one origin pair, fewer steps and examples): a few minutes.
+    /// A smaller demo (two origins, fewer steps and examples; every table): a few minutes.
     #[arg(long)]
     pub quick: bool,
     /// Write DIR/site and exit instead of serving it.
@@ -142,9 +164,12 @@ pub struct DemoArgs {
     /// Extra overrides of the demo study (dotted keys).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// The built web app (as for tpv report).
+    /// The built web app (as for tpv report); when given, a missing app is an error.
     #[arg(long)]
     pub web: Option<PathBuf>,
+    /// Copy the model into the site (as for tpv report; the demo's 98 MB GGUF by default).
+    #[arg(long, value_enum, default_value = "always")]
+    pub bundle_model: BundleArg,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -263,11 +288,35 @@ pub struct EvalArgs {
     /// Feed inputs to chat models as raw text instead of a chat user turn.
     #[arg(long)]
     pub no_chat_template: bool,
+    /// Chat models: the system turn before the input ("" for an empty one; default: what the
+    /// chat template does, or an eval set's own).
+    #[arg(long)]
+    pub system_prompt: Option<String>,
+    /// How predictions are made: `generate` (greedy; the default for records) or `rank` (rank
+    /// classification over the task's labels, one forward pass); default for an eval set: the
+    /// study's own.
+    #[arg(long, value_enum)]
+    pub scoring: Option<ScoringArg>,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
     pub device: String,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScoringArg {
+    Generate,
+    Rank,
+}
+
+impl From<ScoringArg> for tpv_shared::eval::Scoring {
+    fn from(s: ScoringArg) -> Self {
+        match s {
+            ScoringArg::Generate => Self::Generate,
+            ScoringArg::Rank => Self::Rank,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,10 @@ pub struct ModelSection {
     /// Chat models: put the input in a user turn of the chat template.
     #[serde(default = "yes")]
     pub chat_template: bool,
+    /// Chat models: the system turn before the input (`""`: an empty one, which drops a
+    /// template's default system prompt, ~20 tokens for SmolLM2). Unset: the template decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +252,18 @@ pub struct TrainSection {
     /// on with `select = "loss"`). Off halves the cost of an evaluation and drops the valid_loss curve.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub eval_loss: bool,
+    /// How validation and test predictions are made: `generate` (greedy, `max_new_tokens`; the
+    /// paper's way) or `rank` (rank classification over the task's labels: one forward pass,
+    /// the loss comes with it).
+    #[serde(default, skip_serializing_if = "is_generate")]
+    pub scoring: Scoring,
+}
+
+/// Rank classification or generation (shared with `tpv eval` and the web app).
+pub use tpv_shared::eval::Scoring;
+
+fn is_generate(s: &Scoring) -> bool {
+    *s == Scoring::Generate
 }
 
 fn is_true(b: &bool) -> bool {

@@ -58,7 +58,7 @@ pub struct DataInfo {
 }
 
 /// One description of one or several tasks' data: for several, a generic task scored by exact
-/// match, and a fingerprint covering every task's.
+/// match over the union of their label sets, and a fingerprint covering every task's.
 pub fn describe(all: &[Splits]) -> DataInfo {
     if let [one] = all {
         return DataInfo {
@@ -70,6 +70,17 @@ pub fn describe(all: &[Splits]) -> DataInfo {
     let names: Vec<String> = all.iter().map(|s| s.task.name.clone()).collect();
     let mut task = tasks::plain();
     task.name = names.join("+");
+    // The union of the label sets (in order), so rank scoring works on a multi-task run when
+    // every task has one.
+    if all.iter().all(|s| !s.task.labels.is_empty()) {
+        for s in all {
+            for l in &s.task.labels {
+                if !task.labels.contains(l) {
+                    task.labels.push(l.clone());
+                }
+            }
+        }
+    }
     let mut hasher = Sha256::new();
     for s in all {
         hasher.update(s.fingerprint.as_bytes());

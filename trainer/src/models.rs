@@ -12,7 +12,8 @@ use tpv_shared::eval::Loaded;
 use crate::assets;
 
 /// A frozen model with its tokenizer (`tpv_shared::eval::Loaded`, the code the web app loads
-/// models with) and what identifies it.
+/// models with) and what identifies it. Cloning shares the weights.
+#[derive(Clone)]
 pub struct LoadedModel {
     pub loaded: Loaded,
     pub id: String,
@@ -104,6 +105,27 @@ pub fn hub_snapshot(kind: &str, repo_id: &str) -> Result<PathBuf> {
         return Ok(snapshot);
     }
     bail!("{} is missing", snapshot.display())
+}
+
+/// The model a process loaded last, kept for the next job of a study that needs it.
+static LAST: std::sync::Mutex<Option<(String, LoadedModel)>> = std::sync::Mutex::new(None);
+
+/// [`load`], reusing the model this process loaded last when `spec`, `dtype` and `device` are
+/// the same (a study's jobs run one after another in one process; the weights are frozen, so
+/// sharing them is safe).
+pub fn load_cached(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let key = format!("{spec}\u{0}{dtype:?}\u{0}{:?}", device.location());
+    if let Ok(last) = LAST.lock()
+        && let Some((k, m)) = last.as_ref()
+        && *k == key
+    {
+        return Ok(m.clone());
+    }
+    let loaded = load(spec, dtype, device)?;
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((key, loaded.clone()));
+    }
+    Ok(loaded)
 }
 
 /// Loads the model `spec` names onto `device`.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use tpv_shared::eval::ReportModel;
 use tpv_shared::{Document, SoftPrompt};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -52,6 +53,8 @@ struct Manifest {
     runs: Vec<ManifestRun>,
     #[serde(default)]
     examples: Vec<ExampleSet>,
+    #[serde(default)]
+    model: Option<ReportModel>,
 }
 
 /// A task's bundled examples (`examples/TASK.json`, a `tpv_shared::eval::EvalSet`).
@@ -104,6 +107,8 @@ pub struct Study {
     pub errors: Vec<String>,
     /// The examples bundled with the report, per task.
     pub examples: Vec<ExampleSet>,
+    /// The study's model, bundled with the report or linked (its URL absolute once loaded).
+    pub model: Option<ReportModel>,
 }
 
 fn js_err(e: wasm_bindgen::JsValue) -> String {
@@ -151,6 +156,10 @@ pub async fn load(manifest_url: &str) -> Result<Study, String> {
         url: url.clone(),
         ..Default::default()
     };
+    if let Some(mut m) = manifest.model {
+        m.url = resolve(&m.url, &url)?;
+        study.model = Some(m);
+    }
     for mut set in manifest.examples {
         set.file = resolve(&set.file, &url)?;
         study.examples.push(set);

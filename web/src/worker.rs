@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use tpv_shared::eval::{EncodeOptions, ExampleResult};
+use tpv_shared::eval::{EncodeOptions, ExampleResult, Scoring};
 use tpv_shared::tasks::{Record, TaskSpec};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -38,6 +38,9 @@ pub struct Batch {
     pub task: TaskSpec,
     pub encode: EncodeOptions,
     pub max_new_tokens: usize,
+    /// Generation or rank classification (an eval set's own).
+    #[serde(default)]
+    pub scoring: Scoring,
     pub records: Vec<Record>,
     /// The prompt's shape [R, d] (R = 0: the model alone).
     pub rows: usize,

@@ -56,24 +56,35 @@ struct Packed {
     width: usize,
 }
 
-fn pack(model: &Llama, prompt: &Tensor, seqs: &[&[u32]]) -> Result<Packed> {
-    let r = prompt.dim(0)?;
-    let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    let width = r + longest;
+/// `[pads][prompt of the row][tokens]` for every row; rows may carry different prompts (of any
+/// length, none included), and each is laid out exactly as it would be alone.
+fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
+    if prompts.len() != seqs.len() {
+        candle_core::bail!("{} prompts for {} sequences", prompts.len(), seqs.len());
+    }
+    let lens: Vec<usize> = prompts
+        .iter()
+        .zip(seqs)
+        .map(|(p, s)| Ok(p.dim(0)? + s.len()))
+        .collect::<Result<_>>()?;
+    let width = lens.iter().copied().max().unwrap_or(0);
     let d = model.hidden_size();
     let (mut rows, mut positions, mut valid, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ids in seqs {
-        let pad = longest - ids.len();
+    for ((ids, prompt), len) in seqs.iter().zip(prompts).zip(&lens) {
+        let pad = width - len;
+        let r = prompt.dim(0)?;
         let mut parts = Vec::with_capacity(3);
         if pad > 0 {
             parts.push(Tensor::zeros((pad, d), model.dtype(), model.device())?);
         }
-        parts.push(prompt.to_dtype(model.dtype())?);
+        if r > 0 {
+            parts.push(prompt.to_dtype(model.dtype())?);
+        }
         if !ids.is_empty() {
             parts.push(model.embed(&Tensor::from_slice(ids, ids.len(), model.device())?)?);
         }
         rows.push(Tensor::cat(&parts, 0)?);
-        positions.push((0..pad as u32).map(|_| 0).chain(0..(r + ids.len()) as u32).collect());
+        positions.push((0..pad as u32).map(|_| 0).chain(0..*len as u32).collect());
         valid.push((0..width).map(|c| c >= pad).collect());
         starts.push(pad + r);
     }
@@ -86,17 +97,133 @@ fn pack(model: &Llama, prompt: &Tensor, seqs: &[&[u32]]) -> Result<Packed> {
     })
 }
 
+/// Fewest shared tokens worth a separate prefix pass.
+const MIN_SHARED: usize = 4;
+
+/// The distinct prompts of a batch (by tensor identity) and each row's index among them.
+fn distinct<'a>(prompts: &[&'a Tensor]) -> (Vec<&'a Tensor>, Vec<u32>) {
+    let mut groups: Vec<&Tensor> = Vec::new();
+    let mut rows = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let g = match groups.iter().position(|g| g.id() == p.id()) {
+            Some(g) => g,
+            None => {
+                groups.push(p);
+                groups.len() - 1
+            }
+        };
+        rows.push(g as u32);
+    }
+    (groups, rows)
+}
+
+/// The beginning every row of a batch shares (its prompt and the first `tokens` ids, e.g. a
+/// chat template and a task's instruction), computed once per distinct prompt.
+struct Shared {
+    /// The prefix's keys and values, one row per batch row.
+    cache: KvCache,
+    /// The rotary position of each row's first unshared token.
+    next: Vec<u32>,
+    tokens: usize,
+}
+
+/// Computes the longest common prefix of `seqs` (at most `limit` ids) once per distinct prompt,
+/// when that saves work: at least [`MIN_SHARED`] ids, and fewer distinct prompts than rows.
+/// Exact: a row that continues the shared keys and values computes what it computes alone, and
+/// gradients reach the prompt through them.
+fn share_prefix(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], limit: usize) -> Result<Option<Shared>> {
+    let Some(first) = seqs.first() else { return Ok(None) };
+    let mut p = first.len().min(limit);
+    for s in &seqs[1..] {
+        p = first.iter().zip(s.iter()).take(p).take_while(|(a, b)| a == b).count();
+    }
+    let (groups, row_group) = distinct(prompts);
+    if p < MIN_SHARED || groups.len() == seqs.len() {
+        return Ok(None);
+    }
+    let shared = &first[..p];
+    let packed = pack(model, &groups, &vec![shared; groups.len()])?;
+    let mut cache = KvCache::new(model.cfg.num_hidden_layers, groups.len());
+    model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, Some(&mut cache))?;
+    let next = row_group
+        .iter()
+        .map(|&g| Ok((groups[g as usize].dim(0)? + p) as u32))
+        .collect::<Result<_>>()?;
+    Ok(Some(Shared {
+        cache: cache.select_rows(&row_group)?,
+        next,
+        tokens: p,
+    }))
+}
+
+/// The rows' tokens after a shared prefix, left-padded, positions continuing the prefix's.
+fn pack_rest(model: &Llama, shared: &Shared, seqs: &[&[u32]]) -> Result<Packed> {
+    let empty = Tensor::zeros((0, model.hidden_size()), model.dtype(), model.device())?;
+    let rest: Vec<&[u32]> = seqs.iter().map(|s| &s[shared.tokens..]).collect();
+    let mut packed = pack(model, &vec![&empty; seqs.len()], &rest)?;
+    for ((pos, valid), next) in packed.positions.iter_mut().zip(&packed.valid).zip(&shared.next) {
+        for (p, ok) in pos.iter_mut().zip(valid) {
+            if *ok {
+                *p += next;
+            }
+        }
+    }
+    Ok(packed)
+}
+
+/// Hidden states of a batch, the shared prefix computed once when that pays: the packing of
+/// the columns computed, how many leading ids of every row the prefix covered, and the cache
+/// (prefix + rows) when `keep_cache`.
+fn run(
+    model: &Llama,
+    prompts: &[&Tensor],
+    seqs: &[&[u32]],
+    limit: usize,
+    keep_cache: bool,
+) -> Result<(Tensor, Packed, usize, Option<KvCache>)> {
+    match share_prefix(model, prompts, seqs, limit)? {
+        Some(shared) => {
+            let packed = pack_rest(model, &shared, seqs)?;
+            let tokens = shared.tokens;
+            let mut cache = shared.cache;
+            let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, Some(&mut cache))?;
+            Ok((hidden, packed, tokens, Some(cache)))
+        }
+        None => {
+            let packed = pack(model, prompts, seqs)?;
+            let mut cache = keep_cache.then(|| KvCache::new(model.cfg.num_hidden_layers, seqs.len()));
+            let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, cache.as_mut())?;
+            Ok((hidden, packed, 0, cache))
+        }
+    }
+}
+
 /// The mean NLL of the targets of `examples` under θ = `prompt` ([R, d]; a `Var` for training).
 pub fn loss(model: &Llama, prompt: &Tensor, examples: &[Example]) -> Result<LossOutput> {
+    loss_rows(model, &vec![prompt; examples.len()], examples)
+}
+
+/// [`loss`] with a prompt per example (a batch that mixes prompts; each row computes what it
+/// computes alone).
+pub fn loss_rows(model: &Llama, prompts: &[&Tensor], examples: &[Example]) -> Result<LossOutput> {
     let seqs: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
-    let packed = pack(model, prompt, &seqs)?;
-    let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, None)?;
+    // A prefix may be shared up to the column before the first target (its hidden state is read).
+    let limit = examples
+        .iter()
+        .map(|e| e.target_start.min(e.ids.len()))
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    let (hidden, packed, shared, _) = run(model, prompts, &seqs, limit, false)?;
     // Only the columns that predict a target go through the LM head.
     let (mut rows, mut targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
     for (b, (ex, start)) in examples.iter().zip(&packed.starts).enumerate() {
         let first = ex.target_start.min(ex.ids.len());
         for j in first..ex.ids.len() {
-            rows.push((b * packed.width + start + j - 1) as u32);
+            if start + j < shared + 1 {
+                candle_core::bail!("a target token without a column before it (an empty prompt and input)");
+            }
+            rows.push((b * packed.width + start + j - shared - 1) as u32);
             targets.push(ex.ids[j]);
         }
         counts.push(ex.ids.len() - first);
@@ -124,7 +251,7 @@ pub fn loss(model: &Llama, prompt: &Tensor, examples: &[Example]) -> Result<Loss
 
 /// Logits at every position of one unpadded sequence, [len, V] (for checks against HF).
 pub fn sequence_logits(model: &Llama, prompt: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    let packed = pack(model, prompt, &[ids])?;
+    let packed = pack(model, &[prompt], &[ids])?;
     let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, None)?;
     let r = prompt.dim(0)?;
     model.logits(&hidden.squeeze(0)?.narrow(0, r, ids.len())?)
@@ -140,10 +267,24 @@ pub fn greedy(
     eos: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     let prompt = prompt.detach();
+    greedy_rows(model, &vec![&prompt; inputs.len()], inputs, max_new, eos)
+}
+
+/// [`greedy`] with a prompt per input.
+pub fn greedy_rows(
+    model: &Llama,
+    prompts: &[&Tensor],
+    inputs: &[Vec<u32>],
+    max_new: usize,
+    eos: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    let (groups, row_group) = distinct(prompts);
+    let detached: Vec<Tensor> = groups.iter().map(|p| p.detach()).collect();
+    let prompts: Vec<&Tensor> = row_group.iter().map(|&g| &detached[g as usize]).collect();
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-    let packed = pack(model, &prompt, &seqs)?;
-    let mut cache = KvCache::new(model.cfg.num_hidden_layers, inputs.len());
-    let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, Some(&mut cache))?;
+    let limit = seqs.iter().map(|s| s.len()).min().unwrap_or(0).saturating_sub(1);
+    let (hidden, packed, _, cache) = run(model, &prompts, &seqs, limit, true)?;
+    let mut cache = cache.ok_or_else(|| candle_core::Error::Msg("no decoding cache".into()))?;
     let mut last = hidden.narrow(1, packed.width - 1, 1)?;
     let mut next_pos: Vec<u32> = packed.positions.iter().map(|p| p.last().map_or(0, |x| x + 1)).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
@@ -173,6 +314,119 @@ pub fn greedy(
         let valid = vec![vec![true]; inputs.len()];
         last = model.forward_embeds(&embeds, &positions, &valid, Some(&mut cache))?;
         next_pos.iter_mut().for_each(|p| *p += 1);
+    }
+    Ok(out)
+}
+
+/// Rank classification in one forward pass: the summed NLL of every candidate continuation
+/// (`candidates[j]`, e.g. a label's answer tokens and the end-of-turn id) after each input under
+/// its row's prompt; `out[b][j]`.
+///
+/// Each row is `[pads][prompt][input][candidate 0]…[candidate L-1]`: a candidate's tokens see
+/// the prompt, the input and the candidate's own earlier tokens (not the other candidates), at
+/// the positions they would have right after the input, so the pass computes what L separate
+/// teacher-forced passes over `input + candidate` compute.
+pub fn rank(model: &Llama, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    if prompts.len() != inputs.len() {
+        candle_core::bail!("{} prompts for {} inputs", prompts.len(), inputs.len());
+    }
+    if candidates.is_empty() || candidates.iter().any(Vec::is_empty) {
+        candle_core::bail!("rank scoring needs candidates with at least one token each");
+    }
+    let (groups, row_group) = distinct(prompts);
+    let detached: Vec<Tensor> = groups.iter().map(|p| p.detach()).collect();
+    let prompts: Vec<&Tensor> = row_group.iter().map(|&g| &detached[g as usize]).collect();
+    // The shared beginning (prompt, chat template, instruction) once per prompt; the last input
+    // column stays in the pass below (the first candidate token is predicted from it).
+    let limit = inputs.iter().map(|i| i.len()).min().unwrap_or(0).saturating_sub(1);
+    let shared = share_prefix(model, &prompts, inputs, limit)?;
+    let skip = shared.as_ref().map_or(0, |s| s.tokens);
+    let past = shared.as_ref().map_or(0, |s| s.cache.len());
+    let tail: usize = candidates.iter().map(Vec::len).sum();
+    let all_candidates: Vec<u32> = candidates.iter().flatten().copied().collect();
+    // Columns of each row before its candidates in this pass (its prompt too without sharing).
+    let prefixes: Vec<usize> = prompts
+        .iter()
+        .zip(inputs)
+        .map(|(p, i)| Ok(if shared.is_some() { 0 } else { p.dim(0)? } + i.len() - skip))
+        .collect::<Result<_>>()?;
+    if prefixes.contains(&0) {
+        candle_core::bail!("rank scoring needs a prompt or input before the candidates");
+    }
+    let longest = prefixes.iter().copied().max().unwrap_or(0);
+    let width = longest + tail;
+    let d = model.hidden_size();
+    let dev = model.device();
+    let (mut rows, mut positions, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    let mut mask = Vec::with_capacity(inputs.len() * width * (past + width));
+    let (mut picked, mut targets) = (Vec::new(), Vec::new());
+    for (b, ((prompt, input), &prefix)) in prompts.iter().zip(inputs).zip(&prefixes).enumerate() {
+        let pad = longest - prefix;
+        let mut parts = Vec::with_capacity(3);
+        if pad > 0 {
+            parts.push(Tensor::zeros((pad, d), model.dtype(), dev)?);
+        }
+        if shared.is_none() && prompt.dim(0)? > 0 {
+            parts.push(prompt.to_dtype(model.dtype())?);
+        }
+        let ids: Vec<u32> = input[skip..].iter().chain(&all_candidates).copied().collect();
+        parts.push(model.embed(&Tensor::from_slice(&ids, ids.len(), dev)?)?);
+        rows.push(Tensor::cat(&parts, 0)?);
+        // Which candidate each column belongs to (None: the row's own prefix or padding).
+        let base = shared.as_ref().map_or(0, |s| s.next[b]);
+        let mut owner: Vec<Option<usize>> = vec![None; longest];
+        let mut pos: Vec<u32> = (0..pad)
+            .map(|_| 0)
+            .chain((0..prefix as u32).map(|i| base + i))
+            .collect();
+        for (j, c) in candidates.iter().enumerate() {
+            owner.extend(std::iter::repeat_n(Some(j), c.len()));
+            pos.extend((0..c.len() as u32).map(|k| base + prefix as u32 + k));
+        }
+        let cached: &[bool] = shared.as_ref().map_or(&[], |s| s.cache.valid(b));
+        for q in 0..width {
+            mask.extend(cached.iter().map(|&ok| if ok && q >= pad { 0f32 } else { f32::MIN }));
+            mask.extend((0..width).map(|k| {
+                let visible = k >= pad
+                    && k <= q
+                    && match (owner[q], owner[k]) {
+                        (_, None) => true,
+                        (Some(a), Some(b)) => a == b,
+                        (None, Some(_)) => false,
+                    };
+                if visible { 0f32 } else { f32::MIN }
+            }));
+        }
+        positions.push(pos);
+        valid.push((0..width).map(|c| c >= pad).collect::<Vec<_>>());
+        // Token k of candidate j is predicted from the column before it: the last input column
+        // for k = 0, the candidate's own column k-1 after that.
+        let mut col = longest;
+        for c in candidates {
+            for (k, &tok) in c.iter().enumerate() {
+                let from = if k == 0 { longest - 1 } else { col + k - 1 };
+                picked.push((b * width + from) as u32);
+                targets.push(tok);
+            }
+            col += c.len();
+        }
+    }
+    let embeds = Tensor::stack(&rows, 0)?;
+    let mask = Tensor::from_vec(mask, (inputs.len(), 1, width, past + width), dev)?.to_dtype(model.dtype())?;
+    let mut cache = shared.map(|s| s.cache);
+    let hidden = model.forward_masked(&embeds, &positions, &mask, cache.as_mut(), &valid)?;
+    let logits = model.logits(&select_rows(&hidden, &picked)?)?;
+    let (_, per_row) = ops::nll(&logits, &Tensor::from_slice(&targets, targets.len(), dev)?)?;
+    let per_row: Vec<f32> = per_row.to_vec1()?;
+    let mut out = Vec::with_capacity(inputs.len());
+    let mut offset = 0;
+    for _ in inputs {
+        let mut scores = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            scores.push(per_row[offset..offset + c.len()].iter().sum());
+            offset += c.len();
+        }
+        out.push(scores);
     }
     Ok(out)
 }

@@ -331,6 +331,38 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Which cached key columns of sequence `b` are real tokens.
+    pub fn valid(&self, b: usize) -> &[bool] {
+        self.valid.get(b).map_or(&[], Vec::as_slice)
+    }
+
+    /// A cache for a new batch whose row i continues row `rows[i]` of this one (rows may repeat:
+    /// one computed prefix shared by several sequences). Differentiable: gradients of the copies
+    /// add up in the source row.
+    pub fn select_rows(&self, rows: &[u32]) -> Result<Self> {
+        let device = self
+            .layers
+            .iter()
+            .find_map(|e| e.0.as_ref().map(|(k, _)| k.device().clone()))
+            .unwrap_or(Device::Cpu);
+        let idx = Tensor::from_slice(rows, rows.len(), &device)?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|e| {
+                Ok(KvEntry(match &e.0 {
+                    Some((k, v)) => Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?)),
+                    None => None,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let valid = rows
+            .iter()
+            .map(|&r| self.valid.get(r as usize).cloned().unwrap_or_default())
+            .collect();
+        Ok(Self { layers, valid })
+    }
 }
 
 /// A LLaMA-family causal LM with frozen weights.
@@ -421,11 +453,10 @@ impl Llama {
         embeds: &Tensor,
         positions: &[Vec<u32>],
         valid: &[Vec<bool>],
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let rot = self.rotary(positions, t)?;
         // Key validity over past + new columns.
         let keys: Vec<Vec<bool>> = (0..b)
             .map(|i| {
@@ -435,13 +466,33 @@ impl Llama {
             })
             .collect();
         let mask = causal_mask(&keys, past, t, embeds.device())?.to_dtype(embeds.dtype())?;
+        self.forward_masked(embeds, positions, &mask, cache, valid)
+    }
+
+    /// Runs the decoder on `embeds` [B, T, d] with an explicit additive attention mask
+    /// [B, 1, T, past + T] (0 where a query column may see a key column, `f32::MIN` elsewhere) and
+    /// rotary `positions[b]` per column. With a cache, the new columns are appended to it, `valid`
+    /// saying which are real tokens. For layouts a causal mask cannot express, such as several
+    /// continuations of one input side by side ([`super::causal::rank`]).
+    pub fn forward_masked(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<u32>],
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        valid: &[Vec<bool>],
+    ) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
+        let rot = self.rotary(positions, t)?;
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let entry = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(&xs, &rot, &mask, entry)?;
+            xs = layer.forward(&xs, &rot, mask, entry)?;
         }
         if let Some(c) = cache {
-            c.valid = keys;
+            for (row, v) in c.valid.iter_mut().zip(valid) {
+                row.extend_from_slice(v);
+            }
         }
         ops::rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps)
     }

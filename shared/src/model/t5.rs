@@ -513,75 +513,116 @@ pub struct LossOutput {
     pub logits: Tensor,
 }
 
-/// Encoder input `[prompt][tokens][pads]` (right-padded, as HF tokenizers pad T5).
+/// Encoder input `[prompt][tokens][pads]` (right-padded, as HF tokenizers pad T5), a prompt per
+/// row (rows may carry different prompts, of any length).
 fn encode_prompted(
     model: &T5,
-    prompt: &Tensor,
+    prompts: &[&Tensor],
     inputs: &[&[u32]],
     train: Option<Train<'_>>,
 ) -> Result<(Tensor, Tensor)> {
-    let r = prompt.dim(0)?;
-    let longest = inputs.iter().map(|s| s.len()).max().unwrap_or(0);
+    if prompts.len() != inputs.len() {
+        candle_core::bail!("{} prompts for {} inputs", prompts.len(), inputs.len());
+    }
+    let lens: Vec<usize> = prompts
+        .iter()
+        .zip(inputs)
+        .map(|(p, s)| Ok(p.dim(0)? + s.len()))
+        .collect::<Result<_>>()?;
+    let width = lens.iter().copied().max().unwrap_or(0);
     let d = model.hidden_size();
     let mut rows = Vec::with_capacity(inputs.len());
     let mut valid = Vec::with_capacity(inputs.len());
-    for ids in inputs {
-        let mut parts = vec![prompt.to_dtype(model.dtype())?];
+    for ((ids, prompt), &len) in inputs.iter().zip(prompts).zip(&lens) {
+        let mut parts = Vec::with_capacity(3);
+        if prompt.dim(0)? > 0 {
+            parts.push(prompt.to_dtype(model.dtype())?);
+        }
         if !ids.is_empty() {
             parts.push(model.embed(&Tensor::from_slice(ids, ids.len(), model.device())?)?);
         }
-        let pad = longest - ids.len();
-        if pad > 0 {
-            parts.push(Tensor::zeros((pad, d), model.dtype(), model.device())?);
+        if width > len {
+            parts.push(Tensor::zeros((width - len, d), model.dtype(), model.device())?);
         }
         rows.push(Tensor::cat(&parts, 0)?);
-        valid.push((0..r + longest).map(|c| c < r + ids.len()).collect::<Vec<_>>());
+        valid.push((0..width).map(|c| c < len).collect::<Vec<_>>());
     }
     model.encode(&Tensor::stack(&rows, 0)?, &valid, train)
 }
 
+/// Teacher-forced NLL of `targets` (one per encoder row): the mean over all target tokens, and
+/// each row's summed NLL and token count.
+fn decode_nll(
+    model: &T5,
+    enc: &Tensor,
+    enc_mask: &Tensor,
+    targets: &[&[u32]],
+    train: Option<Train<'_>>,
+) -> Result<(Tensor, Vec<f32>, Vec<usize>, Tensor)> {
+    let start = model.cfg.decoder_start_token_id.unwrap_or(0);
+    let pad = model.cfg.pad_token_id.unwrap_or(0);
+    let longest = targets.iter().map(|t| t.len()).max().unwrap_or(0);
+    if longest == 0 {
+        candle_core::bail!("the batch has no target tokens");
+    }
+    let b = targets.len();
+    let mut dec_ids = Vec::with_capacity(b * longest);
+    let (mut rows, mut picked_targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, target) in targets.iter().enumerate() {
+        dec_ids.push(start);
+        dec_ids.extend(target.iter().take(longest - 1));
+        dec_ids.extend(std::iter::repeat_n(pad, longest - 1 - target.len().min(longest - 1)));
+        for (j, &tok) in target.iter().enumerate() {
+            rows.push((i * longest + j) as u32);
+            picked_targets.push(tok);
+        }
+        counts.push(target.len());
+    }
+    let dec_ids = Tensor::from_vec(dec_ids, (b, longest), model.device())?;
+    let hidden = model.decode(&dec_ids, enc, enc_mask, train)?;
+    let logits = model.logits(&hidden)?;
+    let picked = logits.reshape((b * longest, model.cfg.vocab_size))?;
+    let picked = picked.index_select(&Tensor::from_slice(&rows, rows.len(), model.device())?, 0)?;
+    let (loss, per_row) = ops::nll(
+        &picked,
+        &Tensor::from_slice(&picked_targets, picked_targets.len(), model.device())?,
+    )?;
+    let per_row: Vec<f32> = per_row.to_vec1()?;
+    let mut sums = Vec::with_capacity(b);
+    let mut offset = 0;
+    for &n in &counts {
+        sums.push(per_row[offset..offset + n].iter().sum());
+        offset += n;
+    }
+    Ok((loss, sums, counts, logits))
+}
+
 /// Teacher-forced loss of `examples` under the prompt ([R, d]; a `Var` for training). `train`
 /// turns dropout on.
-pub fn loss(model: &T5, prompt: &Tensor, examples: &[Example], mut train: Option<Train<'_>>) -> Result<LossOutput> {
+pub fn loss(model: &T5, prompt: &Tensor, examples: &[Example], train: Option<Train<'_>>) -> Result<LossOutput> {
+    loss_rows(model, &vec![prompt; examples.len()], examples, train)
+}
+
+/// [`loss`] with a prompt per example (a batch that mixes prompts).
+pub fn loss_rows(
+    model: &T5,
+    prompts: &[&Tensor],
+    examples: &[Example],
+    mut train: Option<Train<'_>>,
+) -> Result<LossOutput> {
     let inputs: Vec<&[u32]> = examples.iter().map(|e| e.input.as_slice()).collect();
     let enc_train = train.as_mut().map(|t| Train {
         dropout: t.dropout,
         rng: &mut *t.rng,
     });
-    let (enc, enc_mask) = encode_prompted(model, prompt, &inputs, enc_train)?;
-    let start = model.cfg.decoder_start_token_id.unwrap_or(0);
-    let pad = model.cfg.pad_token_id.unwrap_or(0);
-    let longest = examples.iter().map(|e| e.target.len()).max().unwrap_or(0);
-    if longest == 0 {
-        candle_core::bail!("the batch has no target tokens");
-    }
-    let b = examples.len();
-    let mut dec_ids = Vec::with_capacity(b * longest);
-    let (mut rows, mut targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, e) in examples.iter().enumerate() {
-        dec_ids.push(start);
-        dec_ids.extend(e.target.iter().take(longest - 1));
-        dec_ids.extend(std::iter::repeat_n(pad, longest - 1 - e.target.len().min(longest - 1)));
-        for (j, &tok) in e.target.iter().enumerate() {
-            rows.push((i * longest + j) as u32);
-            targets.push(tok);
-        }
-        counts.push(e.target.len());
-    }
-    let dec_ids = Tensor::from_vec(dec_ids, (b, longest), model.device())?;
-    let hidden = model.decode(&dec_ids, &enc, &enc_mask, train)?;
-    let logits = model.logits(&hidden)?;
-    let picked = logits.reshape((b * longest, model.cfg.vocab_size))?;
-    let picked = picked.index_select(&Tensor::from_slice(&rows, rows.len(), model.device())?, 0)?;
-    let (loss, per_row) = ops::nll(&picked, &Tensor::from_slice(&targets, targets.len(), model.device())?)?;
-    let per_row: Vec<f32> = per_row.to_vec1()?;
-    let mut per_example = Vec::with_capacity(b);
-    let mut offset = 0;
-    for &n in &counts {
-        let sum: f32 = per_row[offset..offset + n].iter().sum();
-        per_example.push(if n == 0 { f32::NAN } else { sum / n as f32 });
-        offset += n;
-    }
+    let (enc, enc_mask) = encode_prompted(model, prompts, &inputs, enc_train)?;
+    let targets: Vec<&[u32]> = examples.iter().map(|e| e.target.as_slice()).collect();
+    let (loss, sums, counts, logits) = decode_nll(model, &enc, &enc_mask, &targets, train)?;
+    let per_example = sums
+        .iter()
+        .zip(&counts)
+        .map(|(s, &n)| if n == 0 { f32::NAN } else { s / n as f32 })
+        .collect();
     Ok(LossOutput {
         loss,
         per_example,
@@ -590,11 +631,42 @@ pub fn loss(model: &T5, prompt: &Tensor, examples: &[Example], mut train: Option
     })
 }
 
+/// Rank classification: the summed NLL of every candidate target (`candidates[j]`, ending with
+/// `</s>` as T5 targets do) for each input under its row's prompt, `out[b][j]`. The encoder runs
+/// once per input; the decoder scores all candidates of all inputs as one batch.
+pub fn rank(model: &T5, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    if candidates.is_empty() || candidates.iter().any(Vec::is_empty) {
+        candle_core::bail!("rank scoring needs candidates with at least one token each");
+    }
+    let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
+    let detached: Vec<&Tensor> = detached.iter().collect();
+    let (enc, enc_mask) = encode_prompted(model, &detached, inputs, None)?;
+    let l = candidates.len();
+    let idx: Vec<u32> = (0..inputs.len() as u32)
+        .flat_map(|i| std::iter::repeat_n(i, l))
+        .collect();
+    let idx = Tensor::from_slice(&idx, idx.len(), model.device())?;
+    let (enc, enc_mask) = (enc.index_select(&idx, 0)?, enc_mask.index_select(&idx, 0)?);
+    let targets: Vec<&[u32]> = (0..inputs.len())
+        .flat_map(|_| candidates.iter().map(Vec::as_slice))
+        .collect();
+    let (_, sums, _, _) = decode_nll(model, &enc, &enc_mask, &targets, None)?;
+    Ok(sums.chunks(l).map(<[f32]>::to_vec).collect())
+}
+
 /// Greedy decoding with a KV cache: at most `max_new` tokens per input, stopping at EOS (not
 /// included in the result).
 pub fn greedy(model: &T5, prompt: &Tensor, inputs: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
+    let prompt = prompt.detach();
+    greedy_rows(model, &vec![&prompt; inputs.len()], inputs, max_new)
+}
+
+/// [`greedy`] with a prompt per input.
+pub fn greedy_rows(model: &T5, prompts: &[&Tensor], inputs: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-    let (enc, enc_mask) = encode_prompted(model, &prompt.detach(), &seqs, None)?;
+    let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
+    let detached: Vec<&Tensor> = detached.iter().collect();
+    let (enc, enc_mask) = encode_prompted(model, &detached, &seqs, None)?;
     let mut cache = model.start_decoding(&enc)?;
     let eos = model.cfg.eos_token_id.unwrap_or(1);
     let b = inputs.len();
@@ -624,7 +696,8 @@ pub fn greedy(model: &T5, prompt: &Tensor, inputs: &[Vec<u32>], max_new: usize) 
 
 /// Greedy decoding by recomputing the whole decoder at every step (no cache), to check [`greedy`].
 pub fn greedy_recompute(model: &T5, prompt: &Tensor, input: &[u32], max_new: usize) -> Result<Vec<u32>> {
-    let (enc, enc_mask) = encode_prompted(model, &prompt.detach(), &[input], None)?;
+    let prompt = prompt.detach();
+    let (enc, enc_mask) = encode_prompted(model, &[&prompt], &[input], None)?;
     let eos = model.cfg.eos_token_id.unwrap_or(1);
     let mut dec = vec![model.cfg.decoder_start_token_id.unwrap_or(0)];
     let mut out = Vec::new();

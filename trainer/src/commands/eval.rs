@@ -33,6 +33,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.max_source_tokens.is_some() {
         set.encode.max_source_tokens = args.max_source_tokens;
     }
+    if let Some(s) = &args.system_prompt {
+        set.encode.system = Some(s.clone());
+    }
+    if let Some(s) = args.scoring {
+        set.scoring = s.into();
+    }
     let device = models::device(&args.device)?;
     let t_load = Instant::now();
     let loaded = models::load(&args.model, DType::F32, &device)?;
@@ -62,27 +68,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .enumerate()
         .map(|(i, rec)| {
             loaded
-                .encode(&set.task, rec, set.encode)
+                .encode(&set.task, rec, &set.encode)
                 .with_context(|| format!("{} example {}", args.data.display(), i + 1))
         })
         .collect::<Result<Vec<_>>>()?;
     let refs: Vec<String> = encoded.iter().map(|e| e.target().to_owned()).collect();
 
-    let mut results: Vec<ExampleResult> = Vec::with_capacity(encoded.len());
-    for chunk in encoded.chunks(args.batch_size) {
-        let batch: Vec<_> = chunk.iter().collect();
-        results.extend(
-            loaded
-                .evaluate_batch(&theta, &batch, set.max_new_tokens)
-                .with_context(|| {
-                    format!(
-                        "evaluating examples {}–{}",
-                        results.len() + 1,
-                        results.len() + chunk.len()
-                    )
-                })?,
-        );
-    }
+    let scorer = loaded
+        .scorer(&set.task, set.scoring, set.max_new_tokens, true)
+        .with_context(|| format!("scoring {}", args.data.display()))?;
+    let refs_enc: Vec<&eval::Encoded> = encoded.iter().collect();
+    let results: Vec<ExampleResult> = loaded
+        .evaluate_prompts(&[&theta], &refs_enc, &scorer, args.batch_size, &mut |_, _| {})
+        .with_context(|| format!("evaluating the examples of {}", args.data.display()))?
+        .pop()
+        .unwrap_or_default();
     let eval_s = t_eval.elapsed().as_secs_f64();
     let rate = results.len() as f64 / eval_s.max(1e-9);
     let summary = eval::summarize(&set.task, &results, &refs);
@@ -93,10 +93,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let examples: Vec<_> = results
             .iter()
             .zip(&refs)
-            .map(|(r, t)| json!({ "loss": r.loss, "tokens": r.tokens, "prediction": r.prediction, "target": t }))
+            .map(|(r, t)| {
+                let mut e = json!({ "loss": r.loss, "tokens": r.tokens, "prediction": r.prediction, "target": t });
+                if !r.scores.is_empty() {
+                    e["label_nll"] = json!(r.scores);
+                }
+                e
+            })
             .collect();
         return print_json(&json!({
             "task": set.name,
+            "scoring": set.scoring.as_str(),
             "examples": examples,
             "loss": summary.loss,
             "mean_loss": summary.mean_example_loss,

@@ -128,15 +128,28 @@ pub fn aggregate(args: &AggregateArgs) -> Result<()> {
 }
 
 pub fn report(args: &ReportArgs) -> Result<()> {
-    let r = rep::write(&args.study_dir, &args.output, args.web.as_deref())?;
+    let r = rep::write_with(
+        &args.study_dir,
+        &args.output,
+        &rep::ReportOptions {
+            web: args.web.clone(),
+            require_web: args.web.is_some(),
+            bundle_model: args.bundle_model.into(),
+        },
+    )?;
     out!(
-        "wrote {} ({} runs{})",
+        "wrote {} ({} runs{}{})",
         r.site.display(),
         r.runs,
         if r.web_app {
             ", with the web app"
         } else {
             "; no built web app found (trunk build, or --web DIR): index.html shows the tables"
+        },
+        match &r.model {
+            Some(m) if m.bundled => format!(", the model in {}", m.url),
+            Some(m) => format!(", the model linked at {}", m.url),
+            None => String::new(),
         }
     );
     if args.serve {

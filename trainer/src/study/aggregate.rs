@@ -19,7 +19,7 @@ use super::{InitMethod, Job, JobKind};
 use crate::{io, train};
 
 /// mean ± std over the origins that finished.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub values: Vec<f64>,
     pub mean: f64,
@@ -63,6 +63,15 @@ pub struct PromptTuningRow {
     pub metric: String,
     pub test: Summary,
     pub validation: Summary,
+    /// The untrained origin θ₀ on the same test examples (`train.baselines`).
+    #[serde(default)]
+    pub origin: Summary,
+    /// The model with no prompt, the instruction alone (`train.baselines`).
+    #[serde(default)]
+    pub zero_shot: Summary,
+    /// Test examples per run.
+    #[serde(default)]
+    pub test_examples: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +130,9 @@ pub struct Aggregate {
     pub cross_origin: Vec<CrossOriginRow>,
     pub transfer: Vec<TransferRow>,
     pub similarity: Option<Similarity>,
+    /// How the runs' test predictions were made (`generate`, `rank`), each once.
+    #[serde(default)]
+    pub scoring: Vec<String>,
 }
 
 /// `OUTPUT/study.json` as written by the sweep.
@@ -184,9 +196,18 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     for task in &manifest.tasks {
         for metric in task_metrics(task) {
             let ids: Vec<String> = origins.iter().map(|o| super::pt_id(task, *o)).collect();
+            let of = |key: String| Summary::of(ids.iter().map(|id| metric_of(id, &key)).collect());
             prompt_tuning.push(PromptTuningRow {
                 task: task.clone(),
-                test: Summary::of(ids.iter().map(|id| metric_of(id, &format!("test_{metric}"))).collect()),
+                origin: of(format!("origin_test_{metric}")),
+                zero_shot: of(format!("zero_shot_test_{metric}")),
+                test_examples: ids
+                    .iter()
+                    .filter_map(|id| runs.get(id))
+                    .filter_map(|r| r.meta.config.as_ref()?.pointer("/splits/test")?.as_u64())
+                    .max()
+                    .unwrap_or(0) as usize,
+                test: of(format!("test_{metric}")),
                 validation: Summary::of(
                     ids.iter()
                         .map(|id| metric_of(id, &format!("validation_{metric}")))
@@ -359,7 +380,13 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     }
 
     let similarity = similarity_of(&manifest, &runs)?;
+    let scoring = dedup(
+        runs.values()
+            .filter_map(|r| r.meta.config.as_ref()?.get("scoring")?.as_str().map(str::to_owned))
+            .collect(),
+    );
     Ok(Aggregate {
+        scoring,
         name: manifest.name,
         origins: manifest.origins.clone(),
         jobs: manifest.jobs.len(),
@@ -457,20 +484,51 @@ impl Aggregate {
             "{} of {} runs finished; origins {:?}. Scores in percent, mean ± std over origins (std: numpy's default, ddof 0).",
             self.finished, self.jobs, self.origins
         );
-        if !self.prompt_tuning.is_empty() {
+        if self.scoring.iter().any(|x| x == "rank") {
             let _ = writeln!(
                 s,
-                "\n## Prompt tuning (test)\n\n| task | metric | test | validation | n |\n|---|---|---|---|---|"
+                "\nPredictions by rank classification: each of the task's labels is scored (its tokens and the end token, one forward pass), the most likely one is the prediction."
+            );
+        }
+        if !self.prompt_tuning.is_empty() {
+            let baselines = self.prompt_tuning.iter().any(|r| r.origin.n > 0 || r.zero_shot.n > 0);
+            let (head, rule) = if baselines {
+                (
+                    " untrained origin | zero-shot (instruction only) | gain over the better baseline (points) |",
+                    "---|---|---|",
+                )
+            } else {
+                ("", "")
+            };
+            let _ = writeln!(
+                s,
+                "\n## Prompt tuning (test)\n\n| task | metric | tuned prompt |{head} validation | origins | test examples |\n|---|---|---|{rule}---|---|---|"
             );
             for r in &self.prompt_tuning {
+                let base = if baselines {
+                    let best = [&r.origin, &r.zero_shot]
+                        .iter()
+                        .filter(|b| b.n > 0)
+                        .map(|b| b.mean)
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let gain = if r.test.n > 0 && best.is_finite() {
+                        format!("{:+.1}", 100.0 * (r.test.mean - best))
+                    } else {
+                        "–".into()
+                    };
+                    format!(" {} | {} | {gain} |", r.origin.pct(), r.zero_shot.pct())
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} |{base} {} | {} | {} |",
                     r.task,
                     r.metric,
                     r.test.pct(),
                     r.validation.pct(),
-                    r.test.n
+                    r.test.n,
+                    r.test_examples
                 );
             }
         }
@@ -482,13 +540,18 @@ impl Aggregate {
             for r in &self.addition {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {:.1}% | {:?} |",
+                    "| {} | {} | {} | {} | {} | {} | {:?} |",
                     r.tasks.join(" + "),
                     r.task,
                     r.metric,
                     r.single.pct(),
                     r.combined.pct(),
-                    r.relative,
+                    // A single-task score of 0 has no ratio.
+                    if r.relative.is_finite() {
+                        format!("{:.1}%", r.relative)
+                    } else {
+                        "–".into()
+                    },
                     r.lambdas
                 );
             }
@@ -561,6 +624,10 @@ impl Aggregate {
                 ("test_std", r.test.std),
                 ("validation_mean", r.validation.mean),
                 ("n", r.test.n as f64),
+                ("origin_mean", r.origin.mean),
+                ("origin_std", r.origin.std),
+                ("zero_shot_mean", r.zero_shot.mean),
+                ("test_examples", r.test_examples as f64),
             ] {
                 put("prompt_tuning", &r.task, &r.metric, "", "single", stat, v)?;
             }

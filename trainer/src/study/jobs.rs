@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use serde_json::json;
-use tpv_shared::eval::{EncodeOptions, EvalSet};
+use tpv_shared::eval::EvalSet;
 use tpv_shared::tasks::TaskSpec;
 use tpv_shared::{MergeMethod, OriginRef, SoftPrompt, arith};
 
@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::data;
 use crate::io;
 use crate::models::{self, LoadedModel};
-use crate::train::engine::{self, Encoded, Engine, EvalResult};
+use crate::train::engine::{self, Encoded, EvalResult};
 use crate::train::{self, RunOptions};
 
 /// Options of `tpv sweep`.
@@ -39,7 +39,15 @@ pub struct SweepOptions {
 /// Writes `OUTPUT/study.json`: the study's name, config and every job (for aggregation).
 pub fn write_manifest(study: &Study) -> Result<()> {
     let jobs = study.jobs();
+    // The model every run uses (as the config resolves it), for the report to bundle or link.
+    let model = jobs.iter().find_map(|j| match &j.kind {
+        JobKind::PromptTuning { task, .. } | JobKind::Transfer { target: task, .. } => {
+            study.task_config(task, j).ok().map(|c| c.model.path)
+        }
+        _ => None,
+    });
     let doc = json!({
+        "model": model,
         "format": "tpv-study",
         "version": 1,
         "name": study.study.name,
@@ -93,12 +101,9 @@ pub fn write_eval_sets(study: &Study) -> Result<()> {
             split: "test".into(),
             split_size,
             task: splits.task,
-            encode: EncodeOptions {
-                chat: config.model.chat_template,
-                loss_on: config.train.loss,
-                max_source_tokens: config.data.max_source_tokens,
-            },
+            encode: train::encode_options(&config),
             max_new_tokens: config.train.max_new_tokens,
+            scoring: config.train.scoring,
             records: splits.test.into_iter().take(EVAL_SET_MAX).collect(),
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -128,23 +133,30 @@ pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<
     if opts.jobs <= 1 {
         let mut failed = Vec::new();
         let mut ran = 0;
-        for job in todo {
+        let mut progress = Progress::new(&todo);
+        for (i, job) in todo.iter().enumerate() {
             if ran >= limit {
                 break;
             }
             if job.deps.iter().any(|d| failed.contains(d)) {
                 eprintln!("skipping {}: a dependency failed", job.id);
                 failed.push(job.id.clone());
+                progress.skip(i);
                 continue;
             }
             let t = Instant::now();
-            eprintln!("[{}/{}] {}", ran + 1, jobs.len() - skipped, job.id);
+            eprintln!("[{}/{}] {}", i + 1, todo.len(), job.id);
             let abort = opts.abort_in_job.and_then(|(n, step)| (n == ran + 1).then_some(step));
             match run_job(study, job, abort) {
-                Ok(_) => eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64()),
+                Ok(_) => {
+                    let secs = t.elapsed().as_secs_f64();
+                    progress.done(i, secs);
+                    eprintln!("  done in {secs:.1} s · {}", progress.line());
+                }
                 Err(e) => {
                     eprintln!("  failed: {e:#}");
                     failed.push(job.id.clone());
+                    progress.skip(i);
                 }
             }
             ran += 1;
@@ -152,6 +164,77 @@ pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<
         return Ok((ran, skipped, failed));
     }
     run_parallel(study, todo, opts, skipped)
+}
+
+/// The study-level progress line: jobs done of the total, elapsed time and an estimate of the
+/// time left (each remaining job at the mean time of finished jobs of its kind, else of all).
+struct Progress {
+    start: Instant,
+    kinds: Vec<&'static str>,
+    left: Vec<bool>,
+    times: BTreeMap<&'static str, (f64, usize)>,
+    done: usize,
+}
+
+/// A job's kind for time estimates: evaluation-only jobs take far less than training ones.
+fn time_class(job: &Job) -> &'static str {
+    match &job.kind {
+        JobKind::PromptTuning { .. } => "prompt_tuning",
+        JobKind::MultiTask { .. } => "multi_task",
+        JobKind::Addition { .. } => "addition",
+        JobKind::CrossOrigin { .. } => "cross_origin",
+        JobKind::Transfer { shots: 0, .. } => "transfer_eval",
+        JobKind::Transfer { .. } => "transfer_train",
+    }
+}
+
+impl Progress {
+    fn new(todo: &[&Job]) -> Self {
+        Self {
+            start: Instant::now(),
+            kinds: todo.iter().map(|j| time_class(j)).collect(),
+            left: vec![true; todo.len()],
+            times: BTreeMap::new(),
+            done: 0,
+        }
+    }
+
+    fn done(&mut self, i: usize, secs: f64) {
+        self.left[i] = false;
+        self.done += 1;
+        let t = self.times.entry(self.kinds[i]).or_insert((0.0, 0));
+        t.0 += secs;
+        t.1 += 1;
+    }
+
+    fn skip(&mut self, i: usize) {
+        self.left[i] = false;
+    }
+
+    fn line(&self) -> String {
+        let (all_s, all_n) = self.times.values().fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
+        let overall = if all_n == 0 { 0.0 } else { all_s / all_n as f64 };
+        let eta: f64 = self
+            .kinds
+            .iter()
+            .zip(&self.left)
+            .filter(|(_, l)| **l)
+            .map(|(k, _)| self.times.get(k).map_or(overall, |(s, n)| s / *n as f64))
+            .sum();
+        format!(
+            "{}/{} jobs, {} elapsed, ~{} left",
+            self.done,
+            self.kinds.len(),
+            clock(self.start.elapsed().as_secs_f64()),
+            clock(eta)
+        )
+    }
+}
+
+/// `m:ss`.
+fn clock(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}", s / 60, s % 60)
 }
 
 /// `-j N`: a scheduler thread per slot takes the next job whose dependencies are finished and runs
@@ -406,7 +489,7 @@ impl Evaluation {
     pub fn new(config: &Config) -> Result<Self> {
         let device = models::device(&config.model.device)?;
         let dtype = models::dtype(&config.model.dtype)?;
-        let loaded = models::load(&config.model.path, dtype, &device)
+        let loaded = models::load_cached(&config.model.path, dtype, &device)
             .with_context(|| format!("loading model {}", config.model.path))?;
         Ok(Self { loaded, device })
     }
@@ -428,25 +511,40 @@ impl Evaluation {
 
     pub fn sets(&self, config: &Config) -> Result<(TaskSpec, EvalSets)> {
         let splits = data::load(&config.data).context("loading data")?;
-        let chat = config.model.chat_template;
-        let enc = |recs| {
-            train::encode(
-                &self.loaded,
-                &splits.task,
-                recs,
-                chat,
-                config.train.loss,
-                config.data.max_source_tokens,
-            )
-        };
+        let opts = train::encode_options(config);
         let sets = EvalSets {
-            validation: enc(&splits.validation)?,
-            test: enc(&splits.test)?,
+            validation: train::encode(&self.loaded, &splits.task, &splits.validation, &opts)?,
+            test: train::encode(&self.loaded, &splits.task, &splits.test, &opts)?,
         };
         Ok((splits.task, sets))
     }
 
-    /// Scores `theta` on `examples`; the loss (a second forward pass) only where it is reported.
+    /// Scores each of `thetas` on `examples` in one batched pass (rows mix the prompts); the loss
+    /// of generation (a second forward pass) only where it is reported.
+    pub fn eval_many(
+        &self,
+        thetas: &[(Vec<f32>, usize)],
+        examples: &[Encoded],
+        task: &TaskSpec,
+        config: &Config,
+        with_loss: bool,
+    ) -> Result<Vec<EvalResult>> {
+        let d = self.loaded.model.hidden_size();
+        let tensors: Vec<Tensor> = thetas
+            .iter()
+            .map(|(v, r)| Tensor::from_slice(v, (*r, d), &self.device))
+            .collect::<candle_core::Result<_>>()?;
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        engine::evaluate(
+            &self.loaded,
+            &refs,
+            examples,
+            task,
+            train::eval_options(config, with_loss),
+        )
+    }
+
+    /// [`Self::eval_many`] for one prompt.
     pub fn eval(
         &self,
         theta: &(Vec<f32>, usize),
@@ -455,24 +553,9 @@ impl Evaluation {
         config: &Config,
         with_loss: bool,
     ) -> Result<EvalResult> {
-        let d = self.loaded.model.hidden_size();
-        let t = Tensor::from_slice(&theta.0, (theta.1, d), &self.device)?;
-        let engine = Engine {
-            model: &self.loaded.model,
-            codec: Some(&self.loaded.codec),
-            eos: self.loaded.eos.clone(),
-            dropout: 0.0,
-            device: self.device.clone(),
-        };
-        engine::evaluate(
-            &engine,
-            &t,
-            examples,
-            task,
-            config.train.eval_batch_size,
-            config.train.max_new_tokens,
-            with_loss,
-        )
+        self.eval_many(std::slice::from_ref(theta), examples, task, config, with_loss)?
+            .pop()
+            .context("no evaluation result")
     }
 }
 
@@ -532,16 +615,20 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
         };
         Ok(arith::combine(&theta0, &refs, &weights, lambda, &method)?)
     };
+    // Every λ candidate on every task's validation split: one batched pass per task.
+    let candidates: Vec<(Vec<f32>, usize)> = grid
+        .iter()
+        .map(|l| Ok(prompt_theta(&combine(l)?)))
+        .collect::<Result<_>>()?;
+    let mut per_task: Vec<Vec<f64>> = Vec::new();
+    for ((task, sets), config) in data.iter().zip(&configs) {
+        let res = ev.eval_many(&candidates, &sets.validation, task, config, false)?;
+        per_task.push(res.iter().map(|r| task_score(task, r)).collect());
+    }
     let mut best: Option<(f64, Vec<f64>)> = None;
     let mut search = Vec::new();
-    for l in &grid {
-        let p = combine(l)?;
-        let theta = prompt_theta(&p);
-        let mut scores = Vec::new();
-        for ((task, sets), config) in data.iter().zip(&configs) {
-            let res = ev.eval(&theta, &sets.validation, task, config, false)?;
-            scores.push(task_score(task, &res));
-        }
+    for (i, l) in grid.iter().enumerate() {
+        let scores: Vec<f64> = per_task.iter().map(|s| s[i]).collect();
         let mean = tpv_shared::stats::mean(&scores);
         search.push((l.clone(), mean, scores));
         let better = match &best {

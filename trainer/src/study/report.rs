@@ -11,6 +11,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use tpv_shared::eval::ReportModel;
+
 use super::Job;
 use super::aggregate::{Aggregate, aggregate};
 use crate::{io, train};
@@ -51,10 +53,137 @@ pub struct Report {
     pub site: PathBuf,
     pub runs: usize,
     pub web_app: bool,
+    /// The study's model, bundled in the site or linked (for the Evaluate view).
+    pub model: Option<ReportModel>,
+}
+
+/// Whether the report carries the study's model files (`SITE/model/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BundleModel {
+    /// When the model's files add up to at most [`BUNDLE_AUTO_MAX`] bytes.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The largest model `--bundle-model auto` copies into a report (SmolLM2's GGUF is 98 MB).
+pub const BUNDLE_AUTO_MAX: u64 = 256 << 20;
+
+/// How the report is written.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// The built web app (trunk's dist); `None`: look for it ([`find_web_dist`]).
+    pub web: Option<PathBuf>,
+    /// Fail when no built web app is found, instead of writing the tables only.
+    pub require_web: bool,
+    pub bundle_model: BundleModel,
+}
+
+/// The files of a model as the browser loads them: one `.gguf`, or an HF folder's files.
+fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = vec![path.join("config.json"), path.join("tokenizer.json")];
+    if path.join("tokenizer_config.json").exists() {
+        files.push(path.join("tokenizer_config.json"));
+    }
+    if path.join("model.safetensors").exists() {
+        files.push(path.join("model.safetensors"));
+    } else {
+        let index = path.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+        files.push(index);
+        files.extend(tpv_shared::eval::shard_files(&text)?.iter().map(|f| path.join(f)));
+    }
+    Ok(files)
+}
+
+/// Copies the study's model into `SITE/model/` or
+/// links it where the browser can fetch it (the HF hub for an `org/name` id).
+fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<ReportModel>> {
+    let hub_url = |id: &str| format!("https://huggingface.co/{id}/resolve/main/");
+    let is_hub_id = |s: &str| {
+        s.split_once('/')
+            .is_some_and(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
+    };
+    let linked = |reason: &str| -> Option<ReportModel> {
+        tracing::info!("not bundling the model {spec}: {reason}");
+        is_hub_id(spec).then(|| ReportModel {
+            url: hub_url(spec),
+            name: spec.to_owned(),
+            bytes: None,
+            bundled: false,
+        })
+    };
+    if how == BundleModel::Never {
+        return Ok(linked("--bundle-model never"));
+    }
+    let path = match crate::models::resolve(spec) {
+        Ok(p) => p,
+        Err(e) if how == BundleModel::Auto => return Ok(linked(&format!("{e:#}"))),
+        Err(e) => return Err(e.context(format!("bundling the model {spec}"))),
+    };
+    let files = model_files(&path)?;
+    let bytes: u64 = files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .map(|m| m.len())
+                .with_context(|| format!("reading {}", f.display()))
+        })
+        .sum::<Result<u64>>()?;
+    if how == BundleModel::Auto && bytes > BUNDLE_AUTO_MAX {
+        return Ok(linked(&format!(
+            "{} MB is more than --bundle-model auto copies ({} MB); pass --bundle-model always",
+            bytes >> 20,
+            BUNDLE_AUTO_MAX >> 20
+        )));
+    }
+    let dir = site.join("model");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for f in &files {
+        let name = f.file_name().context("a model file without a name")?;
+        let dest = dir.join(name);
+        if dest.exists() {
+            std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
+        }
+        // A copy, never a hard link: a reader who edits or overwrites the site's file must not
+        // change the model in the cache.
+        std::fs::copy(f, &dest).with_context(|| format!("copying {} to {}", f.display(), dest.display()))?;
+    }
+    let url = if path.is_file() {
+        format!(
+            "model/{}",
+            files[0].file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        )
+    } else {
+        "model/".to_owned()
+    };
+    Ok(Some(ReportModel {
+        url,
+        name: spec.to_owned(),
+        bytes: Some(bytes),
+        bundled: true,
+    }))
 }
 
 /// Writes the report folder of a study directory.
 pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report> {
+    write_with(
+        study_dir,
+        site,
+        &ReportOptions {
+            web: web.map(Path::to_path_buf),
+            ..Default::default()
+        },
+    )
+}
+
+/// [`write`] with every option.
+pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result<Report> {
+    let web = opts.web.as_deref();
     let agg = aggregate(study_dir)?;
     std::fs::create_dir_all(site).with_context(|| format!("creating {}", site.display()))?;
     let study: Value = serde_json::from_slice(&io::read_bytes(&study_dir.join("study.json"))?)?;
@@ -86,6 +215,10 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         runs.push(entry);
     }
     let examples = copy_eval_sets(study_dir, site)?;
+    let model = match study.get("model").and_then(Value::as_str) {
+        Some(spec) => bundle_model(spec, site, opts.bundle_model)?,
+        None => None,
+    };
     let tables = agg.write(site)?;
     let manifest = json!({
         "format": "tpv-report",
@@ -104,6 +237,7 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         },
         "runs": runs,
         "examples": examples,
+        "model": model,
     });
     io::write_atomic(
         &site.join("manifest.json"),
@@ -114,6 +248,13 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
             copy_dir(&dist, site)?;
             true
         }
+        None if opts.require_web => bail!(
+            "no built web app found ({}); build it with `trunk build --release` (scripts/setup.sh installs trunk) or pass --web DIR",
+            web.map_or("looked in TPV_WEB_DIST and target/site".to_owned(), |w| format!(
+                "{} has no index.html",
+                w.display()
+            ))
+        ),
         None => false,
     };
     let html = results_html(&agg, web_app);
@@ -126,6 +267,7 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
         site: site.to_path_buf(),
         runs: runs.len(),
         web_app,
+        model,
     })
 }
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
+use tpv_shared::eval::{Loaded, Scoring, summarize};
 use tpv_shared::merge::SplitMix64;
-use tpv_shared::metrics;
 use tpv_shared::model::causal;
 use tpv_shared::model::load::Model;
 use tpv_shared::model::t5;
@@ -186,50 +186,45 @@ pub fn train_step(
 /// Validation or test results.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalResult {
-    /// Mean NLL over all target tokens.
+    /// Mean NLL over all target tokens (NaN when not computed: generation without the loss).
     pub loss: f64,
     /// exact_match and the task's metrics.
     pub metrics: BTreeMap<String, f64>,
     pub predictions: Vec<String>,
 }
 
-/// Loss (unless `with_loss` is false: it costs a second forward pass; NaN then), greedy
-/// predictions and metrics of `theta` on `examples`.
+/// How an evaluation scores: generation (with or without the loss, a second forward pass) or
+/// rank classification (loss included).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalOptions {
+    pub scoring: Scoring,
+    pub batch_size: usize,
+    pub max_new: usize,
+    pub with_loss: bool,
+}
+
+/// Scores every prompt of `prompts` on `examples` (one batched pass over rows that mix the
+/// prompts, `tpv_shared::eval`: what `tpv eval` and the web app run); one result per prompt.
 pub fn evaluate(
-    engine: &Engine<'_>,
-    theta: &Tensor,
+    loaded: &Loaded,
+    prompts: &[&Tensor],
     examples: &[Encoded],
     task: &TaskSpec,
-    batch_size: usize,
-    max_new: usize,
-    with_loss: bool,
-) -> anyhow::Result<EvalResult> {
-    let (mut nll, mut count) = (0f64, 0usize);
-    let mut predictions = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let batch: Vec<&Encoded> = chunk.iter().collect();
-        if with_loss {
-            let out = engine.loss(theta, &batch, None)?;
-            for (l, c) in out.per_example.iter().zip(&out.counts) {
-                if *c > 0 {
-                    nll += f64::from(*l) * *c as f64;
-                    count += c;
-                }
+    opts: EvalOptions,
+) -> anyhow::Result<Vec<EvalResult>> {
+    let scorer = loaded.scorer(task, opts.scoring, opts.max_new, opts.with_loss)?;
+    let refs: Vec<&Encoded> = examples.iter().collect();
+    let per_prompt = loaded.evaluate_prompts(prompts, &refs, &scorer, opts.batch_size, &mut |_, _| {})?;
+    let targets: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
+    Ok(per_prompt
+        .into_iter()
+        .map(|results| {
+            let summary = summarize(task, &results, &targets);
+            EvalResult {
+                loss: summary.loss,
+                metrics: summary.metrics,
+                predictions: results.into_iter().map(|r| r.prediction).collect(),
             }
-        }
-        for ids in engine.generate(theta, &batch, max_new)? {
-            let text = match engine.codec {
-                Some(codec) => codec.decode(&ids)?.trim().to_owned(),
-                None => ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
-            };
-            predictions.push(text);
-        }
-    }
-    let refs: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
-    let metrics = metrics::compute(&task.metrics, &predictions, &refs, &task.labels);
-    Ok(EvalResult {
-        loss: if count == 0 { f64::NAN } else { nll / count as f64 },
-        metrics,
-        predictions,
-    })
+        })
+        .collect())
 }

@@ -22,8 +22,8 @@ use tpv_shared::tasks::{Record, TaskSpec};
 use tpv_shared::{Curve, Layout, ModelRef, OriginRef, PromptKind, PromptTensor, SoftPrompt, TaskType};
 
 use self::checkpoint::{Best, Checkpoint};
-use self::engine::{Encoded, Engine, EvalResult, State, StepError, train_step};
-use crate::config::{Config, Init, LossOn, Select};
+use self::engine::{Encoded, Engine, EvalOptions, EvalResult, State, StepError, train_step};
+use crate::config::{Config, Init, Select};
 use crate::models::{self, LoadedModel};
 use crate::optim::{AdamW, Schedule};
 use crate::{data, io};
@@ -47,38 +47,36 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
     output.join("checkpoint.safetensors")
 }
 
+/// How a config's records become model inputs (chat template, system turn, loss, truncation).
+pub fn encode_options(config: &Config) -> EncodeOptions {
+    EncodeOptions {
+        chat: config.model.chat_template,
+        loss_on: config.train.loss,
+        max_source_tokens: config.data.max_source_tokens,
+        system: config.model.system_prompt.clone(),
+    }
+}
+
 /// Tokenizes records for the model family.
-pub fn encode(
-    loaded: &LoadedModel,
-    task: &TaskSpec,
-    records: &[Record],
-    chat: bool,
-    loss_on: LossOn,
-    max_source_tokens: Option<usize>,
-) -> Result<Vec<Encoded>> {
+pub fn encode(loaded: &LoadedModel, task: &TaskSpec, records: &[Record], opts: &EncodeOptions) -> Result<Vec<Encoded>> {
     let mut out = Vec::with_capacity(records.len());
     for (i, rec) in records.iter().enumerate() {
-        let e = encode_one(loaded, task, rec, chat, loss_on, max_source_tokens)
+        let e = loaded
+            .encode(task, rec, opts)
             .with_context(|| format!("tokenizing example {}", i + 1))?;
         out.push(e);
     }
     Ok(out)
 }
 
-fn encode_one(
-    loaded: &LoadedModel,
-    task: &TaskSpec,
-    rec: &Record,
-    chat: bool,
-    loss_on: LossOn,
-    max_source_tokens: Option<usize>,
-) -> Result<Encoded> {
-    let opts = EncodeOptions {
-        chat,
-        loss_on,
-        max_source_tokens,
-    };
-    Ok(loaded.encode(task, rec, opts)?)
+/// The evaluation options of a config (`with_loss`: generation also computes the loss).
+pub fn eval_options(config: &Config, with_loss: bool) -> EvalOptions {
+    EvalOptions {
+        scoring: config.train.scoring,
+        batch_size: config.train.eval_batch_size,
+        max_new: config.train.max_new_tokens,
+        with_loss,
+    }
 }
 
 /// The origin θ₀ of a run: from a run file, or sampled from the model's vocabulary embeddings.
@@ -254,7 +252,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
 
     let device = models::device(&config.model.device)?;
     let dtype = models::dtype(&config.model.dtype)?;
-    let loaded = models::load(&config.model.path, dtype, &device)
+    let loaded = models::load_cached(&config.model.path, dtype, &device)
         .with_context(|| format!("loading model {}", config.model.path))?;
     let d = loaded.model.hidden_size();
     let r = config.prompt.virtual_tokens;
@@ -271,19 +269,13 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         .map(|(t, s)| [&s.train, &s.validation, &s.test].map(|recs| recs.iter().map(|r| (t, r)).collect::<Vec<_>>()))
         .collect();
     let [train_recs, valid_recs, test_recs] = interleave(records);
+    let enc_opts = encode_options(config);
     let encode_rec = |(t, rec): (usize, &Record)| -> Result<Encoded> {
         let task = &all[t].task;
-        encode(
-            &loaded,
-            task,
-            std::slice::from_ref(rec),
-            chat,
-            config.train.loss,
-            config.data.max_source_tokens,
-        )
-        .with_context(|| format!("task {}", task.name))?
-        .pop()
-        .context("an example was lost in tokenization")
+        encode(&loaded, task, std::slice::from_ref(rec), &enc_opts)
+            .with_context(|| format!("task {}", task.name))?
+            .pop()
+            .context("an example was lost in tokenization")
     };
     let validation: Vec<Encoded> = valid_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
     let test: Vec<Encoded> = test_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
@@ -384,8 +376,6 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let theta_of = |params: &[f32]| Tensor::from_slice(params, (r, d), &device);
 
     let bar = progress_bar(total, state.step);
-    let eval_bs = config.train.eval_batch_size;
-    let max_new = config.train.max_new_tokens;
     while state.step < total {
         let idx = step_batches(
             train.len(),
@@ -444,16 +434,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
 
         let mut stop = false;
         if (step.is_multiple_of(config.train.eval_every) || step == total) && !validation.is_empty() {
+            let theta = theta_of(&state.params)?;
             let res = engine::evaluate(
-                &engine,
-                &theta_of(&state.params)?,
+                &loaded,
+                &[&theta],
                 &validation,
                 &splits.task,
-                eval_bs,
-                max_new,
-                config.train.eval_loss || config.train.select == Select::Loss,
+                eval_options(config, config.train.eval_loss || config.train.select == Select::Loss),
             )
-            .with_context(|| format!("evaluating on the validation split at step {step}"))?;
+            .with_context(|| format!("evaluating on the validation split at step {step}"))?
+            .remove(0);
             if res.loss.is_finite() {
                 push(&mut curves, "valid_loss", step, res.loss);
             }
@@ -516,43 +506,32 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     for (k, v) in &valid_metrics {
         metrics.insert(format!("validation_{k}"), *v);
     }
+    // The kept prompt on test, and with `baselines` the untrained origin θ₀ and the model with no
+    // prompt at all (zero-shot, instruction only): one pass over rows that mix the three.
+    let mut scored: Vec<(&str, Tensor)> = Vec::new();
     if config.train.test && !test.is_empty() {
-        let res = engine::evaluate(
-            &engine,
-            &theta_of(&params)?,
-            &test,
-            &splits.task,
-            eval_bs,
-            max_new,
-            config.train.eval_loss,
-        )
-        .context("evaluating the kept prompt on the test split")?;
-        if res.loss.is_finite() {
-            metrics.insert("test_loss".into(), res.loss);
-        }
-        for (k, v) in &res.metrics {
-            metrics.insert(format!("test_{k}"), *v);
-        }
+        scored.push(("", theta_of(&params)?));
     }
     if config.train.baselines && !test.is_empty() {
-        // The untrained origin θ₀, and the model with no prompt at all (zero-shot, instruction only).
-        let none = Tensor::zeros((0, d), DType::F32, &device)?;
-        for (name, theta) in [("origin", theta_of(theta0.as_slice())?), ("zero_shot", none)] {
-            let res = engine::evaluate(
-                &engine,
-                &theta,
-                &test,
-                &splits.task,
-                eval_bs,
-                max_new,
-                config.train.eval_loss,
-            )
-            .with_context(|| format!("evaluating the {name} baseline on the test split"))?;
+        scored.push(("origin_", theta_of(theta0.as_slice())?));
+        scored.push(("zero_shot_", Tensor::zeros((0, d), DType::F32, &device)?));
+    }
+    if !scored.is_empty() {
+        let prompts: Vec<&Tensor> = scored.iter().map(|(_, t)| t).collect();
+        let results = engine::evaluate(
+            &loaded,
+            &prompts,
+            &test,
+            &splits.task,
+            eval_options(config, config.train.eval_loss),
+        )
+        .context("evaluating the kept prompt (and baselines) on the test split")?;
+        for ((name, _), res) in scored.iter().zip(results) {
             if res.loss.is_finite() {
-                metrics.insert(format!("{name}_test_loss"), res.loss);
+                metrics.insert(format!("{name}test_loss"), res.loss);
             }
             for (k, v) in &res.metrics {
-                metrics.insert(format!("{name}_test_{k}"), *v);
+                metrics.insert(format!("{name}test_{k}"), *v);
             }
         }
     }
@@ -583,6 +562,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         "total_steps": total,
         "warmup_steps": warmup,
         "chat_template": chat,
+        "scoring": config.train.scoring.as_str(),
     }));
     prompt.meta.data_fingerprint = Some(splits.fingerprint.clone());
     prompt.curves = curves;

@@ -118,13 +118,14 @@ fn eval(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
     let encoded = batch
         .records
         .iter()
-        .map(|r| loaded.encode(&batch.task, r, batch.encode))
+        .map(|r| loaded.encode(&batch.task, r, &batch.encode))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let refs: Vec<_> = encoded.iter().collect();
-    let results = loaded
-        .evaluate_batch(&theta, &refs, batch.max_new_tokens)
+    let scorer = loaded
+        .scorer(&batch.task, batch.scoring, batch.max_new_tokens, true)
         .map_err(|e| e.to_string())?;
+    let rows: Vec<_> = encoded.iter().map(|e| (&theta, e)).collect();
+    let results = loaded.evaluate_rows(&rows, &scorer).map_err(|e| e.to_string())?;
     let json = serde_json::to_string(&results).map_err(|e| e.to_string())?;
     Ok(object(&[
         ("op", "result".into()),

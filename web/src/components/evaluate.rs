@@ -269,12 +269,24 @@ struct Chosen {
 }
 
 /// A prompt for the query's `prompt`: a run (a prompt, not a vector), the composition, or none.
-fn chosen_prompt(runs: &[Run], query: Query) -> Result<Option<Chosen>, String> {
+/// The prompt an empty choice means: the first-origin prompt-tuning run of the examples' task.
+fn default_prompt<'a>(runs: &'a [Run], task: &str) -> Option<&'a Run> {
+    runs.iter()
+        .filter(|r| r.experiment == "prompt_tuning" && r.tasks.iter().any(|t| t == task))
+        .min_by_key(|r| r.origin.unwrap_or(usize::MAX))
+}
+
+fn chosen_prompt(runs: &[Run], query: Query, task: &str) -> Result<Option<Chosen>, String> {
     let id = param(query, "prompt", "");
-    if id.is_empty() {
+    if id == "@none" {
         return Ok(None);
     }
-    let prompt = if id == "@compose" {
+    let prompt = if id.is_empty() {
+        match default_prompt(runs, task) {
+            Some(r) => r.prompt.clone(),
+            None => return Ok(None),
+        }
+    } else if id == "@compose" {
         composition(runs, query)?
             .map(|(p, _)| p)
             .ok_or("the Compose view has no result yet")?
@@ -369,23 +381,46 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
         })
     });
 
-    let start = move |_| {
+    // The report's own model: the URL field starts with it, and Evaluate loads it first.
+    let study_model = Memo::new(move |_| study.with(|s| s.as_ref().and_then(|s| s.model.clone())));
+    Effect::new(move |_| {
+        if let Some(m) = study_model.get()
+            && url_input.get_untracked().is_empty()
+        {
+            url_input.set(m.url);
+        }
+    });
+    let start_after_load = RwSignal::new(false);
+
+    let start = move || {
         message.set(None);
         let hidden = match state.model.get_untracked() {
             ModelState::Loaded { info, .. } => info.hidden_size,
+            ModelState::Loading(_) => {
+                start_after_load.set(true);
+                return;
+            }
             _ => {
-                message.set(Some("Load a model first.".into()));
+                let url = url_input.get_untracked();
+                if url.is_empty() {
+                    message.set(Some("Load a model first.".into()));
+                } else {
+                    // One click: load the model in the URL field, then evaluate.
+                    start_after_load.set(true);
+                    set_param(query, "model", url.clone());
+                    state.load_url(url);
+                }
                 return;
             }
         };
-        let prompt = match runs.with_untracked(|rs| chosen_prompt(rs, query)) {
+        let choice = choice();
+        let prompt = match runs.with_untracked(|rs| chosen_prompt(rs, query, &choice)) {
             Ok(p) => p,
             Err(e) => {
                 message.set(Some(e));
                 return;
             }
         };
-        let choice = choice();
         let set = if choice == "@paste" {
             let max_new = param(query, "max_new", "16").parse::<usize>().unwrap_or(16);
             match parse_pasted(&pasted.get_untracked()) {
@@ -430,8 +465,9 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
             .chunks(batch_size)
             .map(|c| Batch {
                 task: set.task.clone(),
-                encode: set.encode,
+                encode: set.encode.clone(),
                 max_new_tokens: set.max_new_tokens,
+                scoring: set.scoring,
                 records: c.to_vec(),
                 rows,
                 cols,
@@ -461,6 +497,17 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
         }));
         state.send_next(run);
     };
+
+    Effect::new(move |_| {
+        let loaded = state.model.with(|m| matches!(m, ModelState::Loaded { .. }));
+        let failed = state.model.with(|m| matches!(m, ModelState::Failed(_)));
+        if failed {
+            start_after_load.set(false);
+        } else if loaded && start_after_load.get_untracked() {
+            start_after_load.set(false);
+            start();
+        }
+    });
 
     let on_files = move |ev: leptos::ev::Event| {
         let input: HtmlInputElement = event_target(&ev);
@@ -529,12 +576,20 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 {move || study.with(|s| s.as_ref().and_then(|s| s.runs.iter().find_map(|r| r.model.clone())).map(|m| view! {
                     <p class="hint">"The study's runs were trained on " <code>{m}</code> "."</p>
                 }))}
+                {move || study_model.get().map(|m| view! {
+                    <p class="hint" data-testid="report-model">{if m.bundled {
+                        format!("This report carries the model ({}, {:.0} MB): Evaluate loads it.", m.name, m.bytes.unwrap_or(0) as f64 / 1e6)
+                    } else {
+                        format!("The study's model ({}) is linked from its hub page: Evaluate downloads it into your browser.", m.name)
+                    }}</p>
+                })}
             </fieldset>
             <fieldset>
                 <legend>"Prompt and examples"</legend>
                 <label>"Prompt "
                     <select data-testid="eval-prompt" on:change=move |ev| set_param(query, "prompt", event_target_value(&ev))>
-                        <option value="" selected=move || param(query, "prompt", "").is_empty()>"none (the model alone)"</option>
+                        <option value="" selected=move || param(query, "prompt", "").is_empty()>"the tuned prompt of the examples' task (first origin)"</option>
+                        <option value="@none" selected=move || param(query, "prompt", "") == "@none">"none (the model alone)"</option>
                         <option value="@compose" selected=move || param(query, "prompt", "") == "@compose">"the Compose view's result"</option>
                         {move || prompt_options.get().into_iter().map(|(id, label)| {
                             let key = id.clone();
@@ -584,7 +639,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 }}
             </fieldset>
             <p>
-                <button type="button" data-testid="eval-run" disabled=running on:click=start>"Evaluate"</button>
+                <button type="button" data-testid="eval-run" disabled=running on:click=move |_| start()>"Evaluate"</button>
                 " "
                 <button type="button" data-testid="eval-cancel" disabled=move || !running() on:click=move |_| state.cancel()>"Cancel"</button>
             </p>
