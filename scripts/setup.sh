@@ -2,6 +2,9 @@
 # Installs every tool the tests need, idempotently: the wasm32 target, trunk, wasm-bindgen-cli
 # (the exact version in Cargo.lock), Debian's chromium + chromedriver, and the npm packages of the
 # browser tests. Safe to run again: each step checks first and does nothing when already done.
+#
+#   bash scripts/setup.sh          # everything the tests need (scripts/test.sh calls it)
+#   bash scripts/setup.sh --web    # only what the web app's build needs (scripts/run.sh calls it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +35,12 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $WB_VERSION"; then
   log "installing wasm-bindgen-cli $WB_VERSION (about 3 min)"
   # Not --locked: its lock file wants a webpki-roots release the registry mirror lacks.
   cargo install wasm-bindgen-cli --version "$WB_VERSION"
+fi
+
+if [ "${1:-}" = "--web" ]; then
+  cargo fetch --locked >/dev/null
+  log "web build tools ready"
+  exit 0
 fi
 
 # 4. From Debian: chromium and chromedriver (never a browser a tool downloads itself), and the

@@ -1,7 +1,8 @@
 //! `tpv demo`: the paper's studies in miniature on the embedded default, end to end — fetch
-//! SmolLM2-135M-Instruct and the offline datasets, run the demo study (prompt tuning of two
-//! sentiment tasks from two origins, their vector sum, cross-origin, transfer to two targets
-//! against random and single-source inits, similarity), write the report and serve it.
+//! SmolLM2-135M-Instruct and the offline datasets the study reads, run the demo study
+//! (configs/demo/study.toml: prompt tuning of four tasks of two kinds from three origins with
+//! baselines, addition, cross-origin, transfer, similarity), write the report (with the web app
+//! and the model) and serve it.
 
 use std::time::Instant;
 
@@ -15,18 +16,26 @@ use crate::study::{Study, aggregate, report};
 /// The demo study (configs/demo/study.toml), embedded so the demo runs from anywhere.
 pub const DEMO_STUDY: &str = include_str!("../../../configs/demo/study.toml");
 
-/// `--quick`: one target, fewer steps, examples and shots (a few minutes on two cores).
+/// `--quick`: every experiment and table, smaller — three of the tasks (two kinds), two origins,
+/// 8 virtual tokens, 8 steps, 8 validation and 16 test examples, one transfer target (about five
+/// minutes on two cores; its numbers show the pipeline, not the method).
 const QUICK: &[&str] = &[
-    "study.set.optim.max_steps=8",
-    "study.set.train.eval_every=8",
-    "data.max_validation=8",
-    "data.max_test=16",
+    "study.origins=[0, 1]",
+    "study.tasks=[\"uci_imdb\", \"uci_yelp\", \"bbc_news\"]",
+    "study.addition.sets=[[\"uci_imdb\", \"uci_yelp\"], [\"uci_imdb\", \"bbc_news\"]]",
     "study.addition.lambdas=[1.0]",
-    "study.transfer.targets=[\"uci_imdb\"]",
+    "study.transfer.sources=[\"uci_imdb\", \"uci_yelp\"]",
+    "study.transfer.targets=[\"uci_amazon\"]",
     "study.transfer.shots=[0, 8]",
     "study.transfer.set.optim.max_steps=2",
     "study.transfer.set.train.eval_every=2",
-    "study.transfer.set.data.max_test=16",
+    "study.transfer.set.data.max_validation=8",
+    "study.overrides={}",
+    "prompt.virtual_tokens=8",
+    "optim.max_steps=8",
+    "train.eval_every=8",
+    "data.max_validation=8",
+    "data.max_test=16",
 ];
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -42,15 +51,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     sets.push(format!("study.output={:?}", study_dir.display().to_string()));
     sets.extend(args.sets.iter().cloned());
 
-    eprintln!("== fetching the embedded default model and the demo datasets (pinned, sha256-checked)");
-    for name in ["smollm2", "rt_polarity", "amazon_snippets", "uci_imdb", "uci_yelp"] {
-        let asset = assets::ALL
-            .iter()
-            .find(|a| a.name == name)
-            .with_context(|| format!("no asset {name}"))?;
-        assets::ensure(asset).with_context(|| format!("fetching {name}"))?;
-    }
     let study = Study::load(&config_path, &sets)?;
+    eprintln!("== fetching the embedded default model and the demo datasets (pinned, sha256-checked)");
+    for asset in needed_assets(&study) {
+        assets::ensure(asset).with_context(|| format!("fetching {}", asset.name))?;
+    }
     eprintln!("== running the demo study ({} jobs)", study.jobs().len());
     let (ran, skipped, failed) = run_all(
         &study,
@@ -64,7 +69,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let agg = aggregate::aggregate(study.output())?;
     agg.write(study.output())?;
     let site = args.out.join("site");
-    let r = report::write(study.output(), &site, args.web.as_deref())?;
+    let r = report::write_with(
+        study.output(),
+        &site,
+        &report::ReportOptions {
+            web: args.web.clone(),
+            require_web: args.web.is_some(),
+            bundle_model: args.bundle_model.into(),
+        },
+    )?;
     out!("{}", agg.markdown());
     out!(
         "demo: ran {ran} jobs, skipped {skipped} finished, {} failed, in {:.0} s; report: {}{}",
@@ -74,7 +87,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         if r.web_app {
             ""
         } else {
-            " (tables only: no built web app found)"
+            " (tables only: no built web app found; scripts/run.sh builds it)"
         }
     );
     if !failed.is_empty() {
@@ -84,4 +97,36 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         report::serve(&r.site, args.port)?;
     }
     Ok(())
+}
+
+/// The offline assets a study reads: its model (when it is one of them) and its tasks' data.
+fn needed_assets(study: &Study) -> Vec<&'static assets::Asset> {
+    let s = &study.study;
+    let mut tasks: Vec<&String> = s.tasks.iter().collect();
+    if let Some(a) = &s.addition {
+        tasks.extend(a.sets.iter().flatten().flatten());
+    }
+    if let Some(c) = &s.cross_origin {
+        tasks.extend(c.tasks.iter().flatten());
+    }
+    if let Some(t) = &s.transfer {
+        tasks.extend(t.sources.iter().chain(&t.targets));
+    }
+    let model = study
+        .base
+        .get("model")
+        .and_then(|m| m.get("path"))
+        .and_then(|p| p.as_str());
+    let mut out: Vec<&'static assets::Asset> = assets::ALL.iter().copied().filter(|a| Some(a.name) == model).collect();
+    for t in tasks {
+        // A task with its own files (`[study.data.TASK] train = …`) needs no asset.
+        let own_files = s.data.get(t.as_str()).is_some_and(|d| d.contains_key("train"));
+        if let Some(a) = assets::for_task(t)
+            && !own_files
+            && !out.iter().any(|o| std::ptr::eq(*o, a))
+        {
+            out.push(a);
+        }
+    }
+    out
 }
