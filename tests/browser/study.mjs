@@ -11,8 +11,8 @@
 // losses to 1e-4) for a run, the Compose view's result and pasted examples; cancel; corrupt files show an error and the
 // page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
 
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, copyFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -198,8 +198,9 @@ try {
   // 7. Evaluate: the fixture model in a Web Worker = tpv eval (predictions equal, losses to 1e-4).
   const modelDir = join(root, 'tests', 'fixtures', 'models', 'llama_tied');
   const modelFiles = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => join(modelDir, f));
-  mkdirSync(join(site, 'model'), { recursive: true });
-  for (const f of modelFiles) copyFileSync(f, join(site, 'model', f.split('/').pop()));
+  // `tpv report` bundled the study's model (--bundle-model auto: the fixture is small).
+  check(modelFiles.every((f) => readFileSync(join(site, 'model', f.split('/').pop())).equals(readFileSync(f))),
+    'report: the study\'s model is bundled in SITE/model/');
   const evaluateAndCompare = async (what, cliArgs, model = modelDir) => {
     await page.getByTestId('eval-run').click();
     await page.locator('[data-testid=eval-results][data-running=false]').waitFor({ timeout: 120000 });
@@ -220,10 +221,12 @@ try {
     const speed = await page.getByTestId('eval-speed').textContent();
     console.log(`  evaluate (${what}): ${speed}`);
   };
-  // (a) A run on a task's bundled test examples, the model fetched by URL (?model=).
-  await page.goto(`${base}?view=evaluate&model=model%2F&prompt=${encodeURIComponent('prompt_tuning/a/origin0')}&examples=a`);
-  await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
+  // (a) One click: a run on a task's bundled test examples, the report's own model (the URL field
+  //     starts with it) loaded by the Evaluate button itself.
+  await page.goto(`${base}?view=evaluate&prompt=${encodeURIComponent('prompt_tuning/a/origin0')}&examples=a`);
   await page.locator('[data-testid=eval-examples] option[value=a]').waitFor({ state: 'attached', timeout: 20000 });
+  await page.getByTestId('report-model').waitFor({ timeout: 20000 });
+  check(await page.getByTestId('model-url').inputValue() === 'model/', 'evaluate: the URL field starts with the report\'s model');
   await evaluateAndCompare('a@origin0 on examples/a.json', ['--prompt', pt[0], '--data', join(site, 'examples', 'a.json')]);
   await snap(page, 'evaluate');
   // (b) The Compose view's result (the composition above) on task b; the model loaded with the Load button.
@@ -242,7 +245,7 @@ try {
   writeFileSync(pastedFile, pastedLines);
   await page.getByTestId('model-files').setInputFiles(modelFiles);
   await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
-  await page.getByTestId('eval-prompt').selectOption('');
+  await page.getByTestId('eval-prompt').selectOption('@none');
   await page.getByTestId('eval-examples').selectOption('@paste');
   await page.getByTestId('eval-paste').fill(pastedLines);
   await evaluateAndCompare('the model alone on pasted examples', ['--data', pastedFile]);
@@ -290,6 +293,29 @@ try {
   await page.keyboard.press('Tab');
   check(await page.evaluate(() => document.activeElement?.getAttribute('role') === 'tab' || document.activeElement?.tagName === 'A'),
     'keyboard: Tab reaches the links and view tabs');
+
+  // 9. The URL the main command serves: `tpv report --serve` (what `tpv demo` ends with) prints
+  //    it; the web app there loads the study and draws the heatmap cells.
+  const served = spawn(tpvBin, ['report', studyDir, '-o', join(tmp, 'served-site'), '--web', webDist, '--serve', '--port', '0'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    const url = await new Promise((ok, fail) => {
+      let out = '';
+      const timer = setTimeout(() => fail(new Error(`no URL from tpv report --serve: ${out}`)), 30000);
+      served.stdout.on('data', (d) => {
+        out += d;
+        const m = out.match(/at (http:\/\/127\.0\.0\.1:\d+\/)/);
+        if (m) { clearTimeout(timer); ok(m[1]); }
+      });
+      served.on('exit', (code) => fail(new Error(`tpv report --serve exited (${code}): ${out}`)));
+    });
+    await page.goto(`${url}?view=similarity`);
+    await page.getByTestId('heatmap-cell').first().waitFor({ timeout: 30000 });
+    const cells = await page.getByTestId('heatmap-cell').count();
+    check(cells > 0, `tpv report --serve: ${url} shows the study's heatmaps (${cells} cells)`);
+  } finally {
+    served.kill();
+  }
   check(errors.length === 0, `no page errors ${errors.length ? JSON.stringify(errors) : ''}`);
 } finally {
   await browser.close();

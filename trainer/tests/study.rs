@@ -468,3 +468,94 @@ fn report_is_served_on_localhost() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `tpv demo --quick`, the README's main job, end to end on the fixture LLaMA: the demo study's
+/// every experiment (its own config, embedded in the binary) with the fixture tasks in place of
+/// the offline datasets (so nothing is fetched), the tables, and the report with the model bundled.
+#[test]
+fn demo_pipeline_runs_on_the_fixture_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c", "d", "e", "f"];
+    for (i, t) in names.iter().enumerate() {
+        write_task(tmp.path(), t, i * 5);
+    }
+    let model = root().join("tests/fixtures/models/llama_tied");
+    let mut sets = vec![
+        format!("model.path={:?}", model.display().to_string()),
+        "study.tasks=[\"a\", \"b\", \"c\", \"d\"]".to_owned(),
+        "study.addition.sets=[[\"a\", \"b\"], [\"a\", \"c\"]]".to_owned(),
+        "study.cross_origin.tasks=[\"a\"]".to_owned(),
+        "study.transfer.sources=[\"a\", \"b\"]".to_owned(),
+        "study.transfer.targets=[\"e\", \"f\"]".to_owned(),
+        "study.overrides={}".to_owned(),
+    ];
+    for t in names {
+        let file = |split: &str| {
+            format!(
+                "{:?}",
+                tmp.path().join(format!("{t}-{split}.jsonl")).display().to_string()
+            )
+        };
+        sets.push(format!("study.data.{t}.train={}", file("train")));
+        sets.push(format!("study.data.{t}.validation={}", file("valid")));
+        sets.push(format!("study.data.{t}.test={}", file("test")));
+        // Rank scoring needs the label set: a task table over the fixture's `input`/`target` files.
+        sets.push(format!(
+            "study.data.{t}.task={{ name = \"{t}\", template = \"{{input}}\", fields = [[\"input\", \"input\"]], label_column = \"target\", labels = [\"w10\", \"w11\"] }}"
+        ));
+    }
+    let out_dir = tmp.path().join("demo");
+    let mut cmd = tpv();
+    cmd.args(["demo", "--quick", "--no-serve", "--bundle-model", "always", "--out"])
+        .arg(&out_dir)
+        .env("TPV_WEB_DIST", tmp.path().join("none"));
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tpv demo failed:\n{stdout}\n{stderr}");
+    // Every experiment's table, with the baselines and the scoring named.
+    for table in [
+        "## Prompt tuning",
+        "## Addition",
+        "## Cross-origin",
+        "## Transfer",
+        "zero-shot",
+        "untrained origin",
+    ] {
+        assert!(stdout.contains(table), "no {table:?} in the demo's tables:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("rank"),
+        "the tables do not say the demo scores by rank:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("jobs,") && stderr.contains("left"),
+        "no study progress line:\n{stderr}"
+    );
+    // Every job finished, and the report carries the model.
+    let study: Value = serde_json::from_slice(&std::fs::read(out_dir.join("study-quick/study.json")).unwrap()).unwrap();
+    let jobs = study["jobs"].as_array().unwrap();
+    assert!(jobs.len() >= 40, "{} jobs", jobs.len());
+    for kind in [
+        "prompt_tuning/",
+        "multi_task/",
+        "addition/",
+        "cross_origin/",
+        "transfer/",
+    ] {
+        assert!(
+            jobs.iter().any(|j| j["id"].as_str().unwrap().starts_with(kind)),
+            "no {kind} job"
+        );
+    }
+    let site = out_dir.join("site");
+    assert!(site.join("index.html").exists());
+    let bundled = std::fs::read(site.join("model/model.safetensors")).unwrap();
+    assert_eq!(bundled, std::fs::read(model.join("model.safetensors")).unwrap());
+    let manifest: Value = serde_json::from_slice(&std::fs::read(site.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model"]["bundled"], true, "{manifest}");
+    assert_eq!(manifest["model"]["url"], "model/", "{manifest}");
+}

@@ -1,0 +1,269 @@
+//! Rank classification, batches that mix prompts, and prefixes computed once per prompt, against
+//! the per-example computations they replace (which `models.rs` checks against HF transformers):
+//! the same losses to 1e-5 and the same predictions, on the tiny fixture models of both families.
+
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tpv_shared::eval::{EncodeOptions, Encoded, Loaded, Scoring};
+use tpv_shared::merge::SplitMix64;
+use tpv_shared::model::causal::{self, Example};
+use tpv_shared::model::load::Model;
+use tpv_shared::model::t5;
+use tpv_shared::model::{DType, Device, Tensor, Var};
+use tpv_shared::tasks::{LabelKind, Origin, Record, TaskSpec};
+
+const MODELS: [&str; 4] = ["llama_tied", "llama_gqa_rope3", "t5_gated_untied", "t5_relu_tied"];
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+fn load(name: &str) -> Loaded {
+    let mut files = BTreeMap::new();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        if let Ok(bytes) = std::fs::read(dir(name).join(f)) {
+            files.insert(f.to_owned(), bytes);
+        }
+    }
+    Loaded::from_files(&files, DType::F32, &Device::Cpu).unwrap()
+}
+
+/// A task with a closed label set of one- and two-word labels (words `wN` are token N).
+fn task() -> TaskSpec {
+    TaskSpec {
+        name: "toy".into(),
+        template: "w20 w21 {text}".into(),
+        instruction: "w10 w11 w12 w13 w14".into(),
+        fields: vec![("w15".into(), "text".into())],
+        label_column: "label".into(),
+        labels: vec!["w5".into(), "w7 w8".into(), "w9".into()],
+        label_kind: LabelKind::Class,
+        metrics: Vec::new(),
+        origin: Origin::default(),
+    }
+}
+
+fn records() -> Vec<Record> {
+    let texts = [
+        "w30 w31 w32",
+        "w40",
+        "w33 w34 w35 w36 w37 w38",
+        "w41 w42",
+        "w50 w51 w52 w53",
+    ];
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Record::from([
+                ("text".to_owned(), (*t).to_owned()),
+                ("label".to_owned(), (i % 3).to_string()),
+            ])
+        })
+        .collect()
+}
+
+fn random(rows: usize, d: usize, seed: u64) -> Tensor {
+    let mut rng = SplitMix64::new(seed);
+    let v: Vec<f32> = (0..rows * d).map(|_| (rng.next_f64() as f32 - 0.5) * 2.0).collect();
+    Tensor::from_vec(v, (rows, d), &Device::Cpu).unwrap()
+}
+
+fn prompts(loaded: &Loaded) -> Vec<Tensor> {
+    let d = loaded.model.hidden_size();
+    vec![random(3, d, 1), random(5, d, 2), random(0, d, 3)]
+}
+
+fn encode(loaded: &Loaded, rec: &Record) -> Encoded {
+    loaded.encode(&task(), rec, &EncodeOptions::default()).unwrap()
+}
+
+#[track_caller]
+fn close(a: f32, b: f32, what: &str) {
+    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: {a} vs {b}");
+}
+
+#[test]
+fn rank_scores_each_label_as_its_own_teacher_forced_loss() {
+    for name in MODELS {
+        let loaded = load(name);
+        let task = task();
+        let ps = prompts(&loaded);
+        let recs = records();
+        let encoded: Vec<Encoded> = recs.iter().map(|r| encode(&loaded, r)).collect();
+        let scorer = loaded.scorer(&task, Scoring::Rank, 0, false).unwrap();
+        // Every (prompt, example) pair in one batch: rows mix prompts, and rows of one prompt
+        // share the chat template and instruction, computed once.
+        let rows: Vec<(&Tensor, &Encoded)> = ps.iter().flat_map(|p| encoded.iter().map(move |e| (p, e))).collect();
+        let got = loaded.evaluate_rows(&rows, &scorer).unwrap();
+        for ((p, _), (r, rec)) in rows.iter().zip(got.iter().zip(recs.iter().cycle())) {
+            // The reference: each label as the target of the example alone.
+            let mut want = Vec::new();
+            for l in 0..task.labels.len() {
+                let mut rec = rec.clone();
+                rec.insert("label".into(), l.to_string());
+                let e = encode(&loaded, &rec);
+                let (loss, count) = loaded.losses(p, &[&e]).unwrap();
+                want.push(loss[0] * count[0] as f32);
+            }
+            for (g, w) in r.scores.iter().zip(&want) {
+                close(*g, *w, &format!("{name}: label NLL"));
+            }
+            let best = (0..want.len()).fold(0, |b, j| if want[j] < want[b] { j } else { b });
+            assert_eq!(r.prediction, task.labels[best], "{name}: prediction");
+            let target: usize = rec["label"].parse().unwrap();
+            let n = loaded.answer_ids(&task.labels[target]).unwrap().len();
+            close(r.loss, want[target] / n as f32, &format!("{name}: loss of the target"));
+            assert_eq!(r.tokens, n);
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_mixed_prompts_gives_each_prompt_alone_its_results() {
+    for name in MODELS {
+        let loaded = load(name);
+        let task = task();
+        let ps = prompts(&loaded);
+        let encoded: Vec<Encoded> = records().iter().map(|r| encode(&loaded, r)).collect();
+        let refs: Vec<&Encoded> = encoded.iter().collect();
+        let scorer = loaded.scorer(&task, Scoring::Generate, 3, true).unwrap();
+        let prs: Vec<&Tensor> = ps.iter().collect();
+        let mut calls = 0;
+        let got = loaded
+            .evaluate_prompts(&prs, &refs, &scorer, 4, &mut |done, total| {
+                calls += 1;
+                assert!(done <= total);
+            })
+            .unwrap();
+        assert_eq!(calls, (ps.len() * encoded.len()).div_ceil(4));
+        for (p, per) in ps.iter().zip(&got) {
+            for (e, r) in encoded.iter().zip(per) {
+                let alone = loaded.evaluate_batch(p, &[e], 3).unwrap().remove(0);
+                assert_eq!(r.prediction, alone.prediction, "{name}: prediction");
+                close(r.loss, alone.loss, &format!("{name}: loss"));
+                assert_eq!(r.tokens, alone.tokens);
+            }
+        }
+    }
+}
+
+#[test]
+fn rank_over_every_token_picks_the_greedy_token() {
+    for name in MODELS {
+        let loaded = load(name);
+        let ps = prompts(&loaded);
+        let encoded: Vec<Encoded> = records().iter().map(|r| encode(&loaded, r)).collect();
+        let vocab = loaded.model.embeddings().dim(0).unwrap() as u32;
+        let candidates: Vec<Vec<u32>> = (0..vocab).map(|t| vec![t]).collect();
+        for p in &ps {
+            let inputs: Vec<&[u32]> = encoded.iter().map(|e| e.input()).collect();
+            let prompts = vec![p; inputs.len()];
+            let (scores, greedy): (Vec<Vec<f32>>, Vec<Vec<u32>>) = match &loaded.model {
+                Model::Llama(m) => {
+                    let owned: Vec<Vec<u32>> = inputs.iter().map(|i| i.to_vec()).collect();
+                    (
+                        causal::rank(m, &prompts, &inputs, &candidates).unwrap(),
+                        causal::greedy(m, p, &owned, 1, &[]).unwrap(),
+                    )
+                }
+                Model::T5(m) => {
+                    let owned: Vec<Vec<u32>> = inputs.iter().map(|i| i.to_vec()).collect();
+                    let eos = m.cfg.eos_token_id.unwrap_or(1);
+                    let g = t5::greedy(m, p, &owned, 1).unwrap();
+                    (
+                        t5::rank(m, &prompts, &inputs, &candidates).unwrap(),
+                        g.into_iter()
+                            .map(|t| if t.is_empty() { vec![eos] } else { t })
+                            .collect(),
+                    )
+                }
+            };
+            for (s, g) in scores.iter().zip(&greedy) {
+                let best = (0..s.len()).fold(0, |b, j| if s[j] < s[b] { j } else { b });
+                assert_eq!(best as u32, g[0], "{name}: rank over all tokens vs greedy");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_shared_prefix_gives_each_example_its_loss_and_gradient() {
+    for name in ["llama_tied", "llama_gqa_rope3"] {
+        let loaded = load(name);
+        let Model::Llama(m) = &loaded.model else { panic!() };
+        let d = m.hidden_size();
+        let var = Var::from_tensor(&random(3, d, 9)).unwrap();
+        // Examples that share a long beginning (the chat template and the instruction).
+        let examples: Vec<Example> = records()
+            .iter()
+            .map(|r| match encode(&loaded, r) {
+                Encoded::Causal { example, .. } => example,
+                Encoded::Seq2Seq { .. } => panic!(),
+            })
+            .collect();
+        let batch = causal::loss(m, var.as_tensor(), &examples).unwrap();
+        let g_batch: Vec<f32> = batch
+            .loss
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Alone, each example shares nothing; the batch loss is the token-weighted mean.
+        let total: usize = batch.counts.iter().sum();
+        let mut g_want = vec![0f32; g_batch.len()];
+        for (i, ex) in examples.iter().enumerate() {
+            let alone = causal::loss(m, var.as_tensor(), std::slice::from_ref(ex)).unwrap();
+            close(batch.per_example[i], alone.per_example[0], &format!("{name}: loss"));
+            let g: Vec<f32> = alone
+                .loss
+                .backward()
+                .unwrap()
+                .get(&var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w = alone.counts[0] as f32 / total as f32;
+            for (a, b) in g_want.iter_mut().zip(g) {
+                *a += w * b;
+            }
+        }
+        for (a, b) in g_batch.iter().zip(&g_want) {
+            assert!((a - b).abs() <= 1e-5, "{name}: gradient {a} vs {b}");
+        }
+        // Generation from the shared prefix equals full recomputation.
+        let inputs: Vec<Vec<u32>> = records().iter().map(|r| encode(&loaded, r).input().to_vec()).collect();
+        let cached = causal::greedy(m, var.as_tensor(), &inputs, 4, &loaded.eos).unwrap();
+        for (input, got) in inputs.iter().zip(&cached) {
+            let want = causal::greedy_recompute(m, var.as_tensor(), input, 4, &loaded.eos).unwrap();
+            assert_eq!(got, &want, "{name}: greedy");
+        }
+    }
+}
+
+#[test]
+fn rank_refuses_a_task_without_labels() {
+    let loaded = load("llama_tied");
+    let e = loaded
+        .scorer(&tpv_shared::tasks::plain(), Scoring::Rank, 4, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label set"), "{e}");
+}
