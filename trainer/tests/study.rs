@@ -305,12 +305,22 @@ fn study_runs_resumes_aggregates_and_reports() {
         .arg(&study)
         .arg("-o")
         .arg(&site)
-        .arg("--web")
-        .arg(tmp.path().join("no-web-app"))
         .env("TPV_WEB_DIST", tmp.path().join("no-web-app"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An explicit --web without a built app is an error, never a silent tables-only report.
+    let bad = tpv()
+        .args(["report"])
+        .arg(&study)
+        .arg("-o")
+        .arg(tmp.path().join("site-bad"))
+        .arg("--web")
+        .arg(tmp.path().join("no-web-app"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("no index.html"), "{err}");
     let manifest: Value = serde_json::from_slice(&std::fs::read(site.join("manifest.json")).unwrap()).unwrap();
     let runs = manifest["runs"].as_array().unwrap();
     assert_eq!(runs.len(), JOBS);
@@ -487,7 +497,11 @@ fn demo_pipeline_runs_on_the_fixture_model() {
         "study.cross_origin.tasks=[\"a\"]".to_owned(),
         "study.transfer.sources=[\"a\", \"b\"]".to_owned(),
         "study.transfer.targets=[\"e\", \"f\"]".to_owned(),
+        // Multi-task runs read `data.also` tasks from the registry only (not `[study.data]`).
+        "study.transfer.inits=[\"random\", \"spot\", \"tpv_sum\"]".to_owned(),
         "study.overrides={}".to_owned(),
+        // The fixture's 64-token vocabulary: origins from all of it.
+        "prompt.init={ sample_vocab = { seed = 7 } }".to_owned(),
     ];
     for t in names {
         let file = |split: &str| {
@@ -539,13 +553,7 @@ fn demo_pipeline_runs_on_the_fixture_model() {
     let study: Value = serde_json::from_slice(&std::fs::read(out_dir.join("study-quick/study.json")).unwrap()).unwrap();
     let jobs = study["jobs"].as_array().unwrap();
     assert!(jobs.len() >= 40, "{} jobs", jobs.len());
-    for kind in [
-        "prompt_tuning/",
-        "multi_task/",
-        "addition/",
-        "cross_origin/",
-        "transfer/",
-    ] {
+    for kind in ["prompt_tuning/", "addition/", "cross_origin/", "transfer/"] {
         assert!(
             jobs.iter().any(|j| j["id"].as_str().unwrap().starts_with(kind)),
             "no {kind} job"
