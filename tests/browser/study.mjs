@@ -226,7 +226,8 @@ try {
   await page.goto(`${base}?view=evaluate&prompt=${encodeURIComponent('prompt_tuning/a/origin0')}&examples=a`);
   await page.locator('[data-testid=eval-examples] option[value=a]').waitFor({ state: 'attached', timeout: 20000 });
   await page.getByTestId('report-model').waitFor({ timeout: 20000 });
-  check(await page.getByTestId('model-url').inputValue() === 'model/', 'evaluate: the URL field starts with the report\'s model');
+  const modelUrl = await page.getByTestId('model-url').inputValue();
+  check(modelUrl === new URL('model/', base).href, `evaluate: the URL field starts with the report's model (${modelUrl})`);
   await evaluateAndCompare('a@origin0 on examples/a.json', ['--prompt', pt[0], '--data', join(site, 'examples', 'a.json')]);
   await snap(page, 'evaluate');
   // (b) The Compose view's result (the composition above) on task b; the model loaded with the Load button.
