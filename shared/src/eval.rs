@@ -286,18 +286,18 @@ impl Loaded {
                         // the template's assistant turn stay (cutting the templated text's end
                         // would drop the turn the answer follows).
                         let mut shortened = rec.clone();
+                        let columns: Vec<&str> = if task.is_plain() {
+                            vec!["input"]
+                        } else {
+                            task.fields.iter().map(|(_, c)| c.as_str()).collect()
+                        };
                         for _ in 0..4 {
                             let over = input.len().saturating_sub(max);
                             if over == 0 {
                                 break;
                             }
-                            let columns: Vec<&str> = if task.is_plain() {
-                                vec!["input"]
-                            } else {
-                                task.fields.iter().map(|(_, c)| c.as_str()).collect()
-                            };
                             let mut longest: Option<(String, Vec<u32>)> = None;
-                            for c in columns {
+                            for &c in &columns {
                                 let ids = codec.encode(shortened.get(c).map_or("", |v| v.trim()), false)?;
                                 if longest.as_ref().is_none_or(|(_, l)| ids.len() > l.len()) {
                                     longest = Some((c.to_owned(), ids));

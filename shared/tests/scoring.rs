@@ -90,6 +90,18 @@ fn encode(loaded: &Loaded, rec: &Record) -> Encoded {
 }
 
 #[track_caller]
+/// d`loss`/d`var`, flattened.
+fn gradient(loss: &Tensor, var: &Var) -> Vec<f32> {
+    loss.backward()
+        .unwrap()
+        .get(var)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 fn close(a: f32, b: f32, what: &str) {
     assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: {a} vs {b}");
 }
@@ -214,32 +226,14 @@ fn a_shared_prefix_gives_each_example_its_loss_and_gradient() {
             })
             .collect();
         let batch = causal::loss(m, var.as_tensor(), &examples).unwrap();
-        let g_batch: Vec<f32> = batch
-            .loss
-            .backward()
-            .unwrap()
-            .get(&var)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let g_batch = gradient(&batch.loss, &var);
         // Alone, each example shares nothing; the batch loss is the token-weighted mean.
         let total: usize = batch.counts.iter().sum();
         let mut g_want = vec![0f32; g_batch.len()];
         for (i, ex) in examples.iter().enumerate() {
             let alone = causal::loss(m, var.as_tensor(), std::slice::from_ref(ex)).unwrap();
             close(batch.per_example[i], alone.per_example[0], &format!("{name}: loss"));
-            let g: Vec<f32> = alone
-                .loss
-                .backward()
-                .unwrap()
-                .get(&var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let g = gradient(&alone.loss, &var);
             let w = alone.counts[0] as f32 / total as f32;
             for (a, b) in g_want.iter_mut().zip(g) {
                 *a += w * b;

@@ -59,15 +59,7 @@ struct Packed {
 /// `[pads][prompt of the row][tokens]` for every row; rows may carry different prompts (of any
 /// length, none included), and each is laid out exactly as it would be alone.
 fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
-    if prompts.len() != seqs.len() {
-        candle_core::bail!("{} prompts for {} sequences", prompts.len(), seqs.len());
-    }
-    let lens: Vec<usize> = prompts
-        .iter()
-        .zip(seqs)
-        .map(|(p, s)| Ok(p.dim(0)? + s.len()))
-        .collect::<Result<_>>()?;
-    let width = lens.iter().copied().max().unwrap_or(0);
+    let (lens, width) = super::row_lengths(prompts, seqs)?;
     let d = model.hidden_size();
     let (mut rows, mut positions, mut valid, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((ids, prompt), len) in seqs.iter().zip(prompts).zip(&lens) {
@@ -115,6 +107,14 @@ fn distinct<'a>(prompts: &[&'a Tensor]) -> (Vec<&'a Tensor>, Vec<u32>) {
         rows.push(g as u32);
     }
     (groups, rows)
+}
+
+/// The rows' prompts without gradient tracking, each distinct prompt detached once (the copies
+/// share its storage and identity, so [`distinct`] still groups them).
+fn detach_rows(prompts: &[&Tensor]) -> Vec<Tensor> {
+    let (groups, row_group) = distinct(prompts);
+    let detached: Vec<Tensor> = groups.iter().map(|p| p.detach()).collect();
+    row_group.iter().map(|&g| detached[g as usize].clone()).collect()
 }
 
 /// The beginning every row of a batch shares (its prompt and the first `tokens` ids, e.g. a
@@ -266,8 +266,7 @@ pub fn greedy(
     max_new: usize,
     eos: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
-    let prompt = prompt.detach();
-    greedy_rows(model, &vec![&prompt; inputs.len()], inputs, max_new, eos)
+    greedy_rows(model, &vec![prompt; inputs.len()], inputs, max_new, eos)
 }
 
 /// [`greedy`] with a prompt per input.
@@ -278,9 +277,8 @@ pub fn greedy_rows(
     max_new: usize,
     eos: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
-    let (groups, row_group) = distinct(prompts);
-    let detached: Vec<Tensor> = groups.iter().map(|p| p.detach()).collect();
-    let prompts: Vec<&Tensor> = row_group.iter().map(|&g| &detached[g as usize]).collect();
+    let detached = detach_rows(prompts);
+    let prompts: Vec<&Tensor> = detached.iter().collect();
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
     let limit = seqs.iter().map(|s| s.len()).min().unwrap_or(0).saturating_sub(1);
     let (hidden, packed, _, cache) = run(model, &prompts, &seqs, limit, true)?;
@@ -333,9 +331,8 @@ pub fn rank(model: &Llama, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &
     if candidates.is_empty() || candidates.iter().any(Vec::is_empty) {
         candle_core::bail!("rank scoring needs candidates with at least one token each");
     }
-    let (groups, row_group) = distinct(prompts);
-    let detached: Vec<Tensor> = groups.iter().map(|p| p.detach()).collect();
-    let prompts: Vec<&Tensor> = row_group.iter().map(|&g| &detached[g as usize]).collect();
+    let detached = detach_rows(prompts);
+    let prompts: Vec<&Tensor> = detached.iter().collect();
     // The shared beginning (prompt, chat template, instruction) once per prompt; the last input
     // column stays in the pass below (the first candidate token is predicted from it).
     let limit = inputs.iter().map(|i| i.len()).min().unwrap_or(0).saturating_sub(1);

@@ -11,3 +11,21 @@ pub mod ops;
 pub mod t5;
 
 pub use candle_core::{DType, Device, Tensor, Var};
+
+/// The length of every row of a batch whose rows each carry a prompt (`prompts[i]` [R_i, d],
+/// R_i may be 0) before their tokens, and the longest: the width the batch is padded to.
+pub(crate) fn row_lengths(
+    prompts: &[&candle_core::Tensor],
+    seqs: &[&[u32]],
+) -> candle_core::Result<(Vec<usize>, usize)> {
+    if prompts.len() != seqs.len() {
+        candle_core::bail!("{} prompts for {} sequences", prompts.len(), seqs.len());
+    }
+    let lens: Vec<usize> = prompts
+        .iter()
+        .zip(seqs)
+        .map(|(p, s)| Ok(p.dim(0)? + s.len()))
+        .collect::<candle_core::Result<_>>()?;
+    let width = lens.iter().copied().max().unwrap_or(0);
+    Ok((lens, width))
+}

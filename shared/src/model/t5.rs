@@ -521,15 +521,7 @@ fn encode_prompted(
     inputs: &[&[u32]],
     train: Option<Train<'_>>,
 ) -> Result<(Tensor, Tensor)> {
-    if prompts.len() != inputs.len() {
-        candle_core::bail!("{} prompts for {} inputs", prompts.len(), inputs.len());
-    }
-    let lens: Vec<usize> = prompts
-        .iter()
-        .zip(inputs)
-        .map(|(p, s)| Ok(p.dim(0)? + s.len()))
-        .collect::<Result<_>>()?;
-    let width = lens.iter().copied().max().unwrap_or(0);
+    let (lens, width) = super::row_lengths(prompts, inputs)?;
     let d = model.hidden_size();
     let mut rows = Vec::with_capacity(inputs.len());
     let mut valid = Vec::with_capacity(inputs.len());
@@ -657,8 +649,7 @@ pub fn rank(model: &T5, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &[Ve
 /// Greedy decoding with a KV cache: at most `max_new` tokens per input, stopping at EOS (not
 /// included in the result).
 pub fn greedy(model: &T5, prompt: &Tensor, inputs: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
-    let prompt = prompt.detach();
-    greedy_rows(model, &vec![&prompt; inputs.len()], inputs, max_new)
+    greedy_rows(model, &vec![prompt; inputs.len()], inputs, max_new)
 }
 
 /// [`greedy`] with a prompt per input.

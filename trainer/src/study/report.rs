@@ -17,13 +17,16 @@ use super::Job;
 use super::aggregate::{Aggregate, aggregate};
 use crate::{io, train};
 
-/// Where the built web app (trunk's dist) is: `--web`, `TPV_WEB_DIST`, or `target/site` next to
-/// this executable's target directory (a `cargo build` in the repository).
+/// Where the built web app (trunk's dist) is: `--web` when given (that folder only: a wrong
+/// one is never replaced by another build), else `TPV_WEB_DIST` or `target/site` next to this
+/// executable's target directory (a `cargo build` in the repository).
 pub fn find_web_dist(explicit: Option<&Path>) -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = explicit
-        .map(Path::to_path_buf)
+    if let Some(dir) = explicit {
+        return dir.join("index.html").is_file().then(|| dir.to_path_buf());
+    }
+    let candidates: Vec<PathBuf> = std::env::var_os("TPV_WEB_DIST")
+        .map(PathBuf::from)
         .into_iter()
-        .chain(std::env::var_os("TPV_WEB_DIST").map(PathBuf::from))
         .chain(
             std::env::current_exe()
                 .ok()
