@@ -131,14 +131,26 @@ pub struct DataSection {
     /// Truncate inputs to this many tokens (T5 in the paper: 256).
     #[serde(default)]
     pub max_source_tokens: Option<usize>,
-    /// Multi-task training (SPoT's multi-task prompt): more registry tasks whose splits join this
-    /// one's, each split, capped and rendered with its own template; examples are interleaved.
+    /// Multi-task training (SPoT's multi-task prompt): more tasks whose splits join this one's,
+    /// each split, capped and rendered with its own template; examples are interleaved. A name is
+    /// a registry task read with this section's caps; a table is a `[data]` section of its own
+    /// (a task from files: `{ train = "b.jsonl", task = "sst2", name = "b" }`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub also: Vec<String>,
+    pub also: Vec<AlsoTask>,
     /// The task's name in run files and tables (default: the registry or custom task's name;
     /// `plain` for input/target files). Studies set it to the study's task name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// One more task of a multi-task run (`data.also`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AlsoTask {
+    /// A registry task, with the caps of the section that names it.
+    Name(String),
+    /// A data section of its own (its own `also` is not read).
+    Data(Box<DataSection>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +260,10 @@ pub struct TrainSection {
     /// as `origin_test_*` and `zero_shot_test_*` metrics.
     #[serde(default)]
     pub baselines: bool,
+    /// With `baselines`: also the zero-shot one (off in a study's runs after the first origin's:
+    /// the bare model scores the same whatever the origin).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub zero_shot_baseline: bool,
     /// Compute the loss in validation evaluations (a second forward pass over the examples; always
     /// on with `select = "loss"`). Off halves the cost of an evaluation and drops the valid_loss curve.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
@@ -394,20 +410,28 @@ impl Config {
                 *s = base.join(s.as_str()).display().to_string();
             }
         };
-        fix(&mut self.data.train);
-        if let Some(v) = &mut self.data.validation {
-            fix(v);
-        }
-        if let Some(t) = &mut self.data.test {
-            fix(t);
+        let fix_data = |data: &mut DataSection| {
+            fix(&mut data.train);
+            if let Some(v) = &mut data.validation {
+                fix(v);
+            }
+            if let Some(t) = &mut data.test {
+                fix(t);
+            }
+            if let Some(d) = &mut data.dataset_dir
+                && d.is_relative()
+                && base.join(&*d).exists()
+            {
+                *d = base.join(&*d);
+            }
+        };
+        fix_data(&mut self.data);
+        for also in &mut self.data.also {
+            if let AlsoTask::Data(d) = also {
+                fix_data(d);
+            }
         }
         fix(&mut self.model.path);
-        if let Some(d) = &mut self.data.dataset_dir
-            && d.is_relative()
-            && base.join(&*d).exists()
-        {
-            *d = base.join(&*d);
-        }
         if let Init::File(p) = &mut self.prompt.init
             && p.is_relative()
             && base.join(&*p).exists()

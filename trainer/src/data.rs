@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::tasks::{self, Record, TaskSpec};
 
-use crate::config::{DataSection, TaskRef, is_file_like};
+use crate::config::{AlsoTask, DataSection, TaskRef, is_file_like};
 use crate::{assets, models};
 
 /// The examples of a run, as records, with the task that reads them.
@@ -35,16 +35,25 @@ pub struct Splits {
 /// Loads the data of a config and of each `also` task (multi-task training).
 pub fn load_all(cfg: &DataSection) -> Result<Vec<Splits>> {
     let mut all = vec![load(cfg)?];
-    for name in &cfg.also {
-        let mut other = cfg.clone();
-        other.train.clone_from(name);
-        other.also.clear();
-        other.dataset_dir = None;
-        other.validation = None;
-        other.test = None;
-        other.task = None;
-        other.name = None;
-        all.push(load(&other).with_context(|| format!("data.also task {name}"))?);
+    for also in &cfg.also {
+        let other = match also {
+            AlsoTask::Name(name) => DataSection {
+                train: name.clone(),
+                also: Vec::new(),
+                dataset_dir: None,
+                validation: None,
+                test: None,
+                task: None,
+                name: None,
+                ..cfg.clone()
+            },
+            AlsoTask::Data(section) => DataSection {
+                also: Vec::new(),
+                ..(**section).clone()
+            },
+        };
+        let label = other.name.clone().unwrap_or_else(|| other.train.clone());
+        all.push(load(&other).with_context(|| format!("data.also task {label}"))?);
     }
     Ok(all)
 }

@@ -497,8 +497,6 @@ fn demo_pipeline_runs_on_the_fixture_model() {
         "study.cross_origin.tasks=[\"a\"]".to_owned(),
         "study.transfer.sources=[\"a\", \"b\"]".to_owned(),
         "study.transfer.targets=[\"e\", \"f\"]".to_owned(),
-        // Multi-task runs read `data.also` tasks from the registry only (not `[study.data]`).
-        "study.transfer.inits=[\"random\", \"spot\", \"tpv_sum\"]".to_owned(),
         "study.overrides={}".to_owned(),
         // The fixture's 64-token vocabulary: origins from all of it.
         "prompt.init={ sample_vocab = { seed = 7 } }".to_owned(),
@@ -553,12 +551,24 @@ fn demo_pipeline_runs_on_the_fixture_model() {
     let study: Value = serde_json::from_slice(&std::fs::read(out_dir.join("study-quick/study.json")).unwrap()).unwrap();
     let jobs = study["jobs"].as_array().unwrap();
     assert!(jobs.len() >= 40, "{} jobs", jobs.len());
-    for kind in ["prompt_tuning/", "addition/", "cross_origin/", "transfer/"] {
+    for kind in [
+        "prompt_tuning/",
+        "multi_task/",
+        "addition/",
+        "cross_origin/",
+        "transfer/e/multi/",
+    ] {
         assert!(
             jobs.iter().any(|j| j["id"].as_str().unwrap().starts_with(kind)),
             "no {kind} job"
         );
     }
+    // Multi-task SPoT over two tasks given by files (`[study.data.TASK]`): one run on both.
+    let multi = out_dir.join("study-quick/multi_task/a+b/origin0/prompt.safetensors");
+    let inspect = tpv().arg("inspect").arg("--json").arg(&multi).output().unwrap();
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info[0]["metadata"]["tasks"], serde_json::json!(["a", "b"]), "{info}");
     let site = out_dir.join("site");
     assert!(site.join("index.html").exists());
     let bundled = std::fs::read(site.join("model/model.safetensors")).unwrap();

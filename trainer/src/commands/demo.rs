@@ -17,8 +17,8 @@ use crate::study::{Study, aggregate, report};
 pub const DEMO_STUDY: &str = include_str!("../../../configs/demo/study.toml");
 
 /// `--quick`: every experiment and table, smaller — three of the tasks (two kinds), two origins,
-/// 8 virtual tokens, 8 steps, 8 validation and 16 test examples, one transfer target (about five
-/// minutes on two cores; its numbers show the pipeline, not the method).
+/// 8 virtual tokens, 8 steps, 8 validation and 16 test examples, one transfer target (a few
+/// minutes on two cores, measured in the README; its numbers show the pipeline, not the method).
 const QUICK: &[&str] = &[
     "study.origins=[0, 1]",
     "study.tasks=[\"uci_imdb\", \"uci_yelp\", \"bbc_news\"]",
@@ -60,7 +60,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let (ran, skipped, failed) = run_all(
         &study,
         &SweepOptions {
-            jobs: args.jobs,
+            jobs: args.jobs.unwrap_or_else(default_jobs),
             sets: sets.clone(),
             max_jobs: None,
             abort_in_job: None,
@@ -97,6 +97,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         report::serve(&r.site, args.port)?;
     }
     Ok(())
+}
+
+/// One job per core, at most 8 (each holds its own copy of the model, ≈ 1 GB with activations).
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(8)
 }
 
 /// The offline assets a study reads: its model (when it is one of them) and its tasks' data.

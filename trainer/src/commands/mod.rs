@@ -3,7 +3,7 @@
 mod bench;
 mod combine;
 mod data;
-mod demo;
+pub(crate) mod demo;
 mod eval;
 mod fetch;
 mod inspect;

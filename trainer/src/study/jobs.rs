@@ -133,7 +133,7 @@ pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<
     if opts.jobs <= 1 {
         let mut failed = Vec::new();
         let mut ran = 0;
-        let mut progress = Progress::new(&todo);
+        let mut progress = Progress::new(study, &todo, 1);
         for (i, job) in todo.iter().enumerate() {
             if ran >= limit {
                 break;
@@ -167,13 +167,18 @@ pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<
 }
 
 /// The study-level progress line: jobs done of the total, elapsed time and an estimate of the
-/// time left (each remaining job at the mean time of finished jobs of its kind, else of all).
+/// time left. Each remaining job's time is its work ([`Study::work`]) at the seconds per unit of
+/// work that finished jobs of its kind took (of all finished jobs for a kind not yet seen),
+/// divided among the worker slots.
 struct Progress {
     start: Instant,
     kinds: Vec<&'static str>,
+    work: Vec<f64>,
     left: Vec<bool>,
-    times: BTreeMap<&'static str, (f64, usize)>,
+    /// Seconds and work of the finished jobs, per kind.
+    times: BTreeMap<&'static str, (f64, f64)>,
     done: usize,
+    slots: usize,
 }
 
 /// A job's kind for time estimates: evaluation-only jobs take far less than training ones.
@@ -189,44 +194,54 @@ fn time_class(job: &Job) -> &'static str {
 }
 
 impl Progress {
-    fn new(todo: &[&Job]) -> Self {
+    fn new(study: &Study, todo: &[&Job], slots: usize) -> Self {
         Self {
             start: Instant::now(),
             kinds: todo.iter().map(|j| time_class(j)).collect(),
+            work: todo.iter().map(|j| study.work(j).max(1.0)).collect(),
             left: vec![true; todo.len()],
             times: BTreeMap::new(),
             done: 0,
+            slots: slots.max(1),
         }
     }
 
     fn done(&mut self, i: usize, secs: f64) {
         self.left[i] = false;
         self.done += 1;
-        let t = self.times.entry(self.kinds[i]).or_insert((0.0, 0));
+        let t = self.times.entry(self.kinds[i]).or_insert((0.0, 0.0));
         t.0 += secs;
-        t.1 += 1;
+        t.1 += self.work[i];
     }
 
     fn skip(&mut self, i: usize) {
         self.left[i] = false;
     }
 
-    fn line(&self) -> String {
-        let (all_s, all_n) = self.times.values().fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
-        let overall = if all_n == 0 { 0.0 } else { all_s / all_n as f64 };
-        let eta: f64 = self
-            .kinds
-            .iter()
-            .zip(&self.left)
-            .filter(|(_, l)| **l)
-            .map(|(k, _)| self.times.get(k).map_or(overall, |(s, n)| s / *n as f64))
+    /// Seconds left, once a job has finished.
+    fn eta(&self) -> Option<f64> {
+        let (all_s, all_w) = self.times.values().fold((0.0, 0.0), |(s, w), (a, b)| (s + a, w + b));
+        if all_w <= 0.0 {
+            return None;
+        }
+        let rate = |kind: &str| self.times.get(kind).map_or(all_s / all_w, |(s, w)| s / w);
+        let total: f64 = (0..self.kinds.len())
+            .filter(|&i| self.left[i])
+            .map(|i| self.work[i] * rate(self.kinds[i]))
             .sum();
+        Some(total / self.slots as f64)
+    }
+
+    fn line(&self) -> String {
         format!(
-            "{}/{} jobs, {} elapsed, ~{} left",
+            "{}/{} jobs, {} elapsed, {}",
             self.done,
             self.kinds.len(),
             clock(self.start.elapsed().as_secs_f64()),
-            clock(eta)
+            self.eta().map_or_else(
+                || "estimating the time left".to_owned(),
+                |s| format!("~{} left", clock(s))
+            )
         )
     }
 }
@@ -254,11 +269,18 @@ fn run_parallel(
     }
     let exe = std::env::current_exe().context("locating the tpv executable")?;
     let total = todo.len();
+    let progress = Mutex::new(Progress::new(study, &todo, opts.jobs));
+    let index: BTreeMap<String, usize> = todo.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect();
     let queue = Mutex::new(Queue {
         waiting: todo.into_iter().cloned().collect(),
         ..Default::default()
     });
     let limit = opts.max_jobs.unwrap_or(usize::MAX);
+    // The cores shared among the slots (each child's thread pool), unless the user set it.
+    let threads_per_job = std::env::var_os("RAYON_NUM_THREADS").is_none().then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        (cores / opts.jobs).max(1)
+    });
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs {
             scope.spawn(|| {
@@ -274,6 +296,11 @@ fn run_parallel(
                             .into_iter()
                             .partition(|j| j.deps.iter().any(|d| failed.contains(d)));
                         q.waiting = rest;
+                        if let Ok(mut p) = progress.lock() {
+                            for i in doomed.iter().filter_map(|j| index.get(&j.id)) {
+                                p.skip(*i);
+                            }
+                        }
                         q.failed.extend(doomed.into_iter().map(|j| j.id));
                         if q.waiting.is_empty() {
                             return;
@@ -298,17 +325,35 @@ fn run_parallel(
                         std::thread::sleep(std::time::Duration::from_millis(200));
                         continue;
                     };
+                    let t = Instant::now();
                     let mut cmd = Command::new(&exe);
                     cmd.arg("sweep").arg(&study.path).arg("--job").arg(&job.id);
                     for s in &opts.sets {
                         cmd.arg("--set").arg(s);
                     }
+                    if let Some(n) = threads_per_job {
+                        cmd.env("RAYON_NUM_THREADS", n.to_string());
+                    }
+                    // The child prints its run file's path; this line reports the job instead.
+                    // Its progress bar would fight the other slots' for the terminal's last line.
+                    cmd.stdout(std::process::Stdio::null())
+                        .env(crate::train::NO_PROGRESS_BAR, "1");
                     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+                    let finished = ok && study.finished(&job);
                     if let Ok(mut q) = queue.lock() {
                         q.running.retain(|r| r != &job.id);
-                        if !ok || !study.finished(&job) {
-                            eprintln!("  {} failed", job.id);
+                        if !finished {
                             q.failed.push(job.id.clone());
+                        }
+                    }
+                    if let (Ok(mut p), Some(&i)) = (progress.lock(), index.get(&job.id)) {
+                        if finished {
+                            let secs = t.elapsed().as_secs_f64();
+                            p.done(i, secs);
+                            eprintln!("  {} done in {secs:.1} s · {}", job.id, p.line());
+                        } else {
+                            p.skip(i);
+                            eprintln!("  {} failed · {}", job.id, p.line());
                         }
                     }
                 }
@@ -676,4 +721,45 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
     }));
     write(&train::prompt_path(&study.job_dir(job)), &combined)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_time_left_weighs_each_job_by_its_work_and_kind() {
+        let study = Study::from_str(
+            crate::commands::demo::DEMO_STUDY,
+            Path::new("configs/demo/study.toml"),
+            &[],
+        )
+        .unwrap();
+        let jobs = study.jobs();
+        let pick = |id: &str| jobs.iter().find(|j| j.id == id).unwrap();
+        let todo = vec![
+            pick("prompt_tuning/rt_polarity/origin0"),
+            pick("prompt_tuning/rt_polarity/origin1"),
+            pick("transfer/uci_amazon/random/0shot/origin0"),
+        ];
+        let mut p = Progress::new(&study, &todo, 1);
+        assert_eq!(p.eta(), None);
+        assert!(p.line().ends_with("estimating the time left"), "{}", p.line());
+        // 1,950 units of work in 195 s: 0.1 s a unit for the next prompt tuning (1,850 units) and,
+        // with no evaluation job finished yet, for the evaluation job (100 units) too — not the
+        // 195 s of a training job.
+        p.done(0, 195.0);
+        let eta = p.eta().unwrap();
+        assert!((eta - (185.0 + 10.0)).abs() < 1e-9, "{eta}");
+        // Two slots share what is left.
+        let mut two = Progress::new(&study, &todo, 2);
+        two.done(0, 195.0);
+        assert!((two.eta().unwrap() - 97.5).abs() < 1e-9);
+        // Once a job of a kind finished, its kind's own rate counts.
+        p.done(2, 20.0);
+        assert!((p.eta().unwrap() - 185.0).abs() < 1e-9);
+        assert!(p.line().starts_with("2/3 jobs"), "{}", p.line());
+    }
 }

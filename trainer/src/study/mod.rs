@@ -426,6 +426,53 @@ impl Study {
         jobs
     }
 
+    /// A job's work for the progress line's time estimate, in scored examples: a training example
+    /// (a forward and a backward pass) counts [`TRAIN_WORK`], a scored example 1. Split sizes are
+    /// the configs' caps (1,000 where none is set), so the estimate needs no data loaded.
+    pub fn work(&self, job: &Job) -> f64 {
+        let cap = |n: Option<usize>| n.unwrap_or(1000) as f64;
+        if let Ok(Some(c)) = self.train_config(job, None) {
+            let per_step = (c.optim.batch_size * c.optim.gradient_accumulation) as f64;
+            let steps = match (c.optim.max_steps, c.optim.epochs) {
+                (Some(s), _) => s as f64,
+                (_, Some(e)) => e * cap(c.data.max_train) / per_step,
+                _ => 1.0,
+            };
+            let validations = (steps / c.train.eval_every as f64).ceil();
+            let baselines = match (c.train.baselines, c.train.zero_shot_baseline) {
+                (false, _) => 0.0,
+                (true, false) => 1.0,
+                (true, true) => 2.0,
+            };
+            let tests = baselines + f64::from(u8::from(c.train.test));
+            return TRAIN_WORK * steps * per_step
+                + validations * cap(c.data.max_validation)
+                + tests * cap(c.data.max_test);
+        }
+        match &job.kind {
+            JobKind::Addition { tasks, .. } => {
+                let grid = self
+                    .study
+                    .addition
+                    .as_ref()
+                    .and_then(|a| a.lambdas.as_ref().map(|l| l.len()))
+                    .unwrap_or(21) as f64;
+                // Every λ on every task's validation split, the chosen one on its test split.
+                tasks
+                    .iter()
+                    .map(|t| {
+                        self.task_config(t, job)
+                            .map_or(0.0, |c| grid * cap(c.data.max_validation) + cap(c.data.max_test))
+                    })
+                    .sum()
+            }
+            JobKind::CrossOrigin { task, .. } | JobKind::Transfer { target: task, .. } => {
+                self.task_config(task, job).map_or(0.0, |c| cap(c.data.max_test))
+            }
+            _ => 0.0,
+        }
+    }
+
     /// The directory of a job.
     pub fn job_dir(&self, job: &Job) -> PathBuf {
         self.study.output.join(&job.id)
@@ -509,16 +556,37 @@ impl Study {
             JobKind::PromptTuning { task, origin } => {
                 let mut t = self.task_table(task)?;
                 self.set_origin(&mut t, *origin)?;
+                // The bare model's zero-shot baseline is the same from every origin: scored once,
+                // in the first origin's run.
+                if self.study.origins.first() != Some(origin) {
+                    config::apply_set(&mut t, "train.zero_shot_baseline=false")?;
+                }
                 Ok(Some(self.finish(t, job, &self.study.set)?))
             }
             JobKind::MultiTask { tasks, origin } => {
                 let mut t = self.task_table(&tasks[0])?;
                 self.set_origin(&mut t, *origin)?;
-                let also: Vec<toml::Value> = tasks[1..].iter().map(|s| toml::Value::String(s.clone())).collect();
+                // A registry task by name (read with this run's caps); a task with its own
+                // `[study.data.TASK]` keys as a data table of its own.
+                let also: Vec<toml::Value> = tasks[1..]
+                    .iter()
+                    .map(|s| {
+                        if self.study.data.contains_key(s) {
+                            let t = self.task_table(s)?;
+                            let data = t.get("data").cloned().context("no data table")?;
+                            Ok(data)
+                        } else {
+                            Ok(toml::Value::String(s.clone()))
+                        }
+                    })
+                    .collect::<Result<_>>()?;
                 if let Some(d) = t.get_mut("data").and_then(|d| d.as_table_mut()) {
                     d.insert("also".into(), toml::Value::Array(also));
                 }
-                Ok(Some(self.finish(t, job, &self.study.set)?))
+                let mut c = self.finish(t, job, &self.study.set)?;
+                // The baselines belong to the single-task tables; a multi-task run is an init.
+                c.train.baselines = false;
+                Ok(Some(c))
             }
             JobKind::Transfer {
                 target, shots, origin, ..
@@ -533,6 +601,10 @@ impl Study {
         }
     }
 }
+
+/// A training example's work relative to a scored one in [`Study::work`] (forward + backward
+/// against a forward pass; measured ≈ 4 on CPU for the demo's runs).
+pub const TRAIN_WORK: f64 = 4.0;
 
 /// The paper's few-shot recipe (SPEC 4) as overrides.
 pub fn paper_few_shot(shots: usize) -> Vec<String> {
@@ -577,4 +649,74 @@ fn flatten(t: &toml::Table, prefix: &str) -> Vec<(String, toml::Value)> {
 /// Tables that are values (an init's sample_vocab, a custom task) rather than nested keys.
 fn is_value_table(t: &toml::Table) -> bool {
     t.contains_key("sample_vocab") || t.contains_key("template")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AlsoTask;
+
+    fn demo() -> Study {
+        Study::from_str(
+            crate::commands::demo::DEMO_STUDY,
+            Path::new("configs/demo/study.toml"),
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn job(study: &Study, id: &str) -> Job {
+        study.jobs().into_iter().find(|j| j.id == id).unwrap()
+    }
+
+    #[test]
+    fn work_counts_training_and_scored_examples_from_the_caps() {
+        let s = demo();
+        let work = |id: &str| s.work(&job(&s, id));
+        // 100 steps × 4 examples × 4, one validation of 50, test: tuned + origin + zero-shot.
+        assert_eq!(work("prompt_tuning/rt_polarity/origin0"), 1600.0 + 50.0 + 300.0);
+        // Later origins leave the zero-shot baseline to the first.
+        assert_eq!(work("prompt_tuning/rt_polarity/origin1"), 1600.0 + 50.0 + 200.0);
+        // Multi-task runs have no baselines.
+        assert_eq!(work("multi_task/rt_polarity+uci_imdb/origin0"), 1600.0 + 50.0 + 100.0);
+        // Three λ on both tasks' validation, the chosen one on both tests.
+        assert_eq!(work("addition/rt_polarity+uci_imdb/origin0"), 3.0 * 2.0 * 50.0 + 200.0);
+        assert_eq!(work("transfer/uci_amazon/random/0shot/origin0"), 100.0);
+        assert_eq!(
+            work("transfer/uci_amazon/tpv_sum/16shot/origin0"),
+            4.0 * 8.0 * 4.0 + 32.0 + 100.0
+        );
+    }
+
+    #[test]
+    fn the_zero_shot_baseline_is_scored_in_the_first_origins_run_only() {
+        let s = demo();
+        let config = |id: &str| s.train_config(&job(&s, id), None).unwrap().unwrap();
+        let first = config("prompt_tuning/uci_yelp/origin0");
+        assert!(first.train.baselines && first.train.zero_shot_baseline);
+        let later = config("prompt_tuning/uci_yelp/origin2");
+        assert!(later.train.baselines && !later.train.zero_shot_baseline);
+        assert!(!config("multi_task/rt_polarity+uci_imdb/origin1").train.baselines);
+    }
+
+    #[test]
+    fn a_multi_task_run_reads_a_file_task_with_its_own_data_section() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/study/study.toml");
+        let s = Study::load(&path, &["study.transfer.inits=[\"multi\"]".to_owned()]).unwrap();
+        let multi = job(&s, "multi_task/a+b/origin0");
+        let c = s.train_config(&multi, None).unwrap().unwrap();
+        assert!(c.data.train.ends_with("a-train.jsonl"), "{}", c.data.train);
+        let [AlsoTask::Data(b)] = c.data.also.as_slice() else {
+            panic!("{:?}", c.data.also)
+        };
+        assert!(b.train.ends_with("b-train.jsonl"), "{}", b.train);
+        assert_eq!(b.name.as_deref(), Some("b"));
+        // A registry task stays a name (read with the run's own caps).
+        let demo = demo();
+        let c = demo
+            .train_config(&job(&demo, "multi_task/rt_polarity+uci_imdb/origin0"), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.data.also, vec![AlsoTask::Name("uci_imdb".into())]);
+    }
 }

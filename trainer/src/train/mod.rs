@@ -514,7 +514,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     }
     if config.train.baselines && !test.is_empty() {
         scored.push(("origin_", theta_of(theta0.as_slice())?));
-        scored.push(("zero_shot_", Tensor::zeros((0, d), DType::F32, &device)?));
+        if config.train.zero_shot_baseline {
+            scored.push(("zero_shot_", Tensor::zeros((0, d), DType::F32, &device)?));
+        }
     }
     if !scored.is_empty() {
         let prompts: Vec<&Tensor> = scored.iter().map(|(_, t)| t).collect();
@@ -589,8 +591,17 @@ fn say(bar: &indicatif::ProgressBar, line: String) {
     }
 }
 
+/// Set in the environment of a study's parallel jobs: no progress bar (validation lines still
+/// print), so that the slots' bars do not overwrite each other.
+pub const NO_PROGRESS_BAR: &str = "TPV_NO_PROGRESS_BAR";
+
 fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let target = if std::env::var_os(NO_PROGRESS_BAR).is_some() {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), target);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "{bar:30} {pos}/{len} steps  {msg}  {per_sec}  [{elapsed_precise} < {eta_precise}]",
     ) {
