@@ -1,6 +1,6 @@
 // Screenshots of each view of a report folder, for the docs (not a test):
 //
-//   node tests/browser/screenshots.mjs SITE_DIR OUT_DIR     (e.g. out/demo/site docs/screenshots)
+//   node tests/browser/screenshots.mjs SITE_DIR OUT_DIR     (e.g. out/demo/site docs/screenshots: the full demo's report)
 
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -19,8 +19,8 @@ mkdirSync(out, { recursive: true });
 const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
 const views = [
   ['runs', '?view=runs&sort=-score'],
-  ['similarity', '?view=similarity&what=vectors&pair=rt_polarity,amazon_snippets'],
-  ['compose', '?view=compose&origin=origin0&tau=prompt_tuning/rt_polarity/origin0,prompt_tuning/amazon_snippets/origin0&lambda=1'],
+  ['similarity', '?view=similarity&what=vectors&pair=rt_polarity,uci_imdb'],
+  ['compose', '?view=compose&origin=origin0&tau=prompt_tuning/rt_polarity/origin0,prompt_tuning/uci_imdb/origin0&lambda=1'],
   ['curves', '?view=curves'],
   ['files', '?view=files'],
 ];
