@@ -76,6 +76,13 @@ impl PeftConfig {
         if config.peft_type != "PROMPT_TUNING" {
             return Err(Error::NotPromptTuning(config.peft_type));
         }
+        if let Some(n) = config.num_transformer_submodules
+            && !matches!(n, 1 | 2)
+        {
+            return Err(Error::PeftConfig(format!(
+                "num_transformer_submodules is {n}; peft uses 1 (decoder-only) or 2 (encoder-decoder)"
+            )));
+        }
         if config.num_virtual_tokens == 0 {
             return Err(Error::PeftConfig("num_virtual_tokens is 0".into()));
         }

@@ -107,6 +107,28 @@ pub struct Layout {
     pub num_transformer_submodules: usize,
 }
 
+impl Layout {
+    /// peft lays a prompt out for 1 submodule (decoder-only) or 2 (encoder-decoder): any other
+    /// count (e.g. from a crafted file) would size an export's allocation, so it is refused.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.num_transformer_submodules;
+        let ok = match self.task_type {
+            Some(t) => n == t.default_submodules(),
+            None => matches!(n, 1 | 2),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::BadMetadata(format!(
+                "layout.num_transformer_submodules is {n}; peft uses 1 (CAUSAL_LM) or 2 (SEQ_2_SEQ_LM){}",
+                self.task_type
+                    .map(|t| format!(", and {} for {}", t.default_submodules(), t.as_peft_str()))
+                    .unwrap_or_default()
+            )))
+        }
+    }
+}
+
 impl Default for Layout {
     fn default() -> Self {
         Self {
@@ -335,6 +357,12 @@ impl SoftPrompt {
     /// Checks that the metadata agrees with the tensors and that every value is finite.
     pub fn validate(&self) -> Result<()> {
         let [rows, dim] = self.values.shape();
+        if rows == 0 || dim == 0 {
+            return Err(Error::BadMetadata(format!(
+                "the prompt is {rows}×{dim}: a prompt needs at least one row and one column"
+            )));
+        }
+        self.meta.layout.validate()?;
         if self.meta.virtual_tokens != rows {
             return Err(Error::MetadataMismatch {
                 field: "virtual_tokens",

@@ -444,3 +444,69 @@ proptest! {
         let _ = Document::read(&bytes, Some("{\"peft_type\":\"PROMPT_TUNING\",\"num_virtual_tokens\":4}"));
     }
 }
+
+// ---------------------------------------------------------------- numbers that size allocations
+
+/// Issue 15 (1): `layout.num_transformer_submodules` sizes a peft export (rows × submodules): a
+/// crafted value is refused when the file is read, so no command exports it (2^62 used to write
+/// an adapter nobody could load, u64::MAX panicked, 10^12 aborted on a 16 TB allocation, 10^7
+/// wrote 160 MB).
+#[test]
+fn layout_submodule_counts_peft_does_not_use_are_refused() {
+    let ok_tensor = r#""prompt":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}"#;
+    let data = f32_bytes(&[1.0, 2.0, 3.0, 4.0]);
+    let with_layout = |layout: &str| {
+        let meta = META_2X2.replace('}', &format!(r#","layout":{layout}}}"#));
+        raw(&run_header(&meta, "1", ok_tensor), &data)
+    };
+    for ok in [
+        r#"{"num_transformer_submodules":1}"#,
+        r#"{"num_transformer_submodules":2}"#,
+        r#"{"task_type":"CAUSAL_LM","num_transformer_submodules":1}"#,
+        r#"{"task_type":"SEQ_2_SEQ_LM","num_transformer_submodules":2}"#,
+    ] {
+        let p = runfile::read_run(&with_layout(ok)).unwrap();
+        assert!(PeftAdapter::from_prompt(&p).is_ok(), "{ok}");
+    }
+    for n in [
+        "0".to_owned(),
+        "3".to_owned(),
+        "10000000".to_owned(),
+        "1000000000000".to_owned(),
+        (1u64 << 62).to_string(),
+        (1u64 << 63).to_string(),
+        u64::MAX.to_string(),
+    ] {
+        let err = runfile::read_run(&with_layout(&format!(r#"{{"num_transformer_submodules":{n}}}"#))).unwrap_err();
+        assert!(err.to_string().contains("num_transformer_submodules"), "{n}: {err}");
+    }
+    let err = runfile::read_run(&with_layout(
+        r#"{"task_type":"CAUSAL_LM","num_transformer_submodules":2}"#,
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("CAUSAL_LM"), "{err}");
+    // The same rule for a peft config.
+    let weights = read("peft/llama_causal/adapter_model.safetensors");
+    let mut config: serde_json::Value = serde_json::from_slice(&read("peft/llama_causal/adapter_config.json")).unwrap();
+    config["num_transformer_submodules"] = serde_json::json!(1u64 << 62);
+    assert!(matches!(
+        PeftAdapter::from_parts(Some(&config.to_string()), &weights),
+        Err(Error::PeftConfig(_))
+    ));
+}
+
+/// Issue 15 (11): a 0×d or R×0 prompt was accepted and exported to an adapter tpv then refused.
+#[test]
+fn zero_size_prompts_are_refused() {
+    for (shape, meta) in [
+        (
+            "[0,2]",
+            META_2X2.replace(r#""virtual_tokens":2"#, r#""virtual_tokens":0"#),
+        ),
+        ("[2,0]", META_2X2.replace(r#""token_dim":2"#, r#""token_dim":0"#)),
+    ] {
+        let tensor = format!(r#""prompt":{{"dtype":"F32","shape":{shape},"data_offsets":[0,0]}}"#);
+        let err = runfile::read_run(&raw(&run_header(&meta, "1", &tensor), &[])).unwrap_err();
+        assert!(err.to_string().contains("at least one row"), "{shape}: {err}");
+    }
+}

@@ -82,6 +82,10 @@ pub struct SweepArgs {
     /// List the jobs (id, stage, finished) and exit.
     #[arg(long)]
     pub list: bool,
+    /// Print the array indexes of STAGE's unfinished jobs, comma-separated (for `sbatch
+    /// --array=…`: what the emitted resubmit.sh re-runs), and exit.
+    #[arg(long, value_name = "STAGE", conflicts_with_all = ["stage", "job", "emit", "list"])]
+    pub todo: Option<u8>,
     /// Stop after this many jobs (a partial study).
     #[arg(long)]
     pub max_jobs: Option<usize>,

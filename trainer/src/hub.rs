@@ -57,8 +57,29 @@ fn wanted(files: &[String]) -> Vec<String> {
     files.iter().filter(|f| keep(f)).cloned().collect()
 }
 
+/// A hub repo id: `name` or `org/name`, each part of letters, digits, `-`, `_` and `.` (the hub's
+/// own rule), not `.` or `..`.
+fn check_repo_id(repo_id: &str) -> Result<()> {
+    let parts: Vec<&str> = repo_id.split('/').collect();
+    let ok = (1..=2).contains(&parts.len())
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.len() <= 96
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if !ok {
+        bail!("{repo_id:?} is not a hub repo id (org/name: letters, digits, -, _ and .)");
+    }
+    Ok(())
+}
+
 /// Downloads `repo_id` at `revision` into the hub cache unless it is there; returns the snapshot.
 pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
+    check_repo_id(repo_id)?;
+    crate::io::check_relative_path(revision, "the revision")?;
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
         bail!("HF_HUB_OFFLINE=1: not downloading {repo_id}");
     }
@@ -80,6 +101,10 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
         bail!("{info_url}: unexpected commit {:?}", info.sha);
     }
     let files = wanted(&info.siblings.into_iter().map(|s| s.rfilename).collect::<Vec<_>>());
+    // File names come from the server: each must stay inside the snapshot directory.
+    for f in &files {
+        crate::io::check_relative_path(f, &format!("{info_url}: the hub listed a file"))?;
+    }
     if !files.iter().any(|f| f == "config.json") {
         bail!("{repo_id} has no config.json at {revision}");
     }

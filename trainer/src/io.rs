@@ -110,3 +110,77 @@ pub fn write_run(path: &Path, prompt: &SoftPrompt) -> Result<()> {
     let bytes = runfile::write_run(prompt).with_context(|| format!("serializing {}", path.display()))?;
     write_atomic(path, &bytes)
 }
+
+/// A name read from a file, a config or a server that becomes part of a path under a directory
+/// we own (a task name, a hub file name): relative, made of plain components (no `..`, no root, no
+/// `.`), no empty component, no NUL, backslash or control character, at most 255 bytes a
+/// component. `what` names it in the error.
+pub fn check_relative_path(name: &str, what: &str) -> Result<()> {
+    use std::path::Component;
+    let bad = |why: &str| anyhow::anyhow!("{what} {name:?} {why}");
+    if name.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if name.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(bad("contains a control character or a backslash"));
+    }
+    for part in name.split('/') {
+        if part.is_empty() {
+            return Err(bad("has an empty path component"));
+        }
+        if part.len() > 255 {
+            return Err(bad("has a path component over 255 bytes"));
+        }
+        if part == "." || part == ".." {
+            return Err(bad("leaves its directory (`..`, `.` or an absolute path)"));
+        }
+    }
+    if !Path::new(name).components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(bad("leaves its directory (`..`, `.` or an absolute path)"));
+    }
+    Ok(())
+}
+
+/// [`check_relative_path`] for a single component (no `/` either).
+pub fn check_file_name(name: &str, what: &str) -> Result<()> {
+    if name.contains('/') {
+        bail!("{what} {name:?} contains a `/`");
+    }
+    check_relative_path(name, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_leave_their_directory_are_refused() {
+        for ok in [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "sub/dir/file.txt",
+            "sst2",
+            "a.b",
+        ] {
+            assert!(check_relative_path(ok, "name").is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "model-x/../../../X.safetensors",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "./a",
+            "a/",
+            "a\\..\\b",
+            "a\nb",
+            "a\0b",
+        ] {
+            assert!(check_relative_path(bad, "name").is_err(), "{bad:?}");
+        }
+        assert!(check_file_name("a/b", "task name").is_err());
+        assert!(check_file_name(&"x".repeat(256), "task name").is_err());
+    }
+}

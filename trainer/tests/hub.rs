@@ -21,8 +21,21 @@ fn fixture() -> PathBuf {
     .to_owned()
 }
 
+const FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+];
+
 /// Serves the hub protocol for `tiny/llama`; records each request line and its Authorization.
 fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
+    serve_listing(FILES)
+}
+
+/// [`serve`] with another file list; a listed file the fixture lacks is served as a few bytes.
+fn serve_listing(files: &'static [&'static str]) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -46,13 +59,6 @@ fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
             }
             let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
             seen.lock().unwrap().push(format!("{path} {auth}"));
-            let files = [
-                "config.json",
-                "model.safetensors",
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "README.md",
-            ];
             let body: Option<Vec<u8>> = if path == "/api/models/tiny/llama/revision/main" {
                 let siblings: Vec<_> = files.iter().map(|f| serde_json::json!({ "rfilename": f })).collect();
                 Some(
@@ -61,7 +67,9 @@ fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
                         .into_bytes(),
                 )
             } else if let Some(file) = path.strip_prefix(&format!("/tiny/llama/resolve/{SHA}/")) {
-                std::fs::read(fixture().join(file)).ok()
+                std::fs::read(fixture().join(file))
+                    .ok()
+                    .or_else(|| Some(b"written by a hostile hub".to_vec()))
             } else {
                 None
             };
@@ -170,4 +178,59 @@ fn a_missing_model_is_downloaded_into_the_hub_cache_layout() {
         err.contains("not in the local hub cache") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
+}
+
+/// Issue 15 (2): a file name from the hub's listing that leaves the snapshot directory
+/// (`model-x/../../…/X.safetensors`) used to be written wherever it pointed, and tpv exited 0.
+#[test]
+fn hub_file_names_that_leave_the_cache_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"input\": \"w5\", \"target\": \"w12\"}\n").unwrap();
+    let cache = dir.path().join("hub");
+    let (endpoint, _) = serve_listing(&[
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model-x/../../../../../X.safetensors",
+    ]);
+    let got = eval(
+        "tiny/llama",
+        &data,
+        &[
+            ("HF_HUB_CACHE", &cache.display().to_string()),
+            ("HF_ENDPOINT", &endpoint),
+        ],
+    );
+    assert!(!got.status.success());
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(err.contains("leaves its directory"), "{err}");
+    let written: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.ends_with("X.safetensors"))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+    // Repo ids and revisions are checked too, before anything is requested.
+    let bad = eval(
+        "../../x",
+        &data,
+        &[
+            ("HF_HUB_CACHE", &cache.display().to_string()),
+            ("HF_ENDPOINT", &endpoint),
+        ],
+    );
+    assert!(!bad.status.success());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }

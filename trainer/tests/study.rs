@@ -279,7 +279,12 @@ fn study_runs_resumes_aggregates_and_reports() {
         )));
     }
     let submit = std::fs::read_to_string(slurm.join("submit.sh")).unwrap();
-    assert!(submit.contains("--dependency=afterok:"));
+    assert!(submit.contains("--dependency=afterany:"), "{submit}");
+    // Every stage-1 job finished here: nothing to re-submit.
+    for stage in ["1", "2"] {
+        let out = tpv().args(["sweep", "--todo", stage]).arg(&config).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "stage {stage}");
+    }
     // What an array task runs: a finished job is skipped, its file untouched.
     let first = study.join("prompt_tuning/a/origin0/prompt.safetensors");
     let bytes = std::fs::read(&first).unwrap();
@@ -388,6 +393,123 @@ fn study_config_errors_name_the_key() {
     let out = tpv().args(["sweep", "--list"]).arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("max_stepz"), "{err}");
+}
+
+/// Issue 15 (4, 11): task names are path components (a task `../../x` wrote run files and eval
+/// sets outside the study); duplicate origins ran every job twice; a NaN λ failed only after stage 1.
+#[test]
+fn hostile_study_configs_are_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let original = std::fs::read_to_string(&config).unwrap();
+    for (from, to, expect) in [
+        ("tasks = [\"a\", \"b\"]", "tasks = [\"a\", \"../../x\"]", "task name"),
+        ("tasks = [\"a\", \"b\"]", "tasks = [\"a\", \"/tmp/x\"]", "task name"),
+        ("tasks = [\"a\", \"b\"]", "tasks = [\"a\", \"b/c\"]", "task name"),
+        ("tasks = [\"a\", \"b\"]", "tasks = [\"a\", \"a\"]", "twice"),
+        ("origins = [0, 1]", "origins = [0, 1, 1]", "twice"),
+        ("lambdas = [0.5, 1.0]", "lambdas = [0.5, nan]", "finite"),
+    ] {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&config, original.replace(from, to)).unwrap();
+        let out = tpv().args(["sweep"]).arg(&config).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{to}: {err}");
+    }
+    // Nothing was written anywhere, inside the study or outside it.
+    let entries: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.to_string_lossy().ends_with(".toml") || e.to_string_lossy().ends_with(".jsonl")),
+        "{entries:?}"
+    );
+}
+
+/// Issue 15 (3): a newline in `study.name` put a command line into stage1.sbatch; `$(...)` in
+/// `study.output` ran inside submit.sh's echo. Names on #SBATCH lines are refused, the rest is
+/// quoted: submit.sh and resubmit.sh run here against a stand-in `sbatch` and run nothing else.
+#[test]
+fn slurm_scripts_quote_or_refuse_what_they_carry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let original = std::fs::read_to_string(&config).unwrap();
+    let slurm = tmp.path().join("slurm");
+    let emit = |text: String| {
+        std::fs::write(&config, text).unwrap();
+        tpv()
+            .args(["sweep", "--emit", "slurm", "-o"])
+            .arg(&slurm)
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = emit(original.replace("name = \"tiny\"", "name = \"tiny\\n#SBATCH --wrap=touch /tmp/pwned\""));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("study.name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let marker = tmp.path().join("pwned");
+    let hostile = format!(
+        "{}/study $(touch {}) `touch {}` ' \\",
+        tmp.path().display(),
+        marker.display(),
+        marker.display()
+    );
+    let text = original.replace(
+        &format!("output = \"{}\"", tmp.path().join("study").display()),
+        &format!("output = {}", toml::Value::String(hostile.clone())),
+    );
+    assert_ne!(text, original);
+    let out = emit(text);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A stand-in sbatch: prints a job id, records its arguments.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = tmp.path().join("sbatch-calls");
+    std::fs::write(
+        bin.join("sbatch"),
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\necho 4242\n", calls.display()),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("sbatch"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for script in ["submit.sh", "resubmit.sh"] {
+        let run = std::process::Command::new("bash")
+            .arg(slurm.join(script))
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        if script == "submit.sh" {
+            // The study directory is printed as it is, not run.
+            assert!(stdout.contains("$(touch"), "{stdout}");
+        } else {
+            // Nothing ran yet: every job of both stages is re-submitted, stage 2 after stage 1.
+            assert!(stdout.contains("stage 1: 4242 (indexes 0,1,"), "{stdout}");
+            assert!(stdout.contains("stage 2: 4242"), "{stdout}");
+        }
+    }
+    assert!(!marker.exists(), "a command in study.output ran");
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    assert!(calls.contains("--dependency=afterany:4242 stage2.sbatch"), "{calls}");
+    assert!(calls.contains("--dependency=afterany:4242 --array=0,"), "{calls}");
 }
 
 #[test]

@@ -30,6 +30,18 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(stage) = args.todo {
+        let todo: Vec<String> = study
+            .jobs()
+            .iter()
+            .filter(|j| j.stage() == stage)
+            .enumerate()
+            .filter(|(_, j)| !study.finished(j))
+            .map(|(i, _)| i.to_string())
+            .collect();
+        out!("{}", todo.join(","));
+        return Ok(());
+    }
     if let Some(scheduler) = &args.emit {
         if scheduler != "slurm" {
             bail!("--emit {scheduler}: only slurm is supported");

@@ -258,6 +258,35 @@ impl Study {
         if s.origins.is_empty() {
             bail!("study.origins is empty");
         }
+        if let Some(o) = s
+            .origins
+            .iter()
+            .enumerate()
+            .find_map(|(i, o)| s.origins[..i].contains(o).then_some(o))
+        {
+            bail!("study.origins lists origin {o} twice (its jobs would run twice)");
+        }
+        // Task names become directories (job ids, eval sets): one plain path component each.
+        let mut names: Vec<&String> = s.tasks.iter().chain(s.data.keys()).chain(s.overrides.keys()).collect();
+        if let Some(a) = &s.addition {
+            names.extend(a.sets.iter().flatten().flatten());
+            if let Some(l) = a.lambdas.iter().flatten().find(|l| !l.is_finite()) {
+                bail!("study.addition.lambdas: {l} is not a finite number");
+            }
+        }
+        if let Some(c) = &s.cross_origin {
+            names.extend(c.tasks.iter().flatten());
+        }
+        if let Some(t) = &s.transfer {
+            names.extend(t.sources.iter().chain(&t.targets));
+        }
+        for name in names {
+            crate::io::check_file_name(name, "task name")
+                .map_err(|e| anyhow::anyhow!("{e}: a task name is a directory name (letters, digits, -, _, .)"))?;
+        }
+        if s.tasks.iter().enumerate().any(|(i, t)| s.tasks[..i].contains(t)) {
+            bail!("study.tasks lists a task twice");
+        }
         if let Some(a) = &s.addition {
             for set in self.addition_sets() {
                 if set.len() < 2 {

@@ -1,12 +1,21 @@
 //! `tpv sweep CONFIG --emit slurm -o DIR`: Slurm job-array scripts for a study that outgrows one
 //! machine. Stage 1 holds the jobs without dependencies (prompt tuning, multi-task, random-init
-//! transfer), stage 2 the rest; `submit.sh` submits stage 2 to start after stage 1 succeeded.
-//! Array index i of a stage runs `tpv sweep CONFIG --stage S --index i`, which resumes an
-//! interrupted run and skips a finished one, so a requeued or repeated task is harmless.
+//! transfer), stage 2 the rest. Array index i of a stage runs `tpv sweep CONFIG --stage S --index
+//! i`, which resumes an interrupted run and skips a finished one, so a requeued or repeated task is
+//! harmless.
+//!
+//! Stage 2 is submitted `afterany` on the stage-1 array, not `afterok`: Slurm satisfies `afterany`
+//! once every task of the array has ended in any state (completed, failed, cancelled, timed out),
+//! while `afterok` is never satisfied after one failed task and leaves every stage-2 task pending
+//! forever (`DependencyNeverSatisfied`), including those that never needed it. Per-task
+//! dependencies (`afterok:ID_3:ID_7`) would take one submission per stage-2 job. So each stage-2
+//! task checks its own inputs and fails naming the missing one: a failed stage-1 task strands
+//! exactly the jobs that need it. `resubmit.sh` re-submits only the unfinished jobs of each stage
+//! (`tpv sweep CONFIG --todo S` lists their indexes).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::Study;
 use crate::io;
@@ -32,14 +41,48 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// A value on an `#SBATCH` line, which no shell quoting reaches: sbatch splits the line at
+/// whitespace, and a newline would start a line of the script. Refused unless plain.
+fn sbatch_value(what: &str, value: &str) -> Result<()> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "{what} {value:?} contains whitespace or a control character, which an #SBATCH line cannot carry \
+             (run from, and write to, directories without them)"
+        );
+    }
+    Ok(())
+}
+
 /// Writes `stage1.sbatch`, `stage2.sbatch` (when stage 2 has jobs) and `submit.sh` into `dir`.
+/// Every value from the study or the command line is quoted for the shell, or refused where no
+/// quoting applies (`#SBATCH` lines).
 pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = std::fs::canonicalize(&study.path).unwrap_or_else(|_| study.path.clone());
     // Relative paths in the config (the study output) mean what they mean here.
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let logs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    sbatch_value("study.name", &study.study.name)?;
+    sbatch_value("the working directory", &cwd.display().to_string())?;
+    sbatch_value("the output directory", &logs.display().to_string())?;
+    for line in &opts.sbatch {
+        if line.chars().any(char::is_control) {
+            bail!("--sbatch {line:?} contains a control character (one #SBATCH line each)");
+        }
+    }
+    if opts.tpv.chars().any(char::is_control) {
+        bail!("the tpv command {:?} contains a control character", opts.tpv);
+    }
     let jobs = study.jobs();
+    // `tpv sweep CONFIG --set …`, quoted: the start of every command the scripts run.
+    let mut sweep = format!(
+        "{} sweep {}",
+        shell_quote(&opts.tpv),
+        shell_quote(&config.display().to_string())
+    );
+    for set in &opts.sets {
+        sweep.push_str(&format!(" --set {}", shell_quote(set)));
+    }
     let mut written = Vec::new();
     let mut stages = Vec::new();
     for stage in [1u8, 2] {
@@ -70,38 +113,61 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
             s.push_str(&format!("#   {i}: {id}\n"));
         }
         s.push_str("set -euo pipefail\n");
-        let mut cmd = format!(
-            "{} sweep {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"",
-            opts.tpv,
-            shell_quote(&config.display().to_string())
-        );
-        for set in &opts.sets {
-            cmd.push_str(&format!(" --set {}", shell_quote(set)));
-        }
-        s.push_str(&format!("exec {cmd}\n"));
+        s.push_str(&format!(
+            "exec {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"\n",
+            sweep
+        ));
         let path = dir.join(format!("stage{stage}.sbatch"));
         io::write_atomic(&path, s.as_bytes())?;
         written.push(path);
         stages.push(stage);
     }
+    let cap = opts.max_parallel.map_or(String::new(), |m| format!("%{m}"));
     let mut submit = String::from(
-        "#!/bin/bash\n# Submits the study's stages; stage 2 starts when every stage-1 task succeeded.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\n",
+        "#!/bin/bash\n# Submits the study's stages. Stage 2 starts when every stage-1 task has ended\n\
+         # (afterany: a failed task strands only the stage-2 jobs that need its run, which fail\n\
+         # naming it); then `bash resubmit.sh` re-runs only what did not finish.\n\
+         set -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\n",
     );
     if stages.contains(&1) {
         submit.push_str("s1=$(sbatch --parsable stage1.sbatch)\necho \"stage 1: $s1\"\n");
         if stages.contains(&2) {
             submit.push_str(
-                "s2=$(sbatch --parsable --dependency=afterok:\"$s1\" stage2.sbatch)\necho \"stage 2: $s2\"\n",
+                "s2=$(sbatch --parsable --dependency=afterany:\"$s1\" stage2.sbatch)\necho \"stage 2: $s2\"\n",
             );
         }
     } else if stages.contains(&2) {
         submit.push_str("s2=$(sbatch --parsable stage2.sbatch)\necho \"stage 2: $s2\"\n");
     }
-    submit.push_str(&format!(
-        "echo \"when done: {} aggregate {}\"\n",
-        opts.tpv,
-        shell_quote(&study.output().display().to_string())
-    ));
+    let done = format!(
+        "when done: {} aggregate {}; to re-run what failed: bash {}",
+        shell_quote(&opts.tpv),
+        shell_quote(&study.output().display().to_string()),
+        shell_quote(&logs.join("resubmit.sh").display().to_string())
+    );
+    submit.push_str(&format!("printf '%s\\n' {}\n", shell_quote(&done)));
+
+    // Only the unfinished jobs of each stage, stage 2 after the new stage-1 tasks.
+    let mut resubmit = String::from(
+        "#!/bin/bash\n# Re-submits the jobs that have not finished (failed, cancelled, timed out, or\n\
+         # stranded by a missing input); a finished run is never run again.\n\
+         set -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\ndep=()\n",
+    );
+    for &stage in &stages {
+        resubmit.push_str(&format!(
+            "todo=$({sweep} --todo {stage})\n\
+             if [ -n \"$todo\" ]; then\n\
+             \x20 s{stage}=$(sbatch --parsable \"${{dep[@]}}\" --array=\"$todo\"{cap} stage{stage}.sbatch)\n\
+             \x20 echo \"stage {stage}: $s{stage} (indexes $todo)\"\n\
+             \x20 dep=(--dependency=afterany:\"$s{stage}\")\n\
+             else\n\
+             \x20 echo \"stage {stage}: every job finished\"\n\
+             fi\n"
+        ));
+    }
+    let path = dir.join("resubmit.sh");
+    io::write_atomic(&path, resubmit.as_bytes())?;
+    written.push(path);
     let path = dir.join("submit.sh");
     io::write_atomic(&path, submit.as_bytes())?;
     #[cfg(unix)]
