@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check, in the order CI runs them: installs what it needs (scripts/setup.sh, idempotent),
-# then fmt, clippy (native and wasm32), the dependency rule, all tests (native, and the forward
-# passes in headless Chromium), a trunk build of the web app and its headless-Chromium test.
+# then fmt, clippy (native and wasm32), the dependency rule, all tests (native, a real
+# single-node Slurm, and the forward passes in headless Chromium), a trunk build of the web app and
+# its headless-Chromium test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -34,6 +35,10 @@ cargo run -q -p tpv-trainer --locked -- fetch smollm2
 step "tests"
 # tpv-web has no native tests; its code is checked by clippy and tested in the browser.
 cargo test --workspace --exclude tpv-web --locked
+
+step "Slurm: the emitted scripts on a real single-node Slurm (slurm-wlm + munge from Debian)"
+# Skipped with a line saying why where the machine cannot run Slurm (no root / no apt-get).
+bash scripts/slurm-test.sh target/debug/tpv
 
 step "forward passes in headless Chromium (wasm-bindgen-test)"
 CHROMEDRIVER=/usr/bin/chromedriver cargo test -p tpv-shared --target wasm32-unknown-unknown --locked --test wasm
