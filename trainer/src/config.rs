@@ -398,6 +398,10 @@ pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
     Ok(())
 }
 
+/// The largest count a config may give for a size (virtual tokens, batch sizes, tokens): far
+/// above any model's use, far below an allocation that would abort.
+pub const SIZE_CAP: usize = 1 << 16;
+
 /// A data or model spec that names a file (a path or a name with an extension), not a registry name.
 pub fn is_file_like(s: &str) -> bool {
     s.contains('/') || s.contains('.')
@@ -442,22 +446,62 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         let o = &self.optim;
-        if self.prompt.virtual_tokens == 0 {
-            bail!("prompt.virtual_tokens must be at least 1");
-        }
-        if o.batch_size == 0 || o.gradient_accumulation == 0 {
-            bail!("optim.batch_size and optim.gradient_accumulation must be at least 1");
+        let t = &self.train;
+        // Counts that size allocations and loops: at least 1, at most SIZE_CAP (the model's own
+        // context bounds the sequence lengths again once it is loaded).
+        for (key, n) in [
+            ("prompt.virtual_tokens", self.prompt.virtual_tokens),
+            ("optim.batch_size", o.batch_size),
+            ("optim.gradient_accumulation", o.gradient_accumulation),
+            ("train.eval_batch_size", t.eval_batch_size),
+            ("train.max_new_tokens", t.max_new_tokens.max(1)),
+            ("data.max_source_tokens", self.data.max_source_tokens.unwrap_or(1)),
+        ] {
+            if n == 0 || n > SIZE_CAP {
+                bail!("{key} is {n}; it must be between 1 and {SIZE_CAP}");
+            }
         }
         match (o.max_steps, o.epochs) {
             (Some(_), Some(_)) => bail!("optim: give max_steps or epochs, not both"),
             (None, None) => bail!("optim: give max_steps or epochs"),
+            (Some(0), None) => bail!("optim.max_steps must be at least 1"),
+            (None, Some(e)) if !(e.is_finite() && e > 0.0) => {
+                bail!("optim.epochs is {e}; it must be a finite number > 0")
+            }
             _ => {}
         }
         if o.warmup_steps.is_some() && o.warmup_ratio.is_some() {
             bail!("optim: give warmup_steps or warmup_ratio, not both");
         }
+        let in_range = |key: &str, v: f64, lo: f64, hi: f64, hi_open: bool| -> Result<()> {
+            let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
+            if !ok {
+                bail!(
+                    "{key} is {v}; it must be in [{lo}, {hi}{}",
+                    if hi_open { ")" } else { "]" }
+                );
+            }
+            Ok(())
+        };
         if !(o.learning_rate.is_finite() && o.learning_rate >= 0.0) {
             bail!("optim.learning_rate must be a finite number ≥ 0");
+        }
+        in_range("optim.weight_decay", o.weight_decay, 0.0, f64::MAX, false)?;
+        in_range("optim.beta1", o.beta1, 0.0, 1.0, true)?;
+        in_range("optim.beta2", o.beta2, 0.0, 1.0, true)?;
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            bail!("optim.eps is {}; it must be a finite number > 0", o.eps);
+        }
+        if let Some(r) = o.warmup_ratio {
+            in_range("optim.warmup_ratio", r, 0.0, 1.0, false)?;
+        }
+        if let Some(g) = o.max_grad_norm
+            && !(g.is_finite() && g > 0.0)
+        {
+            bail!("optim.max_grad_norm is {g}; it must be a finite number > 0");
+        }
+        if let Some(p) = t.dropout {
+            in_range("train.dropout", f64::from(p), 0.0, 1.0, true)?;
         }
         if self.train.eval_every == 0 {
             bail!("train.eval_every must be at least 1");

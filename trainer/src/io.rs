@@ -111,6 +111,15 @@ pub fn write_run(path: &Path, prompt: &SoftPrompt) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Creates `dir` if needed and checks that a file can be written in it (a temporary file,
+/// removed again).
+pub fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write to the output directory {}", dir.display()))?;
+    Ok(())
+}
+
 /// A name read from a file, a config or a server that becomes part of a path under a directory
 /// we own (a task name, a hub file name): relative, made of plain components (no `..`, no root, no
 /// `.`), no empty component, no NUL, backslash or control character, at most 255 bytes a

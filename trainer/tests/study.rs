@@ -247,6 +247,33 @@ fn study_runs_resumes_aggregates_and_reports() {
     assert!(csv.starts_with("table,task,metric,shots,method,statistic,value"));
     assert!(csv.contains("transfer,c,exact_match,4,tpv_sum,mean,"));
 
+    // Issue 15 (10): a truncated run file (an evaluation job's and a training job's) is listed as
+    // damaged, not fatal to aggregate and report; the next sweep runs exactly those two again.
+    let damaged = [
+        study.join("addition/a+b/origin1/prompt.safetensors"),
+        study.join("prompt_tuning/a/origin1/prompt.safetensors"),
+    ];
+    let good: Vec<Vec<u8>> = damaged.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    for (p, b) in damaged.iter().zip(&good) {
+        std::fs::write(p, &b[..b.len() / 3]).unwrap();
+    }
+    let agg = json_of(&tpv().args(["aggregate", "--json"]).arg(&study).output().unwrap());
+    assert_eq!(agg["damaged"].as_array().unwrap().len(), 2, "{}", agg["damaged"]);
+    assert_eq!(agg["finished"].as_u64().unwrap() as usize, JOBS - 2);
+    let site = tmp.path().join("site-damaged");
+    let out = tpv().arg("report").arg(&study).arg("-o").arg(&site).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        std::fs::read_to_string(site.join("tables.md"))
+            .unwrap()
+            .contains("Damaged run files (2")
+    );
+    let out = json_of(&tpv().args(["sweep", "--json"]).arg(&config).output().unwrap());
+    assert_eq!(out["ran"], 2, "{out}");
+    for (p, b) in damaged.iter().zip(&good) {
+        assert_eq!(&std::fs::read(p).unwrap(), b, "{} was not restored", p.display());
+    }
+
     // A finished job's addition picks λ on validation and stores the search.
     let add_run = study.join("addition/a+b/origin0/prompt.safetensors");
     let insp = json_of(&tpv().args(["inspect", "--json"]).arg(&add_run).output().unwrap());

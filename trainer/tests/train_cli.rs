@@ -140,10 +140,84 @@ fn kill_and_resume(model: &str) {
         assert_eq!(got.1, want.1);
         assert!(!dir.path().join(&name).join("checkpoint.safetensors").exists());
     }
-    // A finished run resumed is left alone.
+    // A finished run resumed is left alone, and says so (issue 15 (11): it printed "wrote").
     let out = train(&full, &["--resume"]);
     assert!(out.status.success());
     assert_eq!(result(&run).0, want.0);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("nothing to do") && !said.contains("wrote"), "{said}");
+}
+
+/// Issue 15 (8): `--overwrite` deleted the finished result at start, so a kill (or a full disk)
+/// left only a checkpoint. The old result now stays until the new one replaces it.
+#[test]
+fn overwrite_keeps_the_finished_result_until_its_replacement_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let cfg = config(dir.path(), "llama_tied", "kept");
+    assert!(train(&cfg, &[]).status.success());
+    let run = dir.path().join("kept/prompt.safetensors");
+    let before = std::fs::read(&run).unwrap();
+    let out = train(&cfg, &["--overwrite", "--abort-after-step", "3"]);
+    assert!(!out.status.success(), "killed");
+    assert_eq!(
+        std::fs::read(&run).unwrap(),
+        before,
+        "the finished result survived the kill"
+    );
+    let out = train(&cfg, &["--overwrite", "--set", "optim.learning_rate=0.1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(std::fs::read(&run).unwrap(), before, "replaced at the end");
+    assert!(!dir.path().join("kept/checkpoint.safetensors").exists());
+}
+
+/// Issue 15 (9): an unwritable output directory was found only at the first checkpoint or at the
+/// end (with save_every ≥ max_steps, after the whole run). Now before the model loads: an output
+/// under a regular file (fails for root too), and a read-only directory where the user is not root.
+#[test]
+fn an_unwritable_output_directory_stops_the_run_before_it_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let cfg = config(dir.path(), "llama_tied", "unwritable");
+    let under_a_file = format!("train.output={:?}", dir.path().join("a-file/run").display().to_string());
+    let out = train(&cfg, &["--set", "train.save_every=100", "--set", &under_a_file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("output directory"), "{err}");
+    assert!(!err.contains("step "), "it trained first: {err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if tempfile::NamedTempFile::new_in(&ro).is_err() {
+            let cfg = config(dir.path(), "llama_tied", "ro");
+            let out = train(&cfg, &["--set", "train.save_every=100"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("cannot write to the output directory"),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// Issue 15 (10): one truncated run file in a study counted as finished, then aggregate and
+/// report failed on the whole study. It is listed as damaged, and the next sweep runs it again.
+#[test]
+fn a_damaged_run_file_is_listed_and_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let cfg = config(dir.path(), "llama_tied", "single");
+    assert!(train(&cfg, &[]).status.success());
+    let run = dir.path().join("single/prompt.safetensors");
+    let bytes = std::fs::read(&run).unwrap();
+    std::fs::write(&run, &bytes[..bytes.len() / 2]).unwrap();
+    let out = train(&cfg, &["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("does not read"), "{err}");
+    assert_eq!(std::fs::read(&run).unwrap(), bytes, "trained again to the same prompt");
 }
 
 #[test]
@@ -222,6 +296,49 @@ fn config_mistakes_name_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("target") && err.contains("example 1"), "{err}");
+}
+
+/// Issue 15 (6, 11): numbers that size allocations or loops are range-checked before anything is
+/// loaded (batch_size = 1e11 aborted on 800 GB, virtual_tokens = i64::MAX panicked, epochs ≤ 0 or
+/// NaN trained 1 step and inf forever; warmup_ratio, dropout, max_grad_norm, betas were unchecked).
+#[test]
+fn out_of_range_numbers_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let cfg = config(dir.path(), "llama_tied", "range");
+    for (set, key) in [
+        ("optim.batch_size=100000000000", "optim.batch_size"),
+        ("prompt.virtual_tokens=9223372036854775807", "prompt.virtual_tokens"),
+        ("prompt.virtual_tokens=100000", "prompt.virtual_tokens"),
+        ("train.eval_batch_size=0", "train.eval_batch_size"),
+        ("train.max_new_tokens=1000000000", "train.max_new_tokens"),
+        ("optim.gradient_accumulation=100000000", "optim.gradient_accumulation"),
+        ("data.max_source_tokens=0", "data.max_source_tokens"),
+        ("optim.epochs=0", "optim.epochs"),
+        ("optim.epochs=-1", "optim.epochs"),
+        ("optim.epochs=nan", "optim.epochs"),
+        ("optim.epochs=inf", "optim.epochs"),
+        ("optim.max_steps=0", "optim.max_steps"),
+        ("optim.warmup_ratio=1.5", "optim.warmup_ratio"),
+        ("optim.warmup_ratio=nan", "optim.warmup_ratio"),
+        ("train.dropout=1.0", "train.dropout"),
+        ("train.dropout=-0.1", "train.dropout"),
+        ("optim.max_grad_norm=0", "optim.max_grad_norm"),
+        ("optim.max_grad_norm=nan", "optim.max_grad_norm"),
+        ("optim.beta1=1.0", "optim.beta1"),
+        ("optim.beta2=nan", "optim.beta2"),
+        ("optim.eps=0", "optim.eps"),
+        ("optim.weight_decay=-1", "optim.weight_decay"),
+    ] {
+        let out = train(&cfg, &["--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "{set}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{set}: {err}"
+        );
+    }
+    assert!(!dir.path().join("range").exists(), "nothing was written");
 }
 
 #[test]

@@ -128,6 +128,10 @@ pub struct Aggregate {
     pub finished: usize,
     /// Jobs without a finished run file.
     pub missing: Vec<String>,
+    /// Run files that exist but do not read (truncated, corrupted), with the reason; they are
+    /// among `missing` and the next sweep runs them again.
+    #[serde(default)]
+    pub damaged: Vec<String>,
     pub prompt_tuning: Vec<PromptTuningRow>,
     pub addition: Vec<AdditionRow>,
     pub cross_origin: Vec<CrossOriginRow>,
@@ -176,13 +180,23 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
         .with_context(|| format!("{} is not a study manifest", manifest_path.display()))?;
     let mut runs: BTreeMap<String, SoftPrompt> = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut damaged = Vec::new();
     for job in &manifest.jobs {
         let d = dir.join(&job.id);
         let f = train::prompt_path(&d);
-        if f.exists() && !train::checkpoint_path(&d).exists() {
-            runs.insert(job.id.clone(), io::load_prompt(&f)?);
-        } else {
+        if !f.exists() || train::checkpoint_path(&d).exists() {
             missing.push(job.id.clone());
+            continue;
+        }
+        // A run file that does not read is listed (and re-run by the next sweep), not fatal.
+        match io::load_prompt(&f) {
+            Ok(run) => {
+                runs.insert(job.id.clone(), run);
+            }
+            Err(e) => {
+                damaged.push(format!("{}: {e:#}", job.id));
+                missing.push(job.id.clone());
+            }
         }
     }
     let metric_of = |id: &str, key: &str| -> f64 {
@@ -395,6 +409,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
         jobs: manifest.jobs.len(),
         finished: runs.len(),
         missing,
+        damaged,
         prompt_tuning,
         addition,
         cross_origin,
@@ -626,6 +641,16 @@ impl Aggregate {
         if !self.missing.is_empty() {
             let _ = writeln!(s, "\n## Missing runs ({})\n", self.missing.len());
             for m in &self.missing {
+                let _ = writeln!(s, "- {m}");
+            }
+        }
+        if !self.damaged.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Damaged run files ({}; `tpv sweep` runs them again)\n",
+                self.damaged.len()
+            );
+            for m in &self.damaged {
                 let _ = writeln!(s, "- {m}");
             }
         }

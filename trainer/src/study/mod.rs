@@ -507,10 +507,11 @@ impl Study {
         self.study.output.join(&job.id)
     }
 
-    /// True when the job's run file is complete (written last, with no checkpoint beside it).
+    /// True when the job's run file is complete (written last, with no checkpoint beside it) and
+    /// reads; a damaged one is run again.
     pub fn finished(&self, job: &Job) -> bool {
         let dir = self.job_dir(job);
-        train::prompt_path(&dir).exists() && !train::checkpoint_path(&dir).exists()
+        train::run_state(&dir) == train::RunState::Finished
     }
 
     /// The base table with the data of `task` (registry name, or the study's per-task data).

@@ -196,7 +196,8 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
     for job in &jobs {
         let dir = study_dir.join(&job.id);
         let file = train::prompt_path(&dir);
-        if !file.exists() || train::checkpoint_path(&dir).exists() {
+        // Only finished runs that read (a damaged file is listed by the aggregate, not copied).
+        if train::run_state(&dir) != train::RunState::Finished {
             continue;
         }
         let rel = format!("runs/{}.safetensors", job.id);

@@ -47,6 +47,28 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
     output.join("checkpoint.safetensors")
 }
 
+/// Where a run directory stands: finished (its run file reads and no checkpoint is beside it),
+/// not finished, or damaged (a run file that does not read: truncated, corrupted; it is trained
+/// or computed again, and replaced).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    Finished,
+    Unfinished,
+    Damaged(String),
+}
+
+/// The one test of "finished" (training, studies, aggregation and reports use it).
+pub fn run_state(output: &Path) -> RunState {
+    let prompt = prompt_path(output);
+    if !prompt.exists() || checkpoint_path(output).exists() {
+        return RunState::Unfinished;
+    }
+    match io::load_prompt(&prompt) {
+        Ok(_) => RunState::Finished,
+        Err(e) => RunState::Damaged(format!("{e:#}")),
+    }
+}
+
 /// How a config's records become model inputs (chat template, system turn, loss, truncation).
 pub fn encode_options(config: &Config) -> EncodeOptions {
     EncodeOptions {
@@ -225,10 +247,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let ckpt_file = checkpoint_path(out_dir);
     let resolved = serde_json::to_value(config)?;
     if opts.overwrite {
-        for f in [&prompt_file, &ckpt_file] {
-            if f.exists() {
-                std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
-            }
+        // A finished result stays until its replacement is written (atomically, at the end): a
+        // kill or a full disk meanwhile loses nothing. Only a checkpoint of an earlier run goes.
+        if ckpt_file.exists() {
+            std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
         }
     } else {
         if ckpt_file.exists() && !opts.resume {
@@ -238,17 +260,24 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
                 ckpt_file.display()
             );
         }
-        if prompt_file.exists() && !ckpt_file.exists() {
-            if opts.resume {
+        match run_state(out_dir) {
+            RunState::Finished if opts.resume => {
                 tracing::info!("{} is finished; nothing to do", prompt_file.display());
                 return Ok(prompt_file);
             }
-            bail!(
+            RunState::Finished => bail!(
                 "{} already exists; pass --resume to keep it or --overwrite to train again",
                 prompt_file.display()
-            );
+            ),
+            RunState::Damaged(e) => {
+                eprintln!("{} does not read ({e}); training it again", prompt_file.display());
+            }
+            RunState::Unfinished => {}
         }
     }
+    // Before any work: the output directory must take files (else a whole run trains for
+    // nothing when `save_every ≥ max_steps`).
+    io::check_writable(out_dir)?;
 
     let device = models::device(&config.model.device)?;
     let dtype = models::dtype(&config.model.dtype)?;
