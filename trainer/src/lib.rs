@@ -18,5 +18,6 @@ pub mod hub;
 pub mod io;
 pub mod models;
 pub mod optim;
+pub mod serve;
 pub mod study;
 pub mod train;

@@ -621,11 +621,104 @@ fn report_is_served_on_localhost() {
     assert!(status.contains("200") && body.contains("tpv-report"));
     // Nothing outside the site is served.
     let (status, _) = get(port, "/../study.toml");
-    assert!(status.contains("404"), "{status}");
+    assert!(status.contains("400") || status.contains("404"), "{status}");
     let (status, _) = get(port, "/missing.html");
     assert!(status.contains("404"), "{status}");
+    hostile_clients_are_refused(port, &site, child.id());
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Issue 15 (7), with a raw-socket client: the server read the joined path before checking it
+/// (`/../…/dev/zero` read /dev/zero until memory ran out), buffered request heads without limit
+/// (300 MiB → 349 MB resident), never timed out idle connections, and did not percent-decode
+/// (files with spaces or non-ASCII names were 404 to a browser).
+fn hostile_clients_are_refused(port: u16, site: &Path, pid: u32) {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    // Names a browser percent-encodes.
+    std::fs::write(site.join("a b.txt"), "spaced").unwrap();
+    std::fs::write(site.join("été.json"), "{}").unwrap();
+    let (status, body) = get(port, "/a%20b.txt");
+    assert!(status.contains("200") && body == "spaced", "{status} {body}");
+    let (status, _) = get(port, "/%C3%A9t%C3%A9.json");
+    assert!(status.contains("200"), "{status}");
+    // Traversal, plain and encoded, to a device that never ends: refused before it is opened.
+    for target in [
+        "/../../../../../../dev/zero",
+        "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/dev/zero",
+        "/..%2f..%2f..%2f..%2fdev%2fzero",
+        "/runs/../../../../../../../etc/passwd",
+    ] {
+        let t = Instant::now();
+        let (status, _) = get(port, target);
+        assert!(status.contains("400") || status.contains("404"), "{target}: {status}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{target} took {:?}", t.elapsed());
+    }
+    // Only regular files inside the site: a symlink out of it and a FIFO are not served.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/etc/hostname", site.join("out-link")).unwrap();
+        let (status, _) = get(port, "/out-link");
+        assert!(status.contains("404"), "{status}");
+        std::os::unix::fs::symlink("/dev/zero", site.join("zero")).unwrap();
+        let (status, _) = get(port, "/zero");
+        assert!(status.contains("404"), "{status}");
+        let fifo = site.join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let t = Instant::now();
+        let (status, _) = get(port, "/fifo");
+        assert!(
+            status.contains("404") && t.elapsed() < Duration::from_secs(5),
+            "{status}"
+        );
+    }
+    // A 300 MiB request line: cut off at the head limit, answered 431; memory stays small.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /").unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..300 {
+        if s.write_all(&chunk).is_err() {
+            break; // the server closed the connection: it stopped reading
+        }
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(80)]
+    );
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(rss_kb < 100 * 1024, "the server peaked at {rss_kb} kB");
+    }
+    let _ = pid;
+    // An idle connection is dropped after the server's timeout; others are served meanwhile.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (status, _) = get(port, "/manifest.json");
+    assert!(status.contains("200"), "{status}");
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = idle.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the idle connection stayed open {:?}",
+        t.elapsed()
+    );
 }
 
 /// `tpv demo --quick`, the README's main job, end to end on the fixture LLaMA: the demo study's

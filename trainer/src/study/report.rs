@@ -4,9 +4,7 @@
 //! `runs/`, `manifest.json` (what each run is) and the tables as Markdown, CSV and JSON. Also a
 //! small static file server for `--serve` and `tpv demo`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -394,91 +392,7 @@ td{{font-variant-numeric:tabular-nums}}</style></head><body>\n{body}<p>Files: <a
     )
 }
 
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" => "text/javascript; charset=utf-8",
-        "wasm" => "application/wasm",
-        "json" => "application/json",
-        "css" => "text/css; charset=utf-8",
-        "csv" => "text/csv; charset=utf-8",
-        "md" | "txt" => "text/plain; charset=utf-8",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        _ => "application/octet-stream",
-    }
-}
-
-fn respond(stream: &mut TcpStream, root: &Path) -> Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Drain the headers.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let mut parts = request.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path = target.split(['?', '#']).next().unwrap_or("/");
-    let rel = Path::new(path.trim_start_matches('/'));
-    let safe = rel.components().all(|c| matches!(c, Component::Normal(_)));
-    let mut file = root.join(rel);
-    if file.is_dir() {
-        file = file.join("index.html");
-    }
-    if method != "GET" && method != "HEAD" {
-        stream.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-        return Ok(());
-    }
-    match std::fs::read(&file) {
-        Ok(bytes) if safe => {
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-                content_type(&file),
-                bytes.len()
-            )?;
-            if method == "GET" {
-                stream.write_all(&bytes)?;
-            }
-        }
-        _ => {
-            let msg = b"not found\n";
-            write!(
-                stream,
-                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                msg.len()
-            )?;
-            stream.write_all(msg)?;
-        }
-    }
-    Ok(())
-}
-
-/// Serves `root` on 127.0.0.1:`port` until the process is stopped.
+/// Serves `root` on 127.0.0.1:`port` until the process is stopped (see [`crate::serve`]).
 pub fn serve(root: &Path, port: u16) -> Result<()> {
-    if !root.join("index.html").is_file() {
-        bail!("{} has no index.html", root.display());
-    }
-    // A busy port falls back to any free one (the URL printed below is the one to open).
-    let listener = match TcpListener::bind(("127.0.0.1", port)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("127.0.0.1:{port} is not available ({e}); using a free port");
-            TcpListener::bind(("127.0.0.1", 0)).context("binding a port on 127.0.0.1")?
-        }
-    };
-    let addr = listener.local_addr()?;
-    println!("serving {} at http://{addr}/ (Ctrl-C stops)", root.display());
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let root = root.to_path_buf();
-        std::thread::spawn(move || {
-            if let Err(e) = respond(&mut stream, &root) {
-                tracing::debug!("request failed: {e}");
-            }
-        });
-    }
-    Ok(())
+    crate::serve::serve(root, port)
 }
