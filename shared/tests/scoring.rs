@@ -261,3 +261,29 @@ fn rank_refuses_a_task_without_labels() {
         .to_string();
     assert!(e.contains("label set"), "{e}");
 }
+
+/// Issue 15 (5): a prompt longer than the model's positions is refused with the reason by every
+/// scoring path (loss, rank, generation) on both families, before anything is allocated for it.
+#[test]
+fn sequences_past_the_models_positions_are_refused_by_every_path() {
+    for name in MODELS {
+        let loaded = load(name);
+        let max = loaded.model.max_positions();
+        let long = random(max + 1, loaded.model.hidden_size(), 3);
+        let task = task();
+        let rec = &records()[0];
+        let e = encode(&loaded, rec);
+        let err = loaded.losses(&long, &[&e]).unwrap_err().to_string();
+        assert!(err.contains("exceeds the model's"), "{name} loss: {err}");
+        for scoring in [Scoring::Rank, Scoring::Generate] {
+            let scorer = loaded.scorer(&task, scoring, 4, false).unwrap();
+            let err = loaded.evaluate_rows(&[(&long, &e)], &scorer).unwrap_err().to_string();
+            assert!(err.contains("exceeds the model's"), "{name} {scoring:?}: {err}");
+        }
+        // Generation that would run past the positions is refused before it starts.
+        let fits = random(2, loaded.model.hidden_size(), 3);
+        let scorer = loaded.scorer(&task, Scoring::Generate, max + 1, false).unwrap();
+        let err = loaded.evaluate_rows(&[(&fits, &e)], &scorer).unwrap_err().to_string();
+        assert!(err.contains("to generate"), "{name} generation past the end: {err}");
+    }
+}

@@ -172,3 +172,79 @@ fn eval_accepts_peft_adapters_and_refuses_mismatches() {
     let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(err.contains("example 2") && err.contains("no column"), "{err}");
 }
+
+/// Issue 15 (5): sequence lengths are checked against the model before anything is allocated
+/// for them. A 6.4 MB run file of 100,000 prompt rows through `tpv eval` aborted on a 160 GB
+/// allocation, a 10 MB training line on 108 TB; generation ran past the model's positions.
+#[test]
+fn sequences_longer_than_the_model_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), DATA);
+    // A prompt of 100,000 rows of the fixture's width (16): 6.4 MB.
+    let rows = 100_000;
+    let values = tpv_shared::PromptTensor::new(rows, 16, vec![0.01; rows * 16]).unwrap();
+    let mut prompt = tpv_shared::SoftPrompt::new(PromptKind::TaskPrompt, values, None).unwrap();
+    prompt.meta.layout.num_transformer_submodules = 1;
+    let file = tmp.path().join("huge.safetensors");
+    std::fs::write(&file, runfile::write_run(&prompt).unwrap()).unwrap();
+    for (model, max) in [("llama_tied", "64"), ("t5_gated_untied", "4096")] {
+        let out = tpv()
+            .args(["eval", "--json", "--model"])
+            .arg(model_dir(model))
+            .arg("--prompt")
+            .arg(&file)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{model}");
+        assert!(err.contains(&format!("exceeds the model's {max}")), "{model}: {err}");
+    }
+    // Generation that would run past the fixture LLaMA's 64 positions.
+    let out = tpv()
+        .args(["eval", "--json", "--max-new-tokens", "60", "--model"])
+        .arg(model_dir("llama_tied"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("to generate") && err.contains("64"),
+        "{err}"
+    );
+    // A training line far longer than the model: an error, not an allocation.
+    let long = tmp.path().join("long.jsonl");
+    let line = serde_json::json!({ "input": "w5 ".repeat(2_000_000), "target": "w12" }).to_string();
+    std::fs::write(
+        &long,
+        format!("{line}\n{}\n", serde_json::json!({ "input": "w5", "target": "w6" })),
+    )
+    .unwrap();
+    let config = tmp.path().join("long.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = {:?}\n[prompt]\nvirtual_tokens = 2\ninit = {{ sample_vocab = {{ seed = 7 }} }}\n[data]\ntrain = {:?}\nvalidation = {:?}\ntest = {:?}\n[optim]\nmax_steps = 2\nbatch_size = 2\n[train]\noutput = {:?}\n",
+            model_dir("llama_tied").display().to_string(),
+            long.display().to_string(),
+            data.display().to_string(),
+            data.display().to_string(),
+            tmp.path().join("long-run").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = tpv().arg("train").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exceeds the model's 64"), "{err}");
+    // And a prompt with no room left for the input.
+    let out = tpv()
+        .arg("train")
+        .arg(&config)
+        .args(["--set", "prompt.virtual_tokens=64"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no room"), "{err}");
+}

@@ -59,7 +59,7 @@ struct Packed {
 /// `[pads][prompt of the row][tokens]` for every row; rows may carry different prompts (of any
 /// length, none included), and each is laid out exactly as it would be alone.
 fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
-    let (lens, width) = super::row_lengths(prompts, seqs)?;
+    let (lens, width) = super::row_lengths(prompts, seqs, model.cfg.max_position_embeddings)?;
     let d = model.hidden_size();
     let (mut rows, mut positions, mut valid, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((ids, prompt), len) in seqs.iter().zip(prompts).zip(&lens) {
@@ -277,6 +277,9 @@ pub fn greedy_rows(
     max_new: usize,
     eos: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
+    for (p, s) in prompts.iter().zip(inputs) {
+        super::check_positions(p.dim(0)?, s.len(), max_new, model.cfg.max_position_embeddings)?;
+    }
     let detached = detach_rows(prompts);
     let prompts: Vec<&Tensor> = detached.iter().collect();
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
@@ -330,6 +333,10 @@ pub fn rank(model: &Llama, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &
     }
     if candidates.is_empty() || candidates.iter().any(Vec::is_empty) {
         candle_core::bail!("rank scoring needs candidates with at least one token each");
+    }
+    let longest_candidate = candidates.iter().map(Vec::len).max().unwrap_or(0);
+    for (p, i) in prompts.iter().zip(inputs) {
+        super::check_positions(p.dim(0)?, i.len(), longest_candidate, model.cfg.max_position_embeddings)?;
     }
     let detached = detach_rows(prompts);
     let prompts: Vec<&Tensor> = detached.iter().collect();

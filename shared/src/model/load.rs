@@ -39,6 +39,15 @@ impl Model {
     pub fn is_seq2seq(&self) -> bool {
         matches!(self, Self::T5(_))
     }
+
+    /// The most positions (prompt rows + tokens) a sequence may have: LLaMA's
+    /// `max_position_embeddings`, T5's [`super::t5::T5_MAX_POSITIONS`].
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::T5(_) => super::t5::T5_MAX_POSITIONS,
+            Self::Llama(m) => m.cfg.max_position_embeddings,
+        }
+    }
 }
 
 #[derive(Deserialize)]

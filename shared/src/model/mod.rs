@@ -17,6 +17,7 @@ pub use candle_core::{DType, Device, Tensor, Var};
 pub(crate) fn row_lengths(
     prompts: &[&candle_core::Tensor],
     seqs: &[&[u32]],
+    max_positions: usize,
 ) -> candle_core::Result<(Vec<usize>, usize)> {
     if prompts.len() != seqs.len() {
         candle_core::bail!("{} prompts for {} sequences", prompts.len(), seqs.len());
@@ -24,8 +25,31 @@ pub(crate) fn row_lengths(
     let lens: Vec<usize> = prompts
         .iter()
         .zip(seqs)
-        .map(|(p, s)| Ok(p.dim(0)? + s.len()))
+        .map(|(p, s)| {
+            let (r, n) = (p.dim(0)?, s.len());
+            check_positions(r, n, 0, max_positions)?;
+            Ok(r + n)
+        })
         .collect::<candle_core::Result<_>>()?;
     let width = lens.iter().copied().max().unwrap_or(0);
     Ok((lens, width))
+}
+
+/// A sequence of `prompt` rows, `tokens` ids and `new` generated ids must fit the model's
+/// positions: checked before anything is allocated for it (a crafted 100,000-row prompt or a
+/// 10 MB input line would otherwise ask for hundreds of GB).
+pub fn check_positions(prompt: usize, tokens: usize, new: usize, max_positions: usize) -> candle_core::Result<()> {
+    let total = prompt.saturating_add(tokens).saturating_add(new);
+    if total > max_positions {
+        candle_core::bail!(
+            "a sequence of {total} positions ({prompt} prompt rows + {tokens} tokens{}) exceeds the model's {max_positions} \
+             (shorten the prompt, set data.max_source_tokens or --max-source-tokens, or lower max_new_tokens)",
+            if new > 0 {
+                format!(" + {new} to generate")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }

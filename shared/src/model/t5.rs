@@ -12,6 +12,11 @@ use serde::Deserialize;
 use super::ops;
 use crate::merge::SplitMix64;
 
+/// The longest encoder input or decoder output tpv runs through T5. T5's relative position
+/// buckets set no hard limit, but its attention scores grow with the square of the length: 8×
+/// the 512 tokens T5 was trained on is far past the paper's 256 and still fits in memory.
+pub const T5_MAX_POSITIONS: usize = 4096;
+
 /// `config.json` of a T5 model, field names as in transformers.
 #[derive(Debug, Clone, Deserialize)]
 pub struct T5Config {
@@ -521,7 +526,7 @@ fn encode_prompted(
     inputs: &[&[u32]],
     train: Option<Train<'_>>,
 ) -> Result<(Tensor, Tensor)> {
-    let (lens, width) = super::row_lengths(prompts, inputs)?;
+    let (lens, width) = super::row_lengths(prompts, inputs, T5_MAX_POSITIONS)?;
     let d = model.hidden_size();
     let mut rows = Vec::with_capacity(inputs.len());
     let mut valid = Vec::with_capacity(inputs.len());
@@ -654,6 +659,7 @@ pub fn greedy(model: &T5, prompt: &Tensor, inputs: &[Vec<u32>], max_new: usize) 
 
 /// [`greedy`] with a prompt per input.
 pub fn greedy_rows(model: &T5, prompts: &[&Tensor], inputs: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
+    super::check_positions(0, 0, max_new, T5_MAX_POSITIONS)?;
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
     let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
     let detached: Vec<&Tensor> = detached.iter().collect();

@@ -285,6 +285,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         .with_context(|| format!("loading model {}", config.model.path))?;
     let d = loaded.model.hidden_size();
     let r = config.prompt.virtual_tokens;
+    let max_positions = loaded.model.max_positions();
+    if r >= max_positions {
+        bail!("prompt.virtual_tokens is {r}: it leaves no room for the input in the model's {max_positions} positions");
+    }
     let all = data::load_all(&config.data).context("loading data")?;
     let splits = data::describe(&all);
     // Chat models use their chat template when they have one (`Loaded::encode`).
