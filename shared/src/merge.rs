@@ -45,12 +45,28 @@ pub enum MergeMethod {
     /// (1/n) Σ wᵢτᵢ.
     Mean,
     /// Trim each τᵢ to its `density` largest magnitudes, elect a sign per element, average the
-    /// weighted values that agree with it (disjoint mean).
-    Ties { density: f64, sign: SignElection },
+    /// weighted values that agree with it (disjoint mean). `sign` defaults to mass, as in `tpv
+    /// combine`.
+    Ties {
+        density: f64,
+        #[serde(default)]
+        sign: SignElection,
+    },
     /// Drop each value with probability `drop`, rescale the rest by 1/(1−drop), weighted sum.
-    Dare { drop: f64, seed: u64 },
+    /// `seed` defaults to 0, as in `tpv combine`.
+    Dare {
+        drop: f64,
+        #[serde(default)]
+        seed: u64,
+    },
     /// DARE's random drop and rescale, then TIES' sign election and disjoint mean.
-    DareTies { drop: f64, seed: u64, sign: SignElection },
+    DareTies {
+        drop: f64,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default)]
+        sign: SignElection,
+    },
     /// Trim each τᵢ to its `density` largest magnitudes, weighted sum.
     Magnitude { density: f64 },
 }

@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 use crate::prompt::check_finite;
 use crate::tensor::PromptTensor;
 
+/// The largest safetensors header a prompt file (run file, adapter, checkpoint) may have.
+pub const MAX_HEADER_BYTES: u64 = 4 << 20;
+/// The most tensors a prompt file may hold (a run file has the prompt, its origin and its curves).
+pub const MAX_TENSORS: usize = 4096;
+
 /// A parsed safetensors buffer and its `__metadata__`.
 pub struct Loaded<'a> {
     pub tensors: SafeTensors<'a>,
@@ -19,9 +24,24 @@ pub struct Loaded<'a> {
 
 impl<'a> Loaded<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        // A prompt file's header is a few KB: a huge one (1.45 M empty tensors in 99 MB took 31 s
+        // and 1.5 GB to parse) is refused before the JSON is read.
+        if let Some(len) = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+            && len > MAX_HEADER_BYTES
+        {
+            return Err(Error::BadMetadata(format!(
+                "a safetensors header of {len} bytes; prompt files have headers of a few KB (limit {MAX_HEADER_BYTES})"
+            )));
+        }
         let (_, header) = SafeTensors::read_metadata(bytes)?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let tensors = SafeTensors::deserialize(bytes)?;
+        if tensors.len() > MAX_TENSORS {
+            return Err(Error::BadMetadata(format!(
+                "{} tensors; prompt files have a few (limit {MAX_TENSORS})",
+                tensors.len()
+            )));
+        }
         Ok(Self { tensors, metadata })
     }
 

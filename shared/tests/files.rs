@@ -510,3 +510,21 @@ fn zero_size_prompts_are_refused() {
         assert!(err.to_string().contains("at least one row"), "{shape}: {err}");
     }
 }
+
+/// Issue 15 (11): a 99 MB file of 1.45 M empty tensors took 31 s and 1.56 GB to parse; headers
+/// over 4 MiB and more than 4,096 tensors are refused (the first before any JSON is read).
+#[test]
+fn huge_headers_and_tensor_counts_are_refused_quickly() {
+    let many = |n: usize| {
+        let entries: Vec<String> = (0..n)
+            .map(|i| format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#))
+            .collect();
+        raw(&run_header(META_2X2, "1", &entries.join(",")), &[])
+    };
+    let t = std::time::Instant::now();
+    let err = runfile::read_run(&many(100_000)).unwrap_err().to_string();
+    assert!(err.contains("header of"), "{err}");
+    let err = runfile::read_run(&many(5_000)).unwrap_err().to_string();
+    assert!(err.contains("5000 tensors"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+}

@@ -338,7 +338,7 @@ fn default_eval_batch() -> usize {
 /// Reads `path`, applies `--set key=value` overrides (dotted keys; values parsed as TOML, else
 /// taken as strings), resolves relative paths against the config's directory, and validates.
 pub fn load(path: &Path, sets: &[String]) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path, crate::io::MAX_CONFIG_BYTES)?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     for set in sets {

@@ -264,7 +264,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
         "jsonl" => read_jsonl(path),
         "json" => {
             // A JSON array, or JSON lines under a .json name (as `datasets.Dataset.to_json` writes).
-            let head = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let head = crate::io::read_limited(path, crate::io::MAX_DATA_BYTES)?;
             if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
                 read_json_array(path)
             } else {
@@ -297,7 +297,7 @@ fn json_text(v: &serde_json::Value) -> String {
 
 /// A JSON file holding one array of objects.
 fn read_json_array(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?;
     let v: Vec<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
     Ok(v.into_iter()
@@ -306,7 +306,7 @@ fn read_json_array(path: &Path) -> Result<Vec<Record>> {
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -350,6 +350,9 @@ fn field_text(f: &parquet::record::Field) -> String {
 
 fn read_parquet(path: &Path) -> Result<Vec<Record>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        bail!("{} is not a regular file", path.display());
+    }
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let reader =
         SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
@@ -452,7 +455,7 @@ fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<R
         } else if path.extension().is_some_and(|e| e == "jsonl") {
             read_jsonl(&path)?
         } else {
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes = crate::io::read_limited(&path, crate::io::MAX_DATA_BYTES)?;
             parse_snippets(&String::from_utf8_lossy(&bytes)).with_context(|| format!("parsing {}", path.display()))?
         };
         let before = records.len();

@@ -17,20 +17,50 @@ pub struct Loaded {
     pub doc: Document,
 }
 
-/// Reads a whole file, refusing implausibly large ones.
+/// The most a config file may hold.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The most a data file (JSONL, CSV, TSV, parquet) may hold.
+pub const MAX_DATA_BYTES: u64 = 8 << 30;
+
+/// Reads a prompt file (run file, adapter) whole: [`read_limited`] at 1 GiB.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .len();
-    if len > MAX_FILE_BYTES {
-        bail!(
-            "{} is {} MiB; prompt files are far smaller (limit {} MiB)",
+    read_limited(path, MAX_FILE_BYTES)
+}
+
+/// A text file (a config, a data file) read with [`read_limited`].
+pub fn read_text(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_limited(path, limit)?).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// Reads a whole file, refusing anything but a regular file (a device such as /dev/zero never
+/// ends, a FIFO may never answer) and files over `limit` bytes; the read itself stops at the
+/// limit, so a file that grows meanwhile cannot take more.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let too_big = |len: u64| {
+        anyhow::anyhow!(
+            "{} is {} MiB, over the {} MiB such a file may have (the wrong file?)",
             path.display(),
             len >> 20,
-            MAX_FILE_BYTES >> 20
-        );
+            limit >> 20
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
     }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Reads a run file, a peft `adapter_model.safetensors` (with the `adapter_config.json` beside it
@@ -89,6 +119,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX);
     // Temp files are private (0600); results are meant to be shared, like any file `cp` makes.
     #[cfg(unix)]
     builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
@@ -103,6 +134,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The name prefix of [`write_atomic`]'s temporary files.
+pub const TEMP_PREFIX: &str = ".tpv-tmp-";
+
+/// Removes the temporary files a killed [`write_atomic`] left in `dir` (a kill during a
+/// checkpoint write used to leave one forever). Only for a directory this process alone writes.
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!("removed {}, left by an interrupted write", entry.path().display());
+        }
+    }
 }
 
 /// Writes a prompt as a run file, atomically.

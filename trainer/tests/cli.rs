@@ -362,6 +362,61 @@ fn bad_files_fail_cleanly_and_outputs_stay_intact() {
     );
 }
 
+/// Issue 15 (11): `inspect` printed terminal escape sequences from a file's metadata raw.
+#[test]
+fn inspect_shows_control_characters_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = read_run(&sample("sst2-origin0"));
+    p.meta.name = Some("evil\u{1b}]0;pwned\u{7}\u{1b}[2J\nfake line".into());
+    p.meta.tasks = vec!["t\u{1b}[31mred".into()];
+    let file = tmp.path().join("evil.safetensors");
+    std::fs::write(&file, runfile::write_run(&p).unwrap()).unwrap();
+    let o = tpv().arg("inspect").arg(&file).assert().success();
+    let stdout = String::from_utf8(o.get_output().stdout.clone()).unwrap();
+    assert!(!stdout.contains('\u{1b}') && !stdout.contains('\u{7}'), "{stdout:?}");
+    assert!(
+        stdout.contains("\\u{1b}") && !stdout.contains("\nfake line"),
+        "{stdout}"
+    );
+}
+
+/// Issue 15 (11): the 1 GiB size guard read /dev/zero without end and hung on a FIFO; only
+/// regular files are read, and never past the limit.
+#[cfg(unix)]
+#[test]
+fn devices_and_fifos_are_refused_without_reading() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("adapter.safetensors");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = tmp.path().join("fifo.toml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&config)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for args in [
+        vec!["inspect".to_owned(), "/dev/zero".to_owned()],
+        vec!["inspect".to_owned(), fifo.display().to_string()],
+        vec!["train".to_owned(), config.display().to_string()],
+        vec!["sweep".to_owned(), "--list".to_owned(), config.display().to_string()],
+    ] {
+        let t = Instant::now();
+        let o = tpv().args(&args).timeout(Duration::from_secs(30)).assert().failure();
+        let err = String::from_utf8_lossy(&o.get_output().stderr).to_string();
+        assert!(err.contains("not a regular file"), "{args:?}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{args:?} took {:?}", t.elapsed());
+    }
+}
+
 #[test]
 fn exports_equal_the_adapters_peft_was_checked_to_load() {
     // tests/fixtures/peft/exported_by_tpv/* were loaded by PeftModel.from_pretrained (see

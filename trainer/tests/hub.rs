@@ -158,6 +158,35 @@ fn a_missing_model_is_downloaded_into_the_hub_cache_layout() {
     let requests = log.lock().unwrap().clone();
     assert!(requests.iter().all(|r| r.ends_with("Bearer secret")), "{requests:?}");
 
+    // Issue 15 (11): the token never reaches the logs, even at trace level (the HTTP library's
+    // hex dump showed it split across two lines).
+    let traced_cache = dir.path().join("hub-traced");
+    for env in [("RUST_LOG", "trace"), ("TPV_UNUSED", "")] {
+        let mut cmd = Command::cargo_bin("tpv").unwrap();
+        cmd.args([
+            "-vvv",
+            "eval",
+            "--model",
+            "tiny/llama",
+            "--no-chat-template",
+            "--json",
+            "--data",
+        ])
+        .arg(&data)
+        .env("HF_HUB_CACHE", &traced_cache)
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_TOKEN", "hf_QXZTOKENVALUE")
+        .env(env.0, env.1)
+        .env_remove("HF_HOME");
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for piece in ["QXZ", "TOKENVALUE", "hf_Q", "Authorization", "authorization"] {
+            assert!(!err.contains(piece), "{piece} in the logs:\n{err}");
+        }
+        std::fs::remove_dir_all(&traced_cache).unwrap();
+    }
+
     // Cached now: no network needed.
     let offline = eval(
         "tiny/llama",

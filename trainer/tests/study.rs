@@ -453,6 +453,28 @@ fn hostile_study_configs_are_refused_before_anything_runs() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expect), "{to}: {err}");
     }
+    // The merges of configs/README.md parse as written (sign and seed were required).
+    for merge in [
+        "{ method = \"ties\", density = 0.5 }",
+        "{ method = \"dare\", drop = 0.3 }",
+        "{ method = \"dare-ties\", drop = 0.3 }",
+    ] {
+        std::fs::write(
+            &config,
+            original.replace(
+                "lambdas = [0.5, 1.0]",
+                &format!("lambdas = [0.5, 1.0]\nmerge = {merge}"),
+            ),
+        )
+        .unwrap();
+        let out = tpv().args(["sweep", "--list"]).arg(&config).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{merge}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(&config, &original).unwrap();
     // Nothing was written anywhere, inside the study or outside it.
     let entries: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -828,4 +850,8 @@ fn demo_pipeline_runs_on_the_fixture_model() {
     let manifest: Value = serde_json::from_slice(&std::fs::read(site.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["model"]["bundled"], true, "{manifest}");
     assert_eq!(manifest["model"]["url"], "model/", "{manifest}");
+    // Issue 15 (11): the published manifest names the model, not this machine's path to it.
+    assert_eq!(manifest["model"]["name"], "llama_tied", "{manifest}");
+    let text = manifest.to_string();
+    assert!(!text.contains(&root().display().to_string()), "a local path in {text}");
 }

@@ -160,6 +160,9 @@ fn overwrite_keeps_the_finished_result_until_its_replacement_is_written() {
     let before = std::fs::read(&run).unwrap();
     let out = train(&cfg, &["--overwrite", "--abort-after-step", "3"]);
     assert!(!out.status.success(), "killed");
+    // What a kill in the middle of a checkpoint write leaves; the next run removes it.
+    let stale = dir.path().join("kept/.tpv-tmp-AbC123");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
     assert_eq!(
         std::fs::read(&run).unwrap(),
         before,
@@ -168,6 +171,7 @@ fn overwrite_keeps_the_finished_result_until_its_replacement_is_written() {
     let out = train(&cfg, &["--overwrite", "--set", "optim.learning_rate=0.1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_ne!(std::fs::read(&run).unwrap(), before, "replaced at the end");
+    assert!(!stale.exists(), "a stale temporary file stayed");
     assert!(!dir.path().join("kept/checkpoint.safetensors").exists());
 }
 

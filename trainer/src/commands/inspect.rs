@@ -24,10 +24,24 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Text from a file, safe for a terminal: control characters (escape sequences that would move
+/// the cursor, recolour or retitle the terminal, newlines that fake lines) shown escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) -> Result<()> {
-    out!("{}", loaded.path.display());
-    out!("  format   {}", s.format);
-    out!("  kind     {}   label {}", s.kind, s.label);
+    out!("{}", printable(&loaded.path.display().to_string()));
+    out!("  format   {}", printable(&s.format));
+    out!("  kind     {}   label {}", s.kind, printable(&s.label));
     out!("  shape    {:?}", s.shape);
     if let (Some(stored), Some(dtype)) = (s.stored_shape, &s.stored_dtype) {
         out!("  stored   {stored:?} {dtype} (rows used: {})", s.shape[0]);
@@ -58,11 +72,11 @@ fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) -> Result<()> {
             } else {
                 text
             };
-            out!("  {k:<16} {text}");
+            out!("  {:<16} {}", printable(&k), printable(&text));
         }
     }
     for (k, n) in &s.curves {
-        out!("  curve {k}: {n} points");
+        out!("  curve {}: {n} points", printable(k));
     }
     Ok(())
 }

@@ -223,7 +223,7 @@ fn multi_id(tasks: &[String], origin: usize) -> String {
 impl Study {
     /// Reads a study config and applies `--set` overrides (dotted keys, `study.…` included).
     pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::io::read_text(path, crate::io::MAX_CONFIG_BYTES)?;
         Self::from_str(&text, path, sets)
     }
 

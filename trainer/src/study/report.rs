@@ -103,6 +103,18 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Copies the study's model into `SITE/model/` or
 /// links it where the browser can fetch it (the HF hub for an `org/name` id).
+/// A model's name as a published report shows it: a hub id or a registry name as it is, a local
+/// path by its last component (the site is shared; the layout of this machine's disk is not).
+fn public_model_name(spec: &str) -> String {
+    let path = Path::new(spec);
+    if path.is_absolute() || spec.starts_with('.') || spec.starts_with('~') {
+        path.file_name()
+            .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned())
+    } else {
+        spec.to_owned()
+    }
+}
+
 fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<ReportModel>> {
     let hub_url = |id: &str| format!("https://huggingface.co/{id}/resolve/main/");
     let is_hub_id = |s: &str| {
@@ -164,7 +176,7 @@ fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<Repo
     };
     Ok(Some(ReportModel {
         url,
-        name: spec.to_owned(),
+        name: public_model_name(spec),
         bytes: Some(bytes),
         bundled: true,
     }))
@@ -209,7 +221,10 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
         if let Some(o) = entry.as_object_mut() {
             o.insert("file".into(), json!(rel));
             o.insert("kind".into(), json!(prompt.kind().as_str()));
-            o.insert("model".into(), json!(prompt.meta.model.as_ref().map(|m| m.id.clone())));
+            o.insert(
+                "model".into(),
+                json!(prompt.meta.model.as_ref().map(|m| public_model_name(&m.id))),
+            );
             o.insert("tasks".into(), json!(prompt.meta.tasks));
             o.insert("origin_id".into(), json!(prompt.origin_id()));
             o.insert("metrics".into(), json!(prompt.meta.metrics));

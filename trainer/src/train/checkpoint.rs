@@ -101,7 +101,7 @@ pub fn write(path: &Path, c: &Checkpoint) -> Result<()> {
 }
 
 pub fn read(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::io::read_bytes(path)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let md = header.metadata().clone().unwrap_or_default();

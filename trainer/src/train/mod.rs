@@ -278,6 +278,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     // Before any work: the output directory must take files (else a whole run trains for
     // nothing when `save_every ≥ max_steps`).
     io::check_writable(out_dir)?;
+    io::remove_stale_temp_files(out_dir);
 
     let device = models::device(&config.model.device)?;
     let dtype = models::dtype(&config.model.dtype)?;
