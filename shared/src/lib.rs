@@ -14,6 +14,7 @@ pub mod model;
 pub mod origins;
 pub mod peft;
 pub mod prompt;
+pub mod report;
 pub mod runfile;
 pub mod similarity;
 mod st;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use tpv_shared::eval::ReportModel;
+use tpv_shared::report::Manifest;
 use tpv_shared::{Document, SoftPrompt};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -46,57 +46,8 @@ impl Run {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    name: String,
-    #[serde(default)]
-    runs: Vec<ManifestRun>,
-    #[serde(default)]
-    examples: Vec<ExampleSet>,
-    #[serde(default)]
-    model: Option<ReportModel>,
-}
-
-/// A task's bundled examples (`examples/TASK.json`, a `tpv_shared::eval::EvalSet`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ExampleSet {
-    pub task: String,
-    /// Relative to the manifest in the manifest; absolute once loaded.
-    pub file: String,
-    #[serde(default)]
-    pub split: String,
-    #[serde(default)]
-    pub records: usize,
-    #[serde(default)]
-    pub split_size: usize,
-}
-
-#[derive(Debug, Deserialize)]
-struct ManifestRun {
-    id: String,
-    file: String,
-    experiment: String,
-    #[serde(default)]
-    task: Option<String>,
-    #[serde(default)]
-    tasks: Vec<String>,
-    #[serde(default)]
-    target: Option<String>,
-    #[serde(default)]
-    origin: Option<usize>,
-    #[serde(default)]
-    init: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    shots: Option<usize>,
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    metrics: BTreeMap<String, Option<f64>>,
-}
+/// A task's bundled examples (the manifest's `examples`, defined in `tpv-shared`).
+pub use tpv_shared::report::ExampleSet;
 
 /// A loaded study: its runs and the runs that could not be read (with the reason).
 #[derive(Debug, Clone, Default)]
@@ -149,8 +100,7 @@ pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
 pub async fn load(manifest_url: &str) -> Result<Study, String> {
     let url = resolve(manifest_url, &page_url())?;
     let bytes = fetch_bytes(&url).await?;
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not a tpv report manifest: {e}"))?;
+    let manifest = Manifest::from_json(&bytes).map_err(|e| format!("{url}: {e}"))?;
     let mut study = Study {
         name: manifest.name,
         url: url.clone(),

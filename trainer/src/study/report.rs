@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use tpv_shared::eval::ReportModel;
+use tpv_shared::report::{self, ExampleSet, Manifest, ManifestRun, Tables};
 
 use super::Job;
 use super::aggregate::{Aggregate, aggregate};
@@ -217,19 +218,23 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
         }
         std::fs::copy(&file, &dest).with_context(|| format!("copying {}", file.display()))?;
         let prompt = io::load_prompt(&file)?;
+        // The job's own fields (experiment, task, origin, init, shots, …), then the run file's.
         let mut entry = serde_json::to_value(job)?;
         if let Some(o) = entry.as_object_mut() {
             o.insert("file".into(), json!(rel));
-            o.insert("kind".into(), json!(prompt.kind().as_str()));
-            o.insert(
-                "model".into(),
-                json!(prompt.meta.model.as_ref().map(|m| public_model_name(&m.id))),
-            );
-            o.insert("tasks".into(), json!(prompt.meta.tasks));
-            o.insert("origin_id".into(), json!(prompt.origin_id()));
-            o.insert("metrics".into(), json!(prompt.meta.metrics));
         }
-        runs.push(entry);
+        let mut run: ManifestRun = serde_json::from_value(entry).context("a job as a manifest run")?;
+        run.kind = prompt.kind().as_str().to_owned();
+        run.model = prompt.meta.model.as_ref().map(|m| public_model_name(&m.id));
+        run.tasks.clone_from(&prompt.meta.tasks);
+        run.origin_id = prompt.origin_id().map(str::to_owned);
+        run.metrics = prompt
+            .meta
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), v.is_finite().then_some(*v)))
+            .collect();
+        runs.push(run);
     }
     let examples = copy_eval_sets(study_dir, site)?;
     let model = match study.get("model").and_then(Value::as_str) {
@@ -237,29 +242,27 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
         None => None,
     };
     let tables = agg.write(site)?;
-    let manifest = json!({
-        "format": "tpv-report",
-        "version": 1,
-        "name": agg.name,
-        "tool_version": tpv_shared::VERSION,
-        "origins": agg.origins,
-        "jobs": agg.jobs,
-        "finished": agg.finished,
-        "missing": agg.missing,
-        "tables": {
-            "markdown": "tables.md",
-            "csv": "tables.csv",
-            "json": "tables.json",
-            "html": "results.html",
-        },
-        "runs": runs,
-        "examples": examples,
-        "model": model,
-    });
-    io::write_atomic(
-        &site.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
+    let runs_written = runs.len();
+    let manifest = Manifest {
+        format: report::FORMAT.into(),
+        version: report::VERSION,
+        name: agg.name.clone(),
+        tool_version: tpv_shared::VERSION.into(),
+        origins: agg.origins.clone(),
+        jobs: agg.jobs,
+        finished: agg.finished,
+        missing: agg.missing.clone(),
+        tables: Some(Tables {
+            markdown: "tables.md".into(),
+            csv: "tables.csv".into(),
+            json: "tables.json".into(),
+            html: "results.html".into(),
+        }),
+        runs,
+        examples,
+        model: model.clone(),
+    };
+    io::write_atomic(&site.join("manifest.json"), manifest.to_json()?.as_bytes())?;
     let web_app = match find_web_dist(web) {
         Some(dist) => {
             copy_dir(&dist, site)?;
@@ -282,7 +285,7 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
     drop(tables);
     Ok(Report {
         site: site.to_path_buf(),
-        runs: runs.len(),
+        runs: runs_written,
         web_app,
         model,
     })
@@ -290,7 +293,7 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
 
 /// Copies the study's eval sets (`examples/TASK.json`, written by `tpv sweep`) into the site;
 /// returns their manifest entries.
-fn copy_eval_sets(study_dir: &Path, site: &Path) -> Result<Vec<Value>> {
+fn copy_eval_sets(study_dir: &Path, site: &Path) -> Result<Vec<ExampleSet>> {
     let dir = study_dir.join("examples");
     let mut out = Vec::new();
     if !dir.is_dir() {
@@ -307,15 +310,16 @@ fn copy_eval_sets(study_dir: &Path, site: &Path) -> Result<Vec<Value>> {
         let bytes = io::read_bytes(&file)?;
         let set =
             tpv_shared::eval::EvalSet::from_json(&bytes).with_context(|| format!("reading {}", file.display()))?;
+        io::check_file_name(&set.name, &format!("{}: the eval set's name", file.display()))?;
         let rel = format!("examples/{}.json", set.name);
         io::write_atomic(&site.join(&rel), &bytes)?;
-        out.push(json!({
-            "task": set.name,
-            "file": rel,
-            "split": set.split,
-            "records": set.records.len(),
-            "split_size": set.split_size,
-        }));
+        out.push(ExampleSet {
+            task: set.name,
+            file: rel,
+            split: set.split,
+            records: set.records.len(),
+            split_size: set.split_size,
+        });
     }
     Ok(out)
 }
