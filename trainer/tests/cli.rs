@@ -388,21 +388,10 @@ fn devices_and_fifos_are_refused_without_reading() {
     use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("adapter.safetensors");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
     let config = tmp.path().join("fifo.toml");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&config)
-            .status()
-            .unwrap()
-            .success()
-    );
+    for f in [&fifo, &config] {
+        assert!(std::process::Command::new("mkfifo").arg(f).status().unwrap().success());
+    }
     for args in [
         vec!["inspect".to_owned(), "/dev/zero".to_owned()],
         vec!["inspect".to_owned(), fifo.display().to_string()],
