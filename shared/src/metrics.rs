@@ -46,7 +46,7 @@ impl Metric {
     }
 }
 
-/// Normalization for label comparison: trimmed, lower-case (SPEC: case-insensitive match).
+/// Normalization for label comparison: trimmed, lower-case (docs/method.md §4: case-insensitive match).
 pub fn normalize_label(s: &str) -> String {
     s.trim().to_lowercase()
 }

@@ -3,8 +3,8 @@
 //! An adapter directory holds `adapter_config.json` and `adapter_model.safetensors` with one tensor
 //! `prompt_embeddings` of shape [num_virtual_tokens × num_transformer_submodules, token_dim].
 //! Seq2seq adapters (T5) store two blocks, but peft's prompt-tuning forward only puts the first
-//! `num_virtual_tokens` rows in front of the encoder input; the second block is never read (SPEC
-//! 7.1). Importing keeps only the used rows; exporting writes the shape peft expects, with the
+//! `num_virtual_tokens` rows in front of the encoder input; the second block is never read
+//! (docs/method.md §7.1). Importing keeps only the used rows; exporting writes the shape peft expects, with the
 //! unused block zero.
 
 use serde::{Deserialize, Serialize};

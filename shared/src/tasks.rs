@@ -1,5 +1,5 @@
 //! The task registry: how a dataset record becomes a model input and a target string, the label
-//! words, and the metrics (SPEC section 5, with the reference code's defects fixed: STS-B rounded to
+//! words, and the metrics (docs/method.md §5, with the reference code's defects fixed: STS-B rounded to
 //! 0.2, SST-5 is the real 5-class data). Custom tasks are the same structure read from TOML.
 //!
 //! A record is a map from column name to its text. Two input styles:
@@ -221,7 +221,7 @@ const MULTI: &[Metric] = &[Metric::MacroF1];
 const NLI3: &[&str] = &["entailment", "neutral", "contradiction"];
 const SENT2: &[&str] = &["negative", "positive"];
 
-/// Every built-in task: SPEC section 5's, then the embedded default's offline datasets.
+/// Every built-in task: docs/method.md §5's, then the embedded default's offline datasets.
 pub fn builtin() -> Vec<TaskSpec> {
     use Metric::*;
     let mut tasks = vec![

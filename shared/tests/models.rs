@@ -9,7 +9,7 @@
 //! emb[:3] = prompt
 //! res = peft_model(input_ids=ids, attention_mask=ones, labels=[-100]*len(input) + answer)
 //! res.loss.backward();  grad = emb.grad[:3];  logits = res.logits[0, 3:]
-//! greedy = full recomputation with model(inputs_embeds=cat(prompt, embed(ids)))  # SPEC 8
+//! greedy = full recomputation with model(inputs_embeds=cat(prompt, embed(ids)))  # docs/method.md §8
 //! ```
 //! and for T5 the same with `TaskType.SEQ_2_SEQ_LM`, `labels=target`, `peft_model.generate(...)`.
 //! Tolerances (issue 3): logits 1e-4 absolute, loss 1e-5 relative, gradient 1e-4 absolute.

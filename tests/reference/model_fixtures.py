@@ -220,7 +220,7 @@ def llama_fixture(name, tied, rope3):
 @torch.no_grad()
 def greedy(model, prompt, ids):
     # Full recomputation at each step with the base model (peft 0.21.2's generate re-prepends the
-    # prompt at every step under transformers 5.x, see SPEC 8).
+    # prompt at every step under transformers 5.x, see docs/method.md §8).
     ids = list(ids)
     new = []
     for _ in range(NEW_TOKENS):

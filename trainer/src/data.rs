@@ -2,7 +2,7 @@
 //! or the embedded default's offline datasets; the paper's splits (seed 42, stratified), k-shot
 //! sets, and a fingerprint of the result.
 //!
-//! Splits (SPEC 5): a dataset with more than 10,000 training examples gives 1,000 of them to
+//! Splits (docs/method.md §5): a dataset with more than 10,000 training examples gives 1,000 of them to
 //! validation and its original validation/test split becomes the test set; a smaller one keeps its
 //! training set and halves the original validation split into validation and test. A dataset that
 //! comes as one file (the offline snippets) first holds out min(1,000, 20%) stratified examples to

@@ -128,7 +128,7 @@ pub struct Transfer {
     pub shots: Option<Vec<usize>>,
     #[serde(default = "all_inits")]
     pub inits: Vec<InitMethod>,
-    /// Apply the paper's few-shot recipe (SPEC 4: 1000 steps, 500 warmup, batch 2/8/16 by shots,
+    /// Apply the paper's few-shot recipe (docs/method.md §4: 1000 steps, 500 warmup, batch 2/8/16 by shots,
     /// ≤250 validation examples, best by validation loss) before `set`.
     #[serde(default = "yes")]
     pub paper_recipe: bool,
@@ -636,7 +636,7 @@ impl Study {
 /// against a forward pass; measured ≈ 4 on CPU for the demo's runs).
 pub const TRAIN_WORK: f64 = 4.0;
 
-/// The paper's few-shot recipe (SPEC 4) as overrides.
+/// The paper's few-shot recipe (docs/method.md §4) as overrides.
 pub fn paper_few_shot(shots: usize) -> Vec<String> {
     let batch = match shots {
         0..=25 => 2,

@@ -1,4 +1,4 @@
-//! `tpv train`: prompt tuning of a frozen model, as the paper does it (SPEC 4).
+//! `tpv train`: prompt tuning of a frozen model, as the paper does it (docs/method.md §4).
 //!
 //! The sample stream is deterministic: sample k of the run is example `k mod n` of epoch `k / n`
 //! (in a seeded shuffled order per epoch when `data.shuffle`), an optimizer step takes
