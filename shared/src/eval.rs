@@ -141,6 +141,26 @@ pub enum Encoded {
 }
 
 impl Encoded {
+    /// Whether the example fits the model with `prompt_rows` in front of it: its whole sequence
+    /// (input and answer, as the loss reads it) and its input followed by `max_new` generated
+    /// tokens (0 when scoring by rank) — checked before a run spends hours on the examples that
+    /// do fit.
+    pub fn check_fits(&self, model: &Model, prompt_rows: usize, max_new: usize) -> Result<(), EvalError> {
+        let max = model.max_positions();
+        match self {
+            Self::Causal { example, input, .. } => {
+                crate::model::check_positions(prompt_rows, example.ids.len(), 0, max)?;
+                crate::model::check_positions(prompt_rows, input.len(), max_new, max)?;
+            }
+            Self::Seq2Seq { example, .. } => {
+                crate::model::check_positions(prompt_rows, example.input.len(), 0, max)?;
+                crate::model::check_positions(0, example.target.len(), 0, max)?;
+                crate::model::check_positions(0, 0, max_new, max)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn target(&self) -> &str {
         match self {
             Self::Causal { target, .. } | Self::Seq2Seq { target, .. } => target,

@@ -17,7 +17,7 @@ pub mod prompt;
 pub mod report;
 pub mod runfile;
 pub mod similarity;
-mod st;
+pub mod st;
 pub mod stats;
 pub mod tasks;
 pub mod tensor;

@@ -108,22 +108,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// peft lays a prompt out for 1 submodule (decoder-only) or 2 (encoder-decoder): any other
-    /// count (e.g. from a crafted file) would size an export's allocation, so it is refused.
+    /// peft lays a prompt out for 1 submodule (its default for decoder-only models) or 2 (for
+    /// encoder-decoder ones; a config may set either explicitly): any other count (e.g. from a
+    /// crafted file) would size an export's allocation, so it is refused.
     pub fn validate(&self) -> Result<()> {
         let n = self.num_transformer_submodules;
-        let ok = match self.task_type {
-            Some(t) => n == t.default_submodules(),
-            None => matches!(n, 1 | 2),
-        };
-        if ok {
+        if matches!(n, 1 | 2) {
             Ok(())
         } else {
             Err(Error::BadMetadata(format!(
-                "layout.num_transformer_submodules is {n}; peft uses 1 (CAUSAL_LM) or 2 (SEQ_2_SEQ_LM){}",
-                self.task_type
-                    .map(|t| format!(", and {} for {}", t.default_submodules(), t.as_peft_str()))
-                    .unwrap_or_default()
+                "layout.num_transformer_submodules is {n}; peft lays prompts out for 1 or 2"
             )))
         }
     }

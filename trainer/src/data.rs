@@ -261,14 +261,14 @@ pub fn stratified_take(records: Vec<Record>, n: usize, task: &TaskSpec, seed: u6
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     match ext.as_str() {
-        "jsonl" => read_jsonl(path),
+        "jsonl" => parse_jsonl(path, &crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?),
         "json" => {
             // A JSON array, or JSON lines under a .json name (as `datasets.Dataset.to_json` writes).
-            let head = crate::io::read_limited(path, crate::io::MAX_DATA_BYTES)?;
-            if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                read_json_array(path)
+            let text = crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?;
+            if text.trim_start().starts_with('[') {
+                parse_json_array(path, &text)
             } else {
-                read_jsonl(path)
+                parse_jsonl(path, &text)
             }
         }
         "csv" => read_delimited(path, b','),
@@ -296,17 +296,15 @@ fn json_text(v: &serde_json::Value) -> String {
 }
 
 /// A JSON file holding one array of objects.
-fn read_json_array(path: &Path) -> Result<Vec<Record>> {
-    let text = crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?;
+fn parse_json_array(path: &Path, text: &str) -> Result<Vec<Record>> {
     let v: Vec<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
+        serde_json::from_str(text).with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
     Ok(v.into_iter()
         .map(|o| o.iter().map(|(k, v)| (k.clone(), json_text(v))).collect())
         .collect())
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let text = crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?;
+fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -425,10 +423,10 @@ fn read_split(files: &BTreeMap<String, Vec<std::path::PathBuf>>, split: &str) ->
 }
 
 fn read_delimited(path: &Path, delimiter: u8) -> Result<Vec<Record>> {
+    let text = crate::io::read_limited(path, crate::io::MAX_DATA_BYTES)?;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .from_reader(text.as_slice());
     let headers = reader.headers()?.clone();
     let mut out = Vec::new();
     for (i, row) in reader.records().enumerate() {
@@ -450,13 +448,14 @@ fn read_delimited(path: &Path, delimiter: u8) -> Result<Vec<Record>> {
 fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<Record>, Option<Vec<Record>>)> {
     if let Some(asset) = assets::for_task(&task.name) {
         let path = assets::ensure(asset)?;
+        let bytes = crate::io::read_limited(&path, crate::io::MAX_DATA_BYTES)?;
+        let text = String::from_utf8_lossy(&bytes);
         let records = if path.extension().is_some_and(|e| e == "json") {
-            read_json_array(&path)?
+            parse_json_array(&path, &text)?
         } else if path.extension().is_some_and(|e| e == "jsonl") {
-            read_jsonl(&path)?
+            parse_jsonl(&path, &text)?
         } else {
-            let bytes = crate::io::read_limited(&path, crate::io::MAX_DATA_BYTES)?;
-            parse_snippets(&String::from_utf8_lossy(&bytes)).with_context(|| format!("parsing {}", path.display()))?
+            parse_snippets(&text).with_context(|| format!("parsing {}", path.display()))?
         };
         let before = records.len();
         let records: Vec<Record> = records.into_iter().filter(|r| task.class_of(r).is_some()).collect();

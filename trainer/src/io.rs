@@ -98,9 +98,7 @@ fn load_inner(path: &Path) -> Result<Loaded> {
     let bytes = read_bytes(&weights)?;
     // The config is read only when the weights turn out to be peft's.
     let config_json = match &config {
-        Some(c) if runfile::sniff(&bytes)? == FileKind::PeftWeights => {
-            Some(std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?)
-        }
+        Some(c) if runfile::sniff(&bytes)? == FileKind::PeftWeights => Some(read_text(c, MAX_CONFIG_BYTES)?),
         _ => None,
     };
     Ok(Loaded {

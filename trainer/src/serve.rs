@@ -3,8 +3,9 @@
 //! Hand-written because it is small and its limits are the point: the request target is
 //! percent-decoded, normalised and checked before the file system is touched; only regular files
 //! inside the root are served (symlinks resolved, then checked again); the request head is capped
-//! at [`MAX_HEAD`] bytes, an idle or slow client is dropped after [`IDLE`], and at most
-//! [`MAX_CONNECTIONS`] are served at once. Files are streamed, never read whole.
+//! at [`MAX_HEAD`] bytes and must arrive within [`HEAD_DEADLINE`] (an idle or trickling client is
+//! dropped), at most [`MAX_CONNECTIONS`] are served at once, and a request naming another host
+//! (a DNS-rebinding page) is refused. Files are streamed, never read whole.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,8 +18,8 @@ use anyhow::{Context, Result, bail};
 
 /// The most bytes of a request line and headers together (browsers send a few hundred).
 pub const MAX_HEAD: usize = 16 * 1024;
-/// A client that sends nothing (or too slowly) for this long is dropped.
-pub const IDLE: Duration = Duration::from_secs(5);
+/// The whole request head must arrive within this time (a browser sends it at once).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections served at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 64;
 
@@ -50,8 +51,9 @@ pub fn serve(root: &Path, port: u16) -> Result<()> {
         }
         let root = root.clone();
         let active = Arc::clone(&active);
+        let port = addr.port();
         std::thread::spawn(move || {
-            if let Err(e) = respond(&mut stream, &root) {
+            if let Err(e) = respond(&mut stream, &root, port) {
                 tracing::debug!("request failed: {e}");
             }
             active.fetch_sub(1, Ordering::SeqCst);
@@ -68,13 +70,21 @@ fn reply(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()
     )
 }
 
-/// The request head (request line and headers) up to the blank line, at most [`MAX_HEAD`] bytes;
-/// `None` when it is longer.
+/// The request head (request line and headers) up to the blank line, at most [`MAX_HEAD`] bytes
+/// within [`HEAD_DEADLINE`]; `None` when it is longer, an error when it is late.
 fn read_head(stream: &TcpStream) -> std::io::Result<Option<Vec<String>>> {
+    let deadline = std::time::Instant::now() + HEAD_DEADLINE;
     let mut reader = BufReader::new(stream.take(MAX_HEAD as u64 + 1));
     let mut lines = Vec::new();
     let mut total = 0;
     loop {
+        // Each read may wait only for what is left of the deadline: a client trickling a byte
+        // at a time cannot hold the connection longer.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        reader.get_ref().get_ref().set_read_timeout(Some(left))?;
         let mut line = Vec::new();
         let n = reader.read_until(b'\n', &mut line)?;
         total += n;
@@ -93,8 +103,7 @@ fn read_head(stream: &TcpStream) -> std::io::Result<Option<Vec<String>>> {
     }
 }
 
-fn respond(stream: &mut TcpStream, root: &Path) -> Result<()> {
-    stream.set_read_timeout(Some(IDLE))?;
+fn respond(stream: &mut TcpStream, root: &Path, port: u16) -> Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let Some(head) = read_head(stream)? else {
         reply(
@@ -104,6 +113,14 @@ fn respond(stream: &mut TcpStream, root: &Path) -> Result<()> {
         )?;
         return Ok(());
     };
+    if !host_is_local(&head, port) {
+        reply(
+            stream,
+            "403 Forbidden",
+            "this server answers requests for 127.0.0.1 and localhost only\n",
+        )?;
+        return Ok(());
+    }
     let mut parts = head.first().map(String::as_str).unwrap_or("").split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" && method != "HEAD" {
@@ -128,6 +145,26 @@ fn respond(stream: &mut TcpStream, root: &Path) -> Result<()> {
         std::io::copy(&mut (&mut f).take(len), stream)?;
     }
     Ok(())
+}
+
+/// Whether the request's `Host` header names this server (`127.0.0.1`, `localhost` or `[::1]`,
+/// with this port or none). A page on another site that rebinds its name to 127.0.0.1 sends its
+/// own name here, so it cannot read the report through the browser. A request without a `Host`
+/// header (HTTP/1.0 tools) is local by construction: the socket only listens on 127.0.0.1.
+pub fn host_is_local(head: &[String], port: u16) -> bool {
+    let host = head.iter().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("host")
+            .then(|| value.trim().to_ascii_lowercase())
+    });
+    let Some(host) = host else { return true };
+    let (name, host_port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() && !p.contains(']') => (n, Some(p)),
+        _ => (host.as_str(), None),
+    };
+    let port_ok = host_port.is_none_or(|p| p.parse::<u16>() == Ok(port));
+    port_ok && matches!(name, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// The file a request names under `root`: decoded segments joined under the root (a directory
@@ -229,6 +266,29 @@ mod tests {
             "",
         ] {
             assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_requests_for_this_host_are_answered() {
+        let head = |h: &str| vec!["GET / HTTP/1.1".to_owned(), h.to_owned()];
+        for ok in [
+            "Host: 127.0.0.1:8080",
+            "host: localhost:8080",
+            "Host: LOCALHOST",
+            "Host: [::1]:8080",
+        ] {
+            assert!(host_is_local(&head(ok), 8080), "{ok}");
+        }
+        assert!(host_is_local(&["GET / HTTP/1.0".to_owned()], 8080));
+        for bad in [
+            "Host: evil.example:8080",
+            "Host: 127.0.0.1:8081",
+            "Host: localhost.evil.example",
+            "Host: 127.0.0.1:x",
+            "Host: ",
+        ] {
+            assert!(!host_is_local(&head(bad), 8080), "{bad}");
         }
     }
 }

@@ -571,6 +571,52 @@ fn slurm_scripts_quote_or_refuse_what_they_carry() {
     assert!(calls.contains("--dependency=afterany:4242 --array=0,"), "{calls}");
 }
 
+/// resubmit.sh lists the unfinished jobs from the directory the array tasks run in: a study
+/// output relative to it is found wherever the script is started from (run from elsewhere, it
+/// used to see no finished run and submit every job again).
+#[test]
+fn resubmit_finds_a_relative_study_output_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("output = \"{}\"", tmp.path().join("study").display()),
+        "output = \"study\"",
+    );
+    assert!(text.contains("output = \"study\""));
+    std::fs::write(&config, text).unwrap();
+    let slurm = tmp.path().join("slurm");
+    let out = tpv()
+        .current_dir(tmp.path())
+        .args(["sweep", "--emit", "slurm", "-o", "slurm", "study.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tpv()
+        .current_dir(tmp.path())
+        .args(["sweep", "--max-jobs", "2", "study.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("sbatch"), "#!/bin/sh\necho 4242\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("sbatch"))
+        .status()
+        .unwrap();
+    let run = std::process::Command::new("bash")
+        .arg(slurm.join("resubmit.sh"))
+        .current_dir("/")
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    // The two finished runs (stage 1's first two) are not submitted again; the rest are.
+    assert!(stdout.contains("stage 1: 4242 (indexes 2,3,4,5,6,7)"), "{stdout}");
+}
+
 #[test]
 fn every_shipped_config_parses() {
     let mut checked = 0;
@@ -604,7 +650,7 @@ fn every_shipped_config_parses() {
 fn get(port: u16, path: &str) -> (String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -675,6 +721,12 @@ fn hostile_clients_are_refused(port: u16, site: &Path, pid: u32) {
     assert!(status.contains("200") && body == "spaced", "{status} {body}");
     let (status, _) = get(port, "/%C3%A9t%C3%A9.json");
     assert!(status.contains("200"), "{status}");
+    // A page on another site whose name was rebound to 127.0.0.1 sends its own Host: refused.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /manifest.json HTTP/1.1\r\nHost: rebound.example:{port}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     // Traversal, plain and encoded, to a device that never ends: refused before it is opened.
     for target in [
         "/../../../../../../dev/zero",

@@ -562,6 +562,7 @@ fn decode_nll(
     if longest == 0 {
         candle_core::bail!("the batch has no target tokens");
     }
+    super::check_positions(0, longest, 0, T5_MAX_POSITIONS)?;
     let b = targets.len();
     let mut dec_ids = Vec::with_capacity(b * longest);
     let (mut rows, mut picked_targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());

@@ -182,6 +182,8 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     let mut missing = Vec::new();
     let mut damaged = Vec::new();
     for job in &manifest.jobs {
+        // Ids come from a file: each must stay inside the study directory.
+        io::check_relative_path(&job.id, "study.json: the job id")?;
         let d = dir.join(&job.id);
         let f = train::prompt_path(&d);
         if !f.exists() || train::checkpoint_path(&d).exists() {
@@ -193,10 +195,11 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             Ok(run) => {
                 runs.insert(job.id.clone(), run);
             }
-            Err(e) => {
+            Err(e) if train::is_damage(&e) => {
                 damaged.push(format!("{}: {e:#}", job.id));
                 missing.push(job.id.clone());
             }
+            Err(e) => return Err(e),
         }
     }
     let metric_of = |id: &str, key: &str| -> f64 {

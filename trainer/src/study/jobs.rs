@@ -169,7 +169,7 @@ pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<
 /// The study-level progress line: jobs done of the total, elapsed time and an estimate of the
 /// time left. Each remaining job's time is its work ([`Study::work`]) at the seconds per unit of
 /// work that finished jobs of its kind took (of all finished jobs for a kind not yet seen),
-/// divided among the worker slots.
+/// divided among the worker slots (never less than the longest job left).
 struct Progress {
     start: Instant,
     kinds: Vec<&'static str>,
@@ -225,11 +225,13 @@ impl Progress {
             return None;
         }
         let rate = |kind: &str| self.times.get(kind).map_or(all_s / all_w, |(s, w)| s / w);
-        let total: f64 = (0..self.kinds.len())
+        let times: Vec<f64> = (0..self.kinds.len())
             .filter(|&i| self.left[i])
             .map(|i| self.work[i] * rate(self.kinds[i]))
-            .sum();
-        Some(total / self.slots as f64)
+            .collect();
+        // The slots share the work, but no job is split: the longest one left bounds it below.
+        let longest = times.iter().copied().fold(0.0, f64::max);
+        Some((times.iter().sum::<f64>() / self.slots as f64).max(longest))
     }
 
     fn line(&self) -> String {
@@ -753,10 +755,13 @@ mod tests {
         p.done(0, 195.0);
         let eta = p.eta().unwrap();
         assert!((eta - (185.0 + 10.0)).abs() < 1e-9, "{eta}");
-        // Two slots share what is left.
+        // Two slots share what is left, but one job is not split between them: 185 s, not 97.5.
         let mut two = Progress::new(&study, &todo, 2);
         two.done(0, 195.0);
-        assert!((two.eta().unwrap() - 97.5).abs() < 1e-9);
+        assert!((two.eta().unwrap() - 185.0).abs() < 1e-9);
+        // With the long job done too, the evaluation job's 10 s is all that is left.
+        two.done(1, 185.0);
+        assert!((two.eta().unwrap() - 10.0).abs() < 1e-9);
         // Once a job of a kind finished, its kind's own rate counts.
         p.done(2, 20.0);
         assert!((p.eta().unwrap() - 185.0).abs() < 1e-9);

@@ -282,7 +282,7 @@ impl Study {
         }
         for name in names {
             crate::io::check_file_name(name, "task name")
-                .map_err(|e| anyhow::anyhow!("{e}: a task name is a directory name (letters, digits, -, _, .)"))?;
+                .map_err(|e| anyhow::anyhow!("{e}: a task name becomes a directory name (one path component: no `/`, `..`, backslash or control character)"))?;
         }
         if s.tasks.iter().enumerate().any(|(i, t)| s.tasks[..i].contains(t)) {
             bail!("study.tasks lists a task twice");
@@ -508,10 +508,14 @@ impl Study {
     }
 
     /// True when the job's run file is complete (written last, with no checkpoint beside it) and
-    /// reads; a damaged one is run again.
+    /// reads; a damaged one is run again, one this build cannot read (a newer format, an I/O
+    /// error) is left alone.
     pub fn finished(&self, job: &Job) -> bool {
         let dir = self.job_dir(job);
-        train::run_state(&dir) == train::RunState::Finished
+        matches!(
+            train::run_state(&dir),
+            train::RunState::Finished | train::RunState::Unreadable(_)
+        )
     }
 
     /// The base table with the data of `task` (registry name, or the study's per-task data).
@@ -588,10 +592,11 @@ impl Study {
                 self.set_origin(&mut t, *origin)?;
                 // The bare model's zero-shot baseline is the same from every origin: scored once,
                 // in the first origin's run.
-                if self.study.origins.first() != Some(origin) {
-                    config::apply_set(&mut t, "train.zero_shot_baseline=false")?;
+                let mut c = self.finish(t, job, &self.study.set)?;
+                if c.train.baselines && self.study.origins.first() != Some(origin) {
+                    c.train.zero_shot_baseline = false;
                 }
-                Ok(Some(self.finish(t, job, &self.study.set)?))
+                Ok(Some(c))
             }
             JobKind::MultiTask { tasks, origin } => {
                 let mut t = self.task_table(&tasks[0])?;

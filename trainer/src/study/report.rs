@@ -102,8 +102,6 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Copies the study's model into `SITE/model/` or
-/// links it where the browser can fetch it (the HF hub for an `org/name` id).
 /// A model's name as a published report shows it: a hub id or a registry name as it is, a local
 /// path by its last component (the site is shared; the layout of this machine's disk is not).
 fn public_model_name(spec: &str) -> String {
@@ -116,6 +114,8 @@ fn public_model_name(spec: &str) -> String {
     }
 }
 
+/// Copies the study's model into `SITE/model/` or links it where the browser can fetch it (the HF
+/// hub for an `org/name` id).
 fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<ReportModel>> {
     let hub_url = |id: &str| format!("https://huggingface.co/{id}/resolve/main/");
     let is_hub_id = |s: &str| {
@@ -205,6 +205,7 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
 
     let mut runs = Vec::new();
     for job in &jobs {
+        io::check_relative_path(&job.id, "study.json: the job id")?;
         let dir = study_dir.join(&job.id);
         let file = train::prompt_path(&dir);
         // Only finished runs that read (a damaged file is listed by the aggregate, not copied).

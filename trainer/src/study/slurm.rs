@@ -147,7 +147,9 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
     );
     submit.push_str(&format!("printf '%s\\n' {}\n", shell_quote(&done)));
 
-    // Only the unfinished jobs of each stage, stage 2 after the new stage-1 tasks.
+    // Only the unfinished jobs of each stage, stage 2 after the new stage-1 tasks; listed from the
+    // directory the array tasks run in (the study's output may be relative to it).
+    let cwd = shell_quote(&cwd.display().to_string());
     let mut resubmit = String::from(
         "#!/bin/bash\n# Re-submits the jobs that have not finished (failed, cancelled, timed out, or\n\
          # stranded by a missing input); a finished run is never run again.\n\
@@ -155,9 +157,9 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
     );
     for &stage in &stages {
         resubmit.push_str(&format!(
-            "todo=$({sweep} --todo {stage})\n\
+            "todo=$(cd {cwd} && {sweep} --todo {stage})\n\
              if [ -n \"$todo\" ]; then\n\
-             \x20 s{stage}=$(sbatch --parsable \"${{dep[@]}}\" --array=\"$todo\"{cap} stage{stage}.sbatch)\n\
+             \x20 s{stage}=$(sbatch --parsable ${{dep[@]+\"${{dep[@]}}\"}} --array=\"$todo\"{cap} stage{stage}.sbatch)\n\
              \x20 echo \"stage {stage}: $s{stage} (indexes $todo)\"\n\
              \x20 dep=(--dependency=afterany:\"$s{stage}\")\n\
              else\n\

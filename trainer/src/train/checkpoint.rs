@@ -102,9 +102,10 @@ pub fn write(path: &Path, c: &Checkpoint) -> Result<()> {
 
 pub fn read(path: &Path) -> Result<Checkpoint> {
     let bytes = crate::io::read_bytes(path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let md = header.metadata().clone().unwrap_or_default();
+    // Through the shared reader: its header-size and tensor-count limits hold for checkpoints too.
+    let loaded = tpv_shared::st::Loaded::parse(&bytes)
+        .with_context(|| format!("{} is not a readable safetensors file", path.display()))?;
+    let md = &loaded.metadata;
     if md.get("format").map(String::as_str) != Some(FORMAT) {
         bail!("{} is not a tpv checkpoint", path.display());
     }
@@ -117,7 +118,7 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
     }
     let meta: Meta = serde_json::from_str(md.get("state").map(String::as_str).unwrap_or(""))
         .with_context(|| format!("{}: bad checkpoint state", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let st = &loaded.tensors;
     let get = |name: &str| -> Result<Vec<f32>> {
         let t = st
             .tensor(name)

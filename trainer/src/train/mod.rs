@@ -48,13 +48,15 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
 }
 
 /// Where a run directory stands: finished (its run file reads and no checkpoint is beside it),
-/// not finished, or damaged (a run file that does not read: truncated, corrupted; it is trained
-/// or computed again, and replaced).
+/// not finished, damaged (a run file that does not parse: truncated, corrupted; it is trained or
+/// computed again, and replaced), or unreadable for a reason that is no fault of the file (an I/O
+/// error, a newer format version): never replaced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
     Finished,
     Unfinished,
     Damaged(String),
+    Unreadable(String),
 }
 
 /// The one test of "finished" (training, studies, aggregation and reports use it).
@@ -65,8 +67,34 @@ pub fn run_state(output: &Path) -> RunState {
     }
     match io::load_prompt(&prompt) {
         Ok(_) => RunState::Finished,
-        Err(e) => RunState::Damaged(format!("{e:#}")),
+        Err(e) if is_damage(&e) => RunState::Damaged(format!("{e:#}")),
+        Err(e) => RunState::Unreadable(format!("{e:#}")),
     }
+}
+
+/// Whether a run file's read error is the file's own fault (it does not parse), as opposed to an
+/// I/O error or a format version newer than this build.
+pub fn is_damage(e: &anyhow::Error) -> bool {
+    !e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some()
+            || matches!(
+                c.downcast_ref::<tpv_shared::Error>(),
+                Some(tpv_shared::Error::NewerFormat { .. })
+            )
+    })
+}
+
+/// A resolved config without the keys that only decide what is scored after training (baselines,
+/// the test pass): a checkpoint resumes when everything that shapes training is the same, so a
+/// study whose later version scores other baselines still resumes its interrupted runs.
+fn training_part(config: &serde_json::Value) -> serde_json::Value {
+    let mut c = config.clone();
+    if let Some(t) = c.get_mut("train").and_then(serde_json::Value::as_object_mut) {
+        for key in ["baselines", "zero_shot_baseline", "test"] {
+            t.remove(key);
+        }
+    }
+    c
 }
 
 /// How a config's records become model inputs (chat template, system turn, loss, truncation).
@@ -272,6 +300,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             RunState::Damaged(e) => {
                 eprintln!("{} does not read ({e}); training it again", prompt_file.display());
             }
+            RunState::Unreadable(e) => bail!("{e}; the run is left as it is"),
             RunState::Unfinished => {}
         }
     }
@@ -313,6 +342,18 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     };
     let validation: Vec<Encoded> = valid_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
     let test: Vec<Encoded> = test_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
+    // Every scored example must fit the model with the prompt in front (and the tokens to
+    // generate), before any training: not a failure at the end of a long run.
+    let new_tokens = match config.train.scoring {
+        tpv_shared::eval::Scoring::Generate => config.train.max_new_tokens,
+        tpv_shared::eval::Scoring::Rank => 0,
+    };
+    for (split, examples) in [("validation", &validation), ("test", &test)] {
+        for (i, e) in examples.iter().enumerate() {
+            e.check_fits(&loaded.model, r, new_tokens)
+                .with_context(|| format!("{split} example {}", i + 1))?;
+        }
+    }
     let mut train: Vec<Option<Encoded>> = vec![None; train_recs.len()];
     let (total, warmup) = step_counts(config, train.len());
     let schedule = Schedule {
@@ -354,7 +395,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let mut stale = 0u32;
     if opts.resume && ckpt_file.exists() {
         let c = checkpoint::read(&ckpt_file)?;
-        if c.config != resolved {
+        if training_part(&c.config) != training_part(&resolved) {
             bail!(
                 "{} was written by a different configuration; resume with the same config or pass --overwrite",
                 ckpt_file.display()
@@ -421,8 +462,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         );
         for &i in idx.iter().flatten() {
             if train[i].is_none() {
-                train[i] =
-                    Some(encode_rec(train_recs[i]).with_context(|| format!("tokenizing training example {}", i + 1))?);
+                let e = encode_rec(train_recs[i]).with_context(|| format!("tokenizing training example {}", i + 1))?;
+                e.check_fits(&loaded.model, r, 0)
+                    .with_context(|| format!("training example {}", i + 1))?;
+                train[i] = Some(e);
             }
         }
         let micro: Vec<Vec<&Encoded>> = idx
