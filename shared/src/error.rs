@@ -28,6 +28,16 @@ pub enum Error {
     NoOperands,
     #[error("{weights} weights for {vectors} vectors: give one weight per vector or none")]
     WeightCount { weights: usize, vectors: usize },
+    #[error("unknown {what} {value:?}: use one of {known}")]
+    UnknownName {
+        what: &'static str,
+        value: String,
+        known: String,
+    },
+    #[error("the {method} merge needs {name}")]
+    MissingParameter { name: &'static str, method: &'static str },
+    #[error("{name} has no effect with the {method} merge")]
+    UnusedParameter { name: &'static str, method: &'static str },
     #[error("invalid {name} = {value}: {reason}")]
     InvalidParameter {
         name: &'static str,
@@ -40,8 +50,13 @@ pub enum Error {
     Safetensors(#[from] safetensors::SafeTensorError),
     #[error("not a tpv run file: {0}")]
     NotARunFile(String),
-    #[error("the file has run-file format version {file}, this tpv reads versions up to {supported}; upgrade tpv")]
-    NewerFormat { file: u32, supported: u32 },
+    #[error("the file has {what} format version {file}, this tpv reads versions up to {supported}; upgrade tpv")]
+    NewerFormat {
+        /// "run-file", "report manifest", "study file".
+        what: &'static str,
+        file: u32,
+        supported: u32,
+    },
     #[error("run-file metadata is invalid: {0}")]
     BadMetadata(String),
     #[error("tensor {0:?} is missing")]
@@ -62,6 +77,10 @@ pub enum Error {
         meta: usize,
         actual: usize,
     },
+
+    // ---- records ----
+    #[error("{}{reason}", line.map_or(String::new(), |l| format!("line {l}: ")))]
+    BadRecords { line: Option<usize>, reason: String },
 
     // ---- peft ----
     #[error("adapter_config.json is invalid: {0}")]

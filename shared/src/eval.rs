@@ -89,12 +89,11 @@ pub enum Scoring {
     Rank,
 }
 
+crate::named!(Scoring, "scoring", { Generate => "generate", Rank => "rank" });
+
 impl Scoring {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Generate => "generate",
-            Self::Rank => "rank",
-        }
+        crate::names::Named::name(self)
     }
 }
 

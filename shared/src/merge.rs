@@ -27,13 +27,59 @@ pub enum SignElection {
     Count,
 }
 
+crate::named!(SignElection, "sign election", { Mass => "mass", Count => "count" });
+
 impl SignElection {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mass => "mass",
-            Self::Count => "count",
-        }
+        crate::names::Named::name(self)
     }
+}
+
+/// A merge method by name, without its parameters: what `--method`, the Compose view's
+/// `method=` and a menu list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeKind {
+    Sum,
+    Mean,
+    Ties,
+    Dare,
+    DareTies,
+    Magnitude,
+}
+
+crate::named!(MergeKind, "merge method", {
+    Sum => "sum",
+    Mean => "mean",
+    Ties => "ties",
+    Dare => "dare",
+    DareTies => "dare-ties",
+    Magnitude => "magnitude",
+});
+
+impl MergeKind {
+    /// Whether the method takes a `density` (the fraction of values kept).
+    pub fn takes_density(self) -> bool {
+        matches!(self, Self::Ties | Self::Magnitude)
+    }
+
+    /// Whether the method takes a `drop` probability and its `seed`.
+    pub fn takes_drop(self) -> bool {
+        matches!(self, Self::Dare | Self::DareTies)
+    }
+
+    /// Whether the method elects a sign.
+    pub fn takes_sign(self) -> bool {
+        matches!(self, Self::Ties | Self::DareTies)
+    }
+}
+
+/// A merge's parameters as a user gave them (flags, a URL): `None` where not given.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MergeParams {
+    pub density: Option<f64>,
+    pub drop: Option<f64>,
+    pub seed: Option<u64>,
+    pub sign: Option<SignElection>,
 }
 
 /// A way of merging vectors τ₁…τₙ with weights w₁…wₙ into one vector.
@@ -72,6 +118,61 @@ pub enum MergeMethod {
 }
 
 impl MergeMethod {
+    /// The method `kind` with `params`: a parameter it does not take is an error, as is a
+    /// missing density or drop; the seed defaults to 0 and the sign to mass. Validated.
+    pub fn build(kind: MergeKind, params: &MergeParams) -> Result<Self> {
+        let method = crate::names::Named::name(kind);
+        let unused = |name: &'static str, takes: bool, given: bool| {
+            if given && !takes {
+                Err(Error::UnusedParameter { name, method })
+            } else {
+                Ok(())
+            }
+        };
+        unused("density", kind.takes_density(), params.density.is_some())?;
+        unused("drop", kind.takes_drop(), params.drop.is_some())?;
+        unused("seed", kind.takes_drop(), params.seed.is_some())?;
+        unused("sign", kind.takes_sign(), params.sign.is_some())?;
+        let density = || {
+            params.density.ok_or(Error::MissingParameter {
+                name: "density",
+                method,
+            })
+        };
+        let drop = || params.drop.ok_or(Error::MissingParameter { name: "drop", method });
+        let seed = params.seed.unwrap_or(0);
+        let sign = params.sign.unwrap_or_default();
+        let m = match kind {
+            MergeKind::Sum => Self::Sum,
+            MergeKind::Mean => Self::Mean,
+            MergeKind::Ties => Self::Ties {
+                density: density()?,
+                sign,
+            },
+            MergeKind::Magnitude => Self::Magnitude { density: density()? },
+            MergeKind::Dare => Self::Dare { drop: drop()?, seed },
+            MergeKind::DareTies => Self::DareTies {
+                drop: drop()?,
+                seed,
+                sign,
+            },
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The method's name without its parameters.
+    pub fn kind(&self) -> MergeKind {
+        match self {
+            Self::Sum => MergeKind::Sum,
+            Self::Mean => MergeKind::Mean,
+            Self::Ties { .. } => MergeKind::Ties,
+            Self::Dare { .. } => MergeKind::Dare,
+            Self::DareTies { .. } => MergeKind::DareTies,
+            Self::Magnitude { .. } => MergeKind::Magnitude,
+        }
+    }
+
     /// Rejects parameters outside their range.
     pub fn validate(&self) -> Result<()> {
         let density = |d: f64| {

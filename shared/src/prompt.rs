@@ -81,6 +81,9 @@ pub enum TaskType {
     CausalLm,
 }
 
+// The words of `tpv peft export --task-type`; files carry peft's own (`as_peft_str`).
+crate::named!(TaskType, "task type", { Seq2SeqLm => "seq2seq", CausalLm => "causal" });
+
 impl TaskType {
     pub fn as_peft_str(self) -> &'static str {
         match self {

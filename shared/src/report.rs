@@ -126,6 +126,7 @@ impl Manifest {
         match head.version {
             Some(v) if v > VERSION => {
                 return Err(Error::NewerFormat {
+                    what: "report manifest",
                     file: v,
                     supported: VERSION,
                 });

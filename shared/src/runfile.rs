@@ -103,6 +103,7 @@ pub fn read_run(bytes: &[u8]) -> Result<SoftPrompt> {
         .map_err(|_| Error::BadMetadata(format!("`{KEY_VERSION}` is not an integer")))?;
     if version > FORMAT_VERSION {
         return Err(Error::NewerFormat {
+            what: "run-file",
             file: version,
             supported: FORMAT_VERSION,
         });

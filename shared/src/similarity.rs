@@ -25,20 +25,16 @@ pub enum Measure {
     NormDiff,
 }
 
+crate::named!(Measure, "similarity measure", {
+    CosineMean => "cosine-mean",
+    CosineFlat => "cosine-flat",
+    MeanAbsDiff => "mean-abs-diff",
+    NormDiff => "norm-diff",
+});
+
 impl Measure {
-    pub const ALL: [Measure; 4] = [Self::CosineMean, Self::CosineFlat, Self::MeanAbsDiff, Self::NormDiff];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::CosineMean => "cosine-mean",
-            Self::CosineFlat => "cosine-flat",
-            Self::MeanAbsDiff => "mean-abs-diff",
-            Self::NormDiff => "norm-diff",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.as_str() == s)
+        crate::names::Named::name(self)
     }
 
     /// The value of the measure between a prompt and itself.

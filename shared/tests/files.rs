@@ -101,7 +101,17 @@ fn newer_format_versions_are_refused_naming_both() {
         &f32_bytes(&[1.0; 4]),
     );
     let err = runfile::read_run(&bytes).unwrap_err();
-    assert!(matches!(err, Error::NewerFormat { file: 2, supported: 1 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::NewerFormat {
+                file: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("version 2") && msg.contains("up to 1"), "{msg}");
 }

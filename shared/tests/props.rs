@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use tpv_shared::arith::{self, combine, linear_combination};
 use tpv_shared::similarity::{Measure, similarity};
-use tpv_shared::{MergeMethod, OriginRef, PromptKind, PromptTensor, SignElection, SoftPrompt, runfile};
+use tpv_shared::{MergeMethod, Named, OriginRef, PromptKind, PromptTensor, SignElection, SoftPrompt, runfile};
 
 const ROWS: usize = 3;
 const DIM: usize = 5;
@@ -98,7 +98,7 @@ proptest! {
 
     #[test]
     fn similarity_is_symmetric_and_bounded(a in tensor(), b in tensor()) {
-        for m in Measure::ALL {
+        for &m in Measure::ALL {
             let ab = similarity(&a, &b, m).unwrap();
             let ba = similarity(&b, &a, m).unwrap();
             prop_assert!((ab - ba).abs() < 1e-12);

@@ -185,6 +185,11 @@ try {
   await page2.goto(page.url());
   const expression2 = await page2.getByTestId('compose-expression').textContent({ timeout: 20000 });
   check(expression2 === expr(cli.metadata), 'URL state: the link reopens the same composition');
+  // A link with an unknown method is an error in the view, not a silent sum (issue 16).
+  check(composeUrl.includes('method=ties'), 'compose: the method is in the URL');
+  await page2.goto(composeUrl.replace('method=ties', 'method=nonsense'));
+  const unknown = await page2.getByTestId('compose-error').textContent({ timeout: 20000 });
+  check(unknown.includes('unknown merge method') && unknown.includes('nonsense'), `compose: an unknown method= is an error ("${unknown}")`);
   await page2.close();
 
   // 6. Curves: few-shot (4 inits for c) and training curves.

@@ -2,7 +2,16 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tpv_shared::eval::Scoring;
+use tpv_shared::{Measure, MergeKind, Named, SignElection, TaskType};
+
+/// The parser of a flag that takes a shared enum: its possible values are the enum's names (so
+/// `--help` lists exactly what parses) and the parsing is the enum's own (`tpv_shared::names`).
+fn named<T: Named + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    clap::builder::PossibleValuesParser::new(T::NAMES).try_map(|s| T::from_name(&s))
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,6 +23,9 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Print the result as JSON on stdout (every command; progress and logs stay on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -95,7 +107,8 @@ pub struct SweepArgs {
     /// Also write the tables when the jobs are done.
     #[arg(long)]
     pub aggregate: bool,
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -106,8 +119,8 @@ pub struct AggregateArgs {
     /// Where to write tables.{md,csv,json} (default: the study directory).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Print the aggregate as JSON instead of Markdown.
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -131,6 +144,9 @@ pub struct ReportArgs {
     pub serve: bool,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -176,6 +192,9 @@ pub struct DemoArgs {
     /// Copy the model into the site (as for tpv report; the demo's 98 MB GGUF by default).
     #[arg(long, value_enum, default_value = "always")]
     pub bundle_model: BundleArg,
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -225,7 +244,8 @@ pub struct BenchArgs {
     /// medians over --repeats.
     #[arg(long)]
     pub phases: bool,
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -243,7 +263,8 @@ pub struct DataArgs {
     /// How inputs are rendered.
     #[arg(long, value_enum, default_value = "chat")]
     pub style: InputStyle,
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -260,8 +281,8 @@ pub struct TrainArgs {
     /// Start over even if the output directory holds a run.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Print `{"runs": [...]}` as the last line.
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
     /// Test hook: abort the process right after this step, as a kill would.
     #[arg(long, hide = true)]
@@ -301,28 +322,14 @@ pub struct EvalArgs {
     /// How predictions are made: `generate` (greedy; the default for records) or `rank` (rank
     /// classification over the task's labels, one forward pass); default for an eval set: the
     /// study's own.
-    #[arg(long, value_enum)]
-    pub scoring: Option<ScoringArg>,
+    #[arg(long, value_parser = named::<Scoring>())]
+    pub scoring: Option<Scoring>,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
     pub device: String,
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ScoringArg {
-    Generate,
-    Rank,
-}
-
-impl From<ScoringArg> for tpv_shared::eval::Scoring {
-    fn from(s: ScoringArg) -> Self {
-        match s {
-            ScoringArg::Generate => Self::Generate,
-            ScoringArg::Rank => Self::Rank,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -350,7 +357,8 @@ pub struct OriginsArgs {
     /// Output directory.
     #[arg(short, long)]
     pub output: PathBuf,
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -359,6 +367,9 @@ pub struct FetchArgs {
     /// What to fetch: smollm2, rt_polarity, amazon_snippets, uci_imdb, uci_yelp, uci_amazon,
     /// bbc_news, spam_assassin (default: everything).
     pub what: Vec<String>,
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -366,8 +377,8 @@ pub struct InspectArgs {
     /// Run files, adapter_model.safetensors files or peft adapter directories.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Print JSON (an array, one object per file).
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -407,15 +418,9 @@ pub struct PeftImportArgs {
     /// Base model id to record, overriding the adapter's base_model_name_or_path.
     #[arg(long)]
     pub model: Option<String>,
-    /// Print a JSON summary.
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum TaskTypeArg {
-    Seq2seq,
-    Causal,
 }
 
 #[derive(Debug, Args)]
@@ -426,32 +431,14 @@ pub struct PeftExportArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Task type, when the run file does not record one.
-    #[arg(long, value_enum)]
-    pub task_type: Option<TaskTypeArg>,
+    #[arg(long, value_parser = named::<TaskType>())]
+    pub task_type: Option<TaskType>,
     /// Base model id to write, overriding the run file's model.
     #[arg(long)]
     pub base_model: Option<String>,
-    /// Print a JSON summary.
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum MethodArg {
-    Sum,
-    Mean,
-    Ties,
-    Dare,
-    DareTies,
-    Magnitude,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SignArg {
-    /// Sign of the summed values (peft "total").
-    Mass,
-    /// Sign of the summed signs (peft "frequency").
-    Count,
 }
 
 #[derive(Debug, Args)]
@@ -468,8 +455,8 @@ pub struct CombineArgs {
     /// Scaling λ of the merged vector.
     #[arg(long = "lambda", default_value_t = 1.0, allow_negative_numbers = true)]
     pub lambda: f64,
-    #[arg(long, value_enum, default_value = "sum")]
-    pub method: MethodArg,
+    #[arg(long, value_parser = named::<MergeKind>(), default_value = "sum")]
+    pub method: MergeKind,
     /// Fraction of values kept by TIES and magnitude pruning, in [0, 1].
     #[arg(long)]
     pub density: Option<f64>,
@@ -480,25 +467,17 @@ pub struct CombineArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// TIES sign election.
-    #[arg(long, value_enum)]
-    pub sign: Option<SignArg>,
+    #[arg(long, value_parser = named::<SignElection>())]
+    pub sign: Option<SignElection>,
     /// Name to record in the output.
     #[arg(long)]
     pub name: Option<String>,
     /// Output run file.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Print a JSON summary.
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum MeasureArg {
-    CosineMean,
-    CosineFlat,
-    MeanAbsDiff,
-    NormDiff,
 }
 
 #[derive(Debug, Args)]
@@ -508,12 +487,12 @@ pub struct SimilarityArgs {
     /// Compare task prompt vectors (task prompts minus their stored origins).
     #[arg(long)]
     pub vectors: bool,
-    #[arg(long, value_enum, default_value = "cosine-mean")]
-    pub measure: MeasureArg,
+    #[arg(long, value_parser = named::<Measure>(), default_value = "cosine-mean")]
+    pub measure: Measure,
     /// The paper's across-origins view: per task pair an origins × origins matrix, averaged.
     #[arg(long)]
     pub across_origins: bool,
-    /// Print JSON: {"labels": [...], "matrix": [[...]]}.
-    #[arg(long)]
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
     pub json: bool,
 }

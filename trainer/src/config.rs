@@ -506,9 +506,14 @@ impl Config {
         if self.train.eval_every == 0 {
             bail!("train.eval_every must be at least 1");
         }
-        if !matches!(self.model.dtype.as_str(), "f32" | "bf16" | "f16") {
-            bail!("model.dtype must be f32, bf16 or f16, not {:?}", self.model.dtype);
-        }
+        self.model
+            .dtype
+            .parse::<tpv_shared::Precision>()
+            .map_err(|e| anyhow::anyhow!("model.dtype: {e}"))?;
+        self.model
+            .device
+            .parse::<tpv_shared::DeviceSpec>()
+            .map_err(|e| anyhow::anyhow!("model.device: {e}"))?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use tpv_shared::merge::SplitMix64;
+use tpv_shared::records;
 use tpv_shared::tasks::{self, Record, TaskSpec};
 
 use crate::config::{AlsoTask, DataSection, TaskRef, is_file_like};
@@ -256,21 +257,16 @@ pub fn stratified_take(records: Vec<Record>, n: usize, task: &TaskSpec, seed: u6
     (taken, rest)
 }
 
-/// Records of a JSONL, CSV or TSV file (by extension). JSON values that are not strings are
-/// written as text; lists of strings (and SQuAD's `answers.text`) are joined with `|||`.
+/// Records of a JSONL, JSON, CSV, TSV or parquet file (by extension). Values that are not
+/// strings become text by `tpv_shared::records`' rule (lists joined with `|||`).
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     match ext.as_str() {
-        "jsonl" => parse_jsonl(path, &crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?),
-        "json" => {
-            // A JSON array, or JSON lines under a .json name (as `datasets.Dataset.to_json` writes).
-            let text = crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?;
-            if text.trim_start().starts_with('[') {
-                parse_json_array(path, &text)
-            } else {
-                parse_jsonl(path, &text)
-            }
-        }
+        // The shared parser (the web app's pasted examples use it too).
+        "jsonl" => records::parse_jsonl(&crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?)
+            .with_context(|| path.display().to_string()),
+        "json" => records::parse_json(&crate::io::read_text(path, crate::io::MAX_DATA_BYTES)?)
+            .with_context(|| path.display().to_string()),
         "csv" => read_delimited(path, b','),
         "tsv" => read_delimited(path, b'\t'),
         "parquet" => read_parquet(path),
@@ -279,45 +275,6 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
             path.display()
         ),
     }
-}
-
-fn json_text(v: &serde_json::Value) -> String {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Array(xs) => xs.iter().map(json_text).collect::<Vec<_>>().join("|||"),
-        Value::Object(m) => match m.get("text") {
-            Some(t) => json_text(t),
-            None => v.to_string(),
-        },
-        other => other.to_string(),
-    }
-}
-
-/// A JSON file holding one array of objects.
-fn parse_json_array(path: &Path, text: &str) -> Result<Vec<Record>> {
-    let v: Vec<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_str(text).with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
-    Ok(v.into_iter()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), json_text(v))).collect())
-        .collect())
-}
-
-fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
-        let Some(obj) = v.as_object() else {
-            bail!("{} line {}: expected a JSON object", path.display(), i + 1)
-        };
-        out.push(obj.iter().map(|(k, v)| (k.clone(), json_text(v))).collect());
-    }
-    Ok(out)
 }
 
 /// A parquet column's value as text (lists joined with `|||`, a struct by its `text` field).
@@ -450,10 +407,8 @@ fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<R
         let path = assets::ensure(asset)?;
         let bytes = crate::io::read_limited(&path, crate::io::MAX_DATA_BYTES)?;
         let text = String::from_utf8_lossy(&bytes);
-        let records = if path.extension().is_some_and(|e| e == "json") {
-            parse_json_array(&path, &text)?
-        } else if path.extension().is_some_and(|e| e == "jsonl") {
-            parse_jsonl(&path, &text)?
+        let records = if path.extension().is_some_and(|e| e == "json" || e == "jsonl") {
+            records::parse_json(&text).with_context(|| path.display().to_string())?
         } else {
             parse_snippets(&text).with_context(|| format!("parsing {}", path.display()))?
         };

@@ -6,7 +6,7 @@ fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = tpv_trainer::cli::Cli::parse();
     init_tracing(cli.verbose);
-    match tpv_trainer::commands::run(cli.command) {
+    match tpv_trainer::commands::run(cli.command, cli.json) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A reader that stopped reading (`| head`) is not an error.
         Err(err) if is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,

@@ -26,32 +26,22 @@ impl std::ops::Deref for LoadedModel {
     }
 }
 
-/// `f32`, `bf16` or `f16`.
+/// `f32`, `bf16` or `f16` ([`tpv_shared::Precision`]).
 pub fn dtype(spec: &str) -> Result<DType> {
-    match spec {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        other => bail!("unknown dtype {other:?}: use f32, bf16 or f16"),
-    }
+    Ok(spec.parse::<tpv_shared::Precision>()?.dtype())
 }
 
-/// `cpu` or `cuda:N` (the latter needs the `cuda` feature).
+/// `cpu` or `cuda:N` ([`tpv_shared::DeviceSpec`]; CUDA needs the `cuda` feature).
 pub fn device(spec: &str) -> Result<Device> {
-    if spec == "cpu" {
-        return Ok(Device::Cpu);
+    match spec.parse::<tpv_shared::DeviceSpec>()? {
+        tpv_shared::DeviceSpec::Cpu => Ok(Device::Cpu),
+        tpv_shared::DeviceSpec::Cuda(n) => {
+            if !cfg!(feature = "cuda") {
+                bail!("this tpv was built without CUDA; rebuild with `cargo build --release --features cuda`");
+            }
+            Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))
+        }
     }
-    let Some(n) = spec
-        .strip_prefix("cuda:")
-        .or(if spec == "cuda" { Some("0") } else { None })
-    else {
-        bail!("unknown device {spec:?}: use cpu or cuda:N");
-    };
-    let n: usize = n.parse().with_context(|| format!("bad CUDA ordinal in {spec:?}"))?;
-    if !cfg!(feature = "cuda") {
-        bail!("this tpv was built without CUDA; rebuild with `cargo build --release --features cuda`");
-    }
-    Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))
 }
 
 /// Finds the files of `spec`: a directory, a `.gguf` file, `smollm2`, or `org/name` in the local

@@ -261,8 +261,21 @@ fn study_runs_resumes_aggregates_and_reports() {
     assert_eq!(agg["damaged"].as_array().unwrap().len(), 2, "{}", agg["damaged"]);
     assert_eq!(agg["finished"].as_u64().unwrap() as usize, JOBS - 2);
     let site = tmp.path().join("site-damaged");
-    let out = tpv().arg("report").arg(&study).arg("-o").arg(&site).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `--json` is global: before the command, as every command takes it.
+    let rep = json_of(
+        &tpv()
+            .args(["--json", "report"])
+            .arg(&study)
+            .arg("-o")
+            .arg(&site)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(rep["runs"].as_u64(), Some(JOBS as u64 - 2), "{rep}");
+    assert!(
+        rep["site"].as_str().is_some_and(|s| s.ends_with("site-damaged")),
+        "{rep}"
+    );
     assert!(
         std::fs::read_to_string(site.join("tables.md"))
             .unwrap()

@@ -308,6 +308,50 @@ fn config_mistakes_name_the_key() {
 /// Issue 15 (6, 11): numbers that size allocations or loops are range-checked before anything is
 /// loaded (batch_size = 1e11 aborted on 800 GB, virtual_tokens = i64::MAX panicked, epochs ≤ 0 or
 /// NaN trained 1 step and inf forever; warmup_ratio, dropout, max_grad_norm, betas were unchecked).
+/// Names have one parser each (`tpv_shared::names`): flags list the known names, configs name
+/// the key, and nothing falls back to a default.
+#[test]
+fn unknown_names_are_refused_with_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let cfg = config(dir.path(), "llama_tied", "names");
+    for (set, needles) in [
+        ("model.dtype=\"f64\"", ["model.dtype", "f32, bf16, f16"]),
+        ("model.device=\"gpu\"", ["model.device", "cpu, cuda"]),
+    ] {
+        let out = train(&cfg, &["--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && needles.iter().all(|n| err.contains(n)),
+            "{set}: {err}"
+        );
+    }
+    for (args, needle) in [
+        (
+            &["combine", "--vector", "x", "-o", "y", "--method", "average"][..],
+            "dare-ties",
+        ),
+        (&["combine", "--vector", "x", "-o", "y", "--sign", "most"][..], "count"),
+        (&["similarity", "x", "--measure", "cosine"][..], "cosine-flat"),
+        (
+            &["eval", "--model", "m", "--data", "d", "--scoring", "best"][..],
+            "rank",
+        ),
+        (
+            &["peft", "export", "x", "-o", "y", "--task-type", "SEQ_2_SEQ_LM"][..],
+            "seq2seq",
+        ),
+    ] {
+        let out = assert_cmd::Command::cargo_bin("tpv")
+            .unwrap()
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn out_of_range_numbers_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();

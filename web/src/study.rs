@@ -135,10 +135,7 @@ pub async fn load(manifest_url: &str) -> Result<Study, String> {
             (None, Some(t)) if r.tasks.is_empty() => vec![t.clone()],
             _ => r.tasks.clone(),
         };
-        let init = match (r.init, r.source) {
-            (Some(i), Some(s)) => Some(format!("{i}_{s}")),
-            (i, _) => i,
-        };
+        let init = r.init.map(|i| tpv_shared::study::init_label(&i, r.source.as_deref()));
         study.runs.push(Run {
             id: r.id,
             experiment: r.experiment,

@@ -1,12 +1,12 @@
 //! `tpv combine`: θ₀ + λ·merge(w₁τ₁, …).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 use tpv_shared::similarity::{Measure, similarity};
-use tpv_shared::{MergeMethod, Norms, SignElection, SoftPrompt, arith};
+use tpv_shared::{MergeMethod, MergeParams, Norms, SoftPrompt, arith};
 
 use super::print_json;
-use crate::cli::{CombineArgs, MethodArg, SignArg};
+use crate::cli::CombineArgs;
 use crate::io;
 
 pub fn run(args: &CombineArgs) -> Result<()> {
@@ -55,45 +55,20 @@ pub fn run(args: &CombineArgs) -> Result<()> {
 }
 
 fn method(args: &CombineArgs) -> Result<MergeMethod> {
-    let sign = match args.sign {
-        None | Some(SignArg::Mass) => SignElection::Mass,
-        Some(SignArg::Count) => SignElection::Count,
+    let params = MergeParams {
+        density: args.density,
+        drop: args.drop,
+        seed: args.seed,
+        sign: args.sign,
     };
-    let uses = |flag: &str, used: bool, given: bool| -> Result<()> {
-        if given && !used {
-            bail!("{flag} has no effect with --method {:?}", args.method);
+    // The shared rules, with the errors in terms of the flags.
+    MergeMethod::build(args.method, &params).map_err(|e| match e {
+        tpv_shared::Error::MissingParameter { name, method } => {
+            anyhow::anyhow!("--{name} is required with --method {method}")
         }
-        Ok(())
-    };
-    let m = args.method;
-    let takes_density = matches!(m, MethodArg::Ties | MethodArg::Magnitude);
-    let takes_drop = matches!(m, MethodArg::Dare | MethodArg::DareTies);
-    uses("--density", takes_density, args.density.is_some())?;
-    uses("--drop", takes_drop, args.drop.is_some())?;
-    uses("--seed", takes_drop, args.seed.is_some())?;
-    uses(
-        "--sign",
-        matches!(m, MethodArg::Ties | MethodArg::DareTies),
-        args.sign.is_some(),
-    )?;
-    let density = || args.density.context("--density is required with this --method");
-    let drop = || args.drop.context("--drop is required with this --method");
-    let seed = args.seed.unwrap_or(0);
-    let method = match m {
-        MethodArg::Sum => MergeMethod::Sum,
-        MethodArg::Mean => MergeMethod::Mean,
-        MethodArg::Ties => MergeMethod::Ties {
-            density: density()?,
-            sign,
-        },
-        MethodArg::Magnitude => MergeMethod::Magnitude { density: density()? },
-        MethodArg::Dare => MergeMethod::Dare { drop: drop()?, seed },
-        MethodArg::DareTies => MergeMethod::DareTies {
-            drop: drop()?,
-            seed,
-            sign,
-        },
-    };
-    method.validate()?;
-    Ok(method)
+        tpv_shared::Error::UnusedParameter { name, method } => {
+            anyhow::anyhow!("--{name} has no effect with --method {method}")
+        }
+        e => e.into(),
+    })
 }

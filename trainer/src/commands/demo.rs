@@ -78,11 +78,41 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             bundle_model: args.bundle_model.into(),
         },
     )?;
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "study": study.output().display().to_string(),
+            "ran": ran,
+            "skipped": skipped,
+            "failed": failed,
+            "seconds": start.elapsed().as_secs_f64(),
+            "report": serde_json::to_value(&r)?,
+            "tables": serde_json::to_value(&agg)?,
+        }))?;
+    } else {
+        print_summary(&agg, &r, ran, skipped, &failed, start.elapsed().as_secs_f64())?;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} demo jobs failed: {}", failed.len(), failed.join(", "));
+    }
+    if !args.no_serve {
+        report::serve(&r.site, args.port)?;
+    }
+    Ok(())
+}
+
+fn print_summary(
+    agg: &aggregate::Aggregate,
+    r: &report::Report,
+    ran: usize,
+    skipped: usize,
+    failed: &[String],
+    seconds: f64,
+) -> Result<()> {
     out!("{}", agg.markdown());
     out!(
         "demo: ran {ran} jobs, skipped {skipped} finished, {} failed, in {:.0} s; report: {}{}",
         failed.len(),
-        start.elapsed().as_secs_f64(),
+        seconds,
         r.site.join("index.html").display(),
         if r.web_app {
             ""
@@ -90,12 +120,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             " (tables only: no built web app found; scripts/run.sh builds it)"
         }
     );
-    if !failed.is_empty() {
-        anyhow::bail!("{} demo jobs failed: {}", failed.len(), failed.join(", "));
-    }
-    if !args.no_serve {
-        report::serve(&r.site, args.port)?;
-    }
     Ok(())
 }
 

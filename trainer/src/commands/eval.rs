@@ -37,7 +37,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         set.encode.system = Some(s.clone());
     }
     if let Some(s) = args.scoring {
-        set.scoring = s.into();
+        set.scoring = s;
     }
     let device = models::device(&args.device)?;
     let t_load = Instant::now();

@@ -17,9 +17,16 @@ pub fn run(args: &FetchArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    let mut fetched = Vec::new();
     for asset in wanted {
         let path = assets::ensure(asset)?;
-        out!("{}: {}", asset.name, path.display());
+        if !args.json {
+            out!("{}: {}", asset.name, path.display());
+        }
+        fetched.push(serde_json::json!({ "name": asset.name, "path": path.display().to_string() }));
+    }
+    if args.json {
+        super::print_json(&serde_json::Value::Array(fetched))?;
     }
     Ok(())
 }

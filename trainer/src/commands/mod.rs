@@ -16,25 +16,29 @@ mod train;
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::cli::{Command, PeftCommand};
+use crate::cli::{
+    AggregateArgs, BenchArgs, CombineArgs, Command, DataArgs, DemoArgs, EvalArgs, FetchArgs, InspectArgs, OriginsArgs,
+    PeftCommand, PeftExportArgs, PeftImportArgs, ReportArgs, SimilarityArgs, SweepArgs, TrainArgs,
+};
 
-pub fn run(command: Command) -> Result<()> {
+/// Runs a command; `json` is the global `--json`, handed to the command's arguments.
+pub fn run(command: Command, json: bool) -> Result<()> {
     match command {
-        Command::Inspect(args) => inspect::run(&args),
-        Command::Peft(PeftCommand::Import(args)) => peft::import(&args),
-        Command::Peft(PeftCommand::Export(args)) => peft::export(&args),
-        Command::Combine(args) => combine::run(&args),
-        Command::Similarity(args) => similarity::run(&args),
-        Command::Eval(args) => eval::run(&args),
-        Command::Origins(args) => origins::run(&args),
-        Command::Fetch(args) => fetch::run(&args),
-        Command::Train(args) => train::run(&args),
-        Command::Data(args) => data::run(&args),
-        Command::Bench(args) => bench::run(&args),
-        Command::Sweep(args) => study::sweep(&args),
-        Command::Aggregate(args) => study::aggregate(&args),
-        Command::Report(args) => study::report(&args),
-        Command::Demo(args) => demo::run(&args),
+        Command::Inspect(args) => inspect::run(&InspectArgs { json, ..args }),
+        Command::Peft(PeftCommand::Import(args)) => peft::import(&PeftImportArgs { json, ..args }),
+        Command::Peft(PeftCommand::Export(args)) => peft::export(&PeftExportArgs { json, ..args }),
+        Command::Combine(args) => combine::run(&CombineArgs { json, ..args }),
+        Command::Similarity(args) => similarity::run(&SimilarityArgs { json, ..args }),
+        Command::Eval(args) => eval::run(&EvalArgs { json, ..args }),
+        Command::Origins(args) => origins::run(&OriginsArgs { json, ..args }),
+        Command::Fetch(args) => fetch::run(&FetchArgs { json, ..args }),
+        Command::Train(args) => train::run(&TrainArgs { json, ..args }),
+        Command::Data(args) => data::run(&DataArgs { json, ..args }),
+        Command::Bench(args) => bench::run(&BenchArgs { json, ..args }),
+        Command::Sweep(args) => study::sweep(&SweepArgs { json, ..args }),
+        Command::Aggregate(args) => study::aggregate(&AggregateArgs { json, ..args }),
+        Command::Report(args) => study::report(&ReportArgs { json, ..args }),
+        Command::Demo(args) => demo::run(&DemoArgs { json, ..args }),
     }
 }
 

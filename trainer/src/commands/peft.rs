@@ -3,10 +3,10 @@
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tpv_shared::peft::{self, PeftAdapter};
-use tpv_shared::{ModelRef, OriginRef, PromptKind, TaskType};
+use tpv_shared::{ModelRef, OriginRef, PromptKind};
 
 use super::print_json;
-use crate::cli::{ImportAs, PeftExportArgs, PeftImportArgs, TaskTypeArg};
+use crate::cli::{ImportAs, PeftExportArgs, PeftImportArgs};
 use crate::io;
 
 pub fn import(args: &PeftImportArgs) -> Result<()> {
@@ -80,11 +80,7 @@ pub fn import(args: &PeftImportArgs) -> Result<()> {
 
 pub fn export(args: &PeftExportArgs) -> Result<()> {
     let mut prompt = io::load_prompt(&args.run)?;
-    if let Some(t) = args.task_type {
-        let task_type = match t {
-            TaskTypeArg::Seq2seq => TaskType::Seq2SeqLm,
-            TaskTypeArg::Causal => TaskType::CausalLm,
-        };
+    if let Some(task_type) = args.task_type {
         prompt.meta.layout.task_type = Some(task_type);
         prompt.meta.layout.num_transformer_submodules = task_type.default_submodules();
     }

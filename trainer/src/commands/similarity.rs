@@ -2,20 +2,15 @@
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use tpv_shared::similarity::{self, Labelled, Measure};
+use tpv_shared::similarity::{self, Labelled};
 use tpv_shared::{PromptTensor, SoftPrompt};
 
 use super::print_json;
-use crate::cli::{MeasureArg, SimilarityArgs};
+use crate::cli::SimilarityArgs;
 use crate::io;
 
 pub fn run(args: &SimilarityArgs) -> Result<()> {
-    let measure = match args.measure {
-        MeasureArg::CosineMean => Measure::CosineMean,
-        MeasureArg::CosineFlat => Measure::CosineFlat,
-        MeasureArg::MeanAbsDiff => Measure::MeanAbsDiff,
-        MeasureArg::NormDiff => Measure::NormDiff,
-    };
+    let measure = args.measure;
     let mut prompts: Vec<SoftPrompt> = Vec::new();
     let mut values: Vec<PromptTensor> = Vec::new();
     for path in &args.files {

@@ -149,6 +149,18 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             bundle_model: args.bundle_model.into(),
         },
     )?;
+    if args.json {
+        print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        print_report(&r)?;
+    }
+    if args.serve {
+        rep::serve(&r.site, args.port)?;
+    }
+    Ok(())
+}
+
+fn print_report(r: &rep::Report) -> Result<()> {
     out!(
         "wrote {} ({} runs{}{})",
         r.site.display(),
@@ -164,8 +176,5 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             None => String::new(),
         }
     );
-    if args.serve {
-        rep::serve(&r.site, args.port)?;
-    }
     Ok(())
 }

@@ -13,7 +13,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         overwrite: args.overwrite,
         abort_after_step: args.abort_after_step,
     };
-    let finished_before = args.resume && train::run_state(&cfg.train.output) == train::RunState::Finished;
+    let finished_before = args.resume && train::run_state(&cfg.train.output).is_finished();
     let path = train::run(&cfg, &opts).with_context(|| format!("training {}", args.config.display()))?;
     if args.json {
         out!(

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tpv_shared::similarity::{self, AcrossOrigins, Labelled, Measure};
 use tpv_shared::stats::{TTest, bonferroni, mean, std, welch_t_test};
+use tpv_shared::study::{StudyFile, init_label};
 use tpv_shared::{SoftPrompt, tasks};
 
-use super::{InitMethod, Job, JobKind};
+use super::JobKind;
 use crate::{io, train};
 
 /// mean ± std over the origins that finished.
@@ -142,15 +143,6 @@ pub struct Aggregate {
     pub scoring: Vec<String>,
 }
 
-/// `OUTPUT/study.json` as written by the sweep.
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    name: String,
-    origins: Vec<usize>,
-    tasks: Vec<String>,
-    jobs: Vec<Job>,
-}
-
 /// The score names of a task: exact match (accuracy; not for regression tasks scored by
 /// correlation), then its registry metrics.
 fn task_metrics(task: &str) -> Vec<String> {
@@ -166,40 +158,27 @@ fn task_metrics(task: &str) -> Vec<String> {
     out
 }
 
-fn init_label(init: InitMethod, source: Option<&str>) -> String {
-    match source {
-        Some(s) => format!("spot_{s}"),
-        None => init.as_str().to_owned(),
-    }
-}
-
 /// Reads a study directory and aggregates what has finished.
 pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     let manifest_path = dir.join("study.json");
-    let manifest: Manifest = serde_json::from_slice(&io::read_bytes(&manifest_path)?)
-        .with_context(|| format!("{} is not a study manifest", manifest_path.display()))?;
+    let manifest = StudyFile::from_json(&io::read_bytes(&manifest_path)?)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
     let mut runs: BTreeMap<String, SoftPrompt> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut damaged = Vec::new();
     for job in &manifest.jobs {
-        // Ids come from a file: each must stay inside the study directory.
-        io::check_relative_path(&job.id, "study.json: the job id")?;
-        let d = dir.join(&job.id);
-        let f = train::prompt_path(&d);
-        if !f.exists() || train::checkpoint_path(&d).exists() {
-            missing.push(job.id.clone());
-            continue;
-        }
-        // A run file that does not read is listed (and re-run by the next sweep), not fatal.
-        match io::load_prompt(&f) {
-            Ok(run) => {
-                runs.insert(job.id.clone(), run);
+        // Finished or not by the one test (`train::run_state`); a run file that does not parse
+        // is listed (and re-run by the next sweep), not fatal.
+        match train::run_state(&dir.join(&job.id)) {
+            train::RunState::Finished(run) => {
+                runs.insert(job.id.clone(), *run);
             }
-            Err(e) if train::is_damage(&e) => {
-                damaged.push(format!("{}: {e:#}", job.id));
+            train::RunState::Unfinished => missing.push(job.id.clone()),
+            train::RunState::Damaged(e) => {
+                damaged.push(format!("{}: {e}", job.id));
                 missing.push(job.id.clone());
             }
-            Err(e) => return Err(e),
+            train::RunState::Unreadable(e) => bail!("{}: {e}", job.id),
         }
     }
     let metric_of = |id: &str, key: &str| -> f64 {
@@ -215,7 +194,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     let mut prompt_tuning = Vec::new();
     for task in &manifest.tasks {
         for metric in task_metrics(task) {
-            let ids: Vec<String> = origins.iter().map(|o| super::pt_id(task, *o)).collect();
+            let ids: Vec<String> = origins.iter().map(|o| super::prompt_tuning_id(task, *o)).collect();
             let of = |key: String| Summary::of(ids.iter().map(|id| metric_of(id, &key)).collect());
             prompt_tuning.push(PromptTuningRow {
                 task: task.clone(),
@@ -270,7 +249,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
                 let single = Summary::of(
                     origins
                         .iter()
-                        .map(|o| metric_of(&super::pt_id(task, *o), &format!("test_{metric}")))
+                        .map(|o| metric_of(&super::prompt_tuning_id(task, *o), &format!("test_{metric}")))
                         .collect(),
                 );
                 let combined = Summary::of(
@@ -307,7 +286,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             let original = Summary::of(
                 origins
                     .iter()
-                    .map(|o| metric_of(&super::pt_id(task, *o), &key))
+                    .map(|o| metric_of(&super::prompt_tuning_id(task, *o), &key))
                     .collect(),
             );
             let cross = Summary::of(
@@ -344,7 +323,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             ..
         } = &j.kind
         {
-            let k = (target.clone(), *shots, init_label(*init, source.as_deref()));
+            let k = (target.clone(), *shots, init_label(init.as_str(), source.as_deref()));
             if !keys.contains(&k) {
                 keys.push(k);
             }
@@ -360,7 +339,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
                     source,
                     shots: k,
                     ..
-                } => t == target && *k == shots && init_label(*i, source.as_deref()) == init,
+                } => t == target && *k == shots && init_label(i.as_str(), source.as_deref()) == init,
                 _ => false,
             })
             .map(|j| metric_of(&j.id, &format!("test_{metric}")))
@@ -442,12 +421,12 @@ fn correct<'a>(tests: impl Iterator<Item = &'a mut Test>) {
 }
 
 /// Similarity of the tuned prompts and their vectors across origins (tasks with runs only).
-fn similarity_of(manifest: &Manifest, runs: &BTreeMap<String, SoftPrompt>) -> Result<Option<Similarity>> {
+fn similarity_of(manifest: &StudyFile, runs: &BTreeMap<String, SoftPrompt>) -> Result<Option<Similarity>> {
     let mut prompts = Vec::new();
     let mut vectors = Vec::new();
     for task in &manifest.tasks {
         for o in &manifest.origins {
-            if let Some(run) = runs.get(&super::pt_id(task, *o)) {
+            if let Some(run) = runs.get(&super::prompt_tuning_id(task, *o)) {
                 prompts.push((task.clone(), format!("origin{o}"), run.values.clone()));
                 vectors.push((task.clone(), format!("origin{o}"), run.vector_values()?));
             }

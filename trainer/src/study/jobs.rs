@@ -15,7 +15,9 @@ use tpv_shared::eval::EvalSet;
 use tpv_shared::tasks::TaskSpec;
 use tpv_shared::{MergeMethod, OriginRef, SoftPrompt, arith};
 
-use super::{InitMethod, Job, JobKind, Study, paper_lambdas, pt_id};
+use tpv_shared::study::StudyFile;
+
+use super::{InitMethod, Job, JobKind, Study, paper_lambdas, prompt_tuning_id};
 use crate::config::Config;
 use crate::data;
 use crate::io;
@@ -46,23 +48,20 @@ pub fn write_manifest(study: &Study) -> Result<()> {
         }
         _ => None,
     });
-    let doc = json!({
-        "model": model,
-        "format": "tpv-study",
-        "version": 1,
-        "name": study.study.name,
-        "config": study.path.display().to_string(),
-        "origins": study.study.origins,
-        "tasks": study.tuned_tasks(),
-        "study": study.study,
-        "jobs": jobs,
-    });
+    let file = StudyFile {
+        format: tpv_shared::study::FORMAT.into(),
+        version: tpv_shared::study::VERSION,
+        name: study.study.name.clone(),
+        config: study.path.display().to_string(),
+        model,
+        origins: study.study.origins.clone(),
+        tasks: study.tuned_tasks(),
+        study: serde_json::to_value(&study.study)?,
+        jobs,
+    };
     std::fs::create_dir_all(study.output())
         .with_context(|| format!("creating the study directory {}", study.output().display()))?;
-    io::write_atomic(
-        &study.output().join("study.json"),
-        serde_json::to_string_pretty(&doc)?.as_bytes(),
-    )
+    io::write_atomic(&study.output().join("study.json"), file.to_json()?.as_bytes())
 }
 
 /// The most records an eval set holds (the first of the test split).
@@ -184,12 +183,9 @@ struct Progress {
 /// A job's kind for time estimates: evaluation-only jobs take far less than training ones.
 fn time_class(job: &Job) -> &'static str {
     match &job.kind {
-        JobKind::PromptTuning { .. } => "prompt_tuning",
-        JobKind::MultiTask { .. } => "multi_task",
-        JobKind::Addition { .. } => "addition",
-        JobKind::CrossOrigin { .. } => "cross_origin",
         JobKind::Transfer { shots: 0, .. } => "transfer_eval",
         JobKind::Transfer { .. } => "transfer_train",
+        kind => kind.experiment(),
     }
 }
 
@@ -429,8 +425,8 @@ pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Resul
         }
         JobKind::Addition { tasks, origin } => addition(study, job, tasks, *origin).map(|()| out.clone()),
         JobKind::CrossOrigin { task, origin, from } => {
-            let own = load_run(study, &pt_id(task, *origin))?;
-            let other = load_run(study, &pt_id(task, *from))?;
+            let own = load_run(study, &prompt_tuning_id(task, *origin))?;
+            let other = load_run(study, &prompt_tuning_id(task, *from))?;
             let theta0 = origin_of(&own)?;
             let mut combined = arith::combine(&theta0, &[&other], &[], 1.0, &MergeMethod::Sum)?;
             let config = study.task_config(task, job)?;
@@ -483,14 +479,14 @@ fn transfer_init(
         InitMethod::Random => None,
         InitMethod::Spot => Some(load_run(
             study,
-            &pt_id(source.context("a SPoT job without a source")?, origin),
+            &prompt_tuning_id(source.context("a SPoT job without a source")?, origin),
         )?),
         InitMethod::Multi => Some(load_run(study, job.deps.first().context("no multi-task dependency")?)?),
         InitMethod::TpvSum => {
             let runs: Vec<SoftPrompt> = tr
                 .sources
                 .iter()
-                .map(|s| load_run(study, &pt_id(s, origin)))
+                .map(|s| load_run(study, &prompt_tuning_id(s, origin)))
                 .collect::<Result<_>>()?;
             let theta0 = origin_of(&runs[0])?;
             let refs: Vec<&SoftPrompt> = runs.iter().collect();
@@ -643,7 +639,7 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
     let a = study.study.addition.as_ref().context("no [study.addition]")?;
     let runs: Vec<SoftPrompt> = tasks
         .iter()
-        .map(|t| load_run(study, &pt_id(t, origin)))
+        .map(|t| load_run(study, &prompt_tuning_id(t, origin)))
         .collect::<Result<_>>()?;
     let theta0 = origin_of(&runs[0])?;
     let refs: Vec<&SoftPrompt> = runs.iter().collect();

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tpv_shared::MergeMethod;
+// The job kinds, their ids and study.json are defined in shared (one definition for every reader).
+pub use tpv_shared::study::{InitMethod, Job, JobKind, prompt_tuning_id};
 
 use crate::config::{self, Config};
 use crate::train;
@@ -92,31 +94,6 @@ pub struct CrossOrigin {
     pub tasks: Option<Vec<String>>,
 }
 
-/// How a transfer run's prompt starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InitMethod {
-    /// The origin θ₀ itself.
-    Random,
-    /// Each single source task prompt (SPoT).
-    Spot,
-    /// A prompt trained on the union of the sources (multi-task SPoT).
-    Multi,
-    /// θ₀ + Σ τ_source (λ = 1).
-    TpvSum,
-}
-
-impl InitMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Random => "random",
-            Self::Spot => "spot",
-            Self::Multi => "multi",
-            Self::TpvSum => "tpv_sum",
-        }
-    }
-}
-
 /// Few-shot transfer of source prompts to target tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,65 +136,6 @@ pub struct Study {
     /// The config file's directory (relative paths in it are read from there).
     pub dir: PathBuf,
     pub path: PathBuf,
-}
-
-/// What a job does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "experiment", rename_all = "snake_case")]
-pub enum JobKind {
-    /// Prompt tuning of one task from one origin.
-    PromptTuning { task: String, origin: usize },
-    /// Prompt tuning on the union of tasks (the multi-task SPoT init).
-    MultiTask { tasks: Vec<String>, origin: usize },
-    /// Addition of the task prompt vectors of `tasks` (one origin), λ chosen on validation.
-    Addition { tasks: Vec<String>, origin: usize },
-    /// θ₀ of `origin` plus τ of `task` trained from `from`.
-    CrossOrigin { task: String, origin: usize, from: usize },
-    /// Few-shot training (0 shots: evaluation) of `target` from an init.
-    Transfer {
-        target: String,
-        init: InitMethod,
-        /// The source prompt of a SPoT init.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        source: Option<String>,
-        shots: usize,
-        origin: usize,
-    },
-}
-
-/// One job of a study: an id (also its directory under the study output), what it does, and the
-/// jobs it reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    pub id: String,
-    #[serde(flatten)]
-    pub kind: JobKind,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deps: Vec<String>,
-}
-
-impl Job {
-    /// 1 for jobs without dependencies, 2 for the rest (Slurm runs the stages in order).
-    pub fn stage(&self) -> u8 {
-        if self.deps.is_empty() { 1 } else { 2 }
-    }
-
-    pub fn origin(&self) -> usize {
-        match &self.kind {
-            JobKind::PromptTuning { origin, .. }
-            | JobKind::MultiTask { origin, .. }
-            | JobKind::Addition { origin, .. }
-            | JobKind::CrossOrigin { origin, .. }
-            | JobKind::Transfer { origin, .. } => *origin,
-        }
-    }
-}
-
-pub fn pt_id(task: &str, origin: usize) -> String {
-    format!("prompt_tuning/{task}/origin{origin}")
-}
-fn multi_id(tasks: &[String], origin: usize) -> String {
-    format!("multi_task/{}/origin{origin}", tasks.join("+"))
 }
 
 impl Study {
@@ -364,52 +282,45 @@ impl Study {
         let mut jobs = Vec::new();
         for &o in &s.origins {
             for t in self.tuned_tasks() {
-                jobs.push(Job {
-                    id: pt_id(&t, o),
-                    kind: JobKind::PromptTuning { task: t, origin: o },
-                    deps: vec![],
-                });
+                jobs.push(Job::new(JobKind::PromptTuning { task: t, origin: o }, vec![]));
             }
         }
         if let Some(tr) = &s.transfer
             && tr.inits.contains(&InitMethod::Multi)
         {
             for &o in &s.origins {
-                jobs.push(Job {
-                    id: multi_id(&tr.sources, o),
-                    kind: JobKind::MultiTask {
+                jobs.push(Job::new(
+                    JobKind::MultiTask {
                         tasks: tr.sources.clone(),
                         origin: o,
                     },
-                    deps: vec![],
-                });
+                    vec![],
+                ));
             }
         }
         for set in self.addition_sets() {
             for &o in &s.origins {
-                jobs.push(Job {
-                    id: format!("addition/{}/origin{o}", set.join("+")),
-                    deps: set.iter().map(|t| pt_id(t, o)).collect(),
-                    kind: JobKind::Addition {
+                jobs.push(Job::new(
+                    JobKind::Addition {
                         tasks: set.clone(),
                         origin: o,
                     },
-                });
+                    set.iter().map(|t| prompt_tuning_id(t, o)).collect(),
+                ));
             }
         }
         if let Some(c) = &s.cross_origin {
             for t in c.tasks.as_ref().unwrap_or(&s.tasks) {
                 for &o in &s.origins {
                     for &from in s.origins.iter().filter(|&&f| f != o) {
-                        jobs.push(Job {
-                            id: format!("cross_origin/{t}/origin{o}_from{from}"),
-                            deps: vec![pt_id(t, o), pt_id(t, from)],
-                            kind: JobKind::CrossOrigin {
+                        jobs.push(Job::new(
+                            JobKind::CrossOrigin {
                                 task: t.clone(),
                                 origin: o,
                                 from,
                             },
-                        });
+                            vec![prompt_tuning_id(t, o), prompt_tuning_id(t, from)],
+                        ));
                     }
                 }
             }
@@ -425,19 +336,20 @@ impl Study {
                     for source in sources {
                         for &k in &shots {
                             for &o in &s.origins {
+                                let multi = JobKind::MultiTask {
+                                    tasks: tr.sources.clone(),
+                                    origin: o,
+                                };
                                 let deps = match init {
                                     InitMethod::Random => vec![],
-                                    InitMethod::Spot => vec![pt_id(source.map_or("", |s| s.as_str()), o)],
-                                    InitMethod::Multi => vec![multi_id(&tr.sources, o)],
-                                    InitMethod::TpvSum => tr.sources.iter().map(|t| pt_id(t, o)).collect(),
+                                    InitMethod::Spot => {
+                                        vec![prompt_tuning_id(source.map_or("", |s| s.as_str()), o)]
+                                    }
+                                    InitMethod::Multi => vec![multi.id()],
+                                    InitMethod::TpvSum => tr.sources.iter().map(|t| prompt_tuning_id(t, o)).collect(),
                                 };
-                                let method = match source {
-                                    Some(src) => format!("spot_{src}"),
-                                    None => init.as_str().to_owned(),
-                                };
-                                jobs.push(Job {
-                                    id: format!("transfer/{target}/{method}/{k}shot/origin{o}"),
-                                    kind: JobKind::Transfer {
+                                jobs.push(Job::new(
+                                    JobKind::Transfer {
                                         target: target.clone(),
                                         init,
                                         source: source.cloned(),
@@ -445,7 +357,7 @@ impl Study {
                                         origin: o,
                                     },
                                     deps,
-                                });
+                                ));
                             }
                         }
                     }
@@ -514,7 +426,7 @@ impl Study {
         let dir = self.job_dir(job);
         matches!(
             train::run_state(&dir),
-            train::RunState::Finished | train::RunState::Unreadable(_)
+            train::RunState::Finished(_) | train::RunState::Unreadable(_)
         )
     }
 

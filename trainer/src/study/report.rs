@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use tpv_shared::eval::ReportModel;
 use tpv_shared::report::{self, ExampleSet, Manifest, ManifestRun, Tables};
+use tpv_shared::study::StudyFile;
 
-use super::Job;
 use super::aggregate::{Aggregate, aggregate};
 use crate::{io, train};
 
@@ -50,7 +50,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What the report folder holds.
+/// What the report folder holds (`tpv report --json` prints it).
+#[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub site: PathBuf,
     pub runs: usize,
@@ -200,25 +201,24 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
     let web = opts.web.as_deref();
     let agg = aggregate(study_dir)?;
     std::fs::create_dir_all(site).with_context(|| format!("creating {}", site.display()))?;
-    let study: Value = serde_json::from_slice(&io::read_bytes(&study_dir.join("study.json"))?)?;
-    let jobs: Vec<Job> = serde_json::from_value(study["jobs"].clone()).context("study.json: jobs")?;
+    let study_path = study_dir.join("study.json");
+    let study = StudyFile::from_json(&io::read_bytes(&study_path)?)
+        .with_context(|| format!("reading {}", study_path.display()))?;
 
     let mut runs = Vec::new();
-    for job in &jobs {
-        io::check_relative_path(&job.id, "study.json: the job id")?;
+    for job in &study.jobs {
         let dir = study_dir.join(&job.id);
         let file = train::prompt_path(&dir);
         // Only finished runs that read (a damaged file is listed by the aggregate, not copied).
-        if train::run_state(&dir) != train::RunState::Finished {
+        let train::RunState::Finished(prompt) = train::run_state(&dir) else {
             continue;
-        }
+        };
         let rel = format!("runs/{}.safetensors", job.id);
         let dest = site.join(&rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::copy(&file, &dest).with_context(|| format!("copying {}", file.display()))?;
-        let prompt = io::load_prompt(&file)?;
         // The job's own fields (experiment, task, origin, init, shots, …), then the run file's.
         let mut entry = serde_json::to_value(job)?;
         if let Some(o) = entry.as_object_mut() {
@@ -238,7 +238,7 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
         runs.push(run);
     }
     let examples = copy_eval_sets(study_dir, site)?;
-    let model = match study.get("model").and_then(Value::as_str) {
+    let model = match &study.model {
         Some(spec) => bundle_model(spec, site, opts.bundle_model)?,
         None => None,
     };

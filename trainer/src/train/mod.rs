@@ -51,12 +51,19 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
 /// not finished, damaged (a run file that does not parse: truncated, corrupted; it is trained or
 /// computed again, and replaced), or unreadable for a reason that is no fault of the file (an I/O
 /// error, a newer format version): never replaced.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum RunState {
-    Finished,
+    /// The run file, read.
+    Finished(Box<tpv_shared::SoftPrompt>),
     Unfinished,
     Damaged(String),
     Unreadable(String),
+}
+
+impl RunState {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Finished(_))
+    }
 }
 
 /// The one test of "finished" (training, studies, aggregation and reports use it).
@@ -66,7 +73,7 @@ pub fn run_state(output: &Path) -> RunState {
         return RunState::Unfinished;
     }
     match io::load_prompt(&prompt) {
-        Ok(_) => RunState::Finished,
+        Ok(prompt) => RunState::Finished(Box::new(prompt)),
         Err(e) if is_damage(&e) => RunState::Damaged(format!("{e:#}")),
         Err(e) => RunState::Unreadable(format!("{e:#}")),
     }
@@ -289,11 +296,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             );
         }
         match run_state(out_dir) {
-            RunState::Finished if opts.resume => {
+            RunState::Finished(_) if opts.resume => {
                 tracing::info!("{} is finished; nothing to do", prompt_file.display());
                 return Ok(prompt_file);
             }
-            RunState::Finished => bail!(
+            RunState::Finished(_) => bail!(
                 "{} already exists; pass --resume to keep it or --overwrite to train again",
                 prompt_file.display()
             ),

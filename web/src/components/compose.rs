@@ -6,7 +6,10 @@
 use leptos::prelude::*;
 use tpv_shared::peft::{self, PeftAdapter};
 use tpv_shared::similarity::{Measure, similarity};
-use tpv_shared::{MergeMethod, Norms, OriginRef, PromptTensor, SignElection, SoftPrompt, arith, runfile};
+use tpv_shared::{
+    MergeKind, MergeMethod, MergeParams, Named, Norms, OriginRef, PromptTensor, SignElection, SoftPrompt, arith,
+    runfile,
+};
 use wasm_bindgen::JsCast;
 
 use crate::study::Run;
@@ -50,41 +53,33 @@ fn vectors(runs: &[Run]) -> Vec<&Run> {
         .collect()
 }
 
+/// The merge the query asks for, by the shared rules (`MergeMethod::build`): an unknown
+/// `method=` or `sign=` is an error shown in the view, never a silent sum. The inputs' defaults
+/// (density and drop 0.5) are passed only to the methods that take them.
 fn method_of(q: Query) -> Result<MergeMethod, String> {
-    let num = |key: &str, default: &str| -> Result<f64, String> {
-        param(q, key, default)
+    let kind: MergeKind = param(q, "method", "sum")
+        .parse()
+        .map_err(|e: tpv_shared::Error| e.to_string())?;
+    let num = |key: &str| -> Result<f64, String> {
+        param(q, key, "0.5")
             .parse::<f64>()
             .map_err(|_| format!("{key} must be a number"))
     };
-    let sign = match param(q, "sign", "mass").as_str() {
-        "count" => SignElection::Count,
-        _ => SignElection::Mass,
+    let params = MergeParams {
+        density: kind.takes_density().then(|| num("density")).transpose()?,
+        drop: kind.takes_drop().then(|| num("drop")).transpose()?,
+        seed: kind
+            .takes_drop()
+            .then(|| param(q, "seed", "0").parse::<u64>())
+            .transpose()
+            .map_err(|_| "seed must be a whole number".to_owned())?,
+        sign: kind
+            .takes_sign()
+            .then(|| param(q, "sign", "mass").parse::<SignElection>())
+            .transpose()
+            .map_err(|e| e.to_string())?,
     };
-    let seed = param(q, "seed", "0")
-        .parse::<u64>()
-        .map_err(|_| "seed must be a whole number".to_owned())?;
-    let m = match param(q, "method", "sum").as_str() {
-        "mean" => MergeMethod::Mean,
-        "ties" => MergeMethod::Ties {
-            density: num("density", "0.5")?,
-            sign,
-        },
-        "magnitude" => MergeMethod::Magnitude {
-            density: num("density", "0.5")?,
-        },
-        "dare" => MergeMethod::Dare {
-            drop: num("drop", "0.5")?,
-            seed,
-        },
-        "dare-ties" => MergeMethod::DareTies {
-            drop: num("drop", "0.5")?,
-            seed,
-            sign,
-        },
-        _ => MergeMethod::Sum,
-    };
-    m.validate().map_err(|e| e.to_string())?;
-    Ok(m)
+    MergeMethod::build(kind, &params).map_err(|e| e.to_string())
 }
 
 /// Starts a download of `bytes` as `name`.
@@ -303,7 +298,7 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                     {number("lambda", "1", " λ ", "compose-lambda", "0.05")}
                     <label>" merge "
                         <select data-testid="compose-method" on:change=move |ev| set_param(query, "method", event_target_value(&ev))>
-                            {["sum", "mean", "ties", "dare", "dare-ties", "magnitude"].into_iter().map(|m| {
+                            {MergeKind::NAMES.iter().copied().map(|m| {
                                 view! { <option value=m selected=move || param(query, "method", "sum") == m>{m}</option> }
                             }).collect_view()}
                         </select>

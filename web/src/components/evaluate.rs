@@ -8,6 +8,7 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult};
+use tpv_shared::records;
 use tpv_shared::tasks::{Record, Style, TaskSpec};
 use web_sys::HtmlInputElement;
 
@@ -233,32 +234,12 @@ async fn fetch_model(url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(files)
 }
 
-/// Pasted examples: one JSON object per line with `input` and `target` (other values as text).
+/// Pasted examples: one JSON object per line with `input` and `target`, parsed by the same code
+/// as `tpv eval`'s JSONL files (`tpv_shared::records`).
 fn parse_pasted(text: &str) -> Result<Vec<Record>, String> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1))?;
-            let rec: Record = v
-                .into_iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (k, text)
-                })
-                .collect();
-            for col in ["input", "target"] {
-                if !rec.contains_key(col) {
-                    return Err(format!("line {}: no {col:?}", i + 1));
-                }
-            }
-            Ok(rec)
-        })
-        .collect()
+    let recs = records::parse_jsonl(text).map_err(|e| e.to_string())?;
+    records::require(&recs, &["input", "target"]).map_err(|e| e.to_string())?;
+    Ok(recs)
 }
 
 /// The prompt an evaluation uses.

@@ -134,7 +134,8 @@ pub fn Legend() -> impl IntoView {
 #[component]
 pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
     let vectors = move || param(query, "what", "vectors") == "vectors";
-    let measure = move || Measure::parse(&param(query, "measure", "cosine-mean")).unwrap_or_default();
+    // An unknown `measure=` is an error shown in the view, not a silent cosine.
+    let measure = move || param(query, "measure", "cosine-mean").parse::<Measure>();
     let analysis = Memo::new(move |_| -> Result<Option<AcrossOrigins>, String> {
         let items = runs.with(|r| items(r, vectors()));
         if items.is_empty() {
@@ -148,7 +149,7 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                 values: v,
             })
             .collect();
-        similarity::across_origins(&labelled, measure())
+        similarity::across_origins(&labelled, measure().map_err(|e| e.to_string())?)
             .map(Some)
             .map_err(|e| e.to_string())
     });
@@ -175,7 +176,7 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                     on:change=move |_| set_param(query, "what", "prompts") />" task prompts (θ)"</label>
                 <label>" measure "
                     <select data-testid="sim-measure" on:change=move |ev| set_param(query, "measure", event_target_value(&ev))
-                        prop:value=move || measure().as_str().to_owned()>
+                        prop:value=move || measure().map(Measure::as_str).unwrap_or_default().to_owned()>
                         <option value="cosine-mean">"cosine of token-means (the paper's)"</option>
                         <option value="cosine-flat">"cosine, flattened R·d"</option>
                     </select>

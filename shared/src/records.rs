@@ -1,0 +1,106 @@
+//! Records from JSON text — a file's or pasted into the web app: one parser and one rule for
+//! values that are not strings, so a record means the same in `tpv` and in the browser.
+//!
+//! JSON values become text: strings as they are, `null` as "", lists (of strings) joined with
+//! `|||`, an object by its `text` field (SQuAD's `answers`), anything else as its JSON.
+
+use crate::error::{Error, Result};
+use crate::tasks::Record;
+
+/// A JSON value as a record's text.
+pub fn json_text(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(xs) => xs.iter().map(json_text).collect::<Vec<_>>().join("|||"),
+        Value::Object(m) => match m.get("text") {
+            Some(t) => json_text(t),
+            None => v.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn record(obj: &serde_json::Map<String, serde_json::Value>) -> Record {
+    obj.iter().map(|(k, v)| (k.clone(), json_text(v))).collect()
+}
+
+/// JSON lines: one object per line, blank lines skipped. Errors name the 1-based line.
+pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::BadRecords {
+            line: Some(i + 1),
+            reason,
+        };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".to_owned()))?;
+        out.push(record(obj));
+    }
+    Ok(out)
+}
+
+/// A JSON array of objects, or JSON lines (as `datasets.Dataset.to_json` writes under a `.json`
+/// name): whichever the text starts with.
+pub fn parse_json(text: &str) -> Result<Vec<Record>> {
+    if !text.trim_start().starts_with('[') {
+        return parse_jsonl(text);
+    }
+    let v: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(text).map_err(|e| Error::BadRecords {
+            line: None,
+            reason: format!("expected a JSON array of objects ({e})"),
+        })?;
+    Ok(v.iter().map(record).collect())
+}
+
+/// Every record has each of `columns` (e.g. `input` and `target` for plain examples).
+pub fn require(records: &[Record], columns: &[&str]) -> Result<()> {
+    for (i, r) in records.iter().enumerate() {
+        if let Some(c) = columns.iter().find(|c| !r.contains_key(**c)) {
+            return Err(Error::BadRecords {
+                line: Some(i + 1),
+                reason: format!("no {c:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_become_text_by_one_rule() {
+        let recs = parse_jsonl(
+            "{\"input\": \"a\", \"n\": 3, \"l\": [\"x\", \"y\"], \"z\": null, \"answers\": {\"text\": [\"p\", \"q\"]}}\n\n",
+        )
+        .unwrap();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(
+            (r["input"].as_str(), r["n"].as_str(), r["l"].as_str()),
+            ("a", "3", "x|||y")
+        );
+        assert_eq!((r["z"].as_str(), r["answers"].as_str()), ("", "p|||q"));
+        assert_eq!(parse_json("[{\"input\": \"a\"}]").unwrap()[0]["input"], "a");
+        assert_eq!(parse_json("{\"input\": \"a\"}\n{\"input\": \"b\"}").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = parse_jsonl("{\"a\": \"1\"}\n\nnot json").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("not JSON"), "{e}");
+        let e = parse_jsonl("[1]").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("JSON object"), "{e}");
+        let e = require(&parse_jsonl("{\"input\": \"a\"}").unwrap(), &["input", "target"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("\"target\""), "{e}");
+    }
+}
