@@ -252,11 +252,11 @@ impl Loaded {
                 String::from_utf8(b.clone()).map_err(|_| EvalError::Files(format!("{name} is not UTF-8 text")))
             })
         };
-        let config = text("config.json")?;
-        let shards: Vec<Vec<u8>> = if let Some(one) = files.get("model.safetensors") {
+        let config = text(hf_files::CONFIG)?;
+        let shards: Vec<Vec<u8>> = if let Some(one) = files.get(hf_files::WEIGHTS) {
             vec![one.clone()]
-        } else if files.contains_key("model.safetensors.index.json") {
-            shard_files(&text("model.safetensors.index.json")?)?
+        } else if files.contains_key(hf_files::INDEX) {
+            shard_files(&text(hf_files::INDEX)?)?
                 .iter()
                 .map(|n| get(n).cloned())
                 .collect::<Result<_, _>>()?
@@ -266,12 +266,12 @@ impl Loaded {
             ));
         };
         let tokenizer_config = files
-            .get("tokenizer_config.json")
+            .get(hf_files::TOKENIZER_CONFIG)
             .map(|b| String::from_utf8_lossy(b).into_owned());
         Self::from_hf(
             &config,
             &shards,
-            get("tokenizer.json")?,
+            get(hf_files::TOKENIZER)?,
             tokenizer_config.as_deref(),
             dtype,
             device,
@@ -430,10 +430,7 @@ impl Loaded {
                     )
                 };
                 let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
-                let generated = match &self.model {
-                    Model::Llama(m) => causal::greedy_rows(m, &prompts, &inputs, scorer.max_new, &self.eos)?,
-                    Model::T5(m) => t5::greedy_rows(m, &prompts, &inputs, scorer.max_new)?,
-                };
+                let generated = self.model.greedy_rows(&prompts, &inputs, scorer.max_new, &self.eos)?;
                 generated
                     .iter()
                     .zip(losses.into_iter().zip(counts))
@@ -450,10 +447,7 @@ impl Loaded {
             Scoring::Rank => {
                 let inputs: Vec<&[u32]> = batch.iter().map(|e| e.input()).collect();
                 self.check_family(&batch)?;
-                let scores = match &self.model {
-                    Model::Llama(m) => causal::rank(m, &prompts, &inputs, &scorer.candidates)?,
-                    Model::T5(m) => t5::rank(m, &prompts, &inputs, &scorer.candidates)?,
-                };
+                let scores = self.model.rank(&prompts, &inputs, &scorer.candidates)?;
                 // A target outside the label set has no candidate: its loss takes its own pass.
                 let outside: Vec<usize> = (0..batch.len())
                     .filter(|&i| !scorer.labels.iter().any(|l| l == batch[i].target()))
@@ -546,31 +540,8 @@ impl Loaded {
     /// [`Self::losses`] with a prompt per example.
     pub fn losses_rows(&self, prompts: &[&Tensor], batch: &[&Encoded]) -> Result<(Vec<f32>, Vec<usize>), EvalError> {
         self.check_family(batch)?;
-        let out = match &self.model {
-            Model::Llama(m) => {
-                let examples: Vec<causal::Example> = batch
-                    .iter()
-                    .filter_map(|e| match e {
-                        Encoded::Causal { example, .. } => Some(example.clone()),
-                        Encoded::Seq2Seq { .. } => None,
-                    })
-                    .collect();
-                let out = causal::loss_rows(m, prompts, &examples)?;
-                (out.per_example, out.counts)
-            }
-            Model::T5(m) => {
-                let examples: Vec<t5::Example> = batch
-                    .iter()
-                    .filter_map(|e| match e {
-                        Encoded::Seq2Seq { example, .. } => Some(example.clone()),
-                        Encoded::Causal { .. } => None,
-                    })
-                    .collect();
-                let out = t5::loss_rows(m, prompts, &examples, None)?;
-                (out.per_example, out.counts)
-            }
-        };
-        Ok(out)
+        let out = self.model.loss_rows(prompts, batch, None)?;
+        Ok((out.per_example, out.counts))
     }
 
     /// Loss, target-token count and decoded greedy prediction (trimmed) of each example of a batch.
@@ -589,6 +560,48 @@ impl Loaded {
         };
         let rows: Vec<(&Tensor, &Encoded)> = batch.iter().map(|e| (theta, *e)).collect();
         self.evaluate_rows(&rows, &scorer)
+    }
+}
+
+/// The files of an HF model folder that tpv reads — one description for loading from disk, the
+/// hub download, the report's bundled copy and the browser's fetch.
+pub mod hf_files {
+    pub const CONFIG: &str = "config.json";
+    pub const TOKENIZER: &str = "tokenizer.json";
+    /// Optional: the chat template and special tokens.
+    pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+    /// The weights in one file, or …
+    pub const WEIGHTS: &str = "model.safetensors";
+    /// … the index of the shards (`model-00001-of-00004.safetensors`, …).
+    pub const INDEX: &str = "model.safetensors.index.json";
+    /// Optional, downloaded for the record (generation defaults); tpv does not read it.
+    pub const GENERATION_CONFIG: &str = "generation_config.json";
+
+    /// Whether a file of a hub repo's listing is one tpv needs: the set above and the shards.
+    pub fn is_needed(name: &str) -> bool {
+        [CONFIG, TOKENIZER, TOKENIZER_CONFIG, WEIGHTS, INDEX, GENERATION_CONFIG].contains(&name)
+            || (name.starts_with("model-") && name.ends_with(".safetensors"))
+    }
+
+    /// The files to read from a folder, in order: config, tokenizer, the tokenizer config when
+    /// `exists` says it is there, then the weights — the single file when it exists, else the
+    /// index and the shards it names (`read_index` reads the index).
+    pub fn to_read<E: From<super::EvalError>>(
+        exists: impl Fn(&str) -> bool,
+        read_index: impl FnOnce() -> Result<String, E>,
+    ) -> Result<Vec<String>, E> {
+        let mut files = vec![CONFIG.to_owned(), TOKENIZER.to_owned()];
+        if exists(TOKENIZER_CONFIG) {
+            files.push(TOKENIZER_CONFIG.to_owned());
+        }
+        if exists(WEIGHTS) {
+            files.push(WEIGHTS.to_owned());
+        } else {
+            let shards = super::shard_files(&read_index()?)?;
+            files.push(INDEX.to_owned());
+            files.extend(shards);
+        }
+        Ok(files)
     }
 }
 
@@ -615,10 +628,95 @@ pub fn generate(
     max_new: usize,
 ) -> candle_core::Result<Vec<Vec<u32>>> {
     let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
-    match model {
-        Model::Llama(m) => causal::greedy(m, theta, &inputs, max_new, eos),
-        Model::T5(m) => t5::greedy(m, theta, &inputs, max_new),
+    model.greedy_rows(&vec![theta; inputs.len()], &inputs, max_new, eos)
+}
+
+/// The one model-family dispatch over encoded examples: training's loss, evaluation's loss,
+/// greedy generation and rank classification all go through these, whatever calls them (`tpv
+/// train`, `tpv eval`, studies, the browser's worker). Rows may carry different prompts.
+impl Model {
+    /// The loss of `batch`, row `i` under `prompts[i]`; `train` turns T5's dropout on (LLaMA-family
+    /// models have none). An example of the other family is an error.
+    pub fn loss_rows(
+        &self,
+        prompts: &[&Tensor],
+        batch: &[&Encoded],
+        train: Option<t5::Train<'_>>,
+    ) -> candle_core::Result<crate::model::Loss> {
+        match self {
+            Model::Llama(m) => {
+                let examples = family_examples(batch, "causal", |e| match e {
+                    Encoded::Causal { example, .. } => Some(example),
+                    Encoded::Seq2Seq { .. } => None,
+                })?;
+                causal::loss_rows(m, prompts, &examples)
+            }
+            Model::T5(m) => {
+                let examples = family_examples(batch, "seq2seq", |e| match e {
+                    Encoded::Seq2Seq { example, .. } => Some(example),
+                    Encoded::Causal { .. } => None,
+                })?;
+                let out = t5::loss_rows(m, prompts, &examples, train)?;
+                Ok(crate::model::Loss {
+                    loss: out.loss,
+                    per_example: out.per_example,
+                    counts: out.counts,
+                })
+            }
+        }
     }
+
+    /// Greedy continuations (token ids) of `inputs`, row `i` under `prompts[i]`: at most
+    /// `max_new` tokens each; causal models stop after any of `eos`, T5 at its EOS.
+    pub fn greedy_rows(
+        &self,
+        prompts: &[&Tensor],
+        inputs: &[Vec<u32>],
+        max_new: usize,
+        eos: &[u32],
+    ) -> candle_core::Result<Vec<Vec<u32>>> {
+        match self {
+            Model::Llama(m) => causal::greedy_rows(m, prompts, inputs, max_new, eos),
+            Model::T5(m) => t5::greedy_rows(m, prompts, inputs, max_new),
+        }
+    }
+
+    /// Rank classification: each candidate answer's summed log-probability per row.
+    pub fn rank(
+        &self,
+        prompts: &[&Tensor],
+        inputs: &[&[u32]],
+        candidates: &[Vec<u32>],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        match self {
+            Model::Llama(m) => causal::rank(m, prompts, inputs, candidates),
+            Model::T5(m) => t5::rank(m, prompts, inputs, candidates),
+        }
+    }
+
+    /// `llama` or `t5`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Model::Llama(_) => "llama",
+            Model::T5(_) => "t5",
+        }
+    }
+}
+
+/// The examples of a batch for one model family; an example of the other family is an error.
+fn family_examples<T: Clone>(
+    batch: &[&Encoded],
+    family: &str,
+    pick: impl Fn(&Encoded) -> Option<&T>,
+) -> candle_core::Result<Vec<T>> {
+    batch
+        .iter()
+        .map(|e| {
+            pick(e)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("an example of the wrong family for a {family} model")))
+        })
+        .collect()
 }
 
 /// What the evaluation of one example gives.

@@ -97,6 +97,18 @@ pub enum Style {
 }
 
 impl TaskSpec {
+    /// The score a run is selected and compared by: the task's first metric, else exact match
+    /// (NaN when `metrics` has neither). Training's best-prompt selection and the studies' λ
+    /// and init searches use it.
+    pub fn primary_score(&self, metrics: &BTreeMap<String, f64>) -> f64 {
+        self.metrics
+            .first()
+            .and_then(|m| metrics.get(m.as_str()))
+            .or_else(|| metrics.get("exact_match"))
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
     fn column<'a>(&self, rec: &'a Record, column: &str) -> Result<&'a str, TaskError> {
         rec.get(column)
             .map(String::as_str)

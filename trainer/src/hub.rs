@@ -43,18 +43,11 @@ fn get(agent: &ureq::Agent, url: &str) -> Result<ureq::http::Response<ureq::Body
 /// The files tpv needs from a model repo: config, tokenizer, and the safetensors weights (one
 /// file or the shards an index names).
 fn wanted(files: &[String]) -> Vec<String> {
-    let keep = |f: &str| {
-        matches!(
-            f,
-            "config.json"
-                | "tokenizer.json"
-                | "tokenizer_config.json"
-                | "generation_config.json"
-                | "model.safetensors"
-                | "model.safetensors.index.json"
-        ) || (f.starts_with("model-") && f.ends_with(".safetensors"))
-    };
-    files.iter().filter(|f| keep(f)).cloned().collect()
+    files
+        .iter()
+        .filter(|f| tpv_shared::eval::hf_files::is_needed(f))
+        .cloned()
+        .collect()
 }
 
 /// A hub repo id: `name` or `org/name`, each part of letters, digits, `-`, `_` and `.` (the hub's

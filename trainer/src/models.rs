@@ -2,12 +2,13 @@
 //! an HF hub id from the local hub cache, or `smollm2` (the embedded default, fetched into the
 //! cache on first use).
 
+use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use tpv_shared::eval::Loaded;
+use tpv_shared::eval::{Loaded, hf_files};
 
 use crate::assets;
 
@@ -135,32 +136,28 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
     if !path.is_dir() {
         bail!("{}: expected a model directory or a .gguf file", path.display());
     }
-    let read = |name: &str| {
+    // The folder's files as the shared description lists them, loaded by the shared loader (the
+    // browser's path too).
+    let read_text = |name: &str| {
         std::fs::read_to_string(path.join(name)).with_context(|| format!("cannot read {}", path.join(name).display()))
     };
-    let config = read("config.json")?;
-    let shards: Vec<PathBuf> = if path.join("model.safetensors").exists() {
-        vec![path.join("model.safetensors")]
-    } else if path.join("model.safetensors.index.json").exists() {
-        tpv_shared::eval::shard_files(&read("model.safetensors.index.json")?)?
-            .iter()
-            .map(|f| path.join(f))
-            .collect()
-    } else {
+    if !path.join(hf_files::WEIGHTS).exists() && !path.join(hf_files::INDEX).exists() {
         bail!(
             "{} has no model.safetensors (pytorch_model.bin is a pickle, which tpv does not execute)",
             path.display()
         );
-    };
-    let bytes = shards
-        .iter()
-        .map(|s| std::fs::read(s).with_context(|| format!("cannot read {}", s.display())))
-        .collect::<Result<Vec<_>>>()?;
-    let tokenizer = std::fs::read(path.join("tokenizer.json"))
-        .with_context(|| format!("{} has no tokenizer.json", path.display()))?;
-    let tokenizer_config = read("tokenizer_config.json").ok();
-    let loaded = Loaded::from_hf(&config, &bytes, &tokenizer, tokenizer_config.as_deref(), dtype, device)
-        .with_context(|| format!("loading {}", path.display()))?;
+    }
+    let names = hf_files::to_read(|f| path.join(f).exists(), || read_text(hf_files::INDEX))?;
+    let mut files = BTreeMap::new();
+    for name in names {
+        let file = path.join(&name);
+        files.insert(
+            name,
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+        );
+    }
+    let loaded = Loaded::from_files(&files, dtype, device).with_context(|| format!("loading {}", path.display()))?;
+    drop(files);
     // A local directory is named by its canonical path, so `a/../m` and `m` are the same model.
     let id = if path.components().any(|c| c.as_os_str() == "snapshots") {
         spec.to_owned()

@@ -62,12 +62,24 @@ pub fn serve(root: &Path, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// A short answer, written in one piece (a `write!` to the socket sends each formatted part as
+/// its own segment, and a client cut off by the close may see only the first).
 fn reply(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
-    write!(
-        stream,
+    let text = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
+    );
+    stream.write_all(text.as_bytes())
+}
+
+/// Closes after an answer to a client that is still sending (a head over the limit): the write
+/// side first, then a bounded drain, so that the close does not reset the connection before the
+/// client has read the answer.
+fn close_gently(stream: &mut TcpStream) {
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = std::io::copy(&mut stream.take(1 << 20), &mut std::io::sink());
 }
 
 /// The request head (request line and headers) up to the blank line, at most [`MAX_HEAD`] bytes
@@ -111,6 +123,7 @@ fn respond(stream: &mut TcpStream, root: &Path, port: u16) -> Result<()> {
             "431 Request Header Fields Too Large",
             "request head too large\n",
         )?;
+        close_gently(stream);
         return Ok(());
     };
     if !host_is_local(&head, port) {
@@ -136,11 +149,11 @@ fn respond(stream: &mut TcpStream, root: &Path, port: u16) -> Result<()> {
         return Ok(());
     };
     let mut f = std::fs::File::open(&file)?;
-    write!(
-        stream,
+    let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
         content_type(&file),
-    )?;
+    );
+    stream.write_all(head.as_bytes())?;
     if method == "GET" {
         std::io::copy(&mut (&mut f).take(len), stream)?;
     }

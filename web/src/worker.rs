@@ -6,12 +6,10 @@
 //! examples per message; the page drives the evaluation batch by batch, so progress and
 //! cancelling need no shared memory and a cancelled run stops after the batch in flight.
 //!
-//! Messages are plain objects `{op, …}`; structured parts travel as JSON strings, files and the
-//! prompt as (transferred) typed arrays.
-//! - page → worker: `{op: "load", names: [..], files: [ArrayBuffer..]}`,
-//!   `{op: "eval", run, index, json: Batch, prompt: Float32Array | null}`
-//! - worker → page: `{op: "ready"}`, `{op: "loaded", json: ModelInfo}`,
-//!   `{op: "result", run, index, json: [ExampleResult..], ms}`, `{op: "error", run?, index?, message}`
+//! Messages are typed: [`Request`] (page → worker) and [`Reply`] (worker → page), serde enums
+//! tagged by `op`, sent as `{json: "<the message as JSON>"}` with the bulk data beside it as
+//! transferred typed arrays (`files` with a load, `prompt` with an evaluation). A message that is
+//! not one of them (the bootstrap's own `{op: "error", message}`) reads as an error.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -47,8 +45,19 @@ pub struct Batch {
     pub cols: usize,
 }
 
+/// A message to the worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Load a model from files: `names` name the transferred `files` buffers, in order.
+    Load { names: Vec<String> },
+    /// Evaluate one batch under the transferred `prompt` (none: the model alone).
+    Eval { run: u32, index: u32, batch: Box<Batch> },
+}
+
 /// A message from the worker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply {
     Ready,
     Loaded(ModelInfo),
@@ -62,6 +71,20 @@ pub enum Reply {
         run: Option<u32>,
         message: String,
     },
+}
+
+/// A typed message on the wire: `{json, …extra}` (the extra parts: transferable typed arrays).
+pub fn to_message(message: &impl Serialize, extra: &[(&str, JsValue)]) -> Result<JsValue, String> {
+    let json = serde_json::to_string(message).map_err(|e| e.to_string())?;
+    let mut pairs = vec![("json", JsValue::from_str(&json))];
+    pairs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    Ok(object(&pairs))
+}
+
+/// The typed message of a `{json, …}` object.
+pub fn from_message<T: serde::de::DeserializeOwned>(data: &JsValue) -> Result<T, String> {
+    let json = get(data, "json").as_string().ok_or("a message without its JSON part")?;
+    serde_json::from_str(&json).map_err(|e| format!("a malformed message: {e}"))
 }
 
 /// A property of a message.
@@ -130,37 +153,11 @@ pub fn set_handler(f: impl Fn(Reply) + 'static) {
 }
 
 fn parse_reply(data: &JsValue) -> Reply {
-    let op = get(data, "op").as_string().unwrap_or_default();
-    let json = get(data, "json").as_string().unwrap_or_default();
-    let num = |k: &str| get(data, k).as_f64().map(|v| v as u32);
-    match op.as_str() {
-        "ready" => Reply::Ready,
-        "loaded" => match serde_json::from_str(&json) {
-            Ok(info) => Reply::Loaded(info),
-            Err(e) => Reply::Error {
-                run: None,
-                message: format!("bad reply: {e}"),
-            },
-        },
-        "result" => match serde_json::from_str(&json) {
-            Ok(results) => Reply::Result {
-                run: num("run").unwrap_or(0),
-                index: num("index").unwrap_or(0),
-                results,
-                ms: get(data, "ms").as_f64().unwrap_or(f64::NAN),
-            },
-            Err(e) => Reply::Error {
-                run: num("run"),
-                message: format!("bad reply: {e}"),
-            },
-        },
-        _ => Reply::Error {
-            run: num("run"),
-            message: get(data, "message")
-                .as_string()
-                .unwrap_or_else(|| format!("unknown reply {op:?}")),
-        },
-    }
+    from_message(data).unwrap_or_else(|e| Reply::Error {
+        run: None,
+        // The bootstrap's and the error event's own `{op: "error", message}`.
+        message: get(data, "message").as_string().unwrap_or(e),
+    })
 }
 
 fn on_reply(data: JsValue) {
@@ -249,31 +246,28 @@ pub fn terminate() {
 
 /// Loads a model from its files (name, bytes) in the worker; the reply is `Loaded` or `Error`.
 pub fn load_model(files: Vec<(String, Vec<u8>)>) -> Result<(), String> {
-    let names = js_sys::Array::new();
+    let mut name_list = Vec::new();
     let buffers = js_sys::Array::new();
     for (name, bytes) in files {
-        names.push(&JsValue::from_str(&name));
+        name_list.push(name);
         buffers.push(&js_sys::Uint8Array::from(bytes.as_slice()).buffer());
     }
-    let msg = object(&[
-        ("op", "load".into()),
-        ("names", names.into()),
-        ("files", buffers.clone().into()),
-    ]);
+    let msg = to_message(
+        &Request::Load { names: name_list },
+        &[("files", buffers.clone().into())],
+    )?;
     send(msg, buffers)
 }
 
 /// Evaluates one batch in the worker; the reply is `Result` or `Error` with the same run.
 pub fn eval_batch(run: u32, index: u32, batch: &Batch, prompt: &[f32]) -> Result<(), String> {
-    let json = serde_json::to_string(batch).map_err(|e| e.to_string())?;
     let values = js_sys::Float32Array::from(prompt);
     let transfer = js_sys::Array::of1(&values.buffer());
-    let msg = object(&[
-        ("op", "eval".into()),
-        ("run", run.into()),
-        ("index", index.into()),
-        ("json", json.into()),
-        ("prompt", values.into()),
-    ]);
+    let request = Request::Eval {
+        run,
+        index,
+        batch: Box::new(batch.clone()),
+    };
+    let msg = to_message(&request, &[("prompt", values.into())])?;
     send(msg, transfer)
 }

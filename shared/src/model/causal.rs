@@ -37,14 +37,8 @@ impl Example {
     }
 }
 
-/// Loss of a batch: the mean NLL over all its target tokens (differentiable), and each example's
-/// own mean and target count.
-#[derive(Debug, Clone)]
-pub struct LossOutput {
-    pub loss: Tensor,
-    pub per_example: Vec<f32>,
-    pub counts: Vec<usize>,
-}
+/// Loss of a batch: the family-neutral [`super::Loss`].
+pub type LossOutput = super::Loss;
 
 /// Left-padded layout of a batch.
 struct Packed {

@@ -36,6 +36,14 @@ impl Model {
         }
     }
 
+    /// The dropout the model's config trains with (T5's `dropout_rate`; LLaMA-family models: 0).
+    pub fn config_dropout(&self) -> f32 {
+        match self {
+            Self::T5(m) => m.cfg.dropout_rate as f32,
+            Self::Llama(_) => 0.0,
+        }
+    }
+
     pub fn is_seq2seq(&self) -> bool {
         matches!(self, Self::T5(_))
     }

@@ -12,6 +12,15 @@ pub mod t5;
 
 pub use candle_core::{DType, Device, Tensor, Var};
 
+/// A batch's loss, for either family: the mean NLL over all its target tokens (differentiable),
+/// and each example's own mean and target count.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    pub loss: Tensor,
+    pub per_example: Vec<f32>,
+    pub counts: Vec<usize>,
+}
+
 /// The length of every row of a batch whose rows each carry a prompt (`prompts[i]` [R_i, d],
 /// R_i may be 0) before their tokens, and the longest: the width the batch is padded to.
 pub(crate) fn row_lengths(

@@ -602,16 +602,6 @@ impl Evaluation {
     }
 }
 
-/// The score a λ search maximizes for one task: its first metric, else exact match.
-fn task_score(task: &TaskSpec, res: &EvalResult) -> f64 {
-    task.metrics
-        .first()
-        .and_then(|m| res.metrics.get(m.as_str()))
-        .or_else(|| res.metrics.get("exact_match"))
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
 /// The λ grid of the search: one shared λ, or one per vector (the grid's product).
 fn lambda_grid(lambdas: &[f64], n: usize, per_vector: bool) -> Vec<Vec<f64>> {
     if !per_vector {
@@ -666,7 +656,7 @@ fn addition(study: &Study, job: &Job, tasks: &[String], origin: usize) -> Result
     let mut per_task: Vec<Vec<f64>> = Vec::new();
     for ((task, sets), config) in data.iter().zip(&configs) {
         let res = ev.eval_many(&candidates, &sets.validation, task, config, false)?;
-        per_task.push(res.iter().map(|r| task_score(task, r)).collect());
+        per_task.push(res.iter().map(|r| task.primary_score(&r.metrics)).collect());
     }
     let mut best: Option<(f64, Vec<f64>)> = None;
     let mut search = Vec::new();

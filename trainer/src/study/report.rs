@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use tpv_shared::eval::ReportModel;
+use tpv_shared::eval::{ReportModel, hf_files};
 use tpv_shared::report::{self, ExampleSet, Manifest, ManifestRun, Tables};
 use tpv_shared::study::StudyFile;
 
@@ -88,19 +88,12 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut files = vec![path.join("config.json"), path.join("tokenizer.json")];
-    if path.join("tokenizer_config.json").exists() {
-        files.push(path.join("tokenizer_config.json"));
-    }
-    if path.join("model.safetensors").exists() {
-        files.push(path.join("model.safetensors"));
-    } else {
-        let index = path.join("model.safetensors.index.json");
-        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-        files.push(index);
-        files.extend(tpv_shared::eval::shard_files(&text)?.iter().map(|f| path.join(f)));
-    }
-    Ok(files)
+    let read_index = || {
+        let index = path.join(hf_files::INDEX);
+        std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))
+    };
+    let names = hf_files::to_read(|f| path.join(f).exists(), read_index)?;
+    Ok(names.iter().map(|f| path.join(f)).collect())
 }
 
 /// A model's name as a published report shows it: a hub id or a registry name as it is, a local

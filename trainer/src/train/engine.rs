@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 use tpv_shared::eval::{Loaded, Scoring, summarize};
 use tpv_shared::merge::SplitMix64;
-use tpv_shared::model::causal;
+use tpv_shared::model::Loss;
 use tpv_shared::model::load::Model;
 use tpv_shared::model::t5;
 use tpv_shared::tasks::TaskSpec;
@@ -37,76 +37,24 @@ pub struct Engine<'a> {
     pub device: Device,
 }
 
-/// Loss over a batch: the mean NLL over its target tokens, and its target-token count.
-pub struct BatchLoss {
-    pub loss: Tensor,
-    pub per_example: Vec<f32>,
-    pub counts: Vec<usize>,
-}
-
 impl Engine<'_> {
-    /// Loss of `batch` under `theta` ([R, d]); `rng` turns on dropout (T5).
-    pub fn loss(
-        &self,
-        theta: &Tensor,
-        batch: &[&Encoded],
-        rng: Option<&mut SplitMix64>,
-    ) -> candle_core::Result<BatchLoss> {
-        match self.model {
-            Model::Llama(m) => {
-                let examples = collect(batch, "causal", |e| match e {
-                    Encoded::Causal { example, .. } => Some(example),
-                    Encoded::Seq2Seq { .. } => None,
-                })?;
-                let out = causal::loss(m, theta, &examples)?;
-                Ok(BatchLoss {
-                    loss: out.loss,
-                    per_example: out.per_example,
-                    counts: out.counts,
-                })
-            }
-            Model::T5(m) => {
-                let examples = collect(batch, "seq2seq", |e| match e {
-                    Encoded::Seq2Seq { example, .. } => Some(example),
-                    Encoded::Causal { .. } => None,
-                })?;
-                let train = match rng {
-                    Some(rng) if self.dropout > 0.0 => Some(t5::Train {
-                        dropout: self.dropout,
-                        rng,
-                    }),
-                    _ => None,
-                };
-                let out = t5::loss(m, theta, &examples, train)?;
-                Ok(BatchLoss {
-                    loss: out.loss,
-                    per_example: out.per_example,
-                    counts: out.counts,
-                })
-            }
-        }
+    /// Loss of `batch` under `theta` ([R, d]); `rng` turns on dropout (T5, when the config has
+    /// any). The family dispatch is the shared one (`Model::loss_rows`).
+    pub fn loss(&self, theta: &Tensor, batch: &[&Encoded], rng: Option<&mut SplitMix64>) -> candle_core::Result<Loss> {
+        let train = match rng {
+            Some(rng) if self.dropout > 0.0 => Some(t5::Train {
+                dropout: self.dropout,
+                rng,
+            }),
+            _ => None,
+        };
+        self.model.loss_rows(&vec![theta; batch.len()], batch, train)
     }
 
     /// Greedy generations (token ids) for a batch.
     pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
         tpv_shared::eval::generate(self.model, &self.eos, theta, batch, max_new)
     }
-}
-
-/// The examples of a batch for one model family; an example of the other family is an error.
-fn collect<T: Clone>(
-    batch: &[&Encoded],
-    family: &str,
-    pick: impl Fn(&Encoded) -> Option<&T>,
-) -> candle_core::Result<Vec<T>> {
-    batch
-        .iter()
-        .map(|e| {
-            pick(e)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg(format!("an example of the wrong family for a {family} model")))
-        })
-        .collect()
 }
 
 /// Everything that changes during training (and is saved in a checkpoint).

@@ -16,7 +16,6 @@ use candle_core::{DType, Tensor};
 use serde_json::json;
 use tpv_shared::eval::EncodeOptions;
 use tpv_shared::merge::SplitMix64;
-use tpv_shared::model::load::Model;
 use tpv_shared::origins::{Sampling, origin_token_ids};
 use tpv_shared::tasks::{Record, TaskSpec};
 use tpv_shared::{Curve, Layout, ModelRef, OriginRef, PromptKind, PromptTensor, SoftPrompt, TaskType};
@@ -259,13 +258,7 @@ pub fn step_batches(
 fn score(select: Select, task: &TaskSpec, r: &EvalResult) -> f64 {
     match select {
         Select::Loss => -r.loss,
-        Select::Metric => task
-            .metrics
-            .first()
-            .and_then(|m| r.metrics.get(m.as_str()))
-            .or_else(|| r.metrics.get("exact_match"))
-            .copied()
-            .unwrap_or(f64::NAN),
+        Select::Metric => task.primary_score(&r.metrics),
     }
 }
 
@@ -374,11 +367,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         total, warmup, fingerprint = %splits.fingerprint, "data ready"
     );
     let (theta0, origin_ref) = origin(config, &loaded, d)?;
-    let dropout = match (&loaded.model, config.train.dropout) {
-        (_, Some(p)) => p,
-        (Model::T5(m), None) => m.cfg.dropout_rate as f32,
-        (Model::Llama(_), None) => 0.0,
-    };
+    let dropout = config.train.dropout.unwrap_or_else(|| loaded.model.config_dropout());
     let engine = Engine {
         model: &loaded.model,
         codec: Some(&loaded.codec),

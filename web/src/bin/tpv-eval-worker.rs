@@ -9,8 +9,7 @@ use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
 use tpv_shared::eval::Loaded;
-use tpv_shared::model::load::Model;
-use tpv_web::worker::{Batch, ModelInfo, get, object};
+use tpv_web::worker::{Batch, ModelInfo, Reply, Request, from_message, get, to_message};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -38,45 +37,36 @@ fn main() {
     });
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
-    let _ = scope.post_message(&object(&[("op", "ready".into())]));
-}
-
-fn error_reply(data: &JsValue, message: String) -> JsValue {
-    object(&[
-        ("op", "error".into()),
-        ("run", get(data, "run")),
-        ("index", get(data, "index")),
-        ("message", message.into()),
-    ])
+    if let Ok(ready) = to_message(&Reply::Ready, &[]) {
+        let _ = scope.post_message(&ready);
+    }
 }
 
 fn handle(state: &Rc<RefCell<State>>, data: &JsValue) -> JsValue {
-    let op = get(data, "op").as_string().unwrap_or_default();
-    let out = match op.as_str() {
-        "load" => load(state, data),
-        "eval" => eval(state, data),
-        other => Err(format!("unknown message {other:?}")),
+    let (run, reply) = match from_message::<Request>(data) {
+        Ok(Request::Load { names }) => (None, load(state, names, data)),
+        Ok(Request::Eval { run, index, batch }) => (Some(run), eval(state, run, index, &batch, data)),
+        Err(e) => (None, Err(e)),
     };
-    out.unwrap_or_else(|e| error_reply(data, e))
+    let reply = reply.unwrap_or_else(|message| Reply::Error { run, message });
+    to_message(&reply, &[]).unwrap_or_else(|e| JsValue::from_str(&e))
 }
 
-fn load(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
+fn load(state: &Rc<RefCell<State>>, names: Vec<String>, data: &JsValue) -> Result<Reply, String> {
     let start = now_ms();
-    let names = js_sys::Array::from(&get(data, "names"));
     let buffers = js_sys::Array::from(&get(data, "files"));
+    if buffers.length() as usize != names.len() {
+        return Err(format!("{} file names for {} files", names.len(), buffers.length()));
+    }
     let mut files = BTreeMap::new();
-    for (name, buf) in names.iter().zip(buffers.iter()) {
-        let name = name.as_string().ok_or("a file name is not a string")?;
+    for (name, buf) in names.into_iter().zip(buffers.iter()) {
         files.insert(name, js_sys::Uint8Array::new(&buf).to_vec());
     }
     // Free the previous model before building the next one.
     state.borrow_mut().model = None;
     let loaded = Loaded::from_files(&files, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
     drop(files);
-    let (family, vocab_size) = match &loaded.model {
-        Model::Llama(_) => ("llama", loaded.model.embeddings().dim(0).unwrap_or(0)),
-        Model::T5(_) => ("t5", loaded.model.embeddings().dim(0).unwrap_or(0)),
-    };
+    let (family, vocab_size) = (loaded.model.family(), loaded.model.embeddings().dim(0).unwrap_or(0));
     let info = ModelInfo {
         family: family.into(),
         hidden_size: loaded.model.hidden_size(),
@@ -85,16 +75,13 @@ fn load(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
         load_ms: now_ms() - start,
     };
     state.borrow_mut().model = Some(loaded);
-    let json = serde_json::to_string(&info).map_err(|e| e.to_string())?;
-    Ok(object(&[("op", "loaded".into()), ("json", json.into())]))
+    Ok(Reply::Loaded(info))
 }
 
-fn eval(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
+fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &JsValue) -> Result<Reply, String> {
     let start = now_ms();
     let state = state.borrow();
     let loaded = state.model.as_ref().ok_or("no model is loaded")?;
-    let batch: Batch = serde_json::from_str(&get(data, "json").as_string().ok_or("no batch")?)
-        .map_err(|e| format!("bad batch: {e}"))?;
     let d = loaded.model.hidden_size();
     if batch.rows > 0 && batch.cols != d {
         return Err(format!(
@@ -126,12 +113,10 @@ fn eval(state: &Rc<RefCell<State>>, data: &JsValue) -> Result<JsValue, String> {
         .map_err(|e| e.to_string())?;
     let rows: Vec<_> = encoded.iter().map(|e| (&theta, e)).collect();
     let results = loaded.evaluate_rows(&rows, &scorer).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(&results).map_err(|e| e.to_string())?;
-    Ok(object(&[
-        ("op", "result".into()),
-        ("run", get(data, "run")),
-        ("index", get(data, "index")),
-        ("json", json.into()),
-        ("ms", (now_ms() - start).into()),
-    ]))
+    Ok(Reply::Result {
+        run,
+        index,
+        results,
+        ms: now_ms() - start,
+    })
 }

@@ -7,7 +7,7 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult};
+use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult, hf_files};
 use tpv_shared::records;
 use tpv_shared::tasks::{Record, Style, TaskSpec};
 use web_sys::HtmlInputElement;
@@ -210,21 +210,23 @@ async fn fetch_model(url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         let u = study::resolve(name, &base);
         async move { study::fetch_bytes(&u?).await }
     };
+    // The folder's files as `tpv_shared::eval::hf_files` describes them (fetched: whether the
+    // single weights file exists is known by asking for it).
     let mut files = vec![
-        ("config.json".to_owned(), get("config.json").await?),
-        ("tokenizer.json".to_owned(), get("tokenizer.json").await?),
+        (hf_files::CONFIG.to_owned(), get(hf_files::CONFIG).await?),
+        (hf_files::TOKENIZER.to_owned(), get(hf_files::TOKENIZER).await?),
     ];
-    if let Ok(b) = get("tokenizer_config.json").await {
-        files.push(("tokenizer_config.json".into(), b));
+    if let Ok(b) = get(hf_files::TOKENIZER_CONFIG).await {
+        files.push((hf_files::TOKENIZER_CONFIG.into(), b));
     }
-    match get("model.safetensors").await {
-        Ok(b) => files.push(("model.safetensors".into(), b)),
+    match get(hf_files::WEIGHTS).await {
+        Ok(b) => files.push((hf_files::WEIGHTS.into(), b)),
         Err(single) => {
-            let index = get("model.safetensors.index.json")
+            let index = get(hf_files::INDEX)
                 .await
                 .map_err(|e| format!("{single}; and no shard index: {e}"))?;
             let shards = eval::shard_files(&String::from_utf8_lossy(&index)).map_err(|e| e.to_string())?;
-            files.push(("model.safetensors.index.json".into(), index));
+            files.push((hf_files::INDEX.into(), index));
             for s in shards {
                 let bytes = get(&s).await?;
                 files.push((s, bytes));
