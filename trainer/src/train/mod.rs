@@ -268,12 +268,175 @@ fn push(curves: &mut BTreeMap<String, Curve>, name: &str, step: u64, value: f64)
     c.values.push(value as f32);
 }
 
-/// Trains one prompt as `config` says; returns the run file written.
+/// Trains one prompt as `config` says; returns the run file written. The parts: the output's
+/// guards ([`check_output`]), the examples ([`Examples`]), the progress a checkpoint holds
+/// ([`Progress`]), one optimizer step ([`train_step`]), validation with best-prompt selection and
+/// early stopping ([`Trainer::validate`]), the test pass with baselines ([`Trainer::test_metrics`])
+/// and the run file ([`Trainer::run_file`]).
 pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     let out_dir = &config.train.output;
     let prompt_file = prompt_path(out_dir);
     let ckpt_file = checkpoint_path(out_dir);
-    let resolved = serde_json::to_value(config)?;
+    if !check_output(config, opts)? {
+        return Ok(prompt_file);
+    }
+    let device = models::device(&config.model.device)?;
+    let dtype = models::dtype(&config.model.dtype)?;
+    let loaded = models::load_cached(&config.model.path, dtype, &device)
+        .with_context(|| format!("loading model {}", config.model.path))?;
+    let (r, d) = (config.prompt.virtual_tokens, loaded.model.hidden_size());
+    let max_positions = loaded.model.max_positions();
+    if r >= max_positions {
+        bail!("prompt.virtual_tokens is {r}: it leaves no room for the input in the model's {max_positions} positions");
+    }
+    let all = data::load_all(&config.data).context("loading data")?;
+    let t = Trainer {
+        config,
+        resolved: serde_json::to_value(config)?,
+        splits: data::describe(&all),
+        loaded: &loaded,
+        device: device.clone(),
+        shape: (r, d),
+    };
+    let mut examples = Examples::new(&t, &all)?;
+    let (total, warmup) = step_counts(config, examples.train.len());
+    let schedule = Schedule {
+        kind: config.optim.scheduler,
+        base_lr: config.optim.learning_rate,
+        warmup,
+        total,
+    };
+    tracing::info!(
+        task = %t.splits.task.name, train = examples.train.len(), validation = examples.validation.len(),
+        test = examples.test.len(), total, warmup, fingerprint = %t.splits.fingerprint, "data ready"
+    );
+    let (theta0, origin_ref) = origin(config, &loaded, d)?;
+    let engine = Engine {
+        model: &loaded.model,
+        codec: Some(&loaded.codec),
+        eos: loaded.eos.clone(),
+        dropout: config.train.dropout.unwrap_or_else(|| loaded.model.config_dropout()),
+        device: device.clone(),
+    };
+    let mut p = if opts.resume && ckpt_file.exists() {
+        let p = Progress::resume(&ckpt_file, &t)?;
+        tracing::info!("resuming {} at step {}", out_dir.display(), p.state.step);
+        p
+    } else {
+        Progress::start(config, theta0.as_slice().to_vec())
+    };
+
+    train_loop(&t, &engine, &mut examples, &mut p, (&schedule, &ckpt_file), opts)?;
+
+    // The kept prompt: the best on validation, or the last one without validation data.
+    let (params, kept_step, valid_metrics) = match &p.best {
+        Some(b) => (b.params.clone(), b.step, b.metrics.clone()),
+        None => (p.state.params.clone(), p.state.step, BTreeMap::new()),
+    };
+    let mut metrics: BTreeMap<String, f64> = valid_metrics
+        .iter()
+        .map(|(k, v)| (format!("validation_{k}"), *v))
+        .collect();
+    metrics.extend(t.test_metrics(&examples.test, &params, theta0.as_slice())?);
+    metrics.insert("best_step".into(), kept_step as f64);
+    metrics.insert("steps".into(), p.state.step as f64);
+    let counts = [examples.train.len(), examples.validation.len(), examples.test.len()];
+    let prompt = t.run_file(
+        PromptTensor::new(r, d, params)?,
+        theta0,
+        origin_ref,
+        metrics,
+        p.curves,
+        json!({
+            "splits": { "train": counts[0], "validation": counts[1], "test": counts[2] },
+            "total_steps": total,
+            "warmup_steps": warmup,
+        }),
+    )?;
+    io::write_run(&prompt_file, &prompt).with_context(|| format!("writing {}", prompt_file.display()))?;
+    if ckpt_file.exists() {
+        std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
+    }
+    Ok(prompt_file)
+}
+
+/// The optimizer steps from where `p` stands to the end (or early stopping): validation every
+/// `eval_every` steps, a checkpoint every `save_every`.
+fn train_loop(
+    t: &Trainer<'_>,
+    engine: &Engine<'_>,
+    examples: &mut Examples<'_>,
+    p: &mut Progress,
+    (schedule, ckpt_file): (&Schedule, &Path),
+    opts: &RunOptions,
+) -> Result<()> {
+    let (config, (r, d), total) = (t.config, t.shape, schedule.total);
+    let bar = progress_bar(total, p.state.step);
+    while p.state.step < total {
+        let idx = step_batches(
+            examples.train.len(),
+            p.state.step,
+            config.optim.batch_size,
+            config.optim.gradient_accumulation,
+            config.data.shuffle,
+            config.train.seed,
+        );
+        let micro = examples.train_batches(&idx)?;
+        let stats = match train_step(
+            engine,
+            &mut p.state,
+            &micro,
+            schedule,
+            config.optim.max_grad_norm,
+            (r, d),
+        ) {
+            Ok(s) => s,
+            Err(e @ (StepError::NonFiniteLoss { .. } | StepError::NonFiniteGrad { .. })) => {
+                bar.abandon();
+                bail!(
+                    "training stopped: {e}; lower optim.learning_rate or set optim.max_grad_norm; {}",
+                    last_checkpoint(ckpt_file)
+                );
+            }
+            Err(e) => return Err(e).context(format!("training step {}", p.state.step)),
+        };
+        let step = p.state.step;
+        push(&mut p.curves, "train_loss", step, f64::from(stats.loss));
+        push(&mut p.curves, "lr", step, stats.lr);
+        bar.set_position(step);
+        bar.set_message(format!("loss {:.4} lr {:.3e}", stats.loss, stats.lr));
+        tracing::debug!(
+            step,
+            loss = stats.loss,
+            lr = stats.lr,
+            grad_norm = stats.grad_norm,
+            "step"
+        );
+
+        let due = step.is_multiple_of(config.train.eval_every) || step == total;
+        let stop = due && !examples.validation.is_empty() && t.validate(p, &examples.validation, &bar)?;
+        if step.is_multiple_of(config.save_every()) && step < total && !stop {
+            checkpoint::write(ckpt_file, &p.checkpoint(t))
+                .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))?;
+        }
+        if opts.abort_after_step == Some(step) {
+            // Test hook: die as a killed process would, without cleanup.
+            std::process::abort();
+        }
+        if stop {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The output directory's guards before any work: an unfinished run needs --resume or
+/// --overwrite, a finished one is kept (--resume: nothing to do, `false`) or replaced only at the
+/// end (--overwrite), a damaged one is trained again; the directory must take files.
+fn check_output(config: &Config, opts: &RunOptions) -> Result<bool> {
+    let out_dir = &config.train.output;
+    let (prompt_file, ckpt_file) = (prompt_path(out_dir), checkpoint_path(out_dir));
     if opts.overwrite {
         // A finished result stays until its replacement is written (atomically, at the end): a
         // kill or a full disk meanwhile loses nothing. Only a checkpoint of an earlier run goes.
@@ -291,7 +454,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         match run_state(out_dir) {
             RunState::Finished(_) if opts.resume => {
                 tracing::info!("{} is finished; nothing to do", prompt_file.display());
-                return Ok(prompt_file);
+                return Ok(false);
             }
             RunState::Finished(_) => bail!(
                 "{} already exists; pass --resume to keep it or --overwrite to train again",
@@ -308,297 +471,120 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     // nothing when `save_every ≥ max_steps`).
     io::check_writable(out_dir)?;
     io::remove_stale_temp_files(out_dir);
+    Ok(true)
+}
 
-    let device = models::device(&config.model.device)?;
-    let dtype = models::dtype(&config.model.dtype)?;
-    let loaded = models::load_cached(&config.model.path, dtype, &device)
-        .with_context(|| format!("loading model {}", config.model.path))?;
-    let d = loaded.model.hidden_size();
-    let r = config.prompt.virtual_tokens;
-    let max_positions = loaded.model.max_positions();
-    if r >= max_positions {
-        bail!("prompt.virtual_tokens is {r}: it leaves no room for the input in the model's {max_positions} positions");
-    }
-    let all = data::load_all(&config.data).context("loading data")?;
-    let splits = data::describe(&all);
-    // Chat models use their chat template when they have one (`Loaded::encode`).
-    let chat = config.model.chat_template;
-    // Records of every task, joined split by split (task index, record); validation and test are
-    // tokenized now, training examples only when the sample stream reaches them (a short run on a
-    // large dataset tokenizes the examples it uses, not the whole set).
-    let records: Vec<[Vec<(usize, &Record)>; 3]> = all
-        .iter()
-        .enumerate()
-        .map(|(t, s)| [&s.train, &s.validation, &s.test].map(|recs| recs.iter().map(|r| (t, r)).collect::<Vec<_>>()))
-        .collect();
-    let [train_recs, valid_recs, test_recs] = interleave(records);
-    let enc_opts = encode_options(config);
-    let encode_rec = |(t, rec): (usize, &Record)| -> Result<Encoded> {
-        let task = &all[t].task;
-        encode(&loaded, task, std::slice::from_ref(rec), &enc_opts)
-            .with_context(|| format!("task {}", task.name))?
-            .pop()
-            .context("an example was lost in tokenization")
-    };
-    let validation: Vec<Encoded> = valid_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
-    let test: Vec<Encoded> = test_recs.iter().map(|&p| encode_rec(p)).collect::<Result<_>>()?;
-    // Every scored example must fit the model with the prompt in front (and the tokens to
-    // generate), before any training: not a failure at the end of a long run.
-    let new_tokens = match config.train.scoring {
-        tpv_shared::eval::Scoring::Generate => config.train.max_new_tokens,
-        tpv_shared::eval::Scoring::Rank => 0,
-    };
-    for (split, examples) in [("validation", &validation), ("test", &test)] {
-        for (i, e) in examples.iter().enumerate() {
-            e.check_fits(&loaded.model, r, new_tokens)
-                .with_context(|| format!("{split} example {}", i + 1))?;
-        }
-    }
-    let mut train: Vec<Option<Encoded>> = vec![None; train_recs.len()];
-    let (total, warmup) = step_counts(config, train.len());
-    let schedule = Schedule {
-        kind: config.optim.scheduler,
-        base_lr: config.optim.learning_rate,
-        warmup,
-        total,
-    };
-    tracing::info!(
-        task = %splits.task.name, train = train.len(), validation = validation.len(), test = test.len(),
-        total, warmup, fingerprint = %splits.fingerprint, "data ready"
-    );
-    let (theta0, origin_ref) = origin(config, &loaded, d)?;
-    let dropout = config.train.dropout.unwrap_or_else(|| loaded.model.config_dropout());
-    let engine = Engine {
-        model: &loaded.model,
-        codec: Some(&loaded.codec),
-        eos: loaded.eos.clone(),
-        dropout,
-        device: device.clone(),
-    };
-
-    let mut adam = AdamW::new(r * d, config.optim.weight_decay);
-    adam.beta1 = config.optim.beta1;
-    adam.beta2 = config.optim.beta2;
-    adam.eps = config.optim.eps;
-    let mut state = State {
-        step: 0,
-        params: theta0.as_slice().to_vec(),
-        adam,
-        rng: config.train.seed,
-    };
-    let mut best: Option<Best> = None;
-    let mut curves: BTreeMap<String, Curve> = BTreeMap::new();
-    let mut stale = 0u32;
-    if opts.resume && ckpt_file.exists() {
-        let c = checkpoint::read(&ckpt_file)?;
-        if training_part(&c.config) != training_part(&resolved) {
-            bail!(
-                "{} was written by a different configuration; resume with the same config or pass --overwrite",
-                ckpt_file.display()
-            );
-        }
-        if c.fingerprint != splits.fingerprint {
-            bail!(
-                "{}: the data changed since the checkpoint (fingerprint {} → {})",
-                ckpt_file.display(),
-                c.fingerprint,
-                splits.fingerprint
-            );
-        }
-        if c.params.len() != r * d {
-            bail!(
-                "{}: the checkpoint's prompt has {} values, expected {}",
-                ckpt_file.display(),
-                c.params.len(),
-                r * d
-            );
-        }
-        state.step = c.step;
-        state.params = c.params;
-        state.adam.m = c.adam_m;
-        state.adam.v = c.adam_v;
-        state.adam.t = c.adam_t;
-        state.rng = c.rng;
-        best = c.best;
-        curves = c.curves;
-        stale = c.evals_without_improvement;
-        tracing::info!("resuming {} at step {}", out_dir.display(), state.step);
-    }
-
-    let save = |state: &State, best: &Option<Best>, curves: &BTreeMap<String, Curve>, stale: u32| {
-        checkpoint::write(
-            &ckpt_file,
-            &Checkpoint {
-                step: state.step,
-                params: state.params.clone(),
-                adam_m: state.adam.m.clone(),
-                adam_v: state.adam.v.clone(),
-                adam_t: state.adam.t,
-                rng: state.rng,
-                best: best.clone(),
-                evals_without_improvement: stale,
-                curves: curves.clone(),
-                config: resolved.clone(),
-                fingerprint: splits.fingerprint.clone(),
-            },
+/// What a failed run keeps, for its error message.
+fn last_checkpoint(ckpt_file: &Path) -> String {
+    if ckpt_file.exists() {
+        format!(
+            "the last good checkpoint is {} (step {})",
+            ckpt_file.display(),
+            checkpoint::read(ckpt_file).map(|c| c.step).unwrap_or(0)
         )
-        .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))
-    };
-    let theta_of = |params: &[f32]| Tensor::from_slice(params, (r, d), &device);
+    } else {
+        "no checkpoint was written yet".to_owned()
+    }
+}
 
-    let bar = progress_bar(total, state.step);
-    while state.step < total {
-        let idx = step_batches(
-            train.len(),
-            state.step,
-            config.optim.batch_size,
-            config.optim.gradient_accumulation,
-            config.data.shuffle,
-            config.train.seed,
-        );
-        for &i in idx.iter().flatten() {
-            if train[i].is_none() {
-                let e = encode_rec(train_recs[i]).with_context(|| format!("tokenizing training example {}", i + 1))?;
-                e.check_fits(&loaded.model, r, 0)
-                    .with_context(|| format!("training example {}", i + 1))?;
-                train[i] = Some(e);
-            }
+/// What a run's parts share: the config (and its resolved JSON, which checkpoints and run files
+/// record), the data's description, the model, and the prompt's shape (R, d).
+struct Trainer<'a> {
+    config: &'a Config,
+    resolved: serde_json::Value,
+    splits: data::DataInfo,
+    loaded: &'a LoadedModel,
+    device: candle_core::Device,
+    shape: (usize, usize),
+}
+
+impl Trainer<'_> {
+    fn theta(&self, params: &[f32]) -> Result<Tensor> {
+        Ok(Tensor::from_slice(params, self.shape, &self.device)?)
+    }
+
+    /// Scores the current prompt on the validation split: curves, the best prompt so far, early
+    /// stopping (returns whether to stop).
+    fn validate(&self, p: &mut Progress, validation: &[Encoded], bar: &indicatif::ProgressBar) -> Result<bool> {
+        let (config, step) = (self.config, p.state.step);
+        let res = engine::evaluate(
+            self.loaded,
+            &[&self.theta(&p.state.params)?],
+            validation,
+            &self.splits.task,
+            eval_options(config, config.train.eval_loss || config.train.select == Select::Loss),
+        )
+        .with_context(|| format!("evaluating on the validation split at step {step}"))?
+        .remove(0);
+        if res.loss.is_finite() {
+            push(&mut p.curves, "valid_loss", step, res.loss);
         }
-        let micro: Vec<Vec<&Encoded>> = idx
-            .iter()
-            .map(|mb| mb.iter().filter_map(|&i| train[i].as_ref()).collect())
-            .collect();
-        let stats = match train_step(
-            &engine,
-            &mut state,
-            &micro,
-            &schedule,
-            config.optim.max_grad_norm,
-            (r, d),
-        ) {
-            Ok(s) => s,
-            Err(e @ (StepError::NonFiniteLoss { .. } | StepError::NonFiniteGrad { .. })) => {
-                bar.abandon();
-                let kept = if ckpt_file.exists() {
-                    format!(
-                        "the last good checkpoint is {} (step {})",
-                        ckpt_file.display(),
-                        checkpoint::read(&ckpt_file).map(|c| c.step).unwrap_or(0)
-                    )
-                } else {
-                    "no checkpoint was written yet".to_owned()
-                };
-                bail!("training stopped: {e}; lower optim.learning_rate or set optim.max_grad_norm; {kept}");
-            }
-            Err(e) => return Err(e).context(format!("training step {}", state.step)),
+        for (k, v) in &res.metrics {
+            push(&mut p.curves, &format!("valid_{k}"), step, *v);
+        }
+        let s = score(config.train.select, &self.splits.task, &res);
+        let improved = p.best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan());
+        let loss = if res.loss.is_finite() {
+            format!("loss {:.4}, ", res.loss)
+        } else {
+            String::new()
         };
-        let step = state.step;
-        push(&mut curves, "train_loss", step, f64::from(stats.loss));
-        push(&mut curves, "lr", step, stats.lr);
-        bar.set_position(step);
-        bar.set_message(format!("loss {:.4} lr {:.3e}", stats.loss, stats.lr));
-        tracing::debug!(
-            step,
-            loss = stats.loss,
-            lr = stats.lr,
-            grad_norm = stats.grad_norm,
-            "step"
+        let best = if improved { " (best)" } else { "" };
+        say(
+            bar,
+            format!("step {step}: validation {loss}{}{best}", fmt_metrics(&res.metrics)),
         );
-
-        let mut stop = false;
-        if (step.is_multiple_of(config.train.eval_every) || step == total) && !validation.is_empty() {
-            let theta = theta_of(&state.params)?;
-            let res = engine::evaluate(
-                &loaded,
-                &[&theta],
-                &validation,
-                &splits.task,
-                eval_options(config, config.train.eval_loss || config.train.select == Select::Loss),
-            )
-            .with_context(|| format!("evaluating on the validation split at step {step}"))?
-            .remove(0);
-            if res.loss.is_finite() {
-                push(&mut curves, "valid_loss", step, res.loss);
-            }
-            for (k, v) in &res.metrics {
-                push(&mut curves, &format!("valid_{k}"), step, *v);
-            }
-            let s = score(config.train.select, &splits.task, &res);
-            let improved = best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan());
-            say(
-                &bar,
-                format!(
-                    "step {step}: validation {}{}{}",
-                    if res.loss.is_finite() {
-                        format!("loss {:.4}, ", res.loss)
-                    } else {
-                        String::new()
-                    },
-                    fmt_metrics(&res.metrics),
-                    if improved { " (best)" } else { "" }
-                ),
-            );
-            if improved {
-                best = Some(Best {
-                    step,
-                    score: s,
-                    params: state.params.clone(),
-                    metrics: res.metrics.clone(),
-                });
-                stale = 0;
-            } else {
-                stale += 1;
-                if config.train.early_stopping_patience.is_some_and(|p| stale >= p) {
-                    say(
-                        &bar,
-                        format!("early stopping at step {step}: no improvement in {stale} evaluations"),
-                    );
-                    stop = true;
-                }
-            }
+        if improved {
+            p.best = Some(Best {
+                step,
+                score: s,
+                params: p.state.params.clone(),
+                metrics: res.metrics,
+            });
+            p.stale = 0;
+            return Ok(false);
         }
-        if step.is_multiple_of(config.save_every()) && step < total && !stop {
-            save(&state, &best, &curves, stale)?;
-        }
-        if opts.abort_after_step == Some(step) {
-            // Test hook: die as a killed process would, without cleanup.
-            std::process::abort();
-        }
+        p.stale += 1;
+        let stop = config.train.early_stopping_patience.is_some_and(|n| p.stale >= n);
         if stop {
-            break;
+            let stale = p.stale;
+            say(
+                bar,
+                format!("early stopping at step {step}: no improvement in {stale} evaluations"),
+            );
         }
+        Ok(stop)
     }
-    bar.finish_and_clear();
 
-    // The kept prompt: the best on validation, or the last one without validation data.
-    let (params, kept_step, valid_metrics) = match &best {
-        Some(b) => (b.params.clone(), b.step, b.metrics.clone()),
-        None => (state.params.clone(), state.step, BTreeMap::new()),
-    };
-    let mut metrics = BTreeMap::new();
-    for (k, v) in &valid_metrics {
-        metrics.insert(format!("validation_{k}"), *v);
-    }
-    // The kept prompt on test, and with `baselines` the untrained origin θ₀ and the model with no
-    // prompt at all (zero-shot, instruction only): one pass over rows that mix the three.
-    let mut scored: Vec<(&str, Tensor)> = Vec::new();
-    if config.train.test && !test.is_empty() {
-        scored.push(("", theta_of(&params)?));
-    }
-    if config.train.baselines && !test.is_empty() {
-        scored.push(("origin_", theta_of(theta0.as_slice())?));
-        if config.train.zero_shot_baseline {
-            scored.push(("zero_shot_", Tensor::zeros((0, d), DType::F32, &device)?));
+    /// The kept prompt on test, and with `baselines` the untrained origin θ₀ and the model with no
+    /// prompt at all (zero-shot, instruction only): one pass over rows that mix the three. Keys
+    /// as the run file stores them (`test_…`, `origin_test_…`, `zero_shot_test_…`).
+    fn test_metrics(&self, test: &[Encoded], kept: &[f32], theta0: &[f32]) -> Result<BTreeMap<String, f64>> {
+        let train = &self.config.train;
+        let mut scored: Vec<(&str, Tensor)> = Vec::new();
+        if train.test && !test.is_empty() {
+            scored.push(("", self.theta(kept)?));
         }
-    }
-    if !scored.is_empty() {
+        if train.baselines && !test.is_empty() {
+            scored.push(("origin_", self.theta(theta0)?));
+            if train.zero_shot_baseline {
+                scored.push((
+                    "zero_shot_",
+                    Tensor::zeros((0, self.shape.1), DType::F32, &self.device)?,
+                ));
+            }
+        }
+        let mut metrics = BTreeMap::new();
+        if scored.is_empty() {
+            return Ok(metrics);
+        }
         let prompts: Vec<&Tensor> = scored.iter().map(|(_, t)| t).collect();
         let results = engine::evaluate(
-            &loaded,
+            self.loaded,
             &prompts,
-            &test,
-            &splits.task,
-            eval_options(config, config.train.eval_loss),
+            test,
+            &self.splits.task,
+            eval_options(self.config, train.eval_loss),
         )
         .context("evaluating the kept prompt (and baselines) on the test split")?;
         for ((name, _), res) in scored.iter().zip(results) {
@@ -609,43 +595,213 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
                 metrics.insert(format!("{name}test_{k}"), *v);
             }
         }
+        Ok(metrics)
     }
-    metrics.insert("best_step".into(), kept_step as f64);
-    metrics.insert("steps".into(), state.step as f64);
 
-    let values = PromptTensor::new(r, d, params)?;
-    let mut prompt = SoftPrompt::new(PromptKind::TaskPrompt, values, Some(theta0))?;
-    let task_type = if loaded.model.is_seq2seq() {
-        TaskType::Seq2SeqLm
-    } else {
-        TaskType::CausalLm
-    };
-    prompt.meta.model = Some(ModelRef {
-        id: loaded.id.clone(),
-        revision: None,
-    });
-    prompt.meta.tasks = splits.tasks.clone();
-    prompt.meta.origin = origin_ref;
-    prompt.meta.layout = Layout {
-        task_type: Some(task_type),
-        num_transformer_submodules: task_type.default_submodules(),
-    };
-    prompt.meta.metrics = metrics;
-    prompt.meta.config = Some(json!({
-        "config": resolved,
-        "splits": { "train": train.len(), "validation": validation.len(), "test": test.len() },
-        "total_steps": total,
-        "warmup_steps": warmup,
-        "chat_template": chat,
-        "scoring": config.train.scoring.as_str(),
-    }));
-    prompt.meta.data_fingerprint = Some(splits.fingerprint.clone());
-    prompt.curves = curves;
-    io::write_run(&prompt_file, &prompt).with_context(|| format!("writing {}", prompt_file.display()))?;
-    if ckpt_file.exists() {
-        std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
+    /// The run file of the kept prompt: its origin, model, tasks, layout, metrics, curves and
+    /// the resolved config with `extra` (split sizes, step counts).
+    fn run_file(
+        &self,
+        values: PromptTensor,
+        theta0: PromptTensor,
+        origin_ref: Option<OriginRef>,
+        metrics: BTreeMap<String, f64>,
+        curves: BTreeMap<String, Curve>,
+        extra: serde_json::Value,
+    ) -> Result<SoftPrompt> {
+        let mut prompt = SoftPrompt::new(PromptKind::TaskPrompt, values, Some(theta0))?;
+        let task_type = if self.loaded.model.is_seq2seq() {
+            TaskType::Seq2SeqLm
+        } else {
+            TaskType::CausalLm
+        };
+        prompt.meta.model = Some(ModelRef {
+            id: self.loaded.id.clone(),
+            revision: None,
+        });
+        prompt.meta.tasks = self.splits.tasks.clone();
+        prompt.meta.origin = origin_ref;
+        prompt.meta.layout = Layout {
+            task_type: Some(task_type),
+            num_transformer_submodules: task_type.default_submodules(),
+        };
+        prompt.meta.metrics = metrics;
+        let mut config = json!({
+            "config": self.resolved,
+            "chat_template": self.config.model.chat_template,
+            "scoring": self.config.train.scoring.as_str(),
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        prompt.meta.config = Some(config);
+        prompt.meta.data_fingerprint = Some(self.splits.fingerprint.clone());
+        prompt.curves = curves;
+        Ok(prompt)
     }
-    Ok(prompt_file)
+}
+
+/// A run's examples: validation and test tokenized (and checked against the model's positions)
+/// up front; training examples when the sample stream first reaches them (a short run on a large
+/// dataset tokenizes the examples it uses, not the whole set). Records of several tasks are
+/// interleaved split by split.
+struct Examples<'a> {
+    loaded: &'a LoadedModel,
+    all: &'a [data::Splits],
+    opts: EncodeOptions,
+    rows: usize,
+    train_records: Vec<(usize, &'a Record)>,
+    train: Vec<Option<Encoded>>,
+    validation: Vec<Encoded>,
+    test: Vec<Encoded>,
+}
+
+impl<'a> Examples<'a> {
+    fn new(t: &Trainer<'a>, all: &'a [data::Splits]) -> Result<Self> {
+        let records: Vec<[Vec<(usize, &Record)>; 3]> = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                [&s.train, &s.validation, &s.test].map(|recs| recs.iter().map(|r| (i, r)).collect::<Vec<_>>())
+            })
+            .collect();
+        let [train_records, valid, test] = interleave(records);
+        let mut ex = Self {
+            loaded: t.loaded,
+            all,
+            opts: encode_options(t.config),
+            rows: t.shape.0,
+            train: vec![None; train_records.len()],
+            train_records,
+            validation: Vec::new(),
+            test: Vec::new(),
+        };
+        ex.validation = valid.iter().map(|&p| ex.encode(p)).collect::<Result<_>>()?;
+        ex.test = test.iter().map(|&p| ex.encode(p)).collect::<Result<_>>()?;
+        // Every scored example must fit the model with the prompt in front (and the tokens to
+        // generate), before any training: not a failure at the end of a long run.
+        let new_tokens = match t.config.train.scoring {
+            tpv_shared::eval::Scoring::Generate => t.config.train.max_new_tokens,
+            tpv_shared::eval::Scoring::Rank => 0,
+        };
+        for (split, examples) in [("validation", &ex.validation), ("test", &ex.test)] {
+            for (i, e) in examples.iter().enumerate() {
+                e.check_fits(&t.loaded.model, ex.rows, new_tokens)
+                    .with_context(|| format!("{split} example {}", i + 1))?;
+            }
+        }
+        Ok(ex)
+    }
+
+    fn encode(&self, (t, rec): (usize, &Record)) -> Result<Encoded> {
+        let task = &self.all[t].task;
+        encode(self.loaded, task, std::slice::from_ref(rec), &self.opts)
+            .with_context(|| format!("task {}", task.name))?
+            .pop()
+            .context("an example was lost in tokenization")
+    }
+
+    /// The micro-batches of one step (indexes into the training split), tokenized on first use.
+    fn train_batches(&mut self, idx: &[Vec<usize>]) -> Result<Vec<Vec<&Encoded>>> {
+        for &i in idx.iter().flatten() {
+            if self.train[i].is_none() {
+                let e = self
+                    .encode(self.train_records[i])
+                    .with_context(|| format!("tokenizing training example {}", i + 1))?;
+                e.check_fits(&self.loaded.model, self.rows, 0)
+                    .with_context(|| format!("training example {}", i + 1))?;
+                self.train[i] = Some(e);
+            }
+        }
+        Ok(idx
+            .iter()
+            .map(|mb| mb.iter().filter_map(|&i| self.train[i].as_ref()).collect())
+            .collect())
+    }
+}
+
+/// Where a run stands: the optimizer's state and what the loop keeps (the best prompt on
+/// validation, the curves, evaluations without improvement) — what a checkpoint holds besides the
+/// config and the data fingerprint.
+struct Progress {
+    state: State,
+    best: Option<Best>,
+    curves: BTreeMap<String, Curve>,
+    stale: u32,
+}
+
+impl Progress {
+    fn start(config: &Config, params: Vec<f32>) -> Self {
+        let mut adam = AdamW::new(params.len(), config.optim.weight_decay);
+        adam.beta1 = config.optim.beta1;
+        adam.beta2 = config.optim.beta2;
+        adam.eps = config.optim.eps;
+        Self {
+            state: State {
+                step: 0,
+                params,
+                adam,
+                rng: config.train.seed,
+            },
+            best: None,
+            curves: BTreeMap::new(),
+            stale: 0,
+        }
+    }
+
+    /// The progress a checkpoint holds, refused when what shapes training, the data or the
+    /// prompt's size changed since it was written.
+    fn resume(path: &Path, t: &Trainer<'_>) -> Result<Self> {
+        let c = checkpoint::read(path)?;
+        if training_part(&c.config) != training_part(&t.resolved) {
+            bail!(
+                "{} was written by a different configuration; resume with the same config or pass --overwrite",
+                path.display()
+            );
+        }
+        if c.fingerprint != t.splits.fingerprint {
+            bail!(
+                "{}: the data changed since the checkpoint (fingerprint {} → {})",
+                path.display(),
+                c.fingerprint,
+                t.splits.fingerprint
+            );
+        }
+        let n = t.shape.0 * t.shape.1;
+        if c.params.len() != n {
+            bail!(
+                "{}: the checkpoint's prompt has {} values, expected {n}",
+                path.display(),
+                c.params.len()
+            );
+        }
+        let mut p = Self::start(t.config, c.params);
+        p.state.step = c.step;
+        p.state.adam.m = c.adam_m;
+        p.state.adam.v = c.adam_v;
+        p.state.adam.t = c.adam_t;
+        p.state.rng = c.rng;
+        p.best = c.best;
+        p.curves = c.curves;
+        p.stale = c.evals_without_improvement;
+        Ok(p)
+    }
+
+    fn checkpoint(&self, t: &Trainer<'_>) -> Checkpoint {
+        Checkpoint {
+            step: self.state.step,
+            params: self.state.params.clone(),
+            adam_m: self.state.adam.m.clone(),
+            adam_v: self.state.adam.v.clone(),
+            adam_t: self.state.adam.t,
+            rng: self.state.rng,
+            best: self.best.clone(),
+            evals_without_improvement: self.stale,
+            curves: self.curves.clone(),
+            config: t.resolved.clone(),
+            fingerprint: t.splits.fingerprint.clone(),
+        }
+    }
 }
 
 fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
