@@ -7,6 +7,10 @@
 //! old results keep opening.
 //!
 //!     cargo run -p tpv-shared --example make_samples -- tests/fixtures/runs/v1
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests and tools read and write files (the library does not)"
+)]
 
 use std::path::PathBuf;
 

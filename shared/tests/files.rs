@@ -1,6 +1,9 @@
 //! Run files and peft adapters: committed samples re-read, peft fixtures round-tripped, hostile
 //! files refused without panicking.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests and tools read and write files (the library does not)"
+)]
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -245,6 +248,7 @@ fn sniff_tells_the_formats_apart() {
 // ---------------------------------------------------------------- hostile files
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "a table of crafted files, one case after another")]
 fn hostile_files_give_errors() {
     let ok_tensor = r#""prompt":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}"#;
     let data = f32_bytes(&[1.0, 2.0, 3.0, 4.0]);

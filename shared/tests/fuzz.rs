@@ -6,7 +6,10 @@
 //! nesting). The property: an `Err` or an `Ok`, never a panic, an abort or a runaway allocation.
 //! The committed corpus of crafted files (tests/fixtures/hostile) is replayed by `corpus.rs`.
 //! (Study configs are a `tpv-trainer` format: trainer/tests/fuzz.rs.)
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests and tools read and write files (the library does not)"
+)]
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

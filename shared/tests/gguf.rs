@@ -2,7 +2,10 @@
 //! fixture is written as a GGUF file the way llama.cpp's converter writes it (Q/K rows permuted,
 //! llama3 rope scaling as `rope_freqs.weight`), read back with `from_gguf`, and must give the
 //! logits and losses transformers gave for the original (`tests/reference/model_fixtures.py`).
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests and tools read and write files (the library does not)"
+)]
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

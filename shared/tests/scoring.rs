@@ -1,7 +1,10 @@
 //! Rank classification, batches that mix prompts, and prefixes computed once per prompt, against
 //! the per-example computations they replace (which `models.rs` checks against HF transformers):
 //! the same losses to 1e-5 and the same predictions, on the tiny fixture models of both families.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests and tools read and write files (the library does not)"
+)]
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -145,6 +145,10 @@ const JOBS: usize = 4 + 2 + 4 + 16;
 const STAGE1: usize = 4 + 4;
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one study's whole life, each step on what the previous left"
+)]
 fn study_runs_resumes_aggregates_and_reports() {
     let tmp = tempfile::tempdir().unwrap();
     let config = study_config(tmp.path());

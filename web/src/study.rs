@@ -26,6 +26,15 @@ pub struct Run {
 }
 
 impl Run {
+    /// How a menu lists the run: its label, with its id when they differ.
+    pub fn option_label(&self) -> String {
+        if self.label() == self.id {
+            self.id.clone()
+        } else {
+            format!("{} — {}", self.label(), self.id)
+        }
+    }
+
     /// `tasks@originN` (or the file name).
     pub fn label(&self) -> String {
         match self.origin {

@@ -147,6 +147,115 @@ fn matmul_peak(device: &Device, dtype: DType, n: usize, repeats: usize) -> Resul
     Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
 }
 
+/// `b` random examples of `l` input tokens (and `tt` target tokens for T5).
+fn random_batch(seq2seq: bool, b: usize, l: usize, tt: usize, vocab: usize) -> Vec<Encoded> {
+    let mut rng = SplitMix64::new(0);
+    (0..b)
+        .map(|_| {
+            let input = random_ids(&mut rng, l, vocab);
+            if seq2seq {
+                Encoded::Seq2Seq {
+                    example: t5::Example {
+                        input,
+                        target: random_ids(&mut rng, tt, vocab),
+                    },
+                    target: String::new(),
+                }
+            } else {
+                Encoded::Causal {
+                    example: causal::Example::whole(&input),
+                    input,
+                    target: String::new(),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The phases of a step, timed apart (medians over `repeats`), each repeat followed by one
+/// whole step for comparison (what the two phases leave of it is the optimizer and the host
+/// copies).
+fn time_phases(
+    engine: &Engine<'_>,
+    state: &mut State,
+    batch: &[&Encoded],
+    schedule: &Schedule,
+    repeats: usize,
+) -> Result<serde_json::Value> {
+    let (r, d) = (engine_rows(state, engine), engine.model.hidden_size());
+    let micro = [batch.to_vec()];
+    let (mut fwd, mut bwd, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        {
+            let var = candle_core::Var::from_tensor(&Tensor::from_slice(&state.params, (r, d), &engine.device)?)?;
+            let t = Instant::now();
+            let out = engine.loss(var.as_tensor(), batch, None)?;
+            out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            fwd.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let grads = out.loss.backward()?;
+            if let Some(g) = grads.get(&var) {
+                g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            }
+            bwd.push(t.elapsed().as_secs_f64());
+        }
+        let t = Instant::now();
+        train_step(engine, state, &micro, schedule, Some(1.0), (r, d))?;
+        whole.push(t.elapsed().as_secs_f64());
+    }
+    Ok(json!({ "forward_s": median(fwd), "backward_s": median(bwd), "step_s": median(whole) }))
+}
+
+/// Seconds per optimizer step: the difference of a long and a short run over their step
+/// difference (what a step costs without the fixed costs), median over `--repeats`.
+fn time_steps(
+    engine: &Engine<'_>,
+    state: &mut State,
+    micro: &[Vec<&Encoded>],
+    schedule: &Schedule,
+    args: &BenchArgs,
+) -> Result<f64> {
+    let (r, d) = (engine_rows(state, engine), engine.model.hidden_size());
+    let mut run_steps = |n: usize| -> Result<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            train_step(engine, state, micro, schedule, Some(1.0), (r, d))?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run_steps(1)?; // warm-up: kernels, allocations
+    let mut per_step = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let short = run_steps(args.short)?;
+        let long = run_steps(args.long)?;
+        per_step.push((long - short) / (args.long - args.short) as f64);
+    }
+    Ok(median(per_step))
+}
+
+/// Seconds for greedy generation of `tokens` tokens for the batch, median over `repeats`.
+fn time_generation(
+    engine: &Engine<'_>,
+    theta: &Tensor,
+    batch: &[&Encoded],
+    tokens: usize,
+    repeats: usize,
+) -> Result<f64> {
+    engine.generate(theta, batch, tokens)?; // warm-up
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        engine.generate(theta, batch, tokens)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// The prompt rows of the state's parameters.
+fn engine_rows(state: &State, engine: &Engine<'_>) -> usize {
+    state.params.len() / engine.model.hidden_size().max(1)
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.long <= args.short || args.repeats == 0 {
         bail!("--long must exceed --short, and --repeats must be at least 1");
@@ -180,27 +289,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let d = model.hidden_size();
     let vocab = model.embeddings().dim(0)?;
 
-    let mut rng = SplitMix64::new(0);
-    let train: Vec<Encoded> = (0..b)
-        .map(|_| {
-            let input = random_ids(&mut rng, l, vocab);
-            if seq2seq {
-                Encoded::Seq2Seq {
-                    example: t5::Example {
-                        input,
-                        target: random_ids(&mut rng, tt, vocab),
-                    },
-                    target: String::new(),
-                }
-            } else {
-                Encoded::Causal {
-                    example: causal::Example::whole(&input),
-                    input,
-                    target: String::new(),
-                }
-            }
-        })
-        .collect();
+    let train = random_batch(seq2seq, b, l, tt, vocab);
     let engine = Engine {
         model: &model,
         codec: None,
@@ -228,56 +317,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         adam: AdamW::new(r * d, 1e-5),
         rng: 0,
     };
-    let mut run_steps = |n: usize| -> Result<f64> {
-        let t = Instant::now();
-        for _ in 0..n {
-            train_step(&engine, &mut state, &micro, &schedule, Some(1.0), (r, d))?;
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
-    run_steps(1)?; // warm-up: kernels, allocations
-    let mut per_step = Vec::with_capacity(args.repeats);
-    for _ in 0..args.repeats {
-        let short = run_steps(args.short)?;
-        let long = run_steps(args.long)?;
-        per_step.push((long - short) / (args.long - args.short) as f64);
-    }
-    let step_s = median(per_step);
+    let step_s = time_steps(&engine, &mut state, &micro, &schedule, args)?;
     // The phases of a step, timed apart, each repeat followed by one whole step for comparison
     // (what the two phases leave of it is the optimizer and the host copies).
     let phases = if args.phases {
-        let (mut fwd, mut bwd, mut whole) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..args.repeats {
-            {
-                let var = candle_core::Var::from_tensor(&Tensor::from_slice(&state.params, (r, d), &device)?)?;
-                let t = Instant::now();
-                let out = engine.loss(var.as_tensor(), &batch, None)?;
-                out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-                fwd.push(t.elapsed().as_secs_f64());
-                let t = Instant::now();
-                let grads = out.loss.backward()?;
-                if let Some(g) = grads.get(&var) {
-                    g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                }
-                bwd.push(t.elapsed().as_secs_f64());
-            }
-            let t = Instant::now();
-            train_step(&engine, &mut state, &micro, &schedule, Some(1.0), (r, d))?;
-            whole.push(t.elapsed().as_secs_f64());
-        }
-        Some(json!({ "forward_s": median(fwd), "backward_s": median(bwd), "step_s": median(whole) }))
+        Some(time_phases(&engine, &mut state, &batch, &schedule, args.repeats)?)
     } else {
         None
     };
     let theta = Tensor::from_slice(&state.params, (r, d), &device)?;
-    engine.generate(&theta, &batch, tt)?; // warm-up
-    let mut gen_times = Vec::with_capacity(args.repeats);
-    for _ in 0..args.repeats {
-        let t = Instant::now();
-        engine.generate(&theta, &batch, tt)?;
-        gen_times.push(t.elapsed().as_secs_f64());
-    }
-    let eval_s = median(gen_times);
+    let eval_s = time_generation(&engine, &theta, &batch, tt, args.repeats)?;
 
     let n = if device.is_cpu() { 1024 } else { 8192 };
     let peak = matmul_peak(&device, dtype, n, 5)?;
@@ -307,25 +356,49 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.json {
         print_json(&out)
     } else {
-        out!(
-            "{} ({}, {}, {threads} threads) R={r} batch {b}×{l}{}: {step_s:.4} s/step ({achieved:.1} GFLOP/s, \
-             {:.0}% of the {n}³ matmul peak {peak:.1} GFLOP/s); greedy {tt} tokens for the batch {eval_s:.4} s{}",
-            args.model,
-            args.device,
-            args.dtype,
-            if seq2seq { format!("→{tt}") } else { String::new() },
-            100.0 * achieved / peak,
-            load_s.map_or(String::new(), |s| format!("; loaded in {s:.2} s")),
-        );
-        if let Some(p) = &phases {
-            out!(
-                "  phases (medians of {} repeats): forward {:.4} s, backward {:.4} s; a whole step right after each: {:.4} s",
-                args.repeats,
-                p["forward_s"].as_f64().unwrap_or(f64::NAN),
-                p["backward_s"].as_f64().unwrap_or(f64::NAN),
-                p["step_s"].as_f64().unwrap_or(f64::NAN),
-            );
-        }
-        Ok(())
+        print_text(&out, args.repeats, seq2seq)
     }
+}
+
+/// The benchmark's result as a line (and one for the phases).
+fn print_text(out: &serde_json::Value, repeats: usize, seq2seq: bool) -> Result<()> {
+    let f = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
+    let u = |k: &str| out[k].as_u64().unwrap_or(0);
+    let s = |k: &str| out[k].as_str().unwrap_or("").to_owned();
+    let (r, b, l, tt, threads, n) = (
+        u("virtual_tokens"),
+        u("batch"),
+        u("tokens"),
+        u("target_tokens"),
+        u("threads"),
+        u("matmul_n"),
+    );
+    let (step_s, achieved, peak, eval_s) = (
+        f("step_s"),
+        f("achieved_gflops"),
+        f("matmul_peak_gflops"),
+        f("eval_batch_s"),
+    );
+    out!(
+        "{} ({}, {}, {threads} threads) R={r} batch {b}×{l}{}: {step_s:.4} s/step ({achieved:.1} GFLOP/s, \
+         {:.0}% of the {n}³ matmul peak {peak:.1} GFLOP/s); greedy {tt} tokens for the batch {eval_s:.4} s{}",
+        s("model"),
+        s("device"),
+        s("dtype"),
+        if seq2seq { format!("→{tt}") } else { String::new() },
+        100.0 * achieved / peak,
+        out["load_s"]
+            .as_f64()
+            .map_or(String::new(), |s| format!("; loaded in {s:.2} s")),
+    );
+    if let Some(p) = out["phases"].as_object() {
+        let g = |k: &str| p.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+        out!(
+            "  phases (medians of {repeats} repeats): forward {:.4} s, backward {:.4} s; a whole step right after each: {:.4} s",
+            g("forward_s"),
+            g("backward_s"),
+            g("step_s"),
+        );
+    }
+    Ok(())
 }

@@ -43,24 +43,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let t_load = Instant::now();
     let loaded = models::load(&args.model, DType::F32, &device)?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let d = loaded.model.hidden_size();
-    let theta = match &args.prompt {
-        Some(path) => {
-            let prompt = io::load_prompt(path)?;
-            if !prompt.kind().is_prompt() {
-                bail!(
-                    "{} holds a task prompt vector; apply it to an origin first (tpv combine)",
-                    path.display()
-                );
-            }
-            let [r, pd] = prompt.shape();
-            if pd != d {
-                bail!("{} has token dim {pd}, the model's hidden size is {d}", path.display());
-            }
-            Tensor::from_slice(prompt.values.as_slice(), (r, d), &device)?
-        }
-        None => Tensor::zeros((0, d), DType::F32, &device)?,
-    };
+    let theta = prompt_theta(args.prompt.as_deref(), loaded.model.hidden_size(), &device)?;
     let t_eval = Instant::now();
     let encoded = set
         .records
@@ -88,30 +71,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let summary = eval::summarize(&set.task, &results, &refs);
     let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
     let confusion = Confusion::new(&set.task.labels, &preds, &refs);
-    let exact = summary.metrics.get("exact_match").copied().unwrap_or(0.0);
+    let timing = json!({ "load_s": load_s, "eval_s": eval_s, "examples_per_s": rate });
     if args.json {
-        let examples: Vec<_> = results
-            .iter()
-            .zip(&refs)
-            .map(|(r, t)| {
-                let mut e = json!({ "loss": r.loss, "tokens": r.tokens, "prediction": r.prediction, "target": t });
-                if !r.scores.is_empty() {
-                    e["label_nll"] = json!(r.scores);
-                }
-                e
-            })
-            .collect();
-        return print_json(&json!({
-            "task": set.name,
-            "scoring": set.scoring.as_str(),
-            "examples": examples,
-            "loss": summary.loss,
-            "mean_loss": summary.mean_example_loss,
-            "exact_match": exact,
-            "metrics": summary.metrics,
-            "confusion": confusion,
-            "timing": { "load_s": load_s, "eval_s": eval_s, "examples_per_s": rate },
-        }));
+        return print_json(&report_json(&set, &results, &refs, &summary, &confusion, timing));
     }
     for (r, target) in results.iter().zip(&refs) {
         out!(
@@ -134,6 +96,58 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     );
     out!("model loaded in {load_s:.2} s; {eval_s:.2} s for the examples ({rate:.2} examples/s)");
     Ok(())
+}
+
+/// The prompt `--prompt` names as a tensor on `device` (none: zero rows, the model alone).
+fn prompt_theta(path: Option<&std::path::Path>, d: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let Some(path) = path else {
+        return Ok(Tensor::zeros((0, d), DType::F32, device)?);
+    };
+    let prompt = io::load_prompt(path)?;
+    if !prompt.kind().is_prompt() {
+        bail!(
+            "{} holds a task prompt vector; apply it to an origin first (tpv combine)",
+            path.display()
+        );
+    }
+    let [r, pd] = prompt.shape();
+    if pd != d {
+        bail!("{} has token dim {pd}, the model's hidden size is {d}", path.display());
+    }
+    Ok(Tensor::from_slice(prompt.values.as_slice(), (r, d), device)?)
+}
+
+/// `tpv eval --json`: every example, the summary, the confusion matrix and the timing.
+fn report_json(
+    set: &EvalSet,
+    results: &[ExampleResult],
+    refs: &[String],
+    summary: &eval::Summary,
+    confusion: &Confusion,
+    timing: serde_json::Value,
+) -> serde_json::Value {
+    let examples: Vec<_> = results
+        .iter()
+        .zip(refs)
+        .map(|(r, t)| {
+            let mut e = json!({ "loss": r.loss, "tokens": r.tokens, "prediction": r.prediction, "target": t });
+            if !r.scores.is_empty() {
+                e["label_nll"] = json!(r.scores);
+            }
+            e
+        })
+        .collect();
+    json!({
+        "task": set.name,
+        "scoring": set.scoring.as_str(),
+        "examples": examples,
+        "loss": summary.loss,
+        "mean_loss": summary.mean_example_loss,
+        "exact_match": summary.metrics.get("exact_match").copied().unwrap_or(0.0),
+        "metrics": summary.metrics,
+        "confusion": confusion,
+        "timing": timing,
+    })
 }
 
 /// An eval set (`examples/TASK.json` of a study or report) as it is, or a records file (JSONL,

@@ -12,23 +12,7 @@ use crate::study::{Study, aggregate as agg, report as rep};
 pub fn sweep(args: &SweepArgs) -> Result<()> {
     let study = Study::load(&args.config, &args.sets)?;
     if args.list {
-        let jobs = study.jobs();
-        if args.json {
-            let list: Vec<_> = jobs
-                .iter()
-                .map(|j| json!({ "id": j.id, "stage": j.stage(), "finished": study.finished(j), "deps": j.deps }))
-                .collect();
-            return print_json(&json!({ "jobs": list }));
-        }
-        for j in &jobs {
-            out!(
-                "{} stage {} {}",
-                if study.finished(j) { "done" } else { "todo" },
-                j.stage(),
-                j.id
-            );
-        }
-        return Ok(());
+        return list(&study, args.json);
     }
     if let Some(stage) = args.todo {
         let todo: Vec<String> = study
@@ -43,29 +27,7 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(scheduler) = &args.emit {
-        if scheduler != "slurm" {
-            bail!("--emit {scheduler}: only slurm is supported");
-        }
-        let dir = args.output.as_ref().context("--emit slurm needs -o DIR")?;
-        let files = emit(
-            &study,
-            dir,
-            &SlurmOptions {
-                sbatch: args.sbatch.clone(),
-                max_parallel: args.max_parallel,
-                tpv: std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "tpv".into()),
-                sets: args.sets.clone(),
-            },
-        )?;
-        write_manifest(&study)?;
-        // The array tasks run single jobs; the eval sets the report bundles are written here.
-        write_eval_sets(&study)?;
-        for f in files {
-            out!("wrote {}", f.display());
-        }
-        return Ok(());
+        return emit_scripts(&study, scheduler, args);
     }
     if let Some(id) = &args.job {
         let jobs = study.jobs();
@@ -121,6 +83,54 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
     }
     if !failed.is_empty() {
         bail!("{} jobs failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `--list`: every job with its stage and whether it finished.
+fn list(study: &Study, json: bool) -> Result<()> {
+    let jobs = study.jobs();
+    if json {
+        let list: Vec<_> = jobs
+            .iter()
+            .map(|j| json!({ "id": j.id, "stage": j.stage(), "finished": study.finished(j), "deps": j.deps }))
+            .collect();
+        return print_json(&json!({ "jobs": list }));
+    }
+    for j in &jobs {
+        out!(
+            "{} stage {} {}",
+            if study.finished(j) { "done" } else { "todo" },
+            j.stage(),
+            j.id
+        );
+    }
+    Ok(())
+}
+
+/// `--emit slurm -o DIR`: the scheduler scripts, the study file and the eval sets.
+fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> {
+    if scheduler != "slurm" {
+        bail!("--emit {scheduler}: only slurm is supported");
+    }
+    let dir = args.output.as_ref().context("--emit slurm needs -o DIR")?;
+    let files = emit(
+        study,
+        dir,
+        &SlurmOptions {
+            sbatch: args.sbatch.clone(),
+            max_parallel: args.max_parallel,
+            tpv: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "tpv".into()),
+            sets: args.sets.clone(),
+        },
+    )?;
+    write_manifest(study)?;
+    // The array tasks run single jobs; the eval sets the report bundles are written here.
+    write_eval_sets(study)?;
+    for f in files {
+        out!("wrote {}", f.display());
     }
     Ok(())
 }

@@ -53,6 +53,67 @@ fn sbatch_value(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// One stage's job array: one array index per job id, each running `SWEEP --stage S --index I`
+/// from `cwd` with its log under `logs`.
+fn stage_script(
+    study: &Study,
+    stage: u8,
+    ids: &[&str],
+    (cwd, logs): (&Path, &Path),
+    opts: &SlurmOptions,
+    sweep: &str,
+) -> String {
+    let mut s = String::new();
+    s.push_str("#!/bin/bash\n");
+    s.push_str(&format!("#SBATCH --job-name=tpv-{}-s{stage}\n", study.study.name));
+    let cap = opts.max_parallel.map_or(String::new(), |m| format!("%{m}"));
+    s.push_str(&format!("#SBATCH --array=0-{}{cap}\n", ids.len() - 1));
+    s.push_str(&format!("#SBATCH --chdir={}\n", cwd.display()));
+    s.push_str(&format!("#SBATCH --output={}/logs/%x-%a.out\n", logs.display()));
+    for line in &opts.sbatch {
+        s.push_str(&format!("#SBATCH {line}\n"));
+    }
+    s.push_str(&format!(
+        "# Stage {stage} of study {}: {} runs, one per array index:\n",
+        study.study.name,
+        ids.len()
+    ));
+    for (i, id) in ids.iter().enumerate() {
+        s.push_str(&format!("#   {i}: {id}\n"));
+    }
+    s.push_str("set -euo pipefail\n");
+    s.push_str(&format!(
+        "exec {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"\n",
+        sweep
+    ));
+    s
+}
+
+/// Re-submits only the unfinished jobs of each stage, stage 2 after the new stage-1 tasks; the
+/// jobs are listed from the directory the array tasks run in (the study's output may be relative
+/// to it).
+fn resubmit_script(stages: &[u8], cwd: &Path, sweep: &str, cap: &str) -> String {
+    let cwd = shell_quote(&cwd.display().to_string());
+    let mut resubmit = String::from(
+        "#!/bin/bash\n# Re-submits the jobs that have not finished (failed, cancelled, timed out, or\n\
+         # stranded by a missing input); a finished run is never run again.\n\
+         set -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\ndep=()\n",
+    );
+    for &stage in stages {
+        resubmit.push_str(&format!(
+            "todo=$(cd {cwd} && {sweep} --todo {stage})\n\
+             if [ -n \"$todo\" ]; then\n\
+             \x20 s{stage}=$(sbatch --parsable ${{dep[@]+\"${{dep[@]}}\"}} --array=\"$todo\"{cap} stage{stage}.sbatch)\n\
+             \x20 echo \"stage {stage}: $s{stage} (indexes $todo)\"\n\
+             \x20 dep=(--dependency=afterany:\"$s{stage}\")\n\
+             else\n\
+             \x20 echo \"stage {stage}: every job finished\"\n\
+             fi\n"
+        ));
+    }
+    resubmit
+}
+
 /// Writes `stage1.sbatch`, `stage2.sbatch` (when stage 2 has jobs) and `submit.sh` into `dir`.
 /// Every value from the study or the command line is quoted for the shell, or refused where no
 /// quoting applies (`#SBATCH` lines).
@@ -94,29 +155,7 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
         if ids.is_empty() {
             continue;
         }
-        let mut s = String::new();
-        s.push_str("#!/bin/bash\n");
-        s.push_str(&format!("#SBATCH --job-name=tpv-{}-s{stage}\n", study.study.name));
-        let cap = opts.max_parallel.map_or(String::new(), |m| format!("%{m}"));
-        s.push_str(&format!("#SBATCH --array=0-{}{cap}\n", ids.len() - 1));
-        s.push_str(&format!("#SBATCH --chdir={}\n", cwd.display()));
-        s.push_str(&format!("#SBATCH --output={}/logs/%x-%a.out\n", logs.display()));
-        for line in &opts.sbatch {
-            s.push_str(&format!("#SBATCH {line}\n"));
-        }
-        s.push_str(&format!(
-            "# Stage {stage} of study {}: {} runs, one per array index:\n",
-            study.study.name,
-            ids.len()
-        ));
-        for (i, id) in ids.iter().enumerate() {
-            s.push_str(&format!("#   {i}: {id}\n"));
-        }
-        s.push_str("set -euo pipefail\n");
-        s.push_str(&format!(
-            "exec {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"\n",
-            sweep
-        ));
+        let s = stage_script(study, stage, &ids, (&cwd, &logs), opts, &sweep);
         let path = dir.join(format!("stage{stage}.sbatch"));
         io::write_atomic(&path, s.as_bytes())?;
         written.push(path);
@@ -147,26 +186,7 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
     );
     submit.push_str(&format!("printf '%s\\n' {}\n", shell_quote(&done)));
 
-    // Only the unfinished jobs of each stage, stage 2 after the new stage-1 tasks; listed from the
-    // directory the array tasks run in (the study's output may be relative to it).
-    let cwd = shell_quote(&cwd.display().to_string());
-    let mut resubmit = String::from(
-        "#!/bin/bash\n# Re-submits the jobs that have not finished (failed, cancelled, timed out, or\n\
-         # stranded by a missing input); a finished run is never run again.\n\
-         set -euo pipefail\ncd \"$(dirname \"$0\")\"\nmkdir -p logs\ndep=()\n",
-    );
-    for &stage in &stages {
-        resubmit.push_str(&format!(
-            "todo=$(cd {cwd} && {sweep} --todo {stage})\n\
-             if [ -n \"$todo\" ]; then\n\
-             \x20 s{stage}=$(sbatch --parsable ${{dep[@]+\"${{dep[@]}}\"}} --array=\"$todo\"{cap} stage{stage}.sbatch)\n\
-             \x20 echo \"stage {stage}: $s{stage} (indexes $todo)\"\n\
-             \x20 dep=(--dependency=afterany:\"$s{stage}\")\n\
-             else\n\
-             \x20 echo \"stage {stage}: every job finished\"\n\
-             fi\n"
-        ));
-    }
+    let resubmit = resubmit_script(&stages, &cwd, &sweep, &cap);
     let path = dir.join("resubmit.sh");
     io::write_atomic(&path, resubmit.as_bytes())?;
     written.push(path);

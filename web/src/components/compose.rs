@@ -163,73 +163,132 @@ struct Outcome {
     sources: Vec<(String, Option<f64>)>,
 }
 
+/// The composition the query asks for, and the cosine of its vector to each source's.
+fn outcome_of(runs: &[Run], query: Query) -> Result<Option<Outcome>, String> {
+    let Some((result, picked)) = composition(runs, query)? else {
+        return Ok(None);
+    };
+    let tau: Option<PromptTensor> = result.vector_values().ok();
+    let sources = picked
+        .iter()
+        .map(|r| {
+            let cos = match (&tau, r.prompt.vector_values()) {
+                (Some(t), Ok(s)) => similarity(t, &s, Measure::CosineMean).ok(),
+                _ => None,
+            };
+            (r.prompt.label(), cos)
+        })
+        .collect();
+    Ok(Some(Outcome { result, sources }))
+}
+
+/// The chosen vectors and their weights in the query (`tau=a,b`, `w=1,0.5`) after ticking or
+/// unticking `id`.
+fn toggled(query: Query, id: String, on: bool) {
+    let mut ids = chosen_ids(query);
+    let mut ws = weights_of(query);
+    ws.resize(ids.len(), String::new());
+    if on && !ids.contains(&id) {
+        ids.push(id);
+        ws.push(String::new());
+    } else if !on && let Some(i) = ids.iter().position(|x| *x == id) {
+        ids.remove(i);
+        ws.remove(i);
+    }
+    set_param(query, "tau", ids.join(","));
+    let ws = ws.join(",");
+    set_param(
+        query,
+        "w",
+        if ws.chars().all(|c| c == ',') {
+            String::new()
+        } else {
+            ws
+        },
+    );
+}
+
+fn weights_of(query: Query) -> Vec<String> {
+    param(query, "w", "").split(',').map(str::to_owned).collect()
+}
+
+/// A composition: its expression, norms, similarity to its sources, downloads and "Evaluate it".
+#[component]
+fn ComposeResult(o: Outcome, query: Query, message: RwSignal<Option<String>>) -> impl IntoView {
+    let result = StoredValue::new(o.result.clone());
+    let save_run = move |_| {
+        let r = runfile::write_run(&result.read_value())
+            .map_err(|e| e.to_string())
+            .and_then(|b| download("composed.safetensors", &b, "application/octet-stream"));
+        message.set(r.err());
+    };
+    let save_peft = move |_| {
+        let r = PeftAdapter::from_prompt(&result.read_value())
+            .and_then(|a| a.to_files())
+            .map_err(|e| e.to_string())
+            .and_then(|(config, weights)| {
+                download(peft::WEIGHTS_FILE, &weights, "application/octet-stream")?;
+                download(peft::CONFIG_FILE, config.as_bytes(), "application/json")
+            });
+        message.set(r.err());
+    };
+
+    let n = Norms::of(&o.result.values);
+    let vn = o.result.vector_values().ok().map(|t| Norms::of(&t));
+    view! {
+        <div class="result" data-testid="compose-result">
+            <p><strong>"Result: "</strong><code data-testid="compose-expression">{o.result.meta.expression.clone().unwrap_or_default()}</code></p>
+            <p data-testid="compose-norms">{format!("‖θ‖ = {:.6}, ‖token-mean θ‖ = {:.6}", n.frobenius, n.token_mean)}
+                {vn.map(|v| format!("; ‖τ‖ = {:.6}", v.frobenius))}</p>
+            <Show when={let m = o.result.meta.mixed_origins; move || m}>
+                <p class="hint">"Note: the vectors come from different origins (cross-origin)."</p>
+            </Show>
+            <table>
+                <caption>"Cosine (token-mean) of the result's vector to each source's"</caption>
+                <tbody>
+                    {o.sources.iter().map(|(l, c)| view! {
+                        <tr data-testid="compose-source"><th scope="row">{l.clone()}</th>
+                        <td data-value=c.map(|c| c.to_string()).unwrap_or_default()>{c.map_or("–".into(), |c| format!("{c:.4}"))}</td></tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+            <button type="button" data-testid="download-run" on:click=save_run>"Download run file"</button>
+            " "
+            <button type="button" data-testid="download-peft" on:click=save_peft>"Download peft adapter"</button>
+            " "
+            <button type="button" data-testid="evaluate-composed" on:click=move |_| {
+                set_param(query, "prompt", "@compose");
+                set_param(query, "view", "evaluate");
+            }>"Evaluate it"</button>
+        </div>
+    }
+}
+
+/// A number input bound to the query's `key`, created once, so typing never loses focus.
+fn number_input(
+    query: Query,
+    key: &'static str,
+    default: &'static str,
+    label: &'static str,
+    testid: &'static str,
+    step: &'static str,
+) -> impl IntoView {
+    view! {
+        <label>{label}
+            <input type="number" step=step data-testid=testid
+                prop:value=move || param(query, key, default)
+                on:input=move |ev| set_param(query, key, event_target_value(&ev)) />
+        </label>
+    }
+}
+
 #[component]
 pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
     let chosen = move || chosen_ids(query);
-    let weights = move || -> Vec<String> { param(query, "w", "").split(',').map(str::to_owned).collect() };
-    let outcome = Memo::new(move |_| -> Result<Option<Outcome>, String> {
-        let runs = runs.get();
-        let Some((result, picked)) = composition(&runs, query)? else {
-            return Ok(None);
-        };
-        let tau: Option<PromptTensor> = result.vector_values().ok();
-        let sources = picked
-            .iter()
-            .map(|r| {
-                let cos = match (&tau, r.prompt.vector_values()) {
-                    (Some(t), Ok(s)) => similarity(t, &s, Measure::CosineMean).ok(),
-                    _ => None,
-                };
-                (r.prompt.label(), cos)
-            })
-            .collect();
-        Ok(Some(Outcome { result, sources }))
-    });
+    let weights = move || weights_of(query);
+    let outcome = Memo::new(move |_| runs.with(|rs| outcome_of(rs, query)));
     let message = RwSignal::new(None::<String>);
-    let save_run = move |_| {
-        if let Ok(Some(o)) = outcome.get_untracked() {
-            let r = runfile::write_run(&o.result)
-                .map_err(|e| e.to_string())
-                .and_then(|b| download("composed.safetensors", &b, "application/octet-stream"));
-            message.set(r.err());
-        }
-    };
-    let save_peft = move |_| {
-        if let Ok(Some(o)) = outcome.get_untracked() {
-            let r = PeftAdapter::from_prompt(&o.result)
-                .and_then(|a| a.to_files())
-                .map_err(|e| e.to_string())
-                .and_then(|(config, weights)| {
-                    download(peft::WEIGHTS_FILE, &weights, "application/octet-stream")?;
-                    download(peft::CONFIG_FILE, config.as_bytes(), "application/json")
-                });
-            message.set(r.err());
-        }
-    };
-
-    let toggle = move |id: String, on: bool| {
-        let mut ids = chosen();
-        let mut ws = weights();
-        ws.resize(ids.len(), String::new());
-        if on && !ids.contains(&id) {
-            ids.push(id);
-            ws.push(String::new());
-        } else if !on && let Some(i) = ids.iter().position(|x| *x == id) {
-            ids.remove(i);
-            ws.remove(i);
-        }
-        set_param(query, "tau", ids.join(","));
-        let ws = ws.join(",");
-        set_param(
-            query,
-            "w",
-            if ws.chars().all(|c| c == ',') {
-                String::new()
-            } else {
-                ws
-            },
-        );
-    };
+    let toggle = move |id: String, on: bool| toggled(query, id, on);
     let set_weight = move |id: String, value: String| {
         let ids = chosen();
         let mut ws = weights();
@@ -245,14 +304,7 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
         runs.with(|r| {
             vectors(r)
                 .into_iter()
-                .map(|r| {
-                    let label = if r.label() == r.id {
-                        r.id.clone()
-                    } else {
-                        format!("{} — {}", r.label(), r.id)
-                    };
-                    (r.id.clone(), label, r.kind.clone())
-                })
+                .map(|r| (r.id.clone(), r.option_label(), r.kind.clone()))
                 .collect::<Vec<_>>()
         })
     });
@@ -266,20 +318,6 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                 .filter(|w| !w.is_empty())
                 .unwrap_or_else(|| "1".into()),
         )
-    };
-    // Inputs are created once and bound to the query, so typing never loses focus.
-    let number = move |key: &'static str,
-                       default: &'static str,
-                       label: &'static str,
-                       testid: &'static str,
-                       step: &'static str| {
-        view! {
-            <label>{label}
-                <input type="number" step=step data-testid=testid
-                    prop:value=move || param(query, key, default)
-                    on:input=move |ev| set_param(query, key, event_target_value(&ev)) />
-            </label>
-        }
     };
     view! {
         <section class="compose">
@@ -295,7 +333,7 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                             }).collect_view()}
                         </select>
                     </label>
-                    {number("lambda", "1", " λ ", "compose-lambda", "0.05")}
+                    {number_input(query, "lambda", "1", " λ ", "compose-lambda", "0.05")}
                     <label>" merge "
                         <select data-testid="compose-method" on:change=move |ev| set_param(query, "method", event_target_value(&ev))>
                             {MergeKind::NAMES.iter().copied().map(|m| {
@@ -303,9 +341,9 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                             }).collect_view()}
                         </select>
                     </label>
-                    {number("density", "0.5", " density ", "compose-density", "0.05")}
-                    {number("drop", "0.5", " drop ", "compose-drop", "0.05")}
-                    {number("seed", "0", " seed ", "compose-seed", "1")}
+                    {number_input(query, "density", "0.5", " density ", "compose-density", "0.05")}
+                    {number_input(query, "drop", "0.5", " drop ", "compose-drop", "0.05")}
+                    {number_input(query, "seed", "0", " seed ", "compose-seed", "1")}
                 </div>
                 <table class="vectors">
                     <caption>"Vectors (τ of each prompt) and weights"</caption>
@@ -332,37 +370,7 @@ pub fn Compose(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
             {move || match outcome.get() {
                 Err(e) => view! { <p class="error" role="alert" data-testid="compose-error">{e}</p> }.into_any(),
                 Ok(None) => view! { <p class="hint">"Choose an origin and at least one vector."</p> }.into_any(),
-                Ok(Some(o)) => {
-                    let n = Norms::of(&o.result.values);
-                    let vn = o.result.vector_values().ok().map(|t| Norms::of(&t));
-                    view! {
-                        <div class="result" data-testid="compose-result">
-                            <p><strong>"Result: "</strong><code data-testid="compose-expression">{o.result.meta.expression.clone().unwrap_or_default()}</code></p>
-                            <p data-testid="compose-norms">{format!("‖θ‖ = {:.6}, ‖token-mean θ‖ = {:.6}", n.frobenius, n.token_mean)}
-                                {vn.map(|v| format!("; ‖τ‖ = {:.6}", v.frobenius))}</p>
-                            <Show when={let m = o.result.meta.mixed_origins; move || m}>
-                                <p class="hint">"Note: the vectors come from different origins (cross-origin)."</p>
-                            </Show>
-                            <table>
-                                <caption>"Cosine (token-mean) of the result's vector to each source's"</caption>
-                                <tbody>
-                                    {o.sources.iter().map(|(l, c)| view! {
-                                        <tr data-testid="compose-source"><th scope="row">{l.clone()}</th>
-                                        <td data-value=c.map(|c| c.to_string()).unwrap_or_default()>{c.map_or("–".into(), |c| format!("{c:.4}"))}</td></tr>
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                            <button type="button" data-testid="download-run" on:click=save_run>"Download run file"</button>
-                            " "
-                            <button type="button" data-testid="download-peft" on:click=save_peft>"Download peft adapter"</button>
-                            " "
-                            <button type="button" data-testid="evaluate-composed" on:click=move |_| {
-                                set_param(query, "prompt", "@compose");
-                                set_param(query, "view", "evaluate");
-                            }>"Evaluate it"</button>
-                        </div>
-                    }.into_any()
-                }
+                Ok(Some(o)) => view! { <ComposeResult o query message /> }.into_any(),
             }}
             {move || message.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
         </section>

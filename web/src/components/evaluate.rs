@@ -7,8 +7,9 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult, hf_files};
+use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult, ReportModel, hf_files};
 use tpv_shared::records;
+use tpv_shared::report::ExampleSet;
 use tpv_shared::tasks::{Record, Style, TaskSpec};
 use web_sys::HtmlInputElement;
 
@@ -292,34 +293,75 @@ fn chosen_prompt(runs: &[Run], query: Query, task: &str) -> Result<Option<Chosen
     }))
 }
 
-#[component]
-pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Query, state: EvalState) -> impl IntoView {
-    let message = RwSignal::new(None::<String>);
-    let pasted = state.pasted;
-    let url_input = RwSignal::new(param(query, "model", ""));
-
-    // Open with ?model=URL: load it unless the worker already holds it.
-    {
-        let url = param(query, "model", "");
-        let have = state.model.with_untracked(|m| match m {
-            ModelState::Loaded { source, .. } | ModelState::Loading(source) => source.clone(),
-            _ => String::new(),
-        });
-        if !url.is_empty() && url != have {
-            state.load_url(url);
+/// What an evaluation runs, from the view's choices: its batches, the prompt's values, and the
+/// progress record it starts with (`run` is set by the caller).
+fn plan(
+    runs: &[Run],
+    query: Query,
+    choice: &str,
+    pasted: &str,
+    sets: &[(String, Result<EvalSet, String>)],
+    hidden: usize,
+) -> Result<(Vec<Batch>, Vec<f32>, Progress), String> {
+    let prompt = chosen_prompt(runs, query, choice)?;
+    let mut set = if choice == "@paste" {
+        let max_new = param(query, "max_new", "16").parse::<usize>().unwrap_or(16);
+        let recs = parse_pasted(pasted)?;
+        if recs.is_empty() {
+            return Err("paste at least one example".to_owned());
         }
-    }
-
-    let example_sets = Memo::new(move |_| study.with(|s| s.as_ref().map(|s| s.examples.clone()).unwrap_or_default()));
-    // The examples chosen: a bundled task, or pasted ones (the only choice without a study).
-    let choice = move || {
-        let c = param(query, "examples", "");
-        if c.is_empty() && example_sets.with(Vec::is_empty) {
-            "@paste".to_owned()
-        } else {
-            c
-        }
+        eval::plain_set(recs, param(query, "chat", "1") == "1", max_new)
+    } else {
+        sets.iter()
+            .find(|(t, _)| t == choice)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| Err("choose examples".to_owned()))?
     };
+    let n = param(query, "n", "50").parse::<usize>().unwrap_or(50).max(1);
+    let batch_size = param(query, "batch", "8").parse::<usize>().unwrap_or(8).max(1);
+    set.records.truncate(n);
+    let refs = set.targets().map_err(|e| e.to_string())?;
+    let Chosen {
+        label,
+        values,
+        shape: [rows, cols],
+    } = prompt.unwrap_or_else(|| Chosen {
+        label: "the model alone".into(),
+        values: Vec::new(),
+        shape: [0, hidden],
+    });
+    let batches: Vec<Batch> = set
+        .records
+        .chunks(batch_size)
+        .map(|c| Batch {
+            task: set.task.clone(),
+            encode: set.encode.clone(),
+            max_new_tokens: set.max_new_tokens,
+            scoring: set.scoring,
+            records: c.to_vec(),
+            rows,
+            cols,
+        })
+        .collect();
+    let progress = Progress {
+        run: 0,
+        label: format!("{label} on {} ({} examples)", set.name, set.records.len()),
+        task: set.task.clone(),
+        records: set.records,
+        refs,
+        results: Vec::new(),
+        running: true,
+        cancelled: false,
+        error: None,
+        started_ms: now_ms(),
+        elapsed_ms: 0.0,
+        compute_ms: 0.0,
+    };
+    Ok((batches, values, progress))
+}
+
+/// The bundled examples the query chooses, fetched once; the first set is the default choice.
+fn fetch_examples(state: EvalState, query: Query, example_sets: Memo<Vec<ExampleSet>>) {
     // The chosen bundled set, fetched once.
     Effect::new(move |_| {
         let task = param(query, "examples", "");
@@ -347,22 +389,50 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
             set_param(query, "examples", first);
         }
     });
+}
 
-    let prompt_options = Memo::new(move |_| {
-        runs.with(|rs| {
-            rs.iter()
-                .filter(|r| r.prompt.kind().is_prompt())
-                .map(|r| {
-                    let label = if r.label() == r.id {
-                        r.id.clone()
-                    } else {
-                        format!("{} — {}", r.label(), r.id)
-                    };
-                    (r.id.clone(), label)
-                })
-                .collect::<Vec<_>>()
-        })
-    });
+/// The prompts a run can be evaluated with: (run id, label) of every prompt (not vectors).
+fn prompt_options(runs: &[Run]) -> Vec<(String, String)> {
+    runs.iter()
+        .filter(|r| r.prompt.kind().is_prompt())
+        .map(|r| (r.id.clone(), r.option_label()))
+        .collect::<Vec<_>>()
+}
+
+/// The examples chosen: a bundled task, or pasted ones (the only choice without a study).
+fn choice_of(query: Query, example_sets: Memo<Vec<ExampleSet>>) -> String {
+    let c = param(query, "examples", "");
+    if c.is_empty() && example_sets.with(Vec::is_empty) {
+        "@paste".to_owned()
+    } else {
+        c
+    }
+}
+
+#[component]
+pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Query, state: EvalState) -> impl IntoView {
+    let message = RwSignal::new(None::<String>);
+    let pasted = state.pasted;
+    let url_input = RwSignal::new(param(query, "model", ""));
+
+    // Open with ?model=URL: load it unless the worker already holds it.
+    {
+        let url = param(query, "model", "");
+        let have = state.model.with_untracked(|m| match m {
+            ModelState::Loaded { source, .. } | ModelState::Loading(source) => source.clone(),
+            _ => String::new(),
+        });
+        if !url.is_empty() && url != have {
+            state.load_url(url);
+        }
+    }
+
+    let example_sets = Memo::new(move |_| study.with(|s| s.as_ref().map(|s| s.examples.clone()).unwrap_or_default()));
+    // The examples chosen: a bundled task, or pasted ones (the only choice without a study).
+    let choice = move || choice_of(query, example_sets);
+    fetch_examples(state, query, example_sets);
+
+    let prompt_options = Memo::new(move |_| runs.with(|rs| prompt_options(rs)));
 
     // The report's own model: the URL field starts with it, and Evaluate loads it first.
     let study_model = Memo::new(move |_| study.with(|s| s.as_ref().and_then(|s| s.model.clone())));
@@ -396,66 +466,18 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 return;
             }
         };
-        let choice = choice();
-        let prompt = match runs.with_untracked(|rs| chosen_prompt(rs, query, &choice)) {
+        let planned = runs.with_untracked(|rs| {
+            state
+                .sets
+                .with_untracked(|sets| plan(rs, query, &choice(), &pasted.get_untracked(), sets, hidden))
+        });
+        let (batches, values, progress) = match planned {
             Ok(p) => p,
             Err(e) => {
                 message.set(Some(e));
                 return;
             }
         };
-        let set = if choice == "@paste" {
-            let max_new = param(query, "max_new", "16").parse::<usize>().unwrap_or(16);
-            match parse_pasted(&pasted.get_untracked()) {
-                Ok(recs) if !recs.is_empty() => Ok(eval::plain_set(recs, param(query, "chat", "1") == "1", max_new)),
-                Ok(_) => Err("paste at least one example".to_owned()),
-                Err(e) => Err(e),
-            }
-        } else {
-            state
-                .sets
-                .with_untracked(|s| s.iter().find(|(t, _)| *t == choice).map(|(_, s)| s.clone()))
-                .unwrap_or_else(|| Err("choose examples".to_owned()))
-        };
-        let mut set = match set {
-            Ok(s) => s,
-            Err(e) => {
-                message.set(Some(e));
-                return;
-            }
-        };
-        let n = param(query, "n", "50").parse::<usize>().unwrap_or(50).max(1);
-        let batch_size = param(query, "batch", "8").parse::<usize>().unwrap_or(8).max(1);
-        set.records.truncate(n);
-        let refs = match set.targets() {
-            Ok(r) => r,
-            Err(e) => {
-                message.set(Some(e.to_string()));
-                return;
-            }
-        };
-        let Chosen {
-            label,
-            values,
-            shape: [rows, cols],
-        } = prompt.unwrap_or_else(|| Chosen {
-            label: "the model alone".into(),
-            values: Vec::new(),
-            shape: [0, hidden],
-        });
-        let batches: Vec<Batch> = set
-            .records
-            .chunks(batch_size)
-            .map(|c| Batch {
-                task: set.task.clone(),
-                encode: set.encode.clone(),
-                max_new_tokens: set.max_new_tokens,
-                scoring: set.scoring,
-                records: c.to_vec(),
-                rows,
-                cols,
-            })
-            .collect();
         let run = state.next_run.get_value();
         state.next_run.set_value(run + 1);
         state.pending.set_value(Pending {
@@ -464,20 +486,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
             next: 0,
             prompt: values,
         });
-        state.progress.set(Some(Progress {
-            run,
-            label: format!("{label} on {} ({} examples)", set.name, set.records.len()),
-            task: set.task.clone(),
-            records: set.records,
-            refs,
-            results: Vec::new(),
-            running: true,
-            cancelled: false,
-            error: None,
-            started_ms: now_ms(),
-            elapsed_ms: 0.0,
-            compute_ms: 0.0,
-        }));
+        state.progress.set(Some(Progress { run, ..progress }));
         state.send_next(run);
     };
 
@@ -492,6 +501,33 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
         }
     });
 
+    let running = move || state.progress.with(|p| p.as_ref().is_some_and(|p| p.running));
+
+    view! {
+        <section class="evaluate">
+            <h2>"Evaluate"</h2>
+            <ModelSource state query study url_input study_model />
+            <Choices state query example_sets prompt_options pasted />
+            <p>
+                <button type="button" data-testid="eval-run" disabled=running on:click=move |_| start()>"Evaluate"</button>
+                " "
+                <button type="button" data-testid="eval-cancel" disabled=move || !running() on:click=move |_| state.cancel()>"Cancel"</button>
+            </p>
+            {move || message.get().map(|m| view! { <p class="error" role="alert" data-testid="eval-error">{m}</p> })}
+            {move || state.progress.get().map(|p| view! { <Results p /> })}
+        </section>
+    }
+}
+
+/// Where the model comes from: a URL (the report's own model by default) or files.
+#[component]
+fn ModelSource(
+    state: EvalState,
+    query: Query,
+    study: RwSignal<Option<Study>>,
+    url_input: RwSignal<String>,
+    study_model: Memo<Option<ReportModel>>,
+) -> impl IntoView {
     let on_files = move |ev: leptos::ev::Event| {
         let input: HtmlInputElement = event_target(&ev);
         let Some(list) = input.files() else { return };
@@ -521,114 +557,116 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
         });
     };
 
-    let running = move || state.progress.with(|p| p.as_ref().is_some_and(|p| p.running));
-
     view! {
-        <section class="evaluate">
-            <h2>"Evaluate"</h2>
-            <fieldset>
-                <legend>"Model"</legend>
-                <label>"URL (a .gguf file or a folder with config.json, model.safetensors, tokenizer.json) "
-                    <input type="url" data-testid="model-url" size="48" prop:value=move || url_input.get()
-                        on:input=move |ev| url_input.set(event_target_value(&ev)) />
-                </label>
-                " "
-                <button type="button" data-testid="model-load" on:click=move |_| {
-                    let url = url_input.get_untracked();
-                    if !url.is_empty() {
-                        set_param(query, "model", url.clone());
-                        state.load_url(url);
-                    }
-                }>"Load"</button>
-                <br />
-                <label>"…or open its files "
-                    <input type="file" multiple data-testid="model-files" accept=".gguf,.json,.safetensors" on:change=on_files />
-                </label>
-                {move || match state.model.get() {
-                    ModelState::None => view! { <p class="hint">"No model loaded. The model runs in a background worker; nothing leaves your browser."</p> }.into_any(),
-                    ModelState::Loading(s) => view! { <p role="status" data-testid="model-status">{format!("Loading {s}…")}</p> }.into_any(),
-                    ModelState::Failed(e) => view! { <p class="error" role="alert" data-testid="model-error">{e}</p> }.into_any(),
-                    ModelState::Loaded { info, source } => view! {
-                        <p role="status" data-testid="model-status" data-loaded="true">
-                            {format!("Loaded {source}: {} (hidden size {}, vocabulary {}{}) in {:.0} ms",
-                                info.family, info.hidden_size, info.vocab_size,
-                                if info.chat_template { ", chat template" } else { "" }, info.load_ms)}
-                        </p>
-                    }.into_any(),
-                }}
-                {move || study.with(|s| s.as_ref().and_then(|s| s.runs.iter().find_map(|r| r.model.clone())).map(|m| view! {
-                    <p class="hint">"The study's runs were trained on " <code>{m}</code> "."</p>
-                }))}
-                {move || study_model.get().map(|m| view! {
-                    <p class="hint" data-testid="report-model">{if m.bundled {
-                        format!("This report carries the model ({}, {:.0} MB): Evaluate loads it.", m.name, m.bytes.unwrap_or(0) as f64 / 1e6)
-                    } else {
-                        format!("The study's model ({}) is linked from its hub page: Evaluate downloads it into your browser.", m.name)
-                    }}</p>
-                })}
-            </fieldset>
-            <fieldset>
-                <legend>"Prompt and examples"</legend>
-                <label>"Prompt "
-                    <select data-testid="eval-prompt" on:change=move |ev| set_param(query, "prompt", event_target_value(&ev))>
-                        <option value="" selected=move || param(query, "prompt", "").is_empty()>"the tuned prompt of the examples' task (first origin)"</option>
-                        <option value="@none" selected=move || param(query, "prompt", "") == "@none">"none (the model alone)"</option>
-                        <option value="@compose" selected=move || param(query, "prompt", "") == "@compose">"the Compose view's result"</option>
-                        {move || prompt_options.get().into_iter().map(|(id, label)| {
-                            let key = id.clone();
-                            view! { <option value=id selected=move || param(query, "prompt", "") == key>{label}</option> }
-                        }).collect_view()}
-                    </select>
-                </label>
-                " "
-                <label>"Examples "
-                    <select data-testid="eval-examples" on:change=move |ev| set_param(query, "examples", event_target_value(&ev))>
-                        {move || example_sets.get().into_iter().map(|e| {
-                            let key = e.task.clone();
-                            view! { <option value=e.task.clone() selected=move || param(query, "examples", "") == key>
-                                {format!("{} — {} of {} {} examples", e.task, e.records, e.split_size, e.split)}</option> }
-                        }).collect_view()}
-                        <option value="@paste" selected=move || choice() == "@paste">"pasted examples"</option>
-                    </select>
-                </label>
-                " "
-                <label>"first "
-                    <input type="number" min="1" step="1" data-testid="eval-n" prop:value=move || param(query, "n", "50")
-                        on:input=move |ev| set_param(query, "n", event_target_value(&ev)) />
-                </label>
-                " "
-                <label>"batch "
-                    <input type="number" min="1" step="1" data-testid="eval-batch" prop:value=move || param(query, "batch", "8")
-                        on:input=move |ev| set_param(query, "batch", event_target_value(&ev)) />
-                </label>
-                <Show when=move || choice() == "@paste">
-                    <label class="block">"One JSON object per line: " <code>"{\"input\": …, \"target\": …}"</code>
-                        <textarea data-testid="eval-paste" rows="5" cols="80" prop:value=move || pasted.get()
-                            on:input=move |ev| pasted.set(event_target_value(&ev))></textarea>
-                    </label>
-                    <label><input type="checkbox" prop:checked=move || param(query, "chat", "1") == "1"
-                        on:change=move |ev| set_param(query, "chat", if event_target_checked(&ev) { "1" } else { "0" }) />
-                        " chat template (chat models)"</label>
-                    " "
-                    <label>"new tokens "
-                        <input type="number" min="1" step="1" prop:value=move || param(query, "max_new", "16")
-                            on:input=move |ev| set_param(query, "max_new", event_target_value(&ev)) />
-                    </label>
-                </Show>
-                {move || {
-                    let task = param(query, "examples", "");
-                    state.sets.with(|s| s.iter().find(|(t, _)| *t == task).and_then(|(_, r)| r.as_ref().err().cloned()))
-                        .map(|e| view! { <p class="error" role="alert">{e}</p> })
-                }}
-            </fieldset>
-            <p>
-                <button type="button" data-testid="eval-run" disabled=running on:click=move |_| start()>"Evaluate"</button>
-                " "
-                <button type="button" data-testid="eval-cancel" disabled=move || !running() on:click=move |_| state.cancel()>"Cancel"</button>
-            </p>
-            {move || message.get().map(|m| view! { <p class="error" role="alert" data-testid="eval-error">{m}</p> })}
-            {move || state.progress.get().map(|p| view! { <Results p /> })}
-        </section>
+    <fieldset>
+        <legend>"Model"</legend>
+        <label>"URL (a .gguf file or a folder with config.json, model.safetensors, tokenizer.json) "
+            <input type="url" data-testid="model-url" size="48" prop:value=move || url_input.get()
+                on:input=move |ev| url_input.set(event_target_value(&ev)) />
+        </label>
+        " "
+        <button type="button" data-testid="model-load" on:click=move |_| {
+            let url = url_input.get_untracked();
+            if !url.is_empty() {
+                set_param(query, "model", url.clone());
+                state.load_url(url);
+            }
+        }>"Load"</button>
+        <br />
+        <label>"…or open its files "
+            <input type="file" multiple data-testid="model-files" accept=".gguf,.json,.safetensors" on:change=on_files />
+        </label>
+        {move || match state.model.get() {
+            ModelState::None => view! { <p class="hint">"No model loaded. The model runs in a background worker; nothing leaves your browser."</p> }.into_any(),
+            ModelState::Loading(s) => view! { <p role="status" data-testid="model-status">{format!("Loading {s}…")}</p> }.into_any(),
+            ModelState::Failed(e) => view! { <p class="error" role="alert" data-testid="model-error">{e}</p> }.into_any(),
+            ModelState::Loaded { info, source } => view! {
+                <p role="status" data-testid="model-status" data-loaded="true">
+                    {format!("Loaded {source}: {} (hidden size {}, vocabulary {}{}) in {:.0} ms",
+                        info.family, info.hidden_size, info.vocab_size,
+                        if info.chat_template { ", chat template" } else { "" }, info.load_ms)}
+                </p>
+            }.into_any(),
+        }}
+        {move || study.with(|s| s.as_ref().and_then(|s| s.runs.iter().find_map(|r| r.model.clone())).map(|m| view! {
+            <p class="hint">"The study's runs were trained on " <code>{m}</code> "."</p>
+        }))}
+        {move || study_model.get().map(|m| view! {
+            <p class="hint" data-testid="report-model">{if m.bundled {
+                format!("This report carries the model ({}, {:.0} MB): Evaluate loads it.", m.name, m.bytes.unwrap_or(0) as f64 / 1e6)
+            } else {
+                format!("The study's model ({}) is linked from its hub page: Evaluate downloads it into your browser.", m.name)
+            }}</p>
+        })}
+    </fieldset>
+    }
+}
+
+/// The prompt, the examples (a bundled task's or pasted ones) and how many, in batches of what.
+#[component]
+fn Choices(
+    state: EvalState,
+    query: Query,
+    example_sets: Memo<Vec<ExampleSet>>,
+    prompt_options: Memo<Vec<(String, String)>>,
+    pasted: RwSignal<String>,
+) -> impl IntoView {
+    let choice = move || choice_of(query, example_sets);
+    view! {
+    <fieldset>
+        <legend>"Prompt and examples"</legend>
+        <label>"Prompt "
+            <select data-testid="eval-prompt" on:change=move |ev| set_param(query, "prompt", event_target_value(&ev))>
+                <option value="" selected=move || param(query, "prompt", "").is_empty()>"the tuned prompt of the examples' task (first origin)"</option>
+                <option value="@none" selected=move || param(query, "prompt", "") == "@none">"none (the model alone)"</option>
+                <option value="@compose" selected=move || param(query, "prompt", "") == "@compose">"the Compose view's result"</option>
+                {move || prompt_options.get().into_iter().map(|(id, label)| {
+                    let key = id.clone();
+                    view! { <option value=id selected=move || param(query, "prompt", "") == key>{label}</option> }
+                }).collect_view()}
+            </select>
+        </label>
+        " "
+        <label>"Examples "
+            <select data-testid="eval-examples" on:change=move |ev| set_param(query, "examples", event_target_value(&ev))>
+                {move || example_sets.get().into_iter().map(|e| {
+                    let key = e.task.clone();
+                    view! { <option value=e.task.clone() selected=move || param(query, "examples", "") == key>
+                        {format!("{} — {} of {} {} examples", e.task, e.records, e.split_size, e.split)}</option> }
+                }).collect_view()}
+                <option value="@paste" selected=move || choice() == "@paste">"pasted examples"</option>
+            </select>
+        </label>
+        " "
+        <label>"first "
+            <input type="number" min="1" step="1" data-testid="eval-n" prop:value=move || param(query, "n", "50")
+                on:input=move |ev| set_param(query, "n", event_target_value(&ev)) />
+        </label>
+        " "
+        <label>"batch "
+            <input type="number" min="1" step="1" data-testid="eval-batch" prop:value=move || param(query, "batch", "8")
+                on:input=move |ev| set_param(query, "batch", event_target_value(&ev)) />
+        </label>
+        <Show when=move || choice() == "@paste">
+            <label class="block">"One JSON object per line: " <code>"{\"input\": …, \"target\": …}"</code>
+                <textarea data-testid="eval-paste" rows="5" cols="80" prop:value=move || pasted.get()
+                    on:input=move |ev| pasted.set(event_target_value(&ev))></textarea>
+            </label>
+            <label><input type="checkbox" prop:checked=move || param(query, "chat", "1") == "1"
+                on:change=move |ev| set_param(query, "chat", if event_target_checked(&ev) { "1" } else { "0" }) />
+                " chat template (chat models)"</label>
+            " "
+            <label>"new tokens "
+                <input type="number" min="1" step="1" prop:value=move || param(query, "max_new", "16")
+                    on:input=move |ev| set_param(query, "max_new", event_target_value(&ev)) />
+            </label>
+        </Show>
+        {move || {
+            let task = param(query, "examples", "");
+            state.sets.with(|s| s.iter().find(|(t, _)| *t == task).and_then(|(_, r)| r.as_ref().err().cloned()))
+                .map(|e| view! { <p class="error" role="alert">{e}</p> })
+        }}
+    </fieldset>
     }
 }
 
