@@ -372,6 +372,14 @@ pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
         Err(_) => toml::Value::String(value.to_owned()),
     };
+    set_value(table, key, value)
+}
+
+/// Sets the dotted `key` (`optim.batch_size`) of a config table to `value`, creating the tables
+/// on the way; one of two exclusive keys (max_steps/epochs, warmup_steps/warmup_ratio) replaces
+/// the other. What `--set` and the studies' overrides do, with a typed value.
+pub fn set_value(table: &mut toml::Table, key: &str, value: impl Into<toml::Value>) -> Result<()> {
+    let value = value.into();
     let parts: Vec<&str> = key.trim().split('.').collect();
     let (last, parents) = parts.split_last().context("empty key")?;
     let mut cur = table;

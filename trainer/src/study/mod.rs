@@ -453,7 +453,7 @@ impl Study {
 
     /// Sets `prompt.init` to origin `o` of the base config's sample_vocab stream.
     fn set_origin(&self, t: &mut toml::Table, o: usize) -> Result<()> {
-        config::apply_set(t, &format!("prompt.init.sample_vocab.index={o}"))?;
+        config::set_value(t, "prompt.init.sample_vocab.index", o as i64)?;
         if !matches!(t.get("prompt").and_then(|p| p.get("init")), Some(toml::Value::Table(_))) {
             bail!("a study's prompt.init must be a sample_vocab table (origins are sampled by index)");
         }
@@ -462,7 +462,7 @@ impl Study {
 
     fn finish(&self, mut t: toml::Table, job: &Job, sets: &toml::Table) -> Result<Config> {
         apply_table(&mut t, sets)?;
-        config::apply_set(&mut t, "train.output=\"\"")?;
+        config::set_value(&mut t, "train.output", "")?;
         let mut c = config::from_table(t, &self.dir, &format!("{} (job {})", self.path.display(), job.id))?;
         c.train.output = self.job_dir(job);
         Ok(c)
@@ -485,11 +485,11 @@ impl Study {
         let mut t = self.task_table(target)?;
         self.set_origin(&mut t, origin)?;
         if shots > 0 {
-            config::apply_set(&mut t, &format!("data.shots={shots}"))?;
+            config::set_value(&mut t, "data.shots", shots as i64)?;
         }
         if tr.paper_recipe {
-            for set in paper_few_shot(shots) {
-                config::apply_set(&mut t, &set)?;
+            for (key, value) in paper_few_shot(shots) {
+                config::set_value(&mut t, key, value)?;
             }
         }
         self.finish(t, job, &tr.set)
@@ -554,25 +554,25 @@ impl Study {
 pub const TRAIN_WORK: f64 = 4.0;
 
 /// The paper's few-shot recipe (docs/method.md §4) as overrides.
-pub fn paper_few_shot(shots: usize) -> Vec<String> {
+pub fn paper_few_shot(shots: usize) -> Vec<(&'static str, toml::Value)> {
     let batch = match shots {
         0..=25 => 2,
         26..=250 => 8,
         _ => 16,
     };
     vec![
-        "optim.max_steps=1000".into(),
-        "optim.warmup_steps=500".into(),
-        format!("optim.batch_size={batch}"),
-        "data.max_validation=250".into(),
-        "train.select=\"loss\"".into(),
+        ("optim.max_steps", 1000.into()),
+        ("optim.warmup_steps", 500.into()),
+        ("optim.batch_size", toml::Value::Integer(batch)),
+        ("data.max_validation", 250.into()),
+        ("train.select", "loss".into()),
     ]
 }
 
 /// Applies a table of dotted-key overrides.
 fn apply_table(t: &mut toml::Table, sets: &toml::Table) -> Result<()> {
     for (k, v) in flatten(sets, "") {
-        config::apply_set(t, &format!("{k}={v}"))?;
+        config::set_value(t, &k, v)?;
     }
     Ok(())
 }
