@@ -271,7 +271,7 @@ pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result
         ),
         None => false,
     };
-    let html = results_html(&agg, web_app);
+    let html = results_html(&agg, web_app)?;
     io::write_atomic(&site.join("results.html"), html.as_bytes())?;
     if !web_app {
         io::write_atomic(&site.join("index.html"), html.as_bytes())?;
@@ -318,94 +318,125 @@ fn copy_eval_sets(study_dir: &Path, site: &Path) -> Result<Vec<ExampleSet>> {
     Ok(out)
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// A block of the Markdown that `Aggregate::markdown` writes: what the results page shows.
+#[derive(Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Block {
+    H1 { text: String },
+    H2 { text: String },
+    P { text: String },
+    List { items: Vec<String> },
+    Table { head: Vec<String>, rows: Vec<Vec<String>> },
 }
 
-/// Inline Markdown of the tables: `**bold**` only.
-fn inline(s: &str) -> String {
-    let mut out = String::new();
-    for (i, part) in escape(s).split("**").enumerate() {
-        if i % 2 == 1 {
-            out.push_str(&format!("<strong>{part}</strong>"));
-        } else {
-            out.push_str(part);
-        }
-    }
-    out
-}
-
-/// The tables as a self-contained HTML page (the Markdown subset `markdown()` writes).
-pub fn results_html(agg: &Aggregate, web_app: bool) -> String {
-    let md = agg.markdown();
-    let mut body = String::new();
-    let mut in_table = false;
-    let mut in_list = false;
-    for line in md.lines() {
-        let t = line.trim();
-        if in_table && !t.starts_with('|') {
-            body.push_str("</tbody></table>\n");
-            in_table = false;
-        }
-        if in_list && !t.starts_with("- ") {
-            body.push_str("</ul>\n");
-            in_list = false;
-        }
-        if let Some(h) = t.strip_prefix("## ") {
-            body.push_str(&format!("<h2>{}</h2>\n", inline(h)));
-        } else if let Some(h) = t.strip_prefix("# ") {
-            body.push_str(&format!("<h1>{}</h1>\n", inline(h)));
-        } else if t.starts_with('|') {
-            let cells: Vec<&str> = t.trim_matches('|').split('|').map(str::trim).collect();
+/// The Markdown subset `Aggregate::markdown` writes (headings, paragraphs, pipe tables, lists),
+/// read into blocks.
+fn blocks(md: &str) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    for line in md.lines().map(str::trim) {
+        if let Some(h) = line.strip_prefix("## ") {
+            out.push(Block::H2 { text: h.to_owned() });
+        } else if let Some(h) = line.strip_prefix("# ") {
+            out.push(Block::H1 { text: h.to_owned() });
+        } else if line.starts_with('|') {
+            let cells: Vec<String> = line.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect();
             if cells.iter().all(|c| c.chars().all(|ch| ch == '-')) {
                 continue;
             }
-            if in_table {
-                body.push_str("<tr>");
-                for c in cells {
-                    body.push_str(&format!("<td>{}</td>", inline(c)));
-                }
-                body.push_str("</tr>\n");
+            match out.last_mut() {
+                Some(Block::Table { rows, .. }) => rows.push(cells),
+                _ => out.push(Block::Table {
+                    head: cells,
+                    rows: Vec::new(),
+                }),
+            }
+        } else if let Some(item) = line.strip_prefix("- ") {
+            match out.last_mut() {
+                Some(Block::List { items }) => items.push(item.to_owned()),
+                _ => out.push(Block::List {
+                    items: vec![item.to_owned()],
+                }),
+            }
+        } else if !line.is_empty() {
+            out.push(Block::P { text: line.to_owned() });
+        } else if matches!(out.last(), Some(Block::Table { .. } | Block::List { .. })) {
+            // A blank line ends a table or a list: the next one starts anew.
+            out.push(Block::P { text: String::new() });
+        }
+    }
+    out.retain(|b| !matches!(b, Block::P { text } if text.is_empty()));
+    out
+}
+
+/// The results page's template (`study/results.html`).
+const RESULTS_TEMPLATE: &str = include_str!("results.html");
+
+/// The tables as a self-contained HTML page, rendered from [`RESULTS_TEMPLATE`].
+pub fn results_html(agg: &Aggregate, web_app: bool) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    // Escapes a text, then renders Markdown's `**bold**` (the only inline markup of the tables).
+    env.add_filter("bold", |s: String| {
+        let escaped = minijinja::HtmlEscape(&s).to_string();
+        let mut out = String::new();
+        for (i, part) in escaped.split("**").enumerate() {
+            if i % 2 == 1 {
+                out.push_str(&format!("<strong>{part}</strong>"));
             } else {
-                body.push_str("<table><thead><tr>");
-                for c in cells {
-                    body.push_str(&format!("<th>{}</th>", inline(c)));
-                }
-                body.push_str("</tr></thead><tbody>\n");
-                in_table = true;
+                out.push_str(part);
             }
-        } else if let Some(item) = t.strip_prefix("- ") {
-            if !in_list {
-                body.push_str("<ul>\n");
-                in_list = true;
-            }
-            body.push_str(&format!("<li>{}</li>\n", inline(item)));
-        } else if !t.is_empty() {
-            body.push_str(&format!("<p>{}</p>\n", inline(t)));
         }
-    }
-    if in_table {
-        body.push_str("</tbody></table>\n");
-    }
-    if in_list {
-        body.push_str("</ul>\n");
-    }
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{title} — tpv results</title><style>body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-table{{border-collapse:collapse;margin:1rem 0}}th,td{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}}th{{background:#f3f3f3}}\
-td{{font-variant-numeric:tabular-nums}}</style></head><body>\n{body}<p>Files: <a href=\"manifest.json\">manifest.json</a> · \
-<a href=\"tables.csv\">tables.csv</a> · <a href=\"tables.json\">tables.json</a> · <a href=\"tables.md\">tables.md</a>{app}</p>\n</body></html>\n",
-        title = escape(&agg.name),
-        app = if web_app {
-            " · <a href=\"index.html\">the explorer (web app)</a>"
-        } else {
-            ""
-        }
-    )
+        minijinja::Value::from_safe_string(out)
+    });
+    env.add_template("results.html", RESULTS_TEMPLATE)
+        .context("the results page's template")?;
+    let page = env
+        .get_template("results.html")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                title => agg.name,
+                blocks => blocks(&agg.markdown()),
+                web_app => web_app,
+            })
+        })
+        .context("rendering the results page")?;
+    Ok(page + "\n")
 }
 
 /// Serves `root` on 127.0.0.1:`port` until the process is stopped (see [`crate::serve`]).
 pub fn serve(root: &Path, port: u16) -> Result<()> {
     crate::serve::serve(root, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_markdown_reads_into_blocks() {
+        let md = "# Study s\n\nScores **in percent**.\n\n## A\n\n| a | b |\n|---|---|\n| 1 | <2> |\n\n| c |\n|---|\n| 3 |\n\n## Missing runs (2)\n\n- x\n- y\n";
+        assert_eq!(
+            blocks(md),
+            vec![
+                Block::H1 { text: "Study s".into() },
+                Block::P {
+                    text: "Scores **in percent**.".into()
+                },
+                Block::H2 { text: "A".into() },
+                Block::Table {
+                    head: vec!["a".into(), "b".into()],
+                    rows: vec![vec!["1".into(), "<2>".into()]]
+                },
+                Block::Table {
+                    head: vec!["c".into()],
+                    rows: vec![vec!["3".into()]]
+                },
+                Block::H2 {
+                    text: "Missing runs (2)".into()
+                },
+                Block::List {
+                    items: vec!["x".into(), "y".into()]
+                },
+            ]
+        );
+    }
 }
