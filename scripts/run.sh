@@ -24,8 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 bash scripts/setup.sh --web
 cargo build --release --locked -p tpv-trainer
-# A release build for the report's readers: 1.8 MB of wasm instead of 5.9, and the similarity and
-# model code ~10× faster than the debug build the tests use (target/site).
+# A release build for the report's readers: a third of the debug build's wasm and ~10× faster
+# similarity and model code (sizes in docs/numbers.md).
 echo "[run] building the web app (trunk build --release)" >&2
 log=target/trunk-release.log
 if ! trunk build --release --skip-version-check --dist target/site-release >"$log" 2>&1; then
