@@ -26,6 +26,7 @@ pub mod tasks;
 pub mod tensor;
 pub mod text;
 mod time;
+mod versioned;
 
 pub use document::{Document, Norms, Summary};
 pub use error::{Error, Result};

@@ -110,31 +110,7 @@ pub struct ExampleSet {
 impl Manifest {
     /// Parses a manifest: the right format, a version this build reads.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct Head {
-            format: Option<String>,
-            version: Option<u32>,
-        }
-        let head: Head =
-            serde_json::from_slice(bytes).map_err(|e| Error::BadMetadata(format!("not a report manifest: {e}")))?;
-        if head.format.as_deref() != Some(FORMAT) {
-            return Err(Error::BadMetadata(format!(
-                "`format` is {:?}, expected {FORMAT:?}",
-                head.format
-            )));
-        }
-        match head.version {
-            Some(v) if v > VERSION => {
-                return Err(Error::NewerFormat {
-                    what: "report manifest",
-                    file: v,
-                    supported: VERSION,
-                });
-            }
-            Some(0) | None => return Err(Error::BadMetadata("no manifest `version` (≥ 1)".into())),
-            Some(_) => {}
-        }
-        serde_json::from_slice(bytes).map_err(|e| Error::BadMetadata(format!("report manifest: {e}")))
+        crate::versioned::from_json(bytes, FORMAT, VERSION, "report manifest")
     }
 
     /// Pretty JSON, as `tpv report` writes it.

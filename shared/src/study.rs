@@ -184,29 +184,7 @@ impl StudyFile {
     /// Parses a study file: the right format, a version this build reads, job ids that stay
     /// inside the study directory.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct Head {
-            format: Option<String>,
-            version: Option<u32>,
-        }
-        let bad = |m: String| Error::BadMetadata(format!("study.json: {m}"));
-        let head: Head = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a study file: {e}")))?;
-        // Files of the first release carry the format and version too; anything else is refused.
-        if head.format.as_deref() != Some(FORMAT) {
-            return Err(bad(format!("`format` is {:?}, expected {FORMAT:?}", head.format)));
-        }
-        match head.version {
-            Some(v) if v > VERSION => {
-                return Err(Error::NewerFormat {
-                    what: "study file",
-                    file: v,
-                    supported: VERSION,
-                });
-            }
-            Some(0) | None => return Err(bad("no `version` (≥ 1)".into())),
-            Some(_) => {}
-        }
-        let file: Self = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let file: Self = crate::versioned::from_json(bytes, FORMAT, VERSION, "study file")?;
         for job in &file.jobs {
             check_job_id(&job.id)?;
         }
