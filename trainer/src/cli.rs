@@ -45,7 +45,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Sample origins θ₀ from a model's vocabulary embeddings.
     Origins(OriginsArgs),
-    /// Fetch the offline assets (pinned, sha256-checked) into the cache.
+    /// Fetch the offline assets (pinned, sha256-checked) or registry tasks' hub datasets into the cache.
     Fetch(FetchArgs),
     /// Tune a soft prompt on a task (prompt tuning of a frozen model) as a TOML config says.
     Train(TrainArgs),
@@ -364,8 +364,9 @@ pub struct OriginsArgs {
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// What to fetch: smollm2, rt_polarity, amazon_snippets, uci_imdb, uci_yelp, uci_amazon,
-    /// bbc_news, spam_assassin (default: everything).
+    /// What to fetch: the offline assets (smollm2, rt_polarity, amazon_snippets, uci_imdb,
+    /// uci_yelp, uci_amazon, bbc_news, spam_assassin; default: all of them) or any registry task,
+    /// whose dataset then downloads from the HF hub into its cache (HF_ENDPOINT, HF_TOKEN).
     pub what: Vec<String>,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]

@@ -17,8 +17,8 @@ use tpv_shared::merge::SplitMix64;
 use tpv_shared::records;
 use tpv_shared::tasks::{self, Record, TaskSpec};
 
+use crate::assets;
 use crate::config::{AlsoTask, DataSection, TaskRef, is_file_like};
-use crate::{assets, models};
 
 /// The examples of a run, as records, with the task that reads them.
 #[derive(Debug, Clone)]
@@ -339,31 +339,33 @@ pub fn split_files(root: &Path, config: Option<&str>) -> Result<BTreeMap<String,
                 }
                 continue;
             }
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             if !matches!(ext, "parquet" | "jsonl" | "csv" | "tsv") {
                 continue;
             }
-            let stem = name.split(['-', '.']).next().unwrap_or("");
-            let parent = path
-                .parent()
-                .and_then(|p| p.file_name())
-                .and_then(|n| n.to_str())
-                .unwrap_or("");
-            let split = if is_split_name(stem) {
-                stem
-            } else if is_split_name(parent) {
-                parent
-            } else {
-                continue;
-            };
-            found.entry(split.to_owned()).or_default().push(path);
+            let Some(split) = split_of(&path) else { continue };
+            found.entry(split).or_default().push(path);
         }
     }
     for files in found.values_mut() {
         files.sort();
     }
     Ok(found)
+}
+
+/// The split a data file belongs to: its name before the first `-` or `.`
+/// (`train-00000-of-00001.parquet`), else its directory's name (`train/0000.parquet`; the hub's
+/// parquet conversion also writes `partial-train/`). One rule for reading a snapshot and for
+/// choosing what to download (`hub::dataset`).
+pub fn split_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.split(['-', '.']).next().unwrap_or("");
+    if is_split_name(stem) {
+        return Some(stem.to_owned());
+    }
+    let parent = path.parent()?.file_name()?.to_str()?;
+    let parent = parent.strip_prefix("partial-").unwrap_or(parent);
+    is_split_name(parent).then(|| parent.to_owned())
 }
 
 fn is_split_name(s: &str) -> bool {
@@ -425,8 +427,11 @@ fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<R
     }
     let root = match dataset_dir {
         Some(d) => d.to_owned(),
-        None => models::hub_snapshot("datasets", &task.origin.dataset)
-            .with_context(|| format!("task {} reads HF dataset {}", task.name, task.origin.dataset))?,
+        None => {
+            let held = task.origin.held_out_split.as_deref().unwrap_or("validation");
+            crate::hub::dataset(&task.origin.dataset, task.origin.config.as_deref(), &["train", held])
+                .with_context(|| format!("task {} reads HF dataset {}", task.name, task.origin.dataset))?
+        }
     };
     let files = split_files(&root, task.origin.config.as_deref())?;
     let train = read_split(&files, "train")?.with_context(|| {

@@ -1,15 +1,33 @@
-//! Downloading a model from the HF hub into the local hub cache, in the layout `huggingface_hub`
-//! uses (`models--ORG--NAME/snapshots/COMMIT/FILE`, `refs/REVISION`), so Python tools and tpv share
-//! one cache. The endpoint is `$HF_ENDPOINT` (default `https://huggingface.co`), the token
-//! `$HF_TOKEN`; `$HF_HUB_OFFLINE=1` forbids the network.
+//! Downloading models and datasets from the HF hub into the local hub cache, in the layout
+//! `huggingface_hub` uses (`models--ORG--NAME/snapshots/COMMIT/FILE`, `datasets--ORG--NAME/…`,
+//! `refs/REVISION`), so Python tools and tpv share one cache. The endpoint is `$HF_ENDPOINT`
+//! (default `https://huggingface.co`), the token `$HF_TOKEN`; `$HF_HUB_OFFLINE=1` forbids the
+//! network.
 //!
-//! Protocol: `GET {endpoint}/api/models/{repo}/revision/{revision}` gives the commit (`sha`) and the
-//! file list (`siblings`); each wanted file comes from `{endpoint}/{repo}/resolve/{commit}/{file}`.
+//! Protocol: `GET {endpoint}/api/{models|datasets}/{repo}/revision/{revision}?blobs=true` gives the
+//! commit (`sha`) and the files (`siblings`, with their size and an LFS file's sha256); each file
+//! comes from `{endpoint}/[datasets/]{repo}/resolve/{commit}/{file}`. Every file is fetched with
+//! retries (429, 5xx and cut connections, with backoff), resumed where a cut left it (HTTP
+//! Range, from `FILE.incomplete`), and checked against the listed size and sha256 before it takes
+//! its name: a truncated or corrupt file is never used.
+//!
+//! A dataset is read as parquet: the repo's own files of the needed config and splits where it
+//! has them (`nyu-mll/glue`: `mnli/train-*.parquet`), otherwise the hub's conversion (revision
+//! `refs/convert/parquet`: `CONFIG/SPLIT/0000.parquet`).
+//!
+//! Hand-written on ureq (already tpv's HTTP client) rather than on the `hf-hub` crate (0.5, read
+//! on docs.rs: it fetches a file by name, with a progress bar): what tpv needs beyond that — the
+//! choice of a dataset's parquet files from the listing, the conversion's revision, the size and
+//! sha256 check against the listing before a file takes its name, and a path check on every name
+//! the server sends — would be ours on top of it either way.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::models;
 
@@ -20,10 +38,24 @@ struct RepoInfo {
     siblings: Vec<Sibling>,
 }
 
-#[derive(Deserialize)]
+/// A file of a repo as the hub lists it with `blobs=true`.
+#[derive(Deserialize, Clone)]
 struct Sibling {
     rfilename: String,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    lfs: Option<Lfs>,
 }
+
+#[derive(Deserialize, Clone)]
+struct Lfs {
+    sha256: String,
+    size: u64,
+}
+
+/// Attempts per file (the first and four retries).
+const ATTEMPTS: u32 = 5;
 
 fn endpoint() -> String {
     std::env::var("HF_ENDPOINT")
@@ -32,22 +64,239 @@ fn endpoint() -> String {
         .to_owned()
 }
 
-fn get(agent: &ureq::Agent, url: &str) -> Result<ureq::http::Response<ureq::Body>> {
-    let mut req = agent.get(url);
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        req = req.header("Authorization", &format!("Bearer {token}"));
-    }
-    req.call().with_context(|| format!("GET {url}"))
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1")
 }
 
-/// The files tpv needs from a model repo: config, tokenizer, and the safetensors weights (one
-/// file or the shards an index names).
-fn wanted(files: &[String]) -> Vec<String> {
-    files
-        .iter()
-        .filter(|f| tpv_shared::eval::hf_files::is_needed(f))
-        .cloned()
-        .collect()
+/// The HTTP side: one agent, the endpoint and the token.
+struct Hub {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// What a failed request means for the user.
+fn status_error(status: u16, url: &str, what: &str) -> anyhow::Error {
+    match status {
+        401 | 403 => anyhow::anyhow!(
+            "{url}: {status}: {what} is gated or private — accept its terms on its hub page and set HF_TOKEN to a token that may read it"
+        ),
+        404 => anyhow::anyhow!(
+            "{url}: 404: {what} is not on {} (check the name and revision)",
+            endpoint()
+        ),
+        _ => anyhow::anyhow!("{url}: HTTP {status}"),
+    }
+}
+
+/// Whether an answer is worth asking again for (rate limits and server errors).
+fn retryable(status: u16) -> bool {
+    status == 429 || status >= 500
+}
+
+/// How long to wait before attempt `attempt` (1-based retries): 0.2 s doubling, or the server's
+/// `Retry-After` (at most 10 s).
+fn backoff(attempt: u32, retry_after: Option<u64>) -> Duration {
+    let ours = Duration::from_millis(200 << attempt.min(6));
+    retry_after.map_or(ours, |s| Duration::from_secs(s.min(10)))
+}
+
+impl Hub {
+    fn new() -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            agent,
+            base: endpoint(),
+        }
+    }
+
+    fn get(&self, url: &str, range_from: u64) -> Result<ureq::http::Response<ureq::Body>> {
+        let mut req = self.agent.get(url);
+        if let Ok(token) = std::env::var("HF_TOKEN") {
+            req = req.header("Authorization", &format!("Bearer {token}"));
+        }
+        if range_from > 0 {
+            req = req.header("Range", &format!("bytes={range_from}-"));
+        }
+        req.call().with_context(|| format!("GET {url}"))
+    }
+
+    /// A repo's commit and files at `revision`, retried like a file.
+    fn info(&self, kind: &str, repo_id: &str, revision: &str) -> Result<RepoInfo> {
+        let rev = revision.replace('/', "%2F");
+        let url = format!("{}/api/{kind}/{repo_id}/revision/{rev}?blobs=true", self.base);
+        let what = format!("{} {repo_id} (revision {revision})", &kind[..kind.len() - 1]);
+        let mut attempt = 0;
+        let text = loop {
+            attempt += 1;
+            let mut resp = match self.get(&url, 0) {
+                Ok(r) => r,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::info!("{e:#}; retrying");
+                    std::thread::sleep(backoff(attempt, None));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "cannot reach the HF hub for {repo_id} (set HF_ENDPOINT, HF_TOKEN, or put it into the cache)"
+                    )));
+                }
+            };
+            let status = resp.status().as_u16();
+            if retryable(status) && attempt < ATTEMPTS {
+                std::thread::sleep(backoff(attempt, retry_after(&resp)));
+                continue;
+            }
+            if status != 200 {
+                return Err(status_error(status, &url, &what));
+            }
+            break resp
+                .body_mut()
+                .read_to_string()
+                .with_context(|| format!("{url}: cannot read the answer"))?;
+        };
+        let info: RepoInfo = serde_json::from_str(&text).with_context(|| format!("{url}: unexpected answer"))?;
+        if info.sha.len() < 7 || !info.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
+            bail!("{url}: unexpected commit {:?}", info.sha);
+        }
+        // File names come from the server: each must stay inside the snapshot directory.
+        for s in &info.siblings {
+            crate::io::check_relative_path(&s.rfilename, &format!("{url}: the hub listed a file"))?;
+        }
+        Ok(info)
+    }
+
+    /// Fetches `url` into `dest`: retried, resumed from `dest.incomplete`, checked against the
+    /// listed size and sha256, then renamed into place.
+    fn fetch(&self, url: &str, dest: &Path, listed: &Sibling) -> Result<()> {
+        let dir = dest.parent().context("no parent directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let partial = PathBuf::from(format!("{}.incomplete", dest.display()));
+        let size = listed.lfs.as_ref().map(|l| l.size).or(listed.size);
+        let bar = progress(&listed.rfilename, size);
+        let mut attempt = 0;
+        let mut last = String::new();
+        while attempt < ATTEMPTS {
+            attempt += 1;
+            if attempt > 1 {
+                std::thread::sleep(backoff(attempt - 1, None));
+            }
+            let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            match self.fetch_once(url, &partial, have, &bar) {
+                Ok(()) => {}
+                Err(Retry(e)) => {
+                    last = e;
+                    tracing::info!("{url}: {last}; attempt {attempt} of {ATTEMPTS}");
+                    continue;
+                }
+                Err(Fatal(e)) => {
+                    bar.abandon();
+                    return Err(e);
+                }
+            }
+            let got = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            if let Some(want) = size
+                && got != want
+            {
+                last = format!("got {got} bytes, the hub lists {want}");
+                if got > want {
+                    std::fs::remove_file(&partial).ok();
+                }
+                continue;
+            }
+            if let Some(lfs) = &listed.lfs {
+                let sum = sha256_of(&partial)?;
+                if !sum.eq_ignore_ascii_case(&lfs.sha256) {
+                    std::fs::remove_file(&partial).ok();
+                    last = format!("sha256 {sum}, the hub lists {}", lfs.sha256);
+                    continue;
+                }
+            }
+            bar.finish_and_clear();
+            std::fs::rename(&partial, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+            return Ok(());
+        }
+        bar.abandon();
+        bail!(
+            "{url}: {last} after {ATTEMPTS} attempts; not used (the part fetched stays in {} and the next run resumes it)",
+            partial.display()
+        )
+    }
+
+    /// One request for the rest of the file after `have` bytes, appended to `partial`.
+    fn fetch_once(&self, url: &str, partial: &Path, have: u64, bar: &indicatif::ProgressBar) -> Result<(), Attempt> {
+        let mut resp = self.get(url, have).map_err(|e| Retry(format!("{e:#}")))?;
+        let status = resp.status().as_u16();
+        if retryable(status) {
+            std::thread::sleep(backoff(1, retry_after(&resp)));
+            return Err(Retry(format!("HTTP {status}")));
+        }
+        let append = match status {
+            206 => true,
+            200 => false,
+            // The range starts at the end: the partial file is whole.
+            416 if have > 0 => return Ok(()),
+            _ => return Err(Fatal(status_error(status, url, "the file"))),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(partial)
+            .map_err(|e| Fatal(anyhow::anyhow!("cannot write {}: {e}", partial.display())))?;
+        bar.set_position(if append { have } else { 0 });
+        let mut reader = resp.body_mut().as_reader();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                // A cut connection: what arrived is kept, the next attempt resumes after it.
+                Err(e) => return Err(Retry(format!("the connection was cut ({e})"))),
+            };
+            file.write_all(&buf[..n])
+                .map_err(|e| Fatal(anyhow::anyhow!("cannot write {}: {e}", partial.display())))?;
+            bar.inc(n as u64);
+        }
+        file.sync_all()
+            .map_err(|e| Fatal(anyhow::anyhow!("cannot write {}: {e}", partial.display())))?;
+        Ok(())
+    }
+}
+
+/// How one attempt at a file ended.
+enum Attempt {
+    /// Worth another attempt (rate limit, server error, cut connection).
+    Retry(String),
+    Fatal(anyhow::Error),
+}
+use Attempt::{Fatal, Retry};
+
+fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// A byte progress bar for one file (drawn only on a terminal).
+fn progress(name: &str, size: Option<u64>) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(size, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(name.to_owned());
+    bar
 }
 
 /// A hub repo id: `name` or `org/name`, each part of letters, digits, `-`, `_` and `.` (the hub's
@@ -69,65 +318,197 @@ fn check_repo_id(repo_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Downloads the files of `files` (all listed by `info`) into `repo_dir`'s snapshot of the
+/// commit and points `refs/{revision}` at it.
+fn download_files(
+    hub: &Hub,
+    url_repo: &str,
+    repo_dir: &Path,
+    revision: &str,
+    info: &RepoInfo,
+    files: &[Sibling],
+) -> Result<PathBuf> {
+    let snapshot = repo_dir.join("snapshots").join(&info.sha);
+    for file in files {
+        let dest = snapshot.join(&file.rfilename);
+        if dest.exists() {
+            continue;
+        }
+        let url = format!("{}/{url_repo}/resolve/{}/{}", hub.base, info.sha, file.rfilename);
+        eprintln!("downloading {url_repo}/{} …", file.rfilename);
+        hub.fetch(&url, &dest, file)?;
+    }
+    crate::io::write_atomic(&repo_dir.join("refs").join(revision), info.sha.as_bytes())?;
+    Ok(snapshot)
+}
+
 /// Downloads `repo_id` at `revision` into the hub cache unless it is there; returns the snapshot.
 pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     check_repo_id(repo_id)?;
     crate::io::check_relative_path(revision, "the revision")?;
-    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
+    if offline() {
         bail!("HF_HUB_OFFLINE=1: not downloading {repo_id}");
     }
-    let base = endpoint();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(std::time::Duration::from_secs(20)))
-        .build()
-        .into();
-    let info_url = format!("{base}/api/models/{repo_id}/revision/{revision}");
-    let text = get(&agent, &info_url)
-        .with_context(|| {
-            format!("cannot reach the HF hub for {repo_id} (set HF_ENDPOINT, HF_TOKEN, or download it into the cache)")
-        })?
-        .body_mut()
-        .read_to_string()
-        .with_context(|| format!("{info_url}: cannot read the answer"))?;
-    let info: RepoInfo = serde_json::from_str(&text).with_context(|| format!("{info_url}: unexpected answer"))?;
-    if info.sha.len() < 7 || !info.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
-        bail!("{info_url}: unexpected commit {:?}", info.sha);
-    }
-    let files = wanted(&info.siblings.into_iter().map(|s| s.rfilename).collect::<Vec<_>>());
-    // File names come from the server: each must stay inside the snapshot directory.
-    for f in &files {
-        crate::io::check_relative_path(f, &format!("{info_url}: the hub listed a file"))?;
-    }
-    if !files.iter().any(|f| f == "config.json") {
+    let hub = Hub::new();
+    let info = hub.info("models", repo_id, revision)?;
+    let files: Vec<Sibling> = info
+        .siblings
+        .iter()
+        .filter(|s| tpv_shared::eval::hf_files::is_needed(&s.rfilename))
+        .cloned()
+        .collect();
+    if !files.iter().any(|f| f.rfilename == "config.json") {
         bail!("{repo_id} has no config.json at {revision}");
     }
-    if !files.iter().any(|f| f.ends_with(".safetensors")) {
+    if !files.iter().any(|f| f.rfilename.ends_with(".safetensors")) {
         bail!("{repo_id} has no safetensors weights at {revision} (tpv does not read .bin checkpoints)");
     }
     let repo_dir = models::hub_cache()?.join(format!("models--{}", repo_id.replace('/', "--")));
-    let snapshot = repo_dir.join("snapshots").join(&info.sha);
-    for file in &files {
-        let dest = snapshot.join(file);
-        if dest.exists() {
-            continue;
-        }
-        let url = format!("{base}/{repo_id}/resolve/{}/{file}", info.sha);
-        eprintln!("downloading {repo_id}/{file} …");
-        let mut resp = get(&agent, &url)?;
-        save(&mut resp.body_mut().as_reader(), &dest).with_context(|| format!("downloading {url}"))?;
-    }
-    let refs = repo_dir.join("refs").join(revision);
-    crate::io::write_atomic(&refs, info.sha.as_bytes())?;
-    Ok(snapshot)
+    download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
 }
 
-fn save(reader: &mut dyn std::io::Read, dest: &Path) -> Result<()> {
-    let dir = dest.parent().context("no parent directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::copy(reader, &mut tmp)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest)
-        .with_context(|| format!("cannot write {}", dest.display()))?;
-    Ok(())
+/// The parquet files of `config`'s `splits` in a listing: under the config's directory when the
+/// repo has one (`mnli/train-00000-of-00001.parquet`, `mnli/train/0000.parquet`), else anywhere
+/// (`data/train-*.parquet`); the split is the file's name before `-` or its directory's name (the
+/// conversion's `partial-SPLIT` too).
+fn dataset_files(siblings: &[Sibling], config: Option<&str>, splits: &[&str]) -> Vec<Sibling> {
+    let parquet: Vec<&Sibling> = siblings.iter().filter(|s| s.rfilename.ends_with(".parquet")).collect();
+    let in_config = |s: &&&Sibling| config.is_some_and(|c| s.rfilename.starts_with(&format!("{c}/")));
+    // A repo whose files sit in directories of other names (glue: `qqp/`, `sst2/`) is organised by
+    // config: another config's files are never a stand-in for the one asked for.
+    let by_config = parquet.iter().any(|s| {
+        s.rfilename
+            .split_once('/')
+            .is_some_and(|(top, _)| top != "data" && crate::data::split_of(Path::new(top)).is_none())
+    });
+    let scoped: Vec<&Sibling> = if parquet.iter().any(|s| in_config(&s)) {
+        parquet.iter().filter(|s| in_config(s)).copied().collect()
+    } else if config.is_some() && by_config {
+        Vec::new()
+    } else {
+        parquet
+    };
+    scoped
+        .into_iter()
+        .filter(|s| crate::data::split_of(Path::new(&s.rfilename)).is_some_and(|sp| splits.contains(&sp.as_str())))
+        .cloned()
+        .collect()
+}
+
+/// The snapshot of dataset `repo_id` in the hub cache holding `config`'s `splits`: the cached one
+/// when it has the train split (`refs/main`, else `refs/convert/parquet`), otherwise downloaded —
+/// the repo's own parquet files, else the hub's conversion.
+pub fn dataset(repo_id: &str, config: Option<&str>, splits: &[&str]) -> Result<PathBuf> {
+    check_repo_id(repo_id)?;
+    let repo_dir = models::hub_cache()?.join(format!("datasets--{}", repo_id.replace('/', "--")));
+    for rev in ["main", "convert/parquet"] {
+        if let Ok(sha) = std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
+            let snapshot = repo_dir.join("snapshots").join(sha.trim());
+            // A snapshot organised by config that lacks this one's directory holds other configs.
+            let other_configs = config.is_some_and(|c| !snapshot.join(c).is_dir()) && has_config_dirs(&snapshot);
+            let files = crate::data::split_files(&snapshot, config).unwrap_or_default();
+            if files.contains_key("train") && !other_configs {
+                return Ok(snapshot);
+            }
+        }
+    }
+    let what = format!(
+        "dataset {repo_id}{}",
+        config.map_or(String::new(), |c| format!(" (config {c})"))
+    );
+    if offline() {
+        bail!(
+            "{what} is not in the local hub cache ({}) and HF_HUB_OFFLINE=1 forbids downloading it: run `tpv fetch` for its task where the hub is reachable",
+            repo_dir.display()
+        );
+    }
+    let hub = Hub::new();
+    let url_repo = format!("datasets/{repo_id}");
+    let main = hub.info("datasets", repo_id, "main")?;
+    let own = dataset_files(&main.siblings, config, splits);
+    if own
+        .iter()
+        .any(|s| crate::data::split_of(Path::new(&s.rfilename)).as_deref() == Some("train"))
+    {
+        return download_files(&hub, &url_repo, &repo_dir, "main", &main, &own);
+    }
+    let converted = hub.info("datasets", repo_id, "refs/convert/parquet").with_context(|| {
+        format!("{what} has no parquet files of its own; its parquet conversion is not there either")
+    })?;
+    let files = dataset_files(&converted.siblings, config, splits);
+    if !files
+        .iter()
+        .any(|s| crate::data::split_of(Path::new(&s.rfilename)).as_deref() == Some("train"))
+    {
+        bail!(
+            "{what}: neither the repo nor its parquet conversion has a train split{} (listed: {} files)",
+            config.map_or(String::new(), |c| format!(" under {c}/")),
+            converted.siblings.len()
+        );
+    }
+    download_files(&hub, &url_repo, &repo_dir, "convert/parquet", &converted, &files)
+}
+
+/// Whether a snapshot has directories named after configs (not `data/` or a split's).
+fn has_config_dirs(snapshot: &Path) -> bool {
+    std::fs::read_dir(snapshot).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            e.path().is_dir() && name != "data" && crate::data::split_of(Path::new(&name)).is_none()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sib(name: &str) -> Sibling {
+        Sibling {
+            rfilename: name.into(),
+            size: None,
+            lfs: None,
+        }
+    }
+
+    #[test]
+    fn dataset_files_are_the_configs_needed_splits() {
+        let listing: Vec<Sibling> = [
+            "README.md",
+            "mnli/train-00000-of-00002.parquet",
+            "mnli/train-00001-of-00002.parquet",
+            "mnli/validation_matched-00000-of-00001.parquet",
+            "mnli/test_matched-00000-of-00001.parquet",
+            "qqp/train-00000-of-00001.parquet",
+        ]
+        .map(sib)
+        .to_vec();
+        let names = |v: Vec<Sibling>| v.into_iter().map(|s| s.rfilename).collect::<Vec<_>>();
+        assert_eq!(
+            names(dataset_files(&listing, Some("mnli"), &["train", "validation_matched"])),
+            [
+                "mnli/train-00000-of-00002.parquet",
+                "mnli/train-00001-of-00002.parquet",
+                "mnli/validation_matched-00000-of-00001.parquet"
+            ]
+        );
+        // The conversion's layout, and a repo without config directories.
+        let converted: Vec<Sibling> = ["plain_text/train/0000.parquet", "plain_text/partial-test/0000.parquet"]
+            .map(sib)
+            .to_vec();
+        assert_eq!(
+            names(dataset_files(&converted, Some("plain_text"), &["train", "test"])),
+            ["plain_text/train/0000.parquet", "plain_text/partial-test/0000.parquet"]
+        );
+        let flat: Vec<Sibling> = ["data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"]
+            .map(sib)
+            .to_vec();
+        assert_eq!(
+            names(dataset_files(&flat, None, &["train"])),
+            ["data/train-00000-of-00001.parquet"]
+        );
+        // A config the repo does not have: nothing (not another config's files).
+        assert!(dataset_files(&listing, Some("qnli"), &["train"]).is_empty());
+        assert_eq!(dataset_files(&flat, Some("default"), &["train"]).len(), 1);
+    }
 }

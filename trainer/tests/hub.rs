@@ -57,7 +57,8 @@ fn serve_listing(files: &'static [&'static str]) -> (String, Arc<Mutex<Vec<Strin
                     auth = line.trim().to_owned();
                 }
             }
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let target = request.split_whitespace().nth(1).unwrap_or("");
+            let path = target.split('?').next().unwrap_or("").to_owned();
             seen.lock().unwrap().push(format!("{path} {auth}"));
             let body: Option<Vec<u8>> = if path == "/api/models/tiny/llama/revision/main" {
                 let siblings: Vec<_> = files.iter().map(|f| serde_json::json!({ "rfilename": f })).collect();
