@@ -148,6 +148,8 @@ mod tests {
         round_trips::<Precision>();
         round_trips::<crate::eval::Scoring>();
         round_trips::<crate::prompt::TaskType>();
+        round_trips::<crate::stats::TestKind>();
+        round_trips::<crate::study::InitMethod>();
         assert_eq!("cuda:3".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(3)));
         assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(0)));
         assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));

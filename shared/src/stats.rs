@@ -22,11 +22,11 @@ pub fn std(xs: &[f64], ddof: usize) -> f64 {
     (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - ddof) as f64).sqrt()
 }
 
-/// The result of Welch's t-test.
+/// The result of a two-sample t-test.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TTest {
     pub t: f64,
-    /// Welch–Satterthwaite degrees of freedom.
+    /// Degrees of freedom (Welch–Satterthwaite's, or n_a + n_b − 2 for Student's).
     pub df: f64,
     /// Two-sided p-value.
     pub p: f64,
@@ -53,6 +53,61 @@ pub fn welch_t_test(a: &[f64], b: &[f64]) -> TTest {
     let df = se2 * se2 / (va * va / (na - 1.0) + vb * vb / (nb - 1.0));
     let p = incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
     TTest { t, df, p }
+}
+
+/// Student's t-test with pooled, equal variances (as `scipy.stats.ttest_ind(a, b,
+/// equal_var=True)` and `ttest_ind_from_stats(…, equal_var=True)`, the paper's significance
+/// script); `df` = n_a + n_b − 2. NaN fields when a side has fewer than two values or both
+/// variances are 0.
+pub fn student_t_test(a: &[f64], b: &[f64]) -> TTest {
+    let nan = TTest {
+        t: f64::NAN,
+        df: f64::NAN,
+        p: f64::NAN,
+    };
+    if a.len() < 2 || b.len() < 2 {
+        return nan;
+    }
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let df = na + nb - 2.0;
+    let pooled = ((na - 1.0) * std(a, 1).powi(2) + (nb - 1.0) * std(b, 1).powi(2)) / df;
+    let se2 = pooled * (1.0 / na + 1.0 / nb);
+    if se2 <= 0.0 || !se2.is_finite() {
+        return nan;
+    }
+    let t = (mean(a) - mean(b)) / se2.sqrt();
+    let p = incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
+    TTest { t, df, p }
+}
+
+/// Which two-sample t-test the tables use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestKind {
+    /// Unequal variances (tpv's default: three origins rarely have equal spreads).
+    #[default]
+    Welch,
+    /// Equal variances, as the paper's significance script.
+    Student,
+}
+
+crate::named!(TestKind, "t-test", { Welch => "welch", Student => "student" });
+
+impl TestKind {
+    pub fn run(self, a: &[f64], b: &[f64]) -> TTest {
+        match self {
+            Self::Welch => welch_t_test(a, b),
+            Self::Student => student_t_test(a, b),
+        }
+    }
+
+    /// The test's name in table headers.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Welch => "Welch",
+            Self::Student => "Student",
+        }
+    }
 }
 
 /// Bonferroni-corrected p-value for a family of `m` comparisons.

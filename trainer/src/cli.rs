@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tpv_shared::eval::Scoring;
+use tpv_shared::stats::TestKind;
 use tpv_shared::{Measure, MergeKind, Named, SignElection, TaskType};
 
 /// The parser of a flag that takes a shared enum: its possible values are the enum's names (so
@@ -116,6 +117,10 @@ pub struct SweepArgs {
 pub struct AggregateArgs {
     /// The study directory (study.output of the config).
     pub study_dir: PathBuf,
+    /// The two-sample t-test of the comparisons: `welch` (unequal variances) or `student`
+    /// (equal variances, as the paper's significance script); the tables name it.
+    #[arg(long, value_parser = named::<TestKind>(), default_value = "welch")]
+    pub test: TestKind,
     /// Where to write tables.{md,csv,json} (default: the study directory).
     #[arg(short, long)]
     pub output: Option<PathBuf>,

@@ -234,6 +234,38 @@ fn study_runs_resumes_aggregates_and_reports() {
     assert_eq!(transfer.len(), 8);
     let compared: Vec<&Value> = transfer.iter().filter(|r| !r["vs_tpv_sum"].is_null()).collect();
     assert_eq!(compared.len(), 6);
+    // The paper's test (Student's, equal variances) on request: the tables name it and its p
+    // values are the shared function's of the same values.
+    assert_eq!(agg["test"], "welch");
+    let student_dir = tmp.path().join("agg-student");
+    let out = tpv()
+        .args(["aggregate", "--test", "student", "-o"])
+        .arg(&student_dir)
+        .arg(&study)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TPV-sum vs this: Student p (Bonferroni)"));
+    let st: Value = serde_json::from_str(&std::fs::read_to_string(student_dir.join("tables.json")).unwrap()).unwrap();
+    assert_eq!(st["test"], "student");
+    let vals = |v: &Value| -> Vec<f64> {
+        v["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    for r in st["cross_origin"].as_array().unwrap() {
+        let want = tpv_shared::stats::student_t_test(&vals(&r["original"]), &vals(&r["cross"])).p;
+        let got = r["test"]["p"].as_f64().unwrap_or(f64::NAN);
+        assert!(got == want || (got.is_nan() && want.is_nan()), "{got} vs {want}");
+    }
+    assert!(
+        std::fs::read_to_string(student_dir.join("tables.csv"))
+            .unwrap()
+            .contains("student_p")
+    );
     let add = agg["addition"].as_array().unwrap();
     assert_eq!(add.len(), 2);
     assert!(add.iter().all(|r| r["combined"]["n"] == 2));

@@ -136,7 +136,7 @@ fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> 
 }
 
 pub fn aggregate(args: &AggregateArgs) -> Result<()> {
-    let a = agg::aggregate(&args.study_dir)?;
+    let a = agg::aggregate_with(&args.study_dir, args.test)?;
     let dir = args.output.clone().unwrap_or_else(|| args.study_dir.clone());
     let files = a.write(&dir)?;
     if args.json {

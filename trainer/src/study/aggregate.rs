@@ -1,9 +1,10 @@
 //! Aggregation of a study directory (whatever has finished): mean ± std over origins, performance
-//! relative to single-task prompts, Welch t-tests with the Bonferroni correction, similarity
+//! relative to single-task prompts, t-tests (Welch's by default, Student's as the paper's script
+//! with `--test student`) with the Bonferroni correction, similarity
 //! matrices across origins, and the list of missing runs; written as Markdown, CSV and JSON.
 //!
 //! Standard deviations are numpy's default (population, ddof = 0), as the reference code computes
-//! them; the t-tests use sample variances (Welch).
+//! them; the t-tests use sample variances.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tpv_shared::similarity::{self, AcrossOrigins, Labelled, Measure};
-use tpv_shared::stats::{TTest, bonferroni, mean, std, welch_t_test};
+use tpv_shared::stats::{TTest, TestKind, bonferroni, mean, std};
 use tpv_shared::study::{StudyFile, init_label};
 use tpv_shared::{SoftPrompt, tasks};
 
@@ -141,6 +142,9 @@ pub struct Aggregate {
     /// How the runs' test predictions were made (`generate`, `rank`), each once.
     #[serde(default)]
     pub scoring: Vec<String>,
+    /// The t-test of the cross-origin and transfer comparisons.
+    #[serde(default)]
+    pub test: TestKind,
 }
 
 /// The score names of a task: exact match (accuracy; not for regression tasks scored by
@@ -158,8 +162,13 @@ fn task_metrics(task: &str) -> Vec<String> {
     out
 }
 
-/// Reads a study directory and aggregates what has finished.
+/// Reads a study directory and aggregates what has finished (Welch's t-tests).
 pub fn aggregate(dir: &Path) -> Result<Aggregate> {
+    aggregate_with(dir, TestKind::default())
+}
+
+/// [`aggregate`] with the t-test to use (`tpv aggregate --test student|welch`).
+pub fn aggregate_with(dir: &Path, test: TestKind) -> Result<Aggregate> {
     let manifest_path = dir.join("study.json");
     let study = StudyFile::from_json(&io::read_bytes(&manifest_path)?)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
@@ -181,7 +190,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
             train::RunState::Unreadable(e) => bail!("{}: {e}", job.id),
         }
     }
-    let f = Finished { study, runs };
+    let f = Finished { study, runs, test };
     let similarity = similarity_of(&f.study, &f.runs)?;
     let scoring = dedup(
         f.runs
@@ -196,6 +205,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
         cross_origin: cross_origin_rows(&f),
         transfer: transfer_rows(&f),
         similarity,
+        test: f.test,
         name: f.study.name.clone(),
         origins: f.study.origins.clone(),
         jobs: f.study.jobs.len(),
@@ -209,6 +219,7 @@ pub fn aggregate(dir: &Path) -> Result<Aggregate> {
 struct Finished {
     study: StudyFile,
     runs: BTreeMap<String, SoftPrompt>,
+    test: TestKind,
 }
 
 impl Finished {
@@ -343,7 +354,7 @@ fn cross_origin_rows(f: &Finished) -> Vec<CrossOriginRow> {
                     .map(|j| f.metric(&j.id, &key))
                     .collect(),
             );
-            let test = welch_t_test(&finite(&original.values), &finite(&cross.values));
+            let test = f.test.run(&finite(&original.values), &finite(&cross.values));
             cross_origin.push(CrossOriginRow {
                 task: task.clone(),
                 metric,
@@ -405,7 +416,7 @@ fn transfer_rows(f: &Finished) -> Vec<TransferRow> {
                 (init != "tpv_sum" && keys.contains(&(target.clone(), *shots, "tpv_sum".into()))).then(|| {
                     let sum = values_of(target, *shots, "tpv_sum", &metric);
                     Test {
-                        test: welch_t_test(&finite(&sum), &finite(&score.values)),
+                        test: f.test.run(&finite(&sum), &finite(&score.values)),
                         p_bonferroni: f64::NAN,
                         m: 0,
                     }
@@ -652,7 +663,8 @@ impl Aggregate {
         if !self.cross_origin.is_empty() {
             let _ = writeln!(
                 s,
-                "\n## Cross-origin (θ₀ of one origin + τ of another; test)\n\n| task | metric | original | cross-origin | Welch p (Bonferroni) |\n|---|---|---|---|---|"
+                "\n## Cross-origin (θ₀ of one origin + τ of another; test)\n\n| task | metric | original | cross-origin | {} p (Bonferroni) |\n|---|---|---|---|---|",
+                self.test.title()
             );
             for r in &self.cross_origin {
                 let _ = writeln!(
@@ -669,7 +681,8 @@ impl Aggregate {
         if !self.transfer.is_empty() {
             let _ = writeln!(
                 s,
-                "\n## Transfer to target tasks (test, by shots and init)\n\n| target | metric | shots | init | score | n | TPV-sum vs this: Welch p (Bonferroni) |\n|---|---|---|---|---|---|---|"
+                "\n## Transfer to target tasks (test, by shots and init)\n\n| target | metric | shots | init | score | n | TPV-sum vs this: {} p (Bonferroni) |\n|---|---|---|---|---|---|---|",
+                self.test.title()
             );
             for r in &self.transfer {
                 let _ = writeln!(
@@ -720,14 +733,16 @@ impl Aggregate {
                 put("addition", &r.task, &r.metric, "", &set, stat, v)?;
             }
         }
+        // The p-value columns name their test (`welch_p`, `student_p`).
+        let (p, p_bonf) = (format!("{}_p", self.test), format!("{}_p_bonferroni", self.test));
         for r in &self.cross_origin {
             for (stat, v) in [
                 ("original_mean", r.original.mean),
                 ("original_std", r.original.std),
                 ("cross_mean", r.cross.mean),
                 ("cross_std", r.cross.std),
-                ("welch_p", r.test.test.p),
-                ("welch_p_bonferroni", r.test.p_bonferroni),
+                (p.as_str(), r.test.test.p),
+                (p_bonf.as_str(), r.test.p_bonferroni),
             ] {
                 put("cross_origin", &r.task, &r.metric, "", "cross", stat, v)?;
             }
@@ -744,7 +759,7 @@ impl Aggregate {
                     &r.metric,
                     &shots,
                     &r.init,
-                    "tpv_sum_welch_p",
+                    &format!("tpv_sum_{p}"),
                     t.test.p,
                 )?;
                 put(
@@ -753,7 +768,7 @@ impl Aggregate {
                     &r.metric,
                     &shots,
                     &r.init,
-                    "tpv_sum_welch_p_bonferroni",
+                    &format!("tpv_sum_{p_bonf}"),
                     t.p_bonferroni,
                 )?;
             }
