@@ -73,6 +73,11 @@ pub struct SweepArgs {
     /// Jobs at once (child processes; for machines with several GPUs or many cores).
     #[arg(short = 'j', long = "jobs", default_value_t = 1)]
     pub jobs: usize,
+    /// The GPUs the job slots run on, comma-separated (slot k on the k-th, round robin; each
+    /// child sees its GPU alone through CUDA_VISIBLE_DEVICES). Default on a CUDA study: every
+    /// visible GPU; `none`: all children on the configured device.
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
     /// Run only this job (an id from --list).
     #[arg(long, conflicts_with_all = ["stage", "emit"])]
     pub job: Option<String>,

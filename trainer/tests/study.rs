@@ -620,6 +620,34 @@ fn slurm_scripts_quote_or_refuse_what_they_carry() {
     assert!(calls.contains("--dependency=afterany:4242 --array=0,"), "{calls}");
 }
 
+/// Issue 17: `-j N` on a server with several GPUs put every child on the configured device. The
+/// slots now take a GPU each (round robin), given to their children as CUDA_VISIBLE_DEVICES; on
+/// a CUDA study every visible GPU by default. Tested on the CPU with fake device lists.
+#[test]
+fn sweep_slots_are_spread_over_the_gpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let out = tpv()
+        .args(["sweep", "-j", "2", "--gpus", "5,7", "--max-jobs", "4"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(" on GPU 5") && err.contains(" on GPU 7"), "{err}");
+    // A CUDA study takes the visible GPUs by default (here the children fail: no CUDA in this build).
+    let out = tpv()
+        .args(["sweep", "-j", "2", "--max-jobs", "2", "--set", "model.device=\"cuda\""])
+        .arg(&config)
+        .env("CUDA_VISIBLE_DEVICES", "3,4")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(" on GPU 3") && err.contains(" on GPU 4"), "{err}");
+    let bad = tpv().args(["sweep", "--gpus", "0,,1"]).arg(&config).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--gpus"));
+}
+
 /// resubmit.sh lists the unfinished jobs from the directory the array tasks run in: a study
 /// output relative to it is found wherever the script is started from (run from elsewhere, it
 /// used to see no finished run and submit every job again).

@@ -61,6 +61,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &study,
         &SweepOptions {
             jobs: args.jobs.unwrap_or_else(default_jobs),
+            gpus: Vec::new(),
             sets: sets.clone(),
             max_jobs: None,
             abort_in_job: None,

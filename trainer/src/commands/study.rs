@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::print_json;
 use crate::cli::{AggregateArgs, ReportArgs, SweepArgs};
-use crate::study::jobs::{SweepOptions, run_all, run_job, write_eval_sets, write_manifest};
+use crate::study::jobs::{SweepOptions, run_all, run_job, sweep_gpus, write_eval_sets, write_manifest};
 use crate::study::slurm::{SlurmOptions, emit};
 use crate::study::{Study, aggregate as agg, report as rep};
 
@@ -61,6 +61,7 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         &study,
         &SweepOptions {
             jobs: args.jobs,
+            gpus: sweep_gpus(&study, args.gpus.as_deref())?,
             sets: args.sets.clone(),
             max_jobs: args.max_jobs,
             abort_in_job,

@@ -30,6 +30,9 @@ use crate::train::{self, RunOptions};
 pub struct SweepOptions {
     /// Jobs at once (child processes).
     pub jobs: usize,
+    /// The GPU of each worker slot (slot k: `gpus[k % len]`), given to its children as
+    /// `CUDA_VISIBLE_DEVICES`; empty: every child uses the configured device.
+    pub gpus: Vec<String>,
     /// The `--set` overrides, passed on to child processes.
     pub sets: Vec<String>,
     /// Stop after this many jobs ran (a partial study).
@@ -279,9 +282,12 @@ fn run_parallel(
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         (cores / opts.jobs).max(1)
     });
+    let cuda = study_device(study).starts_with("cuda");
     std::thread::scope(|scope| {
-        for _ in 0..opts.jobs {
-            scope.spawn(|| {
+        for slot in 0..opts.jobs {
+            let gpu = (!opts.gpus.is_empty()).then(|| opts.gpus[slot % opts.gpus.len()].clone());
+            let (queue, progress, index, exe) = (&queue, &progress, &index, &exe);
+            scope.spawn(move || {
                 loop {
                     let job = {
                         let Ok(mut q) = queue.lock() else { return };
@@ -313,7 +319,8 @@ fn run_parallel(
                                 let job = q.waiting.remove(i);
                                 q.running.push(job.id.clone());
                                 q.ran += 1;
-                                eprintln!("[{}/{total}] {}", q.ran, job.id);
+                                let on = gpu.as_ref().map_or(String::new(), |g| format!(" on GPU {g}"));
+                                eprintln!("[{}/{total}] {}{on}", q.ran, job.id);
                                 Some(job)
                             }
                             None => None,
@@ -324,10 +331,17 @@ fn run_parallel(
                         continue;
                     };
                     let t = Instant::now();
-                    let mut cmd = Command::new(&exe);
+                    let mut cmd = Command::new(exe);
                     cmd.arg("sweep").arg(&study.path).arg("--job").arg(&job.id);
                     for s in &opts.sets {
                         cmd.arg("--set").arg(s);
+                    }
+                    if let Some(g) = &gpu {
+                        // The child sees its slot's GPU alone, as device 0.
+                        cmd.env("CUDA_VISIBLE_DEVICES", g);
+                        if cuda {
+                            cmd.arg("--set").arg("model.device=\"cuda:0\"");
+                        }
                     }
                     if let Some(n) = threads_per_job {
                         cmd.env("RAYON_NUM_THREADS", n.to_string());
@@ -362,6 +376,59 @@ fn run_parallel(
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
     Ok((q.ran, skipped, q.failed))
+}
+
+/// The device the study's runs use (`model.device` of its base config; `cpu` by default).
+pub fn study_device(study: &Study) -> String {
+    study
+        .base
+        .get("model")
+        .and_then(|m| m.get("device"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or("cpu")
+        .to_owned()
+}
+
+/// The GPUs to spread a sweep's worker slots over: `--gpus` as given (`none`: no spreading),
+/// else, when the study runs on CUDA, every visible one (`CUDA_VISIBLE_DEVICES`'s entries, or
+/// `nvidia-smi --list-gpus`' count); nothing on the CPU.
+pub fn sweep_gpus(study: &Study, given: Option<&str>) -> Result<Vec<String>> {
+    if let Some(list) = given {
+        if list == "none" {
+            return Ok(Vec::new());
+        }
+        let gpus: Vec<String> = list.split(',').map(|g| g.trim().to_owned()).collect();
+        if gpus
+            .iter()
+            .any(|g| g.is_empty() || !g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            bail!("--gpus {list:?}: give GPU indexes or UUIDs, comma-separated (or `none`)");
+        }
+        return Ok(gpus);
+    }
+    if !study_device(study).starts_with("cuda") {
+        return Ok(Vec::new());
+    }
+    if let Ok(visible) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return Ok(visible
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect());
+    }
+    let listed = Command::new("nvidia-smi")
+        .arg("--list-gpus")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count()
+        });
+    Ok((0..listed).map(|i| i.to_string()).collect())
 }
 
 /// Runs one job (resuming it if it was interrupted); returns its run file. `abort_after_step`
