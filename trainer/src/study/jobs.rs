@@ -331,25 +331,7 @@ fn run_parallel(
                         continue;
                     };
                     let t = Instant::now();
-                    let mut cmd = Command::new(exe);
-                    cmd.arg("sweep").arg(&study.path).arg("--job").arg(&job.id);
-                    for s in &opts.sets {
-                        cmd.arg("--set").arg(s);
-                    }
-                    if let Some(g) = &gpu {
-                        // The child sees its slot's GPU alone, as device 0.
-                        cmd.env("CUDA_VISIBLE_DEVICES", g);
-                        if cuda {
-                            cmd.arg("--set").arg("model.device=\"cuda:0\"");
-                        }
-                    }
-                    if let Some(n) = threads_per_job {
-                        cmd.env("RAYON_NUM_THREADS", n.to_string());
-                    }
-                    // The child prints its run file's path; this line reports the job instead.
-                    // Its progress bar would fight the other slots' for the terminal's last line.
-                    cmd.stdout(std::process::Stdio::null())
-                        .env(crate::train::NO_PROGRESS_BAR, "1");
+                    let mut cmd = child_command(exe, study, &job, opts, gpu.as_deref(), cuda, threads_per_job);
                     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
                     let finished = ok && study.finished(&job);
                     if let Ok(mut q) = queue.lock() {
@@ -376,6 +358,37 @@ fn run_parallel(
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
     Ok((q.ran, skipped, q.failed))
+}
+
+/// The child process that runs `job` in a worker slot: `tpv sweep CONFIG --job ID` with the
+/// sweep's overrides, the slot's GPU (seen alone, as device 0) and its share of the cores; its
+/// stdout and progress bar silenced (the slot reports the job).
+fn child_command(
+    exe: &Path,
+    study: &Study,
+    job: &Job,
+    opts: &SweepOptions,
+    gpu: Option<&str>,
+    cuda: bool,
+    threads: Option<usize>,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("sweep").arg(&study.path).arg("--job").arg(&job.id);
+    for s in &opts.sets {
+        cmd.arg("--set").arg(s);
+    }
+    if let Some(g) = gpu {
+        cmd.env("CUDA_VISIBLE_DEVICES", g);
+        if cuda {
+            cmd.arg("--set").arg("model.device=\"cuda:0\"");
+        }
+    }
+    if let Some(n) = threads {
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .env(crate::train::NO_PROGRESS_BAR, "1");
+    cmd
 }
 
 /// The device the study's runs use (`model.device` of its base config; `cpu` by default).
