@@ -134,10 +134,19 @@ bash "$T/a/slurm/submit.sh" >/dev/null
 wait_idle 300
 check "(a) every job of the tiny study finishes under Slurm" "$(missing "$T/a/study.toml")" ""
 
-# (b) Task b's training file is missing: exactly the jobs that need b are missing.
+# (b) Task b's training file goes missing after the scripts were written (the preflight refuses
+# to write them while it is missing): exactly the jobs that need b are missing.
 study "$T/b"
 mv "$T/b/b-train.jsonl" "$T/b/b-train.jsonl.away"
+if "$TPV" sweep "$T/b/study.toml" --emit slurm -o "$T/b/slurm" >/dev/null 2>"$T/b/emit.err"; then
+  log "FAIL (b) the scripts were written with task b's data missing"; fail=1
+else
+  grep -q "MISSING data" "$T/b/emit.err" && log "ok   (b) the preflight refuses to emit with task b's data missing" \
+    || { log "FAIL (b) the emission failed without naming the missing data"; fail=1; }
+fi
+mv "$T/b/b-train.jsonl.away" "$T/b/b-train.jsonl"
 "$TPV" sweep "$T/b/study.toml" --emit slurm -o "$T/b/slurm" >/dev/null
+mv "$T/b/b-train.jsonl" "$T/b/b-train.jsonl.away"
 bash "$T/b/slurm/submit.sh" >/dev/null
 wait_idle 300
 need_b=$("$TPV" sweep "$T/b/study.toml" --list --json | python3 -c '

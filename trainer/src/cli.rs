@@ -100,6 +100,11 @@ pub struct SweepArgs {
     /// List the jobs (id, stage, finished) and exit.
     #[arg(long)]
     pub list: bool,
+    /// Only the preflight: resolve every model and dataset (downloading them unless
+    /// HF_HUB_OFFLINE=1), open the devices, estimate memory and disk; a table, and a failure when
+    /// anything is missing. Every sweep and Slurm emission starts with it.
+    #[arg(long, conflicts_with_all = ["list", "job", "stage", "todo"])]
+    pub check: bool,
     /// Print the array indexes of STAGE's unfinished jobs, comma-separated (for `sbatch
     /// --array=…`: what the emitted resubmit.sh re-runs), and exit.
     #[arg(long, value_name = "STAGE", conflicts_with_all = ["stage", "job", "emit", "list"])]

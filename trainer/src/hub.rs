@@ -134,7 +134,8 @@ impl Hub {
             attempt += 1;
             let mut resp = match self.get(&url, 0) {
                 Ok(r) => r,
-                Err(e) if attempt < ATTEMPTS => {
+                // No answer at all (no route, no name): one more try, not the full series.
+                Err(e) if attempt < 2 => {
                     tracing::info!("{e:#}; retrying");
                     std::thread::sleep(backoff(attempt, None));
                     continue;

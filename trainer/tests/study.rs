@@ -620,6 +620,53 @@ fn slurm_scripts_quote_or_refuse_what_they_carry() {
     assert!(calls.contains("--dependency=afterany:4242 --array=0,"), "{calls}");
 }
 
+/// Issue 17: nothing told the user, before a long sweep started, that a dataset or a model would
+/// not be there. The preflight resolves them all first; a study whose second task's data is
+/// missing stops before its first job, naming it.
+#[test]
+fn the_preflight_stops_a_study_whose_second_tasks_data_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = study_config(tmp.path());
+    let ok = tpv()
+        .args(["--json", "sweep", "--check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let checks: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    let whats: Vec<&str> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    for prefix in ["data ", "model ", "device cpu", "memory ", "disk "] {
+        assert!(whats.iter().any(|w| w.starts_with(prefix)), "{prefix}: {whats:?}");
+    }
+    std::fs::remove_file(tmp.path().join("b-train.jsonl")).unwrap();
+    for args in [&["sweep", "--check"][..], &["sweep"][..]] {
+        let out = tpv().args(args).arg(&config).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("MISSING data b-train.jsonl") && err.contains("nothing was started"),
+            "{err}"
+        );
+    }
+    let emit = tpv()
+        .args(["sweep", "--emit", "slurm", "-o"])
+        .arg(tmp.path().join("slurm"))
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!emit.status.success());
+    assert!(
+        !tmp.path().join("slurm/submit.sh").exists(),
+        "no scripts for a study that cannot run"
+    );
+    assert!(!tmp.path().join("study/prompt_tuning").exists(), "no job ran");
+}
+
 /// Issue 17: `-j N` on a server with several GPUs put every child on the configured device. The
 /// slots now take a GPU each (round robin), given to their children as CUDA_VISIBLE_DEVICES; on
 /// a CUDA study every visible GPU by default. Tested on the CPU with fake device lists.
@@ -635,7 +682,8 @@ fn sweep_slots_are_spread_over_the_gpus() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(" on GPU 5") && err.contains(" on GPU 7"), "{err}");
-    // A CUDA study takes the visible GPUs by default (here the children fail: no CUDA in this build).
+    // A CUDA study takes the visible GPUs by default (this build has no CUDA: the preflight then
+    // stops it, after naming the slots' GPUs).
     let out = tpv()
         .args(["sweep", "-j", "2", "--max-jobs", "2", "--set", "model.device=\"cuda\""])
         .arg(&config)
@@ -643,7 +691,8 @@ fn sweep_slots_are_spread_over_the_gpus() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(" on GPU 3") && err.contains(" on GPU 4"), "{err}");
+    assert!(err.contains("job slots on GPUs 3, 4"), "{err}");
+    assert!(!out.status.success() && err.contains("MISSING device cuda"), "{err}");
     let bad = tpv().args(["sweep", "--gpus", "0,,1"]).arg(&config).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--gpus"));
 }

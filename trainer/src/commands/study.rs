@@ -26,6 +26,9 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         out!("{}", todo.join(","));
         return Ok(());
     }
+    if args.check {
+        return preflight(&study, args.json);
+    }
     if let Some(scheduler) = &args.emit {
         return emit_scripts(&study, scheduler, args);
     }
@@ -50,6 +53,11 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         out!("{}", file.display());
         return Ok(());
     }
+    let gpus = sweep_gpus(&study, args.gpus.as_deref())?;
+    if !gpus.is_empty() {
+        eprintln!("job slots on GPUs {} (one each, round robin)", gpus.join(", "));
+    }
+    preflight(&study, false)?;
     let abort_in_job = match &args.abort_in_job {
         Some(s) => {
             let (n, step) = s.split_once(':').context("--abort-in-job N:S")?;
@@ -61,7 +69,7 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         &study,
         &SweepOptions {
             jobs: args.jobs,
-            gpus: sweep_gpus(&study, args.gpus.as_deref())?,
+            gpus,
             sets: args.sets.clone(),
             max_jobs: args.max_jobs,
             abort_in_job,
@@ -84,6 +92,26 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
     }
     if !failed.is_empty() {
         bail!("{} jobs failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The study's preflight: the table on stderr (or JSON on stdout for `--check --json`), and an
+/// error naming what is missing.
+fn preflight(study: &Study, json: bool) -> Result<()> {
+    let checks = crate::study::preflight::preflight(study);
+    let missing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.what.as_str()).collect();
+    if json {
+        print_json(&serde_json::to_value(&checks)?)?;
+    } else {
+        eprint!("{}", crate::study::preflight::table(&checks));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the preflight found {} missing: {} (nothing was started)",
+            missing.len(),
+            missing.join("; ")
+        );
     }
     Ok(())
 }
@@ -115,18 +143,17 @@ fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> 
         bail!("--emit {scheduler}: only slurm is supported");
     }
     let dir = args.output.as_ref().context("--emit slurm needs -o DIR")?;
-    let files = emit(
-        study,
-        dir,
-        &SlurmOptions {
-            sbatch: args.sbatch.clone(),
-            max_parallel: args.max_parallel,
-            tpv: std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "tpv".into()),
-            sets: args.sets.clone(),
-        },
-    )?;
+    let opts = SlurmOptions {
+        sbatch: args.sbatch.clone(),
+        max_parallel: args.max_parallel,
+        tpv: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "tpv".into()),
+        sets: args.sets.clone(),
+    };
+    crate::study::slurm::check_values(study, dir, &opts)?;
+    preflight(study, false)?;
+    let files = emit(study, dir, &opts)?;
     write_manifest(study)?;
     // The array tasks run single jobs; the eval sets the report bundles are written here.
     write_eval_sets(study)?;

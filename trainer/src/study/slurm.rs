@@ -53,6 +53,25 @@ fn sbatch_value(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// What the scripts carry that no quoting protects: the values on `#SBATCH` lines (the study's
+/// name, the working and output directories), the extra `--sbatch` lines, the tpv command.
+/// Checked before anything else of an emission (the preflight included).
+pub fn check_values(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<()> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    sbatch_value("study.name", &study.study.name)?;
+    sbatch_value("the working directory", &cwd.display().to_string())?;
+    sbatch_value("the output directory", &dir.display().to_string())?;
+    for line in &opts.sbatch {
+        if line.chars().any(char::is_control) {
+            bail!("--sbatch {line:?} contains a control character (one #SBATCH line each)");
+        }
+    }
+    if opts.tpv.chars().any(char::is_control) {
+        bail!("the tpv command {:?} contains a control character", opts.tpv);
+    }
+    Ok(())
+}
+
 /// One stage's job array: one array index per job id, each running `SWEEP --stage S --index I`
 /// from `cwd` with its log under `logs`.
 fn stage_script(
@@ -123,17 +142,7 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
     // Relative paths in the config (the study output) mean what they mean here.
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let logs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    sbatch_value("study.name", &study.study.name)?;
-    sbatch_value("the working directory", &cwd.display().to_string())?;
-    sbatch_value("the output directory", &logs.display().to_string())?;
-    for line in &opts.sbatch {
-        if line.chars().any(char::is_control) {
-            bail!("--sbatch {line:?} contains a control character (one #SBATCH line each)");
-        }
-    }
-    if opts.tpv.chars().any(char::is_control) {
-        bail!("the tpv command {:?} contains a control character", opts.tpv);
-    }
+    check_values(study, &logs, opts)?;
     let jobs = study.jobs();
     // `tpv sweep CONFIG --set …`, quoted: the start of every command the scripts run.
     let mut sweep = format!(

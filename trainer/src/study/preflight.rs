@@ -1,0 +1,371 @@
+//! The preflight of a study (`tpv sweep STUDY --check`, and the start of every sweep and Slurm
+//! emission): before the first of possibly thousands of GPU hours, every model and every task's
+//! data is resolved (downloaded into the caches unless `HF_HUB_OFFLINE=1`), the devices are
+//! opened, each job's memory (weights + activations at its batch size and dtype) is estimated
+//! against the device's, and the disk the unfinished runs need against what is free. One table;
+//! anything missing fails the sweep before it starts.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{Job, JobKind, Study};
+use crate::config::Config;
+use crate::{data, models};
+
+/// One line of the preflight's table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The configs whose data and model a study's jobs read: each training job's, and each
+/// evaluated task's.
+fn job_configs(study: &Study, job: &Job) -> Vec<Config> {
+    let mut out: Vec<Config> = Vec::new();
+    if let Ok(Some(c)) = study.train_config(job, None) {
+        out.push(c);
+    }
+    let task = match &job.kind {
+        JobKind::PromptTuning { task, .. } => Some(task),
+        JobKind::Transfer { target, .. } => Some(target),
+        _ => None,
+    };
+    if let Some(Ok(c)) = task.map(|t| study.task_config(t, job)) {
+        out.push(c);
+    }
+    out
+}
+
+/// Runs every check; the table is in the order the user acts on it (data, models, devices,
+/// memory, disk).
+pub fn preflight(study: &Study) -> Vec<Check> {
+    let jobs = study.jobs();
+    let mut checks = Vec::new();
+    let (mut data_seen, mut models_seen, mut devices_seen) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let mut configs: Vec<Config> = Vec::new();
+    for job in &jobs {
+        if let Err(e) = study.train_config(job, None) {
+            checks.push(Check {
+                what: format!("config of {}", job.id),
+                ok: false,
+                detail: format!("{e:#}"),
+            });
+            continue;
+        }
+        configs.extend(job_configs(study, job));
+    }
+    for c in &configs {
+        // Whether the data is there does not depend on the shots or caps a job takes of it.
+        let d = &c.data;
+        let key =
+            serde_json::to_string(&(&d.train, &d.dataset_dir, &d.validation, &d.test, &d.task)).unwrap_or_default();
+        if data_seen.insert(key) {
+            checks.push(data_check(c));
+        }
+    }
+    for c in &configs {
+        if models_seen.insert(c.model.path.clone()) {
+            checks.push(model_check(c));
+        }
+        if devices_seen.insert(c.model.device.clone()) {
+            checks.push(device_check(&c.model.device));
+        }
+    }
+    let mut memory_seen = BTreeSet::new();
+    for c in &configs {
+        let key = (
+            c.model.path.clone(),
+            c.model.dtype.clone(),
+            c.model.device.clone(),
+            c.optim.batch_size,
+        );
+        if memory_seen.insert(key) {
+            checks.push(memory_check(c));
+        }
+    }
+    checks.push(disk_check(study, &jobs, &configs));
+    checks
+}
+
+fn data_check(c: &Config) -> Check {
+    let name = &c.data.train;
+    match data::load_all(&c.data) {
+        Ok(all) => {
+            let counts: Vec<String> = all
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {}/{}/{}",
+                        s.task.name,
+                        s.train.len(),
+                        s.validation.len(),
+                        s.test.len()
+                    )
+                })
+                .collect();
+            Check {
+                what: format!("data {name}"),
+                ok: true,
+                detail: format!("train/validation/test: {}", counts.join(", ")),
+            }
+        }
+        Err(e) => Check {
+            what: format!("data {name}"),
+            ok: false,
+            detail: format!("{e:#}"),
+        },
+    }
+}
+
+fn model_check(c: &Config) -> Check {
+    let what = format!("model {}", c.model.path);
+    match models::resolve(&c.model.path) {
+        Ok(path) => Check {
+            what,
+            ok: true,
+            detail: format!("{} ({})", path.display(), gb(dir_size(&path))),
+        },
+        Err(e) => Check {
+            what,
+            ok: false,
+            detail: format!("{e:#}"),
+        },
+    }
+}
+
+fn device_check(spec: &str) -> Check {
+    match models::device(spec) {
+        Ok(_) => Check {
+            what: format!("device {spec}"),
+            ok: true,
+            detail: "opens".into(),
+        },
+        Err(e) => Check {
+            what: format!("device {spec}"),
+            ok: false,
+            detail: format!("{e:#}"),
+        },
+    }
+}
+
+/// Weights (parameters from the safetensors headers × the dtype's bytes) and activations kept
+/// for the backward pass (per layer ≈ batch·seq·(34·d + 5·heads·seq) half-precision bytes, as
+/// Korthikanti et al. 2022 count them, scaled to the dtype) against the device's memory.
+fn memory_check(c: &Config) -> Check {
+    let what = format!(
+        "memory {} ({}, batch {}, {})",
+        c.model.path, c.model.dtype, c.optim.batch_size, c.model.device
+    );
+    let Ok(path) = models::resolve(&c.model.path) else {
+        return Check {
+            what,
+            ok: false,
+            detail: "the model is missing (above)".into(),
+        };
+    };
+    let bytes = if c.model.dtype == "f32" { 4.0 } else { 2.0 };
+    let (Some(params), Some(shape)) = (safetensors_params(&path), model_shape(&path)) else {
+        return Check {
+            what,
+            ok: true,
+            detail: "not estimated (a GGUF file or a folder without safetensors headers)".into(),
+        };
+    };
+    let seq = (c.prompt.virtual_tokens + c.data.max_source_tokens.unwrap_or(256)) as f64;
+    let (d, layers, heads) = (shape.0 as f64, shape.1 as f64, shape.2 as f64);
+    let batch = c.optim.batch_size as f64;
+    let weights = params * bytes;
+    let activations = layers * batch * seq * (34.0 * d + 5.0 * heads * seq) * bytes / 2.0;
+    let need = weights + activations;
+    let detail = format!(
+        "needs ≈ {} (weights {}, activations {})",
+        gb(need),
+        gb(weights),
+        gb(activations)
+    );
+    match device_memory(&c.model.device) {
+        Some(have) if need > have => Check {
+            what,
+            ok: false,
+            detail: format!(
+                "{detail}; the device has {} (lower optim.batch_size or use bf16)",
+                gb(have)
+            ),
+        },
+        Some(have) => Check {
+            what,
+            ok: true,
+            detail: format!("{detail} of {}", gb(have)),
+        },
+        None => Check {
+            what,
+            ok: true,
+            detail: format!("{detail}; the device's memory is unknown"),
+        },
+    }
+}
+
+/// The space the unfinished runs write (each: its run file ≈ 2 prompts, its checkpoint ≈ 5)
+/// against what is free where the study writes.
+fn disk_check(study: &Study, jobs: &[Job], configs: &[Config]) -> Check {
+    let prompt = configs
+        .iter()
+        .map(|c| c.prompt.virtual_tokens * 8192 * 4)
+        .max()
+        .unwrap_or(0) as f64;
+    let todo = jobs.iter().filter(|j| !study.finished(j)).count() as f64;
+    let need = todo * (7.0 * prompt + 65536.0);
+    let what = format!("disk {}", study.output().display());
+    match free_space(study.output()) {
+        Some(free) => Check {
+            what,
+            ok: need < free,
+            detail: format!(
+                "{} unfinished runs need ≤ {}; {} free",
+                todo as usize,
+                gb(need),
+                gb(free)
+            ),
+        },
+        None => Check {
+            what,
+            ok: true,
+            detail: format!(
+                "{} unfinished runs need ≤ {}; free space unknown",
+                todo as usize,
+                gb(need)
+            ),
+        },
+    }
+}
+
+fn gb(bytes: f64) -> String {
+    if bytes >= 1e9 {
+        format!("{:.1} GB", bytes / 1e9)
+    } else {
+        format!("{:.0} MB", bytes / 1e6)
+    }
+}
+
+fn dir_size(path: &Path) -> f64 {
+    if path.is_file() {
+        return std::fs::metadata(path).map_or(0.0, |m| m.len() as f64);
+    }
+    std::fs::read_dir(path).map_or(0.0, |entries| {
+        entries
+            .flatten()
+            .map(|e| std::fs::metadata(e.path()).map_or(0.0, |m| m.len() as f64))
+            .sum()
+    })
+}
+
+/// The parameter count of a model folder's safetensors files, from their headers alone.
+fn safetensors_params(path: &Path) -> Option<f64> {
+    let files: Vec<_> = std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    if files.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    for f in files {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&f).ok()?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).ok()?;
+        let n = u64::from_le_bytes(len);
+        if n > tpv_shared::st::MAX_HEADER_BYTES.max(100 << 20) {
+            return None;
+        }
+        let mut header = vec![0u8; usize::try_from(n).ok()?];
+        file.read_exact(&mut header).ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        for (k, v) in json.as_object()? {
+            if k == "__metadata__" {
+                continue;
+            }
+            let shape = v.get("shape")?.as_array()?;
+            total += shape.iter().map(|x| x.as_f64().unwrap_or(0.0)).product::<f64>();
+        }
+    }
+    Some(total)
+}
+
+/// (hidden size, layers, attention heads) from a model folder's config.json (LLaMA or T5 keys).
+fn model_shape(path: &Path) -> Option<(usize, usize, usize)> {
+    let text = std::fs::read_to_string(path.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let get = |keys: &[&str]| keys.iter().find_map(|k| v.get(*k)?.as_u64()).map(|x| x as usize);
+    Some((
+        get(&["hidden_size", "d_model"])?,
+        get(&["num_hidden_layers", "num_layers"])?,
+        get(&["num_attention_heads", "num_heads"])?,
+    ))
+}
+
+/// The device's memory: the host's available memory for `cpu`, the GPU's from nvidia-smi for
+/// `cuda:N`; `None` when it cannot be read.
+fn device_memory(spec: &str) -> Option<f64> {
+    match spec.parse::<tpv_shared::DeviceSpec>().ok()? {
+        tpv_shared::DeviceSpec::Cpu => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let kb: f64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kb * 1024.0)
+        }
+        tpv_shared::DeviceSpec::Cuda(n) => {
+            let out = std::process::Command::new("nvidia-smi")
+                .args([
+                    "--query-gpu=memory.total",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    &n.to_string(),
+                ])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            let mib: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            Some(mib * 1024.0 * 1024.0)
+        }
+    }
+}
+
+/// Free bytes on the file system of `dir` (its nearest existing ancestor), from `df`.
+fn free_space(dir: &Path) -> Option<f64> {
+    let mut at = dir;
+    while !at.exists() {
+        at = at.parent()?;
+    }
+    let at = if at.as_os_str().is_empty() { Path::new(".") } else { at };
+    let out = std::process::Command::new("df").arg("-Pk").arg(at).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kb: f64 = text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// The table as text.
+pub fn table(checks: &[Check]) -> String {
+    let mut s = String::from("preflight:\n");
+    for c in checks {
+        s.push_str(&format!(
+            "  {} {:<44} {}\n",
+            if c.ok { "ok     " } else { "MISSING" },
+            c.what,
+            c.detail
+        ));
+    }
+    s
+}
