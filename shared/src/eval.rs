@@ -202,9 +202,9 @@ impl Loaded {
 
     /// An HF model: `config.json`, its safetensors shards, `tokenizer.json` and (optional)
     /// `tokenizer_config.json`. End-of-sequence ids: config.json's, then the tokenizer's.
-    pub fn from_hf(
+    pub fn from_hf<B: AsRef<[u8]>>(
         config_json: &str,
-        shards: &[Vec<u8>],
+        shards: &[B],
         tokenizer_json: &[u8],
         tokenizer_config: Option<&str>,
         dtype: DType,

@@ -2,7 +2,6 @@
 //! an HF hub id from the local hub cache, or `smollm2` (the embedded default, fetched into the
 //! cache on first use).
 
-use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +42,16 @@ pub fn device(spec: &str) -> Result<Device> {
             Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))
         }
     }
+}
+
+/// A read-only memory map of a weights file.
+#[allow(unsafe_code)]
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // SAFETY: the map is read only while the model's tensors are copied out of it (then dropped);
+    // tpv never writes model files, and another program truncating one meanwhile is the same
+    // hazard every memory-mapping loader (safetensors' own, candle's) accepts.
+    unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
 }
 
 /// Finds the files of `spec`: a directory, a `.gguf` file, `smollm2`, or `org/name` in the local
@@ -136,8 +145,9 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
     if !path.is_dir() {
         bail!("{}: expected a model directory or a .gguf file", path.display());
     }
-    // The folder's files as the shared description lists them, loaded by the shared loader (the
-    // browser's path too).
+    // The folder's files as the shared description lists them; the weights memory-mapped, not
+    // read: the heap holds the model's tensors once, and the file's pages stay the kernel's to
+    // drop (an 8B checkpoint used to occupy its size twice).
     let read_text = |name: &str| {
         std::fs::read_to_string(path.join(name)).with_context(|| format!("cannot read {}", path.join(name).display()))
     };
@@ -148,16 +158,24 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
         );
     }
     let names = hf_files::to_read(|f| path.join(f).exists(), || read_text(hf_files::INDEX))?;
-    let mut files = BTreeMap::new();
-    for name in names {
-        let file = path.join(&name);
-        files.insert(
-            name,
-            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
-        );
-    }
-    let loaded = Loaded::from_files(&files, dtype, device).with_context(|| format!("loading {}", path.display()))?;
-    drop(files);
+    let shards = names
+        .iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .map(|n| map_file(&path.join(n)))
+        .collect::<Result<Vec<_>>>()?;
+    let tokenizer = std::fs::read(path.join(hf_files::TOKENIZER))
+        .with_context(|| format!("{} has no tokenizer.json", path.display()))?;
+    let tokenizer_config = read_text(hf_files::TOKENIZER_CONFIG).ok();
+    let loaded = Loaded::from_hf(
+        &read_text(hf_files::CONFIG)?,
+        &shards,
+        &tokenizer,
+        tokenizer_config.as_deref(),
+        dtype,
+        device,
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
+    drop(shards);
     // A local directory is named by its canonical path, so `a/../m` and `m` are the same model.
     let id = if path.components().any(|c| c.as_os_str() == "snapshots") {
         spec.to_owned()

@@ -64,13 +64,19 @@ struct ModelType {
     model_type: Option<String>,
 }
 
-/// Parses `config.json` and builds the model from safetensors buffers (one per shard).
-pub fn from_safetensors(config_json: &str, shards: &[Vec<u8>], dtype: DType, device: &Device) -> Result<Model> {
+/// Parses `config.json` and builds the model from safetensors buffers (one per shard): bytes in
+/// memory (the browser) or memory-mapped files (`tpv`, so a file is never read into the heap).
+pub fn from_safetensors<B: AsRef<[u8]>>(
+    config_json: &str,
+    shards: &[B],
+    dtype: DType,
+    device: &Device,
+) -> Result<Model> {
     let kind: ModelType =
         serde_json::from_str(config_json).map_err(|e| candle_core::Error::msg(format!("config.json: {e}")))?;
     let mut tensors = HashMap::new();
     for shard in shards {
-        tensors.extend(candle_core::safetensors::load_buffer(shard, device)?);
+        tensors.extend(candle_core::safetensors::load_buffer(shard.as_ref(), device)?);
     }
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let parse_err = |e: serde_json::Error| candle_core::Error::msg(format!("config.json: {e}"));
