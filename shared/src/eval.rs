@@ -616,6 +616,14 @@ pub fn shard_files(index_json: &str) -> Result<Vec<String>, EvalError> {
     let mut names: Vec<String> = index.weight_map.into_values().collect();
     names.sort();
     names.dedup();
+    // The names come from a file and are joined to the model's folder: plain names only.
+    if let Some(bad) = names.iter().find(|n| {
+        n.is_empty() || n.contains(['/', '\\', '\0']) || n.starts_with('.') || n.chars().any(char::is_control)
+    }) {
+        return Err(EvalError::Files(format!(
+            "model.safetensors.index.json names the shard {bad:?}, not a file name beside it"
+        )));
+    }
     Ok(names)
 }
 
@@ -719,10 +727,17 @@ fn family_examples<T: Clone>(
         .collect()
 }
 
+/// A number JSON may have written as `null` (serde_json writes NaN so).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+}
+
 /// What the evaluation of one example gives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExampleResult {
-    /// Mean NLL over the example's target tokens.
+    /// Mean NLL over the example's target tokens (NaN when not computed: JSON writes it `null`,
+    /// and `null` reads back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f32,
     /// How many target tokens the loss covers.
     pub tokens: usize,
@@ -934,6 +949,10 @@ mod tests {
             s(&["m-00001.safetensors", "m-00002.safetensors"])
         );
         assert!(shard_files("{}").unwrap_err().to_string().contains("index.json"));
+        for bad in ["../x.safetensors", "/etc/passwd", "a/b.safetensors", ".hidden"] {
+            let index = format!("{{\"weight_map\": {{\"w\": {bad:?}}}}}");
+            assert!(shard_files(&index).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,6 +28,12 @@ fn record(obj: &serde_json::Map<String, serde_json::Value>) -> Record {
 
 /// JSON lines: one object per line, blank lines skipped. Errors name the 1-based line.
 pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
+    parse_jsonl_requiring(text, &[])
+}
+
+/// [`parse_jsonl`], every record having each of `columns` (e.g. `input` and `target` for plain
+/// examples); a missing one names its line.
+pub fn parse_jsonl_requiring(text: &str, columns: &[&str]) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -39,6 +45,9 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
         };
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON ({e})")))?;
         let obj = v.as_object().ok_or_else(|| bad("expected a JSON object".to_owned()))?;
+        if let Some(c) = columns.iter().find(|c| !obj.contains_key(**c)) {
+            return Err(bad(format!("no {c:?}")));
+        }
         out.push(record(obj));
     }
     Ok(out)
@@ -56,19 +65,6 @@ pub fn parse_json(text: &str) -> Result<Vec<Record>> {
             reason: format!("expected a JSON array of objects ({e})"),
         })?;
     Ok(v.iter().map(record).collect())
-}
-
-/// Every record has each of `columns` (e.g. `input` and `target` for plain examples).
-pub fn require(records: &[Record], columns: &[&str]) -> Result<()> {
-    for (i, r) in records.iter().enumerate() {
-        if let Some(c) = columns.iter().find(|c| !r.contains_key(**c)) {
-            return Err(Error::BadRecords {
-                line: Some(i + 1),
-                reason: format!("no {c:?}"),
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -98,9 +94,13 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("not JSON"), "{e}");
         let e = parse_jsonl("[1]").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("JSON object"), "{e}");
-        let e = require(&parse_jsonl("{\"input\": \"a\"}").unwrap(), &["input", "target"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("line 1") && e.contains("\"target\""), "{e}");
+        // The line as pasted, blank lines counted.
+        let e = parse_jsonl_requiring(
+            "\n{\"input\": \"a\", \"target\": \"b\"}\n\n{\"input\": \"a\"}",
+            &["input", "target"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 4") && e.contains("\"target\""), "{e}");
     }
 }

@@ -1,13 +1,15 @@
 //! Downloading models and datasets from the HF hub into the local hub cache, in the layout
 //! `huggingface_hub` uses (`models--ORG--NAME/snapshots/COMMIT/FILE`, `datasets--ORG--NAME/…`,
-//! `refs/REVISION`), so Python tools and tpv share one cache. The endpoint is `$HF_ENDPOINT`
+//! `refs/REVISION`: `refs/refs/convert/parquet` for the conversion), so Python tools and tpv
+//! share one cache. The endpoint is `$HF_ENDPOINT`
 //! (default `https://huggingface.co`), the token `$HF_TOKEN`; `$HF_HUB_OFFLINE=1` forbids the
 //! network.
 //!
 //! Protocol: `GET {endpoint}/api/{models|datasets}/{repo}/revision/{revision}?blobs=true` gives the
 //! commit (`sha`) and the files (`siblings`, with their size and an LFS file's sha256); each file
 //! comes from `{endpoint}/[datasets/]{repo}/resolve/{commit}/{file}`. Every file is fetched with
-//! retries (429, 5xx and cut connections, with backoff), resumed where a cut left it (HTTP
+//! retries (429, 5xx and cut connections, with backoff from 0.2 s or the server's Retry-After),
+//! one process at a time (a lock file), resumed where a cut left it (HTTP
 //! Range, from `FILE.incomplete`), and checked against the listed size and sha256 before it takes
 //! its name: a truncated or corrupt file is never used.
 //!
@@ -54,6 +56,10 @@ struct Lfs {
     size: u64,
 }
 
+/// The hub's parquet conversion of a dataset: a revision, cached as huggingface_hub caches it
+/// (`refs/refs/convert/parquet`).
+const CONVERTED: &str = "refs/convert/parquet";
+
 /// Attempts per file (the first and four retries).
 const ATTEMPTS: u32 = 5;
 
@@ -93,10 +99,10 @@ fn retryable(status: u16) -> bool {
     status == 429 || status >= 500
 }
 
-/// How long to wait before attempt `attempt` (1-based retries): 0.2 s doubling, or the server's
+/// How long to wait before retry `attempt` (1-based): 0.2 s doubling, or the server's
 /// `Retry-After` (at most 10 s).
 fn backoff(attempt: u32, retry_after: Option<u64>) -> Duration {
-    let ours = Duration::from_millis(200 << attempt.min(6));
+    let ours = Duration::from_millis(100 << attempt.min(7));
     retry_after.map_or(ours, |s| Duration::from_secs(s.min(10)))
 }
 
@@ -175,21 +181,33 @@ impl Hub {
     fn fetch(&self, url: &str, dest: &Path, listed: &Sibling) -> Result<()> {
         let dir = dest.parent().context("no parent directory")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // One process at a time per file (two runs on a cold cache would interleave their bytes in
+        // the partial file); the one that waited finds the file done.
+        let lock_path = PathBuf::from(format!("{}.lock", dest.display()));
+        let lock =
+            std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        if dest.exists() {
+            return Ok(());
+        }
         let partial = PathBuf::from(format!("{}.incomplete", dest.display()));
         let size = listed.lfs.as_ref().map(|l| l.size).or(listed.size);
         let bar = progress(&listed.rfilename, size);
         let mut attempt = 0;
         let mut last = String::new();
+        let mut wait: Option<u64> = None;
         while attempt < ATTEMPTS {
             attempt += 1;
             if attempt > 1 {
-                std::thread::sleep(backoff(attempt - 1, None));
+                std::thread::sleep(backoff(attempt - 1, wait.take()));
             }
             let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
             match self.fetch_once(url, &partial, have, &bar) {
                 Ok(()) => {}
-                Err(Retry(e)) => {
+                Err(Retry(e, retry_after)) => {
                     last = e;
+                    wait = retry_after;
                     tracing::info!("{url}: {last}; attempt {attempt} of {ATTEMPTS}");
                     continue;
                 }
@@ -218,6 +236,7 @@ impl Hub {
             }
             bar.finish_and_clear();
             std::fs::rename(&partial, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+            std::fs::remove_file(&lock_path).ok();
             return Ok(());
         }
         bar.abandon();
@@ -229,14 +248,24 @@ impl Hub {
 
     /// One request for the rest of the file after `have` bytes, appended to `partial`.
     fn fetch_once(&self, url: &str, partial: &Path, have: u64, bar: &indicatif::ProgressBar) -> Result<(), Attempt> {
-        let mut resp = self.get(url, have).map_err(|e| Retry(format!("{e:#}")))?;
+        let mut resp = self.get(url, have).map_err(|e| Retry(format!("{e:#}"), None))?;
         let status = resp.status().as_u16();
         if retryable(status) {
-            std::thread::sleep(backoff(1, retry_after(&resp)));
-            return Err(Retry(format!("HTTP {status}")));
+            return Err(Retry(format!("HTTP {status}"), retry_after(&resp)));
         }
+        // A partial answer must start where the file stopped; anything else starts over.
+        let resumes = status == 206
+            && resp
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {have}-")));
         let append = match status {
-            206 => true,
+            206 if resumes => true,
+            206 => {
+                std::fs::remove_file(partial).ok();
+                return Err(Retry("a partial answer from the wrong offset".into(), None));
+            }
             200 => false,
             // The range starts at the end: the partial file is whole.
             416 if have > 0 => return Ok(()),
@@ -257,7 +286,7 @@ impl Hub {
                 Ok(0) => break,
                 Ok(n) => n,
                 // A cut connection: what arrived is kept, the next attempt resumes after it.
-                Err(e) => return Err(Retry(format!("the connection was cut ({e})"))),
+                Err(e) => return Err(Retry(format!("the connection was cut ({e})"), None)),
             };
             file.write_all(&buf[..n])
                 .map_err(|e| Fatal(anyhow::anyhow!("cannot write {}: {e}", partial.display())))?;
@@ -271,8 +300,9 @@ impl Hub {
 
 /// How one attempt at a file ended.
 enum Attempt {
-    /// Worth another attempt (rate limit, server error, cut connection).
-    Retry(String),
+    /// Worth another attempt (rate limit, server error, cut connection), after the server's
+    /// Retry-After if it gave one.
+    Retry(String, Option<u64>),
     Fatal(anyhow::Error),
 }
 use Attempt::{Fatal, Retry};
@@ -397,18 +427,18 @@ fn dataset_files(siblings: &[Sibling], config: Option<&str>, splits: &[&str]) ->
 }
 
 /// The snapshot of dataset `repo_id` in the hub cache holding `config`'s `splits`: the cached one
-/// when it has the train split (`refs/main`, else `refs/convert/parquet`), otherwise downloaded —
-/// the repo's own parquet files, else the hub's conversion.
+/// when it has all of them (`refs/main`, else the conversion's ref), otherwise downloaded — the
+/// repo's own parquet files, else the hub's conversion.
 pub fn dataset(repo_id: &str, config: Option<&str>, splits: &[&str]) -> Result<PathBuf> {
     check_repo_id(repo_id)?;
     let repo_dir = models::hub_cache()?.join(format!("datasets--{}", repo_id.replace('/', "--")));
-    for rev in ["main", "convert/parquet"] {
+    for rev in ["main", CONVERTED] {
         if let Ok(sha) = std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
             let snapshot = repo_dir.join("snapshots").join(sha.trim());
             // A snapshot organised by config that lacks this one's directory holds other configs.
             let other_configs = config.is_some_and(|c| !snapshot.join(c).is_dir()) && has_config_dirs(&snapshot);
             let files = crate::data::split_files(&snapshot, config).unwrap_or_default();
-            if files.contains_key("train") && !other_configs {
+            if splits.iter().all(|s| files.contains_key(*s)) && !other_configs {
                 return Ok(snapshot);
             }
         }
@@ -427,27 +457,32 @@ pub fn dataset(repo_id: &str, config: Option<&str>, splits: &[&str]) -> Result<P
     let url_repo = format!("datasets/{repo_id}");
     let main = hub.info("datasets", repo_id, "main")?;
     let own = dataset_files(&main.siblings, config, splits);
-    if own
-        .iter()
-        .any(|s| crate::data::split_of(Path::new(&s.rfilename)).as_deref() == Some("train"))
-    {
+    if has_splits(&own, splits) {
         return download_files(&hub, &url_repo, &repo_dir, "main", &main, &own);
     }
-    let converted = hub.info("datasets", repo_id, "refs/convert/parquet").with_context(|| {
+    let converted = hub.info("datasets", repo_id, CONVERTED).with_context(|| {
         format!("{what} has no parquet files of its own; its parquet conversion is not there either")
     })?;
     let files = dataset_files(&converted.siblings, config, splits);
-    if !files
-        .iter()
-        .any(|s| crate::data::split_of(Path::new(&s.rfilename)).as_deref() == Some("train"))
-    {
+    if !has_splits(&files, splits) {
         bail!(
-            "{what}: neither the repo nor its parquet conversion has a train split{} (listed: {} files)",
+            "{what}: neither the repo nor its parquet conversion has the splits {}{} (listed: {} files)",
+            splits.join(", "),
             config.map_or(String::new(), |c| format!(" under {c}/")),
             converted.siblings.len()
         );
     }
-    download_files(&hub, &url_repo, &repo_dir, "convert/parquet", &converted, &files)
+    download_files(&hub, &url_repo, &repo_dir, CONVERTED, &converted, &files)
+}
+
+/// Whether `files` hold every one of `splits` (a task's train and held-out splits both: a
+/// missing held-out split would silently become a split of train).
+fn has_splits(files: &[Sibling], splits: &[&str]) -> bool {
+    splits.iter().all(|sp| {
+        files
+            .iter()
+            .any(|f| crate::data::split_of(Path::new(&f.rfilename)).as_deref() == Some(*sp))
+    })
 }
 
 /// Whether a snapshot has directories named after configs (not `data/` or a split's).

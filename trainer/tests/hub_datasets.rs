@@ -96,6 +96,13 @@ fn repos() -> Repos {
     }
     let mut broken = BTreeMap::new();
     broken.insert(
+        "data/test-00000-of-00001.parquet".to_owned(),
+        File {
+            bytes: fixture("nyu-mll/glue", "sst2/test-00000-of-00001.parquet"),
+            fault: Fault::None,
+        },
+    );
+    broken.insert(
         "data/train-00000-of-00001.parquet".to_owned(),
         File {
             bytes: fixture("nyu-mll/glue", "sst2/train-00000-of-00001.parquet"),
@@ -272,7 +279,8 @@ fn registry_datasets_download_into_the_hub_cache_and_train_reads_them() {
         )
         .exists()
     );
-    let conv_ref = cache.join("datasets--stanfordnlp--snli/refs/convert/parquet");
+    // The conversion's ref where huggingface_hub keeps it (refs/ + the revision's name).
+    let conv_ref = cache.join("datasets--stanfordnlp--snli/refs/refs/convert/parquet");
     assert_eq!(std::fs::read_to_string(conv_ref).unwrap(), SNLI_CONVERTED);
 
     // The cut shard was resumed where it broke (a Range request from its half), the rate-limited

@@ -153,10 +153,19 @@ pub fn set_handler(f: impl Fn(Reply) + 'static) {
 }
 
 fn parse_reply(data: &JsValue) -> Reply {
-    from_message(data).unwrap_or_else(|e| Reply::Error {
-        run: None,
-        // The bootstrap's and the error event's own `{op: "error", message}`.
-        message: get(data, "message").as_string().unwrap_or(e),
+    from_message(data).unwrap_or_else(|e| {
+        // A reply that does not decode still belongs to its run (else the view would take it for
+        // a failed model load); the bootstrap's and the error event's own `{op: "error", message}`
+        // have none.
+        let run = get(data, "json")
+            .as_string()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .and_then(|v| v.get("run")?.as_u64())
+            .and_then(|r| u32::try_from(r).ok());
+        Reply::Error {
+            run,
+            message: get(data, "message").as_string().unwrap_or(e),
+        }
     })
 }
 

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::print_json;
 use crate::cli::{AggregateArgs, ReportArgs, SweepArgs};
 use crate::study::jobs::{SweepOptions, run_all, run_job, sweep_gpus, write_eval_sets, write_manifest};
+use crate::study::preflight::Scope;
 use crate::study::slurm::{SlurmOptions, emit};
 use crate::study::{Study, aggregate as agg, report as rep};
 
@@ -27,7 +28,7 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     if args.check {
-        return preflight(&study, args.json);
+        return preflight(&study, Scope::Everything, args.json);
     }
     if let Some(scheduler) = &args.emit {
         return emit_scripts(&study, scheduler, args);
@@ -54,10 +55,10 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     let gpus = sweep_gpus(&study, args.gpus.as_deref())?;
-    if !gpus.is_empty() {
+    if !gpus.is_empty() && args.jobs > 1 {
         eprintln!("job slots on GPUs {} (one each, round robin)", gpus.join(", "));
     }
-    preflight(&study, false)?;
+    preflight(&study, Scope::Everything, false)?;
     let abort_in_job = match &args.abort_in_job {
         Some(s) => {
             let (n, step) = s.split_once(':').context("--abort-in-job N:S")?;
@@ -98,8 +99,8 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
 
 /// The study's preflight: the table on stderr (or JSON on stdout for `--check --json`), and an
 /// error naming what is missing.
-fn preflight(study: &Study, json: bool) -> Result<()> {
-    let checks = crate::study::preflight::preflight(study);
+fn preflight(study: &Study, scope: Scope, json: bool) -> Result<()> {
+    let checks = crate::study::preflight::preflight(study, scope);
     let missing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.what.as_str()).collect();
     if json {
         print_json(&serde_json::to_value(&checks)?)?;
@@ -152,7 +153,7 @@ fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> 
         sets: args.sets.clone(),
     };
     crate::study::slurm::check_values(study, dir, &opts)?;
-    preflight(study, false)?;
+    preflight(study, Scope::NoDevices, false)?;
     let files = emit(study, dir, &opts)?;
     write_manifest(study)?;
     // The array tasks run single jobs; the eval sets the report bundles are written here.

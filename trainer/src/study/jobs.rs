@@ -402,10 +402,18 @@ pub fn study_device(study: &Study) -> String {
         .to_owned()
 }
 
-/// The GPUs to spread a sweep's worker slots over: `--gpus` as given (`none`: no spreading),
-/// else, when the study runs on CUDA, every visible one (`CUDA_VISIBLE_DEVICES`'s entries, or
-/// `nvidia-smi --list-gpus`' count); nothing on the CPU.
+/// The GPUs to spread a sweep's worker slots over: `--gpus` as given (indexes among the visible
+/// GPUs; `none`: no spreading), else, when the study runs on plain `cuda`, every visible one
+/// (`CUDA_VISIBLE_DEVICES`'s entries, or `nvidia-smi --list-gpus`' count); nothing on the CPU or
+/// on a pinned `cuda:N`.
 pub fn sweep_gpus(study: &Study, given: Option<&str>) -> Result<Vec<String>> {
+    let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
     if let Some(list) = given {
         if list == "none" {
             return Ok(Vec::new());
@@ -417,18 +425,25 @@ pub fn sweep_gpus(study: &Study, given: Option<&str>) -> Result<Vec<String>> {
         {
             bail!("--gpus {list:?}: give GPU indexes or UUIDs, comma-separated (or `none`)");
         }
-        return Ok(gpus);
+        // Indexes count the GPUs this process sees, as cuda:N does.
+        return Ok(match &visible {
+            Some(v) => gpus
+                .iter()
+                .map(|g| {
+                    g.parse::<usize>()
+                        .ok()
+                        .and_then(|i| v.get(i).cloned())
+                        .unwrap_or_else(|| g.clone())
+                })
+                .collect(),
+            None => gpus,
+        });
     }
-    if !study_device(study).starts_with("cuda") {
+    if study_device(study) != "cuda" {
         return Ok(Vec::new());
     }
-    if let Ok(visible) = std::env::var("CUDA_VISIBLE_DEVICES") {
-        return Ok(visible
-            .split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::to_owned)
-            .collect());
+    if let Some(v) = visible {
+        return Ok(v);
     }
     let listed = Command::new("nvidia-smi")
         .arg("--list-gpus")

@@ -22,41 +22,46 @@ pub struct Check {
     pub detail: String,
 }
 
-/// The configs whose data and model a study's jobs read: each training job's, and each
+/// The configs whose data and model a study's job reads: its training config, and its
 /// evaluated task's.
-fn job_configs(study: &Study, job: &Job) -> Vec<Config> {
-    let mut out: Vec<Config> = Vec::new();
-    if let Ok(Some(c)) = study.train_config(job, None) {
-        out.push(c);
-    }
+fn job_configs(study: &Study, job: &Job) -> anyhow::Result<Vec<Config>> {
+    let mut out: Vec<Config> = study.train_config(job, None)?.into_iter().collect();
     let task = match &job.kind {
         JobKind::PromptTuning { task, .. } => Some(task),
         JobKind::Transfer { target, .. } => Some(target),
         _ => None,
     };
-    if let Some(Ok(c)) = task.map(|t| study.task_config(t, job)) {
-        out.push(c);
+    if let Some(t) = task {
+        out.push(study.task_config(t, job)?);
     }
-    out
+    Ok(out)
+}
+
+/// What a preflight checks: everything before a sweep runs here; before Slurm scripts are
+/// written, not the devices and their memory (a login node has no GPU: the array tasks check
+/// their own device when they start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Everything,
+    NoDevices,
 }
 
 /// Runs every check; the table is in the order the user acts on it (data, models, devices,
 /// memory, disk).
-pub fn preflight(study: &Study) -> Vec<Check> {
+pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
     let jobs = study.jobs();
     let mut checks = Vec::new();
     let (mut data_seen, mut models_seen, mut devices_seen) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut configs: Vec<Config> = Vec::new();
     for job in &jobs {
-        if let Err(e) = study.train_config(job, None) {
-            checks.push(Check {
+        match job_configs(study, job) {
+            Ok(cs) => configs.extend(cs),
+            Err(e) => checks.push(Check {
                 what: format!("config of {}", job.id),
                 ok: false,
                 detail: format!("{e:#}"),
-            });
-            continue;
+            }),
         }
-        configs.extend(job_configs(study, job));
     }
     for c in &configs {
         // Whether the data is there does not depend on the shots or caps a job takes of it.
@@ -71,17 +76,16 @@ pub fn preflight(study: &Study) -> Vec<Check> {
         if models_seen.insert(c.model.path.clone()) {
             checks.push(model_check(c));
         }
-        if devices_seen.insert(c.model.device.clone()) {
+        if scope == Scope::Everything && devices_seen.insert(c.model.device.clone()) {
             checks.push(device_check(&c.model.device));
         }
     }
     let mut memory_seen = BTreeSet::new();
-    for c in &configs {
+    for c in configs.iter().filter(|_| scope == Scope::Everything) {
+        // Everything the estimate depends on: the sequence length too.
         let key = (
-            c.model.path.clone(),
-            c.model.dtype.clone(),
-            c.model.device.clone(),
-            c.optim.batch_size,
+            (c.model.path.clone(), c.model.dtype.clone(), c.model.device.clone()),
+            (c.optim.batch_size, c.prompt.virtual_tokens, c.data.max_source_tokens),
         );
         if memory_seen.insert(key) {
             checks.push(memory_check(c));
@@ -327,13 +331,13 @@ fn device_memory(spec: &str) -> Option<f64> {
             Some(kb * 1024.0)
         }
         tpv_shared::DeviceSpec::Cuda(n) => {
+            // cuda:N counts the visible GPUs; nvidia-smi's -i takes the physical index or UUID.
+            let id = std::env::var("CUDA_VISIBLE_DEVICES")
+                .ok()
+                .and_then(|v| v.split(',').nth(n).map(|g| g.trim().to_owned()))
+                .unwrap_or_else(|| n.to_string());
             let out = std::process::Command::new("nvidia-smi")
-                .args([
-                    "--query-gpu=memory.total",
-                    "--format=csv,noheader,nounits",
-                    "-i",
-                    &n.to_string(),
-                ])
+                .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", &id])
                 .output()
                 .ok()
                 .filter(|o| o.status.success())?;

@@ -240,9 +240,7 @@ async fn fetch_model(url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
 /// Pasted examples: one JSON object per line with `input` and `target`, parsed by the same code
 /// as `tpv eval`'s JSONL files (`tpv_shared::records`).
 fn parse_pasted(text: &str) -> Result<Vec<Record>, String> {
-    let recs = records::parse_jsonl(text).map_err(|e| e.to_string())?;
-    records::require(&recs, &["input", "target"]).map_err(|e| e.to_string())?;
-    Ok(recs)
+    records::parse_jsonl_requiring(text, &["input", "target"]).map_err(|e| e.to_string())
 }
 
 /// The prompt an evaluation uses.
