@@ -131,6 +131,9 @@ pub struct AggregateArgs {
     /// (equal variances, as the paper's significance script); the tables name it.
     #[arg(long, value_parser = named::<TestKind>(), default_value = "welch")]
     pub test: TestKind,
+    /// The grid's carbon intensity for the energy statement, kgCO₂eq per kWh (the paper's 0.432).
+    #[arg(long, default_value_t = crate::study::aggregate::DEFAULT_GRID_INTENSITY)]
+    pub grid_intensity: f64,
     /// Where to write tables.{md,csv,json} (default: the study directory).
     #[arg(short, long)]
     pub output: Option<PathBuf>,

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod energy;
 pub mod hub;
 pub mod io;
 pub mod models;

@@ -234,6 +234,15 @@ fn study_runs_resumes_aggregates_and_reports() {
     assert_eq!(transfer.len(), 8);
     let compared: Vec<&Value> = transfer.iter().filter(|r| !r["vs_tpv_sum"].is_null()).collect();
     assert_eq!(compared.len(), 6);
+    // The impact statement: every training run (4 prompt tuning, 8 few-shot) recorded its
+    // energy, measured or estimated.
+    let energy = &agg["energy"];
+    let runs = energy["measured_runs"].as_u64().unwrap() + energy["estimated_runs"].as_u64().unwrap();
+    assert_eq!(runs, 4 + 8, "{energy}");
+    assert!(
+        energy["kwh"].as_f64().unwrap() >= 0.0 && energy["grid_intensity"] == 0.432,
+        "{energy}"
+    );
     // The paper's test (Student's, equal variances) on request: the tables name it and its p
     // values are the shared function's of the same values.
     assert_eq!(agg["test"], "welch");
@@ -246,6 +255,7 @@ fn study_runs_resumes_aggregates_and_reports() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("TPV-sum vs this: Student p (Bonferroni)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("## Energy"));
     let st: Value = serde_json::from_str(&std::fs::read_to_string(student_dir.join("tables.json")).unwrap()).unwrap();
     assert_eq!(st["test"], "student");
     let vals = |v: &Value| -> Vec<f64> {

@@ -165,7 +165,10 @@ fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> 
 }
 
 pub fn aggregate(args: &AggregateArgs) -> Result<()> {
-    let a = agg::aggregate_with(&args.study_dir, args.test)?;
+    if !(args.grid_intensity.is_finite() && args.grid_intensity >= 0.0) {
+        bail!("--grid-intensity must be a number ≥ 0 (kgCO₂eq per kWh)");
+    }
+    let a = agg::aggregate_with(&args.study_dir, args.test, args.grid_intensity)?;
     let dir = args.output.clone().unwrap_or_else(|| args.study_dir.clone());
     let files = a.write(&dir)?;
     if args.json {

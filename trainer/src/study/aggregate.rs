@@ -145,6 +145,9 @@ pub struct Aggregate {
     /// The t-test of the cross-origin and transfer comparisons.
     #[serde(default)]
     pub test: TestKind,
+    /// The study's energy (the paper's impact statement), when its runs recorded it.
+    #[serde(default)]
+    pub energy: Option<EnergyStatement>,
 }
 
 /// The score names of a task: exact match (accuracy; not for regression tasks scored by
@@ -164,11 +167,65 @@ fn task_metrics(task: &str) -> Vec<String> {
 
 /// Reads a study directory and aggregates what has finished (Welch's t-tests).
 pub fn aggregate(dir: &Path) -> Result<Aggregate> {
-    aggregate_with(dir, TestKind::default())
+    aggregate_with(dir, TestKind::default(), DEFAULT_GRID_INTENSITY)
+}
+
+/// The grid's carbon intensity the paper's statement used (kgCO₂eq per kWh).
+pub const DEFAULT_GRID_INTENSITY: f64 = 0.432;
+
+/// The study's energy, summed over its finished training runs (what each run file recorded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnergyStatement {
+    /// Device hours by device kind (`cpu`, `cuda`).
+    pub device_hours: BTreeMap<String, f64>,
+    pub kwh: f64,
+    /// kgCO₂eq at `grid_intensity`.
+    pub kg_co2: f64,
+    pub grid_intensity: f64,
+    /// Runs whose energy was measured (RAPL), and estimated; each distinct method once.
+    pub measured_runs: usize,
+    pub estimated_runs: usize,
+    pub methods: Vec<String>,
+}
+
+fn energy_of(runs: &BTreeMap<String, SoftPrompt>, grid_intensity: f64) -> Option<EnergyStatement> {
+    let mut e = EnergyStatement {
+        device_hours: BTreeMap::new(),
+        kwh: 0.0,
+        kg_co2: 0.0,
+        grid_intensity,
+        measured_runs: 0,
+        estimated_runs: 0,
+        methods: Vec::new(),
+    };
+    for run in runs.values() {
+        let Some(config) = run.meta.config.as_ref() else {
+            continue;
+        };
+        let Some(energy) = config.get("energy") else { continue };
+        let device = config
+            .pointer("/config/model/device")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("cpu");
+        let kind = device.split(':').next().unwrap_or(device).to_owned();
+        *e.device_hours.entry(kind).or_default() += energy["device_hours"].as_f64().unwrap_or(0.0);
+        e.kwh += energy["kwh"].as_f64().unwrap_or(0.0);
+        let method = energy["method"].as_str().unwrap_or("").to_owned();
+        if method.starts_with("rapl") {
+            e.measured_runs += 1;
+        } else {
+            e.estimated_runs += 1;
+        }
+        if !e.methods.contains(&method) {
+            e.methods.push(method);
+        }
+    }
+    e.kg_co2 = e.kwh * grid_intensity;
+    (e.measured_runs + e.estimated_runs > 0).then_some(e)
 }
 
 /// [`aggregate`] with the t-test to use (`tpv aggregate --test student|welch`).
-pub fn aggregate_with(dir: &Path, test: TestKind) -> Result<Aggregate> {
+pub fn aggregate_with(dir: &Path, test: TestKind, grid_intensity: f64) -> Result<Aggregate> {
     let manifest_path = dir.join("study.json");
     let study = StudyFile::from_json(&io::read_bytes(&manifest_path)?)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
@@ -192,6 +249,7 @@ pub fn aggregate_with(dir: &Path, test: TestKind) -> Result<Aggregate> {
     }
     let f = Finished { study, runs, test };
     let similarity = similarity_of(&f.study, &f.runs)?;
+    let energy = energy_of(&f.runs, grid_intensity);
     let scoring = dedup(
         f.runs
             .values()
@@ -205,6 +263,7 @@ pub fn aggregate_with(dir: &Path, test: TestKind) -> Result<Aggregate> {
         cross_origin: cross_origin_rows(&f),
         transfer: transfer_rows(&f),
         similarity,
+        energy,
         test: f.test,
         name: f.study.name.clone(),
         origins: f.study.origins.clone(),
@@ -518,6 +577,23 @@ fn matrix_md(out: &mut String, title: &str, m: &AcrossOrigins) {
     }
 }
 
+/// The impact statement: device hours by kind, kWh, kgCO₂eq, and how the figures were obtained.
+fn energy_md(s: &mut String, e: &EnergyStatement) {
+    let hours: Vec<String> = e.device_hours.iter().map(|(k, h)| format!("{k} {h:.2}")).collect();
+    let total: f64 = e.device_hours.values().sum();
+    let _ = writeln!(
+        s,
+        "\n## Energy (the study's finished training runs)\n\n{total:.2} device hours ({}); {:.3} kWh; {:.3} kgCO₂eq at {} kgCO₂eq/kWh. Measured (RAPL) for {} runs, estimated for {}: {}.",
+        hours.join(", "),
+        e.kwh,
+        e.kg_co2,
+        e.grid_intensity,
+        e.measured_runs,
+        e.estimated_runs,
+        e.methods.join("; ")
+    );
+}
+
 /// A prompt-tuning row's gain over the better baseline: the mean's, and the smallest of any run
 /// (each run against its own origin and the zero-shot score).
 fn gain_cell(r: &PromptTuningRow) -> String {
@@ -569,6 +645,9 @@ impl Aggregate {
         }
         self.prompt_tuning_md(&mut s);
         self.comparisons_md(&mut s);
+        if let Some(e) = &self.energy {
+            energy_md(&mut s, e);
+        }
         if let Some(sim) = &self.similarity {
             let _ = writeln!(
                 s,

@@ -310,6 +310,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         task = %t.splits.task.name, train = examples.train.len(), validation = examples.validation.len(),
         test = examples.test.len(), total, warmup, fingerprint = %t.splits.fingerprint, "data ready"
     );
+    // This process's share of the run (a resumed run measures from its resume).
+    let meter = crate::energy::Meter::start(&config.model.device);
     let (theta0, origin_ref) = origin(config, &loaded, d)?;
     let engine = Engine {
         model: &loaded.model,
@@ -340,6 +342,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     metrics.extend(t.test_metrics(&examples.test, &params, theta0.as_slice())?);
     metrics.insert("best_step".into(), kept_step as f64);
     metrics.insert("steps".into(), p.state.step as f64);
+    // Not among the metrics (those are the run's results, the same when it is repeated).
+    let energy = meter.finish();
     let counts = [examples.train.len(), examples.validation.len(), examples.test.len()];
     let prompt = t.run_file(
         PromptTensor::new(r, d, params)?,
@@ -351,6 +355,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             "splits": { "train": counts[0], "validation": counts[1], "test": counts[2] },
             "total_steps": total,
             "warmup_steps": warmup,
+            "energy": { "device_hours": energy.device_hours, "kwh": energy.kwh, "method": energy.method },
         }),
     )?;
     io::write_run(&prompt_file, &prompt).with_context(|| format!("writing {}", prompt_file.display()))?;
