@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every tool the tests need, idempotently: the wasm32 target, trunk, wasm-bindgen-cli
-# (the exact version in Cargo.lock), Debian's chromium + chromedriver, and the npm packages of the
-# browser tests. Safe to run again: each step checks first and does nothing when already done.
+# (the exact version in Cargo.lock), Debian's chromium + chromedriver, the npm packages of the
+# browser tests, and TensorBoard (in a venv) for the event-file test. Safe to run again: each step checks first and does nothing when already done.
 #
 #   bash scripts/setup.sh          # everything the tests need (scripts/test.sh calls it)
 #   bash scripts/setup.sh --web    # only what the web app's build needs (scripts/run.sh calls it)
@@ -50,6 +50,7 @@ APT=()
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then APT+=(chromium chromium-driver); fi
 if ! python3 -m pip --version >/dev/null 2>&1; then APT+=(python3-pip); fi
 if ! command -v npm >/dev/null; then APT+=(npm); fi
+if ! python3 -c "import ensurepip" >/dev/null 2>&1; then APT+=(python3-venv); fi
 if [ ${#APT[@]} -gt 0 ]; then
   log "installing ${APT[*]} from Debian"
   $SUDO apt-get update -qq
@@ -62,6 +63,15 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# 6. Crates, so that trunk's offline build finds them.
+# 6. TensorBoard (PyPI, pinned) in a venv of its own: a test reads tpv's event files with
+#    TensorBoard's own reader (tests/tensorboard/read_events.py).
+TBENV="${TPV_CACHE:-$HOME/.cache/tpv}/tbenv"
+if ! "$TBENV/bin/python" -c "import tensorboard" >/dev/null 2>&1; then
+  log "installing tensorboard 2.20.0 into $TBENV"
+  python3 -m venv "$TBENV"
+  "$TBENV/bin/pip" install -q "tensorboard==2.20.0"
+fi
+
+# 7. Crates, so that trunk's offline build finds them.
 cargo fetch --locked >/dev/null
 log "tools ready"

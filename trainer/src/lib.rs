@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod energy;
+pub mod events;
 pub mod hub;
 pub mod io;
 pub mod models;

@@ -480,3 +480,50 @@ fn a_run_records_its_energy_from_rapl_or_says_it_is_an_estimate() {
     let method = energy["method"].as_str().unwrap();
     assert!(method.starts_with("estimate:") && method.contains("× 20 W"), "{energy}");
 }
+
+/// Issue 17 (live curves): training streams its curves to a TensorBoard event file in the run's
+/// directory; TensorBoard's own reader (tests/tensorboard/read_events.py, in the venv
+/// scripts/setup.sh makes) gets back every point of the run file's curves, and the gradient norm
+/// of every step.
+#[test]
+fn live_curves_are_tensorboard_event_files_tensorboard_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let cfg = config(dir.path(), "llama_tied", "curves");
+    assert!(train(&cfg, &[]).status.success());
+    let run = dir.path().join("curves");
+    let events: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1);
+    let cache = std::env::var_os("TPV_CACHE").map_or_else(
+        || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/tpv"),
+        PathBuf::from,
+    );
+    let python = cache.join("tbenv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh", python.display());
+    let out = std::process::Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tensorboard/read_events.py"))
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = std::fs::read(run.join("prompt.safetensors")).unwrap();
+    let prompt = tpv_shared::runfile::read_run(&bytes).unwrap();
+    assert!(prompt.curves.len() >= 3, "{:?}", prompt.curves.keys());
+    for (name, curve) in &prompt.curves {
+        let points = read[name].as_array().unwrap_or_else(|| panic!("no {name} in {read}"));
+        assert_eq!(points.len(), curve.steps.len(), "{name}");
+        for (p, (s, v)) in points.iter().zip(curve.steps.iter().zip(&curve.values)) {
+            assert_eq!(p[0].as_f64().unwrap() as f32, *s, "{name} step");
+            assert_eq!(p[1].as_f64().unwrap() as f32, *v, "{name} at step {s}");
+        }
+    }
+    assert_eq!(
+        read["grad_norm"].as_array().unwrap().len(),
+        prompt.curves["train_loss"].steps.len()
+    );
+}

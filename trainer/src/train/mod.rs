@@ -327,6 +327,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     } else {
         Progress::start(config, theta0.as_slice().to_vec())
     };
+    // Live curves: `tensorboard --logdir` on the run's (or the study's) directory.
+    p.events = Some(crate::events::EventWriter::create(out_dir)?);
 
     train_loop(&t, &engine, &mut examples, &mut p, (&schedule, &ckpt_file), opts)?;
 
@@ -406,8 +408,9 @@ fn train_loop(
             Err(e) => return Err(e).context(format!("training step {}", p.state.step)),
         };
         let step = p.state.step;
-        push(&mut p.curves, "train_loss", step, f64::from(stats.loss));
-        push(&mut p.curves, "lr", step, stats.lr);
+        p.record("train_loss", step, f64::from(stats.loss))?;
+        p.record("lr", step, stats.lr)?;
+        p.event("grad_norm", step, stats.grad_norm)?;
         bar.set_position(step);
         bar.set_message(format!("loss {:.4} lr {:.3e}", stats.loss, stats.lr));
         tracing::debug!(
@@ -522,10 +525,10 @@ impl Trainer<'_> {
         .with_context(|| format!("evaluating on the validation split at step {step}"))?
         .remove(0);
         if res.loss.is_finite() {
-            push(&mut p.curves, "valid_loss", step, res.loss);
+            p.record("valid_loss", step, res.loss)?;
         }
         for (k, v) in &res.metrics {
-            push(&mut p.curves, &format!("valid_{k}"), step, *v);
+            p.record(&format!("valid_{k}"), step, *v)?;
         }
         let s = score(config.train.select, &self.splits.task, &res);
         let improved = p.best.as_ref().is_none_or(|b| s > b.score || b.score.is_nan());
@@ -733,9 +736,26 @@ struct Progress {
     best: Option<Best>,
     curves: BTreeMap<String, Curve>,
     stale: u32,
+    /// The live copy of the curves for TensorBoard (not in checkpoints: a resumed run starts a
+    /// new event file).
+    events: Option<crate::events::EventWriter>,
 }
 
 impl Progress {
+    /// A point of curve `name`, also written to the event file.
+    fn record(&mut self, name: &str, step: u64, value: f64) -> Result<()> {
+        push(&mut self.curves, name, step, value);
+        self.event(name, step, value)
+    }
+
+    /// A value for TensorBoard only (the gradient norm).
+    fn event(&mut self, name: &str, step: u64, value: f64) -> Result<()> {
+        match &mut self.events {
+            Some(w) => w.scalar(name, step, value),
+            None => Ok(()),
+        }
+    }
+
     fn start(config: &Config, params: Vec<f32>) -> Self {
         let mut adam = AdamW::new(params.len(), config.optim.weight_decay);
         adam.beta1 = config.optim.beta1;
@@ -751,6 +771,7 @@ impl Progress {
             best: None,
             curves: BTreeMap::new(),
             stale: 0,
+            events: None,
         }
     }
 
