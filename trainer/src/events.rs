@@ -1,8 +1,9 @@
 //! Live training curves as TensorBoard event files (`events.out.tfevents.TIME.HOST.tpv` in the
 //! run's directory), so `tensorboard --logdir STUDY_DIR` shows a running study. A small writer:
 //! TFRecord framing (length, masked CRC-32C of the length, an `Event` protobuf, masked CRC-32C of
-//! the data) and the few protobuf fields of a scalar summary, encoded by hand — no crate writes
-//! this format without pulling in a protobuf toolchain. Every record is flushed when written. A
+//! the data) and the few protobuf fields of a scalar summary, encoded by hand: four fields and a
+//! frame need no protobuf dependency, and TensorBoard's own reader checks the result (the test).
+//! Every record is flushed when written. A
 //! resumed run starts a new file; TensorBoard reads the directory's files together.
 //!
 //! Protobuf (tensorflow/core/util/event.proto, summary.proto): `Event { double wall_time = 1;
