@@ -32,27 +32,34 @@ pub struct TTest {
     pub p: f64,
 }
 
+const NAN_TEST: TTest = TTest {
+    t: f64::NAN,
+    df: f64::NAN,
+    p: f64::NAN,
+};
+
+/// The test of mean(a) − mean(b) with squared standard error `se2` and `df` degrees of freedom:
+/// NaN fields when the error is 0 or not a number.
+fn two_sided(a: &[f64], b: &[f64], se2: f64, df: f64) -> TTest {
+    if se2 <= 0.0 || !se2.is_finite() {
+        return NAN_TEST;
+    }
+    let t = (mean(a) - mean(b)) / se2.sqrt();
+    let p = incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
+    TTest { t, df, p }
+}
+
 /// Welch's unequal-variances t-test of `a` against `b` (as `scipy.stats.ttest_ind(a, b,
 /// equal_var=False)`). NaN fields when a side has fewer than two values or both variances are 0.
 pub fn welch_t_test(a: &[f64], b: &[f64]) -> TTest {
-    let nan = TTest {
-        t: f64::NAN,
-        df: f64::NAN,
-        p: f64::NAN,
-    };
     if a.len() < 2 || b.len() < 2 {
-        return nan;
+        return NAN_TEST;
     }
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let (va, vb) = (std(a, 1).powi(2) / na, std(b, 1).powi(2) / nb);
     let se2 = va + vb;
-    if se2 <= 0.0 || !se2.is_finite() {
-        return nan;
-    }
-    let t = (mean(a) - mean(b)) / se2.sqrt();
     let df = se2 * se2 / (va * va / (na - 1.0) + vb * vb / (nb - 1.0));
-    let p = incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
-    TTest { t, df, p }
+    two_sided(a, b, se2, df)
 }
 
 /// Student's t-test with pooled, equal variances (as `scipy.stats.ttest_ind(a, b,
@@ -60,24 +67,13 @@ pub fn welch_t_test(a: &[f64], b: &[f64]) -> TTest {
 /// script); `df` = n_a + n_b − 2. NaN fields when a side has fewer than two values or both
 /// variances are 0.
 pub fn student_t_test(a: &[f64], b: &[f64]) -> TTest {
-    let nan = TTest {
-        t: f64::NAN,
-        df: f64::NAN,
-        p: f64::NAN,
-    };
     if a.len() < 2 || b.len() < 2 {
-        return nan;
+        return NAN_TEST;
     }
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let df = na + nb - 2.0;
     let pooled = ((na - 1.0) * std(a, 1).powi(2) + (nb - 1.0) * std(b, 1).powi(2)) / df;
-    let se2 = pooled * (1.0 / na + 1.0 / nb);
-    if se2 <= 0.0 || !se2.is_finite() {
-        return nan;
-    }
-    let t = (mean(a) - mean(b)) / se2.sqrt();
-    let p = incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
-    TTest { t, df, p }
+    two_sided(a, b, pooled * (1.0 / na + 1.0 / nb), df)
 }
 
 /// Which two-sample t-test the tables use.

@@ -146,16 +146,7 @@ impl Meter {
 /// The power limit of the GPU `cuda:N` (visible index), from nvidia-smi.
 fn gpu_power_limit(device: &str) -> Option<f64> {
     let n: usize = device.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
-    let id = std::env::var("CUDA_VISIBLE_DEVICES")
-        .ok()
-        .and_then(|v| v.split(',').nth(n).map(|g| g.trim().to_owned()))
-        .unwrap_or_else(|| n.to_string());
-    let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=power.limit", "--format=csv,noheader,nounits", "-i", &id])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    crate::models::nvidia_smi_query(n, "power.limit")
 }
 
 #[cfg(test)]

@@ -394,7 +394,7 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     if !files.iter().any(|f| f.rfilename.ends_with(".safetensors")) {
         bail!("{repo_id} has no safetensors weights at {revision} (tpv does not read .bin checkpoints)");
     }
-    let repo_dir = models::hub_cache()?.join(format!("models--{}", repo_id.replace('/', "--")));
+    let repo_dir = models::hub_repo_dir("models", repo_id)?;
     download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
 }
 
@@ -431,7 +431,7 @@ fn dataset_files(siblings: &[Sibling], config: Option<&str>, splits: &[&str]) ->
 /// repo's own parquet files, else the hub's conversion.
 pub fn dataset(repo_id: &str, config: Option<&str>, splits: &[&str]) -> Result<PathBuf> {
     check_repo_id(repo_id)?;
-    let repo_dir = models::hub_cache()?.join(format!("datasets--{}", repo_id.replace('/', "--")));
+    let repo_dir = models::hub_repo_dir("datasets", repo_id)?;
     for rev in ["main", CONVERTED] {
         if let Ok(sha) = std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
             let snapshot = repo_dir.join("snapshots").join(sha.trim());

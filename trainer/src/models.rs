@@ -44,6 +44,38 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
+/// The GPUs this process sees, by their physical ids (`CUDA_VISIBLE_DEVICES`'s entries); `None`
+/// when it is not set (then every GPU, numbered as nvidia-smi numbers them).
+pub fn visible_gpus() -> Option<Vec<String>> {
+    let v = std::env::var("CUDA_VISIBLE_DEVICES").ok()?;
+    Some(
+        v.split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// A number nvidia-smi reports (`--query-gpu=FIELD`, no units) for the GPU `cuda:INDEX` (an index
+/// among the visible ones, asked for by its physical id); `None` when it cannot be read.
+pub fn nvidia_smi_query(index: usize, field: &str) -> Option<f64> {
+    let id = visible_gpus()
+        .and_then(|v| v.get(index).cloned())
+        .unwrap_or_else(|| index.to_string());
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            &format!("--query-gpu={field}"),
+            "--format=csv,noheader,nounits",
+            "-i",
+            &id,
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// A read-only memory map of a weights file.
 #[allow(unsafe_code)]
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {
@@ -69,7 +101,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         && !org.is_empty()
         && !name.contains('/')
     {
-        return match hub_snapshot("models", spec) {
+        return match hub_snapshot(spec) {
             Ok(snapshot) => Ok(snapshot),
             // Not cached: download it (unless HF_HUB_OFFLINE=1), naming both failures if that fails too.
             Err(cached) => crate::hub::download_model(spec, "main").map_err(|e| e.context(format!("{cached:#}"))),
@@ -89,14 +121,18 @@ pub fn hub_cache() -> Result<PathBuf> {
     })
 }
 
-/// The snapshot directory `refs/main` points at, for a repo of `kind` (`models`, `datasets`) in
-/// the hub cache.
-pub fn hub_snapshot(kind: &str, repo_id: &str) -> Result<PathBuf> {
-    let repo = hub_cache()?.join(format!("{kind}--{}", repo_id.replace('/', "--")));
-    let what = if kind == "datasets" { "--repo-type dataset " } else { "" };
+/// A repo's directory in the hub cache, as huggingface_hub names it: `KIND--ORG--NAME` (`kind`:
+/// `models`, `datasets`).
+pub fn hub_repo_dir(kind: &str, repo_id: &str) -> Result<PathBuf> {
+    Ok(hub_cache()?.join(format!("{kind}--{}", repo_id.replace('/', "--"))))
+}
+
+/// The snapshot `refs/main` points at, for a model repo in the hub cache (datasets: `hub::dataset`).
+fn hub_snapshot(repo_id: &str) -> Result<PathBuf> {
+    let repo = hub_repo_dir("models", repo_id)?;
     let rev = std::fs::read_to_string(repo.join("refs/main")).with_context(|| {
         format!(
-            "{repo_id} is not in the local hub cache ({}); download it with `huggingface-cli download {what}{repo_id}`",
+            "{repo_id} is not in the local hub cache ({}); download it with `huggingface-cli download {repo_id}`",
             repo.display()
         )
     })?;

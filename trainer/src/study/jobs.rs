@@ -407,13 +407,7 @@ pub fn study_device(study: &Study) -> String {
 /// (`CUDA_VISIBLE_DEVICES`'s entries, or `nvidia-smi --list-gpus`' count); nothing on the CPU or
 /// on a pinned `cuda:N`.
 pub fn sweep_gpus(study: &Study, given: Option<&str>) -> Result<Vec<String>> {
-    let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::to_owned)
-            .collect()
-    });
+    let visible = crate::models::visible_gpus();
     if let Some(list) = given {
         if list == "none" {
             return Ok(Vec::new());

@@ -330,20 +330,7 @@ fn device_memory(spec: &str) -> Option<f64> {
                 .ok()?;
             Some(kb * 1024.0)
         }
-        tpv_shared::DeviceSpec::Cuda(n) => {
-            // cuda:N counts the visible GPUs; nvidia-smi's -i takes the physical index or UUID.
-            let id = std::env::var("CUDA_VISIBLE_DEVICES")
-                .ok()
-                .and_then(|v| v.split(',').nth(n).map(|g| g.trim().to_owned()))
-                .unwrap_or_else(|| n.to_string());
-            let out = std::process::Command::new("nvidia-smi")
-                .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", &id])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())?;
-            let mib: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-            Some(mib * 1024.0 * 1024.0)
-        }
+        tpv_shared::DeviceSpec::Cuda(n) => Some(models::nvidia_smi_query(n, "memory.total")? * 1024.0 * 1024.0),
     }
 }
 
