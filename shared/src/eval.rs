@@ -674,6 +674,29 @@ impl Model {
         }
     }
 
+    /// [`Self::loss_rows`] with gradient checkpointing, for training a prompt on a model whose
+    /// activations would not fit: the loss (detached) and the gradients of `scale` × the loss
+    /// w.r.t. the prompts' variables. Decoder-only models (T5-base's activations fit).
+    pub fn loss_grad_checkpointed(
+        &self,
+        prompts: &[&Tensor],
+        batch: &[&Encoded],
+        scale: f64,
+    ) -> candle_core::Result<(crate::model::Loss, candle_core::backprop::GradStore)> {
+        match self {
+            Model::Llama(m) => {
+                let examples = family_examples(batch, "causal", |e| match e {
+                    Encoded::Causal { example, .. } => Some(example),
+                    Encoded::Seq2Seq { .. } => None,
+                })?;
+                causal::loss_grad_checkpointed(m, prompts, &examples, scale)
+            }
+            Model::T5(_) => candle_core::bail!(
+                "gradient checkpointing is implemented for decoder-only (LLaMA-family) models, not T5"
+            ),
+        }
+    }
+
     /// Greedy continuations (token ids) of `inputs`, row `i` under `prompts[i]`: at most
     /// `max_new` tokens each; causal models stop after any of `eos`, T5 at its EOS.
     pub fn greedy_rows(

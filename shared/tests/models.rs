@@ -143,6 +143,33 @@ fn llama_case(name: &str) {
     for (got, (want, _)) in out.per_example.iter().zip(&singles) {
         assert_rel(*got, f64::from(*want), 1e-5, "padded example loss = single");
     }
+    // Gradient checkpointing (layers recomputed in the backward pass): the same loss, per-example
+    // losses and gradient as the plain backward pass, for any scale of the loss.
+    let plain: Vec<f32> = grads
+        .get(prompt.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let rows = vec![prompt.as_tensor(); batch.len()];
+    for scale in [1.0, 0.25] {
+        let (ck, ck_grads) = causal::loss_grad_checkpointed(&model, &rows, &batch, scale).unwrap();
+        assert_eq!(
+            ck.loss.to_scalar::<f32>().unwrap(),
+            out.loss.to_scalar::<f32>().unwrap(),
+            "checkpointed loss"
+        );
+        assert_eq!(ck.per_example, out.per_example, "checkpointed per-example losses");
+        assert_eq!(ck.counts, out.counts);
+        let want: Vec<f32> = plain.iter().map(|g| g * scale as f32).collect();
+        assert_max_abs(
+            ck_grads.get(prompt.as_tensor()).unwrap(),
+            &want,
+            0.0,
+            "checkpointed gradient = plain gradient",
+        );
+    }
     let inputs: Vec<Vec<u32>> = expected["examples"]
         .as_array()
         .unwrap()

@@ -225,8 +225,9 @@ pub enum InputStyle {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// `smollm2-shaped` or `t5-base-shaped` (random weights of that shape), or a model spec as in
-    /// `tpv eval` (HF directory, .gguf, hub id in the local cache, `smollm2`).
+    /// `smollm2-shaped`, `t5-base-shaped` or `llama31-8b-shaped` (random weights of that shape;
+    /// the 8B one needs ≈ 16 GB in bf16), or a model spec as in `tpv eval` (HF directory, .gguf,
+    /// hub id in the local cache, `smollm2`).
     #[arg(long, default_value = "smollm2-shaped")]
     pub model: String,
     /// cpu or cuda:N.
@@ -262,6 +263,9 @@ pub struct BenchArgs {
     /// medians over --repeats.
     #[arg(long)]
     pub phases: bool,
+    /// Train with gradient checkpointing (`train.gradient_checkpointing`; LLaMA-family models).
+    #[arg(long, conflicts_with = "phases")]
+    pub gradient_checkpointing: bool,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,

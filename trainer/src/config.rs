@@ -273,6 +273,11 @@ pub struct TrainSection {
     /// the loss comes with it).
     #[serde(default, skip_serializing_if = "is_generate")]
     pub scoring: Scoring,
+    /// Keep only each layer's input during the forward pass and recompute its activations in the
+    /// backward pass (transformers' `gradient_checkpointing`): activation memory of one layer
+    /// instead of all, for one more forward pass. LLaMA-family models; the gradient is the same.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gradient_checkpointing: bool,
 }
 
 /// Rank classification or generation (shared with `tpv eval` and the web app).
@@ -284,6 +289,10 @@ fn is_generate(s: &Scoring) -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_device() -> String {

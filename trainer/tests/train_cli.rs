@@ -527,3 +527,34 @@ fn live_curves_are_tensorboard_event_files_tensorboard_reads() {
         prompt.curves["train_loss"].steps.len()
     );
 }
+
+/// Issue 17: `train.gradient_checkpointing` (each layer recomputed in the backward pass) trains
+/// the same prompt as the plain backward pass; T5, where it is not implemented, is refused
+/// before training with a message naming the setting.
+#[test]
+fn gradient_checkpointing_trains_the_same_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let mut runs = Vec::new();
+    for (name, extra) in [
+        ("plain", &[][..]),
+        ("ckpt", &["--set", "train.gradient_checkpointing=true"][..]),
+    ] {
+        let cfg = config(dir.path(), "llama_tied", name);
+        let out = train(&cfg, extra);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        runs.push(result(&dir.path().join(name).join("prompt.safetensors")));
+    }
+    assert!(runs[0].0 == runs[1].0, "the checkpointed run's prompt differs");
+    assert_eq!(runs[0].1, runs[1].1);
+
+    let cfg = config(dir.path(), "t5_relu_tied", "t5ckpt");
+    let out = train(&cfg, &["--set", "train.gradient_checkpointing=true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("train.gradient_checkpointing") && err.contains("T5"),
+        "{err}"
+    );
+    assert!(!dir.path().join("t5ckpt/checkpoint.safetensors").exists());
+}

@@ -51,7 +51,7 @@ fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-fn check(fixture: &str, model_name: &str, encode: impl Fn(&Value) -> Encoded) {
+fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&Value) -> Encoded) {
     let want: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
             .unwrap();
@@ -71,6 +71,7 @@ fn check(fixture: &str, model_name: &str, encode: impl Fn(&Value) -> Encoded) {
         eos: vec![],
         dropout: 0.0,
         device: device(),
+        checkpointing,
     };
     let steps = want["steps"].as_u64().unwrap();
     let schedule = Schedule {
@@ -131,7 +132,7 @@ fn check(fixture: &str, model_name: &str, encode: impl Fn(&Value) -> Encoded) {
 
 #[test]
 fn t5_five_steps_linear_warmup_match_torch_peft() {
-    check("t5_linear.json", "t5_relu_tied", |e| Encoded::Seq2Seq {
+    check("t5_linear.json", "t5_relu_tied", false, |e| Encoded::Seq2Seq {
         example: t5::Example {
             input: ids(&e["input_ids"]),
             target: ids(&e["labels"]),
@@ -140,14 +141,23 @@ fn t5_five_steps_linear_warmup_match_torch_peft() {
     });
 }
 
+fn causal_example(e: &Value) -> Encoded {
+    let input = ids(&e["input_ids"]);
+    Encoded::Causal {
+        example: causal::Example::answer(&input, &ids(&e["answer_ids"])),
+        input,
+        target: String::new(),
+    }
+}
+
 #[test]
 fn llama_cosine_accumulation_clipping_match_torch_peft() {
-    check("llama_cosine_accum_clip.json", "llama_gqa_rope3", |e| {
-        let input = ids(&e["input_ids"]);
-        Encoded::Causal {
-            example: causal::Example::answer(&input, &ids(&e["answer_ids"])),
-            input,
-            target: String::new(),
-        }
-    });
+    check("llama_cosine_accum_clip.json", "llama_gqa_rope3", false, causal_example);
+}
+
+/// The same trajectory with `train.gradient_checkpointing` (each layer recomputed in the
+/// backward pass).
+#[test]
+fn llama_with_gradient_checkpointing_matches_torch_peft() {
+    check("llama_cosine_accum_clip.json", "llama_gqa_rope3", true, causal_example);
 }

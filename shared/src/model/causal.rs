@@ -209,38 +209,98 @@ pub fn loss_rows(model: &Llama, prompts: &[&Tensor], examples: &[Example]) -> Re
         .unwrap_or(0)
         .saturating_sub(1);
     let (hidden, packed, shared, _) = run(model, prompts, &seqs, limit, false)?;
-    // Only the columns that predict a target go through the LM head.
-    let (mut rows, mut targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-    for (b, (ex, start)) in examples.iter().zip(&packed.starts).enumerate() {
-        let first = ex.target_start.min(ex.ids.len());
-        for j in first..ex.ids.len() {
-            if start + j < shared + 1 {
-                candle_core::bail!("a target token without a column before it (an empty prompt and input)");
-            }
-            rows.push((b * packed.width + start + j - shared - 1) as u32);
-            targets.push(ex.ids[j]);
-        }
-        counts.push(ex.ids.len() - first);
-    }
-    if rows.is_empty() {
-        candle_core::bail!("the batch has no target tokens");
-    }
-    let logits = model.logits(&select_rows(&hidden, &rows)?)?;
-    let targets = Tensor::from_slice(&targets, targets.len(), model.device())?;
-    let (loss, per_row) = ops::nll(&logits, &targets)?;
-    let per_row: Vec<f32> = per_row.to_vec1()?;
-    let mut per_example = Vec::with_capacity(counts.len());
-    let mut offset = 0;
-    for &n in &counts {
-        let sum: f32 = per_row[offset..offset + n].iter().sum();
-        per_example.push(if n == 0 { f32::NAN } else { sum / n as f32 });
-        offset += n;
-    }
+    let targets = Targets::of(examples, &packed, shared)?;
+    let (loss, per_row) = targets.nll(model, &hidden)?;
     Ok(LossOutput {
         loss,
-        per_example,
-        counts,
+        per_example: targets.per_example(&per_row.to_vec1()?),
+        counts: targets.counts,
     })
+}
+
+/// [`loss_rows`] with gradient checkpointing ([`Llama::checkpointed_grad`]): the activations of
+/// one layer at a time instead of all of them, for one more forward pass of compute. Returns the
+/// loss (detached) and the gradients of `scale` × the loss w.r.t. the prompts' variables. No
+/// prefix is shared between rows: the prefix's keys and values would tie the layers together.
+pub fn loss_grad_checkpointed(
+    model: &Llama,
+    prompts: &[&Tensor],
+    examples: &[Example],
+    scale: f64,
+) -> Result<(LossOutput, candle_core::backprop::GradStore)> {
+    let seqs: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
+    let packed = pack(model, prompts, &seqs)?;
+    let targets = Targets::of(examples, &packed, 0)?;
+    let mut kept = None;
+    let (_, grad) = model.checkpointed_grad(&packed.embeds, &packed.positions, &packed.valid, &mut |hidden| {
+        let (loss, rows) = targets.nll(model, hidden)?;
+        kept = Some((loss.detach(), rows.to_vec1::<f32>()?));
+        loss * scale
+    })?;
+    let Some((loss, per_row)) = kept else {
+        candle_core::bail!("the loss was not computed")
+    };
+    // The prompts reach the layers through the packed embeddings: Σ embeds·g carries g to them.
+    let grads = (&packed.embeds * grad)?.sum_all()?.backward()?;
+    let per_example = targets.per_example(&per_row);
+    Ok((
+        LossOutput {
+            loss,
+            per_example,
+            counts: targets.counts,
+        },
+        grads,
+    ))
+}
+
+/// The columns of a packed batch that predict a target token, the targets, and each example's
+/// target count.
+struct Targets {
+    rows: Vec<u32>,
+    ids: Vec<u32>,
+    counts: Vec<usize>,
+}
+
+impl Targets {
+    /// For hidden states of `packed`'s columns after the first `shared` (a shared prefix).
+    fn of(examples: &[Example], packed: &Packed, shared: usize) -> Result<Self> {
+        let (mut rows, mut ids, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, (ex, start)) in examples.iter().zip(&packed.starts).enumerate() {
+            let first = ex.target_start.min(ex.ids.len());
+            for j in first..ex.ids.len() {
+                if start + j < shared + 1 {
+                    candle_core::bail!("a target token without a column before it (an empty prompt and input)");
+                }
+                rows.push((b * packed.width + start + j - shared - 1) as u32);
+                ids.push(ex.ids[j]);
+            }
+            counts.push(ex.ids.len() - first);
+        }
+        if rows.is_empty() {
+            candle_core::bail!("the batch has no target tokens");
+        }
+        Ok(Self { rows, ids, counts })
+    }
+
+    /// The mean NLL and the NLL of every target; only the columns that predict a target go
+    /// through the LM head.
+    fn nll(&self, model: &Llama, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
+        let logits = model.logits(&select_rows(hidden, &self.rows)?)?;
+        let targets = Tensor::from_slice(&self.ids, self.ids.len(), model.device())?;
+        ops::nll(&logits, &targets)
+    }
+
+    /// Each example's mean NLL (NaN without targets) from the per-target NLL.
+    fn per_example(&self, per_row: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.counts.len());
+        let mut offset = 0;
+        for &n in &self.counts {
+            let sum: f32 = per_row.iter().skip(offset).take(n).sum();
+            out.push(if n == 0 { f32::NAN } else { sum / n as f32 });
+            offset += n;
+        }
+        out
+    }
 }
 
 /// Logits at every position of one unpadded sequence, [len, V] (for checks against HF).

@@ -497,6 +497,44 @@ impl Llama {
         ops::rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps)
     }
 
+    /// The gradient of a scalar loss w.r.t. `embeds` [B, T, d] (mask and positions as
+    /// [`Self::forward_embeds`] without a cache) with gradient checkpointing: the forward pass
+    /// keeps only each layer's input (B·T·d values per layer, not its activations), `head` turns
+    /// the final-norm hidden states into the loss, and the backward pass recomputes one layer at
+    /// a time from its saved input to carry the gradient through it. The same operations as the
+    /// plain backward pass, so the same gradient; one more forward pass of compute. Returns the
+    /// loss (detached) and the gradient.
+    pub fn checkpointed_grad(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (_, t, _) = embeds.dims3()?;
+        let mask = causal_mask(valid, 0, t, embeds.device())?.to_dtype(embeds.dtype())?;
+        let rot = self.rotary(positions, t)?;
+        // Untracked inputs: no layer keeps its activations for a backward pass.
+        let mut inputs = vec![embeds.detach()];
+        for layer in &self.layers {
+            let next = layer.forward(&inputs[inputs.len() - 1], &rot, &mask, None)?;
+            inputs.push(next);
+        }
+        let Some(last) = inputs.pop() else {
+            candle_core::bail!("no layer input")
+        };
+        let last = candle_core::Var::from_tensor(&last)?;
+        let loss = head(&ops::rms_norm(last.as_tensor(), &self.norm, self.cfg.rms_norm_eps)?)?;
+        let mut grad = gradient_of(&loss, &last)?;
+        for (layer, input) in self.layers.iter().zip(&inputs).rev() {
+            let x = candle_core::Var::from_tensor(input)?;
+            let y = layer.forward(x.as_tensor(), &rot, &mask, None)?;
+            // d(Σ y·g)/dx is the upstream gradient g carried through the layer.
+            grad = gradient_of(&(y * &grad)?.sum_all()?, &x)?;
+        }
+        Ok((loss.detach(), grad))
+    }
+
     /// Logits of hidden states [.., d] → [.., V].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         ops::frozen_matmul_t(hidden, &self.lm_head)
@@ -537,6 +575,15 @@ fn causal_mask(keys: &[Vec<bool>], past: usize, t: usize, device: &Device) -> Re
         }
     }
     Tensor::from_vec(data, (keys.len(), 1, t, s), device)
+}
+
+/// d`scalar`/d`var` (zeros when the scalar does not depend on it).
+fn gradient_of(scalar: &Tensor, var: &candle_core::Var) -> Result<Tensor> {
+    let grads = scalar.backward()?;
+    match grads.get(var) {
+        Some(g) => Ok(g.clone()),
+        None => var.as_tensor().zeros_like(),
+    }
 }
 
 /// Rows [.., d] of `xs` at `dim`-indices, for picking the positions whose logits are needed.

@@ -38,6 +38,33 @@ pub fn smollm2_config() -> Value {
     })
 }
 
+/// LLaMA-3.1-8B(-Instruct)'s shape (HF config.json of meta-llama/Llama-3.1-8B-Instruct).
+pub fn llama31_8b_config() -> Value {
+    json!({
+        "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072, "rope_theta": 500000.0,
+        "rope_scaling": { "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8192, "rope_type": "llama3" },
+        "tie_word_embeddings": false, "attention_bias": false, "mlp_bias": false, "hidden_act": "silu",
+        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "model_type": "llama"
+    })
+}
+
+/// This process's resident memory now and at its peak (`VmRSS`, `VmHWM`; Linux), in bytes.
+fn rss() -> (Option<u64>, Option<u64>) {
+    #[allow(clippy::disallowed_methods, reason = "a /proc read, native only")]
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// T5-base's shape (d_model 768, 12+12 layers, relu, tied embeddings).
 pub fn t5_base_config() -> Value {
     json!({
@@ -256,21 +283,27 @@ fn engine_rows(state: &State, engine: &Engine<'_>) -> usize {
     state.params.len() / engine.model.hidden_size().max(1)
 }
 
+/// The benchmarked model: random weights of a named shape, or loaded (and how long that took).
+fn bench_model(args: &BenchArgs, dtype: DType, device: &Device) -> Result<(Model, Option<f64>)> {
+    let t = Instant::now();
+    Ok(match args.model.as_str() {
+        "smollm2-shaped" => (random_model(&smollm2_config(), dtype, device)?, None),
+        "t5-base-shaped" => (random_model(&t5_base_config(), dtype, device)?, None),
+        "llama31-8b-shaped" => (random_model(&llama31_8b_config(), dtype, device)?, None),
+        spec => {
+            let loaded = models::load(spec, dtype, device).with_context(|| format!("loading {spec}"))?;
+            (loaded.loaded.model, Some(t.elapsed().as_secs_f64()))
+        }
+    })
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.long <= args.short || args.repeats == 0 {
         bail!("--long must exceed --short, and --repeats must be at least 1");
     }
     let device = models::device(&args.device)?;
     let dtype = models::dtype(&args.dtype)?;
-    let t = Instant::now();
-    let (model, load_s) = match args.model.as_str() {
-        "smollm2-shaped" => (random_model(&smollm2_config(), dtype, &device)?, None),
-        "t5-base-shaped" => (random_model(&t5_base_config(), dtype, &device)?, None),
-        spec => {
-            let loaded = models::load(spec, dtype, &device).with_context(|| format!("loading {spec}"))?;
-            (loaded.loaded.model, Some(t.elapsed().as_secs_f64()))
-        }
-    };
+    let (model, load_s) = bench_model(args, dtype, &device)?;
     if args.load_only {
         let out =
             json!({ "tool": "tpv", "model": args.model, "device": args.device, "dtype": args.dtype, "load_s": load_s });
@@ -296,7 +329,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         eos: vec![],
         dropout: 0.0,
         device: device.clone(),
+        checkpointing: args.gradient_checkpointing,
     };
+    let rss_after_load = rss().0;
     let init: Vec<f32> = model
         .embeddings()
         .narrow(0, 1000.min(vocab.saturating_sub(r)), r)?
@@ -352,6 +387,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "matmul_peak_gflops": peak,
         "matmul_n": n,
         "phases": phases,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "rss_after_load_bytes": rss_after_load,
+        "peak_rss_bytes": rss().1,
     });
     if args.json {
         print_json(&out)
@@ -391,6 +429,18 @@ fn print_text(out: &serde_json::Value, repeats: usize, seq2seq: bool) -> Result<
             .as_f64()
             .map_or(String::new(), |s| format!("; loaded in {s:.2} s")),
     );
+    if let (Some(load), Some(peak)) = (out["rss_after_load_bytes"].as_f64(), out["peak_rss_bytes"].as_f64()) {
+        out!(
+            "  memory (resident): {:.2} GB after loading, peak {:.2} GB{}",
+            load / 1e9,
+            peak / 1e9,
+            if out["gradient_checkpointing"] == true {
+                " (gradient checkpointing)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(p) = out["phases"].as_object() {
         let g = |k: &str| p.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         out!(

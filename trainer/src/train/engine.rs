@@ -35,6 +35,8 @@ pub struct Engine<'a> {
     pub eos: Vec<u32>,
     pub dropout: f32,
     pub device: Device,
+    /// Recompute each layer's activations in the backward pass (`train.gradient_checkpointing`).
+    pub checkpointing: bool,
 }
 
 impl Engine<'_> {
@@ -93,11 +95,18 @@ pub fn train_step(
     let total: usize = micro_batches.iter().flatten().map(|e| e.target_count()).sum();
     let mut loss = 0f32;
     for mb in micro_batches {
-        let out = engine.loss(var.as_tensor(), mb, Some(&mut rng))?;
-        let share = out.counts.iter().sum::<usize>() as f64 / total.max(1) as f64;
-        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
-        loss += scaled.to_scalar::<f32>()?;
-        let g = scaled.backward()?;
+        // Each micro-batch's share of the step's target tokens.
+        let share = mb.iter().map(|e| e.target_count()).sum::<usize>() as f64 / total.max(1) as f64;
+        let (value, g) = if engine.checkpointing {
+            let theta = var.as_tensor();
+            let (out, g) = engine.model.loss_grad_checkpointed(&vec![theta; mb.len()], mb, share)?;
+            ((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, g)
+        } else {
+            let out = engine.loss(var.as_tensor(), mb, Some(&mut rng))?;
+            let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
+            (scaled.to_scalar::<f32>()?, scaled.backward()?)
+        };
+        loss += value;
         if let Some(g) = g.get(&var) {
             for (a, b) in grads
                 .iter_mut()

@@ -289,6 +289,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     if r >= max_positions {
         bail!("prompt.virtual_tokens is {r}: it leaves no room for the input in the model's {max_positions} positions");
     }
+    if config.train.gradient_checkpointing && loaded.model.is_seq2seq() {
+        bail!(
+            "train.gradient_checkpointing is implemented for decoder-only (LLaMA-family) models; {} is T5 (whose activations fit without it): remove the setting",
+            config.model.path
+        );
+    }
     let all = data::load_all(&config.data).context("loading data")?;
     let t = Trainer {
         config,
@@ -319,6 +325,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         eos: loaded.eos.clone(),
         dropout: config.train.dropout.unwrap_or_else(|| loaded.model.config_dropout()),
         device: device.clone(),
+        checkpointing: config.train.gradient_checkpointing,
     };
     let mut p = if opts.resume && ckpt_file.exists() {
         let p = Progress::resume(&ckpt_file, &t)?;
