@@ -210,6 +210,9 @@ struct Entry {
     #[serde(default)]
     label_kind: LabelKind,
     metrics: Vec<Metric>,
+    /// Where the hub keeps the dataset's files, and the public page that shows it.
+    #[serde(default)]
+    layout: Option<String>,
 }
 
 impl From<Entry> for TaskSpec {
@@ -250,14 +253,25 @@ impl From<Entry> for TaskSpec {
 /// The registry's text (`shared/src/tasks.toml`), embedded.
 pub const REGISTRY: &str = include_str!("tasks.toml");
 
-/// Every built-in task, in the registry's order.
-pub fn builtin() -> Result<Vec<TaskSpec>, TaskError> {
+/// The registry's entries, in its order.
+fn entries() -> Result<Vec<Entry>, TaskError> {
     #[derive(Deserialize)]
     struct Registry {
         task: Vec<Entry>,
     }
     let registry: Registry = toml::from_str(REGISTRY).map_err(|e| TaskError::Registry(e.to_string()))?;
-    Ok(registry.task.into_iter().map(TaskSpec::from).collect())
+    Ok(registry.task)
+}
+
+/// Every built-in task, in the registry's order.
+pub fn builtin() -> Result<Vec<TaskSpec>, TaskError> {
+    Ok(entries()?.into_iter().map(TaskSpec::from).collect())
+}
+
+/// Where the hub keeps a built-in task's dataset (revision: paths) and the public page that shows
+/// it: the registry's `layout`, for messages about a download that went wrong.
+pub fn hub_layout(name: &str) -> Option<String> {
+    entries().ok()?.into_iter().find(|t| t.name == name)?.layout
 }
 
 /// A built-in task by name.
@@ -302,6 +316,22 @@ impl TaskSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hub_dataset_in_the_registry_says_where_its_files_are() {
+        for t in builtin().unwrap() {
+            let on_hub = t.origin.dataset.contains('/') && !t.origin.dataset.contains(' ');
+            let layout = hub_layout(&t.name);
+            assert_eq!(on_hub, layout.is_some(), "{}: layout {layout:?}", t.name);
+            if let Some(l) = layout {
+                assert!(
+                    l.contains("https://huggingface.co/datasets/"),
+                    "{}: no public source in {l}",
+                    t.name
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_registry_parses_with_unique_names_and_an_instruction_for_every_labelled_task() {

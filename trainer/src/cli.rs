@@ -123,10 +123,9 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct AggregateArgs {
-    /// The study directory (study.output of the config).
-    pub study_dir: PathBuf,
+/// How a study's tables test and state (`tpv aggregate` and `tpv report`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct StatsArgs {
     /// The two-sample t-test of the comparisons: `welch` (unequal variances) or `student`
     /// (equal variances, as the paper's significance script); the tables name it.
     #[arg(long, value_parser = named::<TestKind>(), default_value = "welch")]
@@ -134,6 +133,24 @@ pub struct AggregateArgs {
     /// The grid's carbon intensity for the energy statement, kgCO₂eq per kWh (the paper's 0.432).
     #[arg(long, default_value_t = crate::study::aggregate::DEFAULT_GRID_INTENSITY)]
     pub grid_intensity: f64,
+}
+
+impl StatsArgs {
+    /// Refuses a grid intensity that is not a number ≥ 0.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(self.grid_intensity.is_finite() && self.grid_intensity >= 0.0) {
+            anyhow::bail!("--grid-intensity must be a number ≥ 0 (kgCO₂eq per kWh)");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AggregateArgs {
+    /// The study directory (study.output of the config).
+    pub study_dir: PathBuf,
+    #[command(flatten)]
+    pub stats: StatsArgs,
     /// Where to write tables.{md,csv,json} (default: the study directory).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -157,6 +174,8 @@ pub struct ReportArgs {
     /// up to at most 256 MB (else a hub model is linked), `always`, or `never`.
     #[arg(long, value_enum, default_value = "auto")]
     pub bundle_model: BundleArg,
+    #[command(flatten)]
+    pub stats: StatsArgs,
     /// Serve the site on 127.0.0.1 afterwards.
     #[arg(long)]
     pub serve: bool,

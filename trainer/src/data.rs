@@ -323,9 +323,9 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>> {
 /// `SPLIT-*.{parquet,jsonl,csv,tsv}` or inside a directory named after the split, preferring those
 /// under a `config` subdirectory when there is one.
 pub fn split_files(root: &Path, config: Option<&str>) -> Result<BTreeMap<String, Vec<std::path::PathBuf>>> {
-    let base = match config {
-        Some(c) if root.join(c).is_dir() => root.join(c),
-        _ => root.to_owned(),
+    let base = match config_dir(config, |d| root.join(d).is_dir()) {
+        Some(d) => root.join(d),
+        None => root.to_owned(),
     };
     let mut found: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
     let mut stack = vec![(base, 0)];
@@ -351,6 +351,21 @@ pub fn split_files(root: &Path, config: Option<&str>) -> Result<BTreeMap<String,
         files.sort();
     }
     Ok(found)
+}
+
+/// The top directory of a dataset (a snapshot, or a hub listing: `has_dir` says which exist) that
+/// holds `config`'s files: the config's own (`mnli/`), else, for the default config (none named),
+/// the conversion's `default/` or the repo's `data/` (MATH-lighteval keeps its default config in
+/// `data/` beside one directory per subject). None: the whole dataset.
+pub fn config_dir(config: Option<&str>, has_dir: impl Fn(&str) -> bool) -> Option<String> {
+    let c = config.unwrap_or("default");
+    if has_dir(c) {
+        Some(c.to_owned())
+    } else if c == "default" && has_dir("data") {
+        Some("data".to_owned())
+    } else {
+        None
+    }
 }
 
 /// The split a data file belongs to: its name before the first `-` or `.`
@@ -429,8 +444,17 @@ fn builtin_records(task: &TaskSpec, dataset_dir: Option<&Path>) -> Result<(Vec<R
         Some(d) => d.to_owned(),
         None => {
             let held = task.origin.held_out_split.as_deref().unwrap_or("validation");
-            crate::hub::dataset(&task.origin.dataset, task.origin.config.as_deref(), &["train", held])
-                .with_context(|| format!("task {} reads HF dataset {}", task.name, task.origin.dataset))?
+            crate::hub::dataset(&task.origin.dataset, task.origin.config.as_deref(), &["train", held]).with_context(
+                || {
+                    format!(
+                        "task {} reads HF dataset {}{}",
+                        task.name,
+                        task.origin.dataset,
+                        tasks::hub_layout(&task.name)
+                            .map_or(String::new(), |l| format!(" (where the hub keeps it: {l})"))
+                    )
+                },
+            )?
         }
     };
     let files = split_files(&root, task.origin.config.as_deref())?;

@@ -1,10 +1,14 @@
 //! The energy a run uses (the paper's impact statement: device hours, kWh, kgCO₂eq). Measured
 //! where the machine lets us: the CPU packages' RAPL counters (`/sys/class/powercap/intel-rapl:N`,
-//! also on AMD; `$TPV_POWERCAP` overrides the root, for tests). Otherwise estimated, and said so:
-//! a GPU at its power limit (`nvidia-smi --query-gpu=power.limit`), a CPU at `$TPV_CPU_WATTS`
-//! (default 15 W) per thread it uses, for the run's wall time.
+//! also on AMD; `$TPV_POWERCAP` overrides the root, for tests); a GPU's power draw sampled twice a
+//! second by one `nvidia-smi --query-gpu=power.draw -lms 500` child and integrated over the run
+//! (what CodeCarbon, the paper's tool, does through NVML). Otherwise estimated, and said so: a GPU
+//! at its power limit (`nvidia-smi --query-gpu=power.limit`), a CPU at `$TPV_CPU_WATTS` (default
+//! 15 W) per thread it uses, for the run's wall time.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// One RAPL domain: its counter file, the reading at the start, the counter's range.
@@ -19,6 +23,82 @@ pub struct Meter {
     start: Instant,
     device: String,
     rapl: Vec<Domain>,
+    gpu: Option<PowerSampler>,
+}
+
+/// Power samples (seconds since the start, watts) from a child process that prints one number
+/// per line.
+struct PowerSampler {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+    samples: Arc<Mutex<Vec<(f64, f64)>>>,
+}
+
+impl PowerSampler {
+    /// Starts `program args` (its standard output read line by line from `start`); `None` when it
+    /// does not start.
+    fn spawn(program: &str, args: &[String], start: Instant) -> Option<Self> {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdout = child.stdout.take()?;
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&samples);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // "[N/A]" and the like are skipped: no sample, not a zero.
+                if let Ok(watts) = line.trim().parse::<f64>()
+                    && watts.is_finite()
+                    && watts >= 0.0
+                    && let Ok(mut s) = sink.lock()
+                {
+                    s.push((start.elapsed().as_secs_f64(), watts));
+                }
+            }
+        });
+        Some(Self { child, reader, samples })
+    }
+
+    /// The GPU `cuda:N`'s power draw, sampled every 500 ms.
+    fn gpu(device: &str, start: Instant) -> Option<Self> {
+        let n: usize = device.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let args = [
+            "--query-gpu=power.draw".to_owned(),
+            "--format=csv,noheader,nounits".to_owned(),
+            "-lms".to_owned(),
+            "500".to_owned(),
+            "-i".to_owned(),
+            crate::models::nvidia_smi_id(n),
+        ];
+        Self::spawn("nvidia-smi", &args, start)
+    }
+
+    /// Stops sampling at `end` seconds; the energy in joules (each sample's power held until the
+    /// next, the first from the start, the last to the end) and the number of samples, if any.
+    fn finish(mut self, end: f64) -> Option<(f64, usize)> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        let samples = self.samples.lock().ok()?.clone();
+        integrate(&samples, end).map(|j| (j, samples.len()))
+    }
+}
+
+/// ∫ P dt over [0, end] of step-wise power samples (time, watts): each sample's power holds until
+/// the next; the first covers the time before it.
+pub fn integrate(samples: &[(f64, f64)], end: f64) -> Option<f64> {
+    let first = samples.first()?;
+    let mut joules = first.1 * first.0.min(end);
+    for (i, &(t, w)) in samples.iter().enumerate() {
+        let next = samples.get(i + 1).map_or(end, |s| s.0).min(end);
+        joules += w * (next - t).max(0.0);
+    }
+    Some(joules)
 }
 
 /// What a run used.
@@ -82,16 +162,31 @@ impl Meter {
         } else {
             Vec::new()
         };
+        let start = Instant::now();
+        let gpu = if device.starts_with("cuda") {
+            PowerSampler::gpu(device, start)
+        } else {
+            None
+        };
         Self {
-            start: Instant::now(),
+            start,
             device: device.to_owned(),
             rapl,
+            gpu,
         }
     }
 
     /// What the run used since [`Meter::start`].
     pub fn finish(self) -> Energy {
-        let hours = self.start.elapsed().as_secs_f64() / 3600.0;
+        let seconds = self.start.elapsed().as_secs_f64();
+        let hours = seconds / 3600.0;
+        if let Some((joules, n)) = self.gpu.and_then(|g| g.finish(seconds)) {
+            return Energy {
+                device_hours: hours,
+                kwh: joules / 3.6e6,
+                method: format!("nvidia-smi power.draw ({n} samples, every 500 ms)"),
+            };
+        }
         let measured: Option<u64> = (!self.rapl.is_empty())
             .then(|| {
                 self.rapl
@@ -152,6 +247,30 @@ fn gpu_power_limit(device: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn power_samples_integrate_step_wise() {
+        assert_eq!(integrate(&[], 10.0), None);
+        // 100 W from 0 to 2 s (the first sample covers the time before it), 300 W from 2 to 5.
+        assert_eq!(integrate(&[(1.0, 100.0), (2.0, 300.0)], 5.0), Some(1100.0));
+        assert_eq!(integrate(&[(0.5, 200.0)], 0.25), Some(50.0));
+    }
+
+    /// A stand-in for `nvidia-smi -lms`: a process printing a power reading per line (and a
+    /// line that is not a number, as `[N/A]`), read while it runs and integrated when stopped.
+    #[cfg(unix)]
+    #[test]
+    fn a_sampling_child_is_read_and_stopped() {
+        let start = Instant::now();
+        let script = "echo '[N/A]'; while true; do echo 250.00; sleep 0.02; done";
+        let sampler = PowerSampler::spawn("sh", &["-c".to_owned(), script.to_owned()], start).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let end = start.elapsed().as_secs_f64();
+        let (joules, n) = sampler.finish(end).unwrap();
+        assert!(n >= 2, "{n} samples");
+        assert!((joules - 250.0 * end).abs() < 1e-9 * joules, "{joules} J over {end} s");
+        assert!(PowerSampler::spawn("/nonexistent/nvidia-smi", &[], start).is_none());
+    }
 
     #[test]
     fn rapl_counters_wrap() {

@@ -398,13 +398,13 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
 }
 
-/// The parquet files of `config`'s `splits` in a listing: under the config's directory when the
-/// repo has one (`mnli/train-00000-of-00001.parquet`, `mnli/train/0000.parquet`), else anywhere
-/// (`data/train-*.parquet`); the split is the file's name before `-` or its directory's name (the
-/// conversion's `partial-SPLIT` too).
+/// The parquet files of `config`'s `splits` in a listing: under the config's directory
+/// ([`crate::data::config_dir`]: `mnli/train-00000-of-00001.parquet`, `mnli/train/0000.parquet`,
+/// the default config's `data/`) when the repo has one, else anywhere; the split is the file's
+/// name before `-` or its directory's name (the conversion's `partial-SPLIT` too).
 fn dataset_files(siblings: &[Sibling], config: Option<&str>, splits: &[&str]) -> Vec<Sibling> {
     let parquet: Vec<&Sibling> = siblings.iter().filter(|s| s.rfilename.ends_with(".parquet")).collect();
-    let in_config = |s: &&&Sibling| config.is_some_and(|c| s.rfilename.starts_with(&format!("{c}/")));
+    let under = |s: &Sibling, dir: &str| s.rfilename.starts_with(&format!("{dir}/"));
     // A repo whose files sit in directories of other names (glue: `qqp/`, `sst2/`) is organised by
     // config: another config's files are never a stand-in for the one asked for.
     let by_config = parquet.iter().any(|s| {
@@ -412,12 +412,10 @@ fn dataset_files(siblings: &[Sibling], config: Option<&str>, splits: &[&str]) ->
             .split_once('/')
             .is_some_and(|(top, _)| top != "data" && crate::data::split_of(Path::new(top)).is_none())
     });
-    let scoped: Vec<&Sibling> = if parquet.iter().any(|s| in_config(&s)) {
-        parquet.iter().filter(|s| in_config(s)).copied().collect()
-    } else if config.is_some() && by_config {
-        Vec::new()
-    } else {
-        parquet
+    let scoped: Vec<&Sibling> = match crate::data::config_dir(config, |d| parquet.iter().any(|s| under(s, d))) {
+        Some(dir) => parquet.iter().filter(|s| under(s, &dir)).copied().collect(),
+        None if config.is_some() && by_config => Vec::new(),
+        None => parquet,
     };
     scoped
         .into_iter()
@@ -542,6 +540,23 @@ mod tests {
         assert_eq!(
             names(dataset_files(&flat, None, &["train"])),
             ["data/train-00000-of-00001.parquet"]
+        );
+        // MATH-lighteval: the default config in data/, one directory per subject beside it.
+        let math: Vec<Sibling> = [
+            "data/train-00000-of-00001.parquet",
+            "data/test-00000-of-00001.parquet",
+            "algebra/train-00000-of-00001.parquet",
+            "algebra/test-00000-of-00001.parquet",
+        ]
+        .map(sib)
+        .to_vec();
+        assert_eq!(
+            names(dataset_files(&math, None, &["train", "test"])),
+            ["data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"]
+        );
+        assert_eq!(
+            names(dataset_files(&math, Some("algebra"), &["train"])),
+            ["algebra/train-00000-of-00001.parquet"]
         );
         // A config the repo does not have: nothing (not another config's files).
         assert!(dataset_files(&listing, Some("qnli"), &["train"]).is_empty());

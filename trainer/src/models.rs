@@ -57,12 +57,18 @@ pub fn visible_gpus() -> Option<Vec<String>> {
     )
 }
 
+/// The id nvidia-smi knows the GPU `cuda:INDEX` by (its physical id, through
+/// `CUDA_VISIBLE_DEVICES`).
+pub fn nvidia_smi_id(index: usize) -> String {
+    visible_gpus()
+        .and_then(|v| v.get(index).cloned())
+        .unwrap_or_else(|| index.to_string())
+}
+
 /// A number nvidia-smi reports (`--query-gpu=FIELD`, no units) for the GPU `cuda:INDEX` (an index
 /// among the visible ones, asked for by its physical id); `None` when it cannot be read.
 pub fn nvidia_smi_query(index: usize, field: &str) -> Option<f64> {
-    let id = visible_gpus()
-        .and_then(|v| v.get(index).cloned())
-        .unwrap_or_else(|| index.to_string());
+    let id = nvidia_smi_id(index);
     let out = std::process::Command::new("nvidia-smi")
         .args([
             &format!("--query-gpu={field}"),

@@ -48,8 +48,15 @@ struct File {
     fault: Fault,
 }
 
-/// repo → revision → (commit, files).
-type Repos = BTreeMap<&'static str, BTreeMap<&'static str, (&'static str, BTreeMap<String, File>)>>;
+/// `datasets/ORG/NAME` or `models/ORG/NAME` → revision (as the client asks for it:
+/// `refs%2Fconvert%2Fparquet`) → (commit, files).
+type Repos = BTreeMap<String, BTreeMap<String, (String, BTreeMap<String, File>)>>;
+
+fn add(r: &mut Repos, repo: &str, rev: &str, sha: &str, files: BTreeMap<String, File>) {
+    r.entry(repo.to_owned())
+        .or_default()
+        .insert(rev.to_owned(), (sha.to_owned(), files));
+}
 
 fn repos() -> Repos {
     let glue_train = fixture("nyu-mll/glue", "sst2/train-00000-of-00001.parquet");
@@ -110,16 +117,21 @@ fn repos() -> Repos {
         },
     );
     let mut r: Repos = BTreeMap::new();
-    r.entry("nyu-mll/glue").or_default().insert("main", (GLUE, glue));
-    r.entry("stanfordnlp/snli")
-        .or_default()
-        .insert("main", (SNLI_MAIN, snli_main));
-    r.entry("stanfordnlp/snli")
-        .or_default()
-        .insert("refs%2Fconvert%2Fparquet", (SNLI_CONVERTED, snli_conv));
-    r.entry("fancyzhx/ag_news").or_default().insert("main", (GLUE, broken));
+    add(&mut r, "datasets/nyu-mll/glue", "main", GLUE, glue);
+    add(&mut r, "datasets/stanfordnlp/snli", "main", SNLI_MAIN, snli_main);
+    add(
+        &mut r,
+        "datasets/stanfordnlp/snli",
+        CONVERTED,
+        SNLI_CONVERTED,
+        snli_conv,
+    );
+    add(&mut r, "datasets/fancyzhx/ag_news", "main", GLUE, broken);
     r
 }
+
+/// The revision name of the hub's parquet conversion, as the client puts it in a URL.
+const CONVERTED: &str = "refs%2Fconvert%2Fparquet";
 
 fn respond(stream: &mut std::net::TcpStream, status: &str, headers: &str, body: &[u8], send: usize) {
     let head = format!(
@@ -132,12 +144,17 @@ fn respond(stream: &mut std::net::TcpStream, status: &str, headers: &str, body: 
 
 /// Serves `repos()`; logs each request as `PATH RANGE`.
 fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
+    serve_repos(repos)
+}
+
+/// Serves the repos `make` builds (in the server's thread), datasets and models as the hub does.
+fn serve_repos(make: fn() -> Repos) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&log);
     std::thread::spawn(move || {
-        let repos = repos();
+        let repos = make();
         let mut served: BTreeMap<String, usize> = BTreeMap::new();
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
@@ -162,7 +179,7 @@ fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
                 respond(&mut stream, "401 Unauthorized", "", b"gated", usize::MAX);
                 continue;
             }
-            if let Some(rest) = path.strip_prefix("/api/datasets/") {
+            if let Some(rest) = path.strip_prefix("/api/") {
                 let (repo, rev) = rest.split_once("/revision/").unwrap();
                 match repos.get(repo).and_then(|r| r.get(rev)) {
                     Some((sha, files)) => {
@@ -182,8 +199,10 @@ fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
                 continue;
             }
             let file = repos.iter().find_map(|(repo, revs)| {
+                // Files of a model repo are under /ORG/NAME, of a dataset under /datasets/ORG/NAME.
+                let url = repo.strip_prefix("models/").unwrap_or(repo);
                 revs.values().find_map(|(sha, files)| {
-                    let name = path.strip_prefix(&format!("/datasets/{repo}/resolve/{sha}/"))?;
+                    let name = path.strip_prefix(&format!("/{url}/resolve/{sha}/"))?;
                     files.get(name)
                 })
             });
@@ -368,4 +387,227 @@ fn dataset_failures_say_which_and_what_to_do() {
         &[],
     );
     assert!(e.contains("gated") && e.contains("HF_TOKEN"), "{e}");
+}
+
+/// The files under `dir`, by their path relative to it (`/`-separated).
+fn files_under(dir: &Path) -> BTreeMap<String, File> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+                out.insert(
+                    rel,
+                    File {
+                        bytes: std::fs::read(&path).unwrap(),
+                        fault: Fault::None,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The models of `configs/paper/*.toml`, as tiny fixtures of their families under their real
+/// names.
+const PAPER_MODELS: [(&str, &str); 3] = [
+    ("google-t5/t5-base", "t5_relu_tied"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama_gqa_rope3"),
+    ("deepseek-ai/deepseek-llm-7b-chat", "llama_tied"),
+];
+
+/// Every hub dataset of the registry in the hub's own layout (tests/fixtures/hub_layouts, written
+/// by tests/reference/hub_layouts.py after the registry's `layout` and each card's features:
+/// `main` is the repo's branch, `convert` its parquet conversion), and the paper's models.
+fn layout_repos() -> Repos {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let commit = |key: &str| format!("{:x}", Sha256::digest(key.as_bytes()))[..40].to_owned();
+    let mut r = Repos::new();
+    for entry in std::fs::read_dir(root.join("tests/fixtures/hub_layouts")).unwrap() {
+        let repo_dir = entry.unwrap().path();
+        let repo = repo_dir.file_name().unwrap().to_string_lossy().replacen("--", "/", 1);
+        for (sub, rev) in [("main", "main"), ("convert", CONVERTED)] {
+            if repo_dir.join(sub).is_dir() {
+                let key = format!("datasets/{repo}");
+                add(
+                    &mut r,
+                    &key,
+                    rev,
+                    &commit(&format!("{key}@{rev}")),
+                    files_under(&repo_dir.join(sub)),
+                );
+            }
+        }
+    }
+    for (repo, fixture) in PAPER_MODELS {
+        let mut files = files_under(&root.join("tests/fixtures/models").join(fixture));
+        files.remove("expected.json");
+        let key = format!("models/{repo}");
+        add(&mut r, &key, "main", &commit(&key), files);
+    }
+    r
+}
+
+/// Issue 17: every config in configs/paper passes `tpv sweep --check` on a fresh cache against a
+/// hub that keeps each dataset where the real hub does (the registry's `layout`), with its real
+/// columns and split names: datasets and models download, only the configs and splits needed;
+/// then the same checks pass offline from the cache, and `tpv fetch` gets the registry's other
+/// hub tasks.
+#[test]
+fn the_paper_configs_pass_the_preflight_against_the_hubs_real_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub");
+    let (endpoint, log) = serve_repos(layout_repos);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(root.join("configs/paper"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.sort();
+    assert_eq!(configs.len(), 12);
+    let check = |config: &Path, offline: bool| {
+        let name = config.file_stem().unwrap().to_string_lossy().into_owned();
+        let output = dir.path().join("runs").join(&name);
+        let mut cmd = Command::cargo_bin("tpv").unwrap();
+        cmd.args(["--json", "sweep"])
+            .arg(config)
+            .args(["--check", "--set", "model.device=cpu", "--set"])
+            .arg(format!("study.output={}", output.display()))
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_ENDPOINT", &endpoint)
+            .env_remove("HF_HOME")
+            .env_remove("HF_HUB_OFFLINE");
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        let out = cmd.output().unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name} (offline {offline}): {table}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = checks.as_array().unwrap();
+        assert!(rows.iter().all(|c| c["ok"] == true), "{name}: {checks:#}");
+        rows.iter()
+            .filter(|c| c["what"].as_str().unwrap().starts_with("data "))
+            .map(|c| c["detail"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let mut data = Vec::new();
+    for config in &configs {
+        data.extend(check(config, false));
+    }
+    // Every task's train and held-out records arrived (the counts are the fixtures' labelled
+    // rows: snli drops its rows without a gold label, scitail reads its string labels).
+    let all = data.join("; ");
+    for want in [
+        "mnli ",
+        "qqp ",
+        "stsb ",
+        "trec ",
+        "dbpedia ",
+        "yelp_polarity ",
+        "scitail ",
+        "snli ",
+        "sst5 ",
+        "imdb ",
+        "ag_news ",
+        "yahoo ",
+    ] {
+        assert!(all.contains(want), "no {want}in {all}");
+    }
+    // Only the needed configs and splits: no test split of glue (unlabelled), no other config of
+    // scitail, no unsupervised imdb, no README or loading script.
+    let requests = log.lock().unwrap().clone();
+    let files: Vec<&String> = requests.iter().filter(|r| r.contains("/resolve/")).collect();
+    for never in [
+        "tsv_format",
+        "unsupervised",
+        "validation_mismatched",
+        "README.md",
+        "trec.py",
+        ".jsonl",
+    ] {
+        assert!(!files.iter().any(|f| f.contains(never)), "{never}: {files:#?}");
+    }
+    assert!(
+        !files.iter().any(|f| f.contains("glue/resolve/") && f.contains("/test")),
+        "{files:#?}"
+    );
+    // Offline now, from the cache alone: the same answers, and nothing asked of the hub.
+    let asked = log.lock().unwrap().len();
+    for config in &configs {
+        check(config, true);
+    }
+    assert_eq!(log.lock().unwrap().len(), asked);
+    // The registry's other hub tasks: MATH's default config (data/, not the subjects beside it).
+    let out = tpv(&cache, &endpoint, &["fetch", "squad_v2", "math"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let requests = log.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("MATH-lighteval/resolve/") && r.contains("/data/train-"))
+    );
+    assert!(!requests.iter().any(|r| r.contains("/algebra/")), "{requests:#?}");
+}
+
+/// A sweep of a tiny study of registry tasks on a fresh cache against the hub of the real
+/// layouts: one dataset from the repo's own parquet (scitail, string labels), one from the
+/// conversion only (trec); it downloads them and finishes (prompt tuning and their addition).
+#[test]
+fn a_sweep_of_registry_tasks_downloads_them_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, _) = serve_repos(layout_repos);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fresh = dir.path().join("fresh-hub");
+    let study = dir.path().join("study.toml");
+    std::fs::write(
+        &study,
+        format!(
+            r#"# a tiny study of registry tasks
+[study]
+name = "hub"
+output = {out:?}
+origins = [0]
+tasks = ["scitail", "trec"]
+[study.addition]
+lambdas = [1.0]
+[model]
+path = {model:?}
+[prompt]
+virtual_tokens = 2
+init = {{ sample_vocab = {{ seed = 7 }} }}
+[optim]
+batch_size = 4
+max_steps = 2
+[train]
+output = "unused"
+eval_every = 2
+max_new_tokens = 2
+"#,
+            out = dir.path().join("hub-study").display().to_string(),
+            model = root.join("tests/fixtures/models/llama_tied").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = tpv(&fresh, &endpoint, &["--json", "sweep", study.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["failed"].as_array().unwrap().is_empty(), "{summary}");
+    assert_eq!(summary["ran"], 3, "{summary}");
+    assert!(
+        fresh
+            .join("datasets--CogComp--trec/refs/refs/convert/parquet")
+            .is_file()
+    );
+    assert!(fresh.join("datasets--allenai--scitail/refs/main").is_file());
 }

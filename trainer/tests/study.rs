@@ -276,6 +276,22 @@ fn study_runs_resumes_aggregates_and_reports() {
             .unwrap()
             .contains("student_p")
     );
+    // The report takes the same choice (its tables are the aggregate's), and the grid intensity.
+    let site = tmp.path().join("site-student");
+    let out = tpv()
+        .args(["report", "--test", "student", "--grid-intensity", "0.25", "-o"])
+        .arg(&site)
+        .arg(&study)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tables = std::fs::read_to_string(site.join("tables.md")).unwrap();
+    assert!(
+        tables.contains("Student p (Bonferroni)") && !tables.contains("Welch p"),
+        "{tables}"
+    );
+    let site_json: Value = serde_json::from_str(&std::fs::read_to_string(site.join("tables.json")).unwrap()).unwrap();
+    assert_eq!(site_json["energy"]["grid_intensity"], 0.25);
     let add = agg["addition"].as_array().unwrap();
     assert_eq!(add.len(), 2);
     assert!(add.iter().all(|r| r["combined"]["n"] == 2));

@@ -77,6 +77,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             web: args.web.clone(),
             require_web: args.web.is_some(),
             bundle_model: args.bundle_model.into(),
+            ..Default::default()
         },
     )?;
     if args.json {

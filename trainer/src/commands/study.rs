@@ -165,10 +165,8 @@ fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> 
 }
 
 pub fn aggregate(args: &AggregateArgs) -> Result<()> {
-    if !(args.grid_intensity.is_finite() && args.grid_intensity >= 0.0) {
-        bail!("--grid-intensity must be a number ≥ 0 (kgCO₂eq per kWh)");
-    }
-    let a = agg::aggregate_with(&args.study_dir, args.test, args.grid_intensity)?;
+    args.stats.check()?;
+    let a = agg::aggregate_with(&args.study_dir, args.stats.test, args.stats.grid_intensity)?;
     let dir = args.output.clone().unwrap_or_else(|| args.study_dir.clone());
     let files = a.write(&dir)?;
     if args.json {
@@ -182,6 +180,7 @@ pub fn aggregate(args: &AggregateArgs) -> Result<()> {
 }
 
 pub fn report(args: &ReportArgs) -> Result<()> {
+    args.stats.check()?;
     let r = rep::write_with(
         &args.study_dir,
         &args.output,
@@ -189,6 +188,8 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             web: args.web.clone(),
             require_web: args.web.is_some(),
             bundle_model: args.bundle_model.into(),
+            test: args.stats.test,
+            grid_intensity: Some(args.stats.grid_intensity),
         },
     )?;
     if args.json {

@@ -86,6 +86,7 @@ pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
         let key = (
             (c.model.path.clone(), c.model.dtype.clone(), c.model.device.clone()),
             (c.optim.batch_size, c.prompt.virtual_tokens, c.data.max_source_tokens),
+            c.train.gradient_checkpointing,
         );
         if memory_seen.insert(key) {
             checks.push(memory_check(c));
@@ -158,7 +159,8 @@ fn device_check(spec: &str) -> Check {
 
 /// Weights (parameters from the safetensors headers × the dtype's bytes) and activations kept
 /// for the backward pass (per layer ≈ batch·seq·(34·d + 5·heads·seq) half-precision bytes, as
-/// Korthikanti et al. 2022 count them, scaled to the dtype) against the device's memory.
+/// Korthikanti et al. 2022 count them, scaled to the dtype; with gradient checkpointing each
+/// layer's input, batch·seq·d values, and one layer's activations) against the device's memory.
 fn memory_check(c: &Config) -> Check {
     let what = format!(
         "memory {} ({}, batch {}, {})",
@@ -183,21 +185,38 @@ fn memory_check(c: &Config) -> Check {
     let (d, layers, heads) = (shape.0 as f64, shape.1 as f64, shape.2 as f64);
     let batch = c.optim.batch_size as f64;
     let weights = params * bytes;
-    let activations = layers * batch * seq * (34.0 * d + 5.0 * heads * seq) * bytes / 2.0;
+    let per_layer = batch * seq * (34.0 * d + 5.0 * heads * seq) * bytes / 2.0;
+    let checkpointing = c.train.gradient_checkpointing;
+    // With gradient checkpointing: every layer's input, and one layer's activations at a time.
+    let activations = if checkpointing {
+        layers * batch * seq * d * bytes + per_layer
+    } else {
+        layers * per_layer
+    };
     let need = weights + activations;
     let detail = format!(
-        "needs ≈ {} (weights {}, activations {})",
+        "needs ≈ {} (weights {}, activations {}{})",
         gb(need),
         gb(weights),
-        gb(activations)
+        gb(activations),
+        if checkpointing {
+            " with gradient checkpointing"
+        } else {
+            ""
+        }
     );
     match device_memory(&c.model.device) {
         Some(have) if need > have => Check {
             what,
             ok: false,
             detail: format!(
-                "{detail}; the device has {} (lower optim.batch_size or use bf16)",
-                gb(have)
+                "{detail}; the device has {} (lower optim.batch_size, use bf16{})",
+                gb(have),
+                if checkpointing {
+                    ""
+                } else {
+                    ", or set train.gradient_checkpointing = true (LLaMA-family models)"
+                }
             ),
         },
         Some(have) => Check {

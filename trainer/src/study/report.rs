@@ -11,9 +11,10 @@ use serde_json::json;
 
 use tpv_shared::eval::{ReportModel, hf_files};
 use tpv_shared::report::{self, ExampleSet, Manifest, ManifestRun, Tables};
+use tpv_shared::stats::TestKind;
 use tpv_shared::study::StudyFile;
 
-use super::aggregate::{Aggregate, aggregate};
+use super::aggregate::{Aggregate, aggregate_with};
 use crate::{io, train};
 
 /// Where the built web app (trunk's dist) is: `--web` when given (that folder only: a wrong
@@ -81,6 +82,10 @@ pub struct ReportOptions {
     /// Fail when no built web app is found, instead of writing the tables only.
     pub require_web: bool,
     pub bundle_model: BundleModel,
+    /// The t-test of the tables' comparisons.
+    pub test: TestKind,
+    /// kgCO₂eq per kWh for the energy statement (default: the paper's).
+    pub grid_intensity: Option<f64>,
 }
 
 /// The files of a model as the browser loads them: one `.gguf`, or an HF folder's files.
@@ -192,7 +197,11 @@ pub fn write(study_dir: &Path, site: &Path, web: Option<&Path>) -> Result<Report
 /// [`write`] with every option.
 pub fn write_with(study_dir: &Path, site: &Path, opts: &ReportOptions) -> Result<Report> {
     let web = opts.web.as_deref();
-    let agg = aggregate(study_dir)?;
+    let agg = aggregate_with(
+        study_dir,
+        opts.test,
+        opts.grid_intensity.unwrap_or(super::aggregate::DEFAULT_GRID_INTENSITY),
+    )?;
     std::fs::create_dir_all(site).with_context(|| format!("creating {}", site.display()))?;
     let study_path = study_dir.join("study.json");
     let study = StudyFile::from_json(&io::read_bytes(&study_path)?)
