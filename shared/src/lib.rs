@@ -12,6 +12,7 @@ pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod nearest;
 pub mod origins;
 pub mod peft;
 pub mod prompt;

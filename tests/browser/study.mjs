@@ -235,6 +235,18 @@ try {
   check(modelUrl === new URL('model/', base).href, `evaluate: the URL field starts with the report's model (${modelUrl})`);
   await evaluateAndCompare('a@origin0 on examples/a.json', ['--prompt', pt[0], '--data', join(site, 'examples', 'a.json')]);
   await snap(page, 'evaluate');
+  // Readable prompts (issue 18): the prompt's nearest vocabulary tokens, computed in the worker,
+  // are those of tpv inspect --nearest-tokens.
+  await page.getByTestId('eval-nearest').click();
+  await page.getByTestId('nearest-row').first().waitFor({ timeout: 30000 });
+  const webNear = await page.getByTestId('nearest-row').evaluateAll((rows) => rows.map((r) =>
+    [...r.querySelectorAll('[data-testid=near-token]')].map((t) => ({ token: Number(t.dataset.token), cosine: Number(t.dataset.cosine) }))));
+  const cliNear = JSON.parse(tpv('inspect', '--json', '--nearest-tokens', '5', '--model', modelDir, pt[0]))[0].nearest_tokens;
+  const sameTokens = webNear.length === cliNear.length && webNear.length > 0
+    && webNear.every((row, i) => row.length === cliNear[i].length && row.every((t, j) => t.token === cliNear[i][j].token));
+  const cosDiff = Math.max(...webNear.flatMap((row, i) => row.map((t, j) => Math.abs(t.cosine - cliNear[i][j].cosine))));
+  check(sameTokens && cosDiff <= 1e-6,
+    `nearest tokens: the view's ${webNear.length} virtual tokens × 5 = tpv inspect --nearest-tokens (cosines within ${cosDiff.toExponential(1)})`);
   // (b) The Compose view's result (the composition above) on task b; the model loaded with the Load button.
   await page.goto(composeUrl);
   await page.getByTestId('evaluate-composed').click();

@@ -419,6 +419,13 @@ pub struct InspectArgs {
     /// Run files, adapter_model.safetensors files or peft adapter directories.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Also the K vocabulary tokens nearest each virtual token (cosine to the model's input
+    /// embeddings; for a vector file, of τ's direction).
+    #[arg(long, value_name = "K")]
+    pub nearest_tokens: Option<usize>,
+    /// The model whose vocabulary --nearest-tokens reads (default: the model the file names).
+    #[arg(long, requires = "nearest_tokens")]
+    pub model: Option<String>,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,
@@ -517,9 +524,39 @@ pub struct CombineArgs {
     /// Output run file.
     #[arg(short, long)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub learn: LearnArgs,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,
+}
+
+/// `tpv combine --learn`: the weights of θ₀ + Σ wᵢτᵢ learned on a target's few examples.
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// Learn the weights on these examples instead of taking them: records (`{"input",
+    /// "target"}` lines, or a registry task's columns with --task) or a study's eval set; Adam on
+    /// the loss through the frozen --model, from --weight (default 1 each: the TPV sum).
+    #[arg(long, value_name = "DATA", requires_all = ["origin", "model"])]
+    pub learn: Option<PathBuf>,
+    /// The frozen model the weights are learned through (as `tpv eval --model`).
+    #[arg(long, requires = "learn")]
+    pub model: Option<String>,
+    /// The records' task from the registry.
+    #[arg(long, requires = "learn")]
+    pub task: Option<String>,
+    /// Optimizer steps (each over all the examples).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Adam's learning rate for the weights.
+    #[arg(long, default_value_t = 0.05)]
+    pub learning_rate: f64,
+    /// One weight per vector and virtual token (K·R) instead of one per vector.
+    #[arg(long, requires = "learn")]
+    pub per_token: bool,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]

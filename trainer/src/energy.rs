@@ -106,7 +106,8 @@ pub fn integrate(samples: &[(f64, f64)], end: f64) -> Option<f64> {
 pub struct Energy {
     pub device_hours: f64,
     pub kwh: f64,
-    /// How `kwh` was obtained: `rapl` (measured) or `estimate: …` (with the assumption).
+    /// How `kwh` was obtained: `rapl …` or `nvidia-smi …` (measured), or `estimate: …` (with the
+    /// assumption).
     pub method: String,
 }
 
@@ -181,10 +182,11 @@ impl Meter {
         let seconds = self.start.elapsed().as_secs_f64();
         let hours = seconds / 3600.0;
         if let Some((joules, n)) = self.gpu.and_then(|g| g.finish(seconds)) {
+            tracing::debug!("{n} GPU power samples");
             return Energy {
                 device_hours: hours,
                 kwh: joules / 3.6e6,
-                method: format!("nvidia-smi power.draw ({n} samples, every 500 ms)"),
+                method: "nvidia-smi power.draw, sampled every 500 ms".to_owned(),
             };
         }
         let measured: Option<u64> = (!self.rapl.is_empty())

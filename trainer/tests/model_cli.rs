@@ -248,3 +248,130 @@ fn sequences_longer_than_the_model_are_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no room"), "{err}");
 }
+
+/// Issue 18, readable prompts: an origin sampled from the vocabulary reads back as the tokens it
+/// was sampled from (each virtual token's nearest token, cosine 1), and the rest follow in
+/// decreasing cosine.
+#[test]
+fn nearest_tokens_read_an_origin_back_as_its_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir("llama_tied");
+    tpv()
+        .args([
+            "origins", "--count", "1", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
+        ])
+        .arg(&dir)
+        .arg("-o")
+        .arg(tmp.path())
+        .assert()
+        .success();
+    let file = tmp.path().join("origin0.safetensors");
+    let p = runfile::read_run(&std::fs::read(&file).unwrap()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(p.meta.config.as_ref().unwrap()["token_ids"].clone()).unwrap();
+    let v = json_out(
+        tpv()
+            .args(["inspect", "--json", "--nearest-tokens", "4", "--model"])
+            .arg(&dir)
+            .arg(&file),
+    );
+    let rows = v[0]["nearest_tokens"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, id) in rows.iter().zip(&ids) {
+        let near = row.as_array().unwrap();
+        assert_eq!(near.len(), 4);
+        assert_eq!(near[0]["token"], *id, "{row}");
+        assert!((near[0]["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-5, "{row}");
+        assert!(!near[0]["text"].as_str().unwrap().is_empty());
+        let cos: Vec<f64> = near.iter().map(|n| n["cosine"].as_f64().unwrap()).collect();
+        assert!(cos.windows(2).all(|w| w[0] >= w[1]), "{cos:?}");
+    }
+    // Without --model: the model the file names (its path here).
+    let out = tpv()
+        .args(["inspect", "--nearest-tokens", "2"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("token 2"));
+}
+
+/// Issue 18, learned combination weights: `tpv combine --learn` moves only the K weights of
+/// θ₀ + Σ wᵢτᵢ (or K·R with --per-token), lowers the examples' loss from the TPV sum's, and writes
+/// the combination of the weights it kept, which `tpv eval` scores at that loss.
+#[test]
+fn combine_learns_the_weights_of_a_sum_on_few_examples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir("llama_tied");
+    let data = write_data(tmp.path(), DATA);
+    tpv()
+        .args([
+            "origins", "--count", "1", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
+        ])
+        .arg(&dir)
+        .arg("-o")
+        .arg(tmp.path())
+        .assert()
+        .success();
+    let origin = tmp.path().join("origin0.safetensors");
+    // Two task prompt vectors (fixed pseudo-random directions of the fixture's width 16).
+    let vectors: Vec<PathBuf> = (0..2u32)
+        .map(|k| {
+            let values: Vec<f32> = (0..48u32)
+                .map(|i| (((i * 7 + k * 13) % 11) as f32 - 5.0) * 0.02)
+                .collect();
+            let tau = tpv_shared::PromptTensor::new(3, 16, values).unwrap();
+            let mut p = tpv_shared::SoftPrompt::new(PromptKind::TaskPromptVector, tau, None).unwrap();
+            p.meta.name = Some(format!("tau{k}"));
+            let file = tmp.path().join(format!("tau{k}.safetensors"));
+            std::fs::write(&file, runfile::write_run(&p).unwrap()).unwrap();
+            file
+        })
+        .collect();
+    for per_token in [false, true] {
+        let out_file = tmp.path().join(format!("learned-{per_token}.safetensors"));
+        let mut cmd = tpv();
+        cmd.args(["combine", "--json", "--origin"])
+            .arg(&origin)
+            .arg("--vector")
+            .arg(&vectors[0])
+            .arg("--vector")
+            .arg(&vectors[1])
+            .arg("--learn")
+            .arg(&data)
+            .arg("--model")
+            .arg(&dir)
+            .args(["--steps", "15", "--learning-rate", "0.2", "-o"])
+            .arg(&out_file);
+        if per_token {
+            cmd.arg("--per-token");
+        }
+        let v = json_out(&mut cmd);
+        let l = &v["learned"];
+        let losses: Vec<f64> = l["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(losses.len(), 16);
+        let kept = l["loss"].as_f64().unwrap();
+        assert!(kept < losses[0] - 1e-3, "per_token {per_token}: {losses:?}");
+        assert_eq!(l["weights"].as_array().unwrap().len(), if per_token { 6 } else { 2 });
+        assert!(v["expression"].as_str().unwrap().contains("weights learned"), "{v}");
+        // The file is the kept weights' combination: tpv eval scores it at the kept loss.
+        let p = runfile::read_run(&std::fs::read(&out_file).unwrap()).unwrap();
+        assert_eq!(p.kind(), PromptKind::Combination);
+        assert!(p.meta.config.as_ref().unwrap()["learned_combination"]["weights"].is_array());
+        let eval = json_out(
+            tpv()
+                .args(["eval", "--json", "--max-new-tokens", "1", "--model"])
+                .arg(&dir)
+                .arg("--prompt")
+                .arg(&out_file)
+                .arg("--data")
+                .arg(&data),
+        );
+        let scored = eval["loss"].as_f64().unwrap();
+        assert!((scored - kept).abs() < 1e-4, "eval {scored} vs learned {kept}");
+    }
+}

@@ -529,8 +529,8 @@ fn live_curves_are_tensorboard_event_files_tensorboard_reads() {
 }
 
 /// Issue 17: `train.gradient_checkpointing` (each layer recomputed in the backward pass) trains
-/// the same prompt as the plain backward pass; T5, where it is not implemented, is refused
-/// before training with a message naming the setting.
+/// the same prompt as the plain backward pass, and a run may switch it on when it resumes; T5,
+/// where it is not implemented, is refused before training with a message naming the setting.
 #[test]
 fn gradient_checkpointing_trains_the_same_prompt() {
     let dir = tempfile::tempdir().unwrap();
@@ -547,6 +547,12 @@ fn gradient_checkpointing_trains_the_same_prompt() {
     }
     assert!(runs[0].0 == runs[1].0, "the checkpointed run's prompt differs");
     assert_eq!(runs[0].1, runs[1].1);
+    // A run killed without it resumes with it (as after running out of memory): the same prompt.
+    let cfg = config(dir.path(), "llama_tied", "switched");
+    assert!(!train(&cfg, &["--abort-after-step", "4"]).status.success());
+    let out = train(&cfg, &["--resume", "--set", "train.gradient_checkpointing=true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(result(&dir.path().join("switched/prompt.safetensors")).0 == runs[0].0);
 
     let cfg = config(dir.path(), "t5_relu_tied", "t5ckpt");
     let out = train(&cfg, &["--set", "train.gradient_checkpointing=true"]);

@@ -16,6 +16,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use tpv_shared::eval::{EncodeOptions, ExampleResult, Scoring};
+use tpv_shared::nearest::NearToken;
 use tpv_shared::tasks::{Record, TaskSpec};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -53,6 +54,13 @@ pub enum Request {
     Load { names: Vec<String> },
     /// Evaluate one batch under the transferred `prompt` (none: the model alone).
     Eval { run: u32, index: u32, batch: Box<Batch> },
+    /// The `k` vocabulary tokens nearest each row of the transferred `prompt` ([rows, cols]).
+    Nearest {
+        run: u32,
+        rows: usize,
+        cols: usize,
+        k: usize,
+    },
 }
 
 /// A message from the worker.
@@ -66,6 +74,11 @@ pub enum Reply {
         index: u32,
         results: Vec<ExampleResult>,
         ms: f64,
+    },
+    /// Per virtual token, its nearest vocabulary tokens, best first.
+    Nearest {
+        run: u32,
+        tokens: Vec<Vec<NearToken>>,
     },
     Error {
         run: Option<u32>,
@@ -278,5 +291,14 @@ pub fn eval_batch(run: u32, index: u32, batch: &Batch, prompt: &[f32]) -> Result
         batch: Box::new(batch.clone()),
     };
     let msg = to_message(&request, &[("prompt", values.into())])?;
+    send(msg, transfer)
+}
+
+/// Asks the worker for the `k` tokens nearest each virtual token of `prompt` ([rows, cols]); the
+/// reply is `Nearest` or `Error` with the same run.
+pub fn nearest(run: u32, prompt: &[f32], rows: usize, cols: usize, k: usize) -> Result<(), String> {
+    let values = js_sys::Float32Array::from(prompt);
+    let transfer = js_sys::Array::of1(&values.buffer());
+    let msg = to_message(&Request::Nearest { run, rows, cols, k }, &[("prompt", values.into())])?;
     send(msg, transfer)
 }

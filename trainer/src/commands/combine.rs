@@ -7,18 +7,119 @@ use tpv_shared::{MergeMethod, MergeParams, Norms, SoftPrompt, arith};
 
 use super::print_json;
 use crate::cli::CombineArgs;
-use crate::io;
+use crate::train::combination::{compose, learn_weights};
+use crate::train::engine::Engine;
+use crate::{io, models};
+
+/// `--learn DATA`: the weights of the sum learned on DATA's examples through the frozen model;
+/// the combination (its expression names the data) and what the learning did.
+fn learn(
+    args: &CombineArgs,
+    data: &std::path::Path,
+    origin: &SoftPrompt,
+    vectors: &[&SoftPrompt],
+    method: &MergeMethod,
+) -> Result<(SoftPrompt, serde_json::Value)> {
+    let l = &args.learn;
+    if !matches!(method, MergeMethod::Sum) {
+        anyhow::bail!("--learn learns the weights of a sum: drop --method");
+    }
+    let set = super::eval::read_set(data, l.task.as_deref())?;
+    let device = models::device(&l.device)?;
+    let spec = l.model.as_deref().context("--learn needs --model")?;
+    let loaded = models::load(spec, candle_core::DType::F32, &device).with_context(|| format!("loading {spec}"))?;
+    let examples = set
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            loaded
+                .encode(&set.task, rec, &set.encode)
+                .with_context(|| format!("{} example {}", data.display(), i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let taus = vectors
+        .iter()
+        .map(|v| v.vector_values())
+        .collect::<tpv_shared::Result<Vec<_>>>()?;
+    let init: Vec<f64> = if args.weights.is_empty() {
+        vec![args.lambda; vectors.len()]
+    } else if args.weights.len() == vectors.len() {
+        args.weights.iter().map(|w| w * args.lambda).collect()
+    } else {
+        anyhow::bail!("{} weights for {} vectors", args.weights.len(), vectors.len());
+    };
+    let engine = Engine {
+        model: &loaded.model,
+        codec: Some(&loaded.codec),
+        eos: loaded.eos.clone(),
+        dropout: 0.0,
+        device: device.clone(),
+        checkpointing: false,
+    };
+    let learned = learn_weights(
+        &engine,
+        &examples,
+        &origin.values,
+        &taus,
+        &init,
+        l.per_token,
+        (l.steps, l.learning_rate),
+    )
+    .with_context(|| format!("learning the weights on {}", data.display()))?;
+    let r = origin.values.rows();
+    // One weight per vector: the combination's own expression; per virtual token: each vector's
+    // mean weight in the operands, the values from all of them.
+    let per_vector: Vec<f64> = learned
+        .weights
+        .chunks(if l.per_token { r } else { 1 })
+        .map(|c| c.iter().map(|&x| f64::from(x)).sum::<f64>() / c.len() as f64)
+        .collect();
+    let mut result = arith::combine(origin, vectors, &per_vector, 1.0, method)?;
+    let how = format!(
+        "weights learned{} on {} ({} examples, {} steps)",
+        if l.per_token { " per virtual token" } else { "" },
+        data.display(),
+        examples.len(),
+        l.steps
+    );
+    if l.per_token {
+        let values = compose(&origin.values, &taus, &learned.weights, true);
+        result.values = tpv_shared::PromptTensor::new(r, origin.values.dim(), values)?;
+    }
+    result.meta.expression = result.meta.expression.map(|e| format!("{e} [{how}]"));
+    let summary = json!({
+        "data": data.display().to_string(),
+        "examples": examples.len(),
+        "weights": learned.weights,
+        "per_token": l.per_token,
+        "losses": learned.losses,
+        "best_step": learned.best_step,
+        "loss": learned.losses.get(learned.best_step),
+        "steps": l.steps,
+        "learning_rate": l.learning_rate,
+    });
+    result.meta.config = Some(json!({ "learned_combination": summary }));
+    Ok((result, summary))
+}
 
 pub fn run(args: &CombineArgs) -> Result<()> {
     let method = method(args)?;
     let vectors: Vec<SoftPrompt> = args.vectors.iter().map(|p| io::load_prompt(p)).collect::<Result<_>>()?;
     let refs: Vec<&SoftPrompt> = vectors.iter().collect();
-    let mut result = match &args.origin {
-        Some(path) => {
+    let mut learned = None;
+    let mut result = match (&args.origin, &args.learn.learn) {
+        (Some(path), Some(data)) => {
+            let origin = io::load_prompt(path)?;
+            let (result, summary) = learn(args, data, &origin, &refs, &method)?;
+            learned = Some(summary);
+            Ok(result)
+        }
+        (Some(path), None) => {
             let origin = io::load_prompt(path)?;
             arith::combine(&origin, &refs, &args.weights, args.lambda, &method)
         }
-        None => arith::merge_vectors(&refs, &args.weights, args.lambda, &method),
+        (None, _) => arith::merge_vectors(&refs, &args.weights, args.lambda, &method),
     }
     .context("combining")?;
     result.meta.name.clone_from(&args.name);
@@ -41,6 +142,7 @@ pub fn run(args: &CombineArgs) -> Result<()> {
         "norms": Norms::of(&result.values),
         "vector_norms": tau.as_ref().map(Norms::of),
         "sources": sources,
+        "learned": learned,
     });
     if args.json {
         print_json(&summary)?;
@@ -49,6 +151,15 @@ pub fn run(args: &CombineArgs) -> Result<()> {
         out!("  {}", result.meta.expression.as_deref().unwrap_or(""));
         if result.meta.mixed_origins {
             out!("  note: the operands come from different origins");
+        }
+        if let Some(l) = &summary["learned"].as_object() {
+            out!(
+                "  learned on {} examples: loss {:.4} at the initial weights, {:.4} kept (step {})",
+                l["examples"],
+                l["losses"][0].as_f64().unwrap_or(f64::NAN),
+                l["loss"].as_f64().unwrap_or(f64::NAN),
+                l["best_step"]
+            );
         }
     }
     Ok(())

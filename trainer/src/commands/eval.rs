@@ -23,7 +23,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let mut set = read_set(&args.data, args)?;
+    let mut set = read_set(&args.data, args.task.as_deref())?;
     if let Some(n) = args.max_new_tokens {
         set.max_new_tokens = n;
     }
@@ -152,23 +152,23 @@ fn report_json(
 
 /// An eval set (`examples/TASK.json` of a study or report) as it is, or a records file (JSONL,
 /// JSON, CSV, TSV) under `--task` (default: `plain`, with `input` and `target` columns).
-fn read_set(path: &Path, args: &EvalArgs) -> Result<EvalSet> {
+pub(crate) fn read_set(path: &Path, task: Option<&str>) -> Result<EvalSet> {
     let bytes = io::read_bytes(path)?;
     let is_set = path.extension().is_some_and(|e| e == "json")
         && serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some(EvalSet::FORMAT));
     if is_set {
-        if args.task.is_some() {
+        if task.is_some() {
             bail!("{} is an eval set with its own task; drop --task", path.display());
         }
         return EvalSet::from_json(&bytes).with_context(|| format!("reading {}", path.display()));
     }
     let records = data::read_records(path)?;
     let mut set = eval::plain_set(records, true, MAX_NEW_TOKENS);
-    if let Some(name) = &args.task {
+    if let Some(name) = task {
         set.task = tasks::get(name)?;
-        set.name = name.clone();
+        set.name = name.to_owned();
     }
     Ok(set)
 }

@@ -1,11 +1,35 @@
 //! `tpv inspect`: what a file holds.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::print_json;
 use crate::cli::InspectArgs;
-use crate::io;
+use tpv_shared::nearest::NearToken;
+
+use crate::{io, models};
+
+/// The `k` tokens nearest each virtual token of the file's values, in the vocabulary of `model`
+/// (else the model the file names).
+fn nearest(loaded: &io::Loaded, model: Option<&str>, k: usize) -> Result<Vec<Vec<NearToken>>> {
+    let prompt = &loaded.doc.prompt;
+    let spec = match (model, &prompt.meta.model) {
+        (Some(m), _) => m.to_owned(),
+        (None, Some(m)) => m.id.clone(),
+        (None, None) => anyhow::bail!("the file names no model: give --model"),
+    };
+    let m = models::load(&spec, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading {spec}"))?;
+    let emb: Vec<f32> = m.model.embeddings().flatten_all()?.to_vec1()?;
+    let d = m.model.hidden_size();
+    if prompt.values.dim() != d {
+        anyhow::bail!(
+            "the file's tokens have dimension {}, {spec}'s embeddings {d}",
+            prompt.values.dim()
+        );
+    }
+    Ok(tpv_shared::nearest::readable(&prompt.values, &emb, k, &m.codec)?)
+}
 
 pub fn run(args: &InspectArgs) -> Result<()> {
     let mut reports = Vec::new();
@@ -15,6 +39,20 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         report["path"] = Value::String(loaded.path.display().to_string());
         if !args.json {
             print_human(&loaded, &loaded.doc.summary())?;
+        }
+        if let Some(k) = args.nearest_tokens {
+            let near = nearest(&loaded, args.model.as_deref(), k)
+                .with_context(|| format!("nearest tokens of {}", loaded.path.display()))?;
+            if !args.json {
+                for (i, row) in near.iter().enumerate() {
+                    let words: Vec<String> = row
+                        .iter()
+                        .map(|n| format!("{} {:.3}", printable(&format!("{:?}", n.text)), n.cosine))
+                        .collect();
+                    out!("  token {i:<4} {}", words.join(", "));
+                }
+            }
+            report["nearest_tokens"] = serde_json::to_value(&near)?;
         }
         reports.push(report);
     }

@@ -182,7 +182,8 @@ pub struct EnergyStatement {
     /// kgCO₂eq at `grid_intensity`.
     pub kg_co2: f64,
     pub grid_intensity: f64,
-    /// Runs whose energy was measured (RAPL), and estimated; each distinct method once.
+    /// Runs whose energy was measured (RAPL, sampled GPU power), and estimated; each distinct
+    /// method once.
     pub measured_runs: usize,
     pub estimated_runs: usize,
     pub methods: Vec<String>,
@@ -211,7 +212,7 @@ fn energy_of(runs: &BTreeMap<String, SoftPrompt>, grid_intensity: f64) -> Option
         *e.device_hours.entry(kind).or_default() += energy["device_hours"].as_f64().unwrap_or(0.0);
         e.kwh += energy["kwh"].as_f64().unwrap_or(0.0);
         let method = energy["method"].as_str().unwrap_or("").to_owned();
-        if method.starts_with("rapl") {
+        if !method.starts_with("estimate") {
             e.measured_runs += 1;
         } else {
             e.estimated_runs += 1;
@@ -583,7 +584,7 @@ fn energy_md(s: &mut String, e: &EnergyStatement) {
     let total: f64 = e.device_hours.values().sum();
     let _ = writeln!(
         s,
-        "\n## Energy (the study's finished training runs)\n\n{total:.2} device hours ({}); {:.3} kWh; {:.3} kgCO₂eq at {} kgCO₂eq/kWh. Measured (RAPL) for {} runs, estimated for {}: {}.",
+        "\n## Energy (the study's finished training runs)\n\n{total:.2} device hours ({}); {:.3} kWh; {:.3} kgCO₂eq at {} kgCO₂eq/kWh. Measured (RAPL, sampled GPU power) for {} runs, estimated for {}: {}.",
         hours.join(", "),
         e.kwh,
         e.kg_co2,

@@ -157,10 +157,16 @@ fn device_check(spec: &str) -> Check {
     }
 }
 
+/// Bytes a layer keeps per token for the backward pass, per unit of the hidden size, in 16-bit
+/// precision: tpv's own footprint, measured (`tpv bench --model llama31-8b-shaped --dtype bf16`:
+/// 5.9 GB over the weights for 1 × 164 tokens × 32 layers at d = 4096; docs/numbers.md). Megatron
+/// keeps 34 (Korthikanti et al. 2022); candle keeps every intermediate of the composed ops.
+const ACTIVATION_BYTES_PER_D: f64 = 264.0;
+
 /// Weights (parameters from the safetensors headers × the dtype's bytes) and activations kept
-/// for the backward pass (per layer ≈ batch·seq·(34·d + 5·heads·seq) half-precision bytes, as
-/// Korthikanti et al. 2022 count them, scaled to the dtype; with gradient checkpointing each
-/// layer's input, batch·seq·d values, and one layer's activations) against the device's memory.
+/// for the backward pass (per layer ≈ batch·seq·(264·d + 5·heads·seq) half-precision bytes,
+/// scaled to the dtype; with gradient checkpointing each layer's input, batch·seq·d values, and
+/// one layer's activations) against the device's memory.
 fn memory_check(c: &Config) -> Check {
     let what = format!(
         "memory {} ({}, batch {}, {})",
@@ -185,7 +191,7 @@ fn memory_check(c: &Config) -> Check {
     let (d, layers, heads) = (shape.0 as f64, shape.1 as f64, shape.2 as f64);
     let batch = c.optim.batch_size as f64;
     let weights = params * bytes;
-    let per_layer = batch * seq * (34.0 * d + 5.0 * heads * seq) * bytes / 2.0;
+    let per_layer = batch * seq * (ACTIVATION_BYTES_PER_D * d + 5.0 * heads * seq) * bytes / 2.0;
     let checkpointing = c.train.gradient_checkpointing;
     // With gradient checkpointing: every layer's input, and one layer's activations at a time.
     let activations = if checkpointing {

@@ -6,6 +6,7 @@
 //! dropout generator, a resumed run therefore repeats the uninterrupted one exactly.
 
 pub mod checkpoint;
+pub mod combination;
 pub mod engine;
 
 use std::collections::BTreeMap;
@@ -91,12 +92,14 @@ pub fn is_damage(e: &anyhow::Error) -> bool {
 }
 
 /// A resolved config without the keys that only decide what is scored after training (baselines,
-/// the test pass): a checkpoint resumes when everything that shapes training is the same, so a
-/// study whose later version scores other baselines still resumes its interrupted runs.
+/// the test pass) or how memory is spent (gradient checkpointing: the same gradient): a
+/// checkpoint resumes when everything that shapes training is the same, so a study whose later
+/// version scores other baselines, or a run restarted with checkpointing after running out of
+/// memory, still resumes.
 fn training_part(config: &serde_json::Value) -> serde_json::Value {
     let mut c = config.clone();
     if let Some(t) = c.get_mut("train").and_then(serde_json::Value::as_object_mut) {
-        for key in ["baselines", "zero_shot_baseline", "test"] {
+        for key in ["baselines", "zero_shot_baseline", "test", "gradient_checkpointing"] {
             t.remove(key);
         }
     }

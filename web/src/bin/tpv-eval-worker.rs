@@ -17,10 +17,11 @@ fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
-/// The worker's state: the model it holds.
+/// The worker's state: the model it holds (and its embedding matrix as f32, once asked for).
 #[derive(Default)]
 struct State {
     model: Option<Loaded>,
+    embeddings: Option<Vec<f32>>,
 }
 
 /// Runs when the worker instantiates this module (wasm-bindgen's start): answers messages.
@@ -46,6 +47,7 @@ fn handle(state: &Rc<RefCell<State>>, data: &JsValue) -> JsValue {
     let (run, reply) = match from_message::<Request>(data) {
         Ok(Request::Load { names }) => (None, load(state, names, data)),
         Ok(Request::Eval { run, index, batch }) => (Some(run), eval(state, run, index, &batch, data)),
+        Ok(Request::Nearest { run, rows, cols, k }) => (Some(run), nearest(state, run, (rows, cols), k, data)),
         Err(e) => (None, Err(e)),
     };
     let reply = reply.unwrap_or_else(|message| Reply::Error { run, message });
@@ -64,6 +66,7 @@ fn load(state: &Rc<RefCell<State>>, names: Vec<String>, data: &JsValue) -> Resul
     }
     // Free the previous model before building the next one.
     state.borrow_mut().model = None;
+    state.borrow_mut().embeddings = None;
     let loaded = Loaded::from_files(&files, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
     drop(files);
     let (family, vocab_size) = (loaded.model.family(), loaded.model.embeddings().dim(0).unwrap_or(0));
@@ -89,18 +92,7 @@ fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &
             batch.cols
         ));
     }
-    let values: Vec<f32> = match get(data, "prompt") {
-        v if v.is_undefined() || v.is_null() => Vec::new(),
-        v => js_sys::Float32Array::new(&v).to_vec(),
-    };
-    if values.len() != batch.rows * batch.cols {
-        return Err(format!(
-            "the prompt has {} values for shape {}×{}",
-            values.len(),
-            batch.rows,
-            batch.cols
-        ));
-    }
+    let values = prompt_values(data, batch.rows, batch.cols)?;
     let theta = Tensor::from_vec(values, (batch.rows, d), &Device::Cpu).map_err(|e| e.to_string())?;
     let encoded = batch
         .records
@@ -119,4 +111,52 @@ fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &
         results,
         ms: now_ms() - start,
     })
+}
+
+/// The prompt of a message: its transferred values, checked against the shape it claims.
+fn prompt_values(data: &JsValue, rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+    let values: Vec<f32> = match get(data, "prompt") {
+        v if v.is_undefined() || v.is_null() => Vec::new(),
+        v => js_sys::Float32Array::new(&v).to_vec(),
+    };
+    if values.len() != rows * cols {
+        return Err(format!(
+            "the prompt has {} values for shape {rows}×{cols}",
+            values.len()
+        ));
+    }
+    Ok(values)
+}
+
+/// The nearest vocabulary tokens of each virtual token (`tpv_shared::nearest`, as `tpv inspect
+/// --nearest-tokens`).
+fn nearest(
+    state: &Rc<RefCell<State>>,
+    run: u32,
+    (rows, cols): (usize, usize),
+    k: usize,
+    data: &JsValue,
+) -> Result<Reply, String> {
+    let values = prompt_values(data, rows, cols)?;
+    let prompt = tpv_shared::PromptTensor::new(rows, cols, values).map_err(|e| e.to_string())?;
+    let mut state = state.borrow_mut();
+    let State { model, embeddings } = &mut *state;
+    let loaded = model.as_ref().ok_or("no model is loaded")?;
+    if cols != loaded.model.hidden_size() {
+        return Err(format!(
+            "the prompt has token dim {cols}, the model's hidden size is {}",
+            loaded.model.hidden_size()
+        ));
+    }
+    if embeddings.is_none() {
+        let e = loaded
+            .model
+            .embeddings()
+            .to_dtype(DType::F32)
+            .and_then(|e| e.flatten_all());
+        *embeddings = Some(e.and_then(|e| e.to_vec1()).map_err(|e| e.to_string())?);
+    }
+    let emb = embeddings.as_deref().unwrap_or_default();
+    let tokens = tpv_shared::nearest::readable(&prompt, emb, k, &loaded.codec).map_err(|e| e.to_string())?;
+    Ok(Reply::Nearest { run, tokens })
 }

@@ -1,13 +1,16 @@
 //! Evaluate: a model (files or URL) in a Web Worker, a prompt (a run, the Compose view's result,
 //! or none), examples (a task's bundled test examples, or pasted `{"input", "target"}` lines);
 //! accuracy and the task's metrics, a confusion matrix and each example's prediction and loss,
-//! with progress and cancel. The worker runs `tpv_shared::eval`, the code of `tpv eval`.
+//! with progress and cancel. The worker runs `tpv_shared::eval`, the code of `tpv eval`. "Nearest
+//! tokens" reads the chosen prompt: the model's vocabulary tokens nearest each virtual token
+//! (`tpv_shared::nearest`, as `tpv inspect --nearest-tokens`).
 //!
 //! Query: `view=evaluate&model=URL&prompt=RUN|@compose&examples=TASK|@paste&n=50&batch=8`.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult, ReportModel, hf_files};
+use tpv_shared::nearest::NearToken;
 use tpv_shared::records;
 use tpv_shared::report::ExampleSet;
 use tpv_shared::tasks::{Record, Style, TaskSpec};
@@ -45,6 +48,17 @@ pub struct Progress {
     pub compute_ms: f64,
 }
 
+/// How many vocabulary tokens "Nearest tokens" lists per virtual token.
+const NEAREST_K: usize = 5;
+
+/// A prompt read as its nearest vocabulary tokens: asked for (`result` None) or answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearestView {
+    pub run: u32,
+    pub label: String,
+    pub result: Option<Result<Vec<Vec<NearToken>>, String>>,
+}
+
 /// Batches still to send, and the prompt they use.
 #[derive(Debug, Clone, Default)]
 struct Pending {
@@ -65,6 +79,7 @@ pub struct EvalState {
     pasted: RwSignal<String>,
     pending: StoredValue<Pending>,
     next_run: StoredValue<u32>,
+    nearest: RwSignal<Option<NearestView>>,
 }
 
 impl EvalState {
@@ -77,6 +92,7 @@ impl EvalState {
             pasted: RwSignal::new(String::new()),
             pending: StoredValue::new(Pending::default()),
             next_run: StoredValue::new(1),
+            nearest: RwSignal::new(None),
         };
         worker::set_handler(move |reply| s.on_reply(reply));
         s
@@ -110,10 +126,12 @@ impl EvalState {
                     self.send_next(run);
                 }
             }
+            Reply::Nearest { run, tokens } => self.answer_nearest(run, Ok(tokens)),
             Reply::Error {
                 run: Some(run),
                 message,
             } => {
+                self.answer_nearest(run, Err(message.clone()));
                 // An evaluation's batch failed (a stale run's reply is dropped).
                 self.progress.update(|p| {
                     if let Some(p) = p.as_mut().filter(|p| p.run == run) {
@@ -132,6 +150,39 @@ impl EvalState {
                 });
                 self.model.set(ModelState::Failed(message));
             }
+        }
+    }
+
+    /// The worker's answer to a "Nearest tokens" request (a stale one is dropped).
+    fn answer_nearest(self, run: u32, result: Result<Vec<Vec<NearToken>>, String>) {
+        self.nearest.update(|n| {
+            if let Some(n) = n.as_mut().filter(|n| n.run == run) {
+                n.result = Some(result);
+            }
+        });
+    }
+
+    /// "Nearest tokens": reads the view's chosen prompt in the loaded model's vocabulary.
+    fn read_prompt(self, runs: &[Run], query: Query, task: &str) -> Result<(), String> {
+        if !self.model.with_untracked(|m| matches!(m, ModelState::Loaded { .. })) {
+            return Err("Load a model first: the tokens are its vocabulary's.".into());
+        }
+        let chosen = chosen_prompt(runs, query, task)?.ok_or("Choose a prompt to read.")?;
+        self.ask_nearest(chosen);
+        Ok(())
+    }
+
+    /// Asks the worker for the vocabulary tokens nearest each virtual token of `chosen`.
+    fn ask_nearest(self, chosen: Chosen) {
+        let run = self.next_run.get_value();
+        self.next_run.set_value(run + 1);
+        self.nearest.set(Some(NearestView {
+            run,
+            label: chosen.label,
+            result: None,
+        }));
+        if let Err(e) = worker::nearest(run, &chosen.values, chosen.shape[0], chosen.shape[1], NEAREST_K) {
+            self.answer_nearest(run, Err(e));
         }
     }
 
@@ -501,6 +552,8 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
 
     let running = move || state.progress.with(|p| p.as_ref().is_some_and(|p| p.running));
 
+    let show_nearest = move || message.set(runs.with_untracked(|rs| state.read_prompt(rs, query, &choice()).err()));
+
     view! {
         <section class="evaluate">
             <h2>"Evaluate"</h2>
@@ -510,9 +563,45 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 <button type="button" data-testid="eval-run" disabled=running on:click=move |_| start()>"Evaluate"</button>
                 " "
                 <button type="button" data-testid="eval-cancel" disabled=move || !running() on:click=move |_| state.cancel()>"Cancel"</button>
+                " "
+                <button type="button" data-testid="eval-nearest" title="The model's vocabulary tokens nearest each virtual token of the prompt (cosine)" on:click=move |_| show_nearest()>"Nearest tokens"</button>
             </p>
             {move || message.get().map(|m| view! { <p class="error" role="alert" data-testid="eval-error">{m}</p> })}
+            {move || state.nearest.get().map(|n| view! { <Nearest n /> })}
             {move || state.progress.get().map(|p| view! { <Results p /> })}
+        </section>
+    }
+}
+
+/// A prompt read as vocabulary tokens: per virtual token, the nearest ones with their cosine.
+#[component]
+fn Nearest(n: NearestView) -> impl IntoView {
+    let body = match n.result {
+        None => view! { <p role="status">"Reading the prompt…"</p> }.into_any(),
+        Some(Err(e)) => view! { <p class="error" role="alert" data-testid="nearest-error">{e}</p> }.into_any(),
+        Some(Ok(rows)) => view! {
+            <table class="nearest">
+                <thead><tr><th scope="col">"virtual token"</th><th scope="col">"nearest vocabulary tokens (cosine)"</th></tr></thead>
+                <tbody>
+                    {rows.into_iter().enumerate().map(|(i, row)| view! {
+                        <tr data-testid="nearest-row">
+                            <th scope="row">{i}</th>
+                            <td>{row.into_iter().map(|t| view! {
+                                <span class="near" data-testid="near-token" data-token=t.token data-cosine=t.cosine>
+                                    <code>{t.text}</code>" "{format!("{:.3}", t.cosine)}
+                                </span>" "
+                            }).collect_view()}</td>
+                        </tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+        }
+        .into_any(),
+    };
+    view! {
+        <section data-testid="nearest">
+            <h3>"Nearest tokens of " {n.label}</h3>
+            {body}
         </section>
     }
 }

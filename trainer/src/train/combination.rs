@@ -1,0 +1,137 @@
+//! Learned combination weights (issue 18): θ = θ₀ + Σᵢ wᵢ·τᵢ with only the K weights trained (or
+//! K·R, one per vector and virtual token) on a target's few examples, by gradient through the
+//! frozen model: ∂L/∂wᵢ = ⟨∂L/∂θ, τᵢ⟩ (per virtual token: the same sum over that row only). The
+//! prompt's gradient is the training step's (`Engine::loss`, the loss of every target token of
+//! the examples); Adam moves the weights.
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Tensor, Var};
+use tpv_shared::PromptTensor;
+
+use super::engine::{Encoded, Engine};
+use crate::optim::AdamW;
+
+/// What the learning found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    /// K weights, or K·R (vector-major) with `per_token`.
+    pub weights: Vec<f32>,
+    pub per_token: bool,
+    /// The examples' mean loss at each step's weights (the last after the last update).
+    pub losses: Vec<f32>,
+    /// The step whose weights are kept: the lowest loss.
+    pub best_step: usize,
+}
+
+/// θ₀ + Σᵢ wᵢ·τᵢ (`weights`: K, or K·R per virtual token).
+pub fn compose(origin: &PromptTensor, taus: &[PromptTensor], weights: &[f32], per_token: bool) -> Vec<f32> {
+    let (r, d) = (origin.rows(), origin.dim());
+    let mut out: Vec<f32> = origin.as_slice().to_vec();
+    for (i, tau) in taus.iter().enumerate() {
+        for (row, chunk) in tau.as_slice().chunks_exact(d).enumerate().take(r) {
+            let w = if per_token { weights[i * r + row] } else { weights[i] };
+            for (o, t) in out[row * d..(row + 1) * d].iter_mut().zip(chunk) {
+                *o += w * t;
+            }
+        }
+    }
+    out
+}
+
+/// The mean loss of `examples` under θ and its gradient w.r.t. θ (batches of `batch`, each
+/// weighted by its share of the target tokens).
+fn loss_and_grad(
+    engine: &Engine<'_>,
+    theta: &[f32],
+    shape: (usize, usize),
+    examples: &[Encoded],
+    batch: usize,
+) -> Result<(f32, Vec<f32>)> {
+    let var = Var::from_tensor(&Tensor::from_slice(theta, shape, &engine.device)?)?;
+    let total: usize = examples.iter().map(Encoded::target_count).sum();
+    let (mut loss, mut grad) = (0f32, vec![0f32; theta.len()]);
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let share = chunk.iter().map(Encoded::target_count).sum::<usize>() as f64 / total.max(1) as f64;
+        let out = engine.loss(var.as_tensor(), &refs, None)?;
+        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
+        loss += scaled.to_scalar::<f32>()?;
+        if let Some(g) = scaled.backward()?.get(&var) {
+            for (a, b) in grad
+                .iter_mut()
+                .zip(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            {
+                *a += b;
+            }
+        }
+    }
+    Ok((loss, grad))
+}
+
+/// Learns the weights of θ₀ + Σᵢ wᵢ·τᵢ on `examples` from `init` (one per vector) by `steps`
+/// Adam steps of rate `lr`; keeps the weights of the lowest loss seen.
+pub fn learn_weights(
+    engine: &Engine<'_>,
+    examples: &[Encoded],
+    origin: &PromptTensor,
+    taus: &[PromptTensor],
+    init: &[f64],
+    per_token: bool,
+    (steps, lr): (usize, f64),
+) -> Result<Learned> {
+    if examples.is_empty() {
+        bail!("no examples to learn the weights on");
+    }
+    if init.len() != taus.len() {
+        bail!("{} initial weights for {} vectors", init.len(), taus.len());
+    }
+    let (r, d) = (origin.rows(), origin.dim());
+    let per = if per_token { r } else { 1 };
+    let mut w: Vec<f32> = init.iter().flat_map(|&x| std::iter::repeat_n(x as f32, per)).collect();
+    let mut adam = AdamW::new(w.len(), 0.0);
+    let (mut losses, mut best) = (Vec::with_capacity(steps + 1), (f32::INFINITY, 0usize, w.clone()));
+    for step in 0..=steps {
+        let theta = compose(origin, taus, &w, per_token);
+        let (loss, g) = loss_and_grad(engine, &theta, (r, d), examples, 8)?;
+        if !loss.is_finite() {
+            bail!("the loss is {loss} at step {step}");
+        }
+        losses.push(loss);
+        if loss < best.0 {
+            best = (loss, step, w.clone());
+        }
+        if step == steps {
+            break;
+        }
+        let mut gw = vec![0f32; w.len()];
+        for (i, tau) in taus.iter().enumerate() {
+            for (row, (t, gr)) in tau.as_slice().chunks_exact(d).zip(g.chunks_exact(d)).enumerate() {
+                let dot: f32 = t.iter().zip(gr).map(|(a, b)| a * b).sum();
+                gw[if per_token { i * r + row } else { i }] += dot;
+            }
+        }
+        adam.step(&mut w, &gw, lr);
+    }
+    Ok(Learned {
+        weights: best.2,
+        per_token,
+        losses,
+        best_step: best.1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_weights_each_vector_or_each_row() {
+        let o = PromptTensor::new(2, 2, vec![1.0, 1.0, 1.0, 1.0]).unwrap();
+        let a = PromptTensor::new(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        let b = PromptTensor::new(2, 2, vec![0.0, 2.0, 2.0, 0.0]).unwrap();
+        let taus = [a, b];
+        assert_eq!(compose(&o, &taus, &[1.0, 0.5], false), [2.0, 2.0, 2.0, 2.0]);
+        // Per row: a's weights (1, 0), b's (0, 1).
+        assert_eq!(compose(&o, &taus, &[1.0, 0.0, 0.0, 1.0], true), [2.0, 1.0, 3.0, 1.0]);
+    }
+}
