@@ -24,6 +24,8 @@ pub enum InitMethod {
     Multi,
     /// θ₀ + Σ τ_source (λ = 1).
     TpvSum,
+    /// θ₀ + Σ wᵢ τ_source, the weights learned on the target's shots (the TPV sum at 0 shots).
+    LearnedCombination,
 }
 
 crate::named!(InitMethod, "transfer init", {
@@ -31,6 +33,7 @@ crate::named!(InitMethod, "transfer init", {
     Spot => "spot",
     Multi => "multi",
     TpvSum => "tpv_sum",
+    LearnedCombination => "learned_combination",
 });
 
 impl InitMethod {

@@ -1059,3 +1059,94 @@ fn demo_pipeline_runs_on_the_fixture_model() {
     let text = manifest.to_string();
     assert!(!text.contains(&root().display().to_string()), "a local path in {text}");
 }
+
+/// Issue 18: the `learned_combination` transfer init learns the weights of θ₀ + Σ wᵢτᵢ on the
+/// target's shots (the same sample the job then trains on) from the TPV sum, lowering their loss;
+/// at 0 shots it is the TPV sum; the transfer table compares it with the TPV sum.
+#[test]
+fn the_learned_combination_init_learns_on_the_shots() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, t) in ["a", "b", "c"].iter().enumerate() {
+        write_task(tmp.path(), t, i * 5);
+    }
+    let data = |t: &str| {
+        format!(
+            "[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n"
+        )
+    };
+    let config = tmp.path().join("study.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# learned combinations
+[study]
+name = "learned"
+output = "{out}"
+origins = [0]
+tasks = ["a", "b"]
+[study.transfer]
+sources = ["a", "b"]
+targets = ["c"]
+shots = [0, 4]
+inits = ["tpv_sum", "learned_combination"]
+paper_recipe = false
+[study.transfer.set]
+optim.max_steps = 2
+optim.batch_size = 2
+{da}{db}{dc}
+[model]
+path = "{model}"
+[prompt]
+virtual_tokens = 3
+init = {{ sample_vocab = {{ seed = 7 }} }}
+[optim]
+learning_rate = 0.3
+batch_size = 4
+max_steps = 4
+[train]
+eval_every = 2
+output = "unused"
+max_new_tokens = 3
+"#,
+            out = tmp.path().join("study").display(),
+            model = root().join("tests/fixtures/models/llama_tied").display(),
+            da = data("a"),
+            db = data("b"),
+            dc = data("c"),
+        ),
+    )
+    .unwrap();
+    let out = json_of(&tpv().args(["sweep", "--json"]).arg(&config).output().unwrap());
+    assert!(out["failed"].as_array().unwrap().is_empty(), "{out}");
+    let study = tmp.path().join("study");
+    let init = tpv_shared::runfile::read_run(
+        &std::fs::read(study.join("transfer/c/learned_combination/4shot/origin0/init.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let learned = &init.meta.config.as_ref().unwrap()["learned_combination"];
+    assert_eq!(learned["examples"], 4, "{learned}");
+    let losses: Vec<f64> = learned["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let best = losses[learned["best_step"].as_u64().unwrap() as usize];
+    assert!(best < losses[0], "{losses:?}");
+    assert_eq!(learned["weights"].as_array().unwrap().len(), 2);
+    // At 0 shots: the TPV sum's prompt and score.
+    let zero = |init: &str| {
+        tpv_shared::runfile::read_run(
+            &std::fs::read(study.join(format!("transfer/c/{init}/0shot/origin0/prompt.safetensors"))).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(zero("learned_combination").values, zero("tpv_sum").values);
+    let agg = json_of(&tpv().args(["aggregate", "--json"]).arg(&study).output().unwrap());
+    let rows = agg["transfer"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["init"] == "learned_combination" && r["shots"] == 4 && !r["vs_tpv_sum"].is_null()),
+        "{rows:#?}"
+    );
+}

@@ -571,7 +571,7 @@ fn transfer_init(
             &prompt_tuning_id(source.context("a SPoT job without a source")?, origin),
         )?),
         InitMethod::Multi => Some(load_run(study, job.deps.first().context("no multi-task dependency")?)?),
-        InitMethod::TpvSum => {
+        InitMethod::TpvSum | InitMethod::LearnedCombination => {
             let runs: Vec<SoftPrompt> = tr
                 .sources
                 .iter()
@@ -579,7 +579,19 @@ fn transfer_init(
                 .collect::<Result<_>>()?;
             let theta0 = origin_of(&runs[0])?;
             let refs: Vec<&SoftPrompt> = runs.iter().collect();
-            Some(arith::combine(&theta0, &refs, &[], 1.0, &MergeMethod::Sum)?)
+            let shots = match &job.kind {
+                JobKind::Transfer { shots, .. } => *shots,
+                _ => 0,
+            };
+            if init == InitMethod::TpvSum || shots == 0 {
+                return Ok(Some(arith::combine(&theta0, &refs, &[], 1.0, &MergeMethod::Sum)?));
+            }
+            // The weights learned on the shots this job trains on (the same sample).
+            let config = study.train_config(job, None)?.context("not a training job")?;
+            let (weights, summary) = train::combination::learn_on(&config, &theta0, &refs)?;
+            let mut p = arith::combine(&theta0, &refs, &weights, 1.0, &MergeMethod::Sum)?;
+            p.meta.config = Some(json!({ "learned_combination": summary }));
+            Some(p)
         }
     })
 }

@@ -268,9 +268,12 @@ impl Study {
             c.tasks.iter().flatten().for_each(&mut add);
         }
         if let Some(t) = &self.study.transfer
-            && t.inits
-                .iter()
-                .any(|i| matches!(i, InitMethod::Spot | InitMethod::TpvSum))
+            && t.inits.iter().any(|i| {
+                matches!(
+                    i,
+                    InitMethod::Spot | InitMethod::TpvSum | InitMethod::LearnedCombination
+                )
+            })
         {
             t.sources.iter().for_each(&mut add);
         }
@@ -347,7 +350,9 @@ impl Study {
                                         vec![prompt_tuning_id(source.map_or("", |s| s.as_str()), o)]
                                     }
                                     InitMethod::Multi => vec![multi.id()],
-                                    InitMethod::TpvSum => tr.sources.iter().map(|t| prompt_tuning_id(t, o)).collect(),
+                                    InitMethod::TpvSum | InitMethod::LearnedCombination => {
+                                        tr.sources.iter().map(|t| prompt_tuning_id(t, o)).collect()
+                                    }
                                 };
                                 jobs.push(Job::new(
                                     JobKind::Transfer {

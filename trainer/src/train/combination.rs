@@ -53,10 +53,9 @@ fn loss_and_grad(
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let share = chunk.iter().map(Encoded::target_count).sum::<usize>() as f64 / total.max(1) as f64;
-        let out = engine.loss(var.as_tensor(), &refs, None)?;
-        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
-        loss += scaled.to_scalar::<f32>()?;
-        if let Some(g) = scaled.backward()?.get(&var) {
+        let (value, grads) = engine.scaled_loss_grads(&var, &refs, share, None)?;
+        loss += value;
+        if let Some(g) = grads.get(&var) {
             for (a, b) in grad
                 .iter_mut()
                 .zip(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
@@ -118,6 +117,62 @@ pub fn learn_weights(
         losses,
         best_step: best.1,
     })
+}
+
+/// Optimizer steps and Adam's rate of a study's learned combination.
+pub const STUDY_STEPS: usize = 50;
+pub const STUDY_LEARNING_RATE: f64 = 0.05;
+
+/// The weights of θ₀ + Σ wᵢτᵢ (one per vector, from 1: the TPV sum) learned on the training
+/// examples of `config` (a transfer job's shots), through its model and encoding; and what the
+/// learning did, for the run file.
+pub fn learn_on(
+    config: &crate::config::Config,
+    origin: &tpv_shared::SoftPrompt,
+    vectors: &[&tpv_shared::SoftPrompt],
+) -> Result<(Vec<f64>, serde_json::Value)> {
+    use anyhow::Context;
+    let device = crate::models::device(&config.model.device)?;
+    let dtype = crate::models::dtype(&config.model.dtype)?;
+    let loaded = crate::models::load_cached(&config.model.path, dtype, &device)
+        .with_context(|| format!("loading model {}", config.model.path))?;
+    let encode = super::encode_options(config);
+    let mut examples = Vec::new();
+    for splits in crate::data::load_all(&config.data).context("loading the shots")? {
+        for rec in &splits.train {
+            examples.push(loaded.encode(&splits.task, rec, &encode)?);
+        }
+    }
+    let taus = vectors
+        .iter()
+        .map(|v| v.vector_values())
+        .collect::<tpv_shared::Result<Vec<_>>>()?;
+    let engine = Engine {
+        model: &loaded.model,
+        codec: Some(&loaded.codec),
+        eos: loaded.eos.clone(),
+        dropout: 0.0,
+        device: device.clone(),
+        checkpointing: config.train.gradient_checkpointing,
+    };
+    let learned = learn_weights(
+        &engine,
+        &examples,
+        &origin.values,
+        &taus,
+        &vec![1.0; vectors.len()],
+        false,
+        (STUDY_STEPS, STUDY_LEARNING_RATE),
+    )?;
+    let summary = serde_json::json!({
+        "examples": examples.len(),
+        "weights": learned.weights,
+        "losses": learned.losses,
+        "best_step": learned.best_step,
+        "steps": STUDY_STEPS,
+        "learning_rate": STUDY_LEARNING_RATE,
+    });
+    Ok((learned.weights.iter().map(|&w| f64::from(w)).collect(), summary))
 }
 
 #[cfg(test)]

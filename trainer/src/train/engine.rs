@@ -53,6 +53,26 @@ impl Engine<'_> {
         self.model.loss_rows(&vec![theta; batch.len()], batch, train)
     }
 
+    /// `share` × the loss of `batch` under the variable `theta`, and its gradients: with gradient
+    /// checkpointing when the engine has it on (then without dropout: LLaMA-family models have
+    /// none).
+    pub fn scaled_loss_grads(
+        &self,
+        theta: &Var,
+        batch: &[&Encoded],
+        share: f64,
+        rng: Option<&mut SplitMix64>,
+    ) -> candle_core::Result<(f32, candle_core::backprop::GradStore)> {
+        if self.checkpointing {
+            let rows = vec![theta.as_tensor(); batch.len()];
+            let (out, grads) = self.model.loss_grad_checkpointed(&rows, batch, share)?;
+            return Ok(((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, grads));
+        }
+        let out = self.loss(theta.as_tensor(), batch, rng)?;
+        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
+        Ok((scaled.to_scalar::<f32>()?, scaled.backward()?))
+    }
+
     /// Greedy generations (token ids) for a batch.
     pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
         tpv_shared::eval::generate(self.model, &self.eos, theta, batch, max_new)
@@ -97,15 +117,7 @@ pub fn train_step(
     for mb in micro_batches {
         // Each micro-batch's share of the step's target tokens.
         let share = mb.iter().map(|e| e.target_count()).sum::<usize>() as f64 / total.max(1) as f64;
-        let (value, g) = if engine.checkpointing {
-            let theta = var.as_tensor();
-            let (out, g) = engine.model.loss_grad_checkpointed(&vec![theta; mb.len()], mb, share)?;
-            ((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, g)
-        } else {
-            let out = engine.loss(var.as_tensor(), mb, Some(&mut rng))?;
-            let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
-            (scaled.to_scalar::<f32>()?, scaled.backward()?)
-        };
+        let (value, g) = engine.scaled_loss_grads(&var, mb, share, Some(&mut rng))?;
         loss += value;
         if let Some(g) = g.get(&var) {
             for (a, b) in grads
