@@ -52,6 +52,12 @@ class Hub(BaseHTTPRequestHandler):
         rng = self.headers.get("Range", "")
         if rng.startswith("bytes="):
             start = int(rng[6:].split("-")[0] or 0)
+        if start >= size > 0:
+            self.send_response(416)  # as the hub: the range starts at the end
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")

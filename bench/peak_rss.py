@@ -23,6 +23,6 @@ while proc.poll() is None:
         pass
     time.sleep(0.01)
 err = proc.stderr.read().decode()
-print(", ".join(f"{k} {v / 1024 / 1024:.2f} GB" for k, v in peak.items()), f"(exit {proc.returncode})")
+print(", ".join(f"{k} {v / 1024 / 1024:.2f} GiB" for k, v in peak.items()), f"(exit {proc.returncode})")
 if proc.returncode:
     print(err[-2000:], file=sys.stderr)

@@ -40,6 +40,9 @@ pub enum Command {
     Peft(PeftCommand),
     /// Apply task prompt vectors to an origin: θ₀ + λ·merge(w₁τ₁, …).
     Combine(CombineArgs),
+    /// Rank a study's task prompt vectors (and sums of two) as starting points for a new task,
+    /// from a few of its examples.
+    Recommend(RecommendArgs),
     /// Similarity matrix of prompts or task prompt vectors.
     Similarity(SimilarityArgs),
     /// Evaluate a prompt on JSONL examples: per-example loss and greedy prediction.
@@ -526,6 +529,41 @@ pub struct CombineArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub learn: LearnArgs,
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// The library: a study directory (its finished prompt-tuning runs, every origin).
+    #[arg(long)]
+    pub library: PathBuf,
+    /// A few examples of the new task: records (`{"input", "target"}` lines, or a registry task's
+    /// columns with --task) or an eval set (`examples/TASK.json`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The records' task from the registry.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The model (default: the library's).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Use at most this many of the examples.
+    #[arg(long, default_value_t = 32)]
+    pub max_examples: usize,
+    /// Steps of the brief tuning whose vector the cosine compares (batches of 4).
+    #[arg(long, default_value_t = 20)]
+    pub tune_steps: usize,
+    /// Its learning rate (default: the library's).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Single vectors only, not the sums of two.
+    #[arg(long)]
+    pub no_pairs: bool,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
+    pub device: String,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,

@@ -372,6 +372,26 @@ pub fn from_table(table: toml::Table, base: &Path, label: &str) -> Result<Config
     Ok(config)
 }
 
+/// The resolved config a run file stores (JSON, its paths already absolute) as a config again:
+/// through TOML, which has no null (an unset option is left out).
+pub fn from_stored_json(value: &serde_json::Value, label: &str) -> Result<Config> {
+    fn strip_nulls(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), strip_nulls(x)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+            serde_json::Value::Array(a) => a.iter().map(strip_nulls).collect(),
+            other => other.clone(),
+        }
+    }
+    let table: toml::Table =
+        serde_json::from_value(strip_nulls(value)).with_context(|| format!("{label}: not a config table"))?;
+    from_table(table, Path::new("/"), label)
+}
+
 /// Applies one `key=value` override (dotted key; the value parsed as TOML, else a string).
 pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
     let Some((key, value)) = set.split_once('=') else {

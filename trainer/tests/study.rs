@@ -1060,21 +1060,18 @@ fn demo_pipeline_runs_on_the_fixture_model() {
     assert!(!text.contains(&root().display().to_string()), "a local path in {text}");
 }
 
-/// Issue 18: the `learned_combination` transfer init learns the weights of θ₀ + Σ wᵢτᵢ on the
-/// target's shots (the same sample the job then trains on) from the TPV sum, lowering their loss;
-/// at 0 shots it is the TPV sum; the transfer table compares it with the TPV sum.
-#[test]
-fn the_learned_combination_init_learns_on_the_shots() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A study of sources a, b and target c with the TPV-sum and learned-combination inits at 0 and 4
+/// shots, one origin.
+fn learned_study_config(dir: &Path) -> PathBuf {
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
-        write_task(tmp.path(), t, i * 5);
+        write_task(dir, t, i * 5);
     }
     let data = |t: &str| {
         format!(
             "[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n"
         )
     };
-    let config = tmp.path().join("study.toml");
+    let config = dir.join("study.toml");
     std::fs::write(
         &config,
         format!(
@@ -1108,7 +1105,7 @@ eval_every = 2
 output = "unused"
 max_new_tokens = 3
 "#,
-            out = tmp.path().join("study").display(),
+            out = dir.join("study").display(),
             model = root().join("tests/fixtures/models/llama_tied").display(),
             da = data("a"),
             db = data("b"),
@@ -1116,6 +1113,17 @@ max_new_tokens = 3
         ),
     )
     .unwrap();
+    config
+}
+
+/// Issue 18: the `learned_combination` transfer init learns the weights of θ₀ + Σ wᵢτᵢ on the
+/// target's shots (the same sample the job then trains on) from the TPV sum, lowering their loss;
+/// at 0 shots it is the TPV sum; the transfer table compares it with the TPV sum. Then `tpv
+/// recommend` ranks the study's vectors for the target.
+#[test]
+fn the_learned_combination_init_learns_on_the_shots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = learned_study_config(tmp.path());
     let out = json_of(&tpv().args(["sweep", "--json"]).arg(&config).output().unwrap());
     assert!(out["failed"].as_array().unwrap().is_empty(), "{out}");
     let study = tmp.path().join("study");
@@ -1149,4 +1157,39 @@ max_new_tokens = 3
             .any(|r| r["init"] == "learned_combination" && r["shots"] == 4 && !r["vs_tpv_sum"].is_null()),
         "{rows:#?}"
     );
+
+    // tpv recommend on the library of this study for c's examples: a, b and a+b, ranked; a
+    // single task's loss is its tuned prompt's (θ₀ + τ = θ) as tpv eval scores it.
+    let few = tmp.path().join("c-train.jsonl");
+    let rec = json_of(
+        &tpv()
+            .args(["recommend", "--json", "--tune-steps", "3", "--library"])
+            .arg(&study)
+            .arg("--data")
+            .arg(&few)
+            .output()
+            .unwrap(),
+    );
+    let cands = rec["candidates"].as_array().unwrap();
+    let names: Vec<&str> = cands.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 3, "{rec}");
+    assert!(names.contains(&"a") && names.contains(&"b") && names.contains(&"a+b"));
+    assert!(cands.windows(2).all(|w| w[0]["loss"].as_f64() <= w[1]["loss"].as_f64()));
+    let mut ranks: Vec<u64> = cands.iter().map(|c| c["cosine_rank"].as_u64().unwrap()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, [1, 2, 3]);
+    let a = cands.iter().find(|c| c["name"] == "a").unwrap();
+    let eval = json_of(
+        &tpv()
+            .args(["eval", "--json", "--max-new-tokens", "1", "--model"])
+            .arg(root().join("tests/fixtures/models/llama_tied"))
+            .arg("--prompt")
+            .arg(study.join("prompt_tuning/a/origin0/prompt.safetensors"))
+            .arg("--data")
+            .arg(&few)
+            .output()
+            .unwrap(),
+    );
+    let (got, want) = (a["loss"].as_f64().unwrap(), eval["loss"].as_f64().unwrap());
+    assert!((got - want).abs() < 1e-4, "recommend {got} vs eval {want}");
 }

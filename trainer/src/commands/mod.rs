@@ -9,6 +9,7 @@ mod fetch;
 mod inspect;
 mod origins;
 mod peft;
+mod recommend;
 mod similarity;
 mod study;
 mod train;
@@ -18,7 +19,7 @@ use serde_json::Value;
 
 use crate::cli::{
     AggregateArgs, BenchArgs, CombineArgs, Command, DataArgs, DemoArgs, EvalArgs, FetchArgs, InspectArgs, OriginsArgs,
-    PeftCommand, PeftExportArgs, PeftImportArgs, ReportArgs, SimilarityArgs, SweepArgs, TrainArgs,
+    PeftCommand, PeftExportArgs, PeftImportArgs, RecommendArgs, ReportArgs, SimilarityArgs, SweepArgs, TrainArgs,
 };
 
 /// Runs a command; `json` is the global `--json`, handed to the command's arguments.
@@ -28,6 +29,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Peft(PeftCommand::Import(args)) => peft::import(&PeftImportArgs { json, ..args }),
         Command::Peft(PeftCommand::Export(args)) => peft::export(&PeftExportArgs { json, ..args }),
         Command::Combine(args) => combine::run(&CombineArgs { json, ..args }),
+        Command::Recommend(args) => recommend::run(&RecommendArgs { json, ..args }),
         Command::Similarity(args) => similarity::run(&SimilarityArgs { json, ..args }),
         Command::Eval(args) => eval::run(&EvalArgs { json, ..args }),
         Command::Origins(args) => origins::run(&OriginsArgs { json, ..args }),
