@@ -8,6 +8,7 @@ pub mod arith;
 pub mod document;
 pub mod error;
 pub mod eval;
+pub mod figures;
 pub mod merge;
 pub mod metrics;
 pub mod model;

@@ -143,6 +143,27 @@ try {
     `similarity: the a × b origins map = tpv's pairs (${pair.length} cells)`);
   check(page.url().includes('pair=a%2Cb') || page.url().includes('pair=a,b'), 'similarity: the chosen pair is in the URL');
   await snap(page, 'similarity');
+  // Figures (issue 18): the downloaded SVGs' cells are the view's values, and those of the
+  // figures tpv aggregate wrote into the report.
+  const svgCells = (text) => [...text.matchAll(/<rect class="cell"[^>]*data-row="([^"]*)" data-col="([^"]*)" data-value="([^"]*)"/g)]
+    .map((m) => ({ row: m[1], col: m[2], value: m[3] }));
+  const viewCells = await page.getByTestId('heatmap-cell').evaluateAll((els) => els
+    .filter((e) => e.dataset.value !== '').map((e) => ({ row: e.dataset.row, col: e.dataset.col, value: e.dataset.value })));
+  const [tasksSvg] = await Promise.all([page.waitForEvent('download'), page.getByTestId('svg-tasks').click()]);
+  const tasksText = readFileSync(await tasksSvg.path(), 'utf8');
+  const fromSvg = svgCells(tasksText);
+  const sameCells = fromSvg.length === viewCells.length && fromSvg.every((c, k) => c.row === viewCells[k].row
+    && c.col === viewCells[k].col && Number(c.value) === Number(viewCells[k].value));
+  check(sameCells && tasksText.includes('cosine-mean'), `figures: the downloaded tasks × tasks SVG has the view's ${fromSvg.length} cells`);
+  const siteSvg = svgCells(readFileSync(join(site, 'figures', 'similarity_vectors.svg'), 'utf8'));
+  const byCell = new Map(fromSvg.map((c) => [`${c.row}|${c.col}`, Number(c.value)]));
+  const worstSite = Math.max(...siteSvg.map((c) => Math.abs(Number(c.value) - (byCell.get(`${c.row}|${c.col}`) ?? Infinity))));
+  check(siteSvg.length === fromSvg.length && worstSite <= 1e-6, `figures: the report's similarity_vectors.svg = the view's (max diff ${worstSite.toExponential(1)})`);
+  const [pairsSvg] = await Promise.all([page.waitForEvent('download'), page.getByTestId('svg-pairs').click()]);
+  const pairCells = svgCells(readFileSync(await pairsSvg.path(), 'utf8'));
+  const ab = pairCells.filter((c) => c.row.startsWith('a@') && c.col.startsWith('b@')).map((c) => Number(c.value));
+  const flatAb = want.pairs[0][1].flat().filter((v) => v !== null);
+  check(ab.length === flatAb.length && ab.every((v, k) => close(v, flatAb[k])), `figures: the pairs grid's a × b panel = tpv's pairs (${ab.length} cells)`);
 
   // 4. Compose: θ₀ + 0.8·ties(1·τ_a, 0.5·τ_b) downloaded = tpv combine.
   await page.getByTestId('tab-compose').click();

@@ -304,6 +304,21 @@ fn study_runs_resumes_aggregates_and_reports() {
     );
     let sim = &agg["similarity"]["vectors"];
     assert_eq!(sim["tasks"], serde_json::json!(["a", "b"]));
+    // The figures (issue 18): each cell of the tasks × tasks SVG is the table's value.
+    let svg = std::fs::read_to_string(study.join("figures/similarity_vectors.svg")).unwrap();
+    let values: Vec<f64> = svg
+        .split("data-value=\"")
+        .skip(1)
+        .map(|v| v[..v.find('"').unwrap()].parse().unwrap())
+        .collect();
+    let want: Vec<f64> = sim["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().filter_map(Value::as_f64))
+        .collect();
+    assert_eq!(values, want);
+    assert!(study.join("figures/similarity_prompts_pairs.svg").is_file());
     assert_eq!(sim["origins"], serde_json::json!(["origin0", "origin1"]));
     let csv = std::fs::read_to_string(study.join("tables.csv")).unwrap();
     assert!(csv.starts_with("table,task,metric,shots,method,statistic,value"));

@@ -878,14 +878,45 @@ impl Aggregate {
     /// Writes tables.md, tables.csv and tables.json into `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let files = [
+        let mut files = vec![
             (dir.join("tables.md"), self.markdown().into_bytes()),
             (dir.join("tables.csv"), self.csv()?.into_bytes()),
             (dir.join("tables.json"), serde_json::to_vec_pretty(self)?),
         ];
+        files.extend(self.figures(&dir.join("figures")));
+        if files.len() > 3 {
+            std::fs::create_dir_all(dir.join("figures")).with_context(|| format!("creating {}", dir.display()))?;
+        }
         for (path, bytes) in &files {
             io::write_atomic(path, bytes)?;
         }
         Ok(files.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// The similarity figures (SVG, `tpv_shared::figures`): per compared kind (task prompt
+    /// vectors, task prompts) and measure, the tasks × tasks map and the grid of origins × origins
+    /// maps of every task pair.
+    fn figures(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let Some(sim) = &self.similarity else { return Vec::new() };
+        let mut out = Vec::new();
+        for (name, what, a) in [
+            ("vectors", "task prompt vectors", &sim.vectors),
+            ("prompts", "task prompts", &sim.prompts),
+            ("vectors_flat", "task prompt vectors", &sim.vectors_flat),
+            ("prompts_flat", "task prompts", &sim.prompts_flat),
+        ] {
+            let m = a.measure.as_str();
+            let tasks = format!("{}: {m} of {what}, tasks × tasks (mean over origin pairs)", self.name);
+            let pairs = format!("{}: {m} of {what}, origins × origins for each task pair", self.name);
+            out.push((
+                dir.join(format!("similarity_{name}.svg")),
+                tpv_shared::figures::tasks_svg(a, &tasks).into_bytes(),
+            ));
+            out.push((
+                dir.join(format!("similarity_{name}_pairs.svg")),
+                tpv_shared::figures::pairs_svg(a, &pairs).into_bytes(),
+            ));
+        }
+        out
     }
 }

@@ -83,7 +83,7 @@ fn method_of(q: Query) -> Result<MergeMethod, String> {
 }
 
 /// Starts a download of `bytes` as `name`.
-fn download(name: &str, bytes: &[u8], mime: &str) -> Result<(), String> {
+pub(crate) fn download(name: &str, bytes: &[u8], mime: &str) -> Result<(), String> {
     let array = js_sys::Uint8Array::from(bytes);
     let parts = js_sys::Array::of1(&array.buffer());
     let opts = web_sys::BlobPropertyBag::new();

@@ -5,6 +5,7 @@
 
 use leptos::prelude::*;
 use tpv_shared::PromptTensor;
+use tpv_shared::figures::{self, colour};
 use tpv_shared::similarity::{self, AcrossOrigins, Labelled, Measure};
 
 use crate::study::Run;
@@ -45,18 +46,6 @@ fn items(runs: &[Run], vectors: bool) -> Vec<(String, String, PromptTensor)> {
         out.push((task, origin, values));
     }
     out
-}
-
-/// Diverging colour map centred at 0: blue (−1) … white (0) … red (+1).
-pub fn colour(v: f64) -> String {
-    let v = v.clamp(-1.0, 1.0);
-    let (r, g, b) = if v >= 0.0 {
-        (255.0, 255.0 * (1.0 - v) + 60.0 * v, 255.0 * (1.0 - v) + 60.0 * v)
-    } else {
-        let w = -v;
-        (255.0 * (1.0 - w) + 40.0 * w, 255.0 * (1.0 - w) + 90.0 * w, 255.0)
-    };
-    format!("rgb({:.0},{:.0},{:.0})", r, g, b)
 }
 
 /// A heatmap: rows × cols of optional values; cells carry their labels and value for tests and
@@ -192,6 +181,7 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                         let j = a.tasks.iter().position(|t| t == y)?;
                         Some((i, j))
                     });
+                    let (tasks, matrix) = (a.tasks.clone(), a.matrix.clone());
                     let detail = detail.map(|(i, j)| {
                         let rows: Vec<String> = a.origins.iter().map(|o| format!("{}@{o}", a.tasks[i])).collect();
                         let cols: Vec<String> = a.origins.iter().map(|o| format!("{}@{o}", a.tasks[j])).collect();
@@ -200,11 +190,27 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                                 rows cols values=a.pairs[i][j].clone() testid="pair-cell" />
                         }
                     });
+                    let (m, w) = (a.measure.as_str(), what());
+                    let figure = move |pairs: bool| {
+                        let svg = if pairs {
+                            figures::pairs_svg(&a, &format!("{m} of {w}, origins × origins for each task pair"))
+                        } else {
+                            figures::tasks_svg(&a, &format!("{m} of {w}, tasks × tasks (mean over origin pairs)"))
+                        };
+                        let name = format!("similarity_{}{}.svg", w.replace(' ', "_"), if pairs { "_pairs" } else { "" });
+                        if let Err(e) = super::compose::download(&name, svg.as_bytes(), "image/svg+xml") {
+                            web_sys::console::error_1(&e.into());
+                        }
+                    };
                     view! {
-                        <Heatmap caption=format!("Tasks × tasks: {} of {}, mean over origin pairs (identical pairs omitted); choose a cell for its origins × origins map", a.measure.as_str(), what())
-                            rows=a.tasks.clone() cols=a.tasks.clone()
-                            values=a.matrix.clone() on_pick=pick />
+                        <Heatmap caption=format!("Tasks × tasks: {m} of {w}, mean over origin pairs (identical pairs omitted); choose a cell for its origins × origins map")
+                            rows=tasks.clone() cols=tasks values=matrix on_pick=pick />
                         <Legend />
+                        <p class="downloads">
+                            <button type="button" data-testid="svg-tasks" on:click={let f = figure.clone(); move |_| f(false)}>"Download this map (SVG)"</button>
+                            " "
+                            <button type="button" data-testid="svg-pairs" on:click=move |_| figure(true)>"Download every task pair's origins × origins map (SVG)"</button>
+                        </p>
                         {detail}
                     }.into_any()
                 }
