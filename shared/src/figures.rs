@@ -122,12 +122,15 @@ fn colour_bar(svg: &mut String, x: f64, y: f64, h: f64, measure: &str) {
     );
 }
 
-fn open(svg: &mut String, w: f64, h: f64, title: &str) {
+/// Starts a figure of at least `w` × `h` pixels (wider if its title needs it); returns the width.
+fn open(svg: &mut String, w: f64, h: f64, title: &str) -> f64 {
+    let w = w.max(title.chars().count() as f64 * 8.5 + 20.0);
     let _ = write!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif"><rect width="{w}" height="{h}" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
         esc(title)
     );
+    w
 }
 
 /// The longest label's width in pixels at 12 px (an estimate: 7 px a character).
@@ -143,7 +146,7 @@ pub fn tasks_svg(a: &AcrossOrigins, title: &str) -> String {
     let top = 40.0 + label_width(&a.tasks) * 0.75 + 10.0;
     let (w, h) = (left + n * cell + 90.0, top + n * cell + 20.0);
     let mut svg = String::new();
-    open(&mut svg, w, h, title);
+    let _ = open(&mut svg, w, h, title);
     Panel {
         rows: &a.tasks,
         cols: &a.tasks,
@@ -168,15 +171,18 @@ pub fn tasks_svg(a: &AcrossOrigins, title: &str) -> String {
 pub fn pairs_svg(a: &AcrossOrigins, title: &str) -> String {
     let o = a.origins.len() as f64;
     let cell = if a.origins.len() > 6 { 10.0 } else { 18.0 };
-    let panel = o * cell + 40.0;
     let n = a.tasks.len();
-    let (left, top) = (20.0, 50.0);
-    let (w, h) = (left + n as f64 * panel + 90.0, top + n as f64 * panel + 10.0);
+    // Each panel as wide as its title (11 px text, ≈ 6.2 px a character) or its cells.
+    let longest = a.tasks.iter().map(|t| t.chars().count()).max().unwrap_or(0) as f64;
+    let panel = (o * cell).max((2.0 * longest + 3.0) * 6.2) + 24.0;
+    let panel_h = o * cell + 36.0;
+    let (left, top) = (20.0, 64.0);
+    let (w, h) = (left + n as f64 * panel + 90.0, top + n as f64 * panel_h + 10.0);
     let mut svg = String::new();
-    open(&mut svg, w, h, title);
+    let w = open(&mut svg, w, h, title);
     for i in 0..n {
         for j in i..n {
-            let (x, y) = (left + j as f64 * panel + 30.0, top + i as f64 * panel + 20.0);
+            let (x, y) = (left + j as f64 * panel, top + i as f64 * panel_h + 20.0);
             let rows: Vec<String> = a.origins.iter().map(|or| format!("{}@{or}", a.tasks[i])).collect();
             let cols: Vec<String> = a.origins.iter().map(|or| format!("{}@{or}", a.tasks[j])).collect();
             let _ = write!(
@@ -200,7 +206,7 @@ pub fn pairs_svg(a: &AcrossOrigins, title: &str) -> String {
         svg,
         r#"<text x="{left}" y="{ty}" font-size="11">rows: the first task's origins {}; columns: the second's</text>"#,
         esc(&a.origins.join(", ")),
-        ty = top + 4.0,
+        ty = 42.0,
     );
     colour_bar(&mut svg, w - 80.0, top + 20.0, 160.0, a.measure.as_str());
     svg.push_str("</svg>");
