@@ -3,7 +3,9 @@
 //! (its appendix, Figures 1–2) — with axis labels, a colour bar, the measure and the study named.
 //! One definition for the files `tpv aggregate` writes and the web app's downloads. Every cell is
 //! a `<rect class="cell">` carrying `data-row`, `data-col` and `data-value` (the exact value), so
-//! a figure can be checked against the matrix it shows.
+//! a figure can be checked against the matrix it shows. Line charts (training curves, few-shot
+//! score against shots with a ± std band) likewise: every point a `<circle data-x data-value>`
+//! in its series' `<g data-testid="series" data-name>`; the web app shows these same SVGs.
 
 use std::fmt::Write;
 
@@ -213,6 +215,128 @@ pub fn pairs_svg(a: &AcrossOrigins, title: &str) -> String {
     svg
 }
 
+/// One line of a chart: points (x, y), and a ± band (e.g. std over origins) per point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub band: Option<Vec<f64>>,
+}
+
+/// Line colours, in series order.
+pub const PALETTE: [&str; 6] = ["#1a73e8", "#d93025", "#188038", "#f29900", "#a142f4", "#12b5cb"];
+
+/// The x and y ranges of the series (bands included), never empty.
+fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for s in series {
+        for (i, &(x, y)) in s.points.iter().enumerate() {
+            let b = s.band.as_ref().and_then(|b| b.get(i)).copied().unwrap_or(0.0);
+            let b = if b.is_finite() { b } else { 0.0 };
+            (x0, x1) = (x0.min(x), x1.max(x));
+            (y0, y1) = (y0.min(y - b), y1.max(y + b));
+        }
+    }
+    // An empty or flat range: one unit from its start (0 when there is none).
+    let widen = |lo: f64, hi: f64| {
+        if hi > lo {
+            (lo, hi)
+        } else if lo.is_finite() {
+            (lo, lo + 1.0)
+        } else {
+            (0.0, 1.0)
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (widen(x0, x1), widen(y0, y1));
+    (x0, x1, y0, y1)
+}
+
+/// A line chart as standalone SVG (520 × 220 plot, legend beside it): axes with their end values,
+/// the x label, each series a line with dots and its band.
+pub fn line_chart_svg(title: &str, x_label: &str, series: &[Series]) -> String {
+    const W: f64 = 520.0;
+    const H: f64 = 220.0;
+    const PAD: f64 = 40.0;
+    let (x0, x1, y0, y1) = bounds(series);
+    let sx = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - 2.0 * PAD);
+    let sy = |y: f64| H - PAD - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
+    let legend_w = 20.0 + series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0) as f64 * 7.0;
+    let mut svg = String::new();
+    let top = 24.0;
+    let w = open(&mut svg, W + legend_w, H + top, title);
+    let _ = write!(
+        svg,
+        r##"<g transform="translate(0 {top})"><line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="#888"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="#888"/><text x="{PAD}" y="{lb}" font-size="11">{x0}</text><text x="{r}" y="{lb}" font-size="11" text-anchor="end">{x1}</text><text x="{mid}" y="{xl}" font-size="11" text-anchor="middle">{xlabel}</text><text x="{yl}" y="{b}" font-size="11" text-anchor="end">{y0:.3}</text><text x="{yl}" y="{yt}" font-size="11" text-anchor="end">{y1:.3}</text>"##,
+        b = H - PAD,
+        r = W - PAD,
+        lb = H - PAD + 14.0,
+        mid = W / 2.0,
+        xl = H - 6.0,
+        xlabel = esc(x_label),
+        yl = PAD - 4.0,
+        yt = PAD + 4.0,
+    );
+    for (i, s) in series.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        let name = esc(&s.name);
+        let _ = write!(svg, r#"<g data-testid="series" data-name="{name}">"#);
+        if let Some(band) = &s.band {
+            let upper = s
+                .points
+                .iter()
+                .zip(band)
+                .map(|(&(x, y), d)| format!("{:.1},{:.1}", sx(x), sy(y + d)));
+            let lower = s
+                .points
+                .iter()
+                .zip(band)
+                .rev()
+                .map(|(&(x, y), d)| format!("{:.1},{:.1}", sx(x), sy(y - d)));
+            let pts: Vec<String> = upper.chain(lower).collect();
+            let _ = write!(
+                svg,
+                r#"<polygon points="{}" fill="{colour}" fill-opacity="0.15" stroke="none"/>"#,
+                pts.join(" ")
+            );
+        }
+        let line: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/>"#,
+            line.join(" ")
+        );
+        for (k, &(x, y)) in s.points.iter().enumerate() {
+            let band = s
+                .band
+                .as_ref()
+                .and_then(|b| b.get(k))
+                .map_or(String::new(), |d| format!(" ± {d:.4}"));
+            let _ = write!(
+                svg,
+                r#"<circle class="point" cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}" data-x="{x}" data-value="{y}"><title>{name}: {x} → {y:.4}{band}</title></circle>"#,
+                sx(x),
+                sy(y)
+            );
+        }
+        svg.push_str("</g>");
+        let ly = PAD + i as f64 * 16.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{lx}" y="{ry}" width="10" height="10" fill="{colour}"/><text x="{tx}" y="{ly}" font-size="11" dominant-baseline="central">{name}</text>"#,
+            lx = W,
+            ry = ly - 5.0,
+            tx = W + 14.0,
+        );
+    }
+    let _ = w;
+    svg.push_str("</g></svg>");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +393,33 @@ mod tests {
         assert_eq!(cells(&grid).len(), 6);
         assert_eq!(grid.matches("class=\"pair\"").count(), 3);
         assert!((cells(&grid).iter().map(|c| c.2).sum::<f64>() - (1.0 - 0.25 - 0.2 - 0.3 - 0.25)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_charts_points_are_the_series() {
+        let series = vec![
+            Series {
+                name: "tpv_sum".into(),
+                points: vec![(0.0, 0.5), (16.0, 0.75)],
+                band: Some(vec![0.1, f64::NAN]),
+            },
+            Series {
+                name: "random".into(),
+                points: vec![(0.0, 0.25)],
+                band: None,
+            },
+        ];
+        let svg = line_chart_svg("c <few-shot>", "shots", &series);
+        assert_eq!(svg.matches(r#"data-testid="series""#).count(), 2);
+        let values: Vec<f64> = svg
+            .split("data-value=\"")
+            .skip(1)
+            .map(|v| v[..v.find('"').unwrap()].parse().unwrap())
+            .collect();
+        assert_eq!(values, [0.5, 0.75, 0.25]);
+        assert!(svg.contains("c &lt;few-shot&gt;") && svg.contains(">shots<"));
+        assert_eq!(bounds(&series), (0.0, 16.0, 0.25, 0.75));
+        assert_eq!(bounds(&[]), (0.0, 1.0, 0.0, 1.0));
     }
 
     #[test]

@@ -219,6 +219,11 @@ try {
   const series = await page.locator('figure').first().getByTestId('series').count();
   check(series === 4, `curves: the few-shot chart of c has ${series} inits (random, spot_a, spot_b, tpv_sum)`);
   check((await page.locator('figure').count()) >= 3, 'curves: training curves drawn');
+  // A chart's SVG download is the chart shown (the same shared figure).
+  const shown = await page.locator('figure').first().locator('circle.point').evaluateAll((els) => els.map((e) => e.dataset.value));
+  const [chartSvg] = await Promise.all([page.waitForEvent('download'), page.locator('figure').first().getByTestId('chart-svg').click()]);
+  const saved = [...readFileSync(await chartSvg.path(), 'utf8').matchAll(/<circle class="point"[^>]*data-value="([^"]*)"/g)].map((m) => m[1]);
+  check(shown.length > 0 && JSON.stringify(saved) === JSON.stringify(shown), `curves: the downloaded SVG has the chart's ${shown.length} points`);
   await snap(page, 'curves');
 
   // 7. Evaluate: the fixture model in a Web Worker = tpv eval (predictions equal, losses to 1e-4).

@@ -319,6 +319,23 @@ fn study_runs_resumes_aggregates_and_reports() {
         .collect();
     assert_eq!(values, want);
     assert!(study.join("figures/similarity_prompts_pairs.svg").is_file());
+    // The few-shot figure of c: one series per init, each point a row's mean.
+    let svg = std::fs::read_to_string(study.join("figures/transfer_c.svg")).unwrap();
+    assert_eq!(svg.matches(r#"data-testid="series""#).count(), 4, "{svg}");
+    let mut points: Vec<f64> = svg
+        .split("data-value=\"")
+        .skip(1)
+        .map(|v| v[..v.find('"').unwrap()].parse().unwrap())
+        .collect();
+    let metric = transfer[0]["metric"].clone();
+    let mut means: Vec<f64> = transfer
+        .iter()
+        .filter(|r| r["metric"] == metric)
+        .filter_map(|r| r["score"]["mean"].as_f64())
+        .collect();
+    points.sort_by(f64::total_cmp);
+    means.sort_by(f64::total_cmp);
+    assert_eq!(points, means);
     assert_eq!(sim["origins"], serde_json::json!(["origin0", "origin1"]));
     let csv = std::fs::read_to_string(study.join("tables.csv")).unwrap();
     assert!(csv.starts_with("table,task,metric,shots,method,statistic,value"));

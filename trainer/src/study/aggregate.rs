@@ -893,12 +893,63 @@ impl Aggregate {
         Ok(files.into_iter().map(|(p, _)| p).collect())
     }
 
+    /// The few-shot figures: per target, its first metric's test score against shots, one line
+    /// and ± std band per init (SVG, `tpv_shared::figures::line_chart_svg`).
+    fn transfer_figures(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut targets: Vec<&str> = Vec::new();
+        for r in &self.transfer {
+            if !targets.contains(&r.target.as_str()) {
+                targets.push(&r.target);
+            }
+        }
+        targets
+            .into_iter()
+            .filter_map(|target| {
+                let metric = &self.transfer.iter().find(|r| r.target == target)?.metric;
+                let mut series: Vec<tpv_shared::figures::Series> = Vec::new();
+                for r in self
+                    .transfer
+                    .iter()
+                    .filter(|r| r.target == target && &r.metric == metric)
+                {
+                    let i = match series.iter().position(|s| s.name == r.init) {
+                        Some(i) => i,
+                        None => {
+                            series.push(tpv_shared::figures::Series {
+                                name: r.init.clone(),
+                                points: Vec::new(),
+                                band: Some(Vec::new()),
+                            });
+                            series.len() - 1
+                        }
+                    };
+                    series[i].points.push((r.shots as f64, r.score.mean));
+                    if let Some(b) = series[i].band.as_mut() {
+                        b.push(r.score.std);
+                    }
+                }
+                for s in &mut series {
+                    let mut order: Vec<usize> = (0..s.points.len()).collect();
+                    order.sort_by(|&a, &b| s.points[a].0.total_cmp(&s.points[b].0));
+                    s.points = order.iter().map(|&k| s.points[k]).collect();
+                    s.band = s.band.as_ref().map(|b| order.iter().map(|&k| b[k]).collect());
+                }
+                let title = format!(
+                    "{}: few-shot transfer to {target}, test {metric} (mean ± std over origins)",
+                    self.name
+                );
+                let svg = tpv_shared::figures::line_chart_svg(&title, "shots", &series);
+                Some((dir.join(format!("transfer_{target}.svg")), svg.into_bytes()))
+            })
+            .collect()
+    }
+
     /// The similarity figures (SVG, `tpv_shared::figures`): per compared kind (task prompt
     /// vectors, task prompts) and measure, the tasks × tasks map and the grid of origins × origins
     /// maps of every task pair.
     fn figures(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-        let Some(sim) = &self.similarity else { return Vec::new() };
-        let mut out = Vec::new();
+        let mut out = self.transfer_figures(dir);
+        let Some(sim) = &self.similarity else { return out };
         for (name, what, a) in [
             ("vectors", "task prompt vectors", &sim.vectors),
             ("prompts", "task prompts", &sim.prompts),

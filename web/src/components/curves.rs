@@ -5,95 +5,30 @@
 use std::collections::BTreeMap;
 
 use leptos::prelude::*;
+use tpv_shared::figures::{self, Series};
 
 use crate::study::Run;
 use crate::{Query, param, set_param};
 
-const W: f64 = 520.0;
-const H: f64 = 220.0;
-const PAD: f64 = 40.0;
-const PALETTE: [&str; 6] = ["#1a73e8", "#d93025", "#188038", "#f29900", "#a142f4", "#12b5cb"];
-
-struct Series {
-    name: String,
-    points: Vec<(f64, f64)>,
-    /// ± band (std) per point.
-    band: Option<Vec<f64>>,
-}
-
-fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-    for s in series {
-        for (i, &(x, y)) in s.points.iter().enumerate() {
-            let b = s.band.as_ref().map_or(0.0, |b| b[i]);
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y - b);
-            y1 = y1.max(y + b);
-        }
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
-    (x0, x1, y0, y1)
-}
-
-/// An SVG line chart with axes' end labels and a legend.
+/// A chart: the shared figure (`tpv_shared::figures::line_chart_svg`, the SVG `tpv aggregate`
+/// writes), and a button that downloads it.
 #[component]
 fn Chart(title: String, series: Vec<Series>, #[prop(optional)] x_label: Option<&'static str>) -> impl IntoView {
-    let (x0, x1, y0, y1) = bounds(&series);
-    let sx = move |x: f64| PAD + (x - x0) / (x1 - x0) * (W - 2.0 * PAD);
-    let sy = move |y: f64| H - PAD + -(y - y0) / (y1 - y0) * (H - 2.0 * PAD);
-    let lines = series
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let colour = PALETTE[i % PALETTE.len()];
-            let path: String = s
-                .points
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let band = s.band.as_ref().map(|b| {
-                let upper = s.points.iter().zip(b).map(|(&(x, y), d)| format!("{:.1},{:.1}", sx(x), sy(y + d)));
-                let lower = s.points.iter().zip(b).rev().map(|(&(x, y), d)| format!("{:.1},{:.1}", sx(x), sy(y - d)));
-                let pts: Vec<String> = upper.chain(lower).collect();
-                view! { <polygon points=pts.join(" ") fill=colour fill-opacity="0.15" stroke="none" /> }
-            });
-            let dots = s
-                .points
-                .iter()
-                .map(|&(x, y)| {
-                    view! { <circle cx=format!("{:.1}", sx(x)) cy=format!("{:.1}", sy(y)) r="2.5" fill=colour>
-                        <title>{format!("{}: {x} → {y:.4}", s.name)}</title></circle> }
-                })
-                .collect_view();
-            view! { <g data-testid="series" data-name=s.name.clone()>{band}<polyline points=path fill="none" stroke=colour stroke-width="1.8" />{dots}</g> }
-        })
-        .collect_view();
-    let legend = series
-        .iter()
-        .enumerate()
-        .map(|(i, s)| view! { <li><span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span>{s.name.clone()}</li> })
-        .collect_view();
+    let svg = figures::line_chart_svg(&title, x_label.unwrap_or("step"), &series);
+    let file: String = title
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect();
+    let bytes = svg.clone();
+    let save = move |_| {
+        if let Err(e) = super::compose::download(&format!("{file}.svg"), bytes.as_bytes(), "image/svg+xml") {
+            web_sys::console::error_1(&e.into());
+        }
+    };
     view! {
-        <figure class="chart">
-            <figcaption>{title.clone()}</figcaption>
-            <svg viewBox=format!("0 0 {W} {H}") width=W height=H role="img" aria-label=title>
-                <line x1=PAD y1=H - PAD x2=W - PAD y2=H - PAD stroke="#888" />
-                <line x1=PAD y1=PAD x2=PAD y2=H - PAD stroke="#888" />
-                <text x=PAD y=H - PAD + 14.0 font-size="11">{format!("{x0}")}</text>
-                <text x=W - PAD y=H - PAD + 14.0 font-size="11" text-anchor="end">{format!("{x1}")}</text>
-                <text x=W / 2.0 y=H - 6.0 font-size="11" text-anchor="middle">{x_label.unwrap_or("step")}</text>
-                <text x=PAD - 4.0 y=H - PAD font-size="11" text-anchor="end">{format!("{y0:.3}")}</text>
-                <text x=PAD - 4.0 y=PAD + 4.0 font-size="11" text-anchor="end">{format!("{y1:.3}")}</text>
-                {lines}
-            </svg>
-            <ul class="chart-legend">{legend}</ul>
+        <figure class="chart" aria-label=title>
+            <div class="chart-svg" inner_html=svg></div>
+            <button type="button" class="chart-download" data-testid="chart-svg" on:click=save>"SVG"</button>
         </figure>
     }
 }
