@@ -159,6 +159,11 @@ try {
   const byCell = new Map(fromSvg.map((c) => [`${c.row}|${c.col}`, Number(c.value)]));
   const worstSite = Math.max(...siteSvg.map((c) => Math.abs(Number(c.value) - (byCell.get(`${c.row}|${c.col}`) ?? Infinity))));
   check(siteSvg.length === fromSvg.length && worstSite <= 1e-6, `figures: the report's similarity_vectors.svg = the view's (max diff ${worstSite.toExponential(1)})`);
+  const [tasksPng] = await Promise.all([page.waitForEvent('download'), page.getByTestId('png-tasks').click()]);
+  const png = readFileSync(await tasksPng.path());
+  const svgWidth = Number(tasksText.match(/<svg[^>]* width="([0-9.]+)"/)[1]);
+  check(png.subarray(1, 4).toString() === 'PNG' && png.readUInt32BE(16) === Math.round(2 * svgWidth),
+    `figures: the PNG download is the figure at twice its size (${png.readUInt32BE(16)} × ${png.readUInt32BE(20)} px, ${png.length} bytes)`);
   const [pairsSvg] = await Promise.all([page.waitForEvent('download'), page.getByTestId('svg-pairs').click()]);
   const pairCells = svgCells(readFileSync(await pairsSvg.path(), 'utf8'));
   const ab = pairCells.filter((c) => c.row.startsWith('a@') && c.col.startsWith('b@')).map((c) => Number(c.value));

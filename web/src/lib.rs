@@ -9,6 +9,7 @@
 //! the URL.
 
 mod components;
+mod download;
 mod files;
 mod study;
 mod url;

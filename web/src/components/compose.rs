@@ -10,7 +10,6 @@ use tpv_shared::{
     MergeKind, MergeMethod, MergeParams, Named, Norms, OriginRef, PromptTensor, SignElection, SoftPrompt, arith,
     runfile,
 };
-use wasm_bindgen::JsCast;
 
 use crate::study::Run;
 use crate::{Query, param, set_param};
@@ -80,28 +79,6 @@ fn method_of(q: Query) -> Result<MergeMethod, String> {
             .map_err(|e| e.to_string())?,
     };
     MergeMethod::build(kind, &params).map_err(|e| e.to_string())
-}
-
-/// Starts a download of `bytes` as `name`.
-pub(crate) fn download(name: &str, bytes: &[u8], mime: &str) -> Result<(), String> {
-    let array = js_sys::Uint8Array::from(bytes);
-    let parts = js_sys::Array::of1(&array.buffer());
-    let opts = web_sys::BlobPropertyBag::new();
-    opts.set_type(mime);
-    let blob =
-        web_sys::Blob::new_with_buffer_source_sequence_and_options(&parts, &opts).map_err(|e| format!("{e:?}"))?;
-    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| format!("{e:?}"))?;
-    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
-    let a: web_sys::HtmlAnchorElement = document
-        .create_element("a")
-        .map_err(|e| format!("{e:?}"))?
-        .dyn_into()
-        .map_err(|_| "not an anchor")?;
-    a.set_href(&url);
-    a.set_download(name);
-    a.click();
-    let _ = web_sys::Url::revoke_object_url(&url);
-    Ok(())
 }
 
 fn chosen_ids(query: Query) -> Vec<String> {
@@ -219,7 +196,7 @@ fn ComposeResult(o: Outcome, query: Query, message: RwSignal<Option<String>>) ->
     let save_run = move |_| {
         let r = runfile::write_run(&result.read_value())
             .map_err(|e| e.to_string())
-            .and_then(|b| download("composed.safetensors", &b, "application/octet-stream"));
+            .and_then(|b| crate::download::bytes("composed.safetensors", &b, "application/octet-stream"));
         message.set(r.err());
     };
     let save_peft = move |_| {
@@ -227,8 +204,8 @@ fn ComposeResult(o: Outcome, query: Query, message: RwSignal<Option<String>>) ->
             .and_then(|a| a.to_files())
             .map_err(|e| e.to_string())
             .and_then(|(config, weights)| {
-                download(peft::WEIGHTS_FILE, &weights, "application/octet-stream")?;
-                download(peft::CONFIG_FILE, config.as_bytes(), "application/json")
+                crate::download::bytes(peft::WEIGHTS_FILE, &weights, "application/octet-stream")?;
+                crate::download::bytes(peft::CONFIG_FILE, config.as_bytes(), "application/json")
             });
         message.set(r.err());
     };

@@ -19,16 +19,17 @@ fn Chart(title: String, series: Vec<Series>, #[prop(optional)] x_label: Option<&
         .chars()
         .map(|c| if c.is_alphanumeric() { c } else { '_' })
         .collect();
-    let bytes = svg.clone();
-    let save = move |_| {
-        if let Err(e) = super::compose::download(&format!("{file}.svg"), bytes.as_bytes(), "image/svg+xml") {
+    let (svg2, file2) = (svg.clone(), file.clone());
+    let save = move |png: bool, svg: &str, file: &str| {
+        if let Err(e) = crate::download::figure(svg, file, png) {
             web_sys::console::error_1(&e.into());
         }
     };
     view! {
         <figure class="chart" aria-label=title>
-            <div class="chart-svg" inner_html=svg></div>
-            <button type="button" class="chart-download" data-testid="chart-svg" on:click=save>"SVG"</button>
+            <div class="chart-svg" inner_html=svg.clone()></div>
+            <button type="button" class="chart-download" data-testid="chart-svg" on:click=move |_| save(false, &svg2, &file2)>"SVG"</button>
+            <button type="button" class="chart-download" data-testid="chart-png" on:click=move |_| save(true, &svg, &file)>"PNG"</button>
         </figure>
     }
 }

@@ -191,14 +191,14 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                         }
                     });
                     let (m, w) = (a.measure.as_str(), what());
-                    let figure = move |pairs: bool| {
+                    let figure = move |pairs: bool, png: bool| {
                         let svg = if pairs {
                             figures::pairs_svg(&a, &format!("{m} of {w}, origins × origins for each task pair"))
                         } else {
                             figures::tasks_svg(&a, &format!("{m} of {w}, tasks × tasks (mean over origin pairs)"))
                         };
-                        let name = format!("similarity_{}{}.svg", w.replace(' ', "_"), if pairs { "_pairs" } else { "" });
-                        if let Err(e) = super::compose::download(&name, svg.as_bytes(), "image/svg+xml") {
+                        let name = format!("similarity_{}{}", w.replace(' ', "_"), if pairs { "_pairs" } else { "" });
+                        if let Err(e) = crate::download::figure(&svg, &name, png) {
                             web_sys::console::error_1(&e.into());
                         }
                     };
@@ -207,9 +207,14 @@ pub fn Similarity(runs: Memo<Vec<Run>>, query: Query) -> impl IntoView {
                             rows=tasks.clone() cols=tasks values=matrix on_pick=pick />
                         <Legend />
                         <p class="downloads">
-                            <button type="button" data-testid="svg-tasks" on:click={let f = figure.clone(); move |_| f(false)}>"Download this map (SVG)"</button>
+                            "Download this map as "
+                            <button type="button" data-testid="svg-tasks" on:click={let f = figure.clone(); move |_| f(false, false)}>"SVG"</button>
                             " "
-                            <button type="button" data-testid="svg-pairs" on:click=move |_| figure(true)>"Download every task pair's origins × origins map (SVG)"</button>
+                            <button type="button" data-testid="png-tasks" on:click={let f = figure.clone(); move |_| f(false, true)}>"PNG"</button>
+                            "; every task pair's origins × origins map as "
+                            <button type="button" data-testid="svg-pairs" on:click={let f = figure.clone(); move |_| f(true, false)}>"SVG"</button>
+                            " "
+                            <button type="button" data-testid="png-pairs" on:click=move |_| figure(true, true)>"PNG"</button>
                         </p>
                         {detail}
                     }.into_any()
