@@ -592,6 +592,14 @@ pub struct LearnArgs {
     /// One weight per vector and virtual token (K·R) instead of one per vector.
     #[arg(long, requires = "learn")]
     pub per_token: bool,
+    /// Without gradients: an evolution strategy over the weights, --steps generations of
+    /// --population candidates, forward passes only (LoraHub's way, for when a backward pass is
+    /// too expensive).
+    #[arg(long, requires = "learn", conflicts_with = "per_token")]
+    pub gradient_free: bool,
+    /// Candidates per generation of --gradient-free.
+    #[arg(long, default_value_t = 8)]
+    pub population: usize,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
     pub device: String,

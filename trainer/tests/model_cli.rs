@@ -296,8 +296,9 @@ fn nearest_tokens_read_an_origin_back_as_its_tokens() {
 }
 
 /// Issue 18, learned combination weights: `tpv combine --learn` moves only the K weights of
-/// θ₀ + Σ wᵢτᵢ (or K·R with --per-token), lowers the examples' loss from the TPV sum's, and writes
-/// the combination of the weights it kept, which `tpv eval` scores at that loss.
+/// θ₀ + Σ wᵢτᵢ (or K·R with --per-token; or without gradients, --gradient-free), lowers the
+/// examples' loss from the TPV sum's, and writes the combination of the weights it kept, which
+/// `tpv eval` scores at that loss.
 #[test]
 fn combine_learns_the_weights_of_a_sum_on_few_examples() {
     let tmp = tempfile::tempdir().unwrap();
@@ -327,8 +328,9 @@ fn combine_learns_the_weights_of_a_sum_on_few_examples() {
             file
         })
         .collect();
-    for per_token in [false, true] {
-        let out_file = tmp.path().join(format!("learned-{per_token}.safetensors"));
+    for mode in ["", "--per-token", "--gradient-free"] {
+        let per_token = mode == "--per-token";
+        let out_file = tmp.path().join(format!("learned{mode}.safetensors"));
         let mut cmd = tpv();
         cmd.args(["combine", "--json", "--origin"])
             .arg(&origin)
@@ -342,8 +344,8 @@ fn combine_learns_the_weights_of_a_sum_on_few_examples() {
             .arg(&dir)
             .args(["--steps", "15", "--learning-rate", "0.2", "-o"])
             .arg(&out_file);
-        if per_token {
-            cmd.arg("--per-token");
+        if !mode.is_empty() {
+            cmd.arg(mode);
         }
         let v = json_out(&mut cmd);
         let l = &v["learned"];
@@ -355,7 +357,7 @@ fn combine_learns_the_weights_of_a_sum_on_few_examples() {
             .collect();
         assert_eq!(losses.len(), 16);
         let kept = l["loss"].as_f64().unwrap();
-        assert!(kept < losses[0] - 1e-3, "per_token {per_token}: {losses:?}");
+        assert!(kept < losses[0] - 1e-3, "{mode}: {losses:?}");
         assert_eq!(l["weights"].as_array().unwrap().len(), if per_token { 6 } else { 2 });
         assert!(v["expression"].as_str().unwrap().contains("weights learned"), "{v}");
         // The file is the kept weights' combination: tpv eval scores it at the kept loss.

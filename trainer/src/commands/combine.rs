@@ -7,7 +7,7 @@ use tpv_shared::{MergeMethod, MergeParams, Norms, SoftPrompt, arith};
 
 use super::print_json;
 use crate::cli::CombineArgs;
-use crate::train::combination::{compose, learn_weights};
+use crate::train::combination::{compose, learn_weights, search_weights};
 use crate::train::engine::Engine;
 use crate::{io, models};
 
@@ -57,15 +57,26 @@ fn learn(
         device: device.clone(),
         checkpointing: false,
     };
-    let learned = learn_weights(
-        &engine,
-        &examples,
-        &origin.values,
-        &taus,
-        &init,
-        l.per_token,
-        (l.steps, l.learning_rate),
-    )
+    let learned = if l.gradient_free {
+        search_weights(
+            &engine,
+            &examples,
+            &origin.values,
+            &taus,
+            &init,
+            (l.steps, l.population, 0),
+        )
+    } else {
+        learn_weights(
+            &engine,
+            &examples,
+            &origin.values,
+            &taus,
+            &init,
+            l.per_token,
+            (l.steps, l.learning_rate),
+        )
+    }
     .with_context(|| format!("learning the weights on {}", data.display()))?;
     let r = origin.values.rows();
     // One weight per vector: the combination's own expression; per virtual token: each vector's
@@ -77,8 +88,9 @@ fn learn(
         .collect();
     let mut result = arith::combine(origin, vectors, &per_vector, 1.0, method)?;
     let how = format!(
-        "weights learned{} on {} ({} examples, {} steps)",
+        "weights learned{}{} on {} ({} examples, {} steps)",
         if l.per_token { " per virtual token" } else { "" },
+        if l.gradient_free { " without gradients" } else { "" },
         data.display(),
         examples.len(),
         l.steps
@@ -98,6 +110,7 @@ fn learn(
         "loss": learned.losses.get(learned.best_step),
         "steps": l.steps,
         "learning_rate": l.learning_rate,
+        "gradient_free": l.gradient_free.then_some(l.population),
     });
     result.meta.config = Some(json!({ "learned_combination": summary }));
     Ok((result, summary))

@@ -17,7 +17,8 @@ pub struct Learned {
     /// K weights, or K·R (vector-major) with `per_token`.
     pub weights: Vec<f32>,
     pub per_token: bool,
-    /// The examples' mean loss at each step's weights (the last after the last update).
+    /// The examples' mean loss at each step's weights (the last after the last update); for the
+    /// evolution strategy, the initial weights' and then each generation's best.
     pub losses: Vec<f32>,
     /// The step whose weights are kept: the lowest loss.
     pub best_step: usize,
@@ -116,6 +117,90 @@ pub fn learn_weights(
         per_token,
         losses,
         best_step: best.1,
+    })
+}
+
+/// The examples' mean loss under θ (no gradient).
+fn loss_only(engine: &Engine<'_>, theta: &[f32], shape: (usize, usize), examples: &[Encoded]) -> Result<f32> {
+    let t = Tensor::from_slice(theta, shape, &engine.device)?;
+    let total: usize = examples.iter().map(Encoded::target_count).sum();
+    let mut loss = 0f32;
+    for chunk in examples.chunks(8) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let share = chunk.iter().map(Encoded::target_count).sum::<usize>() as f32 / total.max(1) as f32;
+        loss += engine
+            .loss(&t, &refs, None)?
+            .loss
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?
+            * share;
+    }
+    Ok(loss)
+}
+
+/// [`learn_weights`] without gradients, for when a backward pass is too expensive (as LoraHub
+/// learns LoRA weights): an evolution strategy — each generation `population` candidates drawn
+/// around the mean (Gaussian, step σ from 0.5, SplitMix64 `seed`), the better half recombined
+/// with log-rank weights into the next mean, σ shrinking when no candidate beats the best. Only
+/// forward passes: `generations × population + 1` evaluations of the examples' loss.
+pub fn search_weights(
+    engine: &Engine<'_>,
+    examples: &[Encoded],
+    origin: &PromptTensor,
+    taus: &[PromptTensor],
+    init: &[f64],
+    (generations, population, seed): (usize, usize, u64),
+) -> Result<Learned> {
+    if examples.is_empty() {
+        bail!("no examples to learn the weights on");
+    }
+    let shape = (origin.rows(), origin.dim());
+    let eval = |w: &[f32]| loss_only(engine, &compose(origin, taus, w, false), shape, examples);
+    let mut rng = tpv_shared::merge::SplitMix64::new(seed);
+    // A standard normal draw (Box–Muller).
+    let mut normal = move || {
+        let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    };
+    let mut mean: Vec<f32> = init.iter().map(|&x| x as f32).collect();
+    let first = eval(&mean)?;
+    let (mut best, mut losses, mut best_step) = ((first, mean.clone()), vec![first], 0);
+    let mut sigma = 0.5f32;
+    let population = population.max(2);
+    let parents = population / 2;
+    let weights: Vec<f32> = (0..parents)
+        .map(|i| ((parents as f32 + 0.5).ln() - (i as f32 + 1.0).ln()).max(0.0))
+        .collect();
+    let wsum: f32 = weights.iter().sum();
+    for generation in 1..=generations {
+        let mut scored: Vec<(f32, Vec<f32>)> = Vec::with_capacity(population);
+        for _ in 0..population {
+            let w: Vec<f32> = mean.iter().map(|m| m + sigma * normal()).collect();
+            let loss = eval(&w)?;
+            if loss.is_finite() {
+                scored.push((loss, w));
+            }
+        }
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((gen_best, _)) = scored.first().cloned() else {
+            bail!("every candidate's loss is non-finite at generation {generation}");
+        };
+        if gen_best < best.0 {
+            best = scored[0].clone();
+            best_step = generation;
+        } else {
+            sigma *= 0.7;
+        }
+        losses.push(gen_best);
+        mean = (0..mean.len())
+            .map(|k| scored.iter().zip(&weights).map(|((_, w), r)| r * w[k]).sum::<f32>() / wsum)
+            .collect();
+    }
+    Ok(Learned {
+        weights: best.1,
+        per_token: false,
+        losses,
+        best_step,
     })
 }
 
