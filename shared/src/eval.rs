@@ -653,10 +653,7 @@ impl Model {
     ) -> candle_core::Result<crate::model::Loss> {
         match self {
             Model::Llama(m) => {
-                let examples = family_examples(batch, "causal", |e| match e {
-                    Encoded::Causal { example, .. } => Some(example),
-                    Encoded::Seq2Seq { .. } => None,
-                })?;
+                let examples = causal_examples(batch)?;
                 causal::loss_rows(m, prompts, &examples)
             }
             Model::T5(m) => {
@@ -685,10 +682,7 @@ impl Model {
     ) -> candle_core::Result<(crate::model::Loss, candle_core::backprop::GradStore)> {
         match self {
             Model::Llama(m) => {
-                let examples = family_examples(batch, "causal", |e| match e {
-                    Encoded::Causal { example, .. } => Some(example),
-                    Encoded::Seq2Seq { .. } => None,
-                })?;
+                let examples = causal_examples(batch)?;
                 causal::loss_grad_checkpointed(m, prompts, &examples, scale)
             }
             Model::T5(_) => candle_core::bail!(
@@ -735,6 +729,14 @@ impl Model {
 }
 
 /// The examples of a batch for one model family; an example of the other family is an error.
+/// The decoder-only examples of a batch (an error if one is not).
+fn causal_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<causal::Example>> {
+    family_examples(batch, "causal", |e| match e {
+        Encoded::Causal { example, .. } => Some(example),
+        Encoded::Seq2Seq { .. } => None,
+    })
+}
+
 fn family_examples<T: Clone>(
     batch: &[&Encoded],
     family: &str,

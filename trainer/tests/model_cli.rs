@@ -249,6 +249,19 @@ fn sequences_longer_than_the_model_are_refused_with_the_reason() {
     assert!(!out.status.success() && err.contains("no room"), "{err}");
 }
 
+/// `tpv origins` of one 3-token origin of the model in `dir`, into `out/origin0.safetensors`.
+fn one_origin(dir: &Path, out: &Path) {
+    tpv()
+        .args([
+            "origins", "--count", "1", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
+        ])
+        .arg(dir)
+        .arg("-o")
+        .arg(out)
+        .assert()
+        .success();
+}
+
 /// Issue 18, readable prompts: an origin sampled from the vocabulary reads back as the tokens it
 /// was sampled from (each virtual token's nearest token, cosine 1), and the rest follow in
 /// decreasing cosine.
@@ -256,15 +269,7 @@ fn sequences_longer_than_the_model_are_refused_with_the_reason() {
 fn nearest_tokens_read_an_origin_back_as_its_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir("llama_tied");
-    tpv()
-        .args([
-            "origins", "--count", "1", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
-        ])
-        .arg(&dir)
-        .arg("-o")
-        .arg(tmp.path())
-        .assert()
-        .success();
+    one_origin(&dir, tmp.path());
     let file = tmp.path().join("origin0.safetensors");
     let p = runfile::read_run(&std::fs::read(&file).unwrap()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(p.meta.config.as_ref().unwrap()["token_ids"].clone()).unwrap();
@@ -304,15 +309,7 @@ fn combine_learns_the_weights_of_a_sum_on_few_examples() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir("llama_tied");
     let data = write_data(tmp.path(), DATA);
-    tpv()
-        .args([
-            "origins", "--count", "1", "--tokens", "3", "--below", "64", "--draw", "10", "--model",
-        ])
-        .arg(&dir)
-        .arg("-o")
-        .arg(tmp.path())
-        .assert()
-        .success();
+    one_origin(&dir, tmp.path());
     let origin = tmp.path().join("origin0.safetensors");
     // Two task prompt vectors (fixed pseudo-random directions of the fixture's width 16).
     let vectors: Vec<PathBuf> = (0..2u32)

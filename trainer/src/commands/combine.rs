@@ -28,16 +28,7 @@ fn learn(
     let device = models::device(&l.device)?;
     let spec = l.model.as_deref().context("--learn needs --model")?;
     let loaded = models::load(spec, candle_core::DType::F32, &device).with_context(|| format!("loading {spec}"))?;
-    let examples = set
-        .records
-        .iter()
-        .enumerate()
-        .map(|(i, rec)| {
-            loaded
-                .encode(&set.task, rec, &set.encode)
-                .with_context(|| format!("{} example {}", data.display(), i + 1))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let examples = super::eval::encode_records(&loaded, &set.records, &set.task, &set.encode, data)?;
     let taus = vectors
         .iter()
         .map(|v| v.vector_values())
@@ -49,14 +40,7 @@ fn learn(
     } else {
         anyhow::bail!("{} weights for {} vectors", args.weights.len(), vectors.len());
     };
-    let engine = Engine {
-        model: &loaded.model,
-        codec: Some(&loaded.codec),
-        eos: loaded.eos.clone(),
-        dropout: 0.0,
-        device: device.clone(),
-        checkpointing: false,
-    };
+    let engine = Engine::frozen(&loaded, &device, false);
     let learned = if l.gradient_free {
         search_weights(
             &engine,

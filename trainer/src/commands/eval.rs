@@ -45,16 +45,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let load_s = t_load.elapsed().as_secs_f64();
     let theta = prompt_theta(args.prompt.as_deref(), loaded.model.hidden_size(), &device)?;
     let t_eval = Instant::now();
-    let encoded = set
-        .records
-        .iter()
-        .enumerate()
-        .map(|(i, rec)| {
-            loaded
-                .encode(&set.task, rec, &set.encode)
-                .with_context(|| format!("{} example {}", args.data.display(), i + 1))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let encoded = encode_records(&loaded, &set.records, &set.task, &set.encode, &args.data)?;
     let refs: Vec<String> = encoded.iter().map(|e| e.target().to_owned()).collect();
 
     let scorer = loaded
@@ -148,6 +139,25 @@ fn report_json(
         "confusion": confusion,
         "timing": timing,
     })
+}
+
+/// `records` (of the file `from`) encoded as `task` and `encode` say; errors name the example.
+pub(crate) fn encode_records(
+    loaded: &tpv_shared::eval::Loaded,
+    records: &[tpv_shared::tasks::Record],
+    task: &tpv_shared::tasks::TaskSpec,
+    encode: &tpv_shared::eval::EncodeOptions,
+    from: &Path,
+) -> Result<Vec<eval::Encoded>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            loaded
+                .encode(task, rec, encode)
+                .with_context(|| format!("{} example {}", from.display(), i + 1))
+        })
+        .collect()
 }
 
 /// An eval set (`examples/TASK.json` of a study or report) as it is, or a records file (JSONL,

@@ -179,28 +179,12 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     } else {
         train::encode_options(&config)
     };
-    let examples: Vec<Encoded> = set
-        .records
-        .iter()
-        .take(args.max_examples)
-        .enumerate()
-        .map(|(i, r)| {
-            loaded
-                .encode(&set.task, r, &encode)
-                .with_context(|| format!("{} example {}", args.data.display(), i + 1))
-        })
-        .collect::<Result<_>>()?;
+    let n = set.records.len().min(args.max_examples);
+    let examples = super::eval::encode_records(&loaded, &set.records[..n], &set.task, &encode, &args.data)?;
     if examples.is_empty() {
         bail!("{} has no examples", args.data.display());
     }
-    let engine = Engine {
-        model: &loaded.model,
-        codec: Some(&loaded.codec),
-        eos: loaded.eos.clone(),
-        dropout: 0.0,
-        device: device.clone(),
-        checkpointing: config.train.gradient_checkpointing,
-    };
+    let engine = Engine::frozen(&loaded, &device, config.train.gradient_checkpointing);
     let lr = args.learning_rate.unwrap_or(config.optim.learning_rate);
     let mut scores: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for lib in &libs {

@@ -232,14 +232,7 @@ pub fn learn_on(
         .iter()
         .map(|v| v.vector_values())
         .collect::<tpv_shared::Result<Vec<_>>>()?;
-    let engine = Engine {
-        model: &loaded.model,
-        codec: Some(&loaded.codec),
-        eos: loaded.eos.clone(),
-        dropout: 0.0,
-        device: device.clone(),
-        checkpointing: config.train.gradient_checkpointing,
-    };
+    let engine = Engine::frozen(&loaded, &device, config.train.gradient_checkpointing);
     let learned = learn_weights(
         &engine,
         &examples,

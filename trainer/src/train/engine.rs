@@ -39,6 +39,20 @@ pub struct Engine<'a> {
     pub checkpointing: bool,
 }
 
+impl<'a> Engine<'a> {
+    /// An engine over a loaded model for work without dropout (learning weights, brief tuning).
+    pub fn frozen(loaded: &'a Loaded, device: &Device, checkpointing: bool) -> Self {
+        Self {
+            model: &loaded.model,
+            codec: Some(&loaded.codec),
+            eos: loaded.eos.clone(),
+            dropout: 0.0,
+            device: device.clone(),
+            checkpointing,
+        }
+    }
+}
+
 impl Engine<'_> {
     /// Loss of `batch` under `theta` ([R, d]); `rng` turns on dropout (T5, when the config has
     /// any). The family dispatch is the shared one (`Model::loss_rows`).
