@@ -158,13 +158,18 @@ fn device_check(spec: &str) -> Check {
 }
 
 /// Bytes a layer keeps per token for the backward pass, per unit of the hidden size, in 16-bit
-/// precision: tpv's own footprint, measured (`tpv bench --model llama31-8b-shaped --dtype bf16`:
-/// 5.9 GB over the weights for 1 × 164 tokens × 32 layers at d = 4096; docs/numbers.md). Megatron
-/// keeps 34 (Korthikanti et al. 2022); candle keeps every intermediate of the composed ops.
-const ACTIVATION_BYTES_PER_D: f64 = 264.0;
+/// precision: tpv's own footprint, measured with `tpv bench --short 0 --long 1` (docs/numbers.md).
+/// LLaMA family (`--model llama31-8b-shaped --dtype bf16`, the composed ops every GPU runs): 5.9 GB
+/// over the weights for 1 × 164 tokens × 32 layers at d = 4096. Megatron keeps 34 (Korthikanti et
+/// al. 2022); candle keeps every intermediate of the composed ops.
+const ACTIVATION_BYTES_PER_D_LLAMA: f64 = 264.0;
+/// T5 (`--model t5-base-shaped --dtype f32`, the CPU's fused ops): 4.6 GB over the weights for
+/// 8 × 306 tokens × 12 encoder layers at d = 768.
+const ACTIVATION_BYTES_PER_D_T5: f64 = 78.0;
 
 /// Weights (parameters from the safetensors headers × the dtype's bytes) and activations kept
-/// for the backward pass (per layer ≈ batch·seq·(264·d + 5·heads·seq) half-precision bytes,
+/// for the backward pass (per layer ≈ batch·seq·(k·d + 5·heads·seq) half-precision bytes, k
+/// measured per family,
 /// scaled to the dtype; with gradient checkpointing each layer's input, batch·seq·d values, and
 /// one layer's activations) against the device's memory.
 fn memory_check(c: &Config) -> Check {
@@ -191,7 +196,12 @@ fn memory_check(c: &Config) -> Check {
     let (d, layers, heads) = (shape.0 as f64, shape.1 as f64, shape.2 as f64);
     let batch = c.optim.batch_size as f64;
     let weights = params * bytes;
-    let per_layer = batch * seq * (ACTIVATION_BYTES_PER_D * d + 5.0 * heads * seq) * bytes / 2.0;
+    let per_d = if shape.3 {
+        ACTIVATION_BYTES_PER_D_T5
+    } else {
+        ACTIVATION_BYTES_PER_D_LLAMA
+    };
+    let per_layer = batch * seq * (per_d * d + 5.0 * heads * seq) * bytes / 2.0;
     let checkpointing = c.train.gradient_checkpointing;
     // With gradient checkpointing: every layer's input, and one layer's activations at a time.
     let activations = if checkpointing {
@@ -327,8 +337,9 @@ fn safetensors_params(path: &Path) -> Option<f64> {
     Some(total)
 }
 
-/// (hidden size, layers, attention heads) from a model folder's config.json (LLaMA or T5 keys).
-fn model_shape(path: &Path) -> Option<(usize, usize, usize)> {
+/// (hidden size, layers, attention heads, T5?) from a model folder's config.json (LLaMA or T5
+/// keys).
+fn model_shape(path: &Path) -> Option<(usize, usize, usize, bool)> {
     let text = std::fs::read_to_string(path.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let get = |keys: &[&str]| keys.iter().find_map(|k| v.get(*k)?.as_u64()).map(|x| x as usize);
@@ -336,6 +347,7 @@ fn model_shape(path: &Path) -> Option<(usize, usize, usize)> {
         get(&["hidden_size", "d_model"])?,
         get(&["num_hidden_layers", "num_layers"])?,
         get(&["num_attention_heads", "num_heads"])?,
+        v.get("d_model").is_some(),
     ))
 }
 
