@@ -35,18 +35,56 @@ fn write_task(dir: &Path, name: &str, offset: usize) {
     }
 }
 
-fn study_config(dir: &Path) -> PathBuf {
+/// The tiny study's config: tasks a, b, c (jsonl files in `dir`), its `[study]` tables as
+/// given, and the base run sections; written to `dir/study.toml`.
+fn study_toml(dir: &Path, study: &str) -> PathBuf {
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
         write_task(dir, t, i * 5);
     }
-    let data = |t: &str| {
-        format!(
-            "[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n"
-        )
-    };
+    let data: String = ["a", "b", "c"]
+        .iter()
+        .map(|t| {
+            format!(
+                "[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n"
+            )
+        })
+        .collect();
     let text = format!(
         r#"# a tiny study for the tests
-[study]
+{study}
+{data}
+[model]
+path = "{model}"
+
+[prompt]
+virtual_tokens = 3
+init = {{ sample_vocab = {{ seed = 7 }} }}
+
+[data]
+shuffle = true
+
+[optim]
+learning_rate = 0.3
+warmup_steps = 1
+scheduler = "linear"
+batch_size = 4
+max_steps = 4
+
+[train]
+eval_every = 2
+output = "unused"
+max_new_tokens = 3
+"#,
+        model = root().join("tests/fixtures/models/llama_tied").display(),
+    );
+    let path = dir.join("study.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn study_config(dir: &Path) -> PathBuf {
+    let study = format!(
+        r#"[study]
 name = "tiny"
 output = "{out}"
 origins = [0, 1]
@@ -70,39 +108,10 @@ paper_recipe = false
 [study.transfer.set]
 optim.max_steps = 3
 optim.batch_size = 2
-
-{da}{db}{dc}
-[model]
-path = "{model}"
-
-[prompt]
-virtual_tokens = 3
-init = {{ sample_vocab = {{ seed = 7 }} }}
-
-[data]
-shuffle = true
-
-[optim]
-learning_rate = 0.3
-warmup_steps = 1
-scheduler = "linear"
-batch_size = 4
-max_steps = 4
-
-[train]
-eval_every = 2
-output = "unused"
-max_new_tokens = 3
 "#,
         out = dir.join("study").display(),
-        model = root().join("tests/fixtures/models/llama_tied").display(),
-        da = data("a"),
-        db = data("b"),
-        dc = data("c"),
     );
-    let path = dir.join("study.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    study_toml(dir, &study)
 }
 
 fn tpv() -> Command {
@@ -1095,20 +1104,8 @@ fn demo_pipeline_runs_on_the_fixture_model() {
 /// A study of sources a, b and target c with the TPV-sum and learned-combination inits at 0 and 4
 /// shots, one origin.
 fn learned_study_config(dir: &Path) -> PathBuf {
-    for (i, t) in ["a", "b", "c"].iter().enumerate() {
-        write_task(dir, t, i * 5);
-    }
-    let data = |t: &str| {
-        format!(
-            "[study.data.{t}]\ntrain = \"{t}-train.jsonl\"\nvalidation = \"{t}-valid.jsonl\"\ntest = \"{t}-test.jsonl\"\n"
-        )
-    };
-    let config = dir.join("study.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"# learned combinations
-[study]
+    let study = format!(
+        r#"[study]
 name = "learned"
 output = "{out}"
 origins = [0]
@@ -1122,30 +1119,10 @@ paper_recipe = false
 [study.transfer.set]
 optim.max_steps = 2
 optim.batch_size = 2
-{da}{db}{dc}
-[model]
-path = "{model}"
-[prompt]
-virtual_tokens = 3
-init = {{ sample_vocab = {{ seed = 7 }} }}
-[optim]
-learning_rate = 0.3
-batch_size = 4
-max_steps = 4
-[train]
-eval_every = 2
-output = "unused"
-max_new_tokens = 3
 "#,
-            out = dir.join("study").display(),
-            model = root().join("tests/fixtures/models/llama_tied").display(),
-            da = data("a"),
-            db = data("b"),
-            dc = data("c"),
-        ),
-    )
-    .unwrap();
-    config
+        out = dir.join("study").display(),
+    );
+    study_toml(dir, &study)
 }
 
 /// Issue 18: the `learned_combination` transfer init learns the weights of θ₀ + Σ wᵢτᵢ on the

@@ -9,17 +9,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use serde::Serialize;
 use tpv_shared::PromptTensor;
 use tpv_shared::eval::Encoded;
 use tpv_shared::similarity::{Measure, similarity};
+use tpv_shared::stats;
 
 use super::print_json;
 use crate::cli::RecommendArgs;
 use crate::config::Config;
 use crate::models;
 use crate::optim::{AdamW, Schedule, ScheduleKind};
+use crate::train::combination::mean_loss;
 use crate::train::engine::{Engine, State, train_step};
 use crate::train::{self, RunState};
 
@@ -83,20 +85,6 @@ fn libraries(dir: &Path) -> Result<(Vec<Library>, Config)> {
     Ok((libs, config))
 }
 
-/// The examples' mean loss (over all target tokens) under θ.
-fn mean_loss(engine: &Engine<'_>, theta: &PromptTensor, examples: &[Encoded]) -> Result<f64> {
-    let t = Tensor::from_slice(theta.as_slice(), (theta.rows(), theta.dim()), &engine.device)?;
-    let total: usize = examples.iter().map(Encoded::target_count).sum();
-    let mut loss = 0.0;
-    for chunk in examples.chunks(8) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        let n: usize = chunk.iter().map(Encoded::target_count).sum();
-        let out = engine.loss(&t, &refs, None)?;
-        loss += f64::from(out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) * n as f64 / total.max(1) as f64;
-    }
-    Ok(loss)
-}
-
 /// A prompt tuned from θ₀ on the examples for `steps` AdamW steps (batches of 4, constant rate).
 fn tune(
     engine: &Engine<'_>,
@@ -132,19 +120,13 @@ fn tune(
     Ok(PromptTensor::new(theta0.rows(), theta0.dim(), state.params)?)
 }
 
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len().max(1) as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, if xs.len() > 1 { var.sqrt() } else { 0.0 })
-}
-
 /// The candidates' mean ± std over the origins, ordered by loss, with both ranks.
 fn ranked(scores: BTreeMap<String, (Vec<f64>, Vec<f64>)>) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = scores
         .into_iter()
         .map(|(name, (l, c))| {
-            let ((loss, loss_std), (cosine, cosine_std)) = (mean_std(&l), mean_std(&c));
+            let (loss, loss_std) = (stats::mean(&l), stats::std(&l, 0));
+            let (cosine, cosine_std) = (stats::mean(&c), stats::std(&c, 0));
             Candidate {
                 name,
                 loss,
@@ -202,7 +184,12 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         }
         for (name, tau) in candidates {
             let theta = lib.theta0.zip_map(&tau, |o, t| o + t)?;
-            let loss = mean_loss(&engine, &theta, &examples)?;
+            let loss = f64::from(mean_loss(
+                &engine,
+                theta.as_slice(),
+                (theta.rows(), theta.dim()),
+                &examples,
+            )?);
             let cosine = similarity(&tuned_tau, &tau, Measure::CosineMean)?;
             let e = scores.entry(name).or_default();
             e.0.push(loss);
@@ -242,15 +229,4 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mean_and_sample_std() {
-        assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
-        assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
-    }
 }

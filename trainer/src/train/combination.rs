@@ -120,8 +120,8 @@ pub fn learn_weights(
     })
 }
 
-/// The examples' mean loss under θ (no gradient).
-fn loss_only(engine: &Engine<'_>, theta: &[f32], shape: (usize, usize), examples: &[Encoded]) -> Result<f32> {
+/// The examples' mean loss under θ (no gradient; batches of 8 weighted by their target tokens).
+pub fn mean_loss(engine: &Engine<'_>, theta: &[f32], shape: (usize, usize), examples: &[Encoded]) -> Result<f32> {
     let t = Tensor::from_slice(theta, shape, &engine.device)?;
     let total: usize = examples.iter().map(Encoded::target_count).sum();
     let mut loss = 0f32;
@@ -155,7 +155,7 @@ pub fn search_weights(
         bail!("no examples to learn the weights on");
     }
     let shape = (origin.rows(), origin.dim());
-    let eval = |w: &[f32]| loss_only(engine, &compose(origin, taus, w, false), shape, examples);
+    let eval = |w: &[f32]| mean_loss(engine, &compose(origin, taus, w, false), shape, examples);
     let mut rng = tpv_shared::merge::SplitMix64::new(seed);
     // A standard normal draw (Box–Muller).
     let mut normal = move || {
