@@ -15,6 +15,9 @@ use crate::tensor::PromptTensor;
 /// Σ cᵢxᵢ over prompts and vectors (see the module docs for which combinations are allowed).
 pub fn linear_combination(terms: &[(f64, &SoftPrompt)]) -> Result<SoftPrompt> {
     let (_, first) = terms.first().ok_or(Error::NoOperands)?;
+    for (_, p) in terms {
+        refuse_attempt(p, "combine")?;
+    }
     for (_, p) in &terms[1..] {
         first.check_compatible(p)?;
     }
@@ -62,7 +65,16 @@ pub fn linear_combination(terms: &[(f64, &SoftPrompt)]) -> Result<SoftPrompt> {
         origin: common_origin,
         meta,
         curves: Default::default(),
+        attempt: None,
     })
+}
+
+/// An ATTEMPT run in arithmetic is an error naming it.
+fn refuse_attempt(p: &SoftPrompt, what: &'static str) -> Result<()> {
+    if p.kind() == PromptKind::Attempt {
+        return Err(Error::AttemptRun { label: p.label(), what });
+    }
+    Ok(())
 }
 
 /// a + b.
@@ -109,6 +121,7 @@ pub fn combine(
     lambda: f64,
     method: &MergeMethod,
 ) -> Result<SoftPrompt> {
+    refuse_attempt(origin, "combine")?;
     if !origin.kind().is_prompt() {
         return Err(Error::VectorIsNotAPrompt { label: origin.label() });
     }
@@ -141,6 +154,7 @@ pub fn combine(
         origin: origin.origin_values().cloned(),
         meta,
         curves: Default::default(),
+        attempt: None,
     })
 }
 
@@ -192,6 +206,7 @@ pub fn merge_vectors(
         origin: None,
         meta,
         curves: Default::default(),
+        attempt: None,
     })
 }
 

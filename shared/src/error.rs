@@ -26,6 +26,10 @@ pub enum Error {
     VectorIsNotAPrompt { label: String },
     #[error("no operands given")]
     NoOperands,
+    #[error(
+        "{label}: an ATTEMPT run mixes its target prompt with its sources per input, so it is not one prompt to {what}; evaluate it with tpv eval"
+    )]
+    AttemptRun { label: String, what: &'static str },
     #[error("{weights} weights for {vectors} vectors: give one weight per vector or none")]
     WeightCount { weights: usize, vectors: usize },
     #[error("unknown {what} {value:?}: use one of {known}")]

@@ -5,6 +5,7 @@
 //! No CLI, GPU or UI dependency may enter this crate (checked in CI with `cargo tree`).
 
 pub mod arith;
+pub mod attempt;
 pub mod document;
 pub mod error;
 pub mod eval;

@@ -21,6 +21,9 @@ pub enum PromptKind {
     TaskPromptVector,
     /// θ₀ + λ·merge(τ…), or any other arithmetic that yields a prompt.
     Combination,
+    /// An ATTEMPT run: a target prompt and an attention module that mixes it with frozen source
+    /// prompts per input ([`crate::attempt`]); the values are the target prompt.
+    Attempt,
 }
 
 impl PromptKind {
@@ -30,12 +33,14 @@ impl PromptKind {
             Self::TaskPrompt => "task-prompt",
             Self::TaskPromptVector => "task-prompt-vector",
             Self::Combination => "combination",
+            Self::Attempt => "attempt",
         }
     }
 
-    /// True for the kinds that are points (usable as a prompt), false for vectors.
+    /// True for the kinds that are points (usable as a prompt), false for vectors and ATTEMPT
+    /// runs (a prompt per input).
     pub fn is_prompt(self) -> bool {
-        !matches!(self, Self::TaskPromptVector)
+        matches!(self, Self::Origin | Self::TaskPrompt | Self::Combination)
     }
 }
 
@@ -229,6 +234,8 @@ pub struct SoftPrompt {
     pub origin: Option<PromptTensor>,
     pub meta: PromptMeta,
     pub curves: BTreeMap<String, Curve>,
+    /// The attention module and sources of an ATTEMPT run (kind [`PromptKind::Attempt`]).
+    pub attempt: Option<Box<crate::attempt::Module>>,
 }
 
 impl SoftPrompt {
@@ -243,6 +250,7 @@ impl SoftPrompt {
             origin,
             meta,
             curves: BTreeMap::new(),
+            attempt: None,
         })
     }
 
@@ -255,6 +263,7 @@ impl SoftPrompt {
             origin: None,
             meta,
             curves: BTreeMap::new(),
+            attempt: None,
         }
     }
 
@@ -306,6 +315,10 @@ impl SoftPrompt {
     pub fn vector_values(&self) -> Result<PromptTensor> {
         match self.kind() {
             PromptKind::TaskPromptVector => Ok(self.values.clone()),
+            PromptKind::Attempt => Err(Error::AttemptRun {
+                label: self.label(),
+                what: "take a vector of",
+            }),
             PromptKind::Origin => Err(Error::NotAVector {
                 label: self.label(),
                 kind: "an origin",
@@ -334,6 +347,7 @@ impl SoftPrompt {
             origin: self.origin.clone(),
             meta,
             curves: BTreeMap::new(),
+            attempt: None,
         })
     }
 
@@ -379,7 +393,14 @@ impl SoftPrompt {
             self.values.check_same_shape(o)?;
             check_finite("origin", o)?;
         }
-        Ok(())
+        match (&self.attempt, self.kind()) {
+            (Some(m), PromptKind::Attempt) => m.validate(rows, dim),
+            (None, PromptKind::Attempt) => Err(Error::BadMetadata(
+                "an ATTEMPT run without its module (attempt.* tensors)".into(),
+            )),
+            (Some(_), kind) => Err(Error::BadMetadata(format!("a {kind} with an ATTEMPT module"))),
+            (None, _) => Ok(()),
+        }
     }
 }
 

@@ -4,6 +4,10 @@
 //! - `prompt` [R, d]: θ for origins, task prompts and combinations; τ for task prompt vectors.
 //! - `origin` [R, d] (optional): θ₀, when known.
 //! - `curve.<name>` [n, 2] (optional): (step, value) rows of a training or validation curve.
+//! - ATTEMPT runs (kind `attempt`, format version 2) add `attempt.sources` [K·R, d] (the frozen
+//!   source prompts stacked), `attempt.w_down` [d, r], `attempt.w_up` [r, d],
+//!   `attempt.ln_weight` and `attempt.ln_bias` [1, d]; the `attempt` metadata key holds
+//!   `{"sources": [labels], "temperature": T}` ([`crate::attempt`]).
 //!
 //! `__metadata__` (all values are strings, as safetensors requires):
 //! - `format` = `tpv-run`, `format_version` = the integer [`FORMAT_VERSION`];
@@ -14,21 +18,27 @@
 //! `json.loads(f.metadata()["tpv"])`.
 //!
 //! Versioning: a reader accepts every version up to its own and refuses newer files with
-//! [`Error::NewerFormat`]. Fields added without a version bump must be optional.
+//! [`Error::NewerFormat`]. Fields added without a version bump must be optional. A file is
+//! written with the lowest version that holds it: version 1 for every prompt and vector,
+//! version 2 only for ATTEMPT runs, so a reader of version 1 refuses those naming both versions
+//! and keeps reading everything else.
 
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::prompt::{Curve, PromptMeta, SoftPrompt};
+use crate::prompt::{Curve, PromptKind, PromptMeta, SoftPrompt};
 use crate::st::{self, Loaded};
 use crate::tensor::PromptTensor;
 
 pub const FORMAT_NAME: &str = "tpv-run";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of runs without an ATTEMPT module.
+const PROMPT_VERSION: u32 = 1;
 
 const KEY_FORMAT: &str = "format";
 const KEY_VERSION: &str = "format_version";
 const KEY_META: &str = "tpv";
+const KEY_ATTEMPT: &str = "attempt";
 const CURVE_PREFIX: &str = "curve.";
 
 /// What a safetensors buffer holds.
@@ -77,11 +87,21 @@ pub fn write_run(prompt: &SoftPrompt) -> Result<Vec<u8>> {
     tensors.extend(curves.iter().map(|(n, t)| (n.clone(), t)));
 
     let meta_json = serde_json::to_string(&prompt.meta).map_err(|e| Error::BadMetadata(e.to_string()))?;
-    let metadata = BTreeMap::from([
+    let mut metadata = BTreeMap::from([
         (KEY_FORMAT.to_owned(), FORMAT_NAME.to_owned()),
-        (KEY_VERSION.to_owned(), FORMAT_VERSION.to_string()),
+        (KEY_VERSION.to_owned(), PROMPT_VERSION.to_string()),
         (KEY_META.to_owned(), meta_json),
     ]);
+    if let Some(m) = &prompt.attempt {
+        tensors.extend(m.tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
+        let head = AttemptHead {
+            sources: m.source_labels.clone(),
+            temperature: m.temperature,
+        };
+        let json = serde_json::to_string(&head).map_err(|e| Error::BadMetadata(e.to_string()))?;
+        metadata.insert(KEY_ATTEMPT.to_owned(), json);
+        metadata.insert(KEY_VERSION.to_owned(), FORMAT_VERSION.to_string());
+    }
     st::write(&tensors, metadata)
 }
 
@@ -139,12 +159,45 @@ pub fn read_run(bytes: &[u8]) -> Result<SoftPrompt> {
         let (steps, values) = t.as_slice().chunks_exact(2).map(|c| (c[0], c[1])).unzip();
         curves.insert(curve_name.to_owned(), Curve { steps, values });
     }
+    let attempt = match meta.kind {
+        PromptKind::Attempt => Some(Box::new(read_attempt(&loaded)?)),
+        _ => None,
+    };
     let prompt = SoftPrompt {
         values,
         origin,
         meta,
         curves,
+        attempt,
     };
     prompt.validate()?;
     Ok(prompt)
+}
+
+/// The `attempt` metadata of an ATTEMPT run.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttemptHead {
+    sources: Vec<String>,
+    temperature: f64,
+}
+
+/// The module of an ATTEMPT run file (its shapes are checked by `SoftPrompt::validate`).
+fn read_attempt(loaded: &Loaded<'_>) -> Result<crate::attempt::Module> {
+    let json = loaded
+        .metadata
+        .get(KEY_ATTEMPT)
+        .ok_or_else(|| Error::BadMetadata(format!("an ATTEMPT run without the `{KEY_ATTEMPT}` metadata key")))?;
+    let head: AttemptHead =
+        serde_json::from_str(json).map_err(|e| Error::BadMetadata(format!("`{KEY_ATTEMPT}`: {e}")))?;
+    let m = |name: &str| -> Result<PromptTensor> { Ok(loaded.matrix(name)?.0) };
+    Ok(crate::attempt::Module {
+        sources: m("attempt.sources")?,
+        source_labels: head.sources,
+        w_down: m("attempt.w_down")?,
+        w_up: m("attempt.w_up")?,
+        ln_weight: m("attempt.ln_weight")?,
+        ln_bias: m("attempt.ln_bias")?,
+        temperature: head.temperature,
+    })
 }

@@ -26,6 +26,9 @@ pub enum InitMethod {
     TpvSum,
     /// θ₀ + Σ wᵢ τ_source, the weights learned on the target's shots (the TPV sum at 0 shots).
     LearnedCombination,
+    /// ATTEMPT: a target prompt from θ₀ and an attention module mixing it with the frozen source
+    /// prompts per input, trained on the shots (at 0 shots: the untrained module).
+    Attempt,
 }
 
 crate::named!(InitMethod, "transfer init", {
@@ -34,6 +37,7 @@ crate::named!(InitMethod, "transfer init", {
     Multi => "multi",
     TpvSum => "tpv_sum",
     LearnedCombination => "learned_combination",
+    Attempt => "attempt",
 });
 
 impl InitMethod {

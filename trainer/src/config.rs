@@ -18,6 +18,22 @@ pub struct Config {
     #[serde(default)]
     pub optim: OptimSection,
     pub train: TrainSection,
+    /// Train ATTEMPT instead of a plain prompt: the prompt (from `prompt.init`) becomes the
+    /// target prompt, mixed per input with these frozen source prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptSection>,
+}
+
+/// ATTEMPT (Asai et al. 2022; `tpv_shared::attempt`): frozen source prompts and an attention
+/// module trained with the target prompt, at `optim.learning_rate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptSection {
+    /// Run files of the source prompts (task prompts or combinations of the run's shape).
+    pub sources: Vec<PathBuf>,
+    /// The softmax temperature; default d·e (the original's 2087 for T5-base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

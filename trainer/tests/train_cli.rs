@@ -564,3 +564,105 @@ fn gradient_checkpointing_trains_the_same_prompt() {
     );
     assert!(!dir.path().join("t5ckpt/checkpoint.safetensors").exists());
 }
+
+/// Issue 18: ATTEMPT (`[attempt] sources = […]`): the target prompt and attention module train
+/// and lower the loss, the run file (kind `attempt`) scores again with `tpv eval` as training
+/// scored it, a killed run resumes to the same file, and arithmetic refuses it.
+#[test]
+fn attempt_trains_scores_again_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let model = "llama_tied";
+    // Two source prompts from the same origin: one trained on the task, one on the first steps.
+    let mut sources = Vec::new();
+    for (name, steps) in [("src_a", "7"), ("src_b", "2")] {
+        let cfg = config(dir.path(), model, name);
+        let out = train(&cfg, &["--set", &format!("optim.max_steps={steps}")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        sources.push(dir.path().join(name).join("prompt.safetensors"));
+    }
+    let attempt_config = |name: &str| {
+        let cfg = config(dir.path(), model, name);
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[attempt]\nsources = [{:?}, {:?}]\n",
+            sources[0].display().to_string(),
+            sources[1].display().to_string()
+        ));
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let cfg = attempt_config("attempt");
+    let out = train(&cfg, &["--set", "optim.max_steps=12"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = dir.path().join("attempt/prompt.safetensors");
+    let bytes = std::fs::read(&run).unwrap();
+    let p = tpv_shared::runfile::read_run(&bytes).unwrap();
+    assert_eq!(p.kind(), tpv_shared::PromptKind::Attempt);
+    let module = p.attempt.as_deref().unwrap();
+    assert_eq!(module.source_labels.len(), 2);
+    // The sources are stored as they were, frozen.
+    let a = tpv_shared::runfile::read_run(&std::fs::read(&sources[0]).unwrap()).unwrap();
+    assert_eq!(&module.sources.as_slice()[..a.values.len()], a.values.as_slice());
+    // Training lowered the loss: the last steps' mean below the first's.
+    let loss = &p.curves["train_loss"].values;
+    let (first, last) = (loss[0], loss[loss.len() - 3..].iter().sum::<f32>() / 3.0);
+    assert!(last < 0.9 * first, "train loss {first} → {last}: {loss:?}");
+    let attention = &p.meta.config.as_ref().unwrap()["attempt"]["test_attention"];
+    assert_eq!(attention.as_object().unwrap().len(), 3, "{attention}");
+
+    // `tpv eval` scores the file as the run scored its test split.
+    let eval = tpv()
+        .args(["eval", "--json", "--max-new-tokens", "3", "--model"])
+        .arg(root().join("tests/fixtures/models").join(model))
+        .arg("--prompt")
+        .arg(&run)
+        .arg("--data")
+        .arg(dir.path().join("test.jsonl"))
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let report: Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let m = &p.meta.metrics;
+    assert!(
+        (report["loss"].as_f64().unwrap() - m["test_loss"]).abs() < 1e-4,
+        "{report} vs {m:?}"
+    );
+    assert_eq!(report["exact_match"].as_f64().unwrap(), m["test_exact_match"]);
+    let mean: f64 = report["attempt_attention"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((mean - 1.0).abs() < 1e-5, "{report}");
+
+    // Killed after its checkpoint at step 4, resumed: the same file.
+    let cfg = attempt_config("attempt_killed");
+    assert!(
+        !train(&cfg, &["--set", "optim.max_steps=12", "--abort-after-step", "5"])
+            .status
+            .success()
+    );
+    let out = train(&cfg, &["--set", "optim.max_steps=12", "--resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(result(&dir.path().join("attempt_killed/prompt.safetensors")).0 == result(&run).0);
+    assert_eq!(
+        result(&dir.path().join("attempt_killed/prompt.safetensors")).1,
+        result(&run).1
+    );
+
+    // Arithmetic refuses it, naming what to do instead.
+    let out = tpv()
+        .args(["combine", "--origin"])
+        .arg(&sources[0])
+        .arg("--vector")
+        .arg(&run)
+        .arg("--output")
+        .arg(dir.path().join("bad.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ATTEMPT") && err.contains("tpv eval"), "{err}");
+}

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
 use serde_json::json;
 use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult};
-use tpv_shared::tasks;
+use tpv_shared::{attempt, tasks};
 
 use super::print_json;
 use crate::cli::EvalArgs;
@@ -43,7 +43,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let t_load = Instant::now();
     let loaded = models::load(&args.model, DType::F32, &device)?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let theta = prompt_theta(args.prompt.as_deref(), loaded.model.hidden_size(), &device)?;
+    let d = loaded.model.hidden_size();
+    let prompt = args.prompt.as_deref().map(io::load_prompt).transpose()?;
+    let theta = prompt_theta(prompt.as_ref(), args.prompt.as_deref(), d, &device)?;
     let t_eval = Instant::now();
     let encoded = encode_records(&loaded, &set.records, &set.task, &set.encode, &args.data)?;
     let refs: Vec<String> = encoded.iter().map(|e| e.target().to_owned()).collect();
@@ -52,11 +54,30 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .scorer(&set.task, set.scoring, set.max_new_tokens, true)
         .with_context(|| format!("scoring {}", args.data.display()))?;
     let refs_enc: Vec<&eval::Encoded> = encoded.iter().collect();
-    let results: Vec<ExampleResult> = loaded
-        .evaluate_prompts(&[&theta], &refs_enc, &scorer, args.batch_size, &mut |_, _| {})
-        .with_context(|| format!("evaluating the examples of {}", args.data.display()))?
-        .pop()
-        .unwrap_or_default();
+    let mut attention = None;
+    let results: Vec<ExampleResult> = match prompt.as_ref().and_then(|p| Some((p, p.attempt.as_deref()?))) {
+        // ATTEMPT: each example under its own mixed prompt.
+        Some((p, module)) => {
+            let (results, att) = attempt::evaluate(&loaded, &p.values, module, &refs_enc, &scorer, args.batch_size)
+                .with_context(|| format!("evaluating the examples of {}", args.data.display()))?;
+            attention = Some(
+                module
+                    .source_labels
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["target"])
+                    .zip(att)
+                    .map(|(l, a)| (l.to_owned(), a))
+                    .collect::<Vec<_>>(),
+            );
+            results
+        }
+        None => loaded
+            .evaluate_prompts(&[&theta], &refs_enc, &scorer, args.batch_size, &mut |_, _| {})
+            .with_context(|| format!("evaluating the examples of {}", args.data.display()))?
+            .pop()
+            .unwrap_or_default(),
+    };
     let eval_s = t_eval.elapsed().as_secs_f64();
     let rate = results.len() as f64 / eval_s.max(1e-9);
     let summary = eval::summarize(&set.task, &results, &refs);
@@ -64,7 +85,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let confusion = Confusion::new(&set.task.labels, &preds, &refs);
     let timing = json!({ "load_s": load_s, "eval_s": eval_s, "examples_per_s": rate });
     if args.json {
-        return print_json(&report_json(&set, &results, &refs, &summary, &confusion, timing));
+        let mut report = report_json(&set, &results, &refs, &summary, &confusion, timing);
+        if let Some(att) = &attention {
+            report["attempt_attention"] = json!(att.iter().cloned().collect::<std::collections::BTreeMap<_, _>>());
+        }
+        return print_json(&report);
     }
     for (r, target) in results.iter().zip(&refs) {
         out!(
@@ -85,17 +110,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         summary.loss,
         metrics.join(", ")
     );
+    if let Some(att) = &attention {
+        let parts: Vec<String> = att.iter().map(|(l, a)| format!("{l} {a:.3}")).collect();
+        out!("ATTEMPT mean attention: {}", parts.join(", "));
+    }
     out!("model loaded in {load_s:.2} s; {eval_s:.2} s for the examples ({rate:.2} examples/s)");
     Ok(())
 }
 
-/// The prompt `--prompt` names as a tensor on `device` (none: zero rows, the model alone).
-fn prompt_theta(path: Option<&std::path::Path>, d: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let Some(path) = path else {
+/// The prompt `--prompt` names as a tensor on `device` (none: zero rows, the model alone; an
+/// ATTEMPT run: its target prompt, which it mixes per input).
+fn prompt_theta(
+    prompt: Option<&tpv_shared::SoftPrompt>,
+    path: Option<&Path>,
+    d: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let (Some(prompt), Some(path)) = (prompt, path) else {
         return Ok(Tensor::zeros((0, d), DType::F32, device)?);
     };
-    let prompt = io::load_prompt(path)?;
-    if !prompt.kind().is_prompt() {
+    if !prompt.kind().is_prompt() && prompt.attempt.is_none() {
         bail!(
             "{} holds a task prompt vector; apply it to an origin first (tpv combine)",
             path.display()

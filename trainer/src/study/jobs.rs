@@ -485,7 +485,10 @@ pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Resul
             origin,
         } => {
             let init_prompt = transfer_init(study, job, *init, source.as_deref(), *origin)?;
-            if *shots == 0 {
+            if *shots == 0 && *init == InitMethod::Attempt {
+                let config = study.task_config(target, job)?;
+                untrained_attempt(&config, job, &out)
+            } else if *shots == 0 {
                 let config = study.task_config(target, job)?;
                 let ev = Evaluation::new(&config)?;
                 let mut prompt = match init_prompt {
@@ -531,6 +534,36 @@ pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Resul
     result.with_context(|| format!("job {}", job.id))
 }
 
+/// ATTEMPT at 0 shots: the module a trained run starts from (target prompt θ₀, fresh attention
+/// over the sources) scored on the target's test split, written as an ATTEMPT run.
+fn untrained_attempt(config: &Config, job: &Job, out: &Path) -> Result<PathBuf> {
+    let ev = Evaluation::new(config)?;
+    let d = ev.loaded.model.hidden_size();
+    let setup = train::attempt_setup(config, (config.prompt.virtual_tokens, d), &ev.device)?
+        .context("an ATTEMPT job without [attempt]")?;
+    let mut prompt = ev.origin(config, job)?;
+    let (task, sets) = ev.sets(config)?;
+    let (res, attention) = engine::evaluate_attempt(
+        &ev.loaded,
+        &prompt.values,
+        &setup.module,
+        &sets.test,
+        &task,
+        train::eval_options(config, false),
+    )?;
+    prompt.origin = Some(prompt.values.clone());
+    prompt.meta.kind = tpv_shared::PromptKind::Attempt;
+    prompt.meta.name = None;
+    prompt.meta.tasks = vec![task.name.clone()];
+    prompt.meta.metrics = prefixed("test_", &res);
+    prompt.meta.config = Some(json!({
+        "study_job": job,
+        "attempt": { "test_attention": train::attention_json(&setup.module, &attention) },
+    }));
+    prompt.attempt = Some(Box::new(setup.module));
+    write(out, &prompt)
+}
+
 fn write(path: &Path, prompt: &SoftPrompt) -> Result<PathBuf> {
     io::write_run(path, prompt)?;
     Ok(path.to_path_buf())
@@ -565,7 +598,8 @@ fn transfer_init(
 ) -> Result<Option<SoftPrompt>> {
     let tr = study.study.transfer.as_ref().context("no [study.transfer]")?;
     Ok(match init {
-        InitMethod::Random => None,
+        // ATTEMPT's target prompt starts from the sampled origin (its sources are the config's).
+        InitMethod::Random | InitMethod::Attempt => None,
         InitMethod::Spot => Some(load_run(
             study,
             &prompt_tuning_id(source.context("a SPoT job without a source")?, origin),

@@ -271,7 +271,7 @@ impl Study {
             && t.inits.iter().any(|i| {
                 matches!(
                     i,
-                    InitMethod::Spot | InitMethod::TpvSum | InitMethod::LearnedCombination
+                    InitMethod::Spot | InitMethod::TpvSum | InitMethod::LearnedCombination | InitMethod::Attempt
                 )
             })
         {
@@ -350,7 +350,7 @@ impl Study {
                                         vec![prompt_tuning_id(source.map_or("", |s| s.as_str()), o)]
                                     }
                                     InitMethod::Multi => vec![multi.id()],
-                                    InitMethod::TpvSum | InitMethod::LearnedCombination => {
+                                    InitMethod::TpvSum | InitMethod::LearnedCombination | InitMethod::Attempt => {
                                         tr.sources.iter().map(|t| prompt_tuning_id(t, o)).collect()
                                     }
                                 };
@@ -498,7 +498,24 @@ impl Study {
                 config::set_value(&mut t, key, value)?;
             }
         }
-        self.finish(t, job, &tr.set)
+        let mut c = self.finish(t, job, &tr.set)?;
+        if let JobKind::Transfer {
+            init: InitMethod::Attempt,
+            ..
+        } = job.kind
+        {
+            // The study's own source prompts from this origin, frozen; the target prompt starts
+            // from the origin itself.
+            c.attempt = Some(config::AttemptSection {
+                sources: tr
+                    .sources
+                    .iter()
+                    .map(|s| crate::train::prompt_path(&self.output().join(prompt_tuning_id(s, origin))))
+                    .collect(),
+                temperature: None,
+            });
+        }
+        Ok(c)
     }
 
     /// The training config of a job that trains (`init`: the init prompt file of a transfer run,

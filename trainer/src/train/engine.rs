@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
+use tpv_shared::PromptTensor;
+use tpv_shared::attempt;
 use tpv_shared::eval::{Loaded, Scoring, summarize};
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::model::Loss;
@@ -87,6 +89,31 @@ impl Engine<'_> {
         Ok((scaled.to_scalar::<f32>()?, scaled.backward()?))
     }
 
+    /// [`Self::scaled_loss_grads`] with a prompt per row, computed from variables (ATTEMPT's
+    /// mixed prompts): the gradients reach whatever the rows were computed from.
+    pub fn scaled_loss_grads_rows(
+        &self,
+        rows: &[&Tensor],
+        batch: &[&Encoded],
+        share: f64,
+        rng: Option<&mut SplitMix64>,
+    ) -> candle_core::Result<(f32, candle_core::backprop::GradStore)> {
+        if self.checkpointing {
+            let (out, grads) = self.model.loss_grad_checkpointed(rows, batch, share)?;
+            return Ok(((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, grads));
+        }
+        let train = match rng {
+            Some(rng) if self.dropout > 0.0 => Some(t5::Train {
+                dropout: self.dropout,
+                rng,
+            }),
+            _ => None,
+        };
+        let out = self.model.loss_rows(rows, batch, train)?;
+        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
+        Ok((scaled.to_scalar::<f32>()?, scaled.backward()?))
+    }
+
     /// Greedy generations (token ids) for a batch.
     pub fn generate(&self, theta: &Tensor, batch: &[&Encoded], max_new: usize) -> candle_core::Result<Vec<Vec<u32>>> {
         tpv_shared::eval::generate(self.model, &self.eos, theta, batch, max_new)
@@ -111,10 +138,80 @@ pub struct StepStats {
     pub grad_norm: f64,
 }
 
-/// One optimizer step over `micro_batches` (gradient accumulation): each micro-batch's mean loss
-/// is weighted by its share of the step's target tokens, so the step minimizes the mean NLL over
-/// all of them (as transformers' Trainer with `num_items_in_batch`); then clipping, the LR of
-/// this step, and AdamW.
+/// What a step trains.
+pub enum Trainable<'a> {
+    /// A soft prompt: the parameters are θ, [R, d].
+    Prompt((usize, usize)),
+    /// ATTEMPT: the parameters are the target prompt's values, then the module's
+    /// ([`attempt::Module::trained`]).
+    Attempt(&'a AttemptSetup),
+}
+
+/// An ATTEMPT run's frozen parts: the module's shapes and sources, the sources on the device.
+pub struct AttemptSetup {
+    pub module: attempt::Module,
+    pub sources: Tensor,
+    /// The target prompt's shape (R, d).
+    pub shape: (usize, usize),
+}
+
+impl AttemptSetup {
+    pub fn new(module: attempt::Module, shape: (usize, usize), device: &Device) -> candle_core::Result<Self> {
+        let k = module.source_count();
+        let sources = Tensor::from_slice(module.sources.as_slice(), (k, shape.0, shape.1), device)?;
+        Ok(Self { module, sources, shape })
+    }
+
+    /// The flat parameters of a run starting from `target` with this module's values.
+    pub fn initial(&self, target: &[f32]) -> Vec<f32> {
+        let mut p = target.to_vec();
+        p.extend(self.module.trained());
+        p
+    }
+
+    /// How many values the flat parameters have.
+    pub fn param_count(&self) -> usize {
+        self.shape.0 * self.shape.1 + self.module.trained().len()
+    }
+
+    /// The target prompt and the module of flat parameters.
+    pub fn split(&self, params: &[f32]) -> tpv_shared::Result<(PromptTensor, attempt::Module)> {
+        let n = self.shape.0 * self.shape.1;
+        let (target, rest) = params.split_at(n.min(params.len()));
+        Ok((
+            PromptTensor::new(self.shape.0, self.shape.1, target.to_vec())?,
+            self.module.with_trained(rest)?,
+        ))
+    }
+
+    /// The parts of flat parameters as variables, in [`attempt::Parts::all`]'s order.
+    fn vars(&self, params: &[f32], device: &Device) -> candle_core::Result<(attempt::Parts, Vec<Var>)> {
+        let (r, d) = self.shape;
+        let rank = self.module.w_down.dim();
+        let shapes: [&[usize]; 5] = [&[r, d], &[d, rank], &[rank, d], &[d], &[d]];
+        let mut vars = Vec::with_capacity(5);
+        let mut at = 0;
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            let values = params
+                .get(at..at + n)
+                .ok_or_else(|| candle_core::Error::Msg("ATTEMPT parameters of the wrong length".into()))?;
+            vars.push(Var::from_tensor(&Tensor::from_slice(values, shape, device)?)?);
+            at += n;
+        }
+        let t = |i: usize| vars[i].as_tensor().clone();
+        let parts = attempt::Parts {
+            target: t(0),
+            w_down: t(1),
+            w_up: t(2),
+            ln_weight: t(3),
+            ln_bias: t(4),
+        };
+        Ok((parts, vars))
+    }
+}
+
+/// One optimizer step of a soft prompt of `shape` ([`train_step_with`]).
 pub fn train_step(
     engine: &Engine<'_>,
     state: &mut State,
@@ -123,7 +220,42 @@ pub fn train_step(
     max_grad_norm: Option<f64>,
     shape: (usize, usize),
 ) -> Result<StepStats, StepError> {
-    let var = Var::from_tensor(&Tensor::from_slice(&state.params, shape, &engine.device)?)?;
+    train_step_with(
+        engine,
+        state,
+        micro_batches,
+        schedule,
+        max_grad_norm,
+        &Trainable::Prompt(shape),
+    )
+}
+
+/// One optimizer step over `micro_batches` (gradient accumulation): each micro-batch's mean loss
+/// is weighted by its share of the step's target tokens, so the step minimizes the mean NLL over
+/// all of them (as transformers' Trainer with `num_items_in_batch`); then clipping, the LR of
+/// this step, and AdamW.
+pub fn train_step_with(
+    engine: &Engine<'_>,
+    state: &mut State,
+    micro_batches: &[Vec<&Encoded>],
+    schedule: &Schedule,
+    max_grad_norm: Option<f64>,
+    trainable: &Trainable<'_>,
+) -> Result<StepStats, StepError> {
+    let (vars, parts) = match trainable {
+        Trainable::Prompt(shape) => (
+            vec![Var::from_tensor(&Tensor::from_slice(
+                &state.params,
+                *shape,
+                &engine.device,
+            )?)?],
+            None,
+        ),
+        Trainable::Attempt(setup) => {
+            let (parts, vars) = setup.vars(&state.params, &engine.device)?;
+            (vars, Some((parts, *setup)))
+        }
+    };
     let mut rng = SplitMix64::new(state.rng);
     let mut grads = vec![0f32; state.params.len()];
     let total: usize = micro_batches.iter().flatten().map(|e| e.target_count()).sum();
@@ -131,15 +263,25 @@ pub fn train_step(
     for mb in micro_batches {
         // Each micro-batch's share of the step's target tokens.
         let share = mb.iter().map(|e| e.target_count()).sum::<usize>() as f64 / total.max(1) as f64;
-        let (value, g) = engine.scaled_loss_grads(&var, mb, share, Some(&mut rng))?;
-        loss += value;
-        if let Some(g) = g.get(&var) {
-            for (a, b) in grads
-                .iter_mut()
-                .zip(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-            {
-                *a += b;
+        let (value, g) = match &parts {
+            None => engine.scaled_loss_grads(&vars[0], mb, share, Some(&mut rng))?,
+            Some((parts, setup)) => {
+                let (rows, _) = attempt::prompts(engine.model, parts, &setup.sources, setup.module.temperature, mb)?;
+                let rows: Vec<&Tensor> = rows.iter().collect();
+                engine.scaled_loss_grads_rows(&rows, mb, share, Some(&mut rng))?
             }
+        };
+        loss += value;
+        let mut at = 0;
+        for var in &vars {
+            let n = var.elem_count();
+            if let Some(g) = g.get(var) {
+                let g = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                for (a, b) in grads[at..at + n].iter_mut().zip(g) {
+                    *a += b;
+                }
+            }
+            at += n;
         }
     }
     if !loss.is_finite() {
@@ -210,4 +352,29 @@ pub fn evaluate(
             }
         })
         .collect())
+}
+
+/// An ATTEMPT target prompt and module scored on `examples` (each under its own mixed prompt,
+/// `tpv_shared::attempt::evaluate`), and the mean attention per source (the target prompt last).
+pub fn evaluate_attempt(
+    loaded: &Loaded,
+    target: &PromptTensor,
+    module: &attempt::Module,
+    examples: &[Encoded],
+    task: &TaskSpec,
+    opts: EvalOptions,
+) -> anyhow::Result<(EvalResult, Vec<f64>)> {
+    let scorer = loaded.scorer(task, opts.scoring, opts.max_new, opts.with_loss)?;
+    let refs: Vec<&Encoded> = examples.iter().collect();
+    let (results, attention) = attempt::evaluate(loaded, target, module, &refs, &scorer, opts.batch_size)?;
+    let targets: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
+    let summary = summarize(task, &results, &targets);
+    Ok((
+        EvalResult {
+            loss: summary.loss,
+            metrics: summary.metrics,
+            predictions: results.into_iter().map(|r| r.prediction).collect(),
+        },
+        attention,
+    ))
 }

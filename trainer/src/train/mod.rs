@@ -22,7 +22,9 @@ use tpv_shared::tasks::{Record, TaskSpec};
 use tpv_shared::{Curve, Layout, ModelRef, OriginRef, PromptKind, PromptTensor, SoftPrompt, TaskType};
 
 use self::checkpoint::{Best, Checkpoint};
-use self::engine::{Encoded, Engine, EvalOptions, EvalResult, State, StepError, train_step};
+use self::engine::{
+    AttemptSetup, Encoded, Engine, EvalOptions, EvalResult, State, StepError, Trainable, train_step_with,
+};
 use crate::config::{Config, Init, Select};
 use crate::models::{self, LoadedModel};
 use crate::optim::{AdamW, Schedule};
@@ -306,6 +308,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         loaded: &loaded,
         device: device.clone(),
         shape: (r, d),
+        attempt: attempt_setup(config, (r, d), &device)?,
     };
     let mut examples = Examples::new(&t, &all)?;
     let (total, warmup) = step_counts(config, examples.train.len());
@@ -335,7 +338,13 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         tracing::info!("resuming {} at step {}", out_dir.display(), p.state.step);
         p
     } else {
-        Progress::start(config, theta0.as_slice().to_vec())
+        Progress::start(
+            config,
+            match &t.attempt {
+                Some(a) => a.initial(theta0.as_slice()),
+                None => theta0.as_slice().to_vec(),
+            },
+        )
     };
     // Live curves: `tensorboard --logdir` on the run's (or the study's) directory.
     p.events = Some(crate::events::EventWriter::create(out_dir)?);
@@ -351,14 +360,22 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         .iter()
         .map(|(k, v)| (format!("validation_{k}"), *v))
         .collect();
-    metrics.extend(t.test_metrics(&examples.test, &params, theta0.as_slice())?);
+    let (test, attention) = t.test_metrics(&examples.test, &params, theta0.as_slice())?;
+    metrics.extend(test);
     metrics.insert("best_step".into(), kept_step as f64);
     metrics.insert("steps".into(), p.state.step as f64);
     // Not among the metrics (those are the run's results, the same when it is repeated).
     let energy = meter.finish();
     let counts = [examples.train.len(), examples.validation.len(), examples.test.len()];
-    let prompt = t.run_file(
-        PromptTensor::new(r, d, params)?,
+    let (values, module) = match &t.attempt {
+        Some(a) => {
+            let (target, module) = a.split(&params)?;
+            (target, Some(module))
+        }
+        None => (PromptTensor::new(r, d, params)?, None),
+    };
+    let mut prompt = t.run_file(
+        values,
         theta0,
         origin_ref,
         metrics,
@@ -370,6 +387,13 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
             "energy": { "device_hours": energy.device_hours, "kwh": energy.kwh, "method": energy.method },
         }),
     )?;
+    if let Some(module) = module {
+        if let (Some(att), Some(c)) = (attention, prompt.meta.config.as_mut()) {
+            c["attempt"] = json!({ "test_attention": attention_json(&module, &att) });
+        }
+        prompt.meta.kind = PromptKind::Attempt;
+        prompt.attempt = Some(Box::new(module));
+    }
     io::write_run(&prompt_file, &prompt).with_context(|| format!("writing {}", prompt_file.display()))?;
     if ckpt_file.exists() {
         std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
@@ -399,13 +423,17 @@ fn train_loop(
             config.train.seed,
         );
         let micro = examples.train_batches(&idx)?;
-        let stats = match train_step(
+        let trainable = match &t.attempt {
+            Some(a) => Trainable::Attempt(a),
+            None => Trainable::Prompt((r, d)),
+        };
+        let stats = match train_step_with(
             engine,
             &mut p.state,
             &micro,
             schedule,
             config.optim.max_grad_norm,
-            (r, d),
+            &trainable,
         ) {
             Ok(s) => s,
             Err(e @ (StepError::NonFiniteLoss { .. } | StepError::NonFiniteGrad { .. })) => {
@@ -514,6 +542,9 @@ struct Trainer<'a> {
     loaded: &'a LoadedModel,
     device: candle_core::Device,
     shape: (usize, usize),
+    /// An ATTEMPT run's sources and module (`[attempt]`): the parameters are its target prompt
+    /// and module.
+    attempt: Option<AttemptSetup>,
 }
 
 impl Trainer<'_> {
@@ -521,19 +552,46 @@ impl Trainer<'_> {
         Ok(Tensor::from_slice(params, self.shape, &self.device)?)
     }
 
+    /// How many values the trained parameters have.
+    fn param_count(&self) -> usize {
+        self.attempt
+            .as_ref()
+            .map_or(self.shape.0 * self.shape.1, AttemptSetup::param_count)
+    }
+
+    /// The parameters scored on `examples` (a prompt, or ATTEMPT's prompt per input; then also
+    /// the mean attention).
+    fn evaluate(
+        &self,
+        params: &[f32],
+        examples: &[Encoded],
+        opts: EvalOptions,
+    ) -> Result<(EvalResult, Option<Vec<f64>>)> {
+        match &self.attempt {
+            Some(a) => {
+                let (target, module) = a.split(params)?;
+                let (res, attention) =
+                    engine::evaluate_attempt(self.loaded, &target, &module, examples, &self.splits.task, opts)?;
+                Ok((res, Some(attention)))
+            }
+            None => {
+                let res = engine::evaluate(self.loaded, &[&self.theta(params)?], examples, &self.splits.task, opts)?;
+                Ok((res.into_iter().next().context("no evaluation result")?, None))
+            }
+        }
+    }
+
     /// Scores the current prompt on the validation split: curves, the best prompt so far, early
     /// stopping (returns whether to stop).
     fn validate(&self, p: &mut Progress, validation: &[Encoded], bar: &indicatif::ProgressBar) -> Result<bool> {
         let (config, step) = (self.config, p.state.step);
-        let res = engine::evaluate(
-            self.loaded,
-            &[&self.theta(&p.state.params)?],
-            validation,
-            &self.splits.task,
-            eval_options(config, config.train.eval_loss || config.train.select == Select::Loss),
-        )
-        .with_context(|| format!("evaluating on the validation split at step {step}"))?
-        .remove(0);
+        let (res, _) = self
+            .evaluate(
+                &p.state.params,
+                validation,
+                eval_options(config, config.train.eval_loss || config.train.select == Select::Loss),
+            )
+            .with_context(|| format!("evaluating on the validation split at step {step}"))?;
         if res.loss.is_finite() {
             p.record("valid_loss", step, res.loss)?;
         }
@@ -577,11 +635,27 @@ impl Trainer<'_> {
     /// The kept prompt on test, and with `baselines` the untrained origin θ₀ and the model with no
     /// prompt at all (zero-shot, instruction only): one pass over rows that mix the three. Keys
     /// as the run file stores them (`test_…`, `origin_test_…`, `zero_shot_test_…`).
-    fn test_metrics(&self, test: &[Encoded], kept: &[f32], theta0: &[f32]) -> Result<BTreeMap<String, f64>> {
+    fn test_metrics(
+        &self,
+        test: &[Encoded],
+        kept: &[f32],
+        theta0: &[f32],
+    ) -> Result<(BTreeMap<String, f64>, Option<Vec<f64>>)> {
         let train = &self.config.train;
+        let mut metrics = BTreeMap::new();
+        let mut attention = None;
         let mut scored: Vec<(&str, Tensor)> = Vec::new();
         if train.test && !test.is_empty() {
-            scored.push(("", self.theta(kept)?));
+            if self.attempt.is_some() {
+                // A prompt per input: its own pass; the baselines below are plain prompts.
+                let (res, att) = self
+                    .evaluate(kept, test, eval_options(self.config, train.eval_loss))
+                    .context("evaluating the kept ATTEMPT module on the test split")?;
+                insert_metrics(&mut metrics, "", &res);
+                attention = att;
+            } else {
+                scored.push(("", self.theta(kept)?));
+            }
         }
         if train.baselines && !test.is_empty() {
             scored.push(("origin_", self.theta(theta0)?));
@@ -592,9 +666,8 @@ impl Trainer<'_> {
                 ));
             }
         }
-        let mut metrics = BTreeMap::new();
         if scored.is_empty() {
-            return Ok(metrics);
+            return Ok((metrics, attention));
         }
         let prompts: Vec<&Tensor> = scored.iter().map(|(_, t)| t).collect();
         let results = engine::evaluate(
@@ -606,14 +679,9 @@ impl Trainer<'_> {
         )
         .context("evaluating the kept prompt (and baselines) on the test split")?;
         for ((name, _), res) in scored.iter().zip(results) {
-            if res.loss.is_finite() {
-                metrics.insert(format!("{name}test_loss"), res.loss);
-            }
-            for (k, v) in &res.metrics {
-                metrics.insert(format!("{name}test_{k}"), *v);
-            }
+            insert_metrics(&mut metrics, name, &res);
         }
-        Ok(metrics)
+        Ok((metrics, attention))
     }
 
     /// The run file of the kept prompt: its origin, model, tasks, layout, metrics, curves and
@@ -803,10 +871,10 @@ impl Progress {
                 t.splits.fingerprint
             );
         }
-        let n = t.shape.0 * t.shape.1;
+        let n = t.param_count();
         if c.params.len() != n {
             bail!(
-                "{}: the checkpoint's prompt has {} values, expected {n}",
+                "{}: the checkpoint's parameters have {} values, expected {n}",
                 path.display(),
                 c.params.len()
             );
@@ -838,6 +906,72 @@ impl Progress {
             fingerprint: t.splits.fingerprint.clone(),
         }
     }
+}
+
+/// `{prefix}test_loss` and `{prefix}test_METRIC` of a test result.
+fn insert_metrics(metrics: &mut BTreeMap<String, f64>, prefix: &str, res: &EvalResult) {
+    if res.loss.is_finite() {
+        metrics.insert(format!("{prefix}test_loss"), res.loss);
+    }
+    for (k, v) in &res.metrics {
+        metrics.insert(format!("{prefix}test_{k}"), *v);
+    }
+}
+
+/// The seed of an ATTEMPT module's initial weights: the run's seed, on a stream of its own.
+const ATTEMPT_SEED: u64 = 0x4154_5445_4d50_5400;
+
+/// An ATTEMPT run's frozen sources and fresh module (`[attempt]`; the module a run of this
+/// config starts from), or `None`.
+pub fn attempt_setup(
+    config: &Config,
+    (r, d): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Option<AttemptSetup>> {
+    let Some(a) = &config.attempt else {
+        return Ok(None);
+    };
+    if a.sources.is_empty() {
+        bail!("attempt.sources is empty: ATTEMPT mixes at least one source prompt");
+    }
+    let mut values = Vec::new();
+    let mut labels = Vec::new();
+    for path in &a.sources {
+        let p = io::load_prompt(path).context("attempt.sources")?;
+        if !p.kind().is_prompt() {
+            bail!("attempt.sources: {} is a {}, not a prompt", path.display(), p.kind());
+        }
+        if p.shape() != [r, d] {
+            bail!(
+                "attempt.sources: {} is {}×{}, the run needs {r}×{d} (virtual_tokens × hidden size)",
+                path.display(),
+                p.shape()[0],
+                p.shape()[1]
+            );
+        }
+        // Labels name the attention's weights: two sources with one label are told apart.
+        let mut label = p.label();
+        if labels.contains(&label) {
+            label = format!("{label} ({})", labels.len() + 1);
+        }
+        labels.push(label);
+        values.push(p.values);
+    }
+    let refs: Vec<&PromptTensor> = values.iter().collect();
+    let mut module = tpv_shared::attempt::Module::init(&refs, labels, config.train.seed ^ ATTEMPT_SEED)?;
+    if let Some(temperature) = a.temperature {
+        module.temperature = temperature;
+    }
+    module
+        .validate(r, d)
+        .context("attempt.temperature must be a positive number")?;
+    Ok(Some(AttemptSetup::new(module, (r, d), device)?))
+}
+
+/// ATTEMPT's mean attention as `{source label: weight, "target": weight}`.
+pub fn attention_json(module: &tpv_shared::attempt::Module, attention: &[f64]) -> serde_json::Value {
+    let labels = module.source_labels.iter().map(String::as_str).chain(["target"]);
+    serde_json::Value::Object(labels.zip(attention).map(|(l, a)| (l.to_owned(), json!(a))).collect())
 }
 
 fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {

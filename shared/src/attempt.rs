@@ -1,0 +1,349 @@
+//! ATTEMPT (Asai et al., EMNLP 2022), the paper's multi-task transfer baseline: frozen source
+//! prompts P₁…P_K, a trainable target prompt P_t and a small attention module mix one prompt per
+//! input x (its token embeddings E_x):
+//!
+//! ```text
+//! h    = LayerNorm(W_upᵀ · SiLU(W_downᵀ · maxpool_tokens(E_x)))   [d]    W_down d×r, W_up r×d
+//! q_j  = maxpool_rows(P_j)  for j ∈ {1…K, t}                       [d]
+//! a    = softmax(q · h / T)                                         [K+1]
+//! P(x) = P_t + Σ_j a_j P_j                                          [R, d]
+//! ```
+//!
+//! as the replication the paper ran (DisAI-Replication-Challenge/ATTEMPT, `cpeft/attempt/model.py`)
+//! computes it: r = R (the prompt's rows), no biases, LayerNorm with eps 1e-5 and a learned
+//! scale and shift, the target prompt also among the attended prompts, and T = d·e (its 2087 for
+//! T5-base's d = 768). One deliberate difference: the input's max-pool runs over its own tokens,
+//! not over the batch's padding, so an input gets the same prompt in every batch.
+//!
+//! Values live in [`Module`] (what a run file stores besides the target prompt); the forward
+//! pass is [`mix`] on candle tensors, differentiable in the target prompt and the module.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::eval::Encoded;
+use crate::merge::SplitMix64;
+use crate::model::load::Model;
+use crate::tensor::PromptTensor;
+
+/// torch's `nn.LayerNorm` default.
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// The original's softmax temperature for hidden size `d`: d·e.
+pub fn default_temperature(d: usize) -> f64 {
+    d as f64 * std::f64::consts::E
+}
+
+/// An ATTEMPT module: the frozen sources and the attention's trained weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Module {
+    /// The source prompts stacked, [K·R, d]: source k is rows k·R … (k+1)·R.
+    pub sources: PromptTensor,
+    /// One label per source (e.g. `mnli@origin0`).
+    pub source_labels: Vec<String>,
+    /// [d, r].
+    pub w_down: PromptTensor,
+    /// [r, d].
+    pub w_up: PromptTensor,
+    /// LayerNorm scale and shift, [1, d] each.
+    pub ln_weight: PromptTensor,
+    pub ln_bias: PromptTensor,
+    pub temperature: f64,
+}
+
+impl Module {
+    /// A fresh module over `sources` (each [R, d], the target prompt's shape): the projections
+    /// drawn as torch's `nn.Linear` draws them (uniform in ±1/√fan_in; here from SplitMix64 seeded
+    /// with `seed`, in order W_down then W_up, row-major), the LayerNorm at identity.
+    pub fn init(sources: &[&PromptTensor], source_labels: Vec<String>, seed: u64) -> Result<Self> {
+        let first = sources.first().ok_or(Error::NoOperands)?;
+        let (rows, d) = (first.rows(), first.dim());
+        let mut stacked = Vec::with_capacity(sources.len() * rows * d);
+        for s in sources {
+            first.check_same_shape(s)?;
+            stacked.extend_from_slice(s.as_slice());
+        }
+        if source_labels.len() != sources.len() {
+            return Err(Error::BadMetadata(format!(
+                "{} labels for {} ATTEMPT sources",
+                source_labels.len(),
+                sources.len()
+            )));
+        }
+        let r = rows;
+        let mut rng = SplitMix64::new(seed);
+        let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
+        };
+        let w_down = uniform(d * r, d);
+        let w_up = uniform(r * d, r);
+        Ok(Self {
+            sources: PromptTensor::new(sources.len() * rows, d, stacked)?,
+            source_labels,
+            w_down: PromptTensor::new(d, r, w_down)?,
+            w_up: PromptTensor::new(r, d, w_up)?,
+            ln_weight: PromptTensor::new(1, d, vec![1.0; d])?,
+            ln_bias: PromptTensor::zeros(1, d),
+            temperature: default_temperature(d),
+        })
+    }
+
+    /// K, the number of sources.
+    pub fn source_count(&self) -> usize {
+        self.source_labels.len()
+    }
+
+    /// The trained values after the target prompt's, flat: W_down, W_up, LayerNorm scale, shift.
+    pub fn trained(&self) -> Vec<f32> {
+        [&self.w_down, &self.w_up, &self.ln_weight, &self.ln_bias]
+            .iter()
+            .flat_map(|t| t.as_slice().iter().copied())
+            .collect()
+    }
+
+    /// This module with the trained values of `flat` (laid out as [`Self::trained`]).
+    pub fn with_trained(&self, flat: &[f32]) -> Result<Self> {
+        let (d, r) = (self.w_down.rows(), self.w_down.dim());
+        let sizes = [d * r, r * d, d, d];
+        if flat.len() != sizes.iter().sum::<usize>() {
+            return Err(Error::DataLength {
+                rows: 2 * r + 2,
+                dim: d,
+                len: flat.len(),
+            });
+        }
+        let (down, rest) = flat.split_at(sizes[0]);
+        let (up, rest) = rest.split_at(sizes[1]);
+        let (lw, lb) = rest.split_at(d);
+        Ok(Self {
+            w_down: PromptTensor::new(d, r, down.to_vec())?,
+            w_up: PromptTensor::new(r, d, up.to_vec())?,
+            ln_weight: PromptTensor::new(1, d, lw.to_vec())?,
+            ln_bias: PromptTensor::new(1, d, lb.to_vec())?,
+            ..self.clone()
+        })
+    }
+
+    /// Checks the shapes against each other and a target prompt of `rows` × `dim`, and that
+    /// every value is finite (a run file's module is untrusted).
+    pub fn validate(&self, rows: usize, dim: usize) -> Result<()> {
+        let k = self.source_labels.len();
+        let r = self.w_down.dim();
+        let bad = |tensor: &str, shape: [usize; 2], expected: &'static str| Error::WrongShape {
+            tensor: format!("attempt.{tensor}"),
+            shape: shape.to_vec(),
+            expected,
+        };
+        if k == 0 || self.sources.shape() != [k * rows, dim] {
+            return Err(bad("sources", self.sources.shape(), "[K·R, d], K ≥ 1 sources"));
+        }
+        if self.w_down.rows() != dim || r == 0 {
+            return Err(bad("w_down", self.w_down.shape(), "[d, r]"));
+        }
+        if self.w_up.shape() != [r, dim] {
+            return Err(bad("w_up", self.w_up.shape(), "[r, d]"));
+        }
+        for (name, t) in [("ln_weight", &self.ln_weight), ("ln_bias", &self.ln_bias)] {
+            if t.shape() != [1, dim] {
+                return Err(bad(name, t.shape(), "[1, d]"));
+            }
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::BadMetadata(format!(
+                "the ATTEMPT temperature is {}",
+                self.temperature
+            )));
+        }
+        for (name, t) in self.tensors() {
+            if let Some((count, first)) = t.non_finite() {
+                return Err(Error::NonFinite {
+                    tensor: name.to_owned(),
+                    count,
+                    first,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored tensors with their run-file names.
+    pub fn tensors(&self) -> [(&'static str, &PromptTensor); 5] {
+        [
+            ("attempt.sources", &self.sources),
+            ("attempt.w_down", &self.w_down),
+            ("attempt.w_up", &self.w_up),
+            ("attempt.ln_weight", &self.ln_weight),
+            ("attempt.ln_bias", &self.ln_bias),
+        ]
+    }
+
+    /// The module's tensors on `device`: the trained parts and the sources [K, R, d].
+    pub fn to_device(&self, target: &PromptTensor, device: &Device) -> candle_core::Result<(Parts, Tensor)> {
+        let t = |p: &PromptTensor| Tensor::from_slice(p.as_slice(), (p.rows(), p.dim()), device);
+        let d = target.dim();
+        let parts = Parts {
+            target: t(target)?,
+            w_down: t(&self.w_down)?,
+            w_up: t(&self.w_up)?,
+            ln_weight: t(&self.ln_weight)?.reshape(d)?,
+            ln_bias: t(&self.ln_bias)?.reshape(d)?,
+        };
+        let sources = t(&self.sources)?.reshape((self.source_count(), target.rows(), d))?;
+        Ok((parts, sources))
+    }
+}
+
+/// The trained parts as tensors (variables while training): target [R, d], W_down [d, r],
+/// W_up [r, d], LayerNorm scale and shift [d].
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub target: Tensor,
+    pub w_down: Tensor,
+    pub w_up: Tensor,
+    pub ln_weight: Tensor,
+    pub ln_bias: Tensor,
+}
+
+impl Parts {
+    /// In the order of a flat parameter vector: target, W_down, W_up, scale, shift.
+    pub fn all(&self) -> [&Tensor; 5] {
+        [&self.target, &self.w_down, &self.w_up, &self.ln_weight, &self.ln_bias]
+    }
+}
+
+/// Each example's input max-pooled over its tokens' embeddings, [B, d] in f32 (constant: no
+/// gradient reaches the model).
+pub fn pooled_inputs(model: &Model, batch: &[&Encoded]) -> candle_core::Result<Tensor> {
+    let emb = model.embeddings();
+    let rows = batch
+        .iter()
+        .map(|e| {
+            let ids = e.input();
+            if ids.is_empty() {
+                candle_core::bail!("ATTEMPT needs an input to attend from; an example has none");
+            }
+            let idx = Tensor::from_slice(ids, ids.len(), emb.device())?;
+            emb.index_select(&idx, 0)?.to_dtype(DType::F32)?.max(0)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::stack(&rows, 0)
+}
+
+/// The per-input prompts [B, R, d] and the attention [B, K+1] (the target prompt last) for
+/// inputs pooled as [`pooled_inputs`] does, `sources` [K, R, d].
+pub fn mix(
+    parts: &Parts,
+    sources: &Tensor,
+    pooled: &Tensor,
+    temperature: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (rows, d) = parts.target.dims2()?;
+    let down = pooled.matmul(&parts.w_down)?.silu()?;
+    let up = down.matmul(&parts.w_up)?;
+    let h = layer_norm(&up, &parts.ln_weight, &parts.ln_bias)?;
+    let stacked = Tensor::cat(&[sources, &parts.target.unsqueeze(0)?], 0)?;
+    let keys = stacked.max(1)?; // [K+1, d]
+    let scores = (h.matmul(&keys.t()?)? / temperature)?;
+    let attention = crate::model::ops::softmax_last_composed(&scores)?;
+    let n = stacked.dim(0)?;
+    let mixed = attention
+        .matmul(&stacked.reshape((n, rows * d))?)?
+        .reshape((pooled.dim(0)?, rows, d))?
+        .broadcast_add(&parts.target)?;
+    Ok((mixed, attention))
+}
+
+/// The per-row prompts of `batch` under the target prompt and module `parts` (variables while
+/// training: the gradient reaches them through [`mix`]).
+pub fn prompts(
+    model: &Model,
+    parts: &Parts,
+    sources: &Tensor,
+    temperature: f64,
+    batch: &[&Encoded],
+) -> candle_core::Result<(Vec<Tensor>, Tensor)> {
+    let pooled = pooled_inputs(model, batch)?.to_device(parts.target.device())?;
+    let (mixed, attention) = mix(parts, sources, &pooled, temperature)?;
+    let rows = (0..batch.len())
+        .map(|i| mixed.get(i))
+        .collect::<candle_core::Result<_>>()?;
+    Ok((rows, attention))
+}
+
+/// Every example scored under its own mixed prompt (batches of `batch_size` rows ordered by input
+/// length, as [`crate::eval::Loaded::evaluate_prompts`] orders them), and the mean attention over
+/// the examples, one weight per source and the target prompt last.
+pub fn evaluate(
+    loaded: &crate::eval::Loaded,
+    target: &PromptTensor,
+    module: &Module,
+    examples: &[&Encoded],
+    scorer: &crate::eval::Scorer,
+    batch_size: usize,
+) -> std::result::Result<(Vec<crate::eval::ExampleResult>, Vec<f64>), crate::eval::EvalError> {
+    let device = loaded.model.embeddings().device().clone();
+    let (parts, sources) = module.to_device(target, &device)?;
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].input().len());
+    let mut out: Vec<Option<crate::eval::ExampleResult>> = vec![None; examples.len()];
+    let mut attention_sum = vec![0f64; module.source_count() + 1];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&Encoded> = chunk.iter().map(|&i| examples[i]).collect();
+        let (rows, attention) = prompts(&loaded.model, &parts, &sources, module.temperature, &batch)?;
+        for row in attention.to_vec2::<f32>()? {
+            for (s, a) in attention_sum.iter_mut().zip(row) {
+                *s += f64::from(a);
+            }
+        }
+        let pairs: Vec<(&Tensor, &Encoded)> = rows.iter().zip(batch.iter().copied()).collect();
+        for (&i, r) in chunk.iter().zip(loaded.evaluate_rows(&pairs, scorer)?) {
+            out[i] = Some(r);
+        }
+    }
+    let n = examples.len().max(1) as f64;
+    Ok((
+        out.into_iter().flatten().collect(),
+        attention_sum.into_iter().map(|s| s / n).collect(),
+    ))
+}
+
+/// torch's LayerNorm over the last dimension (biased variance), of differentiable ops.
+fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered
+        .broadcast_div(&(var + LAYER_NORM_EPS)?.sqrt()?)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(rows: usize, dim: usize, f: impl Fn(usize) -> f32) -> PromptTensor {
+        PromptTensor::new(rows, dim, (0..rows * dim).map(f).collect()).unwrap()
+    }
+
+    #[test]
+    fn trained_values_round_trip_and_shapes_are_checked() {
+        let a = tensor(3, 4, |i| i as f32);
+        let b = tensor(3, 4, |i| -(i as f32));
+        let m = Module::init(&[&a, &b], vec!["a".into(), "b".into()], 7).unwrap();
+        m.validate(3, 4).unwrap();
+        assert_eq!(m.trained().len(), 4 * 3 + 3 * 4 + 4 + 4);
+        // Every draw is inside the bound and the two projections differ.
+        assert!(m.w_down.as_slice().iter().all(|v| v.abs() <= 0.5));
+        assert!(m.w_up.as_slice().iter().all(|v| v.abs() <= 1.0 / 3f32.sqrt()));
+        let again = m.with_trained(&m.trained()).unwrap();
+        assert_eq!(again, m);
+        assert!(m.with_trained(&[0.0; 3]).is_err());
+        assert!(m.validate(4, 4).is_err(), "sources are 2·3 rows, not 2·4");
+        let mut hot = m.clone();
+        hot.ln_bias.as_mut_slice()[1] = f32::NAN;
+        assert!(matches!(hot.validate(3, 4), Err(Error::NonFinite { .. })));
+        assert!(Module::init(&[&a], vec![], 7).is_err());
+        assert!(Module::init(&[&a, &tensor(2, 4, |_| 0.0)], vec!["a".into(), "b".into()], 7).is_err());
+    }
+}
