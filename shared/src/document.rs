@@ -42,7 +42,7 @@ impl Document {
     /// The format, e.g. `tpv-run v1` or `peft PROMPT_TUNING adapter (SEQ_2_SEQ_LM)`.
     pub fn format(&self) -> String {
         match &self.peft {
-            None => format!("{} v{}", runfile::FORMAT_NAME, runfile::FORMAT_VERSION),
+            None => format!("{} v{}", runfile::FORMAT_NAME, runfile::version_of(&self.prompt)),
             Some(a) => format!(
                 "peft {} adapter ({})",
                 a.config.peft_type,
@@ -67,6 +67,11 @@ impl Document {
             curves: p.curves.iter().map(|(k, c)| (k.clone(), c.steps.len())).collect(),
             stored_shape: self.peft.as_ref().map(|a| a.embeddings.shape()),
             stored_dtype: self.peft.as_ref().map(|a| a.dtype.clone()),
+            attempt: p.attempt.as_ref().map(|m| AttemptSummary {
+                sources: m.source_labels.clone(),
+                rank: m.w_down.dim(),
+                temperature: m.temperature,
+            }),
             metadata: p.meta.clone(),
         }
     }
@@ -116,5 +121,16 @@ pub struct Summary {
     pub stored_shape: Option<[usize; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_dtype: Option<String>,
+    /// An ATTEMPT run's module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptSummary>,
     pub metadata: PromptMeta,
+}
+
+/// What an ATTEMPT run mixes: its sources, the attention's rank r and temperature.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptSummary {
+    pub sources: Vec<String>,
+    pub rank: usize,
+    pub temperature: f64,
 }

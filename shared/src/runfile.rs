@@ -66,6 +66,16 @@ pub fn sniff(bytes: &[u8]) -> Result<FileKind> {
     }
 }
 
+/// The format version a prompt is written with: the lowest that holds it (2 for ATTEMPT runs, 1
+/// for everything else).
+pub fn version_of(prompt: &SoftPrompt) -> u32 {
+    if prompt.attempt.is_some() {
+        FORMAT_VERSION
+    } else {
+        PROMPT_VERSION
+    }
+}
+
 /// Serializes a prompt as a run file (after checking it is consistent and finite).
 pub fn write_run(prompt: &SoftPrompt) -> Result<Vec<u8>> {
     prompt.validate()?;
@@ -89,7 +99,7 @@ pub fn write_run(prompt: &SoftPrompt) -> Result<Vec<u8>> {
     let meta_json = serde_json::to_string(&prompt.meta).map_err(|e| Error::BadMetadata(e.to_string()))?;
     let mut metadata = BTreeMap::from([
         (KEY_FORMAT.to_owned(), FORMAT_NAME.to_owned()),
-        (KEY_VERSION.to_owned(), PROMPT_VERSION.to_string()),
+        (KEY_VERSION.to_owned(), version_of(prompt).to_string()),
         (KEY_META.to_owned(), meta_json),
     ]);
     if let Some(m) = &prompt.attempt {
@@ -100,7 +110,6 @@ pub fn write_run(prompt: &SoftPrompt) -> Result<Vec<u8>> {
         };
         let json = serde_json::to_string(&head).map_err(|e| Error::BadMetadata(e.to_string()))?;
         metadata.insert(KEY_ATTEMPT.to_owned(), json);
-        metadata.insert(KEY_VERSION.to_owned(), FORMAT_VERSION.to_string());
     }
     st::write(&tensors, metadata)
 }

@@ -98,7 +98,7 @@ fn newer_format_versions_are_refused_naming_both() {
     let bytes = raw(
         &run_header(
             META_2X2,
-            "2",
+            "3",
             r#""prompt":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}"#,
         ),
         &f32_bytes(&[1.0; 4]),
@@ -108,15 +108,15 @@ fn newer_format_versions_are_refused_naming_both() {
         matches!(
             err,
             Error::NewerFormat {
-                file: 2,
-                supported: 1,
+                file: 3,
+                supported: 2,
                 ..
             }
         ),
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("version 2") && msg.contains("up to 1"), "{msg}");
+    assert!(msg.contains("version 3") && msg.contains("up to 2"), "{msg}");
 }
 
 // ---------------------------------------------------------------- peft interop

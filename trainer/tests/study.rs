@@ -1101,8 +1101,8 @@ fn demo_pipeline_runs_on_the_fixture_model() {
     assert!(!text.contains(&root().display().to_string()), "a local path in {text}");
 }
 
-/// A study of sources a, b and target c with the TPV-sum and learned-combination inits at 0 and 4
-/// shots, one origin.
+/// A study of sources a, b and target c with the TPV-sum, learned-combination and ATTEMPT inits
+/// at 0 and 4 shots, one origin.
 fn learned_study_config(dir: &Path) -> PathBuf {
     let study = format!(
         r#"[study]
@@ -1114,8 +1114,9 @@ tasks = ["a", "b"]
 sources = ["a", "b"]
 targets = ["c"]
 shots = [0, 4]
-inits = ["tpv_sum", "learned_combination"]
+inits = ["tpv_sum", "learned_combination", "attempt"]
 paper_recipe = false
+combination_steps = 6
 [study.transfer.set]
 optim.max_steps = 2
 optim.batch_size = 2
@@ -1123,6 +1124,37 @@ optim.batch_size = 2
         out = dir.join("study").display(),
     );
     study_toml(dir, &study)
+}
+
+/// Issue 18: the `attempt` init's runs, at 0 shots (the untrained module) and 4 (trained): ATTEMPT
+/// run files over the study's own source prompts, scored on the target's test split.
+fn check_attempt_runs(study: &Path) {
+    let read = |rel: String| tpv_shared::runfile::read_run(&std::fs::read(study.join(rel)).unwrap()).unwrap();
+    let a = read("prompt_tuning/a/origin0/prompt.safetensors".into());
+    let b = read("prompt_tuning/b/origin0/prompt.safetensors".into());
+    let mut modules = Vec::new();
+    for shots in [0, 4] {
+        let run = read(format!("transfer/c/attempt/{shots}shot/origin0/prompt.safetensors"));
+        assert_eq!(run.kind(), tpv_shared::PromptKind::Attempt);
+        assert!(
+            run.meta.metrics.contains_key("test_exact_match"),
+            "{:?}",
+            run.meta.metrics
+        );
+        let m = run.attempt.clone().unwrap();
+        assert_eq!(m.source_labels, ["a@origin0", "b@origin0"]);
+        assert_eq!(
+            m.sources.as_slice(),
+            [a.values.as_slice(), b.values.as_slice()].concat()
+        );
+        // The target prompt starts from the sources' origin.
+        assert_eq!(run.origin.as_ref(), a.origin.as_ref());
+        if shots == 0 {
+            assert_eq!(run.values, *a.origin.as_ref().unwrap());
+        }
+        modules.push(m);
+    }
+    assert_ne!(modules[0].w_down, modules[1].w_down, "the 4-shot module was trained");
 }
 
 /// Issue 18: the `learned_combination` transfer init learns the weights of θ₀ + Σ wᵢτᵢ on the
@@ -1142,6 +1174,7 @@ fn the_learned_combination_init_learns_on_the_shots() {
     .unwrap();
     let learned = &init.meta.config.as_ref().unwrap()["learned_combination"];
     assert_eq!(learned["examples"], 4, "{learned}");
+    assert_eq!(learned["steps"], 6, "{learned}");
     let losses: Vec<f64> = learned["losses"]
         .as_array()
         .unwrap()
@@ -1161,11 +1194,14 @@ fn the_learned_combination_init_learns_on_the_shots() {
     assert_eq!(zero("learned_combination").values, zero("tpv_sum").values);
     let agg = json_of(&tpv().args(["aggregate", "--json"]).arg(&study).output().unwrap());
     let rows = agg["transfer"].as_array().unwrap();
-    assert!(
-        rows.iter()
-            .any(|r| r["init"] == "learned_combination" && r["shots"] == 4 && !r["vs_tpv_sum"].is_null()),
-        "{rows:#?}"
-    );
+    for init in ["learned_combination", "attempt"] {
+        assert!(
+            rows.iter()
+                .any(|r| r["init"] == init && r["shots"] == 4 && !r["vs_tpv_sum"].is_null()),
+            "{init}: {rows:#?}"
+        );
+    }
+    check_attempt_runs(&study);
 
     // tpv recommend on the library of this study for c's examples: a, b and a+b, ranked; a
     // single task's loss is its tuned prompt's (θ₀ + τ = θ) as tpv eval scores it.

@@ -28,6 +28,7 @@ const QUICK: &[&str] = &[
     "study.transfer.targets=[\"uci_amazon\"]",
     "study.transfer.shots=[0, 8]",
     "study.transfer.set.optim.max_steps=2",
+    "study.transfer.combination_steps=2",
     "study.transfer.set.train.eval_every=2",
     "study.transfer.set.data.max_validation=8",
     "study.overrides={}",

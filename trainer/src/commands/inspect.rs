@@ -84,6 +84,14 @@ fn print_human(loaded: &io::Loaded, s: &tpv_shared::Summary) -> Result<()> {
     if let (Some(stored), Some(dtype)) = (s.stored_shape, &s.stored_dtype) {
         out!("  stored   {stored:?} {dtype} (rows used: {})", s.shape[0]);
     }
+    if let Some(a) = &s.attempt {
+        out!(
+            "  attempt  sources {}; attention rank {}, temperature {:.1} (values: the target prompt)",
+            printable(&a.sources.join(", ")),
+            a.rank,
+            a.temperature
+        );
+    }
     let norms = [
         ("values", Some(&s.norms)),
         ("origin", s.origin_norms.as_ref()),

@@ -622,7 +622,12 @@ fn transfer_init(
             }
             // The weights learned on the shots this job trains on (the same sample).
             let config = study.train_config(job, None)?.context("not a training job")?;
-            let (weights, summary) = train::combination::learn_on(&config, &theta0, &refs)?;
+            let (weights, summary) = train::combination::learn_on(
+                &config,
+                &theta0,
+                &refs,
+                (tr.combination_steps, tr.combination_learning_rate),
+            )?;
             let mut p = arith::combine(&theta0, &refs, &weights, 1.0, &MergeMethod::Sum)?;
             p.meta.config = Some(json!({ "learned_combination": summary }));
             Some(p)

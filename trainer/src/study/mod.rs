@@ -113,6 +113,20 @@ pub struct Transfer {
     /// Overrides (dotted keys) of the transfer runs, applied last.
     #[serde(default)]
     pub set: toml::Table,
+    /// The `learned_combination` init: Adam steps on the combination's weights before the job
+    /// trains (each a forward and backward pass over the shots), and their learning rate.
+    #[serde(default = "default_combination_steps")]
+    pub combination_steps: usize,
+    #[serde(default = "default_combination_learning_rate")]
+    pub combination_learning_rate: f64,
+}
+
+fn default_combination_steps() -> usize {
+    crate::train::combination::STUDY_STEPS
+}
+
+fn default_combination_learning_rate() -> f64 {
+    crate::train::combination::STUDY_LEARNING_RATE
 }
 
 fn all_inits() -> Vec<InitMethod> {
@@ -219,6 +233,15 @@ impl Study {
         if let Some(t) = &s.transfer {
             if t.sources.is_empty() || t.targets.is_empty() {
                 bail!("study.transfer needs sources and targets");
+            }
+            if t.combination_steps == 0 {
+                bail!("study.transfer.combination_steps is 0: the learned combination needs at least one step");
+            }
+            if !(t.combination_learning_rate.is_finite() && t.combination_learning_rate > 0.0) {
+                bail!(
+                    "study.transfer.combination_learning_rate is {}: it must be a positive number",
+                    t.combination_learning_rate
+                );
             }
             if t.inits.is_empty() {
                 bail!("study.transfer.inits is empty");
@@ -667,6 +690,32 @@ mod tests {
         let later = config("prompt_tuning/uci_yelp/origin2");
         assert!(later.train.baselines && !later.train.zero_shot_baseline);
         assert!(!config("multi_task/rt_polarity+uci_imdb/origin1").train.baselines);
+    }
+
+    #[test]
+    fn attempt_jobs_mix_the_studys_source_prompts_and_learning_settings_are_checked() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/study/study.toml");
+        let s = Study::load(&path, &["study.transfer.inits=[\"attempt\"]".to_owned()]).unwrap();
+        let jobs = s.jobs();
+        let attempt = jobs
+            .iter()
+            .find(|j| matches!(j.kind, JobKind::Transfer { shots, .. } if shots > 0))
+            .unwrap();
+        let c = s.train_config(attempt, None).unwrap().unwrap();
+        let sources = c.attempt.unwrap().sources;
+        let tr = s.study.transfer.as_ref().unwrap();
+        assert_eq!(sources.len(), tr.sources.len());
+        for (dep, source) in attempt.deps.iter().zip(&sources) {
+            assert_eq!(*source, crate::train::prompt_path(&s.output().join(dep)));
+        }
+        for bad in [
+            "study.transfer.combination_steps=0",
+            "study.transfer.combination_learning_rate=-1",
+        ] {
+            let err = Study::load(&path, &[bad.to_owned()]).unwrap_err();
+            let key = bad.split('=').next().unwrap();
+            assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
     }
 
     #[test]

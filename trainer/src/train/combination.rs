@@ -204,17 +204,19 @@ pub fn search_weights(
     })
 }
 
-/// Optimizer steps and Adam's rate of a study's learned combination.
+/// Optimizer steps and Adam's rate of a study's learned combination, by default
+/// (`study.transfer.combination_steps`, `combination_learning_rate`).
 pub const STUDY_STEPS: usize = 50;
 pub const STUDY_LEARNING_RATE: f64 = 0.05;
 
 /// The weights of θ₀ + Σ wᵢτᵢ (one per vector, from 1: the TPV sum) learned on the training
-/// examples of `config` (a transfer job's shots), through its model and encoding; and what the
-/// learning did, for the run file.
+/// examples of `config` (a transfer job's shots), through its model and encoding, in `steps` Adam
+/// steps at `learning_rate`; and what the learning did, for the run file.
 pub fn learn_on(
     config: &crate::config::Config,
     origin: &tpv_shared::SoftPrompt,
     vectors: &[&tpv_shared::SoftPrompt],
+    (steps, learning_rate): (usize, f64),
 ) -> Result<(Vec<f64>, serde_json::Value)> {
     use anyhow::Context;
     let device = crate::models::device(&config.model.device)?;
@@ -240,15 +242,15 @@ pub fn learn_on(
         &taus,
         &vec![1.0; vectors.len()],
         false,
-        (STUDY_STEPS, STUDY_LEARNING_RATE),
+        (steps, learning_rate),
     )?;
     let summary = serde_json::json!({
         "examples": examples.len(),
         "weights": learned.weights,
         "losses": learned.losses,
         "best_step": learned.best_step,
-        "steps": STUDY_STEPS,
-        "learning_rate": STUDY_LEARNING_RATE,
+        "steps": steps,
+        "learning_rate": learning_rate,
     });
     Ok((learned.weights.iter().map(|&w| f64::from(w)).collect(), summary))
 }

@@ -367,33 +367,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     // Not among the metrics (those are the run's results, the same when it is repeated).
     let energy = meter.finish();
     let counts = [examples.train.len(), examples.validation.len(), examples.test.len()];
-    let (values, module) = match &t.attempt {
-        Some(a) => {
-            let (target, module) = a.split(&params)?;
-            (target, Some(module))
-        }
-        None => (PromptTensor::new(r, d, params)?, None),
-    };
-    let mut prompt = t.run_file(
-        values,
-        theta0,
-        origin_ref,
-        metrics,
-        p.curves,
-        json!({
-            "splits": { "train": counts[0], "validation": counts[1], "test": counts[2] },
-            "total_steps": total,
-            "warmup_steps": warmup,
-            "energy": { "device_hours": energy.device_hours, "kwh": energy.kwh, "method": energy.method },
-        }),
-    )?;
-    if let Some(module) = module {
-        if let (Some(att), Some(c)) = (attention, prompt.meta.config.as_mut()) {
-            c["attempt"] = json!({ "test_attention": attention_json(&module, &att) });
-        }
-        prompt.meta.kind = PromptKind::Attempt;
-        prompt.attempt = Some(Box::new(module));
+    let mut extra = json!({
+        "splits": { "train": counts[0], "validation": counts[1], "test": counts[2] },
+        "total_steps": total,
+        "warmup_steps": warmup,
+        "energy": { "device_hours": energy.device_hours, "kwh": energy.kwh, "method": energy.method },
+    });
+    if let (Some(a), Some(att)) = (&t.attempt, &attention) {
+        extra["attempt"] = json!({ "test_attention": attention_json(&a.module, att) });
     }
+    let prompt = t.run_file(params, theta0, origin_ref, metrics, p.curves, extra)?;
     io::write_run(&prompt_file, &prompt).with_context(|| format!("writing {}", prompt_file.display()))?;
     if ckpt_file.exists() {
         std::fs::remove_file(&ckpt_file).with_context(|| format!("removing {}", ckpt_file.display()))?;
@@ -635,12 +618,7 @@ impl Trainer<'_> {
     /// The kept prompt on test, and with `baselines` the untrained origin θ₀ and the model with no
     /// prompt at all (zero-shot, instruction only): one pass over rows that mix the three. Keys
     /// as the run file stores them (`test_…`, `origin_test_…`, `zero_shot_test_…`).
-    fn test_metrics(
-        &self,
-        test: &[Encoded],
-        kept: &[f32],
-        theta0: &[f32],
-    ) -> Result<(BTreeMap<String, f64>, Option<Vec<f64>>)> {
+    fn test_metrics(&self, test: &[Encoded], kept: &[f32], theta0: &[f32]) -> Result<TestScores> {
         let train = &self.config.train;
         let mut metrics = BTreeMap::new();
         let mut attention = None;
@@ -684,18 +662,30 @@ impl Trainer<'_> {
         Ok((metrics, attention))
     }
 
-    /// The run file of the kept prompt: its origin, model, tasks, layout, metrics, curves and
-    /// the resolved config with `extra` (split sizes, step counts).
+    /// The run file of the kept parameters (a task prompt, or an ATTEMPT run: its target prompt
+    /// and module): its origin, model, tasks, layout, metrics, curves and the resolved config
+    /// with `extra` (split sizes, step counts).
     fn run_file(
         &self,
-        values: PromptTensor,
+        params: Vec<f32>,
         theta0: PromptTensor,
         origin_ref: Option<OriginRef>,
         metrics: BTreeMap<String, f64>,
         curves: BTreeMap<String, Curve>,
         extra: serde_json::Value,
     ) -> Result<SoftPrompt> {
-        let mut prompt = SoftPrompt::new(PromptKind::TaskPrompt, values, Some(theta0))?;
+        let mut prompt = match &self.attempt {
+            Some(a) => {
+                let (target, module) = a.split(&params)?;
+                let mut p = SoftPrompt::new(PromptKind::Attempt, target, Some(theta0))?;
+                p.attempt = Some(Box::new(module));
+                p
+            }
+            None => {
+                let values = PromptTensor::new(self.shape.0, self.shape.1, params)?;
+                SoftPrompt::new(PromptKind::TaskPrompt, values, Some(theta0))?
+            }
+        };
         let task_type = if self.loaded.model.is_seq2seq() {
             TaskType::Seq2SeqLm
         } else {
@@ -907,6 +897,9 @@ impl Progress {
         }
     }
 }
+
+/// The test metrics of a run, and an ATTEMPT run's mean attention on the test split.
+type TestScores = (BTreeMap<String, f64>, Option<Vec<f64>>);
 
 /// `{prefix}test_loss` and `{prefix}test_METRIC` of a test result.
 fn insert_metrics(metrics: &mut BTreeMap<String, f64>, prefix: &str, res: &EvalResult) {

@@ -329,6 +329,12 @@ fn chosen_prompt(runs: &[Run], query: Query, task: &str) -> Result<Option<Chosen
             .map(|r| r.prompt.clone())
             .ok_or_else(|| format!("no run {id:?}"))?
     };
+    if prompt.kind() == tpv_shared::PromptKind::Attempt {
+        return Err(format!(
+            "{} is an ATTEMPT run (a prompt per input, mixed from its sources): its test scores are in the Runs view; score other examples with tpv eval --prompt",
+            prompt.label()
+        ));
+    }
     if !prompt.kind().is_prompt() {
         return Err(format!(
             "{} is a task prompt vector; apply it to an origin first (Compose)",

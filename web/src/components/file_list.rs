@@ -45,6 +45,14 @@ fn SummaryView(summary: Summary) -> impl IntoView {
             summary.stored_dtype.clone().unwrap_or_default()
         )
     });
+    let attempt = summary.attempt.as_ref().map(|a| {
+        format!(
+            "target prompt mixed per input with {} (attention rank {}, temperature {:.1})",
+            a.sources.join(", "),
+            a.rank,
+            a.temperature
+        )
+    });
     let mut norms = vec![("values", summary.norms.clone())];
     norms.extend(summary.origin_norms.clone().map(|n| ("origin", n)));
     norms.extend(summary.vector_norms.clone().map(|n| ("vector", n)));
@@ -56,6 +64,7 @@ fn SummaryView(summary: Summary) -> impl IntoView {
             <dt>"label"</dt><dd data-testid="label">{summary.label.clone()}</dd>
             <dt>"shape"</dt><dd data-testid="shape">{shape}</dd>
             {stored.map(|s| view! { <dt>"stored"</dt><dd data-testid="stored-shape">{s}</dd> })}
+            {attempt.map(|a| view! { <dt>"ATTEMPT"</dt><dd data-testid="attempt">{a}</dd> })}
         </dl>
         <table class="norms">
             <caption>"Norms"</caption>
