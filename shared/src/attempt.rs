@@ -16,7 +16,8 @@
 //! not over the batch's padding, so an input gets the same prompt in every batch.
 //!
 //! Values live in [`Module`] (what a run file stores besides the target prompt); the forward
-//! pass is [`mix`] on candle tensors, differentiable in the target prompt and the module.
+//! pass is [`mix`] on candle tensors, differentiable in the target prompt and the module
+//! (docs/method.md §9).
 
 use candle_core::{D, DType, Device, Tensor};
 
@@ -123,6 +124,50 @@ impl Module {
             ln_bias: PromptTensor::new(1, d, lb.to_vec())?,
             ..self.clone()
         })
+    }
+
+    /// The sources' values, then the trained ones ([`Self::trained`]): how the web app hands a
+    /// module to its evaluation worker.
+    pub fn to_flat(&self) -> Vec<f32> {
+        let mut flat = self.sources.as_slice().to_vec();
+        flat.extend(self.trained());
+        flat
+    }
+
+    /// The module of [`Self::to_flat`]'s values over a target prompt of `rows` × `dim`, with its
+    /// K `source_labels`, attention rank and temperature; checked as [`Self::validate`] checks.
+    pub fn from_flat(
+        source_labels: Vec<String>,
+        rank: usize,
+        temperature: f64,
+        (rows, dim): (usize, usize),
+        flat: &[f32],
+    ) -> Result<Self> {
+        let k = source_labels.len();
+        let n_sources = k
+            .checked_mul(rows)
+            .and_then(|n| n.checked_mul(dim))
+            .ok_or(Error::ShapeOverflow { rows, dim })?;
+        if flat.len() < n_sources {
+            return Err(Error::DataLength {
+                rows: k * rows,
+                dim,
+                len: flat.len(),
+            });
+        }
+        let (sources, trained) = flat.split_at(n_sources);
+        let template = Self {
+            sources: PromptTensor::new(k * rows, dim, sources.to_vec())?,
+            source_labels,
+            w_down: PromptTensor::zeros(dim, rank),
+            w_up: PromptTensor::zeros(rank, dim),
+            ln_weight: PromptTensor::zeros(1, dim),
+            ln_bias: PromptTensor::zeros(1, dim),
+            temperature,
+        };
+        let module = template.with_trained(trained)?;
+        module.validate(rows, dim)?;
+        Ok(module)
     }
 
     /// Checks the shapes against each other and a target prompt of `rows` × `dim`, and that
@@ -338,6 +383,13 @@ mod tests {
         assert!(m.w_up.as_slice().iter().all(|v| v.abs() <= 1.0 / 3f32.sqrt()));
         let again = m.with_trained(&m.trained()).unwrap();
         assert_eq!(again, m);
+        let flat = m.to_flat();
+        assert_eq!(
+            Module::from_flat(m.source_labels.clone(), 3, m.temperature, (3, 4), &flat).unwrap(),
+            m
+        );
+        assert!(Module::from_flat(m.source_labels.clone(), 3, m.temperature, (3, 4), &flat[1..]).is_err());
+        assert!(Module::from_flat(m.source_labels.clone(), 3, m.temperature, (3, 4), &flat[..20]).is_err());
         assert!(m.with_trained(&[0.0; 3]).is_err());
         assert!(m.validate(4, 4).is_err(), "sources are 2·3 rows, not 2·4");
         let mut hot = m.clone();

@@ -1,5 +1,9 @@
 //! ATTEMPT's mixing (`tpv_shared::attempt`) against the torch reference of the replication the
 //! paper ran, and ATTEMPT run files (version 2, refused by arithmetic).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests read the committed fixtures (the library does not)"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{Device, Tensor, Var};
@@ -216,4 +220,34 @@ fn damaged_attempt_modules_are_refused() {
         ..module.clone()
     }));
     assert!(runfile::write_run(&cold).is_err());
+}
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/runs")
+            .join(rel),
+    )
+    .unwrap()
+}
+
+/// The committed v2 sample (shared/examples/make_attempt_sample.rs) keeps opening: its sources are
+/// the v1 samples it was made from, and it reads back as written.
+#[test]
+fn the_committed_v2_attempt_sample_reads() {
+    let bytes = fixture("v2/attempt-origin0.safetensors");
+    let p = runfile::read_run(&bytes).unwrap();
+    assert_eq!(p.kind(), PromptKind::Attempt);
+    let m = p.attempt.as_deref().unwrap();
+    assert_eq!(m.source_labels, ["sst2@origin0", "mnli@origin0"]);
+    let sst2 = runfile::read_run(&fixture("v1/sst2-origin0.safetensors")).unwrap();
+    let mnli = runfile::read_run(&fixture("v1/mnli-origin0.safetensors")).unwrap();
+    assert_eq!(
+        m.sources.as_slice(),
+        [sst2.values.as_slice(), mnli.values.as_slice()].concat()
+    );
+    assert_eq!(runfile::read_run(&runfile::write_run(&p).unwrap()).unwrap(), p);
+    let doc = tpv_shared::Document::read(&bytes, None).unwrap().summary();
+    assert_eq!(doc.format, "tpv-run v2");
+    assert_eq!(doc.attempt.unwrap().sources, m.source_labels);
 }

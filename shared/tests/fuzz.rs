@@ -230,6 +230,9 @@ proptest! {
         let _ = runfile::read_run(&bytes);
         let sample = flip(read("runs/v1/sst2-origin1.safetensors"), &flips, cut);
         let _ = runfile::read_run(&sample);
+        // An ATTEMPT run (format v2): its module's tensors and metadata key too.
+        let sample = flip(read("runs/v2/attempt-origin0.safetensors"), &flips, cut);
+        let _ = runfile::read_run(&sample);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 // (1e-6); a composition downloaded from the page against `tpv combine` (values 1e-6, same
 // expression); the URL reopening a view; the few-shot curves; the Evaluate view (the fixture LLaMA
 // and T5 in a Web Worker, loaded by URL and from files) against `tpv eval` (same predictions,
-// losses to 1e-4) for a run, the Compose view's result and pasted examples; cancel; corrupt files show an error and the
+// losses to 1e-4) for a run, the Compose view's result, an ATTEMPT run and pasted examples; cancel; corrupt files show an error and the
 // page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -218,11 +218,11 @@ try {
   check(unknown.includes('unknown merge method') && unknown.includes('nonsense'), `compose: an unknown method= is an error ("${unknown}")`);
   await page2.close();
 
-  // 6. Curves: few-shot (4 inits for c) and training curves.
+  // 6. Curves: few-shot (5 inits for c) and training curves.
   await page.getByTestId('tab-curves').click();
   await page.getByTestId('curves-run').waitFor({ timeout: 10000 });
   const series = await page.locator('figure').first().getByTestId('series').count();
-  check(series === 4, `curves: the few-shot chart of c has ${series} inits (random, spot_a, spot_b, tpv_sum)`);
+  check(series === 5, `curves: the few-shot chart of c has ${series} inits (random, spot_a, spot_b, attempt, tpv_sum)`);
   check((await page.locator('figure').count()) >= 3, 'curves: training curves drawn');
   // A chart's SVG download is the chart shown (the same shared figure).
   const shown = await page.locator('figure').first().locator('circle.point').evaluateAll((els) => els.map((e) => e.dataset.value));
@@ -288,6 +288,14 @@ try {
   await page.getByTestId('eval-examples').selectOption('b');
   await page.waitForTimeout(300);
   await evaluateAndCompare('the composition on examples/b.json', ['--prompt', cliFile, '--data', join(site, 'examples', 'b.json')]);
+  // (b2) An ATTEMPT run: each example under its own prompt, mixed in the worker from the run's
+  // sources by its attention module (tpv_shared::attempt, as tpv eval mixes them).
+  const attemptRun = 'transfer/c/attempt/4shot/origin0';
+  await page.getByTestId('eval-prompt').selectOption(attemptRun);
+  await page.locator('[data-testid=eval-examples] option[value=c]').waitFor({ state: 'attached', timeout: 20000 });
+  await page.getByTestId('eval-examples').selectOption('c');
+  await page.waitForTimeout(300);
+  await evaluateAndCompare('an ATTEMPT run on examples/c.json', ['--prompt', join(studyDir, attemptRun, 'prompt.safetensors'), '--data', join(site, 'examples', 'c.json')]);
   // (c) Pasted examples, no prompt, the model opened as files.
   const pastedLines = '{"input": "w5 w17 w33", "target": "w12"}\n{"input": "w40 w2", "target": "w7"}\n{"input": "w9", "target": "w9"}\n';
   const pastedFile = join(tmp, 'pasted.jsonl');

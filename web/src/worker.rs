@@ -8,7 +8,8 @@
 //!
 //! Messages are typed: [`Request`] (page → worker) and [`Reply`] (worker → page), serde enums
 //! tagged by `op`, sent as `{json: "<the message as JSON>"}` with the bulk data beside it as
-//! transferred typed arrays (`files` with a load, `prompt` with an evaluation). A message that is
+//! transferred typed arrays (`files` with a load, `prompt` with an evaluation: an ATTEMPT run's module
+//! follows its target prompt there). A message that is
 //! not one of them (the bootstrap's own `{op: "error", message}`) reads as an error.
 
 use std::cell::RefCell;
@@ -44,6 +45,28 @@ pub struct Batch {
     /// The prompt's shape [R, d] (R = 0: the model alone).
     pub rows: usize,
     pub cols: usize,
+    /// An ATTEMPT run: the transferred `prompt` holds its target prompt's R·d values, then its
+    /// module's ([`tpv_shared::attempt::Module::to_flat`]); each example gets its own mixed prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptShape>,
+}
+
+/// What an ATTEMPT module is besides its values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptShape {
+    pub sources: Vec<String>,
+    pub rank: usize,
+    pub temperature: f64,
+}
+
+impl AttemptShape {
+    pub fn of(m: &tpv_shared::attempt::Module) -> Self {
+        Self {
+            sources: m.source_labels.clone(),
+            rank: m.w_down.dim(),
+            temperature: m.temperature,
+        }
+    }
 }
 
 /// A message to the worker.

@@ -92,8 +92,32 @@ fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &
             batch.cols
         ));
     }
-    let values = prompt_values(data, batch.rows, batch.cols)?;
-    let theta = Tensor::from_vec(values, (batch.rows, d), &Device::Cpu).map_err(|e| e.to_string())?;
+    let mut values = prompt_values(data)?;
+    let module = match &batch.attempt {
+        Some(a) => {
+            let n = batch.rows * batch.cols;
+            if values.len() < n {
+                return Err(format!(
+                    "the prompt has {} values for shape {}×{}",
+                    values.len(),
+                    batch.rows,
+                    batch.cols
+                ));
+            }
+            let flat = values.split_off(n);
+            let m = tpv_shared::attempt::Module::from_flat(
+                a.sources.clone(),
+                a.rank,
+                a.temperature,
+                (batch.rows, batch.cols),
+                &flat,
+            )
+            .map_err(|e| format!("the ATTEMPT module: {e}"))?;
+            Some(m)
+        }
+        None => None,
+    };
+    check_len(&values, batch.rows, batch.cols)?;
     let encoded = batch
         .records
         .iter()
@@ -103,8 +127,21 @@ fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &
     let scorer = loaded
         .scorer(&batch.task, batch.scoring, batch.max_new_tokens, true)
         .map_err(|e| e.to_string())?;
-    let rows: Vec<_> = encoded.iter().map(|e| (&theta, e)).collect();
-    let results = loaded.evaluate_rows(&rows, &scorer).map_err(|e| e.to_string())?;
+    let results = match module {
+        // Each example under its own mixed prompt (`tpv eval` on an ATTEMPT run).
+        Some(m) => {
+            let target = tpv_shared::PromptTensor::new(batch.rows, batch.cols, values).map_err(|e| e.to_string())?;
+            let refs: Vec<_> = encoded.iter().collect();
+            tpv_shared::attempt::evaluate(loaded, &target, &m, &refs, &scorer, refs.len())
+                .map_err(|e| e.to_string())?
+                .0
+        }
+        None => {
+            let theta = Tensor::from_vec(values, (batch.rows, d), &Device::Cpu).map_err(|e| e.to_string())?;
+            let rows: Vec<_> = encoded.iter().map(|e| (&theta, e)).collect();
+            loaded.evaluate_rows(&rows, &scorer).map_err(|e| e.to_string())?
+        }
+    };
     Ok(Reply::Result {
         run,
         index,
@@ -113,19 +150,23 @@ fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &
     })
 }
 
-/// The prompt of a message: its transferred values, checked against the shape it claims.
-fn prompt_values(data: &JsValue, rows: usize, cols: usize) -> Result<Vec<f32>, String> {
-    let values: Vec<f32> = match get(data, "prompt") {
+/// The transferred values of a message's prompt.
+fn prompt_values(data: &JsValue) -> Result<Vec<f32>, String> {
+    Ok(match get(data, "prompt") {
         v if v.is_undefined() || v.is_null() => Vec::new(),
         v => js_sys::Float32Array::new(&v).to_vec(),
-    };
+    })
+}
+
+/// Checks a prompt's values against the shape the message claims.
+fn check_len(values: &[f32], rows: usize, cols: usize) -> Result<(), String> {
     if values.len() != rows * cols {
         return Err(format!(
             "the prompt has {} values for shape {rows}×{cols}",
             values.len()
         ));
     }
-    Ok(values)
+    Ok(())
 }
 
 /// The nearest vocabulary tokens of each virtual token (`tpv_shared::nearest`, as `tpv inspect
@@ -137,7 +178,8 @@ fn nearest(
     k: usize,
     data: &JsValue,
 ) -> Result<Reply, String> {
-    let values = prompt_values(data, rows, cols)?;
+    let values = prompt_values(data)?;
+    check_len(&values, rows, cols)?;
     let prompt = tpv_shared::PromptTensor::new(rows, cols, values).map_err(|e| e.to_string())?;
     let mut state = state.borrow_mut();
     let State { model, embeddings } = &mut *state;

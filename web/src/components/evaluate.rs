@@ -181,7 +181,10 @@ impl EvalState {
             label: chosen.label,
             result: None,
         }));
-        if let Err(e) = worker::nearest(run, &chosen.values, chosen.shape[0], chosen.shape[1], NEAREST_K) {
+        // An ATTEMPT run's target prompt (its module follows in `values`).
+        let n = chosen.shape[0] * chosen.shape[1];
+        let values = &chosen.values[..n.min(chosen.values.len())];
+        if let Err(e) = worker::nearest(run, values, chosen.shape[0], chosen.shape[1], NEAREST_K) {
             self.answer_nearest(run, Err(e));
         }
     }
@@ -294,11 +297,12 @@ fn parse_pasted(text: &str) -> Result<Vec<Record>, String> {
     records::parse_jsonl_requiring(text, &["input", "target"]).map_err(|e| e.to_string())
 }
 
-/// The prompt an evaluation uses.
+/// The prompt an evaluation uses (an ATTEMPT run: its target prompt's values, then its module's).
 struct Chosen {
     label: String,
     values: Vec<f32>,
     shape: [usize; 2],
+    attempt: Option<worker::AttemptShape>,
 }
 
 /// A prompt for the query's `prompt`: a run (a prompt, not a vector), the composition, or none.
@@ -329,11 +333,16 @@ fn chosen_prompt(runs: &[Run], query: Query, task: &str) -> Result<Option<Chosen
             .map(|r| r.prompt.clone())
             .ok_or_else(|| format!("no run {id:?}"))?
     };
-    if prompt.kind() == tpv_shared::PromptKind::Attempt {
-        return Err(format!(
-            "{} is an ATTEMPT run (a prompt per input, mixed from its sources): its test scores are in the Runs view; score other examples with tpv eval --prompt",
-            prompt.label()
-        ));
+    if let Some(m) = &prompt.attempt {
+        // The target prompt, then the module: the worker mixes a prompt per example.
+        let mut values = prompt.values.as_slice().to_vec();
+        values.extend(m.to_flat());
+        return Ok(Some(Chosen {
+            label: prompt.label(),
+            values,
+            shape: prompt.shape(),
+            attempt: Some(worker::AttemptShape::of(m)),
+        }));
     }
     if !prompt.kind().is_prompt() {
         return Err(format!(
@@ -345,6 +354,7 @@ fn chosen_prompt(runs: &[Run], query: Query, task: &str) -> Result<Option<Chosen
         label: prompt.label(),
         values: prompt.values.as_slice().to_vec(),
         shape: prompt.shape(),
+        attempt: None,
     }))
 }
 
@@ -380,10 +390,12 @@ fn plan(
         label,
         values,
         shape: [rows, cols],
+        attempt,
     } = prompt.unwrap_or_else(|| Chosen {
         label: "the model alone".into(),
         values: Vec::new(),
         shape: [0, hidden],
+        attempt: None,
     });
     let batches: Vec<Batch> = set
         .records
@@ -396,6 +408,7 @@ fn plan(
             records: c.to_vec(),
             rows,
             cols,
+            attempt: attempt.clone(),
         })
         .collect();
     let progress = Progress {
@@ -446,10 +459,11 @@ fn fetch_examples(state: EvalState, query: Query, example_sets: Memo<Vec<Example
     });
 }
 
-/// The prompts a run can be evaluated with: (run id, label) of every prompt (not vectors).
+/// The prompts a run can be evaluated with: (run id, label) of every prompt and ATTEMPT run (not
+/// vectors).
 fn prompt_options(runs: &[Run]) -> Vec<(String, String)> {
     runs.iter()
-        .filter(|r| r.prompt.kind().is_prompt())
+        .filter(|r| r.prompt.kind().is_prompt() || r.prompt.attempt.is_some())
         .map(|r| (r.id.clone(), r.option_label()))
         .collect::<Vec<_>>()
 }
