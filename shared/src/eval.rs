@@ -421,16 +421,21 @@ impl Loaded {
         let batch: Vec<&Encoded> = rows.iter().map(|(_, e)| *e).collect();
         match scorer.scoring {
             Scoring::Generate => {
-                let (losses, counts) = if scorer.with_loss {
-                    self.losses_rows(&prompts, &batch)?
+                let (losses, counts, generated) = if scorer.with_loss {
+                    // The loss and the greedy prefill from one forward pass (decoder-only).
+                    self.check_family(&batch)?;
+                    let (out, generated) =
+                        self.model
+                            .loss_and_greedy_rows(&prompts, &batch, scorer.max_new, &self.eos)?;
+                    (out.per_example, out.counts, generated)
                 } else {
+                    let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
                     (
                         vec![f32::NAN; batch.len()],
                         batch.iter().map(|e| e.target_count()).collect(),
+                        self.model.greedy_rows(&prompts, &inputs, scorer.max_new, &self.eos)?,
                     )
                 };
-                let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
-                let generated = self.model.greedy_rows(&prompts, &inputs, scorer.max_new, &self.eos)?;
                 generated
                     .iter()
                     .zip(losses.into_iter().zip(counts))
@@ -688,6 +693,41 @@ impl Model {
             Model::T5(_) => candle_core::bail!(
                 "gradient checkpointing is implemented for decoder-only (LLaMA-family) models, not T5"
             ),
+        }
+    }
+
+    /// The loss of `batch` (no dropout, no gradient) and the greedy continuations of its inputs,
+    /// row `i` under `prompts[i]`: decoder-only models from one forward pass
+    /// ([`causal::loss_and_greedy_rows`]), T5 from one encoder pass
+    /// ([`t5::loss_and_greedy_rows`]).
+    pub fn loss_and_greedy_rows(
+        &self,
+        prompts: &[&Tensor],
+        batch: &[&Encoded],
+        max_new: usize,
+        eos: &[u32],
+    ) -> candle_core::Result<(crate::model::Loss, Vec<Vec<u32>>)> {
+        match self {
+            Model::Llama(m) => {
+                let examples = causal_examples(batch)?;
+                let inputs: Vec<&[u32]> = batch.iter().map(|e| e.input()).collect();
+                causal::loss_and_greedy_rows(m, prompts, &examples, &inputs, (max_new, eos))
+            }
+            Model::T5(m) => {
+                let examples = family_examples(batch, "seq2seq", |e| match e {
+                    Encoded::Seq2Seq { example, .. } => Some(example),
+                    Encoded::Causal { .. } => None,
+                })?;
+                let (out, generated) = t5::loss_and_greedy_rows(m, prompts, &examples, max_new)?;
+                Ok((
+                    crate::model::Loss {
+                        loss: out.loss,
+                        per_example: out.per_example,
+                        counts: out.counts,
+                    },
+                    generated,
+                ))
+            }
         }
     }
 

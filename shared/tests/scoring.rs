@@ -174,6 +174,44 @@ fn a_batch_of_mixed_prompts_gives_each_prompt_alone_its_results() {
     }
 }
 
+/// Evaluation's one pass (decoder-only, `causal::loss_and_greedy_rows`: each answer
+/// teacher-forced after its input, the inputs' ends aligned, decoding continued from them; T5,
+/// `t5::loss_and_greedy_rows`: one encoder pass for both) gives what the loss pass and the greedy
+/// pass give separately: rows that mix prompts (0, 3 and 5 virtual tokens), input and answer
+/// lengths, with a prefix shared per prompt.
+#[test]
+fn one_pass_gives_the_loss_and_the_greedy_continuation_of_two() {
+    for name in MODELS {
+        let loaded = load(name);
+        let ps = prompts(&loaded);
+        let encoded: Vec<Encoded> = records().iter().map(|r| encode(&loaded, r)).collect();
+        let rows: Vec<(&Tensor, &Encoded)> = ps.iter().flat_map(|p| encoded.iter().map(move |e| (p, e))).collect();
+        let prs: Vec<&Tensor> = rows.iter().map(|(p, _)| *p).collect();
+        let batch: Vec<&Encoded> = rows.iter().map(|(_, e)| *e).collect();
+        let (out, generated) = loaded.model.loss_and_greedy_rows(&prs, &batch, 4, &loaded.eos).unwrap();
+        let whole = loaded.model.loss_rows(&prs, &batch, None).unwrap();
+        close(
+            out.loss.to_scalar::<f32>().unwrap(),
+            whole.loss.to_scalar::<f32>().unwrap(),
+            &format!("{name}: batch loss"),
+        );
+        for (i, (p, e)) in rows.iter().enumerate() {
+            let (loss, count) = loaded.losses_rows(&[p], &[e]).unwrap();
+            close(out.per_example[i], loss[0], &format!("{name}: row {i} loss"));
+            assert_eq!(out.counts[i], count[0], "{name}: row {i} target count");
+            let alone = loaded
+                .model
+                .greedy_rows(&[p], &[e.input().to_vec()], 4, &loaded.eos)
+                .unwrap();
+            assert_eq!(generated[i], alone[0], "{name}: row {i} greedy tokens");
+        }
+        assert!(
+            generated.iter().any(|g| g.len() >= 2),
+            "{name}: some row decodes past the prefill ({generated:?})"
+        );
+    }
+}
+
 #[test]
 fn rank_over_every_token_picks_the_greedy_token() {
     for name in MODELS {

@@ -48,18 +48,36 @@ struct Packed {
     /// Column where each example's tokens start.
     starts: Vec<usize>,
     width: usize,
+    /// The column after every row's head ([`pack_tails`]; `width` when there are no tails).
+    head_width: usize,
 }
 
 /// `[pads][prompt of the row][tokens]` for every row; rows may carry different prompts (of any
 /// length, none included), and each is laid out exactly as it would be alone.
 fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
-    let (lens, width) = super::row_lengths(prompts, seqs, model.cfg.max_position_embeddings)?;
+    pack_tails(model, prompts, seqs, &vec![0; seqs.len()])
+}
+
+/// [`pack`] with the last `tails[b]` ids of each row after a column all rows share:
+/// `[pads][prompt][head][tail][pads]`, the heads' ends aligned at `head_width` and the tails
+/// right-padded. Causal attention never lets a real column see the padding after it, so each row
+/// still computes what it computes alone; the columns before `head_width` are what a pass over
+/// the heads alone computes (teacher-forced answers after inputs that decoding continues).
+fn pack_tails(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], tails: &[usize]) -> Result<Packed> {
+    let (lens, _) = super::row_lengths(prompts, seqs, model.cfg.max_position_embeddings)?;
+    if tails.len() != seqs.len() || tails.iter().zip(seqs).any(|(t, s)| *t > s.len()) {
+        candle_core::bail!("a row's tail is longer than its tokens");
+    }
+    let head_width = lens.iter().zip(tails).map(|(l, t)| l - t).max().unwrap_or(0);
+    let tail_width = tails.iter().copied().max().unwrap_or(0);
+    let width = head_width + tail_width;
     let d = model.hidden_size();
     let (mut rows, mut positions, mut valid, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((ids, prompt), len) in seqs.iter().zip(prompts).zip(&lens) {
-        let pad = width - len;
+    for (((ids, prompt), len), tail) in seqs.iter().zip(prompts).zip(&lens).zip(tails) {
+        let pad = head_width - (len - tail);
+        let after = tail_width - tail;
         let r = prompt.dim(0)?;
-        let mut parts = Vec::with_capacity(3);
+        let mut parts = Vec::with_capacity(4);
         if pad > 0 {
             parts.push(Tensor::zeros((pad, d), model.dtype(), model.device())?);
         }
@@ -69,9 +87,17 @@ fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
         if !ids.is_empty() {
             parts.push(model.embed(&Tensor::from_slice(ids, ids.len(), model.device())?)?);
         }
+        if after > 0 {
+            parts.push(Tensor::zeros((after, d), model.dtype(), model.device())?);
+        }
         rows.push(Tensor::cat(&parts, 0)?);
-        positions.push((0..pad as u32).map(|_| 0).chain(0..*len as u32).collect());
-        valid.push((0..width).map(|c| c >= pad).collect());
+        positions.push(
+            std::iter::repeat_n(0, pad)
+                .chain(0..*len as u32)
+                .chain(std::iter::repeat_n(0, after))
+                .collect(),
+        );
+        valid.push((0..width).map(|c| c >= pad && c < pad + len).collect());
         starts.push(pad + r);
     }
     Ok(Packed {
@@ -80,6 +106,7 @@ fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
         valid,
         starts,
         width,
+        head_width,
     })
 }
 
@@ -150,11 +177,12 @@ fn share_prefix(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], limit: usiz
     }))
 }
 
-/// The rows' tokens after a shared prefix, left-padded, positions continuing the prefix's.
-fn pack_rest(model: &Llama, shared: &Shared, seqs: &[&[u32]]) -> Result<Packed> {
+/// The rows' tokens after a shared prefix, laid out as [`pack_tails`] does, positions continuing
+/// the prefix's.
+fn pack_rest(model: &Llama, shared: &Shared, seqs: &[&[u32]], tails: &[usize]) -> Result<Packed> {
     let empty = Tensor::zeros((0, model.hidden_size()), model.dtype(), model.device())?;
     let rest: Vec<&[u32]> = seqs.iter().map(|s| &s[shared.tokens..]).collect();
-    let mut packed = pack(model, &vec![&empty; seqs.len()], &rest)?;
+    let mut packed = pack_tails(model, &vec![&empty; seqs.len()], &rest, tails)?;
     for ((pos, valid), next) in packed.positions.iter_mut().zip(&packed.valid).zip(&shared.next) {
         for (p, ok) in pos.iter_mut().zip(valid) {
             if *ok {
@@ -165,26 +193,26 @@ fn pack_rest(model: &Llama, shared: &Shared, seqs: &[&[u32]]) -> Result<Packed> 
     Ok(packed)
 }
 
-/// Hidden states of a batch, the shared prefix computed once when that pays: the packing of
-/// the columns computed, how many leading ids of every row the prefix covered, and the cache
-/// (prefix + rows) when `keep_cache`.
+/// Hidden states of a batch (laid out by [`pack_tails`]), the shared prefix computed once when
+/// that pays: the packing of the columns computed, how many leading ids of every row the prefix
+/// covered, and the cache (prefix + rows) when `keep_cache`.
 fn run(
     model: &Llama,
     prompts: &[&Tensor],
     seqs: &[&[u32]],
-    limit: usize,
+    (limit, tails): (usize, &[usize]),
     keep_cache: bool,
 ) -> Result<(Tensor, Packed, usize, Option<KvCache>)> {
     match share_prefix(model, prompts, seqs, limit)? {
         Some(shared) => {
-            let packed = pack_rest(model, &shared, seqs)?;
+            let packed = pack_rest(model, &shared, seqs, tails)?;
             let tokens = shared.tokens;
             let mut cache = shared.cache;
             let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, Some(&mut cache))?;
             Ok((hidden, packed, tokens, Some(cache)))
         }
         None => {
-            let packed = pack(model, prompts, seqs)?;
+            let packed = pack_tails(model, prompts, seqs, tails)?;
             let mut cache = keep_cache.then(|| KvCache::new(model.cfg.num_hidden_layers, seqs.len()));
             let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, cache.as_mut())?;
             Ok((hidden, packed, 0, cache))
@@ -208,7 +236,7 @@ pub fn loss_rows(model: &Llama, prompts: &[&Tensor], examples: &[Example]) -> Re
         .min()
         .unwrap_or(0)
         .saturating_sub(1);
-    let (hidden, packed, shared, _) = run(model, prompts, &seqs, limit, false)?;
+    let (hidden, packed, shared, _) = run(model, prompts, &seqs, (limit, &vec![0; seqs.len()]), false)?;
     let targets = Targets::of(examples, &packed, shared)?;
     let (loss, per_row) = targets.nll(model, &hidden)?;
     Ok(LossOutput {
@@ -216,6 +244,73 @@ pub fn loss_rows(model: &Llama, prompts: &[&Tensor], examples: &[Example]) -> Re
         per_example: targets.per_example(&per_row.to_vec1()?),
         counts: targets.counts,
     })
+}
+
+/// [`loss_rows`] and [`greedy_rows`] of the same rows from one forward pass, for evaluation: each
+/// row is `[pads][prompt][input][answer][pads]` with the inputs' ends aligned, so the pass gives
+/// the teacher-forced loss of the answers, and its keys and values up to the inputs' ends (the
+/// answers' dropped) are the prefill that greedy decoding continues. `examples[b].ids` must begin
+/// with `inputs[b]`; where one does not, the two passes run separately. No gradient.
+pub fn loss_and_greedy_rows(
+    model: &Llama,
+    prompts: &[&Tensor],
+    examples: &[Example],
+    inputs: &[&[u32]],
+    (max_new, eos): (usize, &[u32]),
+) -> Result<(LossOutput, Vec<Vec<u32>>)> {
+    if prompts.len() != examples.len() || inputs.len() != examples.len() {
+        candle_core::bail!(
+            "{} prompts, {} examples, {} inputs",
+            prompts.len(),
+            examples.len(),
+            inputs.len()
+        );
+    }
+    let detached = detach_rows(prompts);
+    let prompts: Vec<&Tensor> = detached.iter().collect();
+    if examples
+        .iter()
+        .zip(inputs)
+        .any(|(e, i)| !e.ids.starts_with(i) || i.is_empty())
+    {
+        let owned: Vec<Vec<u32>> = inputs.iter().map(|i| i.to_vec()).collect();
+        return Ok((
+            loss_rows(model, &prompts, examples)?,
+            greedy_rows(model, &prompts, &owned, max_new, eos)?,
+        ));
+    }
+    for (p, s) in prompts.iter().zip(inputs) {
+        super::check_positions(p.dim(0)?, s.len(), max_new, model.cfg.max_position_embeddings)?;
+    }
+    let seqs: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
+    let tails: Vec<usize> = examples
+        .iter()
+        .zip(inputs)
+        .map(|(e, i)| e.ids.len() - i.len())
+        .collect();
+    // A prefix may be shared up to the column before the first target and before every input's
+    // last token (greedy decoding starts from its hidden state).
+    let limit = examples
+        .iter()
+        .zip(inputs)
+        .map(|(e, i)| e.target_start.min(e.ids.len()).min(i.len()))
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    let (hidden, packed, shared, cache) = run(model, &prompts, &seqs, (limit, &tails), true)?;
+    let targets = Targets::of(examples, &packed, shared)?;
+    let (loss, per_row) = targets.nll(model, &hidden)?;
+    let loss = LossOutput {
+        loss,
+        per_example: targets.per_example(&per_row.to_vec1()?),
+        counts: targets.counts,
+    };
+    let mut cache = cache.ok_or_else(|| candle_core::Error::Msg("no decoding cache".into()))?;
+    let head = packed.head_width;
+    cache.truncate(cache.len() - (packed.width - head))?;
+    let last = hidden.narrow(1, head - 1, 1)?;
+    let next_pos: Vec<u32> = packed.positions.iter().map(|p| p[head - 1] + 1).collect();
+    Ok((loss, decode(model, cache, last, next_pos, (max_new, eos))?))
 }
 
 /// [`loss_rows`] with gradient checkpointing ([`Llama::checkpointed_grad`]): the activations of
@@ -338,12 +433,25 @@ pub fn greedy_rows(
     let prompts: Vec<&Tensor> = detached.iter().collect();
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
     let limit = seqs.iter().map(|s| s.len()).min().unwrap_or(0).saturating_sub(1);
-    let (hidden, packed, _, cache) = run(model, &prompts, &seqs, limit, true)?;
-    let mut cache = cache.ok_or_else(|| candle_core::Error::Msg("no decoding cache".into()))?;
-    let mut last = hidden.narrow(1, packed.width - 1, 1)?;
-    let mut next_pos: Vec<u32> = packed.positions.iter().map(|p| p.last().map_or(0, |x| x + 1)).collect();
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
-    let mut done = vec![false; inputs.len()];
+    let (hidden, packed, _, cache) = run(model, &prompts, &seqs, (limit, &vec![0; seqs.len()]), true)?;
+    let cache = cache.ok_or_else(|| candle_core::Error::Msg("no decoding cache".into()))?;
+    let last = hidden.narrow(1, packed.width - 1, 1)?;
+    let next_pos: Vec<u32> = packed.positions.iter().map(|p| p.last().map_or(0, |x| x + 1)).collect();
+    decode(model, cache, last, next_pos, (max_new, eos))
+}
+
+/// Greedy decoding from a prefill: `last` [B, 1, d] the hidden state of each row's last column,
+/// `cache` its keys and values, `next_pos` the next rotary position of each row.
+fn decode(
+    model: &Llama,
+    mut cache: KvCache,
+    mut last: Tensor,
+    mut next_pos: Vec<u32>,
+    (max_new, eos): (usize, &[u32]),
+) -> Result<Vec<Vec<u32>>> {
+    let n = next_pos.len();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut done = vec![false; n];
     for step in 0..max_new {
         let next: Vec<u32> = model
             .logits(&last)?
@@ -366,7 +474,7 @@ pub fn greedy_rows(
         let ids = Tensor::from_slice(&next, (next.len(), 1), model.device())?;
         let embeds = model.embed(&ids)?;
         let positions: Vec<Vec<u32>> = next_pos.iter().map(|&p| vec![p]).collect();
-        let valid = vec![vec![true]; inputs.len()];
+        let valid = vec![vec![true]; n];
         last = model.forward_embeds(&embeds, &positions, &valid, Some(&mut cache))?;
         next_pos.iter_mut().for_each(|p| *p += 1);
     }

@@ -337,6 +337,20 @@ impl KvCache {
         self.valid.get(b).map_or(&[], Vec::as_slice)
     }
 
+    /// Keeps the first `len` key columns: decoding continues from there (what a teacher-forced
+    /// pass appended after the inputs is dropped; [`super::causal::loss_and_greedy_rows`]).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        for e in &mut self.layers {
+            if let Some((k, v)) = &e.0 {
+                e.0 = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+            }
+        }
+        for v in &mut self.valid {
+            v.truncate(len);
+        }
+        Ok(())
+    }
+
     /// A cache for a new batch whose row i continues row `rows[i]` of this one (rows may repeat:
     /// one computed prefix shared by several sequences). Differentiable: gradients of the copies
     /// add up in the source row.

@@ -614,8 +614,19 @@ pub fn loss_rows(
         rng: &mut *t.rng,
     });
     let (enc, enc_mask) = encode_prompted(model, prompts, &inputs, enc_train)?;
+    teacher_forced(model, &enc, &enc_mask, examples, train)
+}
+
+/// The loss of `examples`' targets given their encoder states.
+fn teacher_forced(
+    model: &T5,
+    enc: &Tensor,
+    enc_mask: &Tensor,
+    examples: &[Example],
+    train: Option<Train<'_>>,
+) -> Result<LossOutput> {
     let targets: Vec<&[u32]> = examples.iter().map(|e| e.target.as_slice()).collect();
-    let (loss, sums, counts, logits) = decode_nll(model, &enc, &enc_mask, &targets, train)?;
+    let (loss, sums, counts, logits) = decode_nll(model, enc, enc_mask, &targets, train)?;
     let per_example = sums
         .iter()
         .zip(&counts)
@@ -627,6 +638,24 @@ pub fn loss_rows(
         counts,
         logits,
     })
+}
+
+/// [`loss_rows`] (no dropout, no gradient) and [`greedy_rows`] of the same rows from one encoder
+/// pass, which is most of T5's work: the loss decodes the targets teacher-forced, the greedy
+/// decoding starts from the same encoder states.
+pub fn loss_and_greedy_rows(
+    model: &T5,
+    prompts: &[&Tensor],
+    examples: &[Example],
+    max_new: usize,
+) -> Result<(LossOutput, Vec<Vec<u32>>)> {
+    super::check_positions(0, 0, max_new, T5_MAX_POSITIONS)?;
+    let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
+    let detached: Vec<&Tensor> = detached.iter().collect();
+    let inputs: Vec<&[u32]> = examples.iter().map(|e| e.input.as_slice()).collect();
+    let (enc, enc_mask) = encode_prompted(model, &detached, &inputs, None)?;
+    let loss = teacher_forced(model, &enc, &enc_mask, examples, None)?;
+    Ok((loss, decode_greedy(model, &enc, &enc_mask, max_new)?))
 }
 
 /// Rank classification: the summed NLL of every candidate target (`candidates[j]`, ending with
@@ -665,15 +694,20 @@ pub fn greedy_rows(model: &T5, prompts: &[&Tensor], inputs: &[Vec<u32>], max_new
     let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
     let detached: Vec<&Tensor> = detached.iter().collect();
     let (enc, enc_mask) = encode_prompted(model, &detached, &seqs, None)?;
-    let mut cache = model.start_decoding(&enc)?;
+    decode_greedy(model, &enc, &enc_mask, max_new)
+}
+
+/// Greedy decoding with a KV cache from encoder states [B, S, d].
+fn decode_greedy(model: &T5, enc: &Tensor, enc_mask: &Tensor, max_new: usize) -> Result<Vec<Vec<u32>>> {
+    let mut cache = model.start_decoding(enc)?;
     let eos = model.cfg.eos_token_id.unwrap_or(1);
-    let b = inputs.len();
+    let b = enc.dim(0)?;
     let mut next = vec![model.cfg.decoder_start_token_id.unwrap_or(0); b];
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
     for _ in 0..max_new {
         let ids = Tensor::from_slice(&next, (b, 1), model.device())?;
-        let hidden = model.decode_step(&ids, &enc_mask, &mut cache)?;
+        let hidden = model.decode_step(&ids, enc_mask, &mut cache)?;
         next = model.logits(&hidden)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
         for (i, &tok) in next.iter().enumerate() {
             if done[i] {

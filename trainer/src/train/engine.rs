@@ -79,14 +79,7 @@ impl Engine<'_> {
         share: f64,
         rng: Option<&mut SplitMix64>,
     ) -> candle_core::Result<(f32, candle_core::backprop::GradStore)> {
-        if self.checkpointing {
-            let rows = vec![theta.as_tensor(); batch.len()];
-            let (out, grads) = self.model.loss_grad_checkpointed(&rows, batch, share)?;
-            return Ok(((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, grads));
-        }
-        let out = self.loss(theta.as_tensor(), batch, rng)?;
-        let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
-        Ok((scaled.to_scalar::<f32>()?, scaled.backward()?))
+        self.scaled_loss_grads_rows(&vec![theta.as_tensor(); batch.len()], batch, share, rng)
     }
 
     /// [`Self::scaled_loss_grads`] with a prompt per row, computed from variables (ATTEMPT's
