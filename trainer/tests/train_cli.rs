@@ -567,7 +567,8 @@ fn gradient_checkpointing_trains_the_same_prompt() {
 
 /// Issue 18: ATTEMPT (`[attempt] sources = […]`): the target prompt and attention module train
 /// and lower the loss, the run file (kind `attempt`) scores again with `tpv eval` as training
-/// scored it, a killed run resumes to the same file, and arithmetic refuses it.
+/// scored it, gradient checkpointing and a killed run's resume give the same file, and
+/// arithmetic refuses it.
 #[test]
 fn attempt_trains_scores_again_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -636,6 +637,21 @@ fn attempt_trains_scores_again_and_resumes_exactly() {
         .map(|v| v.as_f64().unwrap())
         .sum();
     assert!((mean - 1.0).abs() < 1e-5, "{report}");
+
+    // With gradient checkpointing (the mixed prompts' gradient through the recomputed layers):
+    // the same file.
+    let cfg = attempt_config("attempt_ckpt");
+    let out = train(
+        &cfg,
+        &[
+            "--set",
+            "optim.max_steps=12",
+            "--set",
+            "train.gradient_checkpointing=true",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(result(&dir.path().join("attempt_ckpt/prompt.safetensors")).0 == result(&run).0);
 
     // Killed after its checkpoint at step 4, resumed: the same file.
     let cfg = attempt_config("attempt_killed");

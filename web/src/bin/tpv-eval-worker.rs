@@ -95,7 +95,7 @@ fn eval(state: &Rc<RefCell<State>>, run: u32, index: u32, batch: &Batch, data: &
     let mut values = prompt_values(data)?;
     let module = match &batch.attempt {
         Some(a) => {
-            let n = batch.rows * batch.cols;
+            let n = batch.rows.saturating_mul(batch.cols);
             if values.len() < n {
                 return Err(format!(
                     "the prompt has {} values for shape {}×{}",
@@ -160,7 +160,7 @@ fn prompt_values(data: &JsValue) -> Result<Vec<f32>, String> {
 
 /// Checks a prompt's values against the shape the message claims.
 fn check_len(values: &[f32], rows: usize, cols: usize) -> Result<(), String> {
-    if values.len() != rows * cols {
+    if rows.checked_mul(cols) != Some(values.len()) {
         return Err(format!(
             "the prompt has {} values for shape {rows}×{cols}",
             values.len()
