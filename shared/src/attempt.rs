@@ -95,6 +95,21 @@ impl Module {
         self.source_labels.len()
     }
 
+    /// The labels of the attention's weights, in its order: each source's, then `target`.
+    pub fn attention_labels(&self) -> Vec<&str> {
+        self.source_labels
+            .iter()
+            .map(String::as_str)
+            .chain(["target"])
+            .collect()
+    }
+
+    /// How many values [`Self::trained`] has: 2·d·r + 2·d.
+    pub fn trained_len(&self) -> usize {
+        let (d, r) = (self.w_down.rows(), self.w_down.dim());
+        2 * d * r + 2 * d
+    }
+
     /// The trained values after the target prompt's, flat: W_down, W_up, LayerNorm scale, shift.
     pub fn trained(&self) -> Vec<f32> {
         [&self.w_down, &self.w_up, &self.ln_weight, &self.ln_bias]
@@ -107,7 +122,7 @@ impl Module {
     pub fn with_trained(&self, flat: &[f32]) -> Result<Self> {
         let (d, r) = (self.w_down.rows(), self.w_down.dim());
         let sizes = [d * r, r * d, d, d];
-        if flat.len() != sizes.iter().sum::<usize>() {
+        if flat.len() != self.trained_len() {
             return Err(Error::DataLength {
                 rows: 2 * r + 2,
                 dim: d,
@@ -223,20 +238,28 @@ impl Module {
         ]
     }
 
-    /// The module's tensors on `device`: the trained parts and the sources [K, R, d].
-    pub fn to_device(&self, target: &PromptTensor, device: &Device) -> candle_core::Result<(Parts, Tensor)> {
-        let t = |p: &PromptTensor| Tensor::from_slice(p.as_slice(), (p.rows(), p.dim()), device);
+    /// The target prompt and this module's trained values as tensors on `device`.
+    pub fn parts(&self, target: &PromptTensor, device: &Device) -> candle_core::Result<Parts> {
         let d = target.dim();
-        let parts = Parts {
-            target: t(target)?,
-            w_down: t(&self.w_down)?,
-            w_up: t(&self.w_up)?,
-            ln_weight: t(&self.ln_weight)?.reshape(d)?,
-            ln_bias: t(&self.ln_bias)?.reshape(d)?,
-        };
-        let sources = t(&self.sources)?.reshape((self.source_count(), target.rows(), d))?;
-        Ok((parts, sources))
+        Ok(Parts {
+            target: on(target, device)?,
+            w_down: on(&self.w_down, device)?,
+            w_up: on(&self.w_up, device)?,
+            ln_weight: on(&self.ln_weight, device)?.reshape(d)?,
+            ln_bias: on(&self.ln_bias, device)?.reshape(d)?,
+        })
     }
+
+    /// The sources on `device`, [K, R, d].
+    pub fn sources_on(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let k = self.source_count();
+        let rows = self.sources.rows() / k.max(1);
+        on(&self.sources, device)?.reshape((k, rows, self.sources.dim()))
+    }
+}
+
+fn on(p: &PromptTensor, device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(p.as_slice(), (p.rows(), p.dim()), device)
 }
 
 /// The trained parts as tensors (variables while training): target [R, d], W_down [d, r],
@@ -254,6 +277,17 @@ impl Parts {
     /// In the order of a flat parameter vector: target, W_down, W_up, scale, shift.
     pub fn all(&self) -> [&Tensor; 5] {
         [&self.target, &self.w_down, &self.w_up, &self.ln_weight, &self.ln_bias]
+    }
+
+    /// Each part through `f` (e.g. into a variable).
+    pub fn try_map(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Self> {
+        Ok(Self {
+            target: f(&self.target)?,
+            w_down: f(&self.w_down)?,
+            w_up: f(&self.w_up)?,
+            ln_weight: f(&self.ln_weight)?,
+            ln_bias: f(&self.ln_bias)?,
+        })
     }
 }
 
@@ -328,7 +362,7 @@ pub fn evaluate(
     batch_size: usize,
 ) -> std::result::Result<(Vec<crate::eval::ExampleResult>, Vec<f64>), crate::eval::EvalError> {
     let device = loaded.model.embeddings().device().clone();
-    let (parts, sources) = module.to_device(target, &device)?;
+    let (parts, sources) = (module.parts(target, &device)?, module.sources_on(&device)?);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].input().len());
     let mut out: Vec<Option<crate::eval::ExampleResult>> = vec![None; examples.len()];
@@ -378,6 +412,7 @@ mod tests {
         let m = Module::init(&[&a, &b], vec!["a".into(), "b".into()], 7).unwrap();
         m.validate(3, 4).unwrap();
         assert_eq!(m.trained().len(), 4 * 3 + 3 * 4 + 4 + 4);
+        assert_eq!(m.trained_len(), m.trained().len());
         // Every draw is inside the bound and the two projections differ.
         assert!(m.w_down.as_slice().iter().all(|v| v.abs() <= 0.5));
         assert!(m.w_up.as_slice().iter().all(|v| v.abs() <= 1.0 / 3f32.sqrt()));

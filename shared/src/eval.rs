@@ -662,16 +662,8 @@ impl Model {
                 causal::loss_rows(m, prompts, &examples)
             }
             Model::T5(m) => {
-                let examples = family_examples(batch, "seq2seq", |e| match e {
-                    Encoded::Seq2Seq { example, .. } => Some(example),
-                    Encoded::Causal { .. } => None,
-                })?;
-                let out = t5::loss_rows(m, prompts, &examples, train)?;
-                Ok(crate::model::Loss {
-                    loss: out.loss,
-                    per_example: out.per_example,
-                    counts: out.counts,
-                })
+                let examples = seq2seq_examples(batch)?;
+                Ok(t5_loss(t5::loss_rows(m, prompts, &examples, train)?))
             }
         }
     }
@@ -714,19 +706,9 @@ impl Model {
                 causal::loss_and_greedy_rows(m, prompts, &examples, &inputs, (max_new, eos))
             }
             Model::T5(m) => {
-                let examples = family_examples(batch, "seq2seq", |e| match e {
-                    Encoded::Seq2Seq { example, .. } => Some(example),
-                    Encoded::Causal { .. } => None,
-                })?;
+                let examples = seq2seq_examples(batch)?;
                 let (out, generated) = t5::loss_and_greedy_rows(m, prompts, &examples, max_new)?;
-                Ok((
-                    crate::model::Loss {
-                        loss: out.loss,
-                        per_example: out.per_example,
-                        counts: out.counts,
-                    },
-                    generated,
-                ))
+                Ok((t5_loss(out), generated))
             }
         }
     }
@@ -768,7 +750,6 @@ impl Model {
     }
 }
 
-/// The examples of a batch for one model family; an example of the other family is an error.
 /// The decoder-only examples of a batch (an error if one is not).
 fn causal_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<causal::Example>> {
     family_examples(batch, "causal", |e| match e {
@@ -777,6 +758,24 @@ fn causal_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<causal::Exampl
     })
 }
 
+/// The seq2seq examples of a batch (an error if one is not).
+fn seq2seq_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<t5::Example>> {
+    family_examples(batch, "seq2seq", |e| match e {
+        Encoded::Seq2Seq { example, .. } => Some(example),
+        Encoded::Causal { .. } => None,
+    })
+}
+
+/// T5's loss as the family-neutral one (its logits dropped).
+fn t5_loss(out: t5::LossOutput) -> crate::model::Loss {
+    crate::model::Loss {
+        loss: out.loss,
+        per_example: out.per_example,
+        counts: out.counts,
+    }
+}
+
+/// The examples of a batch for one model family; an example of the other family is an error.
 fn family_examples<T: Clone>(
     batch: &[&Encoded],
     family: &str,

@@ -60,16 +60,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Some((p, module)) => {
             let (results, att) = attempt::evaluate(&loaded, &p.values, module, &refs_enc, &scorer, args.batch_size)
                 .with_context(|| format!("evaluating the examples of {}", args.data.display()))?;
-            attention = Some(
-                module
-                    .source_labels
-                    .iter()
-                    .map(String::as_str)
-                    .chain(["target"])
-                    .zip(att)
-                    .map(|(l, a)| (l.to_owned(), a))
-                    .collect::<Vec<_>>(),
-            );
+            let labels = module.attention_labels().into_iter().map(str::to_owned);
+            attention = Some(labels.zip(att).collect::<Vec<_>>());
             results
         }
         None => loaded

@@ -539,14 +539,14 @@ pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Resul
 fn untrained_attempt(config: &Config, job: &Job, out: &Path) -> Result<PathBuf> {
     let ev = Evaluation::new(config)?;
     let d = ev.loaded.model.hidden_size();
-    let setup = train::attempt_setup(config, (config.prompt.virtual_tokens, d), &ev.device)?
+    let module = train::attempt_module(config, (config.prompt.virtual_tokens, d))?
         .context("an ATTEMPT job without [attempt]")?;
     let mut prompt = ev.origin(config, job)?;
     let (task, sets) = ev.sets(config)?;
     let (res, attention) = engine::evaluate_attempt(
         &ev.loaded,
         &prompt.values,
-        &setup.module,
+        &module,
         &sets.test,
         &task,
         train::eval_options(config, false),
@@ -558,9 +558,9 @@ fn untrained_attempt(config: &Config, job: &Job, out: &Path) -> Result<PathBuf> 
     prompt.meta.metrics = prefixed("test_", &res);
     prompt.meta.config = Some(json!({
         "study_job": job,
-        "attempt": { "test_attention": train::attention_json(&setup.module, &attention) },
+        "attempt": { "test_attention": train::attention_json(&module, &attention) },
     }));
-    prompt.attempt = Some(Box::new(setup.module));
+    prompt.attempt = Some(Box::new(module));
     write(out, &prompt)
 }
 

@@ -59,14 +59,19 @@ impl Engine<'_> {
     /// Loss of `batch` under `theta` ([R, d]); `rng` turns on dropout (T5, when the config has
     /// any). The family dispatch is the shared one (`Model::loss_rows`).
     pub fn loss(&self, theta: &Tensor, batch: &[&Encoded], rng: Option<&mut SplitMix64>) -> candle_core::Result<Loss> {
-        let train = match rng {
+        self.model
+            .loss_rows(&vec![theta; batch.len()], batch, self.train_mode(rng))
+    }
+
+    /// T5's dropout when `rng` is given and the engine has any.
+    fn train_mode<'r>(&self, rng: Option<&'r mut SplitMix64>) -> Option<t5::Train<'r>> {
+        match rng {
             Some(rng) if self.dropout > 0.0 => Some(t5::Train {
                 dropout: self.dropout,
                 rng,
             }),
             _ => None,
-        };
-        self.model.loss_rows(&vec![theta; batch.len()], batch, train)
+        }
     }
 
     /// `share` × the loss of `batch` under the variable `theta`, and its gradients: with gradient
@@ -95,14 +100,7 @@ impl Engine<'_> {
             let (out, grads) = self.model.loss_grad_checkpointed(rows, batch, share)?;
             return Ok(((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, grads));
         }
-        let train = match rng {
-            Some(rng) if self.dropout > 0.0 => Some(t5::Train {
-                dropout: self.dropout,
-                rng,
-            }),
-            _ => None,
-        };
-        let out = self.model.loss_rows(rows, batch, train)?;
+        let out = self.model.loss_rows(rows, batch, self.train_mode(rng))?;
         let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
         Ok((scaled.to_scalar::<f32>()?, scaled.backward()?))
     }
@@ -150,8 +148,7 @@ pub struct AttemptSetup {
 
 impl AttemptSetup {
     pub fn new(module: attempt::Module, shape: (usize, usize), device: &Device) -> candle_core::Result<Self> {
-        let k = module.source_count();
-        let sources = Tensor::from_slice(module.sources.as_slice(), (k, shape.0, shape.1), device)?;
+        let sources = module.sources_on(device)?;
         Ok(Self { module, sources, shape })
     }
 
@@ -164,7 +161,7 @@ impl AttemptSetup {
 
     /// How many values the flat parameters have.
     pub fn param_count(&self) -> usize {
-        self.shape.0 * self.shape.1 + self.module.trained().len()
+        self.shape.0 * self.shape.1 + self.module.trained_len()
     }
 
     /// The target prompt and the module of flat parameters.
@@ -177,30 +174,14 @@ impl AttemptSetup {
         ))
     }
 
-    /// The parts of flat parameters as variables, in [`attempt::Parts::all`]'s order.
-    fn vars(&self, params: &[f32], device: &Device) -> candle_core::Result<(attempt::Parts, Vec<Var>)> {
-        let (r, d) = self.shape;
-        let rank = self.module.w_down.dim();
-        let shapes: [&[usize]; 5] = [&[r, d], &[d, rank], &[rank, d], &[d], &[d]];
-        let mut vars = Vec::with_capacity(5);
-        let mut at = 0;
-        for shape in shapes {
-            let n: usize = shape.iter().product();
-            let values = params
-                .get(at..at + n)
-                .ok_or_else(|| candle_core::Error::Msg("ATTEMPT parameters of the wrong length".into()))?;
-            vars.push(Var::from_tensor(&Tensor::from_slice(values, shape, device)?)?);
-            at += n;
-        }
-        let t = |i: usize| vars[i].as_tensor().clone();
-        let parts = attempt::Parts {
-            target: t(0),
-            w_down: t(1),
-            w_up: t(2),
-            ln_weight: t(3),
-            ln_bias: t(4),
-        };
-        Ok((parts, vars))
+    /// The parts of flat parameters as variables (in the flat order: [`attempt::Parts::all`]).
+    fn vars(&self, params: &[f32], device: &Device) -> candle_core::Result<attempt::Parts> {
+        let (target, module) = self
+            .split(params)
+            .map_err(|e| candle_core::Error::Msg(format!("ATTEMPT parameters: {e}")))?;
+        module
+            .parts(&target, device)?
+            .try_map(|t| Ok(Var::from_tensor(t)?.as_tensor().clone()))
     }
 }
 
@@ -235,18 +216,15 @@ pub fn train_step_with(
     max_grad_norm: Option<f64>,
     trainable: &Trainable<'_>,
 ) -> Result<StepStats, StepError> {
-    let (vars, parts) = match trainable {
-        Trainable::Prompt(shape) => (
-            vec![Var::from_tensor(&Tensor::from_slice(
-                &state.params,
-                *shape,
-                &engine.device,
-            )?)?],
-            None,
-        ),
+    // The variables, in the order of the flat parameters.
+    let (vars, parts): (Vec<Tensor>, _) = match trainable {
+        Trainable::Prompt(shape) => {
+            let theta = Tensor::from_slice(&state.params, *shape, &engine.device)?;
+            (vec![Var::from_tensor(&theta)?.as_tensor().clone()], None)
+        }
         Trainable::Attempt(setup) => {
-            let (parts, vars) = setup.vars(&state.params, &engine.device)?;
-            (vars, Some((parts, *setup)))
+            let parts = setup.vars(&state.params, &engine.device)?;
+            (parts.all().map(Tensor::clone).to_vec(), Some((parts, *setup)))
         }
     };
     let mut rng = SplitMix64::new(state.rng);
@@ -256,14 +234,14 @@ pub fn train_step_with(
     for mb in micro_batches {
         // Each micro-batch's share of the step's target tokens.
         let share = mb.iter().map(|e| e.target_count()).sum::<usize>() as f64 / total.max(1) as f64;
-        let (value, g) = match &parts {
-            None => engine.scaled_loss_grads(&vars[0], mb, share, Some(&mut rng))?,
+        let rows = match &parts {
+            None => vec![vars[0].clone(); mb.len()],
             Some((parts, setup)) => {
-                let (rows, _) = attempt::prompts(engine.model, parts, &setup.sources, setup.module.temperature, mb)?;
-                let rows: Vec<&Tensor> = rows.iter().collect();
-                engine.scaled_loss_grads_rows(&rows, mb, share, Some(&mut rng))?
+                attempt::prompts(engine.model, parts, &setup.sources, setup.module.temperature, mb)?.0
             }
         };
+        let rows: Vec<&Tensor> = rows.iter().collect();
+        let (value, g) = engine.scaled_loss_grads_rows(&rows, mb, share, Some(&mut rng))?;
         loss += value;
         let mut at = 0;
         for var in &vars {
@@ -333,18 +311,21 @@ pub fn evaluate(
     let scorer = loaded.scorer(task, opts.scoring, opts.max_new, opts.with_loss)?;
     let refs: Vec<&Encoded> = examples.iter().collect();
     let per_prompt = loaded.evaluate_prompts(prompts, &refs, &scorer, opts.batch_size, &mut |_, _| {})?;
-    let targets: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
     Ok(per_prompt
         .into_iter()
-        .map(|results| {
-            let summary = summarize(task, &results, &targets);
-            EvalResult {
-                loss: summary.loss,
-                metrics: summary.metrics,
-                predictions: results.into_iter().map(|r| r.prediction).collect(),
-            }
-        })
+        .map(|results| eval_result(task, examples, results))
         .collect())
+}
+
+/// The summary of one prompt's (or module's) results on `examples`.
+fn eval_result(task: &TaskSpec, examples: &[Encoded], results: Vec<tpv_shared::eval::ExampleResult>) -> EvalResult {
+    let targets: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
+    let summary = summarize(task, &results, &targets);
+    EvalResult {
+        loss: summary.loss,
+        metrics: summary.metrics,
+        predictions: results.into_iter().map(|r| r.prediction).collect(),
+    }
 }
 
 /// An ATTEMPT target prompt and module scored on `examples` (each under its own mixed prompt,
@@ -360,14 +341,5 @@ pub fn evaluate_attempt(
     let scorer = loaded.scorer(task, opts.scoring, opts.max_new, opts.with_loss)?;
     let refs: Vec<&Encoded> = examples.iter().collect();
     let (results, attention) = attempt::evaluate(loaded, target, module, &refs, &scorer, opts.batch_size)?;
-    let targets: Vec<String> = examples.iter().map(|e| e.target().to_owned()).collect();
-    let summary = summarize(task, &results, &targets);
-    Ok((
-        EvalResult {
-            loss: summary.loss,
-            metrics: summary.metrics,
-            predictions: results.into_iter().map(|r| r.prediction).collect(),
-        },
-        attention,
-    ))
+    Ok((eval_result(task, examples, results), attention))
 }

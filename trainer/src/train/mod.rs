@@ -308,7 +308,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
         loaded: &loaded,
         device: device.clone(),
         shape: (r, d),
-        attempt: attempt_setup(config, (r, d), &device)?,
+        attempt: attempt_module(config, (r, d))?
+            .map(|m| AttemptSetup::new(m, (r, d), &device))
+            .transpose()?,
     };
     let mut examples = Examples::new(&t, &all)?;
     let (total, warmup) = step_counts(config, examples.train.len());
@@ -914,13 +916,9 @@ fn insert_metrics(metrics: &mut BTreeMap<String, f64>, prefix: &str, res: &EvalR
 /// The seed of an ATTEMPT module's initial weights: the run's seed, on a stream of its own.
 const ATTEMPT_SEED: u64 = 0x4154_5445_4d50_5400;
 
-/// An ATTEMPT run's frozen sources and fresh module (`[attempt]`; the module a run of this
-/// config starts from), or `None`.
-pub fn attempt_setup(
-    config: &Config,
-    (r, d): (usize, usize),
-    device: &candle_core::Device,
-) -> Result<Option<AttemptSetup>> {
+/// The fresh ATTEMPT module of `[attempt]` over its sources (the module a run of this config
+/// starts from), or `None`.
+pub fn attempt_module(config: &Config, (r, d): (usize, usize)) -> Result<Option<tpv_shared::attempt::Module>> {
     let Some(a) = &config.attempt else {
         return Ok(None);
     };
@@ -958,13 +956,19 @@ pub fn attempt_setup(
     module
         .validate(r, d)
         .context("attempt.temperature must be a positive number")?;
-    Ok(Some(AttemptSetup::new(module, (r, d), device)?))
+    Ok(Some(module))
 }
 
 /// ATTEMPT's mean attention as `{source label: weight, "target": weight}`.
 pub fn attention_json(module: &tpv_shared::attempt::Module, attention: &[f64]) -> serde_json::Value {
-    let labels = module.source_labels.iter().map(String::as_str).chain(["target"]);
-    serde_json::Value::Object(labels.zip(attention).map(|(l, a)| (l.to_owned(), json!(a))).collect())
+    let labels = module.attention_labels();
+    serde_json::Value::Object(
+        labels
+            .into_iter()
+            .zip(attention)
+            .map(|(l, a)| (l.to_owned(), json!(a)))
+            .collect(),
+    )
 }
 
 fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
