@@ -145,21 +145,7 @@ pub fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(Prompt
     let r = config.prompt.virtual_tokens;
     match &config.prompt.init {
         Init::File(path) => {
-            let p = io::load_prompt(path)?;
-            if !p.kind().is_prompt() {
-                bail!(
-                    "prompt.init {} holds a task prompt vector, not a prompt",
-                    path.display()
-                );
-            }
-            if p.shape() != [r, d] {
-                bail!(
-                    "prompt.init {} is {}×{}, the run needs {r}×{d} (virtual_tokens × hidden size)",
-                    path.display(),
-                    p.shape()[0],
-                    p.shape()[1]
-                );
-            }
+            let p = load_run_prompt("prompt.init", path, (r, d))?;
             let origin_ref = p.meta.origin.clone();
             Ok((p.values, origin_ref))
         }
@@ -916,6 +902,24 @@ fn insert_metrics(metrics: &mut BTreeMap<String, f64>, prefix: &str, res: &EvalR
 /// The seed of an ATTEMPT module's initial weights: the run's seed, on a stream of its own.
 const ATTEMPT_SEED: u64 = 0x4154_5445_4d50_5400;
 
+/// The prompt of the run file `path` that the config's `key` names: a prompt (not a vector or an
+/// ATTEMPT run) of the run's shape.
+fn load_run_prompt(key: &str, path: &Path, (r, d): (usize, usize)) -> Result<SoftPrompt> {
+    let p = io::load_prompt(path).with_context(|| key.to_owned())?;
+    if !p.kind().is_prompt() {
+        bail!("{key}: {} is a {}, not a prompt", path.display(), p.kind());
+    }
+    if p.shape() != [r, d] {
+        bail!(
+            "{key}: {} is {}×{}, the run needs {r}×{d} (virtual_tokens × hidden size)",
+            path.display(),
+            p.shape()[0],
+            p.shape()[1]
+        );
+    }
+    Ok(p)
+}
+
 /// The fresh ATTEMPT module of `[attempt]` over its sources (the module a run of this config
 /// starts from), or `None`.
 pub fn attempt_module(config: &Config, (r, d): (usize, usize)) -> Result<Option<tpv_shared::attempt::Module>> {
@@ -928,18 +932,7 @@ pub fn attempt_module(config: &Config, (r, d): (usize, usize)) -> Result<Option<
     let mut values = Vec::new();
     let mut labels = Vec::new();
     for path in &a.sources {
-        let p = io::load_prompt(path).context("attempt.sources")?;
-        if !p.kind().is_prompt() {
-            bail!("attempt.sources: {} is a {}, not a prompt", path.display(), p.kind());
-        }
-        if p.shape() != [r, d] {
-            bail!(
-                "attempt.sources: {} is {}×{}, the run needs {r}×{d} (virtual_tokens × hidden size)",
-                path.display(),
-                p.shape()[0],
-                p.shape()[1]
-            );
-        }
+        let p = load_run_prompt("attempt.sources", path, (r, d))?;
         // Labels name the attention's weights: two sources with one label are told apart.
         let mut label = p.label();
         if labels.contains(&label) {
