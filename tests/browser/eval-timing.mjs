@@ -8,6 +8,7 @@
 //   e.g. SITE=out/demo/site; tpv eval --json --model smollm2 --prompt out/demo/study/RUN/prompt.safetensors \
 //          --data $SITE/examples/rt_polarity.json > native.json
 //        node tests/browser/eval-timing.mjs $SITE ~/.cache/tpv/…/model.gguf prompt_tuning/rt_polarity/origin0 rt_polarity 48 8 native.json
+// TPV_WORKERS=N sizes the pool of workers (default: one per core, at most 4).
 // TPV_SCREENSHOT=FILE.png saves the view after the evaluation (docs/screenshots/evaluate.png).
 
 import { basename, join, resolve } from 'node:path';
@@ -26,13 +27,14 @@ const server = await serve(site);
 const base = `http://127.0.0.1:${server.address().port}/`;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  args: [...(process.env.TPV_JS_FLAGS ? [`--js-flags=${process.env.TPV_JS_FLAGS}`] : []), '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
   page.on('pageerror', (e) => console.log('page error:', String(e)));
   const url = `${base}?view=evaluate&model=${encodeURIComponent(`eval-timing-model/${basename(model)}`)}`
-    + `&prompt=${encodeURIComponent(run)}&examples=${encodeURIComponent(task)}&n=${n}&batch=${batch}`;
+    + `&prompt=${encodeURIComponent(run)}&examples=${encodeURIComponent(task)}&n=${n}&batch=${batch}`
+    + (process.env.TPV_WORKERS ? `&workers=${process.env.TPV_WORKERS}` : '');
   const t0 = Date.now();
   await page.goto(url);
   await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 600000 });

@@ -8,7 +8,7 @@
 // (1e-6); a composition downloaded from the page against `tpv combine` (values 1e-6, same
 // expression); the URL reopening a view; the few-shot curves; the Evaluate view (the fixture LLaMA
 // and T5 in a Web Worker, loaded by URL and from files) against `tpv eval` (same predictions,
-// losses to 1e-4) for a run, the Compose view's result, an ATTEMPT run and pasted examples; cancel; corrupt files show an error and the
+// losses to 1e-4; in a pool of workers and in one) for a run, the Compose view's result, an ATTEMPT run and pasted examples; cancel; corrupt files show an error and the
 // page keeps working. TPV_SCREENSHOTS=DIR saves a screenshot of each view there.
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -259,12 +259,18 @@ try {
   };
   // (a) One click: a run on a task's bundled test examples, the report's own model (the URL field
   //     starts with it) loaded by the Evaluate button itself.
-  await page.goto(`${base}?view=evaluate&prompt=${encodeURIComponent('prompt_tuning/a/origin0')}&examples=a`);
+  //     A pool of 3 workers (`workers=3`) with batches of 1: the batches may come back out of order,
+  //     and the view puts each result at its example.
+  await page.goto(`${base}?view=evaluate&prompt=${encodeURIComponent('prompt_tuning/a/origin0')}&examples=a&batch=1&workers=3`);
   await page.locator('[data-testid=eval-examples] option[value=a]').waitFor({ state: 'attached', timeout: 20000 });
   await page.getByTestId('report-model').waitFor({ timeout: 20000 });
   const modelUrl = await page.getByTestId('model-url').inputValue();
   check(modelUrl === new URL('model/', base).href, `evaluate: the URL field starts with the report's model (${modelUrl})`);
   await evaluateAndCompare('a@origin0 on examples/a.json', ['--prompt', pt[0], '--data', join(site, 'examples', 'a.json')]);
+  const poolStatus = await page.getByTestId('model-status').textContent();
+  const speedText = await page.getByTestId('eval-speed').textContent();
+  check(poolStatus.includes('in 3 workers') && speedText.includes('3 workers'),
+    `evaluate: the model loaded in a pool of 3 workers, which ran the evaluation ("${poolStatus.split(':')[0]}…")`);
   await snap(page, 'evaluate');
   // Readable prompts (issue 18): the prompt's nearest vocabulary tokens, computed in the worker,
   // are those of tpv inspect --nearest-tokens.
@@ -300,8 +306,12 @@ try {
   const pastedLines = '{"input": "w5 w17 w33", "target": "w12"}\n{"input": "w40 w2", "target": "w7"}\n{"input": "w9", "target": "w9"}\n';
   const pastedFile = join(tmp, 'pasted.jsonl');
   writeFileSync(pastedFile, pastedLines);
+  //     One worker (the Workers field applies at the next load).
+  await page.getByTestId('model-workers').fill('1');
+  await page.getByTestId('model-workers').dispatchEvent('change');
   await page.getByTestId('model-files').setInputFiles(modelFiles);
   await page.locator('[data-testid=model-status][data-loaded=true]').waitFor({ timeout: 60000 });
+  check((await page.getByTestId('model-status').textContent()).includes('in 1 worker'), 'evaluate: the Workers field sizes the next load\'s pool (1)');
   await page.getByTestId('eval-prompt').selectOption('@none');
   await page.getByTestId('eval-examples').selectOption('@paste');
   await page.getByTestId('eval-paste').fill(pastedLines);

@@ -4,7 +4,12 @@
 //! and the model code is downloaded only when the Evaluate view is used. A small module script
 //! imports the worker's glue and instantiates it. It holds one model and answers one batch of
 //! examples per message; the page drives the evaluation batch by batch, so progress and
-//! cancelling need no shared memory and a cancelled run stops after the batch in flight.
+//! cancelling need no shared memory and a cancelled run stops after the batches in flight.
+//!
+//! The page runs a pool of such workers, one per core up to [`MAX_WORKERS`], each holding its own
+//! copy of the model, and gives each idle worker the next batch. This uses the cores on any host:
+//! wasm threads would need shared memory, which browsers allow only on cross-origin-isolated pages
+//! (COOP/COEP headers a static host cannot send).
 //!
 //! Messages are typed: [`Request`] (page → worker) and [`Reply`] (worker → page), serde enums
 //! tagged by `op`, sent as `{json: "<the message as JSON>"}` with the bulk data beside it as
@@ -168,23 +173,36 @@ extern "C" {
     static GLUE_URL: String;
 }
 
-struct Client {
+/// One worker of the pool.
+struct Slot {
     worker: web_sys::Worker,
     ready: bool,
     /// Messages sent before the worker was ready (it would drop them).
     pending: Vec<(JsValue, js_sys::Array)>,
     _on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
+    _on_error: Closure<dyn FnMut(web_sys::ErrorEvent)>,
 }
 
-type Handler = Rc<dyn Fn(Reply)>;
+/// Where a worker's replies go: its index in the pool and the reply.
+type Handler = Rc<dyn Fn(usize, Reply)>;
 
 thread_local! {
-    static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
+    static POOL: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
     static HANDLER: RefCell<Option<Handler>> = RefCell::new(None);
 }
 
-/// Where the worker's replies go (the Evaluate view sets it).
-pub fn set_handler(f: impl Fn(Reply) + 'static) {
+/// The most workers a pool starts: each holds its own copy of the model (SmolLM2-135M: ≈ 0.6 GB
+/// as f32), so more cores than this would cost memory for little more speed.
+pub const MAX_WORKERS: usize = 4;
+
+/// The pool size the device suggests: one worker per logical core, at most [`MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    let cores = web_sys::window().map_or(1.0, |w| w.navigator().hardware_concurrency());
+    (cores as usize).clamp(1, MAX_WORKERS)
+}
+
+/// Where the workers' replies go (the Evaluate view sets it).
+pub fn set_handler(f: impl Fn(usize, Reply) + 'static) {
     HANDLER.with(|h| *h.borrow_mut() = Some(Rc::new(f)));
 }
 
@@ -205,25 +223,25 @@ fn parse_reply(data: &JsValue) -> Reply {
     })
 }
 
-fn on_reply(data: JsValue) {
+fn on_reply(slot: usize, data: JsValue) {
     let reply = parse_reply(&data);
     if matches!(reply, Reply::Ready) {
-        CLIENT.with(|c| {
-            if let Some(c) = c.borrow_mut().as_mut() {
-                c.ready = true;
-                for (msg, transfer) in c.pending.drain(..) {
-                    let _ = c.worker.post_message_with_transfer(&msg, &transfer);
+        POOL.with(|p| {
+            if let Some(s) = p.borrow_mut().get_mut(slot) {
+                s.ready = true;
+                for (msg, transfer) in s.pending.drain(..) {
+                    let _ = s.worker.post_message_with_transfer(&msg, &transfer);
                 }
             }
         });
     }
     let handler = HANDLER.with(|h| h.borrow().clone());
     if let Some(h) = handler {
-        h(reply);
+        h(slot, reply);
     }
 }
 
-fn spawn() -> Result<Client, String> {
+fn spawn(slot: usize) -> Result<Slot, String> {
     let parts = js_sys::Array::of1(&JsValue::from_str(BOOTSTRAP));
     let opts = web_sys::BlobPropertyBag::new();
     opts.set_type("text/javascript");
@@ -231,81 +249,96 @@ fn spawn() -> Result<Client, String> {
     let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| js_err(&e))?;
     let options = web_sys::WorkerOptions::new();
     options.set_type(web_sys::WorkerType::Module);
-    options.set_name("tpv-eval");
+    options.set_name(&format!("tpv-eval-{slot}"));
     let worker = web_sys::Worker::new_with_options(&url, &options).map_err(|e| js_err(&e))?;
     let _ = web_sys::Url::revoke_object_url(&url);
-    let on_message =
-        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| on_reply(ev.data()));
+    let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+        on_reply(slot, ev.data());
+    });
     worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     let on_error = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
-        on_reply(object(&[
-            ("op", "error".into()),
-            ("message", format!("the worker failed: {}", ev.message()).into()),
-        ]));
+        on_reply(
+            slot,
+            object(&[
+                ("op", "error".into()),
+                ("message", format!("the worker failed: {}", ev.message()).into()),
+            ]),
+        );
     });
     worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-    on_error.forget();
     let glue = GLUE_URL.with(|base| web_sys::Url::new_with_base(WORKER_GLUE, base).map(|u| u.href()));
     let glue = glue.map_err(|e| js_err(&e))?;
     worker
         .post_message(&object(&[("glue", glue.into())]))
         .map_err(|e| js_err(&e))?;
-    Ok(Client {
+    Ok(Slot {
         worker,
         ready: false,
         pending: Vec::new(),
         _on_message: on_message,
+        _on_error: on_error,
     })
 }
 
-/// Sends a message to the worker (started on first use), transferring `transfer`'s buffers.
-fn send(msg: JsValue, transfer: js_sys::Array) -> Result<(), String> {
-    CLIENT.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(spawn()?);
-        }
-        let Some(client) = c.as_mut() else {
-            return Err("the worker did not start".to_owned());
+/// Sends a message to worker `slot` of the pool, transferring `transfer`'s buffers.
+fn send(slot: usize, msg: JsValue, transfer: js_sys::Array) -> Result<(), String> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(s) = p.get_mut(slot) else {
+            return Err(format!("no worker {slot}: load a model first"));
         };
-        if client.ready {
-            client
-                .worker
+        if s.ready {
+            s.worker
                 .post_message_with_transfer(&msg, &transfer)
                 .map_err(|e| js_err(&e))
         } else {
-            client.pending.push((msg, transfer));
+            s.pending.push((msg, transfer));
             Ok(())
         }
     })
 }
 
-/// Stops the worker (and the model it holds); the next message starts a fresh one.
+/// Stops the workers (and the models they hold); the next load starts fresh ones.
 pub fn terminate() {
-    CLIENT.with(|c| {
-        if let Some(client) = c.borrow_mut().take() {
-            client.worker.terminate();
+    POOL.with(|p| {
+        for s in p.borrow_mut().drain(..) {
+            s.worker.terminate();
         }
     });
 }
 
-/// Loads a model from its files (name, bytes) in the worker; the reply is `Loaded` or `Error`.
-pub fn load_model(files: Vec<(String, Vec<u8>)>) -> Result<(), String> {
-    let mut name_list = Vec::new();
-    let buffers = js_sys::Array::new();
-    for (name, bytes) in files {
-        name_list.push(name);
-        buffers.push(&js_sys::Uint8Array::from(bytes.as_slice()).buffer());
-    }
-    let msg = to_message(
-        &Request::Load { names: name_list },
-        &[("files", buffers.clone().into())],
-    )?;
-    send(msg, buffers)
+/// How many workers the pool holds.
+pub fn workers() -> usize {
+    POOL.with(|p| p.borrow().len())
 }
 
-/// Evaluates one batch in the worker; the reply is `Result` or `Error` with the same run.
-pub fn eval_batch(run: u32, index: u32, batch: &Batch, prompt: &[f32]) -> Result<(), String> {
+/// Loads a model from its files (name, bytes) in each of `workers` workers (the pool is started,
+/// or restarted at that size); each replies `Loaded` or `Error`.
+pub fn load_model(files: Vec<(String, Vec<u8>)>, workers: usize) -> Result<(), String> {
+    let workers = workers.clamp(1, MAX_WORKERS);
+    if self::workers() != workers {
+        terminate();
+        let slots = (0..workers).map(spawn).collect::<Result<Vec<_>, _>>()?;
+        POOL.with(|p| *p.borrow_mut() = slots);
+    }
+    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    for slot in 0..workers {
+        // Each worker gets its own copy of the bytes (a transferred buffer is gone from the page).
+        let buffers = js_sys::Array::new();
+        for (_, bytes) in &files {
+            buffers.push(&js_sys::Uint8Array::from(bytes.as_slice()).buffer());
+        }
+        let msg = to_message(
+            &Request::Load { names: names.clone() },
+            &[("files", buffers.clone().into())],
+        )?;
+        send(slot, msg, buffers)?;
+    }
+    Ok(())
+}
+
+/// Evaluates one batch in worker `slot`; the reply is `Result` or `Error` with the same run.
+pub fn eval_batch(slot: usize, run: u32, index: u32, batch: &Batch, prompt: &[f32]) -> Result<(), String> {
     let values = js_sys::Float32Array::from(prompt);
     let transfer = js_sys::Array::of1(&values.buffer());
     let request = Request::Eval {
@@ -314,14 +347,14 @@ pub fn eval_batch(run: u32, index: u32, batch: &Batch, prompt: &[f32]) -> Result
         batch: Box::new(batch.clone()),
     };
     let msg = to_message(&request, &[("prompt", values.into())])?;
-    send(msg, transfer)
+    send(slot, msg, transfer)
 }
 
-/// Asks the worker for the `k` tokens nearest each virtual token of `prompt` ([rows, cols]); the
+/// Asks the first worker for the `k` tokens nearest each virtual token of `prompt` ([rows, cols]); the
 /// reply is `Nearest` or `Error` with the same run.
 pub fn nearest(run: u32, prompt: &[f32], rows: usize, cols: usize, k: usize) -> Result<(), String> {
     let values = js_sys::Float32Array::from(prompt);
     let transfer = js_sys::Array::of1(&values.buffer());
     let msg = to_message(&Request::Nearest { run, rows, cols, k }, &[("prompt", values.into())])?;
-    send(msg, transfer)
+    send(0, msg, transfer)
 }

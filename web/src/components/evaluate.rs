@@ -5,7 +5,7 @@
 //! tokens" reads the chosen prompt: the model's vocabulary tokens nearest each virtual token
 //! (`tpv_shared::nearest`, as `tpv inspect --nearest-tokens`).
 //!
-//! Query: `view=evaluate&model=URL&prompt=RUN|@compose&examples=TASK|@paste&n=50&batch=8`.
+//! Query: `view=evaluate&model=URL&prompt=RUN|@compose&examples=TASK|@paste&n=50&batch=8&workers=N`.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -38,14 +38,33 @@ pub struct Progress {
     pub task: TaskSpec,
     pub records: Vec<Record>,
     pub refs: Vec<String>,
-    pub results: Vec<ExampleResult>,
+    /// The results so far, by example index (the pool's workers answer out of order).
+    pub results: Vec<(usize, ExampleResult)>,
+    /// Examples per batch (batch `i` starts at example `i · batch`).
+    pub batch: usize,
     pub running: bool,
     pub cancelled: bool,
     pub error: Option<String>,
     pub started_ms: f64,
     pub elapsed_ms: f64,
-    /// Time the worker spent computing (without messaging and waiting).
+    /// Time the workers spent computing, summed (without messaging and waiting).
     pub compute_ms: f64,
+    /// How many workers ran it.
+    pub workers: usize,
+}
+
+impl Progress {
+    /// The results so far in example order, with their references.
+    fn in_order(&self) -> (Vec<usize>, Vec<ExampleResult>, Vec<String>) {
+        let index = self.results.iter().map(|(i, _)| *i).collect();
+        let results = self.results.iter().map(|(_, r)| r.clone()).collect();
+        let refs = self
+            .results
+            .iter()
+            .map(|(i, _)| self.refs.get(*i).cloned().unwrap_or_default())
+            .collect();
+        (index, results, refs)
+    }
 }
 
 /// How many vocabulary tokens "Nearest tokens" lists per virtual token.
@@ -80,6 +99,10 @@ pub struct EvalState {
     pending: StoredValue<Pending>,
     next_run: StoredValue<u32>,
     nearest: RwSignal<Option<NearestView>>,
+    /// The pool size the next load starts (the query's `workers`, else one per core).
+    workers: StoredValue<usize>,
+    /// A load in progress: the workers yet to answer, and the slowest load time so far.
+    loading: StoredValue<(usize, f64)>,
 }
 
 impl EvalState {
@@ -93,28 +116,47 @@ impl EvalState {
             pending: StoredValue::new(Pending::default()),
             next_run: StoredValue::new(1),
             nearest: RwSignal::new(None),
+            workers: StoredValue::new(worker::default_workers()),
+            loading: StoredValue::new((0, 0.0)),
         };
-        worker::set_handler(move |reply| s.on_reply(reply));
+        worker::set_handler(move |slot, reply| s.on_reply(slot, reply));
         s
     }
 
-    fn on_reply(self, reply: Reply) {
+    fn on_reply(self, slot: usize, reply: Reply) {
         match reply {
             Reply::Ready => {}
-            Reply::Loaded(info) => self.model.update(|m| {
-                let source = match m {
-                    ModelState::Loading(s) => s.clone(),
-                    _ => String::new(),
-                };
-                *m = ModelState::Loaded { info, source };
-            }),
-            Reply::Result { run, results, ms, .. } => {
+            Reply::Loaded(info) => {
+                // Loaded once every worker of the pool is; the time is the slowest one's.
+                let (left, ms) = self.loading.get_value();
+                let (left, ms) = (left.saturating_sub(1), ms.max(info.load_ms));
+                self.loading.set_value((left, ms));
+                if left == 0 {
+                    self.model.update(|m| {
+                        let source = match m {
+                            ModelState::Loading(s) => s.clone(),
+                            _ => String::new(),
+                        };
+                        let info = ModelInfo { load_ms: ms, ..info };
+                        *m = ModelState::Loaded { info, source };
+                    });
+                }
+            }
+            Reply::Result {
+                run,
+                index,
+                results,
+                ms,
+            } => {
                 let mut finished = false;
                 self.progress.update(|p| {
                     let Some(p) = p.as_mut().filter(|p| p.run == run && p.running) else {
                         return;
                     };
-                    p.results.extend(results);
+                    let first = index as usize * p.batch;
+                    p.results
+                        .extend(results.into_iter().enumerate().map(|(j, r)| (first + j, r)));
+                    p.results.sort_by_key(|(i, _)| *i);
                     p.compute_ms += ms;
                     p.elapsed_ms = now_ms() - p.started_ms;
                     finished = p.cancelled || p.results.len() >= p.records.len();
@@ -123,7 +165,7 @@ impl EvalState {
                     }
                 });
                 if !finished {
-                    self.send_next(run);
+                    self.send_next(run, slot);
                 }
             }
             Reply::Nearest { run, tokens } => self.answer_nearest(run, Ok(tokens)),
@@ -189,7 +231,30 @@ impl EvalState {
         }
     }
 
-    fn send_next(self, run: u32) {
+    /// Starts an evaluation: every worker of the pool gets a batch, and each answer brings its
+    /// worker the next one.
+    fn begin(self, batches: Vec<Batch>, prompt: Vec<f32>, progress: Progress) {
+        let run = self.next_run.get_value();
+        self.next_run.set_value(run + 1);
+        self.pending.set_value(Pending {
+            run,
+            batches,
+            next: 0,
+            prompt,
+        });
+        let workers = worker::workers().max(1);
+        self.progress.set(Some(Progress {
+            run,
+            workers,
+            ..progress
+        }));
+        for slot in 0..workers {
+            self.send_next(run, slot);
+        }
+    }
+
+    /// Gives worker `slot` the run's next batch, if any is left.
+    fn send_next(self, run: u32, slot: usize) {
         let next = self.pending.try_update_value(|p| {
             if p.run != run || p.next >= p.batches.len() {
                 return None;
@@ -198,7 +263,7 @@ impl EvalState {
             Some((p.next - 1, p.batches[p.next - 1].clone(), p.prompt.clone()))
         });
         if let Some(Some((index, batch, prompt))) = next
-            && let Err(e) = worker::eval_batch(run, index as u32, &batch, &prompt)
+            && let Err(e) = worker::eval_batch(slot, run, index as u32, &batch, &prompt)
         {
             self.progress.update(|p| {
                 if let Some(p) = p.as_mut() {
@@ -211,7 +276,9 @@ impl EvalState {
 
     fn load_files(self, source: String, files: Vec<(String, Vec<u8>)>) {
         self.model.set(ModelState::Loading(source));
-        if let Err(e) = worker::load_model(files) {
+        let workers = self.workers.get_value();
+        self.loading.set_value((workers, 0.0));
+        if let Err(e) = worker::load_model(files, workers) {
             self.model.set(ModelState::Failed(e));
         }
     }
@@ -418,12 +485,14 @@ fn plan(
         records: set.records,
         refs,
         results: Vec::new(),
+        batch: batch_size,
         running: true,
         cancelled: false,
         error: None,
         started_ms: now_ms(),
         elapsed_ms: 0.0,
         compute_ms: 0.0,
+        workers: 1,
     };
     Ok((batches, values, progress))
 }
@@ -484,6 +553,10 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
     let pasted = state.pasted;
     let url_input = RwSignal::new(param(query, "model", ""));
 
+    // `workers=N` sizes the pool the next load starts.
+    if let Ok(n) = param(query, "workers", "").parse::<usize>() {
+        state.workers.set_value(n.clamp(1, worker::MAX_WORKERS));
+    }
     // Open with ?model=URL: load it unless the worker already holds it.
     {
         let url = param(query, "model", "");
@@ -547,16 +620,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 return;
             }
         };
-        let run = state.next_run.get_value();
-        state.next_run.set_value(run + 1);
-        state.pending.set_value(Pending {
-            run,
-            batches,
-            next: 0,
-            prompt: values,
-        });
-        state.progress.set(Some(Progress { run, ..progress }));
-        state.send_next(run);
+        state.begin(batches, values, progress);
     };
 
     Effect::new(move |_| {
@@ -683,15 +747,29 @@ fn ModelSource(
         <label>"…or open its files "
             <input type="file" multiple data-testid="model-files" accept=".gguf,.json,.safetensors" on:change=on_files />
         </label>
+        <br />
+        <label title="Each worker holds its own copy of the model and evaluates its own batches; the number applies at the next load">
+            "Workers "
+            <input type="number" min="1" max=worker::MAX_WORKERS.to_string() data-testid="model-workers"
+                prop:value=move || state.workers.get_value().to_string()
+                on:change=move |ev| {
+                    if let Ok(n) = event_target_value(&ev).parse::<usize>() {
+                        let n = n.clamp(1, worker::MAX_WORKERS);
+                        state.workers.set_value(n);
+                        set_param(query, "workers", n.to_string());
+                    }
+                } />
+        </label>
         {move || match state.model.get() {
             ModelState::None => view! { <p class="hint">"No model loaded. The model runs in a background worker; nothing leaves your browser."</p> }.into_any(),
             ModelState::Loading(s) => view! { <p role="status" data-testid="model-status">{format!("Loading {s}…")}</p> }.into_any(),
             ModelState::Failed(e) => view! { <p class="error" role="alert" data-testid="model-error">{e}</p> }.into_any(),
             ModelState::Loaded { info, source } => view! {
                 <p role="status" data-testid="model-status" data-loaded="true">
-                    {format!("Loaded {source}: {} (hidden size {}, vocabulary {}{}) in {:.0} ms",
+                    {format!("Loaded {source}: {} (hidden size {}, vocabulary {}{}) in {:.0} ms, in {}",
                         info.family, info.hidden_size, info.vocab_size,
-                        if info.chat_template { ", chat template" } else { "" }, info.load_ms)}
+                        if info.chat_template { ", chat template" } else { "" }, info.load_ms,
+                        match worker::workers() { 1 => "1 worker".to_owned(), n => format!("{n} workers") })}
                 </p>
             }.into_any(),
         }}
@@ -783,10 +861,15 @@ fn Results(p: Progress) -> impl IntoView {
     let total = p.records.len();
     let secs = p.elapsed_ms / 1000.0;
     let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-    let refs = &p.refs[..done.min(p.refs.len())];
-    let summary = eval::summarize(&p.task, &p.results, refs);
-    let preds: Vec<String> = p.results.iter().map(|r| r.prediction.clone()).collect();
-    let confusion = Confusion::new(&p.task.labels, &preds, refs);
+    let (index, results, refs) = p.in_order();
+    let summary = eval::summarize(&p.task, &results, &refs);
+    let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
+    let confusion = Confusion::new(&p.task.labels, &preds, &refs);
+    let workers = if p.workers == 1 {
+        "worker".to_owned()
+    } else {
+        format!("{} workers", p.workers)
+    };
     let status = if p.error.is_some() {
         format!("Failed after {done} of {total} examples:")
     } else if p.running && p.cancelled {
@@ -809,7 +892,7 @@ fn Results(p: Progress) -> impl IntoView {
                 <progress max=total.to_string() value=done.to_string()></progress>
                 " " {status} {p.error.clone().map(|e| view! { " " <span class="error">{e}</span> })}
                 " · " <span data-testid="eval-speed" data-value=rate.to_string()>
-                    {format!("{rate:.2} examples/s ({:.1} s; worker {:.1} s)", secs, p.compute_ms / 1000.0)}</span>
+                    {format!("{rate:.2} examples/s ({:.1} s; {workers} {:.1} s)", secs, p.compute_ms / 1000.0)}</span>
             </p>
             <Show when=move || { done > 0 }>
                 <table class="metrics">
@@ -852,8 +935,8 @@ fn Results(p: Progress) -> impl IntoView {
                 <thead><tr><th scope="col">"#"</th><th scope="col">"input"</th><th scope="col">"target"</th>
                     <th scope="col">"prediction"</th><th scope="col">"loss"</th></tr></thead>
                 <tbody>
-                    {p.results.iter().zip(&p.records).zip(&p.refs).enumerate().map(|(i, ((r, rec), target))| {
-                        let input = p.task.render(rec, Style::T5).unwrap_or_default();
+                    {index.iter().zip(&results).zip(&refs).map(|((&i, r), target)| {
+                        let input = p.records.get(i).and_then(|rec| p.task.render(rec, Style::T5).ok()).unwrap_or_default();
                         let ok = tpv_shared::metrics::normalize_label(&r.prediction) == tpv_shared::metrics::normalize_label(target);
                         view! {
                             <tr data-testid="eval-example" data-index=i.to_string() data-prediction=r.prediction.clone()
