@@ -167,3 +167,40 @@ fn nll_matches_composed() {
         "a target out of range is an error"
     );
 }
+
+#[test]
+fn exp_is_within_3e7_of_the_exact_value_and_saturates_like_f32_exp() {
+    // Every 1/4096 over the range where e^x is a normal f32, and then some: relative error against
+    // e^x computed in f64.
+    let mut worst = (0f64, 0f32);
+    let mut x = -87.336_f32;
+    while x <= 88.0 {
+        let exact = f64::from(x).exp();
+        let rel = ((f64::from(fused::exp(x)) - exact) / exact).abs();
+        if rel > worst.0 {
+            worst = (rel, x);
+        }
+        x += 1.0 / 4096.0;
+    }
+    assert!(worst.0 < 3e-7, "relative error {:e} at x = {}", worst.0, worst.1);
+    assert_eq!(fused::exp(0.0), 1.0);
+    assert_eq!(fused::exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(fused::exp(-100.0), 0.0);
+    assert_eq!(fused::exp(f32::INFINITY), f32::INFINITY);
+    assert_eq!(fused::exp(89.0), f32::INFINITY);
+    assert!(fused::exp(f32::NAN).is_nan());
+    // Softmax rows with -inf (masked) entries give them exactly 0.
+    let x = Tensor::new(
+        &[[[[0.5f32, f32::NEG_INFINITY, -1.0, f32::NEG_INFINITY]]]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y: Vec<f32> = fused::softmax(&x, 1.0, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!((y[1], y[3]), (0.0, 0.0));
+    assert!((y[0] + y[2] - 1.0).abs() < 1e-7 && (y[0] / y[2] - 1.5f32.exp()).abs() < 1e-5);
+}
