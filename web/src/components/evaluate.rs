@@ -67,6 +67,15 @@ impl Progress {
     }
 }
 
+/// "1 worker", "3 workers".
+fn workers_text(n: usize) -> String {
+    if n == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{n} workers")
+    }
+}
+
 /// How many vocabulary tokens "Nearest tokens" lists per virtual token.
 const NEAREST_K: usize = 5;
 
@@ -769,7 +778,7 @@ fn ModelSource(
                     {format!("Loaded {source}: {} (hidden size {}, vocabulary {}{}) in {:.0} ms, in {}",
                         info.family, info.hidden_size, info.vocab_size,
                         if info.chat_template { ", chat template" } else { "" }, info.load_ms,
-                        match worker::workers() { 1 => "1 worker".to_owned(), n => format!("{n} workers") })}
+                        workers_text(worker::workers()))}
                 </p>
             }.into_any(),
         }}
@@ -865,11 +874,7 @@ fn Results(p: Progress) -> impl IntoView {
     let summary = eval::summarize(&p.task, &results, &refs);
     let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
     let confusion = Confusion::new(&p.task.labels, &preds, &refs);
-    let workers = if p.workers == 1 {
-        "worker".to_owned()
-    } else {
-        format!("{} workers", p.workers)
-    };
+    let workers = workers_text(p.workers);
     let status = if p.error.is_some() {
         format!("Failed after {done} of {total} examples:")
     } else if p.running && p.cancelled {
