@@ -110,6 +110,71 @@ fn a_bias_that_does_not_broadcast_is_an_error() {
     assert!(ops::attention_softmax(&x, 1.0, &randn(&[3, 1, 5, 7], 2)).is_err());
 }
 
+/// A padding-style bias: entries kept from `randn` or set to `f32::MIN` as the models mask them.
+fn masked_bias(shape: &[usize], seed: u64) -> Tensor {
+    let bias = randn(shape, seed);
+    let keep = randn(shape, seed + 1).ge(-1.0).unwrap().to_dtype(DType::F32).unwrap();
+    ((keep.clone() * &bias).unwrap() + ((1.0 - keep).unwrap() * f64::from(f32::MIN)).unwrap()).unwrap()
+}
+
+#[test]
+fn attention_matches_composed() {
+    // (B, H, Hkv, Tq, Tk, D, bias): T5's self-attention (position bias + padding, one [B, H, T, T]
+    // tensor), cross-attention (a padding mask), grouped-query causal attention, one decoding step,
+    // no bias, and enough keys that the queries come in several blocks.
+    let cases: [([usize; 6], Option<&[usize]>); 6] = [
+        ([2, 3, 3, 5, 5, 4], Some(&[2, 3, 5, 5])),
+        ([2, 3, 3, 3, 7, 4], Some(&[2, 1, 1, 7])),
+        ([2, 4, 2, 6, 6, 8], Some(&[2, 1, 6, 6])),
+        ([3, 2, 1, 1, 9, 4], Some(&[1, 2, 1, 9])),
+        ([1, 2, 2, 4, 6, 4], None),
+        ([1, 2, 1, 200, 700, 4], Some(&[1, 2, 200, 700])),
+    ];
+    for (i, ([b, h, hkv, tq, tk, d], bias)) in cases.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        // q arrives as the models make it: [B, Tq, H·D] split into heads, a transposed view.
+        let q = randn(&[b, tq, h, d], seed).transpose(1, 2).unwrap();
+        let (k, v) = (randn(&[b, hkv, tk, d], seed + 1), randn(&[b, hkv, tk, d], seed + 2));
+        let bias = bias.map(|shape| masked_bias(shape, seed + 3));
+        let scale = 0.41;
+        let f = |t: &[Tensor]| ops::attention(&t[0], &t[1], &t[2], scale, bias.as_ref(), None);
+        let c = |t: &[Tensor]| ops::attention_composed(&t[0], &t[1], &t[2], scale, bias.as_ref(), None);
+        check(&format!("attention case {i}"), &[q, k, v], &f, &c, 2e-5);
+    }
+}
+
+#[test]
+fn attention_dropout_draws_the_same_multipliers_fused_and_composed() {
+    let (q, k, v) = (
+        randn(&[2, 3, 4, 8], 1),
+        randn(&[2, 3, 6, 8], 2),
+        randn(&[2, 3, 6, 8], 3),
+    );
+    let bias = masked_bias(&[2, 1, 1, 6], 4);
+    let f = |t: &[Tensor]| {
+        let mut rng = tpv_shared::merge::SplitMix64::new(7);
+        ops::attention(&t[0], &t[1], &t[2], 0.3, Some(&bias), Some((0.25, &mut rng)))
+    };
+    let c = |t: &[Tensor]| {
+        let mut rng = tpv_shared::merge::SplitMix64::new(7);
+        let mask = ops::dropout(&Tensor::ones((2, 3, 4, 6), DType::F32, &Device::Cpu)?, 0.25, &mut rng)?;
+        assert!(mask.eq(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? > 0.0);
+        ops::attention_composed(&t[0], &t[1], &t[2], 0.3, Some(&bias), Some(&mask))
+    };
+    check("attention with dropout", &[q, k, v], &f, &c, 2e-5);
+}
+
+#[test]
+fn attention_rejects_shapes_that_do_not_fit() {
+    let q = randn(&[1, 3, 4, 8], 1);
+    let kv = randn(&[1, 2, 5, 8], 2);
+    // 3 query heads over 2 key/value heads
+    assert!(ops::attention(&q, &kv, &kv, 1.0, None, None).is_err());
+    let kv = randn(&[1, 3, 5, 8], 2);
+    assert!(ops::attention(&q, &kv, &kv, 1.0, Some(&randn(&[1, 3, 4, 6], 3)), None).is_err());
+    assert!(ops::attention(&q, &kv, &randn(&[1, 3, 5, 4], 3), 1.0, None, None).is_err());
+}
+
 #[test]
 fn rms_norm_matches_composed() {
     for (k, shape) in [[3, 4, 16], [1, 1, 5], [2, 64, 48]].iter().enumerate() {

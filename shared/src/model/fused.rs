@@ -92,16 +92,29 @@ pub fn exp(x: f32) -> f32 {
 /// The broadcast of an additive bias over the rows of a `[B, H, T, S]` input: the bias itself is
 /// `[B or 1, H or 1, T or 1, S]`.
 #[derive(Clone, Copy)]
-struct BiasShape {
+pub(crate) struct BiasShape {
     b: usize,
     h: usize,
     t: usize,
 }
 
 impl BiasShape {
+    /// The broadcast of a bias of `dims` (rank 4, checked by [`dims_fit`]).
+    pub(crate) fn of(dims: &[usize]) -> Self {
+        Self {
+            b: dims[0],
+            h: dims[1],
+            t: dims[2],
+        }
+    }
+
     /// Offset of the bias row for input row `i` of a `[B, H, T, S]` tensor.
     fn row(&self, i: usize, heads: usize, t: usize, s: usize) -> usize {
-        let (bi, hi, ti) = (i / (heads * t), (i / t) % heads, i % t);
+        self.at(i / (heads * t), (i / t) % heads, i % t, s)
+    }
+
+    /// Offset of the bias row for example `bi`, head `hi`, query `ti` (rows `s` long).
+    pub(crate) fn at(&self, bi: usize, hi: usize, ti: usize, s: usize) -> usize {
         let bi = if self.b == 1 { 0 } else { bi };
         let hi = if self.h == 1 { 0 } else { hi };
         let ti = if self.t == 1 { 0 } else { ti };
@@ -115,7 +128,7 @@ pub fn bias_fits(x: &Tensor, bias: &Tensor) -> bool {
     dims_fit(x.dims(), bias.dims())
 }
 
-fn dims_fit(xd: &[usize], bd: &[usize]) -> bool {
+pub(crate) fn dims_fit(xd: &[usize], bd: &[usize]) -> bool {
     xd.len() == 4 && bd.len() == 4 && bd[3] == xd[3] && (0..3).all(|i| bd[i] == 1 || bd[i] == xd[i])
 }
 
@@ -132,41 +145,39 @@ fn softmax_rows(x: &[f32], l: &Layout, scale: f32, bias: Option<(&[f32], &Layout
                     l.dims()
                 );
             }
-            let d = bl.dims();
-            let shape = BiasShape {
-                b: d[0],
-                h: d[1],
-                t: d[2],
-            };
-            Some((data, shape, l.dims()[1], l.dims()[2]))
+            Some((data, BiasShape::of(bl.dims()), l.dims()[1], l.dims()[2]))
         }
     };
     let mut y = vec![0f32; x.len()];
     for_rows(&mut y, n, |i, row| {
-        let xs = &x[i * n..(i + 1) * n];
-        match bias {
-            Some((data, shape, h, t)) => {
-                let off = shape.row(i, h, t, n);
-                for ((o, &v), &c) in row.iter_mut().zip(xs).zip(&data[off..off + n]) {
-                    *o = v * scale + c;
-                }
-            }
-            None => {
-                for (o, &v) in row.iter_mut().zip(xs) {
-                    *o = v * scale;
-                }
-            }
-        }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // Two loops: the first vectorizes; the sum keeps its order.
-        for o in row.iter_mut() {
-            *o = exp(*o - max);
-        }
-        let sum: f32 = row.iter().sum();
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|o| *o *= inv);
+        row.copy_from_slice(&x[i * n..(i + 1) * n]);
+        let bias = bias.map(|(data, shape, h, t)| {
+            let off = shape.row(i, h, t, n);
+            &data[off..off + n]
+        });
+        softmax_row(row, scale, bias);
     });
     Ok(y)
+}
+
+/// `row` ← softmax(row · scale + bias) in place (`bias` as long as `row`).
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32, bias: Option<&[f32]>) {
+    match bias {
+        Some(bias) => {
+            for (o, &c) in row.iter_mut().zip(bias) {
+                *o = *o * scale + c;
+            }
+        }
+        None => row.iter_mut().for_each(|o| *o *= scale),
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Two loops: the first vectorizes; the sum keeps its order.
+    for o in row.iter_mut() {
+        *o = exp(*o - max);
+    }
+    let sum: f32 = row.iter().sum();
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// softmax(x · scale) over the last dimension.

@@ -228,18 +228,8 @@ impl Attention {
             }
             entry.0 = Some((k.clone(), v.clone()));
         }
-        // Grouped-query attention without materializing repeated keys and values: the n_rep query
-        // heads that share a key/value head (consecutive, as HF's repeat_kv orders them) form one
-        // [n_rep·T, D] block against that head's keys.
-        let n_rep = self.n_heads / self.n_kv_heads;
-        let s = k.dim(2)?;
-        let q = q.reshape((b, self.n_kv_heads, n_rep * t, self.head_dim))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, self.n_heads, t, s))?;
-        let probs = ops::attention_softmax(&scores, 1.0 / (self.head_dim as f64).sqrt(), mask)?;
-        let out = probs
-            .reshape((b, self.n_kv_heads, n_rep * t, s))?
-            .matmul(&v)?
-            .reshape((b, self.n_heads, t, self.head_dim))?
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let out = ops::attention(&q, &k, &v, scale, Some(mask), None)?
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
         ops::linear(&self.o_proj, &out)

@@ -3,6 +3,7 @@
 //! front of the whole input). Verified against HF transformers + peft on tiny random models
 //! (`tests/fixtures/models`, `shared/tests/models.rs`).
 
+pub mod attention;
 pub mod causal;
 pub mod fused;
 pub mod llama;

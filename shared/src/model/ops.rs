@@ -3,7 +3,7 @@
 //! the gradient of the loss reaches the soft prompt through every layer.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Linear;
 
 use crate::merge::SplitMix64;
@@ -113,12 +113,78 @@ pub fn dropout(xs: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(xs.clone());
     }
+    xs * dropout_mask(xs.shape(), xs.dtype(), xs.device(), p, rng)?
+}
+
+/// The multipliers of [`dropout`] for a tensor of `shape`: 0 with probability `p`, else
+/// 1/(1 − p), one draw per element in order.
+fn dropout_mask(shape: &Shape, dtype: DType, device: &Device, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
     let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..xs.elem_count())
+    let mask: Vec<f32> = (0..shape.elem_count())
         .map(|_| if rng.next_f64() < f64::from(p) { 0.0 } else { scale })
         .collect();
-    let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-    xs * mask
+    Tensor::from_vec(mask, shape, device)?.to_dtype(dtype)
+}
+
+/// Attention: softmax(scale · q·kᵀ + bias), dropped out with probability `dropout.0` in training,
+/// times v. q is `[B, H, Tq, D]`, k and v `[B, Hkv, Tk, D]` with H a multiple of Hkv (the query
+/// heads sharing a key/value head consecutive, as HF's `repeat_kv` orders them); the frozen `bias`
+/// is `[B or 1, H or 1, Tq or 1, Tk]`. Returns `[B, H, Tq, D]`. On the CPU in f32 this is
+/// [`super::attention::attention`], which never writes the scores to memory; the dropout draws
+/// are the same either way, so a seeded run is too.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+    dropout: Option<(f32, &mut SplitMix64)>,
+) -> Result<Tensor> {
+    let (b, h, tq, _) = q.dims4()?;
+    let tk = k.dim(2)?;
+    let mask = match dropout {
+        Some((p, rng)) if p > 0.0 => Some(dropout_mask(&(b, h, tq, tk).into(), q.dtype(), q.device(), p, rng)?),
+        _ => None,
+    };
+    let bias_ok = bias
+        .is_none_or(|t| t.dtype() == DType::F32 && !t.track_op() && super::fused::dims_fit(&[b, h, tq, tk], t.dims()));
+    if fused(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 && bias_ok {
+        return super::attention::attention(q, k, v, scale as f32, bias, mask.as_ref());
+    }
+    attention_composed(q, k, v, scale, bias, mask.as_ref())
+}
+
+/// [`attention`] of candle ops, with the dropout multipliers `mask` ([B, H, Tq, Tk]) given.
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, h, tq, d) = q.dims4()?;
+    let (_, hkv, tk, _) = k.dims4()?;
+    if hkv == 0 || h % hkv != 0 {
+        candle_core::bail!("attention: {h} query heads over {hkv} key/value heads");
+    }
+    // The n_rep query heads that share a key/value head form one [n_rep·Tq, D] block against
+    // that head's keys, so the keys and values are not repeated.
+    let n_rep = h / hkv;
+    let q = q.contiguous()?.reshape((b, hkv, n_rep * tq, d))?;
+    let scores = q.matmul(&k.contiguous()?.t()?)?.reshape((b, h, tq, tk))?;
+    let probs = match bias {
+        Some(bias) => attention_softmax(&scores, scale, bias)?,
+        None => softmax_last(&(scores * scale)?)?,
+    };
+    let probs = match mask {
+        Some(m) => (probs * m)?,
+        None => probs,
+    };
+    probs
+        .reshape((b, hkv, n_rep * tq, tk))?
+        .matmul(&v.contiguous()?)?
+        .reshape((b, h, tq, d))
 }
 
 /// Mean of the negative log-likelihood of `targets` ([N], u32) under `logits` ([N, V]), and the

@@ -147,9 +147,8 @@ impl Attention {
 
     fn heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        xs.reshape((b, t, self.n_heads, self.d_kv))?
-            .transpose(1, 2)?
-            .contiguous()
+        // A view: attention reads the heads where they lie.
+        xs.reshape((b, t, self.n_heads, self.d_kv))?.transpose(1, 2)
     }
 
     /// `kv`: the keys/values source (self: `xs`; cross: encoder output, or cached projections).
@@ -177,9 +176,8 @@ impl Attention {
             KvSource::Fixed(k, v) => (k.clone(), v.clone()),
         };
         // T5 does not scale the scores (it is folded into the initialization).
-        let probs = drop(&ops::attention_softmax(&q.matmul(&k.t()?)?, 1.0, bias)?, train)?;
-        let out = probs
-            .matmul(&v)?
+        let dropout = train.as_mut().map(|t| (t.dropout, &mut *t.rng));
+        let out = ops::attention(&q, &k, &v, 1.0, Some(bias), dropout)?
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.d_kv))?;
         ops::linear(&self.o, &out)
