@@ -33,7 +33,9 @@ fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters; it is called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        // -1 turns trimming off (mallopt(3)); the largest int would still trim a free top
+        // above 2 GiB, which a T5-base step's end leaves.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_MMAP_MAX, 0);
     }
 }

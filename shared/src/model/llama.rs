@@ -5,10 +5,11 @@
 //! backward pass (see [`super::ops`]).
 
 use candle_core::{D, DType, Device, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::ops;
+use super::ops::FrozenLinear as Linear;
 
 /// `config.json` of a LLaMA-family model, field names as in transformers.
 #[derive(Debug, Clone, Deserialize)]
@@ -198,7 +199,7 @@ impl Attention {
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (h, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
-        let lin = |i, o, name| candle_nn::linear_b(i, o, cfg.attention_bias, vb.pp(name));
+        let lin = |i, o, name| Linear::load(i, o, cfg.attention_bias, vb.pp(name));
         Ok(Self {
             q_proj: lin(d, h * hd, "q_proj")?,
             k_proj: lin(d, kv * hd, "k_proj")?,
@@ -247,9 +248,9 @@ impl Mlp {
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: candle_nn::linear_b(d, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_b(d, i, cfg.mlp_bias, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_b(i, d, cfg.mlp_bias, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(d, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
+            up_proj: Linear::load(d, i, cfg.mlp_bias, vb.pp("up_proj"))?,
+            down_proj: Linear::load(i, d, cfg.mlp_bias, vb.pp("down_proj"))?,
         })
     }
 

@@ -3,7 +3,7 @@
 //! the gradient of the loss reaches the soft prompt through every layer.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Device, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
 use candle_nn::Linear;
 
 use crate::merge::SplitMix64;
@@ -260,8 +260,62 @@ pub fn frozen_matmul_t(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     input_grad_only(x, y, weight)
 }
 
-/// A frozen linear layer (weight and bias receive no gradient): the gradient flows to `x` only.
-pub fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    let y = layer.forward(&x.detach())?;
-    input_grad_only(x, y, layer.weight())
+/// A frozen linear layer y = x·Wᵀ (+ b): weight and bias receive no gradient. On the CPU in f32
+/// a layer with at least as many inputs as outputs (attention's projections, the down
+/// projection) keeps Wᵀ ([in, out], row-major) instead of W, in the same memory: gemm computes
+/// x·Wᵀ 6–28% faster from a row-major right operand than from a transposed one, and the
+/// backward's dx = dy·W loses 1–7% reading it the other way; a widening layer (up projection)
+/// gains little forward and loses 20% backward, so it keeps W (bench/README.md, 2026-12-06).
+#[derive(Debug, Clone)]
+pub struct FrozenLinear {
+    /// W `[out, in]`, or Wᵀ `[in, out]` when `transposed`.
+    weight: Tensor,
+    transposed: bool,
+    bias: Option<Tensor>,
+}
+
+impl FrozenLinear {
+    pub fn new(layer: &Linear) -> Result<Self> {
+        let w = layer.weight();
+        let (out, inp) = w.dims2()?;
+        let transposed = fused(w) && inp >= out;
+        Ok(Self {
+            weight: if transposed { w.t()?.contiguous()? } else { w.clone() },
+            transposed,
+            bias: layer.bias().cloned(),
+        })
+    }
+
+    /// Loads `weight` (and `bias` when `bias`) of an `inp` → `out` layer.
+    pub fn load(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
+        Self::new(&candle_nn::linear_b(inp, out, bias, vb)?)
+    }
+
+    /// W, `[out, in]` (a view when Wᵀ is stored).
+    pub fn weight(&self) -> Result<Tensor> {
+        if self.transposed {
+            self.weight.t()
+        } else {
+            Ok(self.weight.clone())
+        }
+    }
+
+    /// Wᵀ, `[in, out]` (a view when W is stored).
+    fn weight_t(&self) -> Result<Tensor> {
+        if self.transposed {
+            Ok(self.weight.clone())
+        } else {
+            self.weight.t()
+        }
+    }
+}
+
+/// A frozen linear layer: the gradient flows to `x` only.
+pub fn linear(layer: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
+    let y = rows_matmul(&x.detach(), &layer.weight_t()?)?;
+    let y = match &layer.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    input_grad_only(x, y, &layer.weight()?)
 }

@@ -6,7 +6,9 @@
 //! Parameter names mirror the HF checkpoint (`encoder.block.N.layer.0.SelfAttention.q`, …).
 
 use candle_core::{D, DType, Device, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::ops::FrozenLinear as Linear;
 use serde::Deserialize;
 
 use super::ops;
@@ -128,10 +130,10 @@ impl Attention {
     fn load(vb: VarBuilder, cfg: &T5Config, has_bias: bool) -> Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
         Ok(Self {
-            q: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: candle_nn::linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            q: Linear::load(cfg.d_model, inner, false, vb.pp("q"))?,
+            k: Linear::load(cfg.d_model, inner, false, vb.pp("k"))?,
+            v: Linear::load(cfg.d_model, inner, false, vb.pp("v"))?,
+            o: Linear::load(inner, cfg.d_model, false, vb.pp("o"))?,
             n_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             relative_attention_bias: if has_bias {
@@ -231,7 +233,7 @@ struct Ff {
 impl Ff {
     fn load(vb: VarBuilder, cfg: &T5Config, kind: FeedForward) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
-        let lin = |i, o, n| candle_nn::linear_no_bias(i, o, vb.pp(n));
+        let lin = |i, o, n| Linear::load(i, o, false, vb.pp(n));
         Ok(match kind {
             FeedForward::Relu => Self {
                 kind,
