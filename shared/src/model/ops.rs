@@ -280,7 +280,7 @@ impl FrozenLinear {
         let (out, inp) = w.dims2()?;
         let transposed = fused(w) && inp >= out;
         Ok(Self {
-            weight: if transposed { w.t()?.contiguous()? } else { w.clone() },
+            weight: if transposed { transpose_f32(w)? } else { w.clone() },
             transposed,
             bias: layer.bias().cloned(),
         })
@@ -308,6 +308,34 @@ impl FrozenLinear {
             self.weight.t()
         }
     }
+}
+
+/// The transpose of a 2-D f32 tensor on the CPU, contiguous: in 32 × 32 tiles, on the pool's
+/// threads (candle's strided copy, element by element, added half again to a model's loading).
+fn transpose_f32(w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let (rows, cols) = w.dims2()?;
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let (candle_core::Storage::Cpu(cpu), Some((a, z))) = (&*storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("transpose_f32: a CPU tensor expected");
+    };
+    let src = &cpu.as_slice::<f32>()?[a..z];
+    let mut dst = vec![0f32; rows * cols];
+    // Output rows j0..j0 + TILE (input columns) per task.
+    dst.par_chunks_mut(TILE * rows).enumerate().for_each(|(jb, out)| {
+        let j0 = jb * TILE;
+        let jn = out.len() / rows;
+        for i0 in (0..rows).step_by(TILE) {
+            for j in 0..jn {
+                for i in i0..(i0 + TILE).min(rows) {
+                    out[j * rows + i] = src[i * cols + j0 + j];
+                }
+            }
+        }
+    });
+    Tensor::from_vec(dst, (cols, rows), w.device())
 }
 
 /// A frozen linear layer: the gradient flows to `x` only.
