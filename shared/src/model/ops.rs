@@ -263,9 +263,9 @@ pub fn frozen_matmul_t(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// A frozen linear layer y = x·Wᵀ (+ b): weight and bias receive no gradient. On the CPU in f32
 /// a layer with at least as many inputs as outputs (attention's projections, the down
 /// projection) keeps Wᵀ ([in, out], row-major) instead of W, in the same memory: gemm computes
-/// x·Wᵀ 6–28% faster from a row-major right operand than from a transposed one, and the
-/// backward's dx = dy·W loses 1–7% reading it the other way; a widening layer (up projection)
-/// gains little forward and loses 20% backward, so it keeps W (bench/README.md, 2026-12-06).
+/// x·Wᵀ faster from a row-major right operand than from a transposed one, and the backward's
+/// dx = dy·W loses less reading it the other way; a widening layer (up projection) gains little
+/// forward and loses more backward, so it keeps W (the rates per shape: bench/README.md).
 #[derive(Debug, Clone)]
 pub struct FrozenLinear {
     /// W `[out, in]`, or Wᵀ `[in, out]` when `transposed`.
@@ -323,8 +323,9 @@ fn transpose_f32(w: &Tensor) -> Result<Tensor> {
     };
     let src = &cpu.as_slice::<f32>()?[a..z];
     let mut dst = vec![0f32; rows * cols];
-    // Output rows j0..j0 + TILE (input columns) per task.
-    dst.par_chunks_mut(TILE * rows).enumerate().for_each(|(jb, out)| {
+    // Output rows j0..j0 + TILE (input columns) per task; none when the weight is empty.
+    let chunk = (TILE * rows).max(1);
+    dst.par_chunks_mut(chunk).enumerate().for_each(|(jb, out)| {
         let j0 = jb * TILE;
         let jn = out.len() / rows;
         for i0 in (0..rows).step_by(TILE) {
