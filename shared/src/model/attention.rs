@@ -20,7 +20,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::fused::{BiasShape, dims_fit, softmax_row};
+use super::fused::{BiasShape, contiguous, cpu_storage, dims_fit, softmax_row};
 
 /// Scores per block (floats): query rows against all keys, sized to stay in a core's L2 cache
 /// along with the block's products.
@@ -370,10 +370,7 @@ fn backward(
 
 /// A tensor's CPU f32 data.
 fn cpu_f32(s: &Storage) -> Result<&[f32]> {
-    match s {
-        Storage::Cpu(c) => c.as_slice::<f32>(),
-        _ => bail!("attention: the fused kernel runs on the CPU"),
-    }
+    cpu_storage(s)?.as_slice::<f32>()
 }
 
 /// The op: q, k, v in; the bias and the dropout multipliers held (frozen).
@@ -397,23 +394,20 @@ impl Attention {
                         l.dims()
                     );
                 }
-                let Some((a, z)) = l.contiguous_offsets() else {
-                    bail!("attention: the bias is not contiguous");
-                };
-                Some((&cpu_f32(s)?[a..z], BiasShape::of(l.dims())))
+                Some((contiguous::<f32>(cpu_storage(s)?, l)?, BiasShape::of(l.dims())))
             }
             None => None,
         };
         let mask = self.mask.as_ref().map(|t| t.storage_and_layout());
         let mask = match &mask {
             Some((s, l)) => {
-                let (Some((a, z)), true) = (l.contiguous_offsets(), l.dims() == scores) else {
+                if l.dims() != scores {
                     bail!(
                         "attention: dropout multipliers of {:?} for scores of {scores:?}",
                         l.dims()
                     );
-                };
-                Some(&cpu_f32(s)?[a..z])
+                }
+                Some(contiguous::<f32>(cpu_storage(s)?, l)?)
             }
             None => None,
         };

@@ -19,11 +19,19 @@ use rayon::prelude::*;
 /// Below this many output elements a kernel runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;
 
-fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("fused kernel: the input is not contiguous"),
+    }
+}
+
+/// The data of a tensor's storage on the CPU (for a tensor a kernel holds rather than receives).
+pub(crate) fn cpu_storage(s: &candle_core::Storage) -> Result<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => bail!("fused kernel: the tensor is not on the CPU"),
     }
 }
 

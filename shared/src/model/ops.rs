@@ -292,7 +292,7 @@ impl FrozenLinear {
     }
 
     /// W, `[out, in]` (a view when Wᵀ is stored).
-    pub fn weight(&self) -> Result<Tensor> {
+    fn weight(&self) -> Result<Tensor> {
         if self.transposed {
             self.weight.t()
         } else {
@@ -318,10 +318,7 @@ fn transpose_f32(w: &Tensor) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let w = w.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
-    let (candle_core::Storage::Cpu(cpu), Some((a, z))) = (&*storage, layout.contiguous_offsets()) else {
-        candle_core::bail!("transpose_f32: a CPU tensor expected");
-    };
-    let src = &cpu.as_slice::<f32>()?[a..z];
+    let src = super::fused::contiguous::<f32>(super::fused::cpu_storage(&storage)?, layout)?;
     let mut dst = vec![0f32; rows * cols];
     // Output rows j0..j0 + TILE (input columns) per task; none when the weight is empty.
     let chunk = (TILE * rows).max(1);
