@@ -217,6 +217,54 @@ fn swiglu_matches_composed() {
 }
 
 #[test]
+fn linear_layers_agree_in_every_stored_layout() {
+    // Narrowing, widening and square layers, with and without a bias, on 3-D inputs whose row
+    // count crosses the panel kernel's row blocks; each layout's value and input gradient against
+    // candle's product with W.
+    for (k, &(inp, out, bias)) in [(40, 24, true), (24, 72, false), (33, 33, true), (520, 9, false)]
+        .iter()
+        .enumerate()
+    {
+        let w = randn(&[out, inp], 80 + k as u64);
+        let b = bias.then(|| randn(&[out], 90 + k as u64));
+        let layer = candle_nn::Linear::new(w.clone(), b.clone());
+        let x = randn(&[3, 47, inp], 100 + k as u64);
+        let c = |t: &[Tensor]| {
+            let y = t[0].broadcast_matmul(&w.t()?)?;
+            match &b {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            }
+        };
+        for (name, frozen) in [
+            ("chosen", ops::FrozenLinear::new(&layer).unwrap()),
+            ("panels", ops::FrozenLinear::with_panels(&layer).unwrap()),
+        ] {
+            let f = |t: &[Tensor]| ops::linear(&frozen, &t[0]);
+            check(
+                &format!("linear {inp} -> {out} ({name})"),
+                std::slice::from_ref(&x),
+                &f,
+                &c,
+                2e-4,
+            );
+            // A strided view (a narrowed middle dimension), as a decoder's last positions are.
+            let f = |t: &[Tensor]| ops::linear(&frozen, &t[0].narrow(1, 3, 20)?);
+            let c = |t: &[Tensor]| c(&[t[0].narrow(1, 3, 20)?]);
+            check(
+                &format!("linear {inp} -> {out} ({name}, strided)"),
+                std::slice::from_ref(&x),
+                &f,
+                &c,
+                2e-4,
+            );
+        }
+    }
+    let half = candle_nn::Linear::new(randn(&[4, 4], 1).to_dtype(DType::F16).unwrap(), None);
+    assert!(ops::FrozenLinear::with_panels(&half).is_err());
+}
+
+#[test]
 fn nll_matches_composed() {
     for (rows, vocab) in [(5, 11), (40, 3000)] {
         let logits = (randn(&[rows, vocab], 80) * 3.0).unwrap();

@@ -376,7 +376,7 @@ pub struct Llama {
     embed_tokens: Tensor,
     layers: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     inv_freq: Vec<f32>,
     pub cfg: LlamaConfig,
 }
@@ -400,6 +400,7 @@ impl Llama {
         } else {
             vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
         };
+        let lm_head = Linear::new(&candle_nn::Linear::new(lm_head, None))?;
         Ok(Self {
             embed_tokens,
             layers,
@@ -542,7 +543,7 @@ impl Llama {
 
     /// Logits of hidden states [.., d] → [.., V].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::frozen_matmul_t(hidden, &self.lm_head)
+        ops::linear(&self.lm_head, hidden)
     }
 
     fn rotary(&self, positions: &[Vec<u32>], t: usize) -> Result<Rotary> {

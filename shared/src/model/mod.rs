@@ -9,6 +9,7 @@ pub mod fused;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod panel;
 pub mod t5;
 
 pub use candle_core::{DType, Device, Tensor, Var};

@@ -254,34 +254,68 @@ fn rows_matmul(x: &Tensor, m: &Tensor) -> Result<Tensor> {
     x.contiguous()?.reshape(((), k))?.matmul(m)?.reshape(out)
 }
 
-/// x·Wᵀ for a frozen W ([out, in]; e.g. a tied LM head): the gradient flows to `x` only.
-pub fn frozen_matmul_t(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let y = rows_matmul(&x.detach(), &weight.t()?)?;
-    input_grad_only(x, y, weight)
-}
-
 /// A frozen linear layer y = x·Wᵀ (+ b): weight and bias receive no gradient. On the CPU in f32
 /// a layer with at least as many inputs as outputs (attention's projections, the down
 /// projection) keeps Wᵀ ([in, out], row-major) instead of W, in the same memory: gemm computes
 /// x·Wᵀ faster from a row-major right operand than from a transposed one, and the backward's
 /// dx = dy·W loses less reading it the other way; a widening layer (up projection) gains little
-/// forward and loses more backward, so it keeps W (the rates per shape: bench/README.md).
+/// forward and loses more backward, so it keeps W (the rates per shape: bench/README.md). In
+/// wasm every f32 layer keeps Wᵀ in panels for [`super::panel`]'s kernel instead.
 #[derive(Debug, Clone)]
 pub struct FrozenLinear {
-    /// W `[out, in]`, or Wᵀ `[in, out]` when `transposed`.
     weight: Tensor,
-    transposed: bool,
+    stored: Stored,
     bias: Option<Tensor>,
+}
+
+/// What [`FrozenLinear::weight`] holds.
+#[derive(Debug, Clone, Copy)]
+enum Stored {
+    /// W `[out, in]`.
+    W,
+    /// Wᵀ `[in, out]`.
+    Transposed,
+    /// Wᵀ in panels (of [`super::panel::pack`]) for an `out` × `inp` W.
+    Panels { out: usize, inp: usize },
 }
 
 impl FrozenLinear {
     pub fn new(layer: &Linear) -> Result<Self> {
         let w = layer.weight();
+        if cfg!(target_arch = "wasm32") && fused(w) {
+            return Self::with_panels(layer);
+        }
         let (out, inp) = w.dims2()?;
         let transposed = fused(w) && inp >= out;
         Ok(Self {
             weight: if transposed { transpose_f32(w)? } else { w.clone() },
-            transposed,
+            stored: if transposed { Stored::Transposed } else { Stored::W },
+            bias: layer.bias().cloned(),
+        })
+    }
+
+    /// The browser's layout, which [`Self::new`] picks in wasm for f32 on the CPU: Wᵀ packed
+    /// in panels for [`super::panel`]'s kernel (native builds may ask for it, as its tests do).
+    pub fn with_panels(layer: &Linear) -> Result<Self> {
+        let w = layer.weight();
+        if !fused(w) {
+            candle_core::bail!(
+                "panel layout: the weight is {:?} on {:?}, not f32 on the CPU",
+                w.dtype(),
+                w.device()
+            );
+        }
+        let (out, inp) = w.dims2()?;
+        let w = w.contiguous()?;
+        let panels = {
+            let (storage, layout) = w.storage_and_layout();
+            let src = super::fused::contiguous::<f32>(super::fused::cpu_storage(&storage)?, layout)?;
+            super::panel::pack(src, out, inp)
+        };
+        let len = panels.len();
+        Ok(Self {
+            weight: Tensor::from_vec(panels, len, w.device())?,
+            stored: Stored::Panels { out, inp },
             bias: layer.bias().cloned(),
         })
     }
@@ -289,24 +323,6 @@ impl FrozenLinear {
     /// Loads `weight` (and `bias` when `bias`) of an `inp` → `out` layer.
     pub fn load(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
         Self::new(&candle_nn::linear_b(inp, out, bias, vb)?)
-    }
-
-    /// W, `[out, in]` (a view when Wᵀ is stored).
-    fn weight(&self) -> Result<Tensor> {
-        if self.transposed {
-            self.weight.t()
-        } else {
-            Ok(self.weight.clone())
-        }
-    }
-
-    /// Wᵀ, `[in, out]` (a view when W is stored).
-    fn weight_t(&self) -> Result<Tensor> {
-        if self.transposed {
-            Ok(self.weight.clone())
-        } else {
-            self.weight.t()
-        }
     }
 }
 
@@ -338,10 +354,92 @@ fn transpose_f32(w: &Tensor) -> Result<Tensor> {
 
 /// A frozen linear layer: the gradient flows to `x` only.
 pub fn linear(layer: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
-    let y = rows_matmul(&x.detach(), &layer.weight_t()?)?;
+    let y = match layer.stored {
+        Stored::W => rows_matmul(&x.detach(), &layer.weight.t()?)?,
+        Stored::Transposed => rows_matmul(&x.detach(), &layer.weight)?,
+        Stored::Panels { out, inp } => x.contiguous()?.apply_op1(PanelProduct {
+            panels: layer.weight.clone(),
+            out,
+            inp,
+        })?,
+    };
     let y = match &layer.bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
-    input_grad_only(x, y, &layer.weight()?)
+    match layer.stored {
+        Stored::W => input_grad_only(x, y, &layer.weight),
+        Stored::Transposed => input_grad_only(x, y, &layer.weight.t()?),
+        // The product's own backward gives x its gradient.
+        Stored::Panels { .. } => Ok(y),
+    }
+}
+
+/// x `[.., inp]` times Wᵀ held in panels: `[.., out]`, with dx = dy·W as its backward.
+struct PanelProduct {
+    panels: Tensor,
+    out: usize,
+    inp: usize,
+}
+
+/// dy `[.., out]` times W held in panels: `[.., inp]`.
+struct PanelProductT {
+    panels: Tensor,
+    out: usize,
+    inp: usize,
+}
+
+/// Runs `f` on a contiguous f32 `x` whose last dimension is `k` (its row count, its data) and
+/// `panels`' data, giving a result whose last dimension is `n`.
+fn with_panels(
+    panels: &Tensor,
+    s: &CpuStorage,
+    l: &Layout,
+    (k, n): (usize, usize),
+    f: impl FnOnce(&[f32], usize, &[f32]) -> Vec<f32>,
+) -> Result<(CpuStorage, Shape)> {
+    let x = super::fused::contiguous::<f32>(s, l)?;
+    let mut dims = l.dims().to_vec();
+    match dims.last_mut() {
+        Some(last) if *last == k => *last = n,
+        _ => candle_core::bail!("panel product: a [.., {k}] operand expected, got {:?}", l.dims()),
+    }
+    let (storage, layout) = panels.storage_and_layout();
+    let p = super::fused::contiguous::<f32>(super::fused::cpu_storage(&storage)?, layout)?;
+    Ok((CpuStorage::F32(f(x, x.len() / k.max(1), p)), Shape::from(dims)))
+}
+
+impl candle_core::CustomOp1 for PanelProduct {
+    fn name(&self) -> &'static str {
+        "panel-product"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (k, n) = (self.inp, self.out);
+        with_panels(&self.panels, s, l, (k, n), |x, m, p| {
+            super::panel::product(x, m, k, p, n)
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = PanelProductT {
+            panels: self.panels.clone(),
+            out: self.out,
+            inp: self.inp,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl candle_core::CustomOp1 for PanelProductT {
+    fn name(&self) -> &'static str {
+        "panel-product-t"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (k, n) = (self.inp, self.out);
+        with_panels(&self.panels, s, l, (n, k), |dy, m, p| {
+            super::panel::product_t(dy, m, n, p, k)
+        })
+    }
 }

@@ -311,7 +311,7 @@ pub struct T5 {
     encoder_norm: Tensor,
     decoder: Vec<Block>,
     decoder_norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     scale_output: bool,
     pub cfg: T5Config,
 }
@@ -338,6 +338,7 @@ impl T5 {
         } else {
             vb.get((cfg.vocab_size, cfg.d_model), "lm_head.weight")?
         };
+        let lm_head = Linear::new(&candle_nn::Linear::new(lm_head, None))?;
         Ok(Self {
             shared,
             encoder,
@@ -454,7 +455,7 @@ impl T5 {
         } else {
             hidden.clone()
         };
-        ops::frozen_matmul_t(&h, &self.lm_head)
+        ops::linear(&self.lm_head, &h)
     }
 
     /// Starts greedy decoding: cross-attention keys/values of every decoder layer.
