@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -58,6 +58,54 @@ impl Model {
     }
 }
 
+/// A [`VarBuilder`] that hands each tensor over on its first request and forgets it: a layer
+/// that keeps its weight in another layout ([`super::ops::FrozenLinear`]: Wᵀ, or the browser's
+/// panels) lets the original go while the rest loads, so loading peaks at about one model's
+/// weights rather than two (in wasm, whose memory never shrinks, that peak is the worker's size).
+fn handover(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(
+        Box::new(Handover(std::sync::Mutex::new(tensors))),
+        dtype,
+        device.clone(),
+    )
+}
+
+struct Handover(std::sync::Mutex<HashMap<String, Tensor>>);
+
+impl Handover {
+    fn take(&self, name: &str) -> Result<Tensor> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for Handover {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let t = self.take(name)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            }
+            .bt());
+        }
+        t.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.take(name)?.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(name)
+    }
+}
+
 #[derive(Deserialize)]
 struct ModelType {
     #[serde(default)]
@@ -78,7 +126,7 @@ pub fn from_safetensors<B: AsRef<[u8]>>(
     for shard in shards {
         tensors.extend(candle_core::safetensors::load_buffer(shard.as_ref(), device)?);
     }
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let vb = handover(tensors, dtype, device);
     let parse_err = |e: serde_json::Error| candle_core::Error::msg(format!("config.json: {e}"));
     match kind.model_type.as_deref() {
         Some("t5") => {
@@ -183,7 +231,7 @@ pub fn from_gguf<R: Read + Seek>(
         };
         tensors.insert(hf, t.to_dtype(dtype)?);
     }
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let vb = handover(tensors, dtype, device);
     let mut model = Llama::load(vb, &cfg)?;
     if let Some(factors) = freq_factors {
         model.set_rope_freq_factors(&factors)?;
