@@ -1,19 +1,22 @@
 //! The browser's product with a frozen weight: Wᵀ packed once, at load, into panels of [`NR`]
 //! columns (k-major, zero past the last column), and a [`MR`] × [`NR`] micro-kernel in 128-bit
-//! SIMD whose eight accumulators, two panel vectors, broadcast and product fit V8's sixteen
-//! registers. gemm's wasm kernel (12 × 4, twelve accumulators) spills there and runs at about
-//! three quarters of this one's rate (bench/README.md has both, per shape). Native builds keep
-//! gemm, whose AVX kernels and threads are faster; this module compiles everywhere so that its
-//! packing, blocking and edges are tested natively, with a portable four-lane vector in place of
-//! wasm's `v128` (the same multiplies and adds, unfused, in the same order).
+//! SIMD whose eight accumulators, two panel vectors, broadcasts and products fit V8's sixteen
+//! registers. gemm's wasm kernel (12 × 4, twelve accumulators) spills there: about 70% of this
+//! one's rate at a prefill's shapes, under half at a decoding step's (`bash
+//! bench/wasm-kernels/run.sh` times both per shape; bench/README.md has the numbers). Native
+//! builds keep gemm, whose AVX kernels and threads are faster; this module compiles everywhere so
+//! that its packing, blocking and edges are tested natively, with a portable four-lane vector in
+//! place of wasm's `v128` (the same multiplies and adds, unfused, in the same order).
 
 /// Rows of x per micro-kernel call.
 pub const MR: usize = 4;
 /// Columns of Wᵀ per panel (two vectors).
 pub const NR: usize = 8;
-/// Largest block of the inner dimension: a panel's block (8 KB) stays in L1.
+/// Largest block of the inner dimension: a layer with up to this many inputs (all of SmolLM2's)
+/// reads each panel once from start to end, a stream the hardware prefetches (blocks of 256
+/// made an 8-row LM head almost twice as slow: bench/README.md).
 const KC: usize = 1536;
-/// Rows of x packed per block (with KC: 128 KB, in L2).
+/// Rows of x packed per block (at most 384 KB with KC, within L2).
 const MC: usize = 64;
 
 #[cfg(target_arch = "wasm32")]
