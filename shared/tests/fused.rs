@@ -265,6 +265,65 @@ fn linear_layers_agree_in_every_stored_layout() {
 }
 
 #[test]
+fn relu_feed_forward_matches_composed_with_and_without_dropout() {
+    // Wi widens (W kept), Wo narrows (Wᵀ kept): both stored layouts of the backward's weights.
+    let (d, f) = (16, 40);
+    let (wi, wo) = (randn(&[f, d], 110), randn(&[d, f], 111));
+    let frozen = |w: &Tensor| ops::FrozenLinear::new(&candle_nn::Linear::new(w.clone(), None)).unwrap();
+    let (fwi, fwo) = (frozen(&wi), frozen(&wo));
+    let x = randn(&[3, 37, d], 112);
+    for p in [0.0, 0.3] {
+        let f = |t: &[Tensor]| {
+            let mut rng = tpv_shared::merge::SplitMix64::new(7);
+            ops::relu_ff(&fwi, &fwo, &t[0], Some((p, &mut rng)))
+        };
+        let c = |t: &[Tensor]| {
+            let mut rng = tpv_shared::merge::SplitMix64::new(7);
+            let h = t[0].broadcast_matmul(&wi.t()?)?.relu()?;
+            ops::dropout(&h, p, &mut rng)?.broadcast_matmul(&wo.t()?)
+        };
+        check(
+            &format!("relu feed-forward, dropout {p}"),
+            std::slice::from_ref(&x),
+            &f,
+            &c,
+            1e-4,
+        );
+    }
+    // Without a gradient to compute (evaluation) the composed path runs; same values.
+    let y = ops::relu_ff(&fwi, &fwo, &x, None).unwrap();
+    let want = x
+        .broadcast_matmul(&wi.t().unwrap())
+        .unwrap()
+        .relu()
+        .unwrap()
+        .broadcast_matmul(&wo.t().unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&y, &want) < 1e-4);
+}
+
+#[test]
+fn swiglu_feed_forward_matches_composed() {
+    // Gate and up widen (W kept), down narrows (Wᵀ kept).
+    let (d, f) = (16, 40);
+    // Scaled so that the gated products stay near 1 (absolute tolerances then mean something).
+    let small = |shape: &[usize], seed| (randn(shape, seed) * 0.25).unwrap();
+    let (wg, wu, wd) = (small(&[f, d], 120), small(&[f, d], 121), small(&[d, f], 122));
+    let frozen = |w: &Tensor| ops::FrozenLinear::new(&candle_nn::Linear::new(w.clone(), None)).unwrap();
+    let (g, u, dn) = (frozen(&wg), frozen(&wu), frozen(&wd));
+    let x = small(&[2, 29, d], 123);
+    let f = |t: &[Tensor]| ops::swiglu_ff(&g, &u, &dn, &t[0]);
+    let c = |t: &[Tensor]| {
+        let a = t[0].broadcast_matmul(&wg.t()?)?;
+        let b = t[0].broadcast_matmul(&wu.t()?)?;
+        (a.silu()? * b)?.broadcast_matmul(&wd.t()?)
+    };
+    check("swiglu feed-forward", std::slice::from_ref(&x), &f, &c, 1e-5);
+    let y = ops::swiglu_ff(&g, &u, &dn, &x).unwrap();
+    assert!(max_abs_diff(&y, &c(std::slice::from_ref(&x)).unwrap()) < 1e-5);
+}
+
+#[test]
 fn nll_matches_composed() {
     for (rows, vocab) in [(5, 11), (40, 3000)] {
         let logits = (randn(&[rows, vocab], 80) * 3.0).unwrap();

@@ -453,8 +453,44 @@ impl CustomOp2 for Swiglu {
     }
 
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = grad.contiguous()?.apply_op3_no_bwd(a, b, &SwigluGrad)?;
-        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+        let (da, db) = swiglu_grad(grad, a, b)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// The gradients of silu(a) ⊙ b with respect to `a` and `b`, given the output's `grad`.
+pub(crate) fn swiglu_grad(grad: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+    let both = grad.contiguous()?.apply_op3_no_bwd(a, b, &SwigluGrad)?;
+    Ok((both.get(0)?, both.get(1)?))
+}
+
+/// The gradient through `h = dropout(relu(a))` given `h`: `g · keep` where `h > 0`, else 0 (a
+/// kept unit's `h` is positive exactly where `a` is; a dropped one's is 0). `keep` is the kept
+/// units' multiplier, 1/(1 − p). No backward: it runs inside one.
+pub(crate) struct ReluGrad {
+    pub(crate) keep: f32,
+}
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "fused-relu-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, hs: &CpuStorage, hl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, h) = (contiguous::<f32>(gs, gl)?, contiguous::<f32>(hs, hl)?);
+        if gl.shape() != hl.shape() {
+            bail!("relu gradient: shapes {:?} and {:?}", gl.dims(), hl.dims());
+        }
+        let n = last_dim(gl)?;
+        let keep = self.keep;
+        let mut out = vec![0f32; g.len()];
+        for_rows(&mut out, n, |i, row| {
+            let (g, h) = (&g[i * n..(i + 1) * n], &h[i * n..(i + 1) * n]);
+            for ((o, &gi), &hi) in row.iter_mut().zip(g).zip(h) {
+                *o = if hi > 0.0 { gi * keep } else { 0.0 };
+            }
+        });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }
 

@@ -255,8 +255,7 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gated = ops::swiglu(&ops::linear(&self.gate_proj, xs)?, &ops::linear(&self.up_proj, xs)?)?;
-        ops::linear(&self.down_proj, &gated)
+        ops::swiglu_ff(&self.gate_proj, &self.up_proj, &self.down_proj, xs)
     }
 }
 

@@ -320,6 +320,21 @@ impl FrozenLinear {
         })
     }
 
+    /// Whether W is held as a plain tensor (either way round) and there is no bias: what the
+    /// fused blocks ([`relu_ff`], [`swiglu_ff`]) take.
+    fn dense(&self) -> bool {
+        self.bias.is_none() && !matches!(self.stored, Stored::Panels { .. })
+    }
+
+    /// W, `[out, in]` (a view when Wᵀ is stored) of a [`Self::dense`] layer.
+    fn w(&self) -> Result<Tensor> {
+        match self.stored {
+            Stored::W => Ok(self.weight.clone()),
+            Stored::Transposed => self.weight.t(),
+            Stored::Panels { .. } => candle_core::bail!("a layer in panels has no W to hand out"),
+        }
+    }
+
     /// Loads `weight` (and `bias` when `bias`) of an `inp` → `out` layer.
     pub fn load(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
         Self::new(&candle_nn::linear_b(inp, out, bias, vb)?)
@@ -368,10 +383,126 @@ pub fn linear(layer: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
         None => y,
     };
     match layer.stored {
-        Stored::W => input_grad_only(x, y, &layer.weight),
-        Stored::Transposed => input_grad_only(x, y, &layer.weight.t()?),
+        Stored::W | Stored::Transposed => input_grad_only(x, y, &layer.w()?),
         // The product's own backward gives x its gradient.
         Stored::Panels { .. } => Ok(y),
+    }
+}
+
+/// T5's feed-forward block, y = dropout(relu(x·Wiᵀ))·Woᵀ, with `dropout` = (p, draws) in
+/// training. On the CPU in f32, when x needs a gradient, the block is one node of the graph whose
+/// backward is dy·Wo, masked where the hidden activation is positive (times 1/(1 − p)), times Wi.
+/// Composed, candle's backward passes over the `[.., d_ff]` activations a dozen times (relu's
+/// comparison, conversion and product, dropout's product, and a zeroed buffer plus an addition
+/// for each of three gradients) and keeps three or four copies of them alive; this keeps one.
+/// The values and the dropout draws are the composed ones.
+pub fn relu_ff(
+    wi: &FrozenLinear,
+    wo: &FrozenLinear,
+    x: &Tensor,
+    dropout: Option<(f32, &mut SplitMix64)>,
+) -> Result<Tensor> {
+    if !(fused(x) && x.track_op() && wi.dense() && wo.dense()) {
+        let h = linear(wi, x)?.relu()?;
+        let h = match dropout {
+            Some((p, rng)) => self::dropout(&h, p, rng)?,
+            None => h,
+        };
+        return linear(wo, &h);
+    }
+    // The forward without a graph (x detached); the gradient is attached below.
+    let h = linear(wi, &x.detach())?.relu()?;
+    let (h, keep) = match dropout {
+        Some((p, rng)) if p > 0.0 => (self::dropout(&h, p, rng)?, 1.0 / (1.0 - p)),
+        _ => (h, 1.0),
+    };
+    let y = linear(wo, &h)?;
+    let op = ReluFfGrad {
+        wi: wi.w()?,
+        wo: wo.w()?,
+        h,
+        keep,
+    };
+    x.apply_op2(&y.contiguous()?, op)
+}
+
+/// LLaMA's feed-forward block, y = (silu(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ. On the CPU in f32, when x needs a
+/// gradient, one node of the graph (as [`relu_ff`]) whose backward is dy·Wd through SwiGLU's
+/// gradient, times Wg and Wu: candle's composed backward would zero and add a buffer for each of
+/// the three `[.., d_ff]` gradients, and keep the gated product alive besides its two inputs.
+pub fn swiglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
+    if !(fused(x) && x.track_op() && [gate, up, down].iter().all(|l| l.dense())) {
+        return linear(down, &swiglu(&linear(gate, x)?, &linear(up, x)?)?);
+    }
+    // The forward without a graph (x detached); the gradient is attached below.
+    let x0 = x.detach();
+    let (a, b) = (linear(gate, &x0)?, linear(up, &x0)?);
+    let y = linear(down, &swiglu(&a, &b)?)?;
+    let op = SwigluFfGrad {
+        gate: gate.w()?,
+        up: up.w()?,
+        down: down.w()?,
+        a,
+        b,
+    };
+    x.apply_op2(&y.contiguous()?, op)
+}
+
+/// The input gradient of [`swiglu_ff`]: `x` and `y` in, a copy of `y` out (as [`InputGradOnly`]).
+struct SwigluFfGrad {
+    /// Wg and Wu `[d_ff, d]`, Wd `[d, d_ff]` (views when Wᵀ is stored).
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+    /// x·Wgᵀ and x·Wuᵀ.
+    a: Tensor,
+    b: Tensor,
+}
+
+impl CustomOp2 for SwigluFfGrad {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-ff"
+    }
+
+    // `y` is a fresh contiguous result: cloning its storage is cloning the value.
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dh = rows_matmul(grad, &self.down)?;
+        let (da, db) = super::fused::swiglu_grad(&dh, &self.a, &self.b)?;
+        Ok((
+            Some((rows_matmul(&da, &self.gate)? + rows_matmul(&db, &self.up)?)?),
+            None,
+        ))
+    }
+}
+
+/// The input gradient of [`relu_ff`]: `x` and `y` in, a copy of `y` out (as [`InputGradOnly`]).
+struct ReluFfGrad {
+    /// Wi `[d_ff, d]` and Wo `[d, d_ff]` (views when Wᵀ is stored).
+    wi: Tensor,
+    wo: Tensor,
+    /// The hidden activation after dropout.
+    h: Tensor,
+    keep: f32,
+}
+
+impl CustomOp2 for ReluFfGrad {
+    fn name(&self) -> &'static str {
+        "fused-relu-ff"
+    }
+
+    // `y` is a fresh contiguous result: cloning its storage is cloning the value.
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dh = rows_matmul(grad, &self.wo)?;
+        let da = dh.apply_op2_no_bwd(&self.h, &super::fused::ReluGrad { keep: self.keep })?;
+        Ok((Some(rows_matmul(&da, &self.wi)?), None))
     }
 }
 

@@ -254,7 +254,10 @@ impl Ff {
 
     fn forward(&self, xs: &Tensor, train: &mut Option<Train<'_>>) -> Result<Tensor> {
         let h = match (self.kind, &self.wi, &self.wi_0, &self.wi_1) {
-            (FeedForward::Relu, Some(wi), _, _) => ops::linear(wi, xs)?.relu()?,
+            (FeedForward::Relu, Some(wi), _, _) => {
+                let dropout = train.as_mut().map(|t| (t.dropout, &mut *t.rng));
+                return ops::relu_ff(wi, &self.wo, xs, dropout);
+            }
             (FeedForward::GatedGelu, _, Some(w0), Some(w1)) => {
                 (ops::gelu_tanh(&ops::linear(w0, xs)?)? * ops::linear(w1, xs)?)?
             }
