@@ -205,18 +205,21 @@ pub fn nll_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor
     Ok((picked.mean_all()?, picked))
 }
 
-/// The value `y` of a product with a frozen weight, made differentiable w.r.t. `x` alone: the
-/// forward pass copies `y`; the backward pass is dx = dy·W. candle's matmul backward also computes
-/// (and accumulates, in a weight-sized buffer) the gradient of the frozen weight — a third of a
-/// training step's matmul work and most of its memory, spent on a gradient nobody reads.
-struct InputGradOnly {
-    /// W of y = x·Wᵀ, [out, in].
-    weight: Tensor,
-}
+/// A value `y` computed from `x` without a graph (x detached), made differentiable w.r.t. `x`
+/// alone: the forward pass copies `y` (a custom op makes its own storage), the backward gives `x`
+/// the gradient `grad_x(dy)` and nothing else. For a product with a frozen weight that is dx =
+/// dy·W: candle's matmul backward also computes (and accumulates, in a weight-sized buffer) the
+/// gradient of the frozen weight — a third of a training step's matmul work and most of its
+/// memory, spent on a gradient nobody reads. For a block ([`relu_ff`], [`swiglu_ff`]) it is one
+/// node in place of the many its ops would record.
+struct InputGrad(Box<GradFn>);
 
-impl CustomOp2 for InputGradOnly {
+/// dy ↦ dx.
+type GradFn = dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync;
+
+impl CustomOp2 for InputGrad {
     fn name(&self) -> &'static str {
-        "frozen-matmul"
+        "input-gradient"
     }
 
     // `y` is a fresh contiguous result: cloning its storage is cloning the value.
@@ -229,15 +232,21 @@ impl CustomOp2 for InputGradOnly {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(rows_matmul(grad, &self.weight)?), None))
+        Ok((Some((self.0)(grad)?), None))
     }
 }
 
-fn input_grad_only(x: &Tensor, y: Tensor, weight: &Tensor) -> Result<Tensor> {
+/// `y` as a function of `x` whose gradient is `grad_x(dy)` ([`InputGrad`]); `y` itself when `x`
+/// needs no gradient.
+fn with_input_grad(
+    x: &Tensor,
+    y: Tensor,
+    grad_x: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
     if !x.track_op() {
         return Ok(y);
     }
-    x.apply_op2(&y.contiguous()?, InputGradOnly { weight: weight.clone() })
+    x.apply_op2(&y.contiguous()?, InputGrad(Box::new(grad_x)))
 }
 
 /// `x` ([.., K]) times a 2-D `m` ([K, N]) as one matrix product over all of `x`'s rows, rather
@@ -383,7 +392,10 @@ pub fn linear(layer: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
         None => y,
     };
     match layer.stored {
-        Stored::W | Stored::Transposed => input_grad_only(x, y, &layer.w()?),
+        Stored::W | Stored::Transposed => {
+            let w = layer.w()?;
+            with_input_grad(x, y, move |dy| rows_matmul(dy, &w))
+        }
         // The product's own backward gives x its gradient.
         Stored::Panels { .. } => Ok(y),
     }
@@ -417,13 +429,11 @@ pub fn relu_ff(
         _ => (h, 1.0),
     };
     let y = linear(wo, &h)?;
-    let op = ReluFfGrad {
-        wi: wi.w()?,
-        wo: wo.w()?,
-        h,
-        keep,
-    };
-    x.apply_op2(&y.contiguous()?, op)
+    let (wi, wo) = (wi.w()?, wo.w()?);
+    with_input_grad(x, y, move |dy| {
+        let da = rows_matmul(dy, &wo)?.apply_op2_no_bwd(&h, &super::fused::ReluGrad { keep })?;
+        rows_matmul(&da, &wi)
+    })
 }
 
 /// LLaMA's feed-forward block, y = (silu(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ. On the CPU in f32, when x needs a
@@ -438,72 +448,11 @@ pub fn swiglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x:
     let x0 = x.detach();
     let (a, b) = (linear(gate, &x0)?, linear(up, &x0)?);
     let y = linear(down, &swiglu(&a, &b)?)?;
-    let op = SwigluFfGrad {
-        gate: gate.w()?,
-        up: up.w()?,
-        down: down.w()?,
-        a,
-        b,
-    };
-    x.apply_op2(&y.contiguous()?, op)
-}
-
-/// The input gradient of [`swiglu_ff`]: `x` and `y` in, a copy of `y` out (as [`InputGradOnly`]).
-struct SwigluFfGrad {
-    /// Wg and Wu `[d_ff, d]`, Wd `[d, d_ff]` (views when Wᵀ is stored).
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
-    /// x·Wgᵀ and x·Wuᵀ.
-    a: Tensor,
-    b: Tensor,
-}
-
-impl CustomOp2 for SwigluFfGrad {
-    fn name(&self) -> &'static str {
-        "fused-swiglu-ff"
-    }
-
-    // `y` is a fresh contiguous result: cloning its storage is cloning the value.
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((y.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dh = rows_matmul(grad, &self.down)?;
-        let (da, db) = super::fused::swiglu_grad(&dh, &self.a, &self.b)?;
-        Ok((
-            Some((rows_matmul(&da, &self.gate)? + rows_matmul(&db, &self.up)?)?),
-            None,
-        ))
-    }
-}
-
-/// The input gradient of [`relu_ff`]: `x` and `y` in, a copy of `y` out (as [`InputGradOnly`]).
-struct ReluFfGrad {
-    /// Wi `[d_ff, d]` and Wo `[d, d_ff]` (views when Wᵀ is stored).
-    wi: Tensor,
-    wo: Tensor,
-    /// The hidden activation after dropout.
-    h: Tensor,
-    keep: f32,
-}
-
-impl CustomOp2 for ReluFfGrad {
-    fn name(&self) -> &'static str {
-        "fused-relu-ff"
-    }
-
-    // `y` is a fresh contiguous result: cloning its storage is cloning the value.
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((y.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dh = rows_matmul(grad, &self.wo)?;
-        let da = dh.apply_op2_no_bwd(&self.h, &super::fused::ReluGrad { keep: self.keep })?;
-        Ok((Some(rows_matmul(&da, &self.wi)?), None))
-    }
+    let (wg, wu, wd) = (gate.w()?, up.w()?, down.w()?);
+    with_input_grad(x, y, move |dy| {
+        let (da, db) = super::fused::swiglu_grad(&rows_matmul(dy, &wd)?, &a, &b)?;
+        rows_matmul(&da, &wg)? + rows_matmul(&db, &wu)?
+    })
 }
 
 /// x `[.., inp]` times Wᵀ held in panels: `[.., out]`, with dx = dy·W as its backward.
