@@ -73,9 +73,13 @@ fn handover(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> 
 struct Handover(std::sync::Mutex<HashMap<String, Tensor>>);
 
 impl Handover {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tensor>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn take(&self, name: &str) -> Result<Tensor> {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(name)
+        self.map()
+            .remove(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())
     }
 }
@@ -99,10 +103,7 @@ impl candle_nn::var_builder::SimpleBackend for Handover {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(name)
+        self.map().contains_key(name)
     }
 }
 

@@ -385,6 +385,7 @@ pub fn linear(layer: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
             panels: layer.weight.clone(),
             out,
             inp,
+            transposed: false,
         })?,
     };
     let y = match &layer.bias {
@@ -455,18 +456,14 @@ pub fn swiglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x:
     })
 }
 
-/// x `[.., inp]` times Wᵀ held in panels: `[.., out]`, with dx = dy·W as its backward.
+/// x `[.., inp]` times Wᵀ held in panels: `[.., out]`, with dx = dy·W as its backward; or, when
+/// `transposed`, that backward: dy `[.., out]` times W, `[.., inp]`.
+#[derive(Clone)]
 struct PanelProduct {
     panels: Tensor,
     out: usize,
     inp: usize,
-}
-
-/// dy `[.., out]` times W held in panels: `[.., inp]`.
-struct PanelProductT {
-    panels: Tensor,
-    out: usize,
-    inp: usize,
+    transposed: bool,
 }
 
 /// Runs `f` on a contiguous f32 `x` whose last dimension is `k` (its row count, its data) and
@@ -496,30 +493,22 @@ impl candle_core::CustomOp1 for PanelProduct {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (k, n) = (self.inp, self.out);
-        with_panels(&self.panels, s, l, (k, n), |x, m, p| {
-            super::panel::product(x, m, k, p, n)
-        })
+        if self.transposed {
+            with_panels(&self.panels, s, l, (n, k), |dy, m, p| {
+                super::panel::product_t(dy, m, n, p, k)
+            })
+        } else {
+            with_panels(&self.panels, s, l, (k, n), |x, m, p| {
+                super::panel::product(x, m, k, p, n)
+            })
+        }
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let op = PanelProductT {
-            panels: self.panels.clone(),
-            out: self.out,
-            inp: self.inp,
+        let op = PanelProduct {
+            transposed: true,
+            ..self.clone()
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
-    }
-}
-
-impl candle_core::CustomOp1 for PanelProductT {
-    fn name(&self) -> &'static str {
-        "panel-product-t"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (k, n) = (self.inp, self.out);
-        with_panels(&self.panels, s, l, (n, k), |dy, m, p| {
-            super::panel::product_t(dy, m, n, p, k)
-        })
     }
 }

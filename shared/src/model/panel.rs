@@ -57,6 +57,11 @@ mod lanes {
     pub fn mul_add(acc: V, a: V, b: V) -> V {
         V(f32x4_add(acc.0, f32x4_mul(a.0, b.0)))
     }
+
+    #[inline(always)]
+    pub fn add(a: V, b: V) -> V {
+        V(f32x4_add(a.0, b.0))
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -87,6 +92,11 @@ mod lanes {
     #[inline(always)]
     pub fn mul_add(acc: V, a: V, b: V) -> V {
         V(std::array::from_fn(|i| acc.0[i] + a.0[i] * b.0[i]))
+    }
+
+    #[inline(always)]
+    pub fn add(a: V, b: V) -> V {
+        V(std::array::from_fn(|i| a.0[i] + b.0[i]))
     }
 }
 
@@ -177,7 +187,7 @@ fn add_tile(y: &mut [f32], ld: usize, rows: usize, cols: usize, acc: &[[V; 2]; M
             let (y0, y1) = y[r * ld..][..NR].split_at_mut(4);
             for (yv, a) in [y0, y1].into_iter().zip(a) {
                 if let Some(yv) = yv.first_chunk_mut::<4>() {
-                    let sum = lanes::mul_add(*a, lanes::load(yv), lanes::splat(1.0));
+                    let sum = lanes::add(*a, lanes::load(yv));
                     lanes::store(sum, yv);
                 }
             }
