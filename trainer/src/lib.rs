@@ -13,6 +13,8 @@ pub mod assets;
 pub mod cli;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod data;
 pub mod energy;
 pub mod events;

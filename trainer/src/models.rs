@@ -31,7 +31,9 @@ pub fn dtype(spec: &str) -> Result<DType> {
     Ok(spec.parse::<tpv_shared::Precision>()?.dtype())
 }
 
-/// `cpu` or `cuda:N` ([`tpv_shared::DeviceSpec`]; CUDA needs the `cuda` feature).
+/// `cpu` or `cuda:N` ([`tpv_shared::DeviceSpec`]; CUDA needs the `cuda` feature). Opening a GPU
+/// installs the fused ops' CUDA kernels (`cuda_kernels`) unless `TPV_CUDA_KERNELS=0` asks for
+/// candle's composed ops instead.
 pub fn device(spec: &str) -> Result<Device> {
     match spec.parse::<tpv_shared::DeviceSpec>()? {
         tpv_shared::DeviceSpec::Cpu => Ok(Device::Cpu),
@@ -39,7 +41,12 @@ pub fn device(spec: &str) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("this tpv was built without CUDA; rebuild with `cargo build --release --features cuda`");
             }
-            Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))
+            let device = Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))?;
+            #[cfg(feature = "cuda")]
+            if std::env::var_os("TPV_CUDA_KERNELS").is_none_or(|v| v != "0") {
+                crate::cuda_kernels::install();
+            }
+            Ok(device)
         }
     }
 }

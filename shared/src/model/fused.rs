@@ -5,15 +5,18 @@
 //! Composed of candle ops, each of these is 4–8 passes over a tensor in the forward pass (each
 //! allocating a fresh tensor) and about twice that in the backward pass; on a CPU a training step
 //! is dominated by that memory traffic rather than by its matmuls. Here each is one pass forward
-//! and one backward. [`super::ops`] uses them on the CPU in f32 and falls back to the composed ops
-//! elsewhere; `shared/tests/fused.rs` checks values and gradients against the composed versions.
+//! and one backward. [`super::ops`] uses them on the CPU in f32, and on a CUDA GPU in f32 or bf16
+//! where the trainer installed their CUDA twins ([`super::gpu`]: each op's `cuda_fwd` runs the
+//! twin, the backward passes are this file's, built from the same ops); elsewhere it falls back to
+//! the composed ops. `shared/tests/fused.rs` checks values and gradients against the composed
+//! versions, `trainer/tests/cuda_kernels.rs` each CUDA twin against its CPU kernel.
 //!
 //! The frozen operands (norm weights, rotary tables, the attention bias) receive no gradient: only
 //! the activations do, which is all prompt tuning needs.
 
-use std::sync::Arc;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use super::gpu::cuda_kernels;
 use rayon::prelude::*;
 
 /// Below this many output elements a kernel runs on the calling thread.
@@ -140,19 +143,25 @@ pub(crate) fn dims_fit(xd: &[usize], bd: &[usize]) -> bool {
     xd.len() == 4 && bd.len() == 4 && bd[3] == xd[3] && (0..3).all(|i| bd[i] == 1 || bd[i] == xd[i])
 }
 
+/// That a bias of layout `bl` broadcasts to an input of layout `l` ([`dims_fit`]).
+fn check_bias(l: &Layout, bl: &Layout) -> Result<()> {
+    if !dims_fit(l.dims(), bl.dims()) {
+        bail!(
+            "softmax: a bias of {:?} does not broadcast to {:?}",
+            bl.dims(),
+            l.dims()
+        );
+    }
+    Ok(())
+}
+
 /// Row-wise softmax(x · scale + bias) of a contiguous `x` whose rows are `n` long.
 fn softmax_rows(x: &[f32], l: &Layout, scale: f32, bias: Option<(&[f32], &Layout)>) -> Result<Vec<f32>> {
     let n = last_dim(l)?;
     let bias = match bias {
         None => None,
         Some((data, bl)) => {
-            if !dims_fit(l.dims(), bl.dims()) {
-                bail!(
-                    "softmax: a bias of {:?} does not broadcast to {:?}",
-                    bl.dims(),
-                    l.dims()
-                );
-            }
+            check_bias(l, bl)?;
             Some((data, BiasShape::of(bl.dims()), l.dims()[1], l.dims()[2]))
         }
     };
@@ -203,6 +212,12 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        last_dim(l)?;
+        let y = cuda_kernels(self.name())?.softmax((s, l), None, self.scale)?;
+        Ok((y, l.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(grad.apply_op2_no_bwd(res, &SoftmaxGrad { scale: self.scale })?))
@@ -225,6 +240,13 @@ impl CustomOp2 for BiasedSoftmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+        last_dim(l)?;
+        check_bias(l, bl)?;
+        let y = cuda_kernels(self.name())?.softmax((s, l), Some((bs, bl)), self.scale)?;
+        Ok((y, l.shape().clone()))
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -240,6 +262,14 @@ impl CustomOp2 for BiasedSoftmax {
     }
 }
 
+/// That two operands of an element-wise op have one shape.
+fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
+    if a.shape() != b.shape() {
+        bail!("{op}: shapes {:?} and {:?}", a.dims(), b.dims());
+    }
+    Ok(())
+}
+
 /// dx = scale · y ⊙ (g − Σ g ⊙ y), rows of the last dimension.
 struct SoftmaxGrad {
     scale: f32,
@@ -251,6 +281,7 @@ impl CustomOp2 for SoftmaxGrad {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ys: &CpuStorage, yl: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), gl, yl)?;
         let (g, y) = (contiguous::<f32>(gs, gl)?, contiguous::<f32>(ys, yl)?);
         let n = last_dim(gl)?;
         let mut dx = vec![0f32; g.len()];
@@ -262,6 +293,13 @@ impl CustomOp2 for SoftmaxGrad {
             }
         });
         Ok((CpuStorage::F32(dx), gl.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, gs: &CudaStorage, gl: &Layout, ys: &CudaStorage, yl: &Layout) -> Result<(CudaStorage, Shape)> {
+        same_shape(self.name(), gl, yl)?;
+        last_dim(gl)?;
+        let dx = cuda_kernels(self.name())?.softmax_grad((gs, gl), (ys, yl), self.scale)?;
+        Ok((dx, gl.shape().clone()))
     }
 }
 
@@ -278,115 +316,171 @@ pub fn softmax(x: &Tensor, scale: f32, bias: Option<&Tensor>) -> Result<Tensor> 
 // ---------------------------------------------------------------------------------------------
 // RMS normalization: y = x · rsqrt(mean(x²) + eps) · w
 
-#[derive(Clone)]
+/// RMS normalization of the first operand by the second, a frozen weight (no gradient).
+#[derive(Clone, Copy)]
 struct RmsNorm {
-    weight: Arc<Vec<f32>>,
     eps: f32,
 }
 
 impl RmsNorm {
-    fn rsqrt(&self, x: &[f32]) -> f32 {
+    fn rsqrt(self, x: &[f32]) -> f32 {
         let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
         1.0 / (ms + self.eps).sqrt()
     }
 }
 
-impl CustomOp1 for RmsNorm {
+/// The row length of an input of layout `l` normalized with a weight of layout `wl`.
+fn norm_width(l: &Layout, wl: &Layout) -> Result<usize> {
+    let n = last_dim(l)?;
+    if wl.shape().elem_count() != n {
+        bail!("rms norm: last dimension {n}, weight {:?}", wl.dims());
+    }
+    Ok(n)
+}
+
+impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "fused-rms-norm"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous::<f32>(s, l)?;
-        let n = last_dim(l)?;
-        if n != self.weight.len() {
-            bail!("rms norm: last dimension {n}, weight {}", self.weight.len());
-        }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = norm_width(l, wl)?;
+        let (x, w) = (contiguous::<f32>(s, l)?, contiguous::<f32>(ws, wl)?);
         let mut y = vec![0f32; x.len()];
         for_rows(&mut y, n, |i, row| {
             let xs = &x[i * n..(i + 1) * n];
             let r = self.rsqrt(xs);
-            for ((o, &v), &w) in row.iter_mut().zip(xs).zip(self.weight.iter()) {
+            for ((o, &v), &w) in row.iter_mut().zip(xs).zip(w) {
                 *o = v * r * w;
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        norm_width(l, wl)?;
+        let y = cuda_kernels(self.name())?.rms_norm((s, l), (ws, wl), self.eps)?;
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        Ok(Some(grad.apply_op2_no_bwd(arg, &RmsNormGrad(self.clone()))?))
+        Ok((Some(grad.apply_op3_no_bwd(x, w, &RmsNormGrad(*self))?), None))
     }
 }
 
-/// dx = r · (g ⊙ w) − x · r³ · Σ(g ⊙ w ⊙ x) / n, with r = rsqrt(mean(x²) + eps).
+/// dx = r · (g ⊙ w) − x · r³ · Σ(g ⊙ w ⊙ x) / n, with r = rsqrt(mean(x²) + eps); operands g, x, w.
 struct RmsNormGrad(RmsNorm);
 
-impl CustomOp2 for RmsNormGrad {
+impl CustomOp3 for RmsNormGrad {
     fn name(&self) -> &'static str {
         "fused-rms-norm-grad"
     }
 
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, x) = (contiguous::<f32>(gs, gl)?, contiguous::<f32>(xs, xl)?);
-        let n = last_dim(gl)?;
-        let w = &self.0.weight;
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), gl, xl)?;
+        let n = norm_width(gl, wl)?;
+        let (g, x, w) = (
+            contiguous::<f32>(gs, gl)?,
+            contiguous::<f32>(xs, xl)?,
+            contiguous::<f32>(ws, wl)?,
+        );
         let mut dx = vec![0f32; g.len()];
         for_rows(&mut dx, n, |i, row| {
             let (g, x) = (&g[i * n..(i + 1) * n], &x[i * n..(i + 1) * n]);
             let r = self.0.rsqrt(x);
-            let dot: f32 = g.iter().zip(w.iter()).zip(x).map(|((g, w), x)| g * w * x).sum();
+            let dot: f32 = g.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
             let c = r * r * r * dot / n as f32;
-            for (((o, &gi), &wi), &xi) in row.iter_mut().zip(g).zip(w.iter()).zip(x) {
+            for (((o, &gi), &wi), &xi) in row.iter_mut().zip(g).zip(w).zip(x) {
                 *o = r * gi * wi - xi * c;
             }
         });
         Ok((CpuStorage::F32(dx), gl.shape().clone()))
     }
+
+    fn cuda_fwd(
+        &self,
+        gs: &CudaStorage,
+        gl: &Layout,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        same_shape(self.name(), gl, xl)?;
+        norm_width(gl, wl)?;
+        let dx = cuda_kernels(self.name())?.rms_norm_grad((gs, gl), (xs, xl), (ws, wl), self.0.eps)?;
+        Ok((dx, gl.shape().clone()))
+    }
 }
 
 /// RMS normalization over the last dimension with a frozen weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let op = RmsNorm {
-        weight: Arc::new(weight.to_vec1::<f32>()?),
-        eps: eps as f32,
-    };
-    x.contiguous()?.apply_op1(op)
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding, HF "rotate half" layout: y = x·cos + rotate_half(x)·sin
 
-#[derive(Clone)]
+/// The rotary embedding of the first operand ([B, H, T, D]) with the tables cos and sin (the
+/// second and third, [B or 1, 1, T, D], no gradient).
+#[derive(Clone, Copy)]
 struct Rope {
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
-    /// Leading size of the tables: 1 (shared) or B (per example).
-    table_batch: usize,
     /// The backward pass: dx = g·cos + rotate_halfᵀ(g·sin).
     transposed: bool,
 }
 
-impl CustomOp1 for Rope {
+/// (H, T, D, the tables' leading size) of a rotary embedding of `l` with tables `cl` and `sl`.
+fn rope_dims(l: &Layout, cl: &Layout, sl: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let &[b, h, t, d] = l.dims() else {
+        bail!("rope needs [B, H, T, D], got {:?}", l.dims());
+    };
+    let table_batch = cl.dims().first().copied().unwrap_or(0);
+    let fits = cl.shape() == sl.shape()
+        && (table_batch == 1 || table_batch == b)
+        && cl.shape().elem_count() == table_batch * t * d;
+    if d % 2 != 0 || !fits {
+        bail!("rope: tables of {:?} for x of {:?}", cl.dims(), l.dims());
+    }
+    Ok((h, t, d, table_batch))
+}
+
+impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "fused-rope"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous::<f32>(s, l)?;
-        let &[_, h, t, d] = l.dims() else {
-            bail!("rope needs [B, H, T, D], got {:?}", l.dims());
-        };
-        if d % 2 != 0 || self.cos.len() != self.table_batch * t * d {
-            bail!("rope: tables of {} values for T = {t}, D = {d}", self.cos.len());
-        }
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (h, t, d, table_batch) = rope_dims(l, cl, sl)?;
+        let (x, cos, sin) = (
+            contiguous::<f32>(s, l)?,
+            contiguous::<f32>(cs, cl)?,
+            contiguous::<f32>(ss, sl)?,
+        );
         let half = d / 2;
         let mut y = vec![0f32; x.len()];
         for_rows(&mut y, d, |i, row| {
             let xs = &x[i * d..(i + 1) * d];
-            let b = if self.table_batch == 1 { 0 } else { i / (h * t) };
+            let b = if table_batch == 1 { 0 } else { i / (h * t) };
             let off = (b * t + i % t) * d;
-            let (cos, sin) = (&self.cos[off..off + d], &self.sin[off..off + d]);
+            let (cos, sin) = (&cos[off..off + d], &sin[off..off + d]);
             for j in 0..half {
                 let (x1, x2) = (xs[j], xs[j + half]);
                 if self.transposed {
@@ -401,24 +495,39 @@ impl CustomOp1 for Rope {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn cuda_fwd(
+        &self,
+        s: &CudaStorage,
+        l: &Layout,
+        cs: &CudaStorage,
+        cl: &Layout,
+        ss: &CudaStorage,
+        sl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        rope_dims(l, cl, sl)?;
+        let y = cuda_kernels(self.name())?.rope((s, l), (cs, cl), (ss, sl), self.transposed)?;
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = Rope {
             transposed: !self.transposed,
-            ..self.clone()
         };
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+        Ok((Some(grad.contiguous()?.apply_op3_no_bwd(cos, sin, &op)?), None, None))
     }
 }
 
 /// Rotary embedding of `x` ([B, H, T, D]) with tables `cos`/`sin` of [B or 1, 1, T, D].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let op = Rope {
-        cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
-        sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
-        table_batch: cos.dim(0)?,
-        transposed: false,
-    };
-    x.contiguous()?.apply_op1(op)
+    x.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { transposed: false })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,10 +546,8 @@ impl CustomOp2 for Swiglu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), l1, l2)?;
         let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
-        if l1.shape() != l2.shape() {
-            bail!("swiglu: shapes {:?} and {:?}", l1.dims(), l2.dims());
-        }
         let n = last_dim(l1)?;
         let mut y = vec![0f32; a.len()];
         for_rows(&mut y, n, |i, row| {
@@ -452,6 +559,12 @@ impl CustomOp2 for Swiglu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        same_shape(self.name(), l1, l2)?;
+        let y = cuda_kernels(self.name())?.swiglu((s1, l1), (s2, l2))?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (da, db) = swiglu_grad(grad, a, b)?;
         Ok((Some(da), Some(db)))
@@ -459,7 +572,7 @@ impl CustomOp2 for Swiglu {
 }
 
 /// The gradients of silu(a) ⊙ b with respect to `a` and `b`, given the output's `grad`.
-pub(crate) fn swiglu_grad(grad: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn swiglu_grad(grad: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
     let both = grad.contiguous()?.apply_op3_no_bwd(a, b, &SwigluGrad)?;
     Ok((both.get(0)?, both.get(1)?))
 }
@@ -477,10 +590,8 @@ impl CustomOp2 for ReluGrad {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, hs: &CpuStorage, hl: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), gl, hl)?;
         let (g, h) = (contiguous::<f32>(gs, gl)?, contiguous::<f32>(hs, hl)?);
-        if gl.shape() != hl.shape() {
-            bail!("relu gradient: shapes {:?} and {:?}", gl.dims(), hl.dims());
-        }
         let n = last_dim(gl)?;
         let keep = self.keep;
         let mut out = vec![0f32; g.len()];
@@ -492,11 +603,30 @@ impl CustomOp2 for ReluGrad {
         });
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
+
+    fn cuda_fwd(&self, gs: &CudaStorage, gl: &Layout, hs: &CudaStorage, hl: &Layout) -> Result<(CudaStorage, Shape)> {
+        same_shape(self.name(), gl, hl)?;
+        let out = cuda_kernels(self.name())?.relu_grad((gs, gl), (hs, hl), self.keep)?;
+        Ok((out, gl.shape().clone()))
+    }
+}
+
+/// [`ReluGrad`] of `grad` given `h` = dropout(relu(a)) with kept units multiplied by `keep`.
+pub fn relu_grad(grad: &Tensor, h: &Tensor, keep: f32) -> Result<Tensor> {
+    grad.contiguous()?
+        .apply_op2_no_bwd(&h.contiguous()?, &ReluGrad { keep })
 }
 
 /// [da; db] stacked on a new leading dimension: da = g ⊙ b ⊙ silu'(a), db = g ⊙ silu(a), with
 /// silu'(a) = σ(a) · (1 + a · (1 − σ(a))).
 struct SwigluGrad;
+
+/// The output shape of [`SwigluGrad`]: `[2, ..g]`.
+fn stacked(gl: &Layout) -> Shape {
+    let mut dims = vec![2];
+    dims.extend_from_slice(gl.dims());
+    Shape::from(dims)
+}
 
 impl CustomOp3 for SwigluGrad {
     fn name(&self) -> &'static str {
@@ -512,6 +642,8 @@ impl CustomOp3 for SwigluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), gl, l1)?;
+        same_shape(self.name(), gl, l2)?;
         let (g, a, b) = (
             contiguous::<f32>(gs, gl)?,
             contiguous::<f32>(s1, l1)?,
@@ -539,9 +671,22 @@ impl CustomOp3 for SwigluGrad {
         } else {
             da.chunks_mut(n).zip(db.chunks_mut(n)).enumerate().for_each(kernel);
         }
-        let mut dims = vec![2];
-        dims.extend_from_slice(gl.dims());
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), stacked(gl)))
+    }
+
+    fn cuda_fwd(
+        &self,
+        gs: &CudaStorage,
+        gl: &Layout,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        same_shape(self.name(), gl, l1)?;
+        same_shape(self.name(), gl, l2)?;
+        let out = cuda_kernels(self.name())?.swiglu_grad((gs, gl), (s1, l1), (s2, l2))?;
+        Ok((out, stacked(gl)))
     }
 }
 
@@ -558,6 +703,17 @@ fn logsumexp(x: &[f32]) -> f32 {
     max + x.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
 }
 
+/// (rows, vocabulary) of logits of layout `xl` with targets of layout `tl`.
+fn nll_dims(xl: &Layout, tl: &Layout) -> Result<(usize, usize)> {
+    let &[rows, v] = xl.dims() else {
+        bail!("nll needs logits [N, V], got {:?}", xl.dims());
+    };
+    if tl.shape().elem_count() != rows || v == 0 {
+        bail!("nll: {:?} targets for {rows} rows of {v} logits", tl.dims());
+    }
+    Ok((rows, v))
+}
+
 struct Nll;
 
 impl CustomOp2 for Nll {
@@ -566,15 +722,10 @@ impl CustomOp2 for Nll {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ts: &CpuStorage, tl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, v) = nll_dims(xl, tl)?;
         let (x, t) = (contiguous::<f32>(xs, xl)?, contiguous::<u32>(ts, tl)?);
-        let &[rows, v] = xl.dims() else {
-            bail!("nll needs logits [N, V], got {:?}", xl.dims());
-        };
-        if t.len() != rows || t.iter().any(|&t| t as usize >= v) {
-            bail!(
-                "nll: {} targets for {rows} rows of {v} logits (or a target out of range)",
-                t.len()
-            );
+        if t.iter().any(|&t| t as usize >= v) {
+            bail!("nll: a target out of range for {v} logits");
         }
         let nll: Vec<f32> = (0..rows)
             .into_par_iter()
@@ -584,6 +735,13 @@ impl CustomOp2 for Nll {
             })
             .collect();
         Ok((CpuStorage::F32(nll), Shape::from(rows)))
+    }
+
+    // A target out of range gives NaN here (checking it would read the targets back to the host).
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ts: &CudaStorage, tl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (rows, _) = nll_dims(xl, tl)?;
+        let out = cuda_kernels(self.name())?.nll((xs, xl), (ts, tl))?;
+        Ok((out, Shape::from(rows)))
     }
 
     fn bwd(
@@ -615,12 +773,12 @@ impl CustomOp3 for NllGrad {
         ts: &CpuStorage,
         tl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let (_, v) = nll_dims(xl, tl)?;
         let (g, x, t) = (
             contiguous::<f32>(gs, gl)?,
             contiguous::<f32>(xs, xl)?,
             contiguous::<u32>(ts, tl)?,
         );
-        let v = last_dim(xl)?;
         let mut dx = vec![0f32; x.len()];
         for_rows(&mut dx, v, |i, row| {
             let xs = &x[i * v..(i + 1) * v];
@@ -631,6 +789,23 @@ impl CustomOp3 for NllGrad {
             row[t[i] as usize] -= g[i];
         });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        gs: &CudaStorage,
+        gl: &Layout,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ts: &CudaStorage,
+        tl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (rows, _) = nll_dims(xl, tl)?;
+        if gl.shape().elem_count() != rows {
+            bail!("nll gradient: {:?} for {rows} rows", gl.dims());
+        }
+        let dx = cuda_kernels(self.name())?.nll_grad((gs, gl), (xs, xl), (ts, tl))?;
+        Ok((dx, xl.shape().clone()))
     }
 }
 

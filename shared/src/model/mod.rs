@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod causal;
 pub mod fused;
+pub mod gpu;
 pub mod llama;
 pub mod load;
 pub mod ops;

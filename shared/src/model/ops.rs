@@ -8,9 +8,17 @@ use candle_nn::Linear;
 
 use crate::merge::SplitMix64;
 
-/// Whether the fused kernels of [`super::fused`] apply: f32 on the CPU (native and wasm).
-fn fused(xs: &Tensor) -> bool {
+/// f32 on the CPU (native and wasm): where the CPU's layouts of frozen layers (Wᵀ, panels) and
+/// its attention kernel ([`super::attention`]) apply.
+fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// Whether the fused ops of [`super::fused`] apply: f32 on the CPU, or f32 and bf16 on a CUDA
+/// device whose kernels the trainer installed ([`super::gpu`]).
+fn fused(xs: &Tensor) -> bool {
+    cpu_f32(xs)
+        || (xs.device().is_cuda() && matches!(xs.dtype(), DType::F32 | DType::BF16) && super::gpu::cuda().is_some())
 }
 
 /// Softmax over the last dimension.
@@ -24,7 +32,7 @@ pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
 /// softmax(x · scale + bias) over the last dimension of an `x` of [B, H, T, S], with a frozen
 /// `bias` broadcast to it (an attention mask, T5's position bias).
 pub fn attention_softmax(xs: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
-    if fused(xs) && bias.dtype() == DType::F32 && !bias.track_op() && super::fused::bias_fits(xs, bias) {
+    if fused(xs) && bias.dtype() == xs.dtype() && !bias.track_op() && super::fused::bias_fits(xs, bias) {
         return super::fused::softmax(xs, scale as f32, Some(bias));
     }
     let scaled = if scale == 1.0 { xs.clone() } else { (xs * scale)? };
@@ -51,7 +59,7 @@ pub fn log_softmax_last(xs: &Tensor) -> Result<Tensor> {
 /// RMS normalization as LLaMA and T5 compute it: x · rsqrt(mean(x²) + eps) · w, in f32. The
 /// weight is frozen.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(xs) && weight.dtype() == DType::F32 && !weight.track_op() {
+    if fused(xs) && weight.dtype() == xs.dtype() && !weight.track_op() {
         return super::fused::rms_norm(xs, weight, eps);
     }
     rms_norm_composed(xs, weight, eps)
@@ -75,7 +83,7 @@ pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         && cos.dim(1)? == 1
         && (cos.dim(0)? == 1 || cos.dim(0)? == xs.dim(0)?)
         && cos.dims()[2..] == xs.dims()[2..];
-    if fused(xs) && tables_fit && cos.dtype() == DType::F32 && sin.dtype() == DType::F32 {
+    if fused(xs) && tables_fit && cos.dtype() == xs.dtype() && sin.dtype() == xs.dtype() {
         return super::fused::rope(xs, cos, sin);
     }
     rope_composed(xs, cos, sin)
@@ -92,7 +100,7 @@ pub fn rope_composed(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 
 /// silu(gate) ⊙ up, LLaMA's gated MLP activation.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(gate) && up.dtype() == DType::F32 {
+    if fused(gate) && up.dtype() == gate.dtype() {
         return super::fused::swiglu(gate, up);
     }
     gate.silu()? * up
@@ -148,7 +156,7 @@ pub fn attention(
     };
     let bias_ok = bias
         .is_none_or(|t| t.dtype() == DType::F32 && !t.track_op() && super::fused::dims_fit(&[b, h, tq, tk], t.dims()));
-    if fused(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 && bias_ok {
+    if cpu_f32(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 && bias_ok {
         return super::attention::attention(q, k, v, scale as f32, bias, mask.as_ref());
     }
     attention_composed(q, k, v, scale, bias, mask.as_ref())
@@ -291,11 +299,11 @@ enum Stored {
 impl FrozenLinear {
     pub fn new(layer: &Linear) -> Result<Self> {
         let w = layer.weight();
-        if cfg!(target_arch = "wasm32") && fused(w) {
+        if cfg!(target_arch = "wasm32") && cpu_f32(w) {
             return Self::with_panels(layer);
         }
         let (out, inp) = w.dims2()?;
-        let transposed = fused(w) && inp >= out;
+        let transposed = cpu_f32(w) && inp >= out;
         Ok(Self {
             weight: if transposed { transpose_f32(w)? } else { w.clone() },
             stored: if transposed { Stored::Transposed } else { Stored::W },
@@ -307,7 +315,7 @@ impl FrozenLinear {
     /// in panels for [`super::panel`]'s kernel (native builds may ask for it, as its tests do).
     pub fn with_panels(layer: &Linear) -> Result<Self> {
         let w = layer.weight();
-        if !fused(w) {
+        if !cpu_f32(w) {
             candle_core::bail!(
                 "panel layout: the weight is {:?} on {:?}, not f32 on the CPU",
                 w.dtype(),

@@ -1,0 +1,67 @@
+//! The fused ops' kernels on a GPU, supplied from outside this crate. `shared` runs on the CPU and
+//! in the browser and depends on no GPU crate (`scripts/check-layering.sh`), so the CUDA kernels
+//! live in the trainer (`trainer/src/cuda_kernels.rs`, feature `cuda`), which installs them here
+//! at start-up. Each op of [`super::fused`] then runs on a CUDA tensor through its `cuda_fwd`,
+//! which calls the installed kernel; its backward pass is the same code as on the CPU, built from
+//! the same ops, so the formulas `shared/tests/fused.rs` checks on the CPU are the ones the GPU runs.
+//! Without installed kernels, [`super::ops`] keeps composing candle ops on a GPU.
+//!
+//! The storages are candle's `CudaStorage`: a placeholder type when candle is built without CUDA
+//! (as `shared` is on its own), the real one when the trainer enables candle's `cuda` feature.
+
+use std::sync::OnceLock;
+
+use candle_core::{CudaStorage, Layout, Result};
+
+/// A tensor's storage and layout, as a custom op receives them. The layouts given to the kernels
+/// are contiguous and their shapes checked by the op ([`super::fused`]).
+pub type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+/// The kernels of [`super::fused`]'s ops on a CUDA device, each returning the output's storage
+/// (shaped as its CPU twin's output). Floating-point operands are f32 or bf16, all of one dtype
+/// (the cross-entropy's logits f32); targets u32.
+pub trait CudaKernels: Send + Sync {
+    /// softmax(x · scale + bias) over the last dimension; x `[B, H, T, S]` when biased, the bias
+    /// `[B or 1, H or 1, T or 1, S]`.
+    fn softmax(&self, x: Arg, bias: Option<Arg>, scale: f32) -> Result<CudaStorage>;
+    /// scale · y ⊙ (g − Σ g ⊙ y) over the last dimension.
+    fn softmax_grad(&self, g: Arg, y: Arg, scale: f32) -> Result<CudaStorage>;
+    /// x · rsqrt(mean(x²) + eps) · w over the last dimension.
+    fn rms_norm(&self, x: Arg, w: Arg, eps: f32) -> Result<CudaStorage>;
+    /// The input gradient of [`Self::rms_norm`] given the output's `g`.
+    fn rms_norm_grad(&self, g: Arg, x: Arg, w: Arg, eps: f32) -> Result<CudaStorage>;
+    /// Rotary embedding ("rotate half") of x `[B, H, T, D]` with tables `[B or 1, 1, T, D]`; its
+    /// transpose (the backward) when `transposed`.
+    fn rope(&self, x: Arg, cos: Arg, sin: Arg, transposed: bool) -> Result<CudaStorage>;
+    /// silu(a) ⊙ b.
+    fn swiglu(&self, a: Arg, b: Arg) -> Result<CudaStorage>;
+    /// [da; db] (twice g's length) for silu(a) ⊙ b given the output's `g`.
+    fn swiglu_grad(&self, g: Arg, a: Arg, b: Arg) -> Result<CudaStorage>;
+    /// g · keep where h > 0, else 0.
+    fn relu_grad(&self, g: Arg, h: Arg, keep: f32) -> Result<CudaStorage>;
+    /// logsumexp(x_i) − x_i[t_i] for logits `[N, V]` (f32) and targets `[N]`.
+    fn nll(&self, x: Arg, t: Arg) -> Result<CudaStorage>;
+    /// g_i · (softmax(x_i) − onehot(t_i)).
+    fn nll_grad(&self, g: Arg, x: Arg, t: Arg) -> Result<CudaStorage>;
+}
+
+static CUDA: OnceLock<&'static dyn CudaKernels> = OnceLock::new();
+
+/// Installs the CUDA kernels for the rest of the process; false when some already were.
+pub fn install_cuda(kernels: &'static dyn CudaKernels) -> bool {
+    CUDA.set(kernels).is_ok()
+}
+
+/// The installed CUDA kernels, if any.
+pub fn cuda() -> Option<&'static dyn CudaKernels> {
+    CUDA.get().copied()
+}
+
+/// The installed CUDA kernels, or the error an op on a CUDA tensor gives without them.
+pub(crate) fn cuda_kernels(op: &str) -> Result<&'static dyn CudaKernels> {
+    cuda().ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "{op}: no CUDA kernels installed (build tpv with --features cuda)"
+        ))
+    })
+}
