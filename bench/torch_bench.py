@@ -43,6 +43,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--load-only", action="store_true")
     p.add_argument("--save", help="write the random model (and nothing else) to this directory")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout in the training steps (train mode); 0 = eval mode")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
@@ -80,6 +82,11 @@ def main():
     task = TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM
     model = get_peft_model(model, PromptTuningConfig(task_type=task, num_virtual_tokens=r))
     model.eval()  # dropout off; gradients still flow to the prompt
+    if a.dropout > 0:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = a.dropout
+        model.train()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (b, n), generator=g).to(dev)
     mask = torch.ones_like(ids)
@@ -104,6 +111,8 @@ def main():
         s, l = steps(a.short), steps(a.long)
         per_step.append((l - s) / (a.long - a.short))
     step_s = statistics.median(per_step)
+
+    model.eval()
 
     def gen():
         start = time.perf_counter()

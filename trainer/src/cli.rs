@@ -288,6 +288,10 @@ pub struct BenchArgs {
     /// Train with gradient checkpointing (`train.gradient_checkpointing`; LLaMA-family models).
     #[arg(long, conflicts_with = "phases")]
     pub gradient_checkpointing: bool,
+    /// Dropout probability in the training steps (T5, whose training default is 0.1; 0 = off,
+    /// as torch's eval mode; LLaMA-family models have none).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,

@@ -308,6 +308,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.long <= args.short || args.repeats == 0 {
         bail!("--long must exceed --short, and --repeats must be at least 1");
     }
+    if !(0.0..1.0).contains(&args.dropout) {
+        bail!("--dropout must be in [0, 1), got {}", args.dropout);
+    }
     let device = models::device(&args.device)?;
     let dtype = models::dtype(&args.dtype)?;
     let (model, load_s) = bench_model(args, dtype, &device)?;
@@ -334,7 +337,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         model: &model,
         codec: None,
         eos: vec![],
-        dropout: 0.0,
+        dropout: args.dropout,
         device: device.clone(),
         checkpointing: args.gradient_checkpointing,
     };
