@@ -345,9 +345,15 @@ impl SplitMix64 {
         Self(seed)
     }
 
+    /// The increment of the state per draw.
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
+        self.0 = self.0.wrapping_add(Self::GAMMA);
+        Self::mix(self.0)
+    }
+
+    fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
@@ -355,7 +361,25 @@ impl SplitMix64 {
 
     /// Uniform in [0, 1) with 53 random bits.
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        Self::unit(self.next_u64())
+    }
+
+    /// A draw as [`Self::next_f64`] makes it uniform in [0, 1).
+    pub fn unit(draw: u64) -> f64 {
+        (draw >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Draw `i` (from 0) of a generator whose state is `state`, as [`Self::next_u64`] would give
+    /// it after `i` others, without making them: the state is a counter (state + (i + 1)·γ) that a
+    /// mixing function turns into the draw, so draws can be made in parallel, or on a GPU
+    /// (`trainer/kernels/fused.cu` has the same function).
+    pub fn draw_at(state: u64, i: u64) -> u64 {
+        Self::mix(state.wrapping_add(Self::GAMMA.wrapping_mul(i.wrapping_add(1))))
+    }
+
+    /// Moves on by `n` draws, as `n` calls of [`Self::next_u64`] would.
+    pub fn skip(&mut self, n: u64) {
+        self.0 = self.0.wrapping_add(Self::GAMMA.wrapping_mul(n));
     }
 
     /// The generator's state: `SplitMix64::new(g.state())` continues where `g` stands.

@@ -376,3 +376,57 @@ fn exp_is_within_3e7_of_the_exact_value_and_saturates_like_f32_exp() {
     assert_eq!((y[1], y[3]), (0.0, 0.0));
     assert!((y[0] + y[2] - 1.0).abs() < 1e-7 && (y[0] / y[2] - 1.5f32.exp()).abs() < 1e-5);
 }
+
+/// The multipliers of drawing one value per element in order, as dropout did before its draws
+/// were made in parallel: 0 where the draw is below p, else 1/(1 − p).
+fn sequential_multipliers(rng: &mut tpv_shared::merge::SplitMix64, p: f32, n: usize) -> Vec<f32> {
+    let scale = 1.0 / (1.0 - p);
+    (0..n)
+        .map(|_| if rng.next_f64() < f64::from(p) { 0.0 } else { scale })
+        .collect()
+}
+
+#[test]
+fn dropout_multipliers_are_the_draws_made_one_by_one() {
+    use tpv_shared::merge::SplitMix64;
+    // Lengths below and above the parallel threshold, and across chunks of different sizes.
+    for (seed, p, n) in [
+        (7u64, 0.1f32, 100_003usize),
+        (u64::MAX - 3, 0.5, 1_000),
+        (42, 1e-4, 40_000),
+    ] {
+        let mut seq = SplitMix64::new(seed);
+        let want = sequential_multipliers(&mut seq, p, n);
+        assert_eq!(
+            fused::dropout_multipliers(seed, p, n),
+            want,
+            "seed {seed}, p {p}, n {n}"
+        );
+        let like = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let mask = fused::dropout_mask(&like, &(n / 10, 10).into(), seed, p).unwrap();
+        assert_eq!(mask.dims(), &[n / 10, 10]);
+        assert_eq!(
+            mask.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want[..n / 10 * 10]
+        );
+        // Skipping n draws leaves the generator where drawing them does.
+        let mut skipped = SplitMix64::new(seed);
+        skipped.skip(n as u64);
+        assert_eq!(skipped.state(), seq.state());
+        assert_eq!(skipped.next_u64(), seq.next_u64());
+    }
+}
+
+#[test]
+fn dropout_draws_one_value_per_element_in_order_and_moves_the_generator_past_them() {
+    use tpv_shared::merge::SplitMix64;
+    let x = randn(&[6, 7000], 3);
+    let (mut rng, mut seq) = (SplitMix64::new(11), SplitMix64::new(11));
+    let first = ops::dropout(&x, 0.25, &mut rng).unwrap();
+    let second = ops::dropout(&x, 0.25, &mut rng).unwrap();
+    for y in [first, second] {
+        let m = Tensor::from_vec(sequential_multipliers(&mut seq, 0.25, 42_000), (6, 7000), &Device::Cpu).unwrap();
+        assert_eq!(max_abs_diff(&y, &(&x * m).unwrap()), 0.0);
+    }
+    assert_eq!(rng.state(), seq.state());
+}

@@ -6,8 +6,8 @@
 // `trainer/src/cuda_kernels.rs`. Inputs are contiguous (the ops make them so); sums are in f32.
 //
 // Row-wise kernels (softmax, RMS norm, cross-entropy and their gradients) run one block per row,
-// with a block-wide reduction; element-wise ones (rotary, SwiGLU, ReLU's gradient) a grid-stride
-// loop.
+// with a block-wide reduction; element-wise ones (rotary, SwiGLU, ReLU's gradient, dropout's
+// multipliers) a grid-stride loop.
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -164,6 +164,21 @@ template <typename T> __device__ void relu_grad(const T *g, const T *h, T *out, 
     out[i] = st<T>(ld(h[i]) > 0.f ? ld(g[i]) * keep : 0.f);
 }
 
+// Inverted dropout's multipliers from a SplitMix64 generator at `state`: element i is 0 where draw i
+// (the counter state + (i + 1)·γ through SplitMix64's mix, as `SplitMix64::draw_at`) as a uniform
+// in [0, 1) with 53 bits is below p, else `scale` (1/(1 − p), computed by the host as the CPU
+// does). The comparison is in doubles, exact as on the CPU, so the masks are the CPU's.
+template <typename T> __device__ void dropout_mask(T *out, unsigned long long state, float p, float scale, long n) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    unsigned long long z = state + 0x9e3779b97f4a7c15ULL * (unsigned long long)(i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    const double u = (double)(z >> 11) * (1.0 / 9007199254740992.0);
+    out[i] = st<T>(u < (double)p ? 0.f : scale);
+  }
+}
+
 // log Σ exp over a row of n f32, computed by the whole block.
 __device__ float row_logsumexp(const float *x, int n, float *shm) {
   float m = -INFINITY;
@@ -219,6 +234,10 @@ extern "C" __global__ void nll_grad_f32(const float *g, const float *x, const ui
   }                                                                                                            \
   extern "C" __global__ void relu_grad_##SUF(const T *g, const T *h, T *out, long len, float keep) {           \
     relu_grad<T>(g, h, out, len, keep);                                                                        \
+  }                                                                                                            \
+  extern "C" __global__ void dropout_mask_##SUF(T *out, unsigned long long state, float p, float scale,        \
+                                                long n) {                                                      \
+    dropout_mask<T>(out, state, p, scale, n);                                                                  \
   }
 
 ENTRY(float, f32)

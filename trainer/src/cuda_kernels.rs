@@ -2,7 +2,8 @@
 //! compiled to PTX by `build.rs`, launched on candle's stream, installed into
 //! `tpv_shared::model::gpu` by [`install`] at start-up. With them a training step on a GPU runs
 //! each softmax, RMS norm, rotary embedding, SwiGLU and cross-entropy (and their gradients) as one
-//! kernel instead of candle's many. `tests/cuda_kernels.rs` compares each with its CPU twin.
+//! kernel instead of candle's many, and dropout's masks are drawn on the GPU (the CPU's values)
+//! rather than on the host and copied. `tests/cuda_kernels.rs` compares each with its CPU twin.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -252,6 +253,23 @@ fn relu_grad<T: Float>(g: Arg, h: Arg, keep: f32) -> Result<CudaStorage> {
     Ok(wrap(out, dev))
 }
 
+fn dropout_mask<T: Float>(like: Arg, len: usize, state: u64, p: f32) -> Result<CudaStorage> {
+    let dev = like.0.device();
+    let out = output::<T>(dev, len)?;
+    // As the CPU computes it (`fused::dropout_multipliers`), in f32.
+    let scale = 1.0 / (1.0 - p);
+    let len_ = len as i64;
+    // dropout_mask_T(T *out, unsigned long long state, float p, float scale, long n)
+    launch!(
+        T,
+        dev,
+        "dropout_mask",
+        per_element(len),
+        [&out, &state, &p, &scale, &len_]
+    );
+    Ok(wrap(out, dev))
+}
+
 /// The cross-entropy kernels take f32 logits (what `ops::nll` gives them) and u32 targets.
 fn nll_operands<'a>(x: Arg<'a>, t: Arg<'a>) -> Result<(CudaView<'a, f32>, CudaView<'a, u32>)> {
     if x.0.dtype() != DType::F32 || t.0.dtype() != DType::U32 {
@@ -295,6 +313,10 @@ impl CudaKernels for Fused {
 
     fn relu_grad(&self, g: Arg, h: Arg, keep: f32) -> Result<CudaStorage> {
         by_dtype!("relu gradient", g.0, relu_grad(g, h, keep))
+    }
+
+    fn dropout_mask(&self, like: Arg, len: usize, state: u64, p: f32) -> Result<CudaStorage> {
+        by_dtype!("dropout mask", like.0, dropout_mask(like, len, state, p))
     }
 
     fn nll(&self, x: Arg, t: Arg) -> Result<CudaStorage> {

@@ -154,3 +154,34 @@ fn cross_entropy() {
     assert!(rel_diff(&y, &y0) <= 2e-5, "nll values");
     assert!(rel_diff(&g[0], &g0[0]) <= 2e-5, "nll gradient");
 }
+
+#[test]
+fn dropout_masks_are_the_cpus() {
+    let gpu = gpu();
+    for (state, p, shape) in [(7u64, 0.1f32, vec![8, 12, 306, 306]), (u64::MAX - 3, 0.5, vec![1001])] {
+        let shape = candle_core::Shape::from(shape);
+        let cpu = fused::dropout_multipliers(state, p, shape.elem_count());
+        for dtype in [DType::F32, DType::BF16] {
+            let like = Tensor::zeros(1, dtype, &gpu).unwrap();
+            let mask = fused::dropout_mask(&like, &shape, state, p).unwrap();
+            assert_eq!(mask.dims(), shape.dims());
+            let got = mask
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // bf16 holds 1/(1 − p) rounded, as the CPU's mask converted to bf16 does.
+            let want = Tensor::from_vec(cpu.clone(), cpu.len(), &Device::Cpu).unwrap();
+            let want = want
+                .to_dtype(dtype)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert!(got == want, "dropout mask {dtype:?}, p {p}: differs from the CPU's");
+        }
+    }
+}

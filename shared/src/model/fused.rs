@@ -813,3 +813,72 @@ impl CustomOp3 for NllGrad {
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op2(&targets.contiguous()?, Nll)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dropout's multipliers: 0 with probability p, else 1/(1 − p)
+
+/// Elements per parallel chunk of [`dropout_multipliers`].
+const DROPOUT_CHUNK: usize = 1 << 14;
+
+/// The multipliers of inverted dropout for `len` elements from a [`SplitMix64`] at `state`:
+/// element i is 0 where the generator's draw i is below `p` ([`SplitMix64::draw_at`]), else
+/// 1/(1 − p) — the values of drawing them one by one, computed in parallel.
+///
+/// [`SplitMix64`]: crate::merge::SplitMix64
+pub fn dropout_multipliers(state: u64, p: f32, len: usize) -> Vec<f32> {
+    use crate::merge::SplitMix64;
+    let (scale, p) = (1.0 / (1.0 - p), f64::from(p));
+    let mut out = vec![0f32; len];
+    let fill = |(c, chunk): (usize, &mut [f32])| {
+        let first = (c * DROPOUT_CHUNK) as u64;
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let u = SplitMix64::unit(SplitMix64::draw_at(state, first + j as u64));
+            *o = if u < p { 0.0 } else { scale };
+        }
+    };
+    if len >= PAR_MIN {
+        out.par_chunks_mut(DROPOUT_CHUNK).enumerate().for_each(fill);
+    } else {
+        out.chunks_mut(DROPOUT_CHUNK).enumerate().for_each(fill);
+    }
+    out
+}
+
+/// [`dropout_multipliers`] of a `shape`, in the device and dtype of the tensor it is applied to
+/// (whose values it does not read).
+struct DropoutMask {
+    state: u64,
+    p: f32,
+    shape: Shape,
+}
+
+impl CustomOp1 for DropoutMask {
+    fn name(&self) -> &'static str {
+        "dropout-mask"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !matches!(s, CpuStorage::F32(_)) {
+            bail!("dropout mask on the CPU: f32 only");
+        }
+        let mask = dropout_multipliers(self.state, self.p, self.shape.elem_count());
+        Ok((CpuStorage::F32(mask), self.shape.clone()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n = self.shape.elem_count();
+        let mask = cuda_kernels(self.name())?.dropout_mask((s, l), n, self.state, self.p)?;
+        Ok((mask, self.shape.clone()))
+    }
+}
+
+/// Dropout's multipliers for a tensor of `shape` (drawn from a generator at `state`, as
+/// [`dropout_multipliers`]), made where `like` is and of its dtype: on a GPU by a kernel, with
+/// the values the CPU gives.
+pub fn dropout_mask(like: &Tensor, shape: &Shape, state: u64, p: f32) -> Result<Tensor> {
+    like.apply_op1_no_bwd(&DropoutMask {
+        state,
+        p,
+        shape: shape.clone(),
+    })
+}

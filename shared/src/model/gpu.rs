@@ -43,6 +43,9 @@ pub trait CudaKernels: Send + Sync {
     fn nll(&self, x: Arg, t: Arg) -> Result<CudaStorage>;
     /// g_i · (softmax(x_i) − onehot(t_i)).
     fn nll_grad(&self, g: Arg, x: Arg, t: Arg) -> Result<CudaStorage>;
+    /// `len` dropout multipliers ([`super::fused::dropout_multipliers`]: the same values) in the
+    /// dtype of `like`, on its device.
+    fn dropout_mask(&self, like: Arg, len: usize, state: u64, p: f32) -> Result<CudaStorage>;
 }
 
 static CUDA: OnceLock<&'static dyn CudaKernels> = OnceLock::new();

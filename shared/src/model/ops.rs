@@ -3,7 +3,7 @@
 //! the gradient of the loss reaches the soft prompt through every layer.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 use candle_nn::Linear;
 
 use crate::merge::SplitMix64;
@@ -121,17 +121,19 @@ pub fn dropout(xs: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(xs.clone());
     }
-    xs * dropout_mask(xs.shape(), xs.dtype(), xs.device(), p, rng)?
+    xs * dropout_mask(xs.shape(), xs, p, rng)?
 }
 
-/// The multipliers of [`dropout`] for a tensor of `shape`: 0 with probability `p`, else
-/// 1/(1 − p), one draw per element in order.
-fn dropout_mask(shape: &Shape, dtype: DType, device: &Device, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
-    let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..shape.elem_count())
-        .map(|_| if rng.next_f64() < f64::from(p) { 0.0 } else { scale })
-        .collect();
-    Tensor::from_vec(mask, shape, device)?.to_dtype(dtype)
+/// The multipliers of [`dropout`] for a tensor of `shape`, on the device and in the dtype of
+/// `like`: 0 with probability `p`, else 1/(1 − p), one draw of `rng` per element in order (made
+/// in parallel, [`super::fused::dropout_multipliers`]; on a GPU with the trainer's kernels, there).
+fn dropout_mask(shape: &Shape, like: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
+    let (n, state) = (shape.elem_count(), rng.state());
+    rng.skip(n as u64);
+    if like.device().is_cuda() && fused(like) {
+        return super::fused::dropout_mask(like, shape, state, p);
+    }
+    Tensor::from_vec(super::fused::dropout_multipliers(state, p, n), shape, like.device())?.to_dtype(like.dtype())
 }
 
 /// Attention: softmax(scale · q·kᵀ + bias), dropped out with probability `dropout.0` in training,
@@ -151,7 +153,7 @@ pub fn attention(
     let (b, h, tq, _) = q.dims4()?;
     let tk = k.dim(2)?;
     let mask = match dropout {
-        Some((p, rng)) if p > 0.0 => Some(dropout_mask(&(b, h, tq, tk).into(), q.dtype(), q.device(), p, rng)?),
+        Some((p, rng)) if p > 0.0 => Some(dropout_mask(&(b, h, tq, tk).into(), q, p, rng)?),
         _ => None,
     };
     let bias_ok = bias
