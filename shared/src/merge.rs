@@ -353,6 +353,7 @@ impl SplitMix64 {
         Self::mix(self.0)
     }
 
+    #[inline]
     fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -373,6 +374,7 @@ impl SplitMix64 {
     /// it after `i` others, without making them: the state is a counter (state + (i + 1)·γ) that a
     /// mixing function turns into the draw, so draws can be made in parallel, or on a GPU
     /// (`trainer/kernels/fused.cu` has the same function).
+    #[inline]
     pub fn draw_at(state: u64, i: u64) -> u64 {
         Self::mix(state.wrapping_add(Self::GAMMA.wrapping_mul(i.wrapping_add(1))))
     }
