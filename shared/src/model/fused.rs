@@ -1,6 +1,7 @@
 //! Fused CPU kernels (f32) with hand-written backward passes, for the ops a training step repeats
 //! in every layer: softmax with a scale and an additive bias (the attention mask / T5's position
-//! bias), RMS normalization, rotary embedding, SwiGLU, and the token-level cross-entropy.
+//! bias), RMS normalization, rotary embedding, SwiGLU, and the token-level cross-entropy; and
+//! dropout's multipliers, drawn in parallel.
 //!
 //! Composed of candle ops, each of these is 4–8 passes over a tensor in the forward pass (each
 //! allocating a fresh tensor) and about twice that in the backward pass; on a CPU a training step
