@@ -6,8 +6,9 @@
 //! the same ops, so the formulas `shared/tests/fused.rs` checks on the CPU are the ones the GPU runs.
 //! Without installed kernels, [`super::ops`] keeps composing candle ops on a GPU.
 //!
-//! The storages are candle's `CudaStorage`: a placeholder type when candle is built without CUDA
-//! (as `shared` is on its own), the real one when the trainer enables candle's `cuda` feature.
+//! The storages are candle's `CudaStorage`. Built without CUDA (as `shared` is on its own), candle
+//! defines it as a type no tensor can have (there is no CUDA device then), so these functions are
+//! never called; with the trainer's `cuda` feature it is the device memory the kernels work on.
 
 use std::sync::OnceLock;
 
