@@ -77,6 +77,8 @@ impl SpecialToken {
 pub struct TextCodec {
     tokenizer: Tokenizer,
     chat_template: Option<String>,
+    /// Where the chat template came from, for errors: `tokenizer_config.json` or the GGUF file.
+    template_origin: &'static str,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -110,6 +112,7 @@ impl TextCodec {
         Ok(Self {
             tokenizer,
             chat_template,
+            template_origin: "tokenizer_config.json",
             bos_token: cfg.bos_token.map(|t| t.text().to_owned()),
             eos_token: cfg.eos_token.map(|t| t.text().to_owned()),
         })
@@ -155,6 +158,7 @@ impl TextCodec {
         Ok(Self {
             tokenizer,
             chat_template: extras.chat_template.clone(),
+            template_origin: "the GGUF file's tokenizer.chat_template",
             bos_token: name(extras.bos_token_id),
             eos_token: name(extras.eos_token_id),
         })
@@ -217,10 +221,49 @@ impl TextCodec {
             self.bos_token.as_deref(),
             self.eos_token.as_deref(),
         )
+        .map_err(|e| match e {
+            TextError::Template(msg) => TextError::Template(format!("{} ({})", msg, self.template_origin)),
+            other => other,
+        })
     }
 }
 
-/// Renders an HF chat template for `messages` (role, content).
+/// Instructions a chat template may execute for one rendering (minijinja's fuel). The templates
+/// of the fixtures and of the families tpv knows use at most a few thousand for a system and a user
+/// turn (`shared/tests/templates.rs` measures them); a hub's template is untrusted input, and this
+/// stops one that loops without end.
+pub const CHAT_TEMPLATE_FUEL: u64 = 200_000;
+
+/// The longest chat template accepted, in bytes (real ones are under 20 KB).
+pub const CHAT_TEMPLATE_MAX_BYTES: usize = 1 << 20;
+
+/// The most text one rendering may write: this many bytes plus four times the messages' own.
+pub const CHAT_OUTPUT_BASE_BYTES: usize = 1 << 20;
+
+/// An `io::Write` that refuses to grow past `limit` bytes.
+struct CappedText {
+    out: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("chat template output over its limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders an HF chat template for `messages` (role, content), within [`CHAT_TEMPLATE_FUEL`]
+/// instructions and an output of [`CHAT_OUTPUT_BASE_BYTES`] plus four times the messages' bytes.
 pub fn render_chat(
     template: &str,
     messages: &[(&str, &str)],
@@ -228,9 +271,27 @@ pub fn render_chat(
     bos_token: Option<&str>,
     eos_token: Option<&str>,
 ) -> Result<String> {
+    render_chat_measured(template, messages, add_generation_prompt, bos_token, eos_token).map(|(text, _)| text)
+}
+
+/// [`render_chat`] and the fuel (template instructions) the rendering used.
+pub fn render_chat_measured(
+    template: &str,
+    messages: &[(&str, &str)],
+    add_generation_prompt: bool,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<(String, u64)> {
+    if template.len() > CHAT_TEMPLATE_MAX_BYTES {
+        return Err(TextError::Template(format!(
+            "the template is {} bytes; the limit is {CHAT_TEMPLATE_MAX_BYTES}",
+            template.len()
+        )));
+    }
     let mut env = minijinja::Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -239,20 +300,42 @@ pub fn render_chat(
     );
     env.add_template("chat", template)
         .map_err(|e| TextError::Template(e.to_string()))?;
+    let content_bytes: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+    let limit = CHAT_OUTPUT_BASE_BYTES.saturating_add(content_bytes.saturating_mul(4));
     let messages: Vec<_> = messages
         .iter()
         .map(|(role, content)| minijinja::context! { role => role, content => content })
         .collect();
-    env.get_template("chat")
-        .and_then(|t| {
-            t.render(minijinja::context! {
+    let mut out = CappedText {
+        out: Vec::new(),
+        limit,
+        exceeded: false,
+    };
+    let rendered = env.get_template("chat").and_then(|t| {
+        t.render_captured_to(
+            minijinja::context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos_token.unwrap_or(""),
                 eos_token => eos_token.unwrap_or(""),
-            })
-        })
-        .map_err(|e| TextError::Template(e.to_string()))
+            },
+            &mut out,
+        )
+    });
+    match rendered {
+        Ok(captured) => {
+            let used = captured.state().fuel_levels().map_or(0, |(consumed, _)| consumed);
+            let text = String::from_utf8(out.out).map_err(|e| TextError::Template(e.to_string()))?;
+            Ok((text, used))
+        }
+        Err(_) if out.exceeded => Err(TextError::Template(format!(
+            "the rendered text grew past {limit} bytes (1 MiB plus four times the messages)"
+        ))),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(TextError::Template(format!(
+            "the template ran more than {CHAT_TEMPLATE_FUEL} instructions"
+        ))),
+        Err(e) => Err(TextError::Template(e.to_string())),
+    }
 }
 
 /// The pre-tokenizer of a GGUF `tokenizer.ggml.pre` type.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tpv_shared::model::causal;
 use tpv_shared::model::load::{Model, from_gguf};
 use tpv_shared::model::{DType, Device, Tensor};
-use tpv_shared::text::TextCodec;
+use tpv_shared::text::{CHAT_TEMPLATE_FUEL, TextCodec, render_chat_measured};
 
 fn gguf_path() -> PathBuf {
     let cache = std::env::var_os("TPV_CACHE")
@@ -49,6 +49,13 @@ fn smollm2_gguf_answers_as_transformers_does() {
     };
     assert_eq!(cfg.rope().unwrap().0, 100000.0);
     let codec = TextCodec::from_gguf(&extras).unwrap();
+    // The real template renders far inside the fuel limit (a hub's template is untrusted).
+    let template = codec.chat_template().unwrap();
+    let (_, fuel) = render_chat_measured(template, &[("user", "Hello")], true, None, None).unwrap();
+    assert!(
+        fuel * 50 < CHAT_TEMPLATE_FUEL,
+        "SmolLM2's template used {fuel} of {CHAT_TEMPLATE_FUEL}"
+    );
 
     let tok = &reference["tokenization"];
     let want: Vec<u32> = serde_json::from_value(tok["ids"].clone()).unwrap();
