@@ -565,16 +565,39 @@ fn p_cell(t: &Test) -> String {
     format!("{:.3} ({:.3}){star}", t.test.p, t.p_bonferroni)
 }
 
+/// A name (task, study, job) as Markdown text: every ASCII punctuation character that Markdown
+/// or HTML could read as syntax (`|` splits a table's cells, `<` opens a tag, `*` bolds) is
+/// backslash-escaped, as CommonMark reads it, and line breaks become spaces. The results page
+/// reads the escapes back (`report::blocks`).
+pub fn md(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '\\' | '|' | '*' | '_' | '`' | '<' | '>' | '[' | ']' | '#' | '&' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn md_all(names: &[String], sep: &str) -> String {
+    names.iter().map(|n| md(n)).collect::<Vec<_>>().join(sep)
+}
+
 fn matrix_md(out: &mut String, title: &str, m: &AcrossOrigins) {
     let _ = writeln!(out, "\n**{title}**\n");
-    let _ = writeln!(out, "| | {} |", m.tasks.join(" | "));
+    let _ = writeln!(out, "| | {} |", md_all(&m.tasks, " | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(m.tasks.len()));
     for (i, row) in m.matrix.iter().enumerate() {
         let cells: Vec<String> = row
             .iter()
             .map(|c| c.map_or("–".into(), |v| format!("{v:.3}")))
             .collect();
-        let _ = writeln!(out, "| {} | {} |", m.tasks[i], cells.join(" | "));
+        let _ = writeln!(out, "| {} | {} |", md(&m.tasks[i]), cells.join(" | "));
     }
 }
 
@@ -632,7 +655,7 @@ impl Aggregate {
     /// The tables as Markdown (scores in percent).
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# Study {}\n", self.name);
+        let _ = writeln!(s, "# Study {}\n", md(&self.name));
         let _ = writeln!(
             s,
             "{} of {} runs finished; origins {:?}. Scores in percent, mean ± std over origins (std: numpy's default, ddof 0).",
@@ -662,7 +685,7 @@ impl Aggregate {
         if !self.missing.is_empty() {
             let _ = writeln!(s, "\n## Missing runs ({})\n", self.missing.len());
             for m in &self.missing {
-                let _ = writeln!(s, "- {m}");
+                let _ = writeln!(s, "- {}", md(m));
             }
         }
         if !self.damaged.is_empty() {
@@ -672,7 +695,7 @@ impl Aggregate {
                 self.damaged.len()
             );
             for m in &self.damaged {
-                let _ = writeln!(s, "- {m}");
+                let _ = writeln!(s, "- {}", md(m));
             }
         }
         s
@@ -703,7 +726,7 @@ impl Aggregate {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} |{base} {} | {} | {} |",
-                    r.task,
+                    md(&r.task),
                     r.metric,
                     r.test.pct(),
                     r.validation.pct(),
@@ -725,8 +748,8 @@ impl Aggregate {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {} | {} | {} | {:?} |",
-                    r.tasks.join(" + "),
-                    r.task,
+                    md_all(&r.tasks, " + "),
+                    md(&r.task),
                     r.metric,
                     r.single.pct(),
                     r.combined.pct(),
@@ -750,7 +773,7 @@ impl Aggregate {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {} | {} |",
-                    r.task,
+                    md(&r.task),
                     r.metric,
                     r.original.pct(),
                     r.cross.pct(),
@@ -768,10 +791,10 @@ impl Aggregate {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {} | {} | {} | {} |",
-                    r.target,
+                    md(&r.target),
                     r.metric,
                     r.shots,
-                    r.init,
+                    md(&r.init),
                     r.score.pct(),
                     r.score.n,
                     r.vs_tpv_sum.as_ref().map_or("".into(), p_cell)

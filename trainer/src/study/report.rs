@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
 use serde_json::json;
 
 use tpv_shared::eval::{ReportModel, hf_files};
@@ -88,9 +89,14 @@ pub struct ReportOptions {
     pub grid_intensity: Option<f64>,
 }
 
-/// The files of a model as the browser loads them: one `.gguf`, or an HF folder's files.
+/// The files of a model as the browser loads them: one `.gguf`, or an HF folder's files. Each
+/// must be a regular file inside the folder (or, for a hub cache snapshot, in its repo's
+/// `blobs/`): a link from a model folder to any other file is refused, not published.
 fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
+        if path.extension().is_none_or(|e| e != "gguf") {
+            bail!("{} is neither a model folder nor a .gguf file", path.display());
+        }
         return Ok(vec![path.to_path_buf()]);
     }
     let read_index = || {
@@ -98,7 +104,27 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
         std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))
     };
     let names = hf_files::to_read(|f| path.join(f).exists(), read_index)?;
-    Ok(names.iter().map(|f| path.join(f)).collect())
+    let folder = std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    // huggingface_hub's cache: snapshots/REV/NAME links to ../../blobs/SHA.
+    let blobs = (folder.parent().and_then(Path::file_name) == Some("snapshots".as_ref()))
+        .then(|| folder.parent().and_then(Path::parent).map(|repo| repo.join("blobs")))
+        .flatten();
+    names
+        .iter()
+        .map(|f| {
+            let file = path.join(f);
+            let real = std::fs::canonicalize(&file).with_context(|| format!("resolving {}", file.display()))?;
+            let inside = real.starts_with(&folder) || blobs.as_ref().is_some_and(|b| real.starts_with(b));
+            if !inside || !real.is_file() {
+                bail!(
+                    "{} leads to {}, outside the model folder: a report publishes only the model's own files",
+                    file.display(),
+                    real.display()
+                );
+            }
+            Ok(file)
+        })
+        .collect()
 }
 
 /// A model's name as a published report shows it: a hub id or a registry name as it is, a local
@@ -138,7 +164,11 @@ fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<Repo
         Err(e) if how == BundleModel::Auto => return Ok(linked(&format!("{e:#}"))),
         Err(e) => return Err(e.context(format!("bundling the model {spec}"))),
     };
-    let files = model_files(&path)?;
+    let files = match model_files(&path) {
+        Ok(files) => files,
+        Err(e) if how == BundleModel::Auto => return Ok(linked(&format!("{e:#}"))),
+        Err(e) => return Err(e.context(format!("bundling the model {spec}"))),
+    };
     let bytes: u64 = files
         .iter()
         .map(|f| {
@@ -153,6 +183,22 @@ fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<Repo
             bytes >> 20,
             BUNDLE_AUTO_MAX >> 20
         )));
+    }
+    // Only a model that loads (by the loader `tpv eval` uses) is published: a study.json from
+    // someone else may name any file.
+    let check_dtype = if bytes > BUNDLE_AUTO_MAX {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    if let Err(e) = crate::models::load(&path.to_string_lossy(), check_dtype, &Device::Cpu) {
+        let e = e.context(format!(
+            "the model {spec} does not load, so the report does not copy it"
+        ));
+        return match how {
+            BundleModel::Auto => Ok(linked(&format!("{e:#}"))),
+            _ => Err(e),
+        };
     }
     let dir = site.join("model");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -348,7 +394,7 @@ fn blocks(md: &str) -> Vec<Block> {
         } else if let Some(h) = line.strip_prefix("# ") {
             out.push(Block::H1 { text: h.to_owned() });
         } else if line.starts_with('|') {
-            let cells: Vec<String> = line.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect();
+            let cells = table_cells(line);
             if cells.iter().all(|c| c.chars().all(|ch| ch == '-')) {
                 continue;
             }
@@ -377,25 +423,63 @@ fn blocks(md: &str) -> Vec<Block> {
     out
 }
 
+/// The cells of a pipe-table row: split at each `|` that is not backslash-escaped (a name's
+/// `\|`, `aggregate::md`), escapes kept for [`inline_html`].
+fn table_cells(line: &str) -> Vec<String> {
+    let inner = line.strip_prefix('|').unwrap_or(line);
+    let (mut cells, mut cell) = (Vec::new(), String::new());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                cell.push(c);
+                cell.extend(chars.next());
+            }
+            '|' => cells.push(std::mem::take(&mut cell)),
+            c => cell.push(c),
+        }
+    }
+    // A row ends with `|`, which leaves nothing after it; text after the last `|` is a cell.
+    if !cell.trim().is_empty() || cells.is_empty() {
+        cells.push(cell);
+    }
+    cells.into_iter().map(|c| c.trim().to_owned()).collect()
+}
+
+/// A Markdown text of the tables as HTML: backslash escapes read as the character they escape,
+/// everything HTML-escaped, and `**bold**` (the only inline markup the tables use) as `<strong>`.
+fn inline_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut bold = false;
+    let mut chars = text.chars().peekable();
+    let mut buf = [0u8; 4];
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_punctuation) => {
+                let escaped = chars.next().unwrap_or('\\');
+                out.push_str(&minijinja::HtmlEscape(escaped.encode_utf8(&mut buf)).to_string());
+            }
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                out.push_str(if bold { "</strong>" } else { "<strong>" });
+                bold = !bold;
+            }
+            c => out.push_str(&minijinja::HtmlEscape(c.encode_utf8(&mut buf)).to_string()),
+        }
+    }
+    if bold {
+        out.push_str("</strong>");
+    }
+    out
+}
+
 /// The results page's template (`study/results.html`).
 const RESULTS_TEMPLATE: &str = include_str!("results.html");
 
 /// The tables as a self-contained HTML page, rendered from [`RESULTS_TEMPLATE`].
 pub fn results_html(agg: &Aggregate, web_app: bool) -> Result<String> {
     let mut env = minijinja::Environment::new();
-    // Escapes a text, then renders Markdown's `**bold**` (the only inline markup of the tables).
-    env.add_filter("bold", |s: String| {
-        let escaped = minijinja::HtmlEscape(&s).to_string();
-        let mut out = String::new();
-        for (i, part) in escaped.split("**").enumerate() {
-            if i % 2 == 1 {
-                out.push_str(&format!("<strong>{part}</strong>"));
-            } else {
-                out.push_str(part);
-            }
-        }
-        minijinja::Value::from_safe_string(out)
-    });
+    env.add_filter("bold", |s: String| minijinja::Value::from_safe_string(inline_html(&s)));
     env.add_template("results.html", RESULTS_TEMPLATE)
         .context("the results page's template")?;
     let page = env
@@ -419,6 +503,30 @@ pub fn serve(root: &Path, port: u16) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Item 11 of issue 32: a task named like a row's cells shifted the columns, and names went
+    /// into tables.md as raw HTML.
+    #[test]
+    fn names_with_table_syntax_and_markup_stay_one_cell_of_text() {
+        use super::super::aggregate::md;
+        let name = "x | 99.9 ± 0.0 | fake";
+        let tag = "<img src=x onerror=alert(1)>**b**\\|";
+        let table = format!(
+            "| task | metric | tuned |\n|---|---|---|\n| {} | acc | 77.7 |\n| {} | acc | 1.0 |\n",
+            md(name),
+            md(tag)
+        );
+        assert!(!table.contains("<img"), "{table}");
+        let Block::Table { head, rows } = &blocks(&table)[0] else {
+            panic!("{table}")
+        };
+        assert_eq!(head.len(), 3);
+        assert_eq!(rows.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3], "{rows:?}");
+        assert_eq!(rows[0][2], "77.7");
+        assert_eq!(inline_html(&rows[0][0]), "x | 99.9 ± 0.0 | fake");
+        assert_eq!(inline_html(&rows[1][0]), "&lt;img src=x onerror=alert(1)&gt;**b**\\|");
+        assert_eq!(inline_html("**bold** & <i>"), "<strong>bold</strong> &amp; &lt;i&gt;");
+    }
 
     #[test]
     fn the_tables_markdown_reads_into_blocks() {
