@@ -328,7 +328,11 @@ impl SoftPrompt {
                     .origin
                     .as_ref()
                     .ok_or_else(|| Error::NoOrigin { label: self.label() })?;
-                self.values.zip_map(origin, |t, o| t - o)
+                // θ and θ₀ are finite, but their difference can overflow f32 (both near ±3e38):
+                // refused, as arithmetic refuses a non-finite result.
+                let vector = self.values.zip_map(origin, |t, o| t - o)?;
+                check_finite(&format!("{} − its origin", self.label()), &vector)?;
+                Ok(vector)
             }
         }
     }

@@ -2,7 +2,8 @@
 //! absolute difference and norm difference; matrices over a set; the across-origins view.
 //!
 //! Everything accumulates in f64. A cosine involving a zero vector is 0 (as scikit-learn's
-//! `cosine_similarity` gives).
+//! `cosine_similarity` gives). Non-finite inputs are refused (as arithmetic refuses them), so
+//! every value is finite.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,8 @@ impl Measure {
 /// The measure between two tensors of the same shape.
 pub fn similarity(a: &PromptTensor, b: &PromptTensor, measure: Measure) -> Result<f64> {
     a.check_same_shape(b)?;
+    crate::prompt::check_finite("a", a)?;
+    crate::prompt::check_finite("b", b)?;
     Ok(Prepared::new(a, measure).measure(&Prepared::new(b, measure)))
 }
 
@@ -241,6 +244,9 @@ pub fn matrix(items: &[&PromptTensor], measure: Measure) -> Result<Vec<Vec<f64>>
             first.check_same_shape(t)?;
         }
     }
+    for (i, t) in items.iter().enumerate() {
+        crate::prompt::check_finite(&format!("item {i}"), t)?;
+    }
     let prepared: Vec<Prepared<'_>> = items.iter().map(|t| Prepared::new(t, measure)).collect();
     Ok(pairwise(&prepared))
 }
@@ -292,6 +298,9 @@ pub fn across_origins(items: &[Labelled<'_>], measure: Measure) -> Result<Across
         for item in rest {
             first.values.check_same_shape(item.values)?;
         }
+    }
+    for item in items {
+        crate::prompt::check_finite(&format!("{}@{}", item.task, item.origin), item.values)?;
     }
     // Each prompt prepared once, each unordered pair measured once (the measures are symmetric).
     let keys: Vec<Key> = by_key.keys().copied().collect();
