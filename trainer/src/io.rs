@@ -195,12 +195,22 @@ pub fn check_relative_path(name: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// [`check_relative_path`] for a single component (no `/` either).
+/// [`check_relative_path`] for a single component (no `/` either), in Unicode NFC: "café" typed
+/// on one machine (NFC) and read from a file written on another (NFD) would otherwise be two
+/// tasks, two directories and two identical-looking rows.
 pub fn check_file_name(name: &str, what: &str) -> Result<()> {
     if name.contains('/') {
         bail!("{what} {name:?} contains a `/`");
     }
-    check_relative_path(name, what)
+    check_relative_path(name, what)?;
+    if !unicode_normalization_alignments::is_nfc(name) {
+        use unicode_normalization_alignments::UnicodeNormalization;
+        let nfc: String = name.nfc().map(|(c, _)| c).collect();
+        bail!(
+            "{what} {name:?} is not in Unicode NFC (its composed form is {nfc:?}): write it composed, as most keyboards and editors do"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,5 +246,9 @@ mod tests {
         }
         assert!(check_file_name("a/b", "task name").is_err());
         assert!(check_file_name(&"x".repeat(256), "task name").is_err());
+        // Issue 32 (14): "café" in NFD ran as a second task beside the NFC one.
+        assert!(check_file_name("caf\u{e9}", "task name").is_ok());
+        let err = check_file_name("cafe\u{301}", "task name").unwrap_err().to_string();
+        assert!(err.contains("NFC") && err.contains("caf\u{e9}"), "{err}");
     }
 }

@@ -63,6 +63,7 @@ pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
             }),
         }
     }
+    checks.extend(paths_check(study, &jobs));
     for c in &configs {
         // Whether the data is there does not depend on the shots or caps a job takes of it.
         let d = &c.data;
@@ -94,6 +95,53 @@ pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
     }
     checks.push(disk_check(study, &jobs, &configs));
     checks
+}
+
+/// The longest name a component of a path may have (Linux's NAME_MAX on ext4, xfs, btrfs, tmpfs)
+/// and the longest path (PATH_MAX less room for the files a job writes in its directory).
+const NAME_MAX: usize = 255;
+const PATH_ROOM: usize = 4096 - 128;
+
+/// Every job's run directory is a path the file system can hold: task names join into job ids
+/// (an addition of two 200-byte names is one 401-byte component), which failed with "File name
+/// too long" only when the job ran, after everything before it. One check per failing job.
+fn paths_check(study: &Study, jobs: &[Job]) -> Vec<Check> {
+    let base = std::path::absolute(study.output()).unwrap_or_else(|_| study.output().to_path_buf());
+    let failed: Vec<Check> = jobs
+        .iter()
+        .filter_map(|job| {
+            let dir = base.join(&job.id);
+            let long = job.id.split('/').find(|part| part.len() > NAME_MAX);
+            let detail = match long {
+                Some(part) => format!(
+                    "its directory's component {part:?} is {} bytes; file systems allow {NAME_MAX} (shorten the task names)",
+                    part.len()
+                ),
+                None if dir.as_os_str().len() > PATH_ROOM => format!(
+                    "its directory {} is {} bytes long; paths are limited to 4096 (move study.output or shorten the task names)",
+                    dir.display(),
+                    dir.as_os_str().len()
+                ),
+                None => return None,
+            };
+            Some(Check {
+                what: format!("path of {}", job.id),
+                ok: false,
+                detail,
+            })
+        })
+        .collect();
+    if !failed.is_empty() {
+        return failed;
+    }
+    vec![Check {
+        what: format!("paths under {}", study.output().display()),
+        ok: true,
+        detail: format!(
+            "{} job directories within the file system's name and path limits",
+            jobs.len()
+        ),
+    }]
 }
 
 fn data_check(c: &Config) -> Check {
