@@ -728,17 +728,30 @@ impl Model {
         }
     }
 
-    /// Rank classification: each candidate answer's summed log-probability per row.
+    /// Rank classification: each candidate answer's summed log-probability per row. The
+    /// candidates go through the model in groups of at most [`RANK_TOKENS_PER_PASS`] tokens (one
+    /// pass when they fit, as a task's few labels do): a pass's tree mask and logits grow with the
+    /// square of its candidate tokens, so 10,000 labels in one pass asked for 14.4 GB.
     pub fn rank(
         &self,
         prompts: &[&Tensor],
         inputs: &[&[u32]],
         candidates: &[Vec<u32>],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
-        match self {
-            Model::Llama(m) => causal::rank(m, prompts, inputs, candidates),
-            Model::T5(m) => t5::rank(m, prompts, inputs, candidates),
+        if candidates.is_empty() {
+            candle_core::bail!("rank scoring needs candidates");
         }
+        let mut scores: Vec<Vec<f32>> = vec![Vec::with_capacity(candidates.len()); inputs.len()];
+        for group in rank_groups(candidates) {
+            let part = match self {
+                Model::Llama(m) => causal::rank(m, prompts, inputs, group)?,
+                Model::T5(m) => t5::rank(m, prompts, inputs, group)?,
+            };
+            for (row, p) in scores.iter_mut().zip(part) {
+                row.extend(p);
+            }
+        }
+        Ok(scores)
     }
 
     /// `llama` or `t5`.
@@ -748,6 +761,29 @@ impl Model {
             Model::T5(_) => "t5",
         }
     }
+}
+
+/// The most candidate tokens (each candidate's answer and end tokens) that rank classification
+/// scores in one pass.
+pub const RANK_TOKENS_PER_PASS: usize = 512;
+
+/// `candidates` in consecutive groups of at most [`RANK_TOKENS_PER_PASS`] tokens (a longer
+/// candidate alone in its group); none when there are none.
+fn rank_groups(candidates: &[Vec<u32>]) -> Vec<&[Vec<u32>]> {
+    let mut groups = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, c) in candidates.iter().enumerate() {
+        let n = c.len();
+        if i > start && tokens + n > RANK_TOKENS_PER_PASS {
+            groups.push(&candidates[start..i]);
+            (start, tokens) = (i, 0);
+        }
+        tokens += n;
+    }
+    if start < candidates.len() {
+        groups.push(&candidates[start..]);
+    }
+    groups
 }
 
 /// The decoder-only examples of a batch (an error if one is not).
@@ -940,7 +976,15 @@ pub struct Confusion {
     pub classes: Vec<String>,
     /// `counts[reference][prediction]`, `classes.len()` rows of `classes.len() + 1` columns.
     pub counts: Vec<Vec<usize>>,
+    /// The number of classes when it is over [`CONFUSION_MAX_CLASSES`]: no matrix then
+    /// (`classes` and `counts` empty); a generative task's distinct targets are no label set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<usize>,
 }
+
+/// The most classes a confusion matrix is made for (the paper's tasks have at most 14 labels). A
+/// matrix grows with the square of its classes: 16,000 distinct targets took 2.0 GB.
+pub const CONFUSION_MAX_CLASSES: usize = 100;
 
 impl Confusion {
     pub fn new(labels: &[String], preds: &[String], refs: &[String]) -> Self {
@@ -952,18 +996,29 @@ impl Confusion {
         } else {
             labels.iter().map(|l| metrics::normalize_label(l)).collect()
         };
+        let k = classes.len();
+        if k > CONFUSION_MAX_CLASSES {
+            return Self {
+                classes: Vec::new(),
+                counts: Vec::new(),
+                omitted: Some(k),
+            };
+        }
         let index = |s: &str| {
             let s = metrics::normalize_label(s);
             classes.iter().position(|c| *c == s)
         };
-        let k = classes.len();
         let mut counts = vec![vec![0; k + 1]; k];
         for (p, r) in preds.iter().zip(refs) {
             if let Some(row) = index(r) {
                 counts[row][index(p).unwrap_or(k)] += 1;
             }
         }
-        Self { classes, counts }
+        Self {
+            classes,
+            counts,
+            omitted: None,
+        }
     }
 }
 
@@ -973,6 +1028,47 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn rank_groups_cover_the_candidates_in_order_within_the_pass_size() {
+        let candidates: Vec<Vec<u32>> = (0..1000u32)
+            .map(|i| vec![i; if i == 500 { 700 } else { 1 + (i % 3) as usize }])
+            .collect();
+        let groups = rank_groups(&candidates);
+        assert!(groups.len() > 3);
+        assert_eq!(groups.concat(), candidates);
+        for g in &groups {
+            let tokens: usize = g.iter().map(Vec::len).sum();
+            assert!(
+                tokens <= RANK_TOKENS_PER_PASS || g.len() == 1,
+                "{tokens} tokens in {} candidates",
+                g.len()
+            );
+        }
+        assert!(
+            groups.iter().any(|g| g.len() == 1 && g[0].len() == 700),
+            "a long candidate alone"
+        );
+        assert!(rank_groups(&[]).is_empty());
+        assert_eq!(
+            rank_groups(&[vec![1], vec![2]]).len(),
+            1,
+            "a task's few labels: one pass"
+        );
+    }
+
+    /// Issue 32 (7): 16,000 distinct targets made a 16,000² matrix (2.0 GB; 705 MB of JSON at 8,000).
+    #[test]
+    fn no_confusion_matrix_over_the_class_cap() {
+        let refs: Vec<String> = (0..16_000).map(|i| format!("answer {i}")).collect();
+        let c = Confusion::new(&[], &refs, &refs);
+        assert_eq!(c.omitted, Some(16_000));
+        assert!(c.classes.is_empty() && c.counts.is_empty());
+        assert!(serde_json::to_string(&c).unwrap().len() < 100);
+        let few: Vec<String> = (0..CONFUSION_MAX_CLASSES).map(|i| format!("l{i}")).collect();
+        let c = Confusion::new(&[], &few, &few);
+        assert_eq!((c.classes.len(), c.omitted), (CONFUSION_MAX_CLASSES, None));
     }
 
     #[test]

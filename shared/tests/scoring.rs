@@ -328,3 +328,31 @@ fn sequences_past_the_models_positions_are_refused_by_every_path() {
         assert!(err.contains("to generate"), "{name} generation past the end: {err}");
     }
 }
+
+/// Issue 32 (8): rank scoring's tree mask grew with the square of all labels' tokens (10,000
+/// labels asked for 14.4 GB); `Model::rank` now scores them in groups of at most
+/// `RANK_TOKENS_PER_PASS` tokens, with the scores of one pass over all of them.
+#[test]
+fn rank_in_groups_gives_the_scores_of_one_pass() {
+    for name in MODELS {
+        let loaded = load(name);
+        let ps = prompts(&loaded);
+        let encoded: Vec<Encoded> = records().iter().map(|r| encode(&loaded, r)).collect();
+        // 700 two-token candidates: 1,400 tokens, three passes.
+        let candidates: Vec<Vec<u32>> = (0..700u32).map(|i| vec![i % 64, (i / 64 + 3 * i) % 64]).collect();
+        assert!(candidates.len() * 2 > 2 * tpv_shared::eval::RANK_TOKENS_PER_PASS);
+        let inputs: Vec<&[u32]> = encoded.iter().map(|e| e.input()).collect();
+        let prompts = vec![&ps[1]; inputs.len()];
+        let grouped = loaded.model.rank(&prompts, &inputs, &candidates).unwrap();
+        let one_pass = match &loaded.model {
+            Model::Llama(m) => causal::rank(m, &prompts, &inputs, &candidates).unwrap(),
+            Model::T5(m) => t5::rank(m, &prompts, &inputs, &candidates).unwrap(),
+        };
+        for (g, o) in grouped.iter().zip(&one_pass) {
+            assert_eq!(g.len(), candidates.len());
+            for (j, (a, b)) in g.iter().zip(o).enumerate() {
+                close(*a, *b, &format!("{name}: candidate {j}"));
+            }
+        }
+    }
+}
