@@ -37,6 +37,9 @@ impl Sampling {
     }
 }
 
+/// The most token ids [`origin_token_ids`] draws in one call (count × tokens): 256 MB of ids.
+pub const MAX_ORIGIN_IDS: usize = 1 << 26;
+
 /// Token ids of origins 0..count, R each.
 pub fn origin_token_ids(
     sampling: Sampling,
@@ -47,9 +50,20 @@ pub fn origin_token_ids(
 ) -> Result<Vec<Vec<u32>>> {
     let invalid = |reason| Error::InvalidParameter {
         name: "origins",
-        value: format!("{sampling:?}, R = {tokens}"),
+        value: format!("{sampling:?}, {count} origins of R = {tokens}"),
         reason,
     };
+    // Bounded before anything is sized by them (`--count 1000000000` asked for 24 GB): at most
+    // one origin per vocabulary entry and a prompt no longer than the vocabulary, and at most
+    // [`MAX_ORIGIN_IDS`] ids in all.
+    if count > vocab_size {
+        return Err(invalid("more origins than the vocabulary has tokens"));
+    }
+    if tokens > vocab_size || count.saturating_mul(tokens) > MAX_ORIGIN_IDS {
+        return Err(invalid(
+            "more token ids than the vocabulary has, or than MAX_ORIGIN_IDS (2^26) in all",
+        ));
+    }
     match sampling {
         Sampling::VocabBelow { below, draw } => {
             if below > vocab_size {
@@ -171,6 +185,28 @@ impl Mt19937 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 32 (14): `tpv origins --count 1000000000` aborted on a 24 GB allocation.
+    #[test]
+    fn counts_beyond_the_vocabulary_are_refused_before_allocating() {
+        for sampling in [Sampling::PAPER, Sampling::SampleVocab] {
+            let err = origin_token_ids(sampling, 1_000_000_000, 8, 1024, 49152)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more origins than the vocabulary"), "{err}");
+            assert!(origin_token_ids(sampling, 3, 1 << 20, 1024, 49152).is_err());
+            assert!(
+                origin_token_ids(sampling, 49152, 49152, 1024, 49152).is_err(),
+                "2^31 ids in all"
+            );
+        }
+        assert_eq!(
+            origin_token_ids(Sampling::SampleVocab, 100, 100, 1, 49152)
+                .unwrap()
+                .len(),
+            100
+        );
+    }
 
     #[test]
     fn reproduces_numpy_legacy_streams() {

@@ -35,7 +35,8 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
 /// examples); a missing one names its line.
 pub fn parse_jsonl_requiring(text: &str, columns: &[&str]) -> Result<Vec<Record>> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    // A UTF-8 byte order mark (Windows editors write one) is not part of the first line.
+    for (i, line) in text.strip_prefix('\u{feff}').unwrap_or(text).lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -56,6 +57,7 @@ pub fn parse_jsonl_requiring(text: &str, columns: &[&str]) -> Result<Vec<Record>
 /// A JSON array of objects, or JSON lines (as `datasets.Dataset.to_json` writes under a `.json`
 /// name): whichever the text starts with.
 pub fn parse_json(text: &str) -> Result<Vec<Record>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if !text.trim_start().starts_with('[') {
         return parse_jsonl(text);
     }
@@ -70,6 +72,16 @@ pub fn parse_json(text: &str) -> Result<Vec<Record>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 32 (14): a JSONL file with a UTF-8 BOM was refused (CSV and TSV with one worked).
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_record() {
+        let recs = parse_jsonl("\u{feff}{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": \"c\"}\n").unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0]["input"], "a");
+        let recs = parse_json("\u{feff}[{\"input\": \"a\"}]").unwrap();
+        assert_eq!(recs[0]["input"], "a");
+    }
 
     #[test]
     fn values_become_text_by_one_rule() {

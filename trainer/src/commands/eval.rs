@@ -198,9 +198,17 @@ pub(crate) fn read_set(path: &Path, task: Option<&str>) -> Result<EvalSet> {
         if task.is_some() {
             bail!("{} is an eval set with its own task; drop --task", path.display());
         }
-        return EvalSet::from_json(&bytes).with_context(|| format!("reading {}", path.display()));
+        let set = EvalSet::from_json(&bytes).with_context(|| format!("reading {}", path.display()))?;
+        if set.records.is_empty() {
+            bail!("{} holds no examples: nothing to evaluate", path.display());
+        }
+        return Ok(set);
     }
     let records = data::read_records(path)?;
+    // An empty file scored "0 examples, loss NaN" with exit 0.
+    if records.is_empty() {
+        bail!("{} holds no examples: nothing to evaluate", path.display());
+    }
     let mut set = eval::plain_set(records, true, MAX_NEW_TOKENS);
     if let Some(name) = task {
         set.task = tasks::get(name)?;
