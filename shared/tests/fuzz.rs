@@ -1,9 +1,10 @@
 //! Fuzzing every parser of untrusted input in `tpv-shared`, on stable Rust, as part of the normal
 //! test run (a bounded number of cases each): run files, peft adapters with their config, eval
-//! sets, report manifests and GGUF headers. Each gets arbitrary bytes, byte-level corruptions of a
-//! valid sample, and (for the JSON formats) valid JSON whose values are swapped for hostile ones
-//! (huge and negative numbers, NaN, long strings, path traversal, control characters, deep
-//! nesting). The property: an `Err` or an `Ok`, never a panic, an abort or a runaway allocation.
+//! sets, report manifests, GGUF headers and every model family's config.json. Each gets arbitrary
+//! bytes, byte-level corruptions of a valid sample, and (for the JSON formats) valid JSON whose
+//! values are swapped for hostile ones (huge and negative numbers, NaN, long strings, path
+//! traversal, control characters, deep nesting). The property: an `Err` or an `Ok`, never a
+//! panic, an abort or a runaway allocation (and a model config that loads computes no NaN).
 //! The committed corpus of crafted files (tests/fixtures/hostile) is replayed by `corpus.rs`.
 //! (Study configs are a `tpv-trainer` format: trainer/tests/fuzz.rs.)
 #![allow(
@@ -18,7 +19,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use serde_json::Value;
 use tpv_shared::eval::{EvalSet, ReportModel};
-use tpv_shared::model::{DType, Device};
+use tpv_shared::model::load::{Model, from_safetensors};
+use tpv_shared::model::{DType, Device, causal, t5};
 use tpv_shared::peft::PeftAdapter;
 use tpv_shared::report::{ExampleSet, Manifest, ManifestRun, Tables};
 use tpv_shared::tasks::Record;
@@ -216,6 +218,50 @@ fn gguf_sample() -> Vec<u8> {
     out.into_inner()
 }
 
+/// The tiny model fixtures of every family: name, config.json, weights (read once).
+fn model_fixtures() -> &'static [(&'static str, Value, Vec<u8>)] {
+    static FIXTURES: std::sync::OnceLock<Vec<(&'static str, Value, Vec<u8>)>> = std::sync::OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        ["llama_tied", "llama_gqa_rope3", "t5_relu_tied", "t5_gated_untied"]
+            .into_iter()
+            .map(|name| {
+                let dir = format!("models/{name}");
+                let config = serde_json::from_slice(&read(&format!("{dir}/config.json"))).unwrap();
+                (name, config, read(&format!("{dir}/model.safetensors")))
+            })
+            .collect()
+    })
+}
+
+/// How many values (object members and array items, nested ones too) `v` holds.
+fn positions(v: &Value) -> usize {
+    match v {
+        Value::Object(map) => map.values().map(|c| 1 + positions(c)).sum(),
+        Value::Array(items) => items.iter().map(|c| 1 + positions(c)).sum(),
+        _ => 0,
+    }
+}
+
+/// The loss of one short example with a one-row prompt, if the model computes one.
+fn tiny_loss(model: &Model) -> Option<f32> {
+    let prompt = candle_core::Tensor::zeros((1, model.hidden_size()), DType::F32, &Device::Cpu).ok()?;
+    let loss = match model {
+        Model::Llama(m) => {
+            causal::loss(m, &prompt, &[causal::Example::answer(&[5, 17], &[12])])
+                .ok()?
+                .loss
+        }
+        Model::T5(m) => {
+            let example = t5::Example {
+                input: vec![5, 17, 1],
+                target: vec![12, 1],
+            };
+            t5::loss(m, &prompt, &[example], None).ok()?.loss
+        }
+    };
+    loss.to_scalar::<f32>().ok()
+}
+
 fn gguf(bytes: &[u8]) {
     let _ = tpv_shared::eval::Loaded::from_gguf(&mut std::io::Cursor::new(bytes), DType::F32, &Device::Cpu);
 }
@@ -285,11 +331,36 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Every family's config.json with hostile values (issue items 5 and 6), loaded with the
+    /// fixture's weights: an error, or a model whose loss is a number (not NaN).
+    #[test]
+    fn model_configs(which in 0..4usize,
+                     edits in prop::collection::vec((any::<usize>(), any::<usize>(), any::<bool>()), 1..4)) {
+        let (name, config, weights) = &model_fixtures()[which];
+        // Every edit lands on one of the config's values (mutate_json picks among 64 positions).
+        let n = positions(config);
+        let edits: Vec<_> = edits.iter().map(|&(at, which, drop)| (at % n, which, drop)).collect();
+        let config = String::from_utf8(mutate_json(config, &edits)).unwrap();
+        if let Ok(model) = from_safetensors(&config, &[weights], DType::F32, &Device::Cpu)
+            && let Some(loss) = tiny_loss(&model)
+        {
+            prop_assert!(loss.is_finite(), "{name}: loss {loss} with {config}");
+        }
+    }
+}
+
 #[test]
 fn the_fuzzed_samples_are_valid_to_begin_with() {
     assert!(runfile::read_run(&read("runs/v1/sst2-origin1.safetensors")).is_ok());
     assert!(EvalSet::from_json(&serde_json::to_vec(&eval_set_sample()).unwrap()).is_ok());
     assert!(Manifest::from_json(&serde_json::to_vec(&manifest_sample()).unwrap()).is_ok());
+    for (name, config, weights) in model_fixtures() {
+        let model = from_safetensors(&config.to_string(), &[weights], DType::F32, &Device::Cpu).unwrap();
+        assert!(tiny_loss(&model).is_some_and(f32::is_finite), "{name}");
+    }
     // The GGUF sample parses as far as its (deliberately incomplete) model: an error, not a panic.
     let err = tpv_shared::eval::Loaded::from_gguf(&mut std::io::Cursor::new(gguf_sample()), DType::F32, &Device::Cpu)
         .err()

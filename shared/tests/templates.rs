@@ -4,6 +4,12 @@
 //! templates built from Jinja's loop, string and filter pieces. Not covered: a template that
 //! doubles a string a few dozen times (`{% set ns.s = ns.s ~ ns.s %}` in a loop) grows
 //! exponentially within the fuel; minijinja offers no cap on concatenation.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "native code: tests read files and time themselves (the library does not)"
+)]
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::Instant;

@@ -11,6 +11,8 @@ Each subdirectory is one parser, replayed through the command a user would run:
   study/     tpv sweep FILE --emit slurm -o TMP
   manifest/  tpv_shared::report::Manifest::from_json
   gguf/      tpv eval --model FILE --data tests/fixtures/hostile/one.jsonl
+  config/    tpv eval --model DIR --data tests/fixtures/hostile/one.jsonl, DIR a copy of the
+             fixture model the name starts with (FIXTURE.FIELD=VALUE.json) with this config.json
 Every file must be refused with an error (exit status 1, "error:" on stderr), never a panic, an
 abort, a hang, or success.
 """
@@ -183,6 +185,130 @@ def ggufs():
     write(OUT / "one.jsonl", json.dumps({"input": "w5 w17", "target": "w12"}) + "\n")
 
 
+# Model configs (issue items 5 and 6): a tiny fixture's config.json with one value that describes no
+# model. Named FIXTURE.FIELD=VALUE.json: the fixture whose weights it is loaded with
+# (tests/fixtures/models/FIXTURE), and the field its error must name. Replayed by
+# shared/tests/configs.rs (the error names the field) and trainer/tests/corpus.rs (tpv eval).
+CONFIG_CASES = [
+    ("llama_tied", "vocab_size", 0),
+    ("llama_tied", "hidden_size", 0),
+    ("llama_tied", "intermediate_size", 0),
+    ("llama_tied", "num_hidden_layers", 0),
+    ("llama_tied", "num_attention_heads", 0),
+    ("llama_tied", "num_attention_heads", 3),
+    ("llama_tied", "num_key_value_heads", 0),
+    ("llama_tied", "num_key_value_heads", 3),
+    ("llama_tied", "num_key_value_heads", 8),
+    # With no layers, nothing checks head_dim against a tensor: the rotary table was sized by it.
+    ("llama_tied", "head_dim", 1 << 40),
+    ("llama_tied", "head_dim", 1 << 31),
+    ("llama_tied", "head_dim", 1 << 29),
+    ("llama_tied", "head_dim", 5),
+    ("llama_tied", "rms_norm_eps", -1),
+    ("llama_tied", "rms_norm_eps", 0),
+    ("llama_tied", "rms_norm_eps", 1e-320),
+    ("llama_tied", "max_position_embeddings", 0),
+    ("llama_tied", "max_position_embeddings", 1 << 62),
+    ("llama_tied", "rope_theta", -1),
+    ("llama_tied", "rope_theta", 0),
+    ("llama_tied", "rope_theta", 1e300),
+    ("llama_tied", "rope_scaling.factor", 0),
+    ("llama_tied", "rope_scaling.factor", -2),
+    ("llama_gqa_rope3", "rope_parameters.rope_theta", -1),
+    ("llama_gqa_rope3", "rope_parameters.factor", 0),
+    ("llama_gqa_rope3", "rope_parameters.low_freq_factor", 0),
+    ("llama_gqa_rope3", "rope_parameters.high_freq_factor", 0),
+    ("llama_gqa_rope3", "rope_parameters.high_freq_factor", 1),
+    ("llama_gqa_rope3", "rope_parameters.original_max_position_embeddings", 0),
+    ("llama_gqa_rope3", "rope_parameters.factor", "zeros"),
+    ("t5_relu_tied", "vocab_size", 0),
+    ("t5_relu_tied", "d_model", 0),
+    ("t5_relu_tied", "d_kv", 0),
+    ("t5_relu_tied", "d_ff", 0),
+    ("t5_relu_tied", "num_layers", 0),
+    ("t5_relu_tied", "num_decoder_layers", 0),
+    ("t5_relu_tied", "num_heads", 0),
+    ("t5_relu_tied", "relative_attention_num_buckets", 1),
+    ("t5_relu_tied", "relative_attention_max_distance", 4),
+    ("t5_relu_tied", "layer_norm_epsilon", -1),
+    ("t5_relu_tied", "dropout_rate", 1),
+    ("t5_gated_untied", "layer_norm_epsilon", 0),
+    ("t5_gated_untied", "d_kv", 1 << 40),
+]
+
+
+def model_configs():
+    d = OUT / "config"
+    for fixture, field, value in CONFIG_CASES:
+        config = json.loads((ROOT / "tests/fixtures/models" / fixture / "config.json").read_text())
+        label = value
+        if field.startswith("rope_scaling."):
+            config["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+        if value == "zeros":
+            # llama3 scaling with every number zero (the probe's case): the first is named.
+            config["rope_parameters"].update(factor=0.0, low_freq_factor=0.0, high_freq_factor=0.0,
+                                             original_max_position_embeddings=0)
+            label = "zeros"
+        else:
+            at = config
+            *parents, key = field.split(".")
+            for p in parents:
+                at = at[p]
+            at[key] = value
+        if field == "head_dim" and value > 64:
+            config["num_hidden_layers"] = 0
+        write(d / f"{fixture}.{field}={label}.json", json.dumps(config, indent=2) + "\n")
+
+
+def gguf_value(kind, value):
+    if kind == "u32":
+        return struct.pack("<I", 4) + struct.pack("<I", value)
+    if kind == "f32":
+        return struct.pack("<I", 6) + struct.pack("<f", value)
+    if kind == "str":
+        return struct.pack("<I", 8) + gguf_string(value)
+    # an array of strings
+    return struct.pack("<I", 9) + struct.pack("<I", 8) + struct.pack("<Q", len(value)) + b"".join(
+        gguf_string(s) for s in value)
+
+
+def gguf_model(heads, kv_heads):
+    """A LLaMA GGUF (d=16) whose metadata names `heads` / `kv_heads` attention heads, with the
+    Q and K weights of layer 0 (f32) that loading unpermutes by those counts."""
+    meta = [
+        ("general.architecture", "str", "llama"),
+        ("llama.embedding_length", "u32", 16),
+        ("llama.feed_forward_length", "u32", 32),
+        ("llama.block_count", "u32", 1),
+        ("llama.attention.head_count", "u32", heads),
+        ("llama.attention.head_count_kv", "u32", kv_heads),
+        ("llama.rope.freq_base", "f32", 10000.0),
+        ("llama.attention.layer_norm_rms_epsilon", "f32", 1e-5),
+        ("llama.context_length", "u32", 64),
+        ("tokenizer.ggml.tokens", "strs", ["a", "b"]),
+    ]
+    tensors = [("blk.0.attn_q.weight", 16), ("blk.0.attn_k.weight", 8)]
+    out = b"GGUF" + struct.pack("<I", 3) + struct.pack("<QQ", len(tensors), len(meta))
+    for key, kind, value in meta:
+        out += gguf_string(key) + gguf_value(kind, value)
+    offset = 0
+    for name, rows in tensors:
+        # ggml order: columns first; type 0 = F32.
+        out += gguf_string(name) + struct.pack("<I", 2) + struct.pack("<QQ", 16, rows)
+        out += struct.pack("<I", 0) + struct.pack("<Q", offset)
+        offset += rows * 16 * 4
+    out += b"\0" * ((32 - len(out) % 32) % 32)
+    return out + f32(offset // 4)
+
+
+
+def model_ggufs():
+    d = OUT / "gguf"
+    # Zero heads: Q/K rows were unpermuted by rows / heads (a division by zero).
+    write(d / "head-count-zero.gguf", gguf_model(0, 0))
+    write(d / "head-count-kv-zero.gguf", gguf_model(4, 0))
+
+
 if __name__ == "__main__":
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -192,5 +318,7 @@ if __name__ == "__main__":
     studies()
     manifests()
     ggufs()
+    model_configs()
+    model_ggufs()
     n = sum(1 for p in OUT.rglob("*") if p.is_file())
     print(f"wrote {n} files under {OUT.relative_to(ROOT)}")

@@ -8,6 +8,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::load::{ConfigError, Shapes, check_count, check_dims, check_layer_count, check_positive, limits};
 use super::ops;
 use super::ops::FrozenLinear as Linear;
 
@@ -110,43 +111,188 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// `head_dim`, or hidden_size / num_attention_heads (0 for 0 heads, which
+    /// [`Self::validate`] refuses).
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or_else(|| self.hidden_size.checked_div(self.num_attention_heads).unwrap_or(0))
     }
 
-    /// θ and the scaling, from `rope_parameters` (5.x) or `rope_theta` + `rope_scaling` (4.x). A
-    /// config with neither is an error: defaulting θ silently changes every result.
-    pub fn rope(&self) -> std::result::Result<(f64, RopeScaling), String> {
-        let params = self
-            .rope_parameters
-            .clone()
-            .or_else(|| self.rope_scaling.clone())
-            .unwrap_or_default();
-        let theta = params
-            .rope_theta
-            .or(self.rope_theta)
-            .ok_or("config.json has no rope_theta (neither top-level nor in rope_parameters)")?;
-        let need = |v: Option<f64>, name: &str| v.ok_or(format!("rope scaling needs {name}"));
+    /// Checks every value before anything is built from it: counts from 1 to tpv's bounds
+    /// ([`limits`]), heads that group evenly, an even head dimension, a positive finite
+    /// epsilon, θ and rope scaling as [`Self::rope`] checks them, and the activation.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        check_count("vocab_size", self.vocab_size, limits::VOCAB)?;
+        check_count("hidden_size", self.hidden_size, limits::HIDDEN)?;
+        check_count("intermediate_size", self.intermediate_size, limits::INTERMEDIATE)?;
+        let heads = self.num_attention_heads;
+        check_count("num_attention_heads", heads, limits::HEADS)?;
+        match self.head_dim {
+            Some(hd) => check_count("head_dim", hd, limits::HEAD_DIM)?,
+            None if !self.hidden_size.is_multiple_of(heads) => {
+                return Err(ConfigError::new(
+                    "num_attention_heads",
+                    heads,
+                    format!(
+                        "a divisor of hidden_size ({}) when no head_dim is given",
+                        self.hidden_size
+                    ),
+                ));
+            }
+            None => check_count("head_dim", self.head_dim(), limits::HEAD_DIM)?,
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(ConfigError::new(
+                "head_dim",
+                self.head_dim(),
+                "even (rotary embeddings rotate its columns in pairs)",
+            ));
+        }
+        if let Some(kv) = self.num_key_value_heads {
+            check_count("num_key_value_heads", kv, limits::HEADS)?;
+            if !heads.is_multiple_of(kv) {
+                return Err(ConfigError::new(
+                    "num_key_value_heads",
+                    kv,
+                    format!(
+                        "a divisor of num_attention_heads ({heads}): each key/value head serves a group of query heads"
+                    ),
+                ));
+            }
+        }
+        check_count("num_hidden_layers", self.num_hidden_layers, limits::LAYERS)?;
+        check_positive("rms_norm_eps", self.rms_norm_eps, f64::from(f32::MIN_POSITIVE), 1.0)?;
+        check_count(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            limits::POSITIONS,
+        )?;
+        self.rope()?;
+        if self.hidden_act != "silu" {
+            return Err(ConfigError::new(
+                "hidden_act",
+                format!("{:?}", self.hidden_act),
+                "\"silu\" (the activation tpv implements)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The dimensions against the weights' shapes (embeddings, the first layer's projections,
+    /// the number of layers), before anything is built: the error names the field and the tensor.
+    pub fn check_tensors(&self, shapes: &Shapes) -> std::result::Result<(), ConfigError> {
+        let (d, hd) = (self.hidden_size, self.head_dim());
+        let embed = [("vocab_size", self.vocab_size), ("hidden_size", d)];
+        check_dims(shapes, "model.embed_tokens.weight", &embed)?;
+        if !self.tie_word_embeddings {
+            check_dims(shapes, "lm_head.weight", &embed)?;
+        }
+        let q = self.num_attention_heads.saturating_mul(hd);
+        let kv = self.num_kv_heads().saturating_mul(hd);
+        let layer = "model.layers.0";
+        for (name, rows, field) in [
+            ("self_attn.q_proj.weight", q, "num_attention_heads × head_dim"),
+            ("self_attn.k_proj.weight", kv, "num_key_value_heads × head_dim"),
+            ("self_attn.v_proj.weight", kv, "num_key_value_heads × head_dim"),
+            ("mlp.gate_proj.weight", self.intermediate_size, "intermediate_size"),
+            ("mlp.up_proj.weight", self.intermediate_size, "intermediate_size"),
+        ] {
+            check_dims(shapes, &format!("{layer}.{name}"), &[(field, rows), ("hidden_size", d)])?;
+        }
+        check_layer_count(shapes, "model.layers", "num_hidden_layers", self.num_hidden_layers)
+    }
+
+    /// θ and the scaling, from `rope_parameters` (5.x) or `rope_theta` + `rope_scaling` (4.x),
+    /// checked: θ finite and at least 1 (frequencies of at most 1 radian per position), factors
+    /// finite and positive, llama3's high_freq_factor above its low_freq_factor (transformers'
+    /// `_validate_llama3_parameters`; the smoothing divides by their difference). A config with
+    /// no θ is an error: defaulting θ silently changes every result.
+    pub fn rope(&self) -> std::result::Result<(f64, RopeScaling), ConfigError> {
+        let (params, at) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) => (p.clone(), "rope_parameters"),
+            (None, Some(p)) => (p.clone(), "rope_scaling"),
+            (None, None) => (RopeParameters::default(), "rope_parameters"),
+        };
+        let (theta, theta_field) = match (params.rope_theta, self.rope_theta) {
+            (Some(t), _) => (t, format!("{at}.rope_theta")),
+            (None, Some(t)) => (t, "rope_theta".to_owned()),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "rope_theta",
+                    "missing",
+                    "given, top-level or in rope_parameters",
+                ));
+            }
+        };
+        check_positive(&theta_field, theta, 1.0, f64::from(f32::MAX))?;
+        let rope = RopeFields { params: &params, at };
         let scaling = match params.rope_type.as_deref() {
             None | Some("default") => RopeScaling::None,
             Some("linear") => RopeScaling::Linear {
-                factor: need(params.factor, "factor")?,
+                factor: rope.need(params.factor, "factor", MIN_ROPE_FACTOR)?,
             },
-            Some("llama3") => RopeScaling::Llama3 {
-                factor: need(params.factor, "factor")?,
-                low_freq_factor: need(params.low_freq_factor, "low_freq_factor")?,
-                high_freq_factor: need(params.high_freq_factor, "high_freq_factor")?,
-                original_max_position_embeddings: params
-                    .original_max_position_embeddings
-                    .ok_or("rope scaling needs original_max_position_embeddings")?,
-            },
+            Some("llama3") => rope.llama3()?,
             Some(other) => {
-                return Err(format!(
-                    "rope type {other:?} is not supported (default, linear, llama3 are)"
+                return Err(ConfigError::new(
+                    rope.field("rope_type"),
+                    format!("{other:?}"),
+                    "default, linear or llama3 (the rope types tpv implements)",
                 ));
             }
         };
         Ok((theta, scaling))
+    }
+}
+
+/// The smallest rope scaling factor accepted (transformers warns below 1; far below, positions
+/// times frequencies overflow f32).
+const MIN_ROPE_FACTOR: f64 = 1e-3;
+
+/// One rope parameters object of config.json (`at`: `rope_parameters` or `rope_scaling`), its
+/// values read and checked.
+struct RopeFields<'a> {
+    params: &'a RopeParameters,
+    at: &'static str,
+}
+
+impl RopeFields<'_> {
+    fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.at)
+    }
+
+    /// A value the rope type needs: given, finite, from `min`.
+    fn need(&self, v: Option<f64>, name: &str, min: f64) -> std::result::Result<f64, ConfigError> {
+        let v = v.ok_or_else(|| ConfigError::new(self.field(name), "missing", "given for this rope type"))?;
+        check_positive(&self.field(name), v, min, f64::from(f32::MAX))?;
+        Ok(v)
+    }
+
+    /// llama3 scaling: positive factors, high_freq_factor above low_freq_factor (the smoothing
+    /// divides by their difference), original positions from 1.
+    fn llama3(&self) -> std::result::Result<RopeScaling, ConfigError> {
+        let p = self.params;
+        let factor = self.need(p.factor, "factor", MIN_ROPE_FACTOR)?;
+        let tiny = f64::from(f32::MIN_POSITIVE);
+        let low_freq_factor = self.need(p.low_freq_factor, "low_freq_factor", tiny)?;
+        let high_freq_factor = self.need(p.high_freq_factor, "high_freq_factor", tiny)?;
+        if high_freq_factor as f32 <= low_freq_factor as f32 {
+            return Err(ConfigError::new(
+                self.field("high_freq_factor"),
+                format!("{high_freq_factor:?}"),
+                format!("above low_freq_factor ({low_freq_factor:?})"),
+            ));
+        }
+        let name = self.field("original_max_position_embeddings");
+        let original = p
+            .original_max_position_embeddings
+            .ok_or_else(|| ConfigError::new(&name, "missing", "given for this rope type"))?;
+        check_count(&name, original, limits::POSITIONS)?;
+        Ok(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: original,
+        })
     }
 }
 
@@ -384,10 +530,8 @@ impl Llama {
     /// Loads from HF-named tensors (`model.embed_tokens.weight`, …); a tied head reuses the
     /// input embeddings.
     pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
-        let (theta, scaling) = cfg.rope().map_err(candle_core::Error::msg)?;
-        if cfg.hidden_act != "silu" {
-            candle_core::bail!("hidden_act {:?} is not supported (silu is)", cfg.hidden_act);
-        }
+        cfg.validate()?;
+        let (theta, scaling) = cfg.rope()?;
         let m = vb.pp("model");
         let embed_tokens = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let layers = (0..cfg.num_hidden_layers)
@@ -419,6 +563,16 @@ impl Llama {
                 factors.len(),
                 self.inv_freq.len()
             );
+        }
+        for (i, &d) in factors.iter().enumerate() {
+            // Each divides a rotary frequency, as a linear rope factor does.
+            check_positive(
+                &format!("rope_freqs.weight[{i}]"),
+                f64::from(d),
+                MIN_ROPE_FACTOR,
+                f64::from(f32::MAX),
+            )
+            .map_err(|e| ConfigError { file: "GGUF file", ..e })?;
         }
         for (f, d) in self.inv_freq.iter_mut().zip(factors) {
             *f /= d;

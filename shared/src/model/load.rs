@@ -13,6 +13,220 @@ use serde::Deserialize;
 use super::llama::{Llama, LlamaConfig, RopeParameters};
 use super::t5::{T5, T5Config};
 
+/// tpv's bounds on a model's dimensions: far above every released model of the families it runs
+/// (LLaMA-3.1-405B: hidden 16,384, intermediate 53,248, 126 layers, 128 heads of 128; T5-11B:
+/// d_ff 65,536, 128 heads; Gemma's 262,144-token vocabulary; 10M-token contexts), and low enough
+/// that nothing computed from a config (heads × head_dim, rotary frequencies, position buckets)
+/// overflows a 32-bit `usize` (wasm32) or allocates much before the tensors are checked.
+pub mod limits {
+    /// vocab_size.
+    pub const VOCAB: usize = 1 << 22;
+    /// hidden_size, d_model.
+    pub const HIDDEN: usize = 1 << 16;
+    /// intermediate_size, d_ff.
+    pub const INTERMEDIATE: usize = 1 << 20;
+    /// num_hidden_layers, num_layers, num_decoder_layers.
+    pub const LAYERS: usize = 1 << 10;
+    /// num_attention_heads, num_heads.
+    pub const HEADS: usize = 1 << 10;
+    /// head_dim, d_kv.
+    pub const HEAD_DIM: usize = 1 << 10;
+    /// max_position_embeddings (and llama3's original_max_position_embeddings): positions are
+    /// u32 and exact in f32 up to 2^24.
+    pub const POSITIONS: usize = 1 << 24;
+    /// relative_attention_num_buckets.
+    pub const BUCKETS: usize = 1 << 16;
+}
+
+/// `config.json`, in errors.
+pub const CONFIG_JSON: &str = "config.json";
+/// A GGUF file's metadata, in errors.
+pub const GGUF_METADATA: &str = "GGUF metadata";
+
+/// A model configuration value that describes no model (a count of 0, a negative epsilon, a
+/// head dimension of 2^40), or that disagrees with the weights: named with the file and field it
+/// came from, e.g. `config.json: num_attention_heads is 0; it must be at least 1`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {field} is {value}; it must be {rule}")]
+pub struct ConfigError {
+    /// [`CONFIG_JSON`] or [`GGUF_METADATA`].
+    pub file: &'static str,
+    /// The field (transformers' name in config.json, the key in GGUF metadata), or an expression
+    /// of fields (`num_attention_heads × head_dim`).
+    pub field: String,
+    pub value: String,
+    pub rule: String,
+}
+
+/// GGUF metadata keys of the `LlamaConfig` fields GGUF files carry.
+const GGUF_KEYS: &[(&str, &str)] = &[
+    ("vocab_size", "llama.vocab_size"),
+    ("hidden_size", "llama.embedding_length"),
+    ("intermediate_size", "llama.feed_forward_length"),
+    ("num_hidden_layers", "llama.block_count"),
+    ("num_attention_heads", "llama.attention.head_count"),
+    ("num_key_value_heads", "llama.attention.head_count_kv"),
+    (
+        "head_dim",
+        "head_dim (llama.embedding_length / llama.attention.head_count)",
+    ),
+    ("rms_norm_eps", "llama.attention.layer_norm_rms_epsilon"),
+    ("max_position_embeddings", "llama.context_length"),
+    ("rope_parameters.rope_theta", "llama.rope.freq_base"),
+];
+
+impl ConfigError {
+    /// A `config.json` value that breaks `rule`.
+    pub fn new(field: impl Into<String>, value: impl std::fmt::Display, rule: impl Into<String>) -> Self {
+        Self {
+            file: CONFIG_JSON,
+            field: field.into(),
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+
+    /// The same error about the GGUF metadata the config was built from: fields renamed to
+    /// their keys (each part of an expression such as `num_attention_heads × head_dim`).
+    #[must_use]
+    pub fn in_gguf(self) -> Self {
+        let field = self
+            .field
+            .split(" × ")
+            .map(|part| {
+                GGUF_KEYS
+                    .iter()
+                    .find(|(hf, _)| *hf == part)
+                    .map_or(part, |(_, key)| key)
+            })
+            .collect::<Vec<_>>()
+            .join(" × ");
+        Self {
+            file: GGUF_METADATA,
+            field,
+            ..self
+        }
+    }
+}
+
+impl From<ConfigError> for candle_core::Error {
+    fn from(e: ConfigError) -> Self {
+        // Not `Error::wrap`: its backtrace would be part of the message.
+        candle_core::Error::Wrapped(Box::new(e))
+    }
+}
+
+/// `value` of `field` is a count from 1 to `max`.
+pub(crate) fn check_count(field: &str, value: usize, max: usize) -> std::result::Result<(), ConfigError> {
+    check_range(field, value, 1, max)
+}
+
+/// `value` of `field` is from `min` to `max`.
+pub(crate) fn check_range(field: &str, value: usize, min: usize, max: usize) -> std::result::Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(field, value, format!("at least {min}")));
+    }
+    if value > max {
+        return Err(ConfigError::new(
+            field,
+            value,
+            format!("at most {max} (tpv's bound, far above any released model)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `value` of `field` is a finite number from `min` (> 0) to `max` (at most `f32::MAX`: the
+/// forward passes compute in f32).
+pub(crate) fn check_positive(field: &str, value: f64, min: f64, max: f64) -> std::result::Result<(), ConfigError> {
+    if value.is_finite() && value >= min && value <= max {
+        return Ok(());
+    }
+    // As f32, as the forward passes use them (and as short as they print).
+    let (lo, hi) = (min as f32, max as f32);
+    let rule = if hi == f32::MAX {
+        format!("a finite number of at least {lo:?}")
+    } else {
+        format!("a number from {lo:?} to {hi:?}")
+    };
+    Err(ConfigError::new(field, format!("{value:?}"), rule))
+}
+
+/// Every tensor's shape by name, as the file's header gives it: what the config's dimensions
+/// are checked against before any tensor is loaded.
+pub type Shapes = HashMap<String, Vec<usize>>;
+
+/// The shapes of the tensors of safetensors buffers, from their headers (nothing loaded).
+fn header_shapes<B: AsRef<[u8]>>(shards: &[B]) -> Result<Shapes> {
+    let mut shapes = Shapes::new();
+    for shard in shards {
+        let (_, header) = safetensors::SafeTensors::read_metadata(shard.as_ref())?;
+        shapes.extend(
+            header
+                .tensors()
+                .into_iter()
+                .map(|(name, info)| (name, info.shape.clone())),
+        );
+    }
+    Ok(shapes)
+}
+
+/// Whether any tensor's name starts with `prefix` (e.g. `model.layers.2.`).
+fn has_prefix(shapes: &Shapes, prefix: &str) -> bool {
+    shapes.keys().any(|k| k.starts_with(prefix))
+}
+
+/// `tensor`, if present with as many dimensions as `want`, has the sizes `want` gives for it
+/// (each with the field, or expression of fields, that sizes it). A tensor that is absent or has
+/// another rank is left to the loader's own error.
+pub(crate) fn check_dims(
+    shapes: &Shapes,
+    tensor: &str,
+    want: &[(&str, usize)],
+) -> std::result::Result<(), ConfigError> {
+    let Some(dims) = shapes.get(tensor) else {
+        return Ok(());
+    };
+    if dims.len() != want.len() {
+        return Ok(());
+    }
+    for (&(field, value), &actual) in want.iter().zip(dims) {
+        if value != actual {
+            return Err(ConfigError::new(
+                field,
+                value,
+                format!("{actual}, as in the weights: {tensor} has shape {dims:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The weights hold exactly `layers` blocks `{prefix}.0.` … (`field` says how many).
+pub(crate) fn check_layer_count(
+    shapes: &Shapes,
+    prefix: &str,
+    field: &str,
+    layers: usize,
+) -> std::result::Result<(), ConfigError> {
+    let last = layers.saturating_sub(1);
+    if layers > 0 && !has_prefix(shapes, &format!("{prefix}.{last}.")) {
+        return Err(ConfigError::new(
+            field,
+            layers,
+            format!("the number of layers the weights hold ({prefix}.{last} is missing)"),
+        ));
+    }
+    if has_prefix(shapes, &format!("{prefix}.{layers}.")) {
+        return Err(ConfigError::new(
+            field,
+            layers,
+            format!("the number of layers the weights hold (they hold {prefix}.{layers} too)"),
+        ));
+    }
+    Ok(())
+}
+
 /// A loaded frozen model of a supported family.
 #[derive(Debug, Clone)]
 pub enum Model {
@@ -123,23 +337,40 @@ pub fn from_safetensors<B: AsRef<[u8]>>(
 ) -> Result<Model> {
     let kind: ModelType =
         serde_json::from_str(config_json).map_err(|e| candle_core::Error::msg(format!("config.json: {e}")))?;
+    let parse_err = |e: serde_json::Error| candle_core::Error::msg(format!("config.json: {e}"));
+    // Every value checked, then the dimensions against the headers' shapes, before any tensor is
+    // loaded or anything built.
+    let shapes = header_shapes(shards)?;
+    let cfg = match kind.model_type.as_deref() {
+        Some("t5") => {
+            let cfg: T5Config = serde_json::from_str(config_json).map_err(parse_err)?;
+            cfg.validate()?;
+            cfg.check_tensors(&shapes)?;
+            Config::T5(cfg)
+        }
+        Some("llama") => {
+            let cfg: LlamaConfig = serde_json::from_str(config_json).map_err(parse_err)?;
+            cfg.validate()?;
+            cfg.check_tensors(&shapes)?;
+            Config::Llama(Box::new(cfg))
+        }
+        other => candle_core::bail!("model_type {other:?} is not supported (t5 and llama are)"),
+    };
     let mut tensors = HashMap::new();
     for shard in shards {
         tensors.extend(candle_core::safetensors::load_buffer(shard.as_ref(), device)?);
     }
     let vb = handover(tensors, dtype, device);
-    let parse_err = |e: serde_json::Error| candle_core::Error::msg(format!("config.json: {e}"));
-    match kind.model_type.as_deref() {
-        Some("t5") => {
-            let cfg: T5Config = serde_json::from_str(config_json).map_err(parse_err)?;
-            Ok(Model::T5(Box::new(T5::load(vb, &cfg)?)))
-        }
-        Some("llama") => {
-            let cfg: LlamaConfig = serde_json::from_str(config_json).map_err(parse_err)?;
-            Ok(Model::Llama(Box::new(Llama::load(vb, &cfg)?)))
-        }
-        other => candle_core::bail!("model_type {other:?} is not supported (t5 and llama are)"),
-    }
+    Ok(match cfg {
+        Config::T5(cfg) => Model::T5(Box::new(T5::load(vb, &cfg)?)),
+        Config::Llama(cfg) => Model::Llama(Box::new(Llama::load(vb, &cfg)?)),
+    })
+}
+
+/// A parsed and checked config of a supported family.
+enum Config {
+    T5(T5Config),
+    Llama(Box<LlamaConfig>),
 }
 
 /// What a GGUF file carries besides the weights: its tokenizer and chat template.
@@ -216,6 +447,15 @@ pub fn from_gguf<R: Read + Seek>(
         bos_token_id: None,
         eos_token_id: None,
     };
+    // Checked, and against the header's shapes, before any tensor is dequantized (and before
+    // the head counts unpermute Q/K: a count of 0 divided by zero).
+    cfg.validate().map_err(ConfigError::in_gguf)?;
+    let shapes: Shapes = content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| (hf_name(name, n_head, n_kv).0, info.shape.dims().to_vec()))
+        .collect();
+    cfg.check_tensors(&shapes).map_err(ConfigError::in_gguf)?;
     let mut tensors = HashMap::new();
     let mut freq_factors = None;
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
@@ -238,6 +478,15 @@ pub fn from_gguf<R: Read + Seek>(
         model.set_rope_freq_factors(&factors)?;
     }
 
+    let extras = gguf_extras(md, tokens)?;
+    let mut cfg = cfg;
+    cfg.bos_token_id = extras.bos_token_id.map(super::llama::TokenIds::One);
+    cfg.eos_token_id = extras.eos_token_id.map(super::llama::TokenIds::One);
+    Ok((Model::Llama(Box::new(model)), cfg, extras))
+}
+
+/// The tokenizer and chat template a GGUF file's metadata carries (`tokens` already read).
+fn gguf_extras(md: &HashMap<String, gguf_file::Value>, tokens: Vec<String>) -> Result<GgufExtras> {
     let strings = |key: &str| -> Result<Vec<String>> {
         match md.get(key) {
             Some(v) => v.to_vec()?.iter().map(|t| t.to_string().cloned()).collect(),
@@ -246,7 +495,7 @@ pub fn from_gguf<R: Read + Seek>(
     };
     let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
     let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok().cloned());
-    let extras = GgufExtras {
+    Ok(GgufExtras {
         merges: strings("tokenizer.ggml.merges")?,
         token_types: match md.get("tokenizer.ggml.token_type") {
             Some(v) => v.to_vec()?.iter().map(|t| t.to_i32()).collect::<Result<_>>()?,
@@ -259,11 +508,7 @@ pub fn from_gguf<R: Read + Seek>(
         tokenizer_model: text("tokenizer.ggml.model"),
         pretokenizer: text("tokenizer.ggml.pre"),
         name: text("general.name"),
-    };
-    let mut cfg = cfg;
-    cfg.bos_token_id = extras.bos_token_id.map(super::llama::TokenIds::One);
-    cfg.eos_token_id = extras.eos_token_id.map(super::llama::TokenIds::One);
-    Ok((Model::Llama(Box::new(model)), cfg, extras))
+    })
 }
 
 /// The HF name of a GGUF tensor, and the head count to unpermute Q/K rows with.

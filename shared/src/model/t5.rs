@@ -11,6 +11,9 @@ use candle_nn::VarBuilder;
 use super::ops::FrozenLinear as Linear;
 use serde::Deserialize;
 
+use super::load::{
+    ConfigError, Shapes, check_count, check_dims, check_layer_count, check_positive, check_range, limits,
+};
 use super::ops;
 use crate::merge::SplitMix64;
 
@@ -74,6 +77,126 @@ fn default_true() -> bool {
 enum FeedForward {
     Relu,
     GatedGelu,
+}
+
+impl T5Config {
+    /// Checks every value before anything is built from it: counts from 1 to tpv's bounds
+    /// ([`limits`]), position buckets the bucketing can fill (at least 2, and a max distance
+    /// past the exact buckets: `relative_bucket` divides by the log of their ratio), a dropout
+    /// rate below 1, a positive finite epsilon, the feed-forward kind, and decoder token ids
+    /// inside the vocabulary.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        check_count("vocab_size", self.vocab_size, limits::VOCAB)?;
+        check_count("d_model", self.d_model, limits::HIDDEN)?;
+        check_count("d_kv", self.d_kv, limits::HEAD_DIM)?;
+        check_count("d_ff", self.d_ff, limits::INTERMEDIATE)?;
+        check_count("num_layers", self.num_layers, limits::LAYERS)?;
+        if let Some(n) = self.num_decoder_layers {
+            check_count("num_decoder_layers", n, limits::LAYERS)?;
+        }
+        check_count("num_heads", self.num_heads, limits::HEADS)?;
+        let buckets = self.relative_attention_num_buckets;
+        check_range("relative_attention_num_buckets", buckets, 2, limits::BUCKETS)?;
+        // Past a direction's exact buckets (buckets / 2 in the decoder, / 4 in the encoder),
+        // buckets are spaced by log(distance / exact) / log(max_distance / exact).
+        let distance = self.relative_attention_max_distance;
+        if distance <= buckets / 2 {
+            return Err(ConfigError::new(
+                "relative_attention_max_distance",
+                distance,
+                format!(
+                    "above relative_attention_num_buckets / 2 ({}), the distances given exact buckets",
+                    buckets / 2
+                ),
+            ));
+        }
+        check_count("relative_attention_max_distance", distance, limits::POSITIONS)?;
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Err(ConfigError::new(
+                "dropout_rate",
+                format!("{:?}", self.dropout_rate),
+                "from 0 to below 1",
+            ));
+        }
+        check_positive(
+            "layer_norm_epsilon",
+            self.layer_norm_epsilon,
+            f64::from(f32::MIN_POSITIVE),
+            1.0,
+        )?;
+        self.feed_forward()?;
+        for (field, id) in [
+            ("decoder_start_token_id", self.decoder_start_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            if let Some(id) = id
+                && id as usize >= self.vocab_size
+            {
+                return Err(ConfigError::new(
+                    field,
+                    id,
+                    format!("below vocab_size ({})", self.vocab_size),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dimensions against the weights' shapes (embeddings, the first blocks' attention and
+    /// feed-forward, the position-bias table, the number of blocks), before anything is built:
+    /// the error names the field and the tensor.
+    pub fn check_tensors(&self, shapes: &Shapes) -> std::result::Result<(), ConfigError> {
+        let d = self.d_model;
+        let embed = [("vocab_size", self.vocab_size), ("d_model", d)];
+        check_dims(shapes, "shared.weight", &embed)?;
+        if !self.tie_word_embeddings {
+            check_dims(shapes, "lm_head.weight", &embed)?;
+        }
+        let inner = ("num_heads × d_kv", self.num_heads.saturating_mul(self.d_kv));
+        let ff = ("d_ff", self.d_ff);
+        for stack in ["encoder", "decoder"] {
+            let block = format!("{stack}.block.0.layer");
+            check_dims(
+                shapes,
+                &format!("{block}.0.SelfAttention.q.weight"),
+                &[inner, ("d_model", d)],
+            )?;
+            check_dims(
+                shapes,
+                &format!("{block}.0.SelfAttention.relative_attention_bias.weight"),
+                &[
+                    ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+                    ("num_heads", self.num_heads),
+                ],
+            )?;
+            let at = if stack == "decoder" { 2 } else { 1 };
+            for wi in ["wi", "wi_0"] {
+                check_dims(
+                    shapes,
+                    &format!("{block}.{at}.DenseReluDense.{wi}.weight"),
+                    &[ff, ("d_model", d)],
+                )?;
+            }
+        }
+        check_layer_count(shapes, "encoder.block", "num_layers", self.num_layers)?;
+        let (field, n) = match self.num_decoder_layers {
+            Some(n) => ("num_decoder_layers", n),
+            None => ("num_layers", self.num_layers),
+        };
+        check_layer_count(shapes, "decoder.block", field, n)
+    }
+
+    fn feed_forward(&self) -> std::result::Result<FeedForward, ConfigError> {
+        match self.feed_forward_proj.as_str() {
+            "relu" => Ok(FeedForward::Relu),
+            "gated-gelu" | "gated-gelu_new" => Ok(FeedForward::GatedGelu),
+            other => Err(ConfigError::new(
+                "feed_forward_proj",
+                format!("{other:?}"),
+                "relu or gated-gelu (the kinds tpv implements)",
+            )),
+        }
+    }
 }
 
 /// Training-mode state: dropout probability and the generator of its masks. `None` = eval mode.
@@ -321,11 +444,8 @@ pub struct T5 {
 
 impl T5 {
     pub fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
-        let ff = match cfg.feed_forward_proj.as_str() {
-            "relu" => FeedForward::Relu,
-            "gated-gelu" | "gated-gelu_new" => FeedForward::GatedGelu,
-            other => candle_core::bail!("feed_forward_proj {other:?} is not supported (relu, gated-gelu are)"),
-        };
+        cfg.validate()?;
+        let ff = cfg.feed_forward()?;
         let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
         let stack = |name: &str, n: usize, decoder: bool| -> Result<(Vec<Block>, Tensor)> {
             let v = vb.pp(name);
