@@ -19,6 +19,7 @@ use tpv_shared::tasks::{self, Record, TaskSpec};
 
 use crate::assets;
 use crate::config::{AlsoTask, DataSection, TaskRef, is_file_like};
+use crate::parquet_guard;
 
 /// The examples of a run, as records, with the task that reads them.
 #[derive(Debug, Clone)]
@@ -258,8 +259,15 @@ pub fn stratified_take(records: Vec<Record>, n: usize, task: &TaskSpec, seed: u6
 }
 
 /// Records of a JSONL, JSON, CSV, TSV or parquet file (by extension). Values that are not
-/// strings become text by `tpv_shared::records`' rule (lists joined with `|||`).
+/// strings become text by `tpv_shared::records`' rule (lists joined with `|||`). A parquet file
+/// is one split for `parquet_guard`'s limits.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    read_records_in(path, &mut None)
+}
+
+/// [`read_records`], charging parquet to the split's `budget` (made from the environment when
+/// `None`).
+fn read_records_in(path: &Path, budget: &mut Option<parquet_guard::Budget>) -> Result<Vec<Record>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     match ext.as_str() {
         // The shared parser (the web app's pasted examples use it too).
@@ -269,7 +277,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
             .with_context(|| path.display().to_string()),
         "csv" => read_delimited(path, b','),
         "tsv" => read_delimited(path, b'\t'),
-        "parquet" => read_parquet(path),
+        "parquet" => read_parquet(path, budget),
         _ => bail!(
             "{}: unknown data format (expected .jsonl, .csv or .tsv)",
             path.display()
@@ -277,46 +285,14 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     }
 }
 
-/// A parquet column's value as text (lists joined with `|||`, a struct by its `text` field).
-fn field_text(f: &parquet::record::Field) -> String {
-    use parquet::record::Field;
-    match f {
-        Field::Null => String::new(),
-        Field::Str(s) => s.clone(),
-        Field::Bool(b) => b.to_string(),
-        Field::Byte(x) => x.to_string(),
-        Field::Short(x) => x.to_string(),
-        Field::Int(x) => x.to_string(),
-        Field::Long(x) => x.to_string(),
-        Field::UByte(x) => x.to_string(),
-        Field::UShort(x) => x.to_string(),
-        Field::UInt(x) => x.to_string(),
-        Field::ULong(x) => x.to_string(),
-        Field::Float(x) => x.to_string(),
-        Field::Double(x) => x.to_string(),
-        Field::ListInternal(list) => list.elements().iter().map(field_text).collect::<Vec<_>>().join("|||"),
-        Field::Group(row) => match row.get_column_iter().find(|(name, _)| name.as_str() == "text") {
-            Some((_, text)) => field_text(text),
-            None => f.to_string(),
-        },
-        other => other.to_string(),
-    }
-}
-
-fn read_parquet(path: &Path) -> Result<Vec<Record>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-        bail!("{} is not a regular file", path.display());
-    }
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let reader =
-        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
-    let mut out = Vec::new();
-    for (i, row) in reader.get_row_iter(None)?.enumerate() {
-        let row = row.with_context(|| format!("{} row {}", path.display(), i + 1))?;
-        out.push(row.get_column_iter().map(|(k, v)| (k.clone(), field_text(v))).collect());
-    }
-    Ok(out)
+/// A parquet file's records: checked before anything is sized from it, within the split's
+/// `budget` (rows and decoded bytes; `parquet_guard`'s limits).
+fn read_parquet(path: &Path, budget: &mut Option<parquet_guard::Budget>) -> Result<Vec<Record>> {
+    let budget = match budget {
+        Some(b) => b,
+        None => budget.insert(parquet_guard::Budget::new(parquet_guard::Limits::from_env()?)),
+    };
+    Ok(parquet_guard::read_records(path, budget)?)
 }
 
 /// Split name → its files, found under `root` (a dataset snapshot or any directory): files named
@@ -390,8 +366,10 @@ fn is_split_name(s: &str) -> bool {
 fn read_split(files: &BTreeMap<String, Vec<std::path::PathBuf>>, split: &str) -> Result<Option<Vec<Record>>> {
     let Some(paths) = files.get(split) else { return Ok(None) };
     let mut out = Vec::new();
+    // One budget for all of the split's files.
+    let mut budget = None;
     for p in paths {
-        out.extend(read_records(p)?);
+        out.extend(read_records_in(p, &mut budget)?);
     }
     Ok(Some(out))
 }

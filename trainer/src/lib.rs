@@ -22,6 +22,7 @@ pub mod hub;
 pub mod io;
 pub mod models;
 pub mod optim;
+pub mod parquet_guard;
 pub mod serve;
 pub mod study;
 pub mod train;
