@@ -309,9 +309,19 @@ def model_ggufs():
     write(d / "head-count-kv-zero.gguf", gguf_model(4, 0))
 
 
+# Subdirectories written by other tools, which this script leaves as they are: parquet/ (the
+# parquet test's write_hostile_corpus) and template/ (hand-written chat templates, see its README).
+KEPT = {"parquet", "template"}
+
 if __name__ == "__main__":
     if OUT.exists():
-        shutil.rmtree(OUT)
+        for entry in OUT.iterdir():
+            if entry.name in KEPT:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     runfiles()
     peft()
     evalsets()

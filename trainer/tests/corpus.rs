@@ -71,6 +71,23 @@ fn every_crafted_file_is_refused_with_an_error() {
         );
         n += 1;
     }
+    // Parquet, as a hub dataset or `--data` file (tests/fixtures/hostile/parquet/README.md).
+    for f in corpus("parquet")
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+    {
+        refused(
+            &[
+                "eval".as_ref(),
+                "--model".as_ref(),
+                llama.as_os_str(),
+                "--data".as_ref(),
+                f.as_os_str(),
+            ],
+            &f,
+        );
+        n += 1;
+    }
     for f in corpus("study") {
         let out = tmp.path().join(f.file_stem().unwrap());
         refused(
@@ -110,4 +127,62 @@ fn every_crafted_file_is_refused_with_an_error() {
         n += 1;
     }
     assert!(n >= 35, "{n} files replayed");
+}
+
+/// The fixture model `fixture`'s files in a new folder under `tmp`, with `crafted` as its `file`.
+fn model_with(tmp: &Path, fixture: &str, file: &str, crafted: &Path) -> PathBuf {
+    let source = root().join("tests/fixtures/models").join(fixture);
+    let model = tmp.join(crafted.file_name().unwrap());
+    std::fs::create_dir_all(&model).unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        if name != file {
+            std::fs::copy(source.join(name), model.join(name)).unwrap();
+        }
+    }
+    std::fs::copy(crafted, model.join(file)).unwrap();
+    model
+}
+
+/// Model folders with one crafted file: a config.json that describes no model
+/// (`config/FIXTURE.FIELD=VALUE.json`, with FIXTURE's other files) or a tokenizer_config.json
+/// whose chat template runs past its limits (`template/`, beside the tiny LLaMA's weights).
+#[test]
+fn every_crafted_model_folder_is_refused_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = root().join("tests/fixtures/hostile/one.jsonl");
+    let eval = |model: &Path, f: &Path| {
+        refused(
+            &[
+                "eval".as_ref(),
+                "--model".as_ref(),
+                model.as_os_str(),
+                "--data".as_ref(),
+                one.as_os_str(),
+            ],
+            f,
+        );
+    };
+    for f in corpus("config") {
+        let fixture = f
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .to_owned();
+        eval(&model_with(tmp.path(), &fixture, "config.json", &f), &f);
+    }
+    for f in corpus("template")
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+    {
+        eval(&model_with(tmp.path(), "llama_tied", "tokenizer_config.json", &f), &f);
+    }
 }

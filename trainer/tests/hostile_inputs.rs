@@ -2,6 +2,9 @@
 //! model, names that break tables, prompts that overflow the similarity, data files with a BOM or
 //! nothing in them, and counts that size allocations.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
