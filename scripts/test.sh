@@ -54,5 +54,8 @@ node tests/browser/run.mjs target/site
 step "report folder in headless chromium (views against the CLI)"
 node tests/browser/study.mjs target/site
 
+step "other origins in headless chromium (nothing fetched from a linked site before a click)"
+node tests/browser/origins.mjs target/site
+
 echo
 echo "all checks passed in $(( $(date +%s) - start )) s"

@@ -4,13 +4,14 @@
 //! Views: Runs (a sortable, filterable table), Similarity (heatmaps across origins), Compose
 //! (prompt arithmetic = `tpv combine`), Curves (training curves, few-shot curves), Evaluate (a
 //! model in a Web Worker scoring a prompt on examples = `tpv eval`), Files (opened run files and
-//! adapters). A study loads from `?manifest=URL`, or from the `manifest.json` beside
-//! the page when it is served from a report folder (`tpv report`). Every view keeps its state in
-//! the URL.
+//! adapters). A study loads from `?manifest=URL` (on another site, only after the user confirms
+//! that origin: `origin`), or from the `manifest.json` beside the page when it is served from a
+//! report folder (`tpv report`). Every view keeps its state in the URL.
 
 mod components;
 mod download;
 mod files;
+mod origin;
 mod study;
 mod url;
 pub mod worker;
@@ -28,6 +29,7 @@ use components::file_picker::FilePicker;
 use components::runs::Runs;
 use components::similarity::Similarity;
 use files::Entry;
+use origin::Confirm;
 use study::{Run, Study};
 
 /// The query string as a signal: views read their parameters from it and write them back.
@@ -50,6 +52,42 @@ pub fn set_param(q: Query, key: &str, value: impl Into<String>) {
     });
 }
 
+/// Loads a study into the page, saying how it went.
+#[derive(Clone, Copy)]
+struct Loader {
+    query: Query,
+    study: RwSignal<Option<Study>>,
+    status: RwSignal<Option<Result<String, String>>>,
+}
+
+impl Loader {
+    /// Loads the study at `url` (`explicit`: the link named it, so a failure is shown; the
+    /// `manifest.json` probed beside the page is quietly absent outside a report folder).
+    fn load(self, url: String, explicit: bool) {
+        let Self { query, study, status } = self;
+        spawn_local(async move {
+            status.set(Some(Ok(format!("Loading {url}…"))));
+            match study::load(&url).await {
+                Ok(s) => {
+                    let msg = format!("Study {}: {} runs", s.name, s.runs.len());
+                    let errors = s.errors.clone();
+                    study.set(Some(s));
+                    status.set(Some(if errors.is_empty() {
+                        Ok(msg)
+                    } else {
+                        Err(format!("{msg}; could not read: {}", errors.join("; ")))
+                    }));
+                    if query.with_untracked(|m| !m.contains_key("view")) {
+                        set_param(query, "view", "runs");
+                    }
+                }
+                Err(e) if explicit => status.set(Some(Err(format!("could not load the study: {e}")))),
+                Err(_) => status.set(None),
+            }
+        });
+    }
+}
+
 const VIEWS: [(&str, &str); 6] = [
     ("runs", "Runs"),
     ("similarity", "Similarity"),
@@ -70,28 +108,27 @@ pub fn App() -> impl IntoView {
     let status = RwSignal::new(None::<Result<String, String>>);
     let eval_state = EvalState::new();
 
-    // A study: ?manifest=URL, else manifest.json beside the page when there is one.
-    let explicit = query.with_untracked(|m| m.get("manifest").cloned());
-    spawn_local(async move {
-        let url = explicit.clone().unwrap_or_else(|| "manifest.json".into());
-        status.set(Some(Ok(format!("Loading {url}…"))));
-        match study::load(&url).await {
-            Ok(s) => {
-                let msg = format!("Study {}: {} runs", s.name, s.runs.len());
-                let errors = s.errors.clone();
-                study.set(Some(s));
-                status.set(Some(if errors.is_empty() {
-                    Ok(msg)
-                } else {
-                    Err(format!("{msg}; could not read: {}", errors.join("; ")))
-                }));
-                if query.with_untracked(|m| !m.contains_key("view")) {
-                    set_param(query, "view", "runs");
-                }
-            }
-            Err(e) if explicit.is_some() => status.set(Some(Err(format!("could not load the study: {e}")))),
-            Err(_) => status.set(None),
-        }
+    // A study: ?manifest=URL (another site's only once the user says so), else manifest.json
+    // beside the page when there is one.
+    let loader = Loader { query, study, status };
+    let ask = RwSignal::new(None::<origin::Ask>);
+    match query.with_untracked(|m| m.get("manifest").cloned()) {
+        None => loader.load("manifest.json".into(), false),
+        Some(url) => match origin::classify(&url) {
+            Err(e) => status.set(Some(Err(format!("could not load the study: {e}")))),
+            Ok(place) => match origin::Ask::of(&url, place, "This link", "a study") {
+                None => loader.load(url, true),
+                Some(a) => ask.set(Some(a)),
+            },
+        },
+    }
+    let on_load = Callback::new(move |url: String| {
+        ask.set(None);
+        loader.load(url, true);
+    });
+    let on_cancel = Callback::new(move |()| {
+        ask.set(None);
+        status.set(Some(Ok("The linked study was not loaded.".into())));
     });
 
     // Every prompt the views can use: the study's runs and the opened files.
@@ -132,6 +169,7 @@ pub fn App() -> impl IntoView {
         <header>
             <h1>"tpv"</h1>
             <p class="tagline">"Task prompt vectors: explore a study, compose prompts, open run files and peft adapters. Nothing leaves your browser."</p>
+            {move || ask.get().map(|ask| view! { <Confirm ask on_load on_cancel /> })}
             {move || status.get().map(|s| match s {
                 Ok(m) => view! { <p role="status" data-testid="study-status">{m}</p> }.into_any(),
                 Err(m) => view! { <p class="error" role="alert" data-testid="study-error">{m}</p> }.into_any(),

@@ -9,6 +9,8 @@ use tpv_shared::{Document, SoftPrompt};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
+use crate::origin;
+
 /// One run of a study or one opened file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
@@ -89,8 +91,18 @@ pub fn page_url() -> String {
         .unwrap_or_default()
 }
 
-/// GET `url` → its bytes; HTTP errors are errors.
+/// GET `url` → its bytes; HTTP errors are errors. Only from the page's own origin or one the user
+/// confirmed (`origin`): a URL on another site is an error here, and the views ask first.
 pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+    let url = match origin::classify(url)? {
+        origin::Place::Allowed { href } => href,
+        origin::Place::Foreign { origin, .. } => {
+            return Err(format!(
+                "{url}: not fetched: {origin} is a site other than this report's, and loading from it was not confirmed"
+            ));
+        }
+    };
+    let url = url.as_str();
     let window = web_sys::window().ok_or("no window")?;
     let resp = JsFuture::from(window.fetch_with_str(url))
         .await

@@ -9,7 +9,7 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use tpv_shared::eval::{self, Confusion, EvalSet, ExampleResult, ReportModel, hf_files};
+use tpv_shared::eval::{self, CONFUSION_MAX_CLASSES, Confusion, EvalSet, ExampleResult, ReportModel, hf_files};
 use tpv_shared::nearest::NearToken;
 use tpv_shared::records;
 use tpv_shared::report::ExampleSet;
@@ -17,6 +17,7 @@ use tpv_shared::tasks::{Record, Style, TaskSpec};
 use web_sys::HtmlInputElement;
 
 use super::compose::composition;
+use crate::origin::{self, Ask, Confirm};
 use crate::study::{self, Run, Study};
 use crate::worker::{self, Batch, ModelInfo, Reply};
 use crate::{Query, param, set_param};
@@ -112,6 +113,8 @@ pub struct EvalState {
     workers: StoredValue<usize>,
     /// A load in progress: the workers yet to answer, and the slowest load time so far.
     loading: StoredValue<(usize, f64)>,
+    /// A model on another site, waiting for the user's yes (nothing is fetched from it before).
+    ask: RwSignal<Option<Ask>>,
 }
 
 impl EvalState {
@@ -127,6 +130,7 @@ impl EvalState {
             nearest: RwSignal::new(None),
             workers: StoredValue::new(worker::default_workers()),
             loading: StoredValue::new((0, 0.0)),
+            ask: RwSignal::new(None),
         };
         worker::set_handler(move |slot, reply| s.on_reply(slot, reply));
         s
@@ -292,6 +296,24 @@ impl EvalState {
         }
     }
 
+    /// Loads the model at `url` when it is on the page's site or a confirmed one, or the user
+    /// `typed` it (their own entry confirms its origin); a model on another site is asked about
+    /// first (`by`: who asks), and a URL that is not http(s) is refused with a message.
+    fn request_url(self, url: String, by: &'static str, typed: bool) {
+        self.ask.set(None);
+        match origin::classify(&url) {
+            Err(e) => self.model.set(ModelState::Failed(e)),
+            Ok(origin::Place::Foreign { origin, .. }) if typed => {
+                origin::confirm(&origin);
+                self.load_url(url);
+            }
+            Ok(place) => match Ask::of(&url, place, by, "a model") {
+                None => self.load_url(url),
+                Some(a) => self.ask.set(Some(a)),
+            },
+        }
+    }
+
     /// Fetches a model from `url` (a `.gguf` file, or a directory with config.json,
     /// model.safetensors or its shards, tokenizer.json and tokenizer_config.json) into the worker.
     fn load_url(self, url: String) {
@@ -365,6 +387,23 @@ async fn fetch_model(url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         }
     }
     Ok(files)
+}
+
+/// Loads the URL field's model: the user's own entry loads from any http(s) site; a URL that came
+/// with the link or the study, from another site, is asked about first.
+fn model_loader(
+    state: EvalState,
+    query: Query,
+    typed: RwSignal<Option<String>>,
+    study_model: Memo<Option<ReportModel>>,
+) -> Callback<String> {
+    Callback::new(move |url: String| {
+        let by_user = typed.with_untracked(|t| t.as_deref() == Some(url.as_str()));
+        let from_study = study_model.with_untracked(|m| m.as_ref().is_some_and(|m| m.url == url));
+        let by = if from_study { "The study" } else { "This link" };
+        set_param(query, "model", url.clone());
+        state.request_url(url, by, by_user);
+    })
 }
 
 /// Pasted examples: one JSON object per line with `input` and `target`, parsed by the same code
@@ -561,12 +600,15 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
     let message = RwSignal::new(None::<String>);
     let pasted = state.pasted;
     let url_input = RwSignal::new(param(query, "model", ""));
+    // What the user typed into the URL field: consent to load from its site.
+    let typed = RwSignal::new(None::<String>);
 
     // `workers=N` sizes the pool the next load starts.
     if let Ok(n) = param(query, "workers", "").parse::<usize>() {
         state.workers.set_value(n.clamp(1, worker::MAX_WORKERS));
     }
-    // Open with ?model=URL: load it unless the worker already holds it.
+    // Open with ?model=URL: load it unless the worker already holds it (another site's: once
+    // the user says so).
     {
         let url = param(query, "model", "");
         let have = state.model.with_untracked(|m| match m {
@@ -574,7 +616,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
             _ => String::new(),
         });
         if !url.is_empty() && url != have {
-            state.load_url(url);
+            state.request_url(url, "This link", false);
         }
     }
 
@@ -595,6 +637,13 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
         }
     });
     let start_after_load = RwSignal::new(false);
+    let load = model_loader(state, query, typed, study_model);
+    let on_cancel = Callback::new(move |()| {
+        state.ask.set(None);
+        start_after_load.set(false);
+        set_param(query, "model", "");
+    });
+    let on_load = Callback::new(move |url: String| state.request_url(url, "", false));
 
     let start = move || {
         message.set(None);
@@ -611,8 +660,7 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
                 } else {
                     // One click: load the model in the URL field, then evaluate.
                     start_after_load.set(true);
-                    set_param(query, "model", url.clone());
-                    state.load_url(url);
+                    load.run(url);
                 }
                 return;
             }
@@ -650,7 +698,8 @@ pub fn Evaluate(runs: Memo<Vec<Run>>, study: RwSignal<Option<Study>>, query: Que
     view! {
         <section class="evaluate">
             <h2>"Evaluate"</h2>
-            <ModelSource state query study url_input study_model />
+            {move || state.ask.get().map(|ask| view! { <Confirm ask on_load on_cancel /> })}
+            <ModelSource state query study url_input typed load study_model />
             <Choices state query example_sets prompt_options pasted />
             <p>
                 <button type="button" data-testid="eval-run" disabled=running on:click=move |_| start()>"Evaluate"</button>
@@ -706,6 +755,8 @@ fn ModelSource(
     query: Query,
     study: RwSignal<Option<Study>>,
     url_input: RwSignal<String>,
+    typed: RwSignal<Option<String>>,
+    load: Callback<String>,
     study_model: Memo<Option<ReportModel>>,
 ) -> impl IntoView {
     let on_files = move |ev: leptos::ev::Event| {
@@ -742,14 +793,17 @@ fn ModelSource(
         <legend>"Model"</legend>
         <label>"URL (a .gguf file or a folder with config.json, model.safetensors, tokenizer.json) "
             <input type="url" data-testid="model-url" size="48" prop:value=move || url_input.get()
-                on:input=move |ev| url_input.set(event_target_value(&ev)) />
+                on:input=move |ev| {
+                    let value = event_target_value(&ev);
+                    typed.set(Some(value.clone()));
+                    url_input.set(value);
+                } />
         </label>
         " "
         <button type="button" data-testid="model-load" on:click=move |_| {
             let url = url_input.get_untracked();
             if !url.is_empty() {
-                set_param(query, "model", url.clone());
-                state.load_url(url);
+                load.run(url);
             }
         }>"Load"</button>
         <br />
@@ -913,6 +967,11 @@ fn Results(p: Progress) -> impl IntoView {
                     </tbody>
                 </table>
             </Show>
+            {confusion.omitted.map(|n| view! {
+                <p class="note" data-testid="confusion-omitted">{format!(
+                    "No confusion matrix: {n} distinct targets (it is drawn for at most {CONFUSION_MAX_CLASSES} classes)"
+                )}</p>
+            })}
             <Show when=move || { done > 0 && k > 0 }>
                 <table class="confusion" data-testid="confusion">
                     <caption>"Confusion matrix: rows are targets, columns predictions"</caption>
