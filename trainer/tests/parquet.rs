@@ -862,9 +862,9 @@ fn crafted_files_are_refused_by_the_cli_within_1_gib() {
     let dir = tempfile::tempdir().unwrap();
     let tpv = assert_cmd::cargo::cargo_bin("tpv");
     let model = fixtures().join("models/llama_tied");
-    for (name, what, bytes) in crafted() {
-        let path = write(dir.path(), name, &bytes);
-        let out = Command::new("sh")
+    // `tpv eval --data FILE` with 1 GiB of address space.
+    let eval = |path: &Path| {
+        Command::new("sh")
             .arg("-c")
             .arg("ulimit -v 1048576 && exec \"$@\"")
             .arg("sh")
@@ -872,10 +872,13 @@ fn crafted_files_are_refused_by_the_cli_within_1_gib() {
             .args(["eval", "--model"])
             .arg(&model)
             .arg("--data")
-            .arg(&path)
+            .arg(path)
             .timeout(Duration::from_secs(120))
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (name, what, bytes) in crafted() {
+        let out = eval(&write(dir.path(), name, &bytes));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name} ({what}): {:?}\n{err}", out.status);
         assert!(err.starts_with("error:") && !err.contains("panicked"), "{name}: {err}");
@@ -902,19 +905,7 @@ fn crafted_files_are_refused_by_the_cli_within_1_gib() {
         ],
         |_| {},
     );
-    let good = write(dir.path(), "good.parquet", &good);
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 1048576 && exec \"$@\"")
-        .arg("sh")
-        .arg(&tpv)
-        .args(["eval", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&good)
-        .timeout(Duration::from_secs(120))
-        .output()
-        .unwrap();
+    let out = eval(&write(dir.path(), "good.parquet", &good));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
