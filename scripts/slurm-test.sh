@@ -7,7 +7,10 @@
 #   (b) with one task's training data missing, exactly the jobs that need that task are missing
 #       (its failed stage-1 tasks strand nothing else), and resubmit.sh re-runs only those once
 #       the data is back;
-#   (c) a hostile study.name is refused and a hostile study.output runs no command.
+#   (c) a hostile study.name is refused and a hostile study.output runs no command;
+#   (d) a training task signalled mid-run (`scancel --signal=TERM --batch`, as its time limit's
+#       SIGTERM would be) stops at a checkpoint, resubmit.sh resumes it from there, and its run
+#       equals an uninterrupted run's.
 #
 #   bash scripts/slurm-test.sh [TPV]     # TPV: the tpv binary (default target/debug/tpv)
 #
@@ -184,6 +187,59 @@ wait_idle 300
 check "(c) the study with a hostile output directory finishes" "$(missing "$T/c/study.toml")" ""
 if ls "$T"/pwned-* >/dev/null 2>&1; then log "FAIL (c) a command in study.name/output ran"; fail=1
 else log "ok   (c) no command from study.name or study.output ran"; fi
+
+# (d) One long prompt-tuning job (1,500 steps, a checkpoint every 25), signalled once its first
+# checkpoint exists, then resubmitted; the same job run uninterrupted, outside Slurm, meanwhile.
+study "$T/d"
+sed -i -e 's|^origins = .*|origins = [0]|' -e 's|^tasks = .*|tasks = ["a"]|' \
+  -e '/^\[study.addition\]/,/^\[study.data.a\]/{/^\[study.data.a\]/!d}' \
+  -e 's|^optim.max_steps = 4|optim.max_steps = 1500|' -e 's|^eval_every = .*|eval_every = 25|' "$T/d/study.toml"
+job=prompt_tuning/a/origin0
+"$TPV" sweep "$T/d/study.toml" --set "study.output=\"$T/d/whole\"" --job "$job" >/dev/null 2>"$T/d/whole.err" &
+whole_pid=$!
+"$TPV" sweep "$T/d/study.toml" --emit slurm -o "$T/d/slurm" >/dev/null
+grep -q '^#SBATCH --signal=B:TERM@' "$T/d/slurm/stage1.sbatch" \
+  || { log "FAIL (d) stage1.sbatch asks for no SIGTERM before the time limit"; fail=1; }
+s1=$(bash "$T/d/slurm/submit.sh" | sed -n 's/^stage 1: //p')
+ckpt="$T/d/out/$job/checkpoint.safetensors"
+for _ in $(seq 600); do [ -f "$ckpt" ] && break; sleep 0.2; done
+if [ -f "$ckpt" ]; then
+  scancel --signal=TERM --batch "$s1"
+  wait_idle 120
+  cp "$T"/d/slurm/logs/*-0.out "$T/d/first.out"
+  stopped=$(sed -n 's/.*stopped by SIGTERM after step \([0-9]*\).*/\1/p' "$T/d/first.out")
+  if [ -n "$stopped" ] && [ -f "$ckpt" ] && [ ! -f "$T/d/out/$job/prompt.safetensors" ]; then
+    log "ok   (d) the signalled task stopped at a checkpoint (step $stopped of 1500)"
+  else
+    log "FAIL (d) the signalled task did not stop at a checkpoint:"; cat "$T/d/first.out" >&2; fail=1
+  fi
+  bash "$T/d/slurm/resubmit.sh" >/dev/null
+  wait_idle 120
+  grep -q "resuming job $job from its checkpoint at step ${stopped:-none}\$" "$T"/d/slurm/logs/*-0.out \
+    && log "ok   (d) resubmit.sh resumed it from that checkpoint" \
+    || { log "FAIL (d) the resubmitted task did not resume at step ${stopped:-?}:"; cat "$T"/d/slurm/logs/*-0.out >&2; fail=1; }
+else
+  log "FAIL (d) no checkpoint appeared"; cat "$T"/d/slurm/logs/*.out >&2 || true; fail=1
+fi
+wait "$whole_pid" || { log "FAIL (d) the uninterrupted run failed:"; cat "$T/d/whole.err" >&2; fail=1; }
+check "(d) the study finishes" "$(missing "$T/d/study.toml")" ""
+# The run files' tensors and metrics (all but the creation time and the energy measured).
+same=$(python3 - "$T/d/out/$job/prompt.safetensors" "$T/d/whole/$job/prompt.safetensors" <<'PY'
+import json, struct, sys
+def result(path):
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header.pop("__metadata__")["tpv"])
+    body = data[8 + n:]
+    return {k: body[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items()}, meta["metrics"]
+try:
+    print("same" if result(sys.argv[1]) == result(sys.argv[2]) else "different")
+except OSError as e:
+    print(e)
+PY
+)
+check "(d) the interrupted and resumed run equals the uninterrupted one" "$same" "same"
 
 [ "$fail" = 0 ] || { log "logs: $T (kept)"; trap - EXIT; exit 1; }
 log "all Slurm checks passed"

@@ -5,10 +5,14 @@ use serde_json::json;
 
 use super::print_json;
 use crate::cli::{AggregateArgs, ReportArgs, SweepArgs};
-use crate::study::jobs::{SweepOptions, run_all, run_job, sweep_gpus, write_eval_sets, write_manifest};
+use crate::study::jobs::{
+    self, BUSY_EXIT, JobOutcome, SWEEP_CHILD, SweepOptions, SweepOutcome, run_locked, sweep_gpus, write_eval_sets,
+    write_manifest,
+};
 use crate::study::preflight::Scope;
 use crate::study::slurm::{SlurmOptions, emit};
-use crate::study::{Study, aggregate as agg, report as rep};
+use crate::study::{Job, Study, aggregate as agg, report as rep};
+use crate::train::stop::{self, Mode};
 
 pub fn sweep(args: &SweepArgs) -> Result<()> {
     let study = Study::load(&args.config, &args.sets)?;
@@ -39,20 +43,14 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
             .iter()
             .find(|j| &j.id == id)
             .with_context(|| format!("no job {id} in {} (see --list)", args.config.display()))?;
-        write_manifest(&study)?;
-        let file = run_job(&study, job, None)?;
-        out!("{}", file.display());
-        return Ok(());
+        return run_one(&study, job);
     }
     if let (Some(stage), Some(index)) = (args.stage, args.index) {
         let jobs: Vec<_> = study.jobs().into_iter().filter(|j| j.stage() == stage).collect();
         let job = jobs
             .get(index)
             .with_context(|| format!("stage {stage} has {} jobs; no index {index}", jobs.len()))?;
-        write_manifest(&study)?;
-        let file = run_job(&study, job, None)?;
-        out!("{}", file.display());
-        return Ok(());
+        return run_one(&study, job);
     }
     let gpus = sweep_gpus(&study, args.gpus.as_deref())?;
     if !gpus.is_empty() && args.jobs > 1 {
@@ -66,7 +64,15 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         }
         None => None,
     };
-    let (ran, skipped, failed) = run_all(
+    // -j N: the parent forwards SIGTERM/SIGINT to its children and waits; -j 1 runs the jobs
+    // itself (a second Ctrl-C ends it at once).
+    stop::install(if args.jobs > 1 {
+        Mode::Parent
+    } else {
+        Mode::Jobs { force_on_repeat: true }
+    })
+    .context("tpv sweep: installing the SIGTERM/SIGINT handler")?;
+    let outcome = jobs::sweep(
         &study,
         &SweepOptions {
             jobs: args.jobs,
@@ -76,16 +82,35 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
             abort_in_job,
         },
     )?;
+    if let Some(signal) = outcome.interrupted {
+        let resume = format!(
+            "the running jobs stopped at a checkpoint and finished runs are kept; `tpv sweep {}` again resumes",
+            args.config.display()
+        );
+        interrupted(&format!("study {}", study.study.name), signal, &resume);
+    }
+    summary(&study, &outcome, args)
+}
+
+/// The end of a sweep: the aggregation if asked, the counts, an error naming the failed jobs.
+fn summary(study: &Study, o: &SweepOutcome, args: &SweepArgs) -> Result<()> {
     if args.aggregate || args.json {
         agg::aggregate(study.output())?.write(study.output())?;
     }
+    let (ran, skipped, failed, busy) = (o.ran, o.skipped, &o.failed, &o.busy);
     if args.json {
-        print_json(
-            &json!({ "study": study.output().display().to_string(), "ran": ran, "skipped": skipped, "failed": failed }),
-        )?;
+        print_json(&json!({
+            "study": study.output().display().to_string(), "ran": ran, "skipped": skipped,
+            "failed": failed, "busy": busy,
+        }))?;
     } else {
+        let elsewhere = if busy.is_empty() {
+            String::new()
+        } else {
+            format!(", {} left to another process", busy.len())
+        };
         out!(
-            "study {}: ran {ran}, skipped {skipped} finished, {} failed → {}",
+            "study {}: ran {ran}, skipped {skipped} finished, {} failed{elsewhere} → {}",
             study.study.name,
             failed.len(),
             study.output().display()
@@ -95,6 +120,56 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         bail!("{} jobs failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
+}
+
+/// `--job ID`, `--stage S --index I`: one job, under its lock. Another process running it is not
+/// a failure (exit 0; a sweep's child exits [`BUSY_EXIT`] so its parent can tell). Stopped by
+/// SIGTERM/SIGINT, it exits 128 + the signal, its checkpoint kept.
+fn run_one(study: &Study, job: &Job) -> Result<()> {
+    let child = std::env::var_os(SWEEP_CHILD).is_some();
+    stop::install(Mode::Jobs {
+        force_on_repeat: !child,
+    })
+    .with_context(|| format!("job {}: installing the SIGTERM/SIGINT handler", job.id))?;
+    write_manifest(study)?;
+    match run_locked(study, job, None) {
+        Ok(JobOutcome::Done(file)) => {
+            out!("{}", file.display());
+            Ok(())
+        }
+        Ok(JobOutcome::Busy(why)) => {
+            eprintln!("{why}");
+            if child {
+                std::process::exit(BUSY_EXIT);
+            }
+            Ok(())
+        }
+        Err(e) => match stop::requested() {
+            Some(signal) => {
+                eprintln!("{e:#}");
+                if child {
+                    // The sweep reports it.
+                    std::process::exit(stop::exit_code(signal));
+                }
+                interrupted(
+                    &format!("job {}", job.id),
+                    signal,
+                    "its checkpoint is kept; the same command again resumes it",
+                )
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// Says that `what` was stopped by `signal` and how to resume, and exits 128 + the signal.
+pub(crate) fn interrupted(what: &str, signal: i32, resume: &str) -> ! {
+    eprintln!(
+        "{what} interrupted by {}: {resume} (exit status {})",
+        stop::signal_name(signal),
+        stop::exit_code(signal)
+    );
+    std::process::exit(stop::exit_code(signal))
 }
 
 /// The study's preflight: the table on stderr (or JSON on stdout for `--check --json`), and an

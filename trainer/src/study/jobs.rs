@@ -23,7 +23,7 @@ use crate::data;
 use crate::io;
 use crate::models::{self, LoadedModel};
 use crate::train::engine::{self, Encoded, EvalResult};
-use crate::train::{self, RunOptions};
+use crate::train::{self, RunOptions, stop};
 
 /// Options of `tpv sweep`.
 #[derive(Debug, Clone, Default)]
@@ -117,9 +117,52 @@ pub fn write_eval_sets(study: &Study) -> Result<()> {
     Ok(())
 }
 
-/// Runs every unfinished job whose dependencies are finished, in order (`-j 1`) or as child
-/// processes (`-j N`); returns (ran, skipped, failed ids).
+/// What a sweep did: jobs run (finished or failed), finished before, failed (with the jobs that
+/// needed them), left to another process (a job whose lock another process holds, and the jobs
+/// that need it), and the stop signal if one cut the sweep short.
+#[derive(Debug, Clone, Default)]
+pub struct SweepOutcome {
+    pub ran: usize,
+    pub skipped: usize,
+    pub failed: Vec<String>,
+    pub busy: Vec<String>,
+    pub interrupted: Option<i32>,
+}
+
+impl SweepOutcome {
+    /// Why `job` cannot run now: a dependency failed (it fails too) or runs in another process
+    /// (it is left to a later sweep); recorded here.
+    fn blocked(&mut self, job: &Job) -> Option<String> {
+        if job.deps.iter().any(|d| self.failed.contains(d)) {
+            self.failed.push(job.id.clone());
+            return Some(format!("skipping {}: a dependency failed", job.id));
+        }
+        let busy = job.deps.iter().find(|d| self.busy.contains(d))?;
+        let msg = format!("skipping {}: it needs {busy}, which runs in another process", job.id);
+        self.busy.push(job.id.clone());
+        Some(msg)
+    }
+}
+
+/// Runs every unfinished job whose dependencies are finished, in order (`-j 1`, in this
+/// process) or as child processes (`-j N`); returns (ran, skipped, failed ids). A sweep stopped by
+/// a signal is an error here ([`sweep`] tells it apart).
 pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<String>)> {
+    let o = sweep(study, opts)?;
+    if let Some(signal) = o.interrupted {
+        bail!(
+            "study {} interrupted by {}; running it again resumes",
+            study.study.name,
+            stop::signal_name(signal)
+        );
+    }
+    Ok((o.ran, o.skipped, o.failed))
+}
+
+/// [`run_all`] with everything it found: which jobs another process runs, and whether a signal
+/// (SIGTERM/SIGINT, with [`stop::install`]) stopped it. Stopped, the running jobs kept their
+/// checkpoints and no new job started.
+pub fn sweep(study: &Study, opts: &SweepOptions) -> Result<SweepOutcome> {
     write_manifest(study)?;
     write_eval_sets(study)?;
     let jobs = study.jobs();
@@ -131,41 +174,68 @@ pub fn run_all(study: &Study, opts: &SweepOptions) -> Result<(usize, usize, Vec<
         jobs.len(),
         todo.len()
     );
+    let mut outcome = if opts.jobs <= 1 {
+        run_in_order(study, &todo, opts)
+    } else {
+        run_parallel(study, todo.clone(), opts)?
+    };
+    outcome.skipped = skipped;
+    // A signal that came when every job had finished anyway stopped nothing.
+    if outcome.interrupted.is_none() && todo.iter().any(|j| !study.finished(j)) {
+        outcome.interrupted = stop::requested();
+    }
+    Ok(outcome)
+}
+
+/// `-j 1`: the jobs one after the other in this process.
+fn run_in_order(study: &Study, todo: &[&Job], opts: &SweepOptions) -> SweepOutcome {
+    let mut out = SweepOutcome::default();
     let limit = opts.max_jobs.unwrap_or(usize::MAX);
-    if opts.jobs <= 1 {
-        let mut failed = Vec::new();
-        let mut ran = 0;
-        let mut progress = Progress::new(study, &todo, 1);
-        for (i, job) in todo.iter().enumerate() {
-            if ran >= limit {
-                break;
+    let mut progress = Progress::new(study, todo, 1);
+    for (i, job) in todo.iter().enumerate() {
+        if out.ran >= limit {
+            break;
+        }
+        if let Some(signal) = stop::requested() {
+            out.interrupted = Some(signal);
+            break;
+        }
+        if let Some(why) = out.blocked(job) {
+            eprintln!("{why}");
+            progress.skip(i);
+            continue;
+        }
+        let t = Instant::now();
+        eprintln!("[{}/{}] {}", i + 1, todo.len(), job.id);
+        let abort = opts
+            .abort_in_job
+            .and_then(|(n, step)| (n == out.ran + 1).then_some(step));
+        match run_locked(study, job, abort) {
+            Ok(JobOutcome::Done(_)) => {
+                let secs = t.elapsed().as_secs_f64();
+                progress.done(i, secs);
+                eprintln!("  done in {secs:.1} s · {}", progress.line());
             }
-            if job.deps.iter().any(|d| failed.contains(d)) {
-                eprintln!("skipping {}: a dependency failed", job.id);
-                failed.push(job.id.clone());
+            Ok(JobOutcome::Busy(why)) => {
+                eprintln!("  {why}");
+                out.busy.push(job.id.clone());
                 progress.skip(i);
                 continue;
             }
-            let t = Instant::now();
-            eprintln!("[{}/{}] {}", i + 1, todo.len(), job.id);
-            let abort = opts.abort_in_job.and_then(|(n, step)| (n == ran + 1).then_some(step));
-            match run_job(study, job, abort) {
-                Ok(_) => {
-                    let secs = t.elapsed().as_secs_f64();
-                    progress.done(i, secs);
-                    eprintln!("  done in {secs:.1} s · {}", progress.line());
-                }
-                Err(e) => {
-                    eprintln!("  failed: {e:#}");
-                    failed.push(job.id.clone());
-                    progress.skip(i);
-                }
+            Err(e) if stop::requested().is_some() => {
+                eprintln!("  {e:#}");
+                out.interrupted = stop::requested();
+                break;
             }
-            ran += 1;
+            Err(e) => {
+                eprintln!("  failed: {e:#}");
+                out.failed.push(job.id.clone());
+                progress.skip(i);
+            }
         }
-        return Ok((ran, skipped, failed));
+        out.ran += 1;
     }
-    run_parallel(study, todo, opts, skipped)
+    out
 }
 
 /// The study-level progress line: jobs done of the total, elapsed time and an estimate of the
@@ -253,111 +323,241 @@ fn clock(secs: f64) -> String {
     format!("{}:{:02}", s / 60, s % 60)
 }
 
-/// `-j N`: a scheduler thread per slot takes the next job whose dependencies are finished and runs
-/// it as `tpv sweep CONFIG --job ID` in a child process.
-fn run_parallel(
-    study: &Study,
-    todo: Vec<&Job>,
-    opts: &SweepOptions,
-    skipped: usize,
-) -> Result<(usize, usize, Vec<String>)> {
-    #[derive(Default)]
-    struct Queue {
-        waiting: Vec<Job>,
-        running: Vec<String>,
-        failed: Vec<String>,
-        ran: usize,
+/// How a job run by a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Done,
+    Failed,
+    /// Another process holds its lock.
+    Busy,
+    /// Stopped by the sweep's signal (its checkpoint kept).
+    Interrupted,
+}
+
+/// What a slot does next.
+enum Next {
+    Run(Job),
+    Wait,
+    Stop,
+}
+
+/// The scheduler's state, shared by the slots.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Job>,
+    running: Vec<String>,
+    out: SweepOutcome,
+}
+
+impl Queue {
+    /// The next job whose dependencies are finished (or [`Next::Stop`]: the limit reached, a stop
+    /// signal, nothing left); the jobs that cannot run any more are set aside first and returned
+    /// with the reason.
+    fn take(&mut self, limit: usize) -> (Next, Vec<(String, String)>) {
+        if self.out.ran >= limit || stop::requested().is_some() {
+            return (Next::Stop, Vec::new());
+        }
+        let mut aside = Vec::new();
+        for job in std::mem::take(&mut self.waiting) {
+            match self.out.blocked(&job) {
+                Some(why) => aside.push((job.id, why)),
+                None => self.waiting.push(job),
+            }
+        }
+        if self.waiting.is_empty() {
+            return (Next::Stop, aside);
+        }
+        let ready = self.waiting.iter().position(|j| {
+            j.deps
+                .iter()
+                .all(|d| !self.running.contains(d) && !self.waiting.iter().any(|w| &w.id == d))
+        });
+        let Some(i) = ready else {
+            return (Next::Wait, aside);
+        };
+        let job = self.waiting.remove(i);
+        self.running.push(job.id.clone());
+        self.out.ran += 1;
+        (Next::Run(job), aside)
     }
+
+    fn finish(&mut self, job: &Job, end: End) {
+        self.running.retain(|r| r != &job.id);
+        match end {
+            End::Done => {}
+            End::Failed => self.out.failed.push(job.id.clone()),
+            End::Busy | End::Interrupted => {
+                // Not run here (a busy job) or not to its end: neither counts against --max-jobs.
+                self.out.ran = self.out.ran.saturating_sub(1);
+                if end == End::Busy {
+                    self.out.busy.push(job.id.clone());
+                }
+            }
+        }
+    }
+}
+
+/// What the slots of [`run_parallel`] share.
+struct Slots<'a> {
+    study: &'a Study,
+    opts: &'a SweepOptions,
+    exe: PathBuf,
+    queue: Mutex<Queue>,
+    progress: Mutex<Progress>,
+    index: BTreeMap<String, usize>,
+    total: usize,
+    cuda: bool,
+    threads_per_job: Option<usize>,
+}
+
+/// `-j N`: a scheduler thread per slot takes the next job whose dependencies are finished and runs
+/// it as `tpv sweep CONFIG --job ID` in a child process. On SIGTERM/SIGINT no job starts any more
+/// and the signal goes on to the running children (a second one kills them); the sweep returns
+/// once they have stopped.
+fn run_parallel(study: &Study, todo: Vec<&Job>, opts: &SweepOptions) -> Result<SweepOutcome> {
     let exe = std::env::current_exe().context("locating the tpv executable")?;
-    let total = todo.len();
-    let progress = Mutex::new(Progress::new(study, &todo, opts.jobs));
-    let index: BTreeMap<String, usize> = todo.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect();
-    let queue = Mutex::new(Queue {
-        waiting: todo.into_iter().cloned().collect(),
-        ..Default::default()
-    });
-    let limit = opts.max_jobs.unwrap_or(usize::MAX);
     // The cores shared among the slots (each child's thread pool), unless the user set it.
     let threads_per_job = std::env::var_os("RAYON_NUM_THREADS").is_none().then(|| {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         (cores / opts.jobs).max(1)
     });
-    let cuda = study_device(study).starts_with("cuda");
+    let slots = Slots {
+        study,
+        opts,
+        exe,
+        progress: Mutex::new(Progress::new(study, &todo, opts.jobs)),
+        index: todo.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect(),
+        total: todo.len(),
+        queue: Mutex::new(Queue {
+            waiting: todo.into_iter().cloned().collect(),
+            ..Default::default()
+        }),
+        cuda: study_device(study).starts_with("cuda"),
+        threads_per_job,
+    };
     std::thread::scope(|scope| {
         for slot in 0..opts.jobs {
             let gpu = (!opts.gpus.is_empty()).then(|| opts.gpus[slot % opts.gpus.len()].clone());
-            let (queue, progress, index, exe) = (&queue, &progress, &index, &exe);
-            scope.spawn(move || {
-                loop {
-                    let job = {
-                        let Ok(mut q) = queue.lock() else { return };
-                        if q.ran >= limit {
-                            return;
-                        }
-                        let failed = q.failed.clone();
-                        // Dependencies of a failed job fail too.
-                        let (doomed, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut q.waiting)
-                            .into_iter()
-                            .partition(|j| j.deps.iter().any(|d| failed.contains(d)));
-                        q.waiting = rest;
-                        if let Ok(mut p) = progress.lock() {
-                            for i in doomed.iter().filter_map(|j| index.get(&j.id)) {
-                                p.skip(*i);
-                            }
-                        }
-                        q.failed.extend(doomed.into_iter().map(|j| j.id));
-                        if q.waiting.is_empty() {
-                            return;
-                        }
-                        let ready = q.waiting.iter().position(|j| {
-                            j.deps
-                                .iter()
-                                .all(|d| !q.running.contains(d) && !q.waiting.iter().any(|w| &w.id == d))
-                        });
-                        match ready {
-                            Some(i) => {
-                                let job = q.waiting.remove(i);
-                                q.running.push(job.id.clone());
-                                q.ran += 1;
-                                let on = gpu.as_ref().map_or(String::new(), |g| format!(" on GPU {g}"));
-                                eprintln!("[{}/{total}] {}{on}", q.ran, job.id);
-                                Some(job)
-                            }
-                            None => None,
-                        }
-                    };
-                    let Some(job) = job else {
-                        std::thread::sleep(std::time::Duration::from_millis(200));
-                        continue;
-                    };
-                    let t = Instant::now();
-                    let mut cmd = child_command(exe, study, &job, opts, gpu.as_deref(), cuda, threads_per_job);
-                    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
-                    let finished = ok && study.finished(&job);
-                    if let Ok(mut q) = queue.lock() {
-                        q.running.retain(|r| r != &job.id);
-                        if !finished {
-                            q.failed.push(job.id.clone());
-                        }
-                    }
-                    if let (Ok(mut p), Some(&i)) = (progress.lock(), index.get(&job.id)) {
-                        if finished {
-                            let secs = t.elapsed().as_secs_f64();
-                            p.done(i, secs);
-                            eprintln!("  {} done in {secs:.1} s · {}", job.id, p.line());
-                        } else {
+            let slots = &slots;
+            scope.spawn(move || slots.run(gpu.as_deref()));
+        }
+    });
+    let q = slots
+        .queue
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
+    Ok(q.out)
+}
+
+impl Slots<'_> {
+    /// One slot's loop: take a job, run it in a child process, record how it ended.
+    fn run(&self, gpu: Option<&str>) {
+        loop {
+            let next = {
+                let Ok(mut q) = self.queue.lock() else { return };
+                let (next, aside) = q.take(self.opts.max_jobs.unwrap_or(usize::MAX));
+                if let Ok(mut p) = self.progress.lock() {
+                    for (id, why) in &aside {
+                        eprintln!("{why}");
+                        if let Some(&i) = self.index.get(id) {
                             p.skip(i);
-                            eprintln!("  {} failed · {}", job.id, p.line());
                         }
                     }
                 }
-            });
+                if let Next::Run(job) = &next {
+                    let on = gpu.map_or(String::new(), |g| format!(" on GPU {g}"));
+                    eprintln!("[{}/{}] {}{on}", q.out.ran, self.total, job.id);
+                }
+                next
+            };
+            let job = match next {
+                Next::Run(job) => job,
+                Next::Wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    continue;
+                }
+                Next::Stop => return,
+            };
+            let t = Instant::now();
+            let mut cmd = child_command(
+                &self.exe,
+                self.study,
+                &job,
+                self.opts,
+                gpu,
+                self.cuda,
+                self.threads_per_job,
+            );
+            let end = run_child(&mut cmd, self.study, &job);
+            if let Ok(mut q) = self.queue.lock() {
+                q.finish(&job, end);
+            }
+            if let (Ok(mut p), Some(&i)) = (self.progress.lock(), self.index.get(&job.id)) {
+                if end == End::Done {
+                    let secs = t.elapsed().as_secs_f64();
+                    p.done(i, secs);
+                    eprintln!("  {} done in {secs:.1} s · {}", job.id, p.line());
+                } else {
+                    p.skip(i);
+                    let how = match end {
+                        End::Busy => "is running in another process; skipped",
+                        End::Interrupted => "stopped (its last checkpoint kept)",
+                        _ => "failed",
+                    };
+                    eprintln!("  {} {how} · {}", job.id, p.line());
+                }
+            }
         }
-    });
-    let q = queue
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a scheduler thread panicked"))?;
-    Ok((q.ran, skipped, q.failed))
+    }
+}
+
+/// Runs a slot's child to its end, passing the sweep's stop signals on (the first as it came, a
+/// second as SIGKILL).
+fn run_child(cmd: &mut Command, study: &Study, job: &Job) -> End {
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("  {}: cannot start tpv: {e}", job.id);
+            return End::Failed;
+        }
+    };
+    let mut forwarded = 0;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("  {}: waiting for its process: {e}", job.id);
+                break None;
+            }
+        }
+        let signals = stop::count();
+        if signals > forwarded {
+            forwarded = signals;
+            let sent = if signals == 1 {
+                let signal = stop::requested().unwrap_or(stop::SIGTERM);
+                eprintln!(
+                    "  stopping {} ({} forwarded: it writes a checkpoint and stops; a second signal kills it)",
+                    job.id,
+                    stop::signal_name(signal)
+                );
+                stop::send(child.id(), signal)
+            } else {
+                eprintln!("  killing {}", job.id);
+                child.kill()
+            };
+            if let Err(e) = sent {
+                eprintln!("  {}: signalling process {}: {e}", job.id, child.id());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    match status {
+        Some(s) if s.success() && study.finished(job) => End::Done,
+        Some(s) if s.code() == Some(BUSY_EXIT) => End::Busy,
+        _ if stop::requested().is_some() => End::Interrupted,
+        _ => End::Failed,
+    }
 }
 
 /// The child process that runs `job` in a worker slot: `tpv sweep CONFIG --job ID` with the
@@ -387,9 +587,52 @@ fn child_command(
         cmd.env("RAYON_NUM_THREADS", n.to_string());
     }
     cmd.stdout(std::process::Stdio::null())
-        .env(crate::train::NO_PROGRESS_BAR, "1");
+        .env(crate::train::NO_PROGRESS_BAR, "1")
+        .env(SWEEP_CHILD, "1");
+    #[cfg(unix)]
+    {
+        // Its own process group: a terminal's Ctrl-C reaches the sweep alone, which passes it on
+        // once (a child that got it twice could not tell a second Ctrl-C from the same one).
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    die_with_parent(&mut cmd);
     cmd
 }
+
+/// Set in a sweep's child processes: a job whose lock another process holds exits with
+/// [`BUSY_EXIT`] (not a failure), and a second stop signal does not kill it at once.
+pub const SWEEP_CHILD: &str = "TPV_SWEEP_CHILD";
+
+/// The exit status of `tpv sweep --job ID` in a sweep's child when another process runs the job
+/// (EX_TEMPFAIL).
+pub const BUSY_EXIT: i32 = 75;
+
+/// A child whose sweep dies unannounced (SIGKILL, a crash) gets SIGTERM, so it stops at a
+/// checkpoint instead of training on with nobody waiting for it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
+    // (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The sweep died before the prctl: start nothing.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 /// The device the study's runs use (`model.device` of its base config; `cpu` by default).
 pub fn study_device(study: &Study) -> String {
@@ -453,9 +696,87 @@ pub fn sweep_gpus(study: &Study, given: Option<&str>) -> Result<Vec<String>> {
     Ok((0..listed).map(|i| i.to_string()).collect())
 }
 
+/// The lock file in a job's run directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A job's exclusive lock: flock(2) on `RUN_DIR/.lock`, held while this value lives and released
+/// by the kernel when the process ends, however it ends. The file holds the holder's process id
+/// (for the message of the process that finds it taken) and stays.
+#[derive(Debug)]
+pub struct JobLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock of the job whose run directory is `dir` (creating both); `None` when another
+/// process holds it. The one lock of every path that runs a job ([`run_locked`]: sweep slots,
+/// `--job ID`, Slurm array tasks), so one job never runs twice at once.
+pub fn lock_job(dir: &Path) -> Result<Option<JobLock>> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening the job lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {} (flock)", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("writing the process id into {}", path.display()))?;
+    Ok(Some(JobLock { _file: file }))
+}
+
+/// How [`run_locked`] left a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Finished (now or before): its run file.
+    Done(PathBuf),
+    /// Another process holds its lock; the message says which lock (and process).
+    Busy(String),
+}
+
+/// Runs one job under its lock ([`lock_job`]): a finished job is left as it is, one that another
+/// process runs is skipped (not a failure), anything else runs (resuming it if it was
+/// interrupted). `abort_after_step` is the test hook of `train::run`.
+pub fn run_locked(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Result<JobOutcome> {
+    let dir = study.job_dir(job);
+    if study.finished(job) {
+        return Ok(JobOutcome::Done(train::prompt_path(&dir)));
+    }
+    let Some(_lock) = lock_job(&dir).with_context(|| format!("job {}", job.id))? else {
+        let lock = dir.join(LOCK_FILE);
+        let pid = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map_or(String::new(), |p| format!("held by process {p}, "));
+        return Ok(JobOutcome::Busy(format!(
+            "job {} is running in another process ({pid}lock {}); skipped",
+            job.id,
+            lock.display()
+        )));
+    };
+    let ckpt = train::checkpoint_path(&dir);
+    if ckpt.exists() {
+        match train::checkpoint::read(&ckpt) {
+            Ok(c) => eprintln!("resuming job {} from its checkpoint at step {}", job.id, c.step),
+            Err(e) => eprintln!("job {}: its checkpoint does not read: {e:#}", job.id),
+        }
+    }
+    // Another process may have finished it before this one took the lock: run_job checks.
+    run_job(study, job, abort_after_step).map(JobOutcome::Done)
+}
+
 /// Runs one job (resuming it if it was interrupted); returns its run file. `abort_after_step`
-/// is the test hook of `train::run`.
-pub fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Result<PathBuf> {
+/// is the test hook of `train::run`. Without the job's lock: see [`run_locked`].
+fn run_job(study: &Study, job: &Job, abort_after_step: Option<u64>) -> Result<PathBuf> {
     let dir = study.job_dir(job);
     let out = train::prompt_path(&dir);
     if study.finished(job) {

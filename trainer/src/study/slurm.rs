@@ -12,6 +12,12 @@
 //! task checks its own inputs and fails naming the missing one: a failed stage-1 task strands
 //! exactly the jobs that need it. `resubmit.sh` re-submits only the unfinished jobs of each stage
 //! (`tpv sweep CONFIG --todo S` lists their indexes).
+//!
+//! A task at its time limit (or `scancel --signal=TERM --batch`) stops at a checkpoint: the
+//! scripts `exec` tpv, so it is the process Slurm signals, and ask for SIGTERM a minute before the
+//! limit; `resubmit.sh` then resumes the run from that checkpoint. Two tasks of one job (a task
+//! requeued while the first still runs, a resubmission too early) never run it at once: the job's
+//! lock (`RUN_DIR/.lock`) makes the second skip it.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +78,45 @@ pub fn check_values(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<()
     Ok(())
 }
 
+/// Seconds before a task's time limit that Slurm sends tpv SIGTERM (`--signal=B:TERM@…`): a
+/// training step and the checkpoint's write fit in it, and Slurm may send it up to a minute early
+/// anyway. Not asked for when `--sbatch` gives a `--signal`, or a `--time` under ten times this
+/// (the signal would come before any work; the time limit's own SIGTERM stops tpv as well).
+pub const TERM_BEFORE_LIMIT_S: u64 = 60;
+
+/// Whether the stage scripts ask for SIGTERM before the time limit (see [`TERM_BEFORE_LIMIT_S`]).
+fn signal_before_limit(sbatch: &[String]) -> bool {
+    let given = |l: &String| l.trim_start().starts_with("--signal");
+    let short = time_limit_s(sbatch).is_some_and(|t| t < 10 * TERM_BEFORE_LIMIT_S);
+    !sbatch.iter().any(given) && !short
+}
+
+/// The `--time`/`-t` of `--sbatch` lines in seconds (`None`: none, unlimited, or unparsed).
+fn time_limit_s(sbatch: &[String]) -> Option<u64> {
+    let value = sbatch.iter().rev().find_map(|l| {
+        let l = l.trim();
+        ["--time=", "--time ", "-t=", "-t "]
+            .iter()
+            .find_map(|p| l.strip_prefix(p))
+            .map(str::trim)
+    })?;
+    // Slurm's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+    let (days, rest) = match value.split_once('-') {
+        Some((d, r)) => (Some(d.parse::<u64>().ok()?), r),
+        None => (None, value),
+    };
+    let parts: Vec<u64> = rest.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let secs = match (days.is_some(), parts.as_slice()) {
+        (false, [m]) => m * 60,
+        (false, [m, s]) => m * 60 + s,
+        (_, [h, m, s]) => (h * 60 + m) * 60 + s,
+        (true, [h]) => h * 3600,
+        (true, [h, m]) => (h * 60 + m) * 60,
+        _ => return None,
+    };
+    Some(days.unwrap_or(0) * 86_400 + secs)
+}
+
 /// One stage's job array: one array index per job id, each running `SWEEP --stage S --index I`
 /// from `cwd` with its log under `logs`.
 fn stage_script(
@@ -92,6 +137,11 @@ fn stage_script(
     for line in &opts.sbatch {
         s.push_str(&format!("#SBATCH {line}\n"));
     }
+    if signal_before_limit(&opts.sbatch) {
+        // SIGTERM to tpv (the batch shell, by `exec`) a while before the time limit: it stops
+        // at a checkpoint, and resubmit.sh resumes the run there.
+        s.push_str(&format!("#SBATCH --signal=B:TERM@{TERM_BEFORE_LIMIT_S}\n"));
+    }
     s.push_str(&format!(
         "# Stage {stage} of study {}: {} runs, one per array index:\n",
         study.study.name,
@@ -101,6 +151,9 @@ fn stage_script(
         s.push_str(&format!("#   {i}: {id}\n"));
     }
     s.push_str("set -euo pipefail\n");
+    // `exec`: tpv is the batch step's process, so `scancel --signal=TERM --batch` and the time
+    // limit's SIGTERM reach it (and no shell waits in between); stopped, it exits 143 with a
+    // checkpoint, and `resubmit.sh` resumes it.
     s.push_str(&format!(
         "exec {} --stage {stage} --index \"$SLURM_ARRAY_TASK_ID\"\n",
         sweep
@@ -210,4 +263,37 @@ pub fn emit(study: &Study, dir: &Path, opts: &SlurmOptions) -> Result<Vec<PathBu
     }
     written.push(path);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn time_limits_parse_in_slurms_forms() {
+        for (line, secs) in [
+            ("--time=30", Some(1800)),
+            ("--time=5:30", Some(330)),
+            ("-t 04:00:00", Some(14_400)),
+            ("--time=1-12", Some(129_600)),
+            ("--time 2-0:30", Some(174_600)),
+            ("--time=1-00:00:10", Some(86_410)),
+            ("--time=UNLIMITED", None),
+            ("--partition=gpu", None),
+        ] {
+            assert_eq!(time_limit_s(&lines(&[line])), secs, "{line}");
+        }
+    }
+
+    #[test]
+    fn sigterm_before_the_limit_unless_given_or_the_limit_is_short() {
+        assert!(signal_before_limit(&[]));
+        assert!(signal_before_limit(&lines(&["--time=04:00:00"])));
+        assert!(!signal_before_limit(&lines(&["--time=1"])));
+        assert!(!signal_before_limit(&lines(&["--signal=USR1@30"])));
+    }
 }

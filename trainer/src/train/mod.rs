@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod combination;
 pub mod engine;
+pub mod stop;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -384,6 +385,8 @@ fn train_loop(
 ) -> Result<()> {
     let (config, (r, d), total) = (t.config, t.shape, schedule.total);
     let bar = progress_bar(total, p.state.step);
+    // SIGTERM/SIGINT (where installed) stop the loop between steps, with a checkpoint.
+    let _armed = stop::arm();
     while p.state.step < total {
         let idx = step_batches(
             examples.train.len(),
@@ -439,6 +442,14 @@ fn train_loop(
         if opts.abort_after_step == Some(step) {
             // Test hook: die as a killed process would, without cleanup.
             std::process::abort();
+        }
+        if let Some(signal) = stop::requested().filter(|_| step < total && !stop) {
+            if !step.is_multiple_of(config.save_every()) {
+                checkpoint::write(ckpt_file, &p.checkpoint(t))
+                    .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))?;
+            }
+            bar.abandon();
+            return Err(stop::Interrupted { signal, step }.into());
         }
         if stop {
             break;
