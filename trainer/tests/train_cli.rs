@@ -682,3 +682,48 @@ fn attempt_trains_scores_again_and_resumes_exactly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ATTEMPT") && err.contains("tpv eval"), "{err}");
 }
+
+/// Issue 32 (9): `tpv train` on its own stops at a checkpoint on SIGTERM (a scheduler's time
+/// limit) and exits 143; `--resume` then ends where an uninterrupted run ends.
+#[test]
+fn sigterm_stops_training_at_a_checkpoint_and_resume_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let sets = ["--set", "optim.max_steps=1500", "--set", "train.eval_every=25"];
+    let full = config(dir.path(), "llama_tied", "full");
+    assert!(train(&full, &sets).status.success());
+    let want = result(&dir.path().join("full/prompt.safetensors"));
+
+    let cfg = config(dir.path(), "llama_tied", "stopped");
+    let ckpt = dir.path().join("stopped/checkpoint.safetensors");
+    let log = dir.path().join("stopped.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tpv"))
+        .arg("train")
+        .arg(&cfg)
+        .args(sets)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(start.elapsed().as_secs() < 180, "no checkpoint within 180 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    tpv_trainer::train::stop::send(child.id(), tpv_trainer::train::stop::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("interrupted by SIGTERM") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("stopped/prompt.safetensors").exists(),
+        "stopped before the end"
+    );
+    let out = train(&cfg, &[&["--resume"][..], &sets[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = result(&dir.path().join("stopped/prompt.safetensors"));
+    assert!(got.0 == want.0, "the resumed run differs from the uninterrupted one");
+    assert_eq!(got.1, want.1);
+}

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::cli::TrainArgs;
+use crate::train::stop;
 use crate::{config, train};
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -14,7 +15,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         abort_after_step: args.abort_after_step,
     };
     let finished_before = args.resume && train::run_state(&cfg.train.output).is_finished();
-    let path = train::run(&cfg, &opts).with_context(|| format!("training {}", args.config.display()))?;
+    // SIGTERM/SIGINT (a scheduler's time limit, Ctrl-C): the step in flight finishes, a
+    // checkpoint is written, and `--resume` continues from it; a second Ctrl-C ends at once.
+    stop::install(stop::Mode::Jobs { force_on_repeat: true }).context("installing the SIGTERM/SIGINT handler")?;
+    let path = match train::run(&cfg, &opts) {
+        Ok(path) => path,
+        Err(e) => match stop::requested() {
+            Some(signal) => {
+                eprintln!("{e:#}");
+                super::study::interrupted(
+                    &format!("training {}", args.config.display()),
+                    signal,
+                    "its checkpoint is kept; the same command with --resume continues it",
+                )
+            }
+            None => return Err(e.context(format!("training {}", args.config.display()))),
+        },
+    };
     if args.json {
         out!(
             "{}",
