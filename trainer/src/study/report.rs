@@ -517,7 +517,10 @@ mod tests {
             md(tag)
         );
         // No raw markup in tables.md: every `<` is escaped.
-        assert!(table.match_indices('<').all(|(i, _)| table[..i].ends_with('\\')), "{table}");
+        assert!(
+            table.match_indices('<').all(|(i, _)| table[..i].ends_with('\\')),
+            "{table}"
+        );
         let Block::Table { head, rows } = &blocks(&table)[0] else {
             panic!("{table}")
         };
