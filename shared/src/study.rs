@@ -204,13 +204,17 @@ impl StudyFile {
     }
 }
 
+/// The longest name of one path component (Linux's NAME_MAX on ext4, xfs, btrfs, tmpfs): task
+/// names, job id components and the files named after them are checked against it.
+pub const NAME_MAX: usize = 255;
+
 /// A job id read from a file becomes a path under the study directory: plain components only.
 fn check_job_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && !id.chars().any(|c| c.is_control() || c == '\\')
         && id
             .split('/')
-            .all(|p| !p.is_empty() && p != "." && p != ".." && p.len() <= 255)
+            .all(|p| !p.is_empty() && p != "." && p != ".." && p.len() <= NAME_MAX)
         && !id.contains(':');
     if ok {
         Ok(())

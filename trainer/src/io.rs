@@ -182,8 +182,8 @@ pub fn check_relative_path(name: &str, what: &str) -> Result<()> {
         if part.is_empty() {
             return Err(bad("has an empty path component"));
         }
-        if part.len() > 255 {
-            return Err(bad("has a path component over 255 bytes"));
+        if part.len() > tpv_shared::study::NAME_MAX {
+            return Err(bad("has a path component over 255 bytes (NAME_MAX)"));
         }
         if part == "." || part == ".." {
             return Err(bad("leaves its directory (`..`, `.` or an absolute path)"));

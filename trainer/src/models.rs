@@ -123,6 +123,20 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     bail!("{spec}: no such file or directory, and not `smollm2` or an `org/name` hub id")
 }
 
+/// [`resolve`] without downloading a hub model: a local path, `smollm2`, or a hub id already in
+/// the local hub cache. For what a file from someone else names (`tpv report`'s `study.json`),
+/// which must not make this machine download an arbitrary repository.
+pub fn resolve_local(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(path.to_owned());
+    }
+    if spec == assets::SMOLLM2.name {
+        return assets::ensure(&assets::SMOLLM2);
+    }
+    hub_snapshot(spec)
+}
+
 /// The local HF hub cache: `$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`.
 pub fn hub_cache() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {

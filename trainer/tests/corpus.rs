@@ -26,7 +26,7 @@ fn corpus(dir: &str) -> Vec<PathBuf> {
 }
 
 #[track_caller]
-fn refused(args: &[&std::ffi::OsStr], file: &Path) {
+fn refused(args: &[&std::ffi::OsStr], file: &Path) -> String {
     let out = Command::cargo_bin("tpv")
         .unwrap()
         .args(args)
@@ -46,6 +46,7 @@ fn refused(args: &[&std::ffi::OsStr], file: &Path) {
         "{}:\n{err}",
         file.display()
     );
+    err.into_owned()
 }
 
 #[test]
@@ -165,24 +166,21 @@ fn every_crafted_model_folder_is_refused_with_an_error() {
                 one.as_os_str(),
             ],
             f,
-        );
+        )
     };
+    // Refused for the reason the file was made for: the field it sets, the template's limits.
     for f in corpus("config") {
-        let fixture = f
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .split('.')
-            .next()
-            .unwrap()
-            .to_owned();
-        eval(&model_with(tmp.path(), &fixture, "config.json", &f), &f);
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let (fixture, rest) = name.split_once('.').unwrap();
+        let field = rest.split('=').next().unwrap().rsplit('.').next().unwrap();
+        let err = eval(&model_with(tmp.path(), fixture, "config.json", &f), &f);
+        assert!(err.contains(field), "{name}: the error does not name {field}:\n{err}");
     }
     for f in corpus("template")
         .into_iter()
         .filter(|f| f.extension().is_some_and(|e| e == "json"))
     {
-        eval(&model_with(tmp.path(), "llama_tied", "tokenizer_config.json", &f), &f);
+        let err = eval(&model_with(tmp.path(), "llama_tied", "tokenizer_config.json", &f), &f);
+        assert!(err.contains("chat template"), "{}:\n{err}", f.display());
     }
 }

@@ -867,6 +867,9 @@ fn crafted_files_are_refused_by_the_cli_within_1_gib() {
         Command::new("sh")
             .arg("-c")
             .arg("ulimit -v 1048576 && exec \"$@\"")
+            // Address space that does not grow with the host's cores (thread stacks, malloc arenas).
+            .env("RAYON_NUM_THREADS", "2")
+            .env("MALLOC_ARENA_MAX", "2")
             .arg("sh")
             .arg(&tpv)
             .args(["eval", "--model"])

@@ -603,7 +603,12 @@ fn matrix_md(out: &mut String, title: &str, m: &AcrossOrigins) {
 
 /// The impact statement: device hours by kind, kWh, kgCO₂eq, and how the figures were obtained.
 fn energy_md(s: &mut String, e: &EnergyStatement) {
-    let hours: Vec<String> = e.device_hours.iter().map(|(k, h)| format!("{k} {h:.2}")).collect();
+    // Device kinds and methods come from the run files: escaped like names.
+    let hours: Vec<String> = e
+        .device_hours
+        .iter()
+        .map(|(k, h)| format!("{} {h:.2}", md(k)))
+        .collect();
     let total: f64 = e.device_hours.values().sum();
     let _ = writeln!(
         s,
@@ -614,7 +619,7 @@ fn energy_md(s: &mut String, e: &EnergyStatement) {
         e.grid_intensity,
         e.measured_runs,
         e.estimated_runs,
-        e.methods.join("; ")
+        md_all(&e.methods, "; ")
     );
 }
 

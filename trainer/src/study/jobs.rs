@@ -589,7 +589,9 @@ fn child_command(
     cmd.stdout(std::process::Stdio::null())
         .env(crate::train::NO_PROGRESS_BAR, "1")
         .env(SWEEP_CHILD, "1");
-    #[cfg(unix)]
+    // Only where the sweep forwards signals (train::stop): elsewhere a child in its own group
+    // would miss the terminal's Ctrl-C that nobody passes on.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // Its own process group: a terminal's Ctrl-C reaches the sweep alone, which passes it on
         // once (a child that got it twice could not tell a second Ctrl-C from the same one).

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Serialize;
+use tpv_shared::study::NAME_MAX;
 
 use super::{Job, JobKind, Study};
 use crate::config::Config;
@@ -97,9 +98,7 @@ pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
     checks
 }
 
-/// The longest name a component of a path may have (Linux's NAME_MAX on ext4, xfs, btrfs, tmpfs)
-/// and the longest path (PATH_MAX less room for the files a job writes in its directory).
-const NAME_MAX: usize = 255;
+/// The longest path a job directory may have: PATH_MAX less room for the files a job writes in it.
 const PATH_ROOM: usize = 4096 - 128;
 
 /// Every job's run directory is a path the file system can hold: task names join into job ids
@@ -131,6 +130,20 @@ fn paths_check(study: &Study, jobs: &[Job]) -> Vec<Check> {
             })
         })
         .collect();
+    // Each tuned task's eval set is `examples/TASK.json`.
+    let long_sets = study
+        .tuned_tasks()
+        .into_iter()
+        .filter(|t| t.len() + ".json".len() > NAME_MAX)
+        .map(|t| Check {
+            what: format!("eval set of {t}"),
+            ok: false,
+            detail: format!(
+                "examples/{t}.json: a file name of {} bytes; file systems allow {NAME_MAX} (shorten the task name)",
+                t.len() + 5
+            ),
+        });
+    let failed: Vec<Check> = failed.into_iter().chain(long_sets).collect();
     if !failed.is_empty() {
         return failed;
     }

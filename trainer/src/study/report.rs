@@ -91,13 +91,20 @@ pub struct ReportOptions {
 
 /// The files of a model as the browser loads them: one `.gguf`, or an HF folder's files. Each
 /// must be a regular file inside the folder (or, for a hub cache snapshot, in its repo's
-/// `blobs/`): a link from a model folder to any other file is refused, not published.
-fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
+/// `blobs/`): a link from a model folder to any other file is refused, not published. Each comes
+/// as (its name in the site, the file it resolved to), and is copied from the latter, so a link
+/// swapped after this check is not followed.
+fn model_files(path: &Path) -> Result<Vec<(String, PathBuf)>> {
     if path.is_file() {
-        if path.extension().is_none_or(|e| e != "gguf") {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".gguf") {
             bail!("{} is neither a model folder nor a .gguf file", path.display());
         }
-        return Ok(vec![path.to_path_buf()]);
+        let real = std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+        return Ok(vec![(name, real)]);
     }
     let read_index = || {
         let index = path.join(hf_files::INDEX);
@@ -122,9 +129,29 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
                     real.display()
                 );
             }
-            Ok(file)
+            Ok((f.clone(), real))
         })
         .collect()
+}
+
+/// Copies `from` (a resolved path: its last component is not followed if it became a link) to
+/// `to`, replacing it.
+fn copy_resolved(from: &Path, to: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut src = options
+        .open(from)
+        .with_context(|| format!("opening {}", from.display()))?;
+    if to.exists() {
+        std::fs::remove_file(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    // A copy, never a hard link: a reader who edits or overwrites the site's file must not change
+    // the model in the cache.
+    let mut dst = std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
 }
 
 /// A model's name as a published report shows it: a hub id or a registry name as it is, a local
@@ -159,7 +186,7 @@ fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<Repo
     if how == BundleModel::Never {
         return Ok(linked("--bundle-model never"));
     }
-    let path = match crate::models::resolve(spec) {
+    let path = match crate::models::resolve_local(spec) {
         Ok(p) => p,
         Err(e) if how == BundleModel::Auto => return Ok(linked(&format!("{e:#}"))),
         Err(e) => return Err(e.context(format!("bundling the model {spec}"))),
@@ -171,7 +198,7 @@ fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<Repo
     };
     let bytes: u64 = files
         .iter()
-        .map(|f| {
+        .map(|(_, f)| {
             std::fs::metadata(f)
                 .map(|m| m.len())
                 .with_context(|| format!("reading {}", f.display()))
@@ -202,21 +229,11 @@ fn bundle_model(spec: &str, site: &Path, how: BundleModel) -> Result<Option<Repo
     }
     let dir = site.join("model");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for f in &files {
-        let name = f.file_name().context("a model file without a name")?;
-        let dest = dir.join(name);
-        if dest.exists() {
-            std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
-        }
-        // A copy, never a hard link: a reader who edits or overwrites the site's file must not
-        // change the model in the cache.
-        std::fs::copy(f, &dest).with_context(|| format!("copying {} to {}", f.display(), dest.display()))?;
+    for (name, real) in &files {
+        copy_resolved(real, &dir.join(name))?;
     }
     let url = if path.is_file() {
-        format!(
-            "model/{}",
-            files[0].file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-        )
+        format!("model/{}", files.first().map_or("", |(name, _)| name.as_str()))
     } else {
         "model/".to_owned()
     };

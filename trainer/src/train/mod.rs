@@ -435,7 +435,9 @@ fn train_loop(
 
         let due = step.is_multiple_of(config.train.eval_every) || step == total;
         let stop = due && !examples.validation.is_empty() && t.validate(p, &examples.validation, &bar)?;
-        if step.is_multiple_of(config.save_every()) && step < total && !stop {
+        // At the last step too: the test pass that follows may be long, and a run stopped in it
+        // (a scheduler's time limit) then resumes with the test pass alone.
+        if (step.is_multiple_of(config.save_every()) || step == total) && !stop {
             checkpoint::write(ckpt_file, &p.checkpoint(t))
                 .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))?;
         }

@@ -84,7 +84,9 @@ impl Drop for Armed {
 extern "C" fn on_signal(signal: libc::c_int) {
     let _ = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
     let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
-    if ARMED.load(Ordering::SeqCst) && (n == 1 || !FORCE_ON_REPEAT.load(Ordering::SeqCst)) {
+    // A third signal always ends the process (a sweep's parent busy downloading before its
+    // jobs start, say): its children stop at a checkpoint through PR_SET_PDEATHSIG.
+    if ARMED.load(Ordering::SeqCst) && (n == 1 || !FORCE_ON_REPEAT.load(Ordering::SeqCst)) && n < 3 {
         return;
     }
     let msg: &[u8] = b"tpv: interrupted; files are written atomically and the last checkpoint is kept: running the same command again resumes\n";
