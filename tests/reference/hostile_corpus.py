@@ -310,7 +310,7 @@ def model_ggufs():
 
 
 # Subdirectories written by other tools, which this script leaves as they are: parquet/ (the
-# parquet test's write_hostile_corpus) and template/ (hand-written chat templates, see its README).
+# parquet test, TPV_WRITE_CORPUS=1) and template/ (hand-written chat templates, see its README).
 KEPT = {"parquet", "template"}
 
 if __name__ == "__main__":
