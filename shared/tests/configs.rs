@@ -24,6 +24,10 @@ use tpv_shared::model::load::{Model, from_gguf, from_safetensors};
 use tpv_shared::model::t5::T5Config;
 use tpv_shared::model::{DType, Device, Tensor};
 
+#[path = "common/gguf_names.rs"]
+mod gguf_names;
+use gguf_names::{gguf_name, permute};
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
@@ -192,44 +196,6 @@ fn dimensions_that_disagree_with_the_tensors_name_the_field_and_the_tensor() {
 
 // ---------------------------------------------------------------- GGUF metadata
 
-/// llama.cpp's `permute` of Q/K rows.
-fn permute(w: &Tensor, heads: usize) -> Tensor {
-    let (rows, cols) = w.dims2().unwrap();
-    w.reshape((heads, 2, rows / heads / 2, cols))
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap()
-        .reshape((rows, cols))
-        .unwrap()
-}
-
-fn gguf_name(hf: &str) -> String {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return f.into();
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, what) = rest.split_once('.').unwrap();
-    let g = match what {
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        other => panic!("unmapped {other}"),
-    };
-    format!("blk.{layer}.{g}")
-}
-
 /// The `llama_gqa_rope3` fixture as a GGUF file (as gguf.rs writes it, which checks it against
 /// transformers), with metadata values replaced and, if given, `rope_freqs.weight`.
 fn gguf_with(changes: &[(&str, gguf_file::Value)], rope_freqs: Option<&[f32]>) -> Vec<u8> {
@@ -245,7 +211,7 @@ fn gguf_with(changes: &[(&str, gguf_file::Value)], rope_freqs: Option<&[f32]>) -
             } else {
                 t.clone()
             };
-            (gguf_name(name), QTensor::quantize(&t, GgmlDType::F32).unwrap())
+            (gguf_name(name).unwrap(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
         })
         .collect();
     if let Some(f) = rope_freqs {

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/run_result.rs"]
+mod run_result;
+use run_result::result;
+
 use serde_json::Value;
 use tpv_trainer::study::jobs::lock_job;
 use tpv_trainer::train::stop;
@@ -47,23 +51,6 @@ fn fixture_study(dir: &Path) -> PathBuf {
 
 fn tpv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tpv"))
-}
-
-/// Values, curves and metrics of a run file (everything but the creation time and energy).
-fn result(path: &Path) -> (Vec<u8>, Value) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    tensors.sort();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta: Value = serde_json::from_str(&header.metadata().as_ref().unwrap()["tpv"]).unwrap();
-    (
-        tensors
-            .into_iter()
-            .flat_map(|(n, d)| [n.into_bytes(), d].concat())
-            .collect(),
-        meta["metrics"].clone(),
-    )
 }
 
 /// The processes whose command line mentions `needle` (the test's own directory), but this one.

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+#[path = "common/run_result.rs"]
+mod run_result;
+use run_result::result;
+
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -74,23 +78,6 @@ fn tpv() -> Command {
 
 fn train(config: &Path, extra: &[&str]) -> std::process::Output {
     tpv().arg("train").arg(config).args(extra).output().unwrap()
-}
-
-/// Values, curves and metrics of a run file (everything but the creation time).
-fn result(path: &Path) -> (Vec<u8>, Value) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    tensors.sort();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta: Value = serde_json::from_str(&header.metadata().as_ref().unwrap()["tpv"]).unwrap();
-    (
-        tensors
-            .into_iter()
-            .flat_map(|(n, d)| [n.into_bytes(), d].concat())
-            .collect(),
-        meta["metrics"].clone(),
-    )
 }
 
 fn kill_and_resume(model: &str) {
