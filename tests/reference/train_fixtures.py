@@ -16,19 +16,32 @@ Cases:
   linear warmup 2, lr 0.3, weight decay 1e-5 (the issue's parity case).
 - llama_cosine_accum_clip: LLaMA (GQA, llama3 rope), R=3, two micro-batches per step (gradient
   accumulation 2, unequal token counts), 4 steps, cosine warmup 1, lr 0.1, wd 0.01, max_grad_norm 0.5.
+- qwen3_cosine_accum_clip: the same run on Qwen3 (tests/fixtures/models/qwen3_qknorm_tied, written by
+  family_fixtures.py: q/k norms, head_dim != hidden/heads, tied head).
+
+Cases can be named on the command line to write only those (e.g. `... train_fixtures.py
+qwen3_cosine_accum_clip`); without arguments all are written.
 """
 import json
+import sys
 from pathlib import Path
 
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
-from transformers import LlamaForCausalLM, T5ForConditionalGeneration
+from transformers import LlamaForCausalLM, Qwen3ForCausalLM, T5ForConditionalGeneration
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "fixtures" / "models"
 OUT = ROOT / "tests" / "fixtures" / "train"
 R = 3
+
+# Two micro-batches per step (gradient accumulation 2, unequal token counts).
+CAUSAL_MICRO_BATCHES = [
+    [{"input_ids": [1, 5, 17, 33, 9], "answer_ids": [12, 7, 2]},
+     {"input_ids": [1, 44, 3], "answer_ids": [30, 2]}],
+    [{"input_ids": [1, 8, 8, 21, 60, 61, 62, 63, 4, 11, 40], "answer_ids": [2]}],
+]
 
 
 def flat(t):
@@ -118,7 +131,7 @@ def run(name, model, task_type, steps, micro_batches, make_batch, lr, wd, warmup
     print(name, "losses", [round(x, 6) for x in losses], "lrs", lrs)
 
 
-def main():
+def t5_linear():
     t5 = T5ForConditionalGeneration.from_pretrained(MODELS / "t5_relu_tied", dropout_rate=0.0,
                                                     attn_implementation="eager")
     run("t5_linear", t5, TaskType.SEQ_2_SEQ_LM, steps=5,
@@ -129,15 +142,27 @@ def main():
         ]],
         make_batch=t5_batch, lr=0.3, wd=1e-5, warmup=2, scheduler="linear", max_grad_norm=None)
 
+
+def llama_cosine_accum_clip():
     llama = LlamaForCausalLM.from_pretrained(MODELS / "llama_gqa_rope3", attn_implementation="eager")
-    run("llama_cosine_accum_clip", llama, TaskType.CAUSAL_LM, steps=4,
-        micro_batches=[
-            [{"input_ids": [1, 5, 17, 33, 9], "answer_ids": [12, 7, 2]},
-             {"input_ids": [1, 44, 3], "answer_ids": [30, 2]}],
-            [{"input_ids": [1, 8, 8, 21, 60, 61, 62, 63, 4, 11, 40], "answer_ids": [2]}],
-        ],
+    run("llama_cosine_accum_clip", llama, TaskType.CAUSAL_LM, steps=4, micro_batches=CAUSAL_MICRO_BATCHES,
         make_batch=llama_batch, lr=0.1, wd=0.01, warmup=1, scheduler="cosine", max_grad_norm=0.5)
 
 
+def qwen3_cosine_accum_clip():
+    qwen3 = Qwen3ForCausalLM.from_pretrained(MODELS / "qwen3_qknorm_tied", attn_implementation="eager")
+    assert qwen3.lm_head.weight.data_ptr() == qwen3.model.embed_tokens.weight.data_ptr()  # tied
+    run("qwen3_cosine_accum_clip", qwen3, TaskType.CAUSAL_LM, steps=4, micro_batches=CAUSAL_MICRO_BATCHES,
+        make_batch=llama_batch, lr=0.1, wd=0.01, warmup=1, scheduler="cosine", max_grad_norm=0.5)
+
+
+CASES = {f.__name__: f for f in [t5_linear, llama_cosine_accum_clip, qwen3_cosine_accum_clip]}
+
+
+def main(names=()):
+    for name in names or CASES:
+        CASES[name]()
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
