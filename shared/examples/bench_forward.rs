@@ -22,7 +22,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::model::causal::{self, Example};
-use tpv_shared::model::load::{Model, from_gguf};
+use tpv_shared::model::decoder::Decoder;
+use tpv_shared::model::load::from_gguf;
 use tpv_shared::model::t5::{self, T5, T5Config};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -65,17 +66,15 @@ fn smollm2(steps: usize) -> Result<()> {
         "SmolLM2-135M: loaded and dequantized in {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let Model::Llama(model) = model else {
-        return Err("not a llama".into());
-    };
+    let model = model.downcast_ref::<Decoder>().ok_or("not a decoder-only model")?;
     let (r, b, l) = (100, 4, 64);
     let mut rng = SplitMix64::new(0);
     let prompt = Var::from_tensor(&model.embeddings().narrow(0, 1000, r)?)?;
     let batch: Vec<Example> = (0..b)
-        .map(|_| Example::whole(&random_ids(&mut rng, l, model.cfg.vocab_size)))
+        .map(|_| Example::whole(&random_ids(&mut rng, l, model.cfg().vocab_size)))
         .collect();
     let secs = time_steps(steps, || {
-        let out = causal::loss(&model, prompt.as_tensor(), &batch)?;
+        let out = causal::loss(model, prompt.as_tensor(), &batch)?;
         let grads = out.loss.backward()?;
         grads.get(prompt.as_tensor()).ok_or("no gradient")?;
         Ok(())

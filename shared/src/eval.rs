@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics;
 use crate::model::load::{self, Model};
 use crate::model::{causal, t5};
+use crate::prompt::TaskType;
 use crate::tasks::{Record, Style, TaskError, TaskSpec};
 use crate::text::{TextCodec, TextError};
 
@@ -215,7 +216,7 @@ impl Loaded {
         #[derive(Deserialize)]
         struct Ids {
             #[serde(default)]
-            eos_token_id: Option<crate::model::llama::TokenIds>,
+            eos_token_id: Option<crate::model::decoder::TokenIds>,
         }
         let ids: Ids = serde_json::from_str(config_json).map_err(|e| EvalError::Files(format!("config.json: {e}")))?;
         let mut eos = ids.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
@@ -284,8 +285,8 @@ impl Loaded {
     pub fn encode(&self, task: &TaskSpec, rec: &Record, opts: &EncodeOptions) -> Result<Encoded, EvalError> {
         let codec = &self.codec;
         let target = task.target(rec)?;
-        match &self.model {
-            Model::Llama(_) => {
+        match self.model.task_type() {
+            TaskType::CausalLm => {
                 let chat = opts.chat && codec.chat_template().is_some();
                 let style = if chat { Style::Chat } else { Style::T5 };
                 let render = |rec: &Record| -> Result<Vec<u32>, EvalError> {
@@ -339,7 +340,7 @@ impl Loaded {
                 };
                 Ok(Encoded::Causal { example, input, target })
             }
-            Model::T5(_) => {
+            TaskType::Seq2SeqLm => {
                 let text = task.render(rec, Style::T5)?;
                 let mut input = codec.encode(&text, true)?;
                 if let Some(max) = opts.max_source_tokens
@@ -365,13 +366,13 @@ impl Loaded {
     /// The tokens a target is trained and scored as: a causal model's answer followed by the
     /// first end-of-sequence id, a T5 target with its `</s>`.
     pub fn answer_ids(&self, target: &str) -> Result<Vec<u32>, EvalError> {
-        Ok(match &self.model {
-            Model::Llama(_) => {
+        Ok(match self.model.task_type() {
+            TaskType::CausalLm => {
                 let mut answer = self.codec.encode(target, false)?;
                 answer.extend(self.eos.first().copied());
                 answer
             }
-            Model::T5(_) => self.codec.encode(target, true)?,
+            TaskType::Seq2SeqLm => self.codec.encode(target, true)?,
         })
     }
 
@@ -523,7 +524,7 @@ impl Loaded {
     }
 
     fn check_family(&self, batch: &[&Encoded]) -> Result<(), EvalError> {
-        let causal = matches!(self.model, Model::Llama(_));
+        let causal = self.model.task_type() == TaskType::CausalLm;
         for e in batch {
             if matches!(e, Encoded::Causal { .. }) != causal {
                 return Err(EvalError::WrongFamily(if causal { "causal" } else { "seq2seq" }));
@@ -644,94 +645,12 @@ pub fn generate(
     model.greedy_rows(&vec![theta; inputs.len()], &inputs, max_new, eos)
 }
 
-/// The one model-family dispatch over encoded examples: training's loss, evaluation's loss,
-/// greedy generation and rank classification all go through these, whatever calls them (`tpv
-/// train`, `tpv eval`, studies, the browser's worker). Rows may carry different prompts.
+/// Rank classification over any number of candidates: each candidate answer's summed
+/// log-probability per row. The candidates go through the model in groups of at most
+/// [`RANK_TOKENS_PER_PASS`] tokens (one pass when they fit, as a task's few labels do): a pass's
+/// tree mask and logits grow with the square of its candidate tokens, so 10,000 labels in one
+/// pass asked for 14.4 GB.
 impl Model {
-    /// The loss of `batch`, row `i` under `prompts[i]`; `train` turns T5's dropout on (LLaMA-family
-    /// models have none). An example of the other family is an error.
-    pub fn loss_rows(
-        &self,
-        prompts: &[&Tensor],
-        batch: &[&Encoded],
-        train: Option<t5::Train<'_>>,
-    ) -> candle_core::Result<crate::model::Loss> {
-        match self {
-            Model::Llama(m) => {
-                let examples = causal_examples(batch)?;
-                causal::loss_rows(m, prompts, &examples)
-            }
-            Model::T5(m) => {
-                let examples = seq2seq_examples(batch)?;
-                Ok(t5_loss(t5::loss_rows(m, prompts, &examples, train)?))
-            }
-        }
-    }
-
-    /// [`Self::loss_rows`] with gradient checkpointing, for training a prompt on a model whose
-    /// activations would not fit: the loss (detached) and the gradients of `scale` × the loss
-    /// w.r.t. the prompts' variables. Decoder-only models (T5-base's activations fit).
-    pub fn loss_grad_checkpointed(
-        &self,
-        prompts: &[&Tensor],
-        batch: &[&Encoded],
-        scale: f64,
-    ) -> candle_core::Result<(crate::model::Loss, candle_core::backprop::GradStore)> {
-        match self {
-            Model::Llama(m) => {
-                let examples = causal_examples(batch)?;
-                causal::loss_grad_checkpointed(m, prompts, &examples, scale)
-            }
-            Model::T5(_) => candle_core::bail!(
-                "gradient checkpointing is implemented for decoder-only (LLaMA-family) models, not T5"
-            ),
-        }
-    }
-
-    /// The loss of `batch` (no dropout, no gradient) and the greedy continuations of its inputs,
-    /// row `i` under `prompts[i]`: decoder-only models from one forward pass
-    /// ([`causal::loss_and_greedy_rows`]), T5 from one encoder pass
-    /// ([`t5::loss_and_greedy_rows`]).
-    pub fn loss_and_greedy_rows(
-        &self,
-        prompts: &[&Tensor],
-        batch: &[&Encoded],
-        max_new: usize,
-        eos: &[u32],
-    ) -> candle_core::Result<(crate::model::Loss, Vec<Vec<u32>>)> {
-        match self {
-            Model::Llama(m) => {
-                let examples = causal_examples(batch)?;
-                let inputs: Vec<&[u32]> = batch.iter().map(|e| e.input()).collect();
-                causal::loss_and_greedy_rows(m, prompts, &examples, &inputs, (max_new, eos))
-            }
-            Model::T5(m) => {
-                let examples = seq2seq_examples(batch)?;
-                let (out, generated) = t5::loss_and_greedy_rows(m, prompts, &examples, max_new)?;
-                Ok((t5_loss(out), generated))
-            }
-        }
-    }
-
-    /// Greedy continuations (token ids) of `inputs`, row `i` under `prompts[i]`: at most
-    /// `max_new` tokens each; causal models stop after any of `eos`, T5 at its EOS.
-    pub fn greedy_rows(
-        &self,
-        prompts: &[&Tensor],
-        inputs: &[Vec<u32>],
-        max_new: usize,
-        eos: &[u32],
-    ) -> candle_core::Result<Vec<Vec<u32>>> {
-        match self {
-            Model::Llama(m) => causal::greedy_rows(m, prompts, inputs, max_new, eos),
-            Model::T5(m) => t5::greedy_rows(m, prompts, inputs, max_new),
-        }
-    }
-
-    /// Rank classification: each candidate answer's summed log-probability per row. The
-    /// candidates go through the model in groups of at most [`RANK_TOKENS_PER_PASS`] tokens (one
-    /// pass when they fit, as a task's few labels do): a pass's tree mask and logits grow with the
-    /// square of its candidate tokens, so 10,000 labels in one pass asked for 14.4 GB.
     pub fn rank(
         &self,
         prompts: &[&Tensor],
@@ -743,23 +662,11 @@ impl Model {
         }
         let mut scores: Vec<Vec<f32>> = vec![Vec::with_capacity(candidates.len()); inputs.len()];
         for group in rank_groups(candidates) {
-            let part = match self {
-                Model::Llama(m) => causal::rank(m, prompts, inputs, group)?,
-                Model::T5(m) => t5::rank(m, prompts, inputs, group)?,
-            };
-            for (row, p) in scores.iter_mut().zip(part) {
+            for (row, p) in scores.iter_mut().zip(self.rank_pass(prompts, inputs, group)?) {
                 row.extend(p);
             }
         }
         Ok(scores)
-    }
-
-    /// `llama` or `t5`.
-    pub fn family(&self) -> &'static str {
-        match self {
-            Model::Llama(_) => "llama",
-            Model::T5(_) => "t5",
-        }
     }
 }
 
@@ -787,7 +694,7 @@ fn rank_groups(candidates: &[Vec<u32>]) -> Vec<&[Vec<u32>]> {
 }
 
 /// The decoder-only examples of a batch (an error if one is not).
-fn causal_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<causal::Example>> {
+pub(crate) fn causal_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<causal::Example>> {
     family_examples(batch, "causal", |e| match e {
         Encoded::Causal { example, .. } => Some(example),
         Encoded::Seq2Seq { .. } => None,
@@ -795,20 +702,11 @@ fn causal_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<causal::Exampl
 }
 
 /// The seq2seq examples of a batch (an error if one is not).
-fn seq2seq_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<t5::Example>> {
+pub(crate) fn seq2seq_examples(batch: &[&Encoded]) -> candle_core::Result<Vec<t5::Example>> {
     family_examples(batch, "seq2seq", |e| match e {
         Encoded::Seq2Seq { example, .. } => Some(example),
         Encoded::Causal { .. } => None,
     })
-}
-
-/// T5's loss as the family-neutral one (its logits dropped).
-fn t5_loss(out: t5::LossOutput) -> crate::model::Loss {
-    crate::model::Loss {
-        loss: out.loss,
-        per_example: out.per_example,
-        counts: out.counts,
-    }
 }
 
 /// The examples of a batch for one model family; an example of the other family is an error.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use tpv_shared::model::llama::LlamaConfig;
-use tpv_shared::model::load::{Model, from_gguf, from_safetensors};
+use tpv_shared::model::load::{from_gguf, from_safetensors};
 use tpv_shared::model::t5::T5Config;
 use tpv_shared::model::{DType, Device, Tensor};
 
@@ -256,7 +256,7 @@ fn gguf_error(bytes: &[u8]) -> String {
 #[test]
 fn the_gguf_sample_loads() {
     let (model, cfg, _) = from_gguf(&mut Cursor::new(gguf_with(&[], None)), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(model, Model::Llama(_)));
+    assert_eq!(model.family(), "llama");
     cfg.validate().unwrap();
 }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use serde_json::Value;
 use tpv_shared::eval::{EvalSet, ReportModel};
+use tpv_shared::model::decoder::Decoder;
 use tpv_shared::model::load::{Model, from_safetensors};
 use tpv_shared::model::{DType, Device, causal, t5};
 use tpv_shared::peft::PeftAdapter;
@@ -245,19 +246,17 @@ fn positions(v: &Value) -> usize {
 /// The loss of one short example with a one-row prompt, if the model computes one.
 fn tiny_loss(model: &Model) -> Option<f32> {
     let prompt = candle_core::Tensor::zeros((1, model.hidden_size()), DType::F32, &Device::Cpu).ok()?;
-    let loss = match model {
-        Model::Llama(m) => {
-            causal::loss(m, &prompt, &[causal::Example::answer(&[5, 17], &[12])])
-                .ok()?
-                .loss
-        }
-        Model::T5(m) => {
-            let example = t5::Example {
-                input: vec![5, 17, 1],
-                target: vec![12, 1],
-            };
-            t5::loss(m, &prompt, &[example], None).ok()?.loss
-        }
+    let loss = if let Some(m) = model.downcast_ref::<Decoder>() {
+        causal::loss(m, &prompt, &[causal::Example::answer(&[5, 17], &[12])])
+            .ok()?
+            .loss
+    } else {
+        let m = model.downcast_ref::<t5::T5>()?;
+        let example = t5::Example {
+            input: vec![5, 17, 1],
+            target: vec![12, 1],
+        };
+        t5::loss(m, &prompt, &[example], None).ok()?.loss
     };
     loss.to_scalar::<f32>().ok()
 }

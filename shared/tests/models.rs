@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::model::causal::{self, Example};
+use tpv_shared::model::decoder::Decoder;
 use tpv_shared::model::load::{Model, from_safetensors};
-use tpv_shared::model::t5::{self, Train};
+use tpv_shared::model::t5::{self, T5, Train};
 use tpv_shared::model::{DType, Device, Tensor, Var};
 
 fn fixture(name: &str) -> (Model, Value) {
@@ -76,9 +77,8 @@ fn assert_rel(got: f32, want: f64, tol: f64, what: &str) {
 }
 
 fn llama_case(name: &str) {
-    let (Model::Llama(model), expected) = fixture(name) else {
-        panic!("not a llama")
-    };
+    let (model, expected) = fixture(name);
+    let model = model.downcast_ref::<Decoder>().expect("a decoder-only model");
     let d = model.hidden_size();
     let prompt = prompt_var(&expected, d);
     let mut batch = Vec::new();
@@ -86,7 +86,7 @@ fn llama_case(name: &str) {
     for ex in expected["examples"].as_array().unwrap() {
         let (input, answer) = (ids(&ex["input_ids"]), ids(&ex["answer_ids"]));
         let example = Example::answer(&input, &answer);
-        let out = causal::loss(&model, prompt.as_tensor(), std::slice::from_ref(&example)).unwrap();
+        let out = causal::loss(model, prompt.as_tensor(), std::slice::from_ref(&example)).unwrap();
         let loss: f32 = out.loss.to_scalar().unwrap();
         assert_rel(loss, ex["loss"].as_f64().unwrap(), 1e-5, "loss");
         let grads = out.loss.backward().unwrap();
@@ -98,10 +98,10 @@ fn llama_case(name: &str) {
         );
 
         let all: Vec<u32> = [input.clone(), answer.clone()].concat();
-        let logits = causal::sequence_logits(&model, prompt.as_tensor(), &all).unwrap();
+        let logits = causal::sequence_logits(model, prompt.as_tensor(), &all).unwrap();
         assert_max_abs(&logits, &floats(&ex["logits"]), 1e-4, "logits");
 
-        let whole = causal::loss(&model, prompt.as_tensor(), &[Example::whole(&all)]).unwrap();
+        let whole = causal::loss(model, prompt.as_tensor(), &[Example::whole(&all)]).unwrap();
         assert_rel(
             whole.loss.to_scalar().unwrap(),
             ex["whole_sequence_loss"].as_f64().unwrap(),
@@ -111,7 +111,7 @@ fn llama_case(name: &str) {
 
         let want = ids(&ex["greedy"]);
         let cached = causal::greedy(
-            &model,
+            model,
             prompt.as_tensor(),
             std::slice::from_ref(&input),
             want.len(),
@@ -119,14 +119,14 @@ fn llama_case(name: &str) {
         )
         .unwrap();
         assert_eq!(cached[0], want, "greedy tokens");
-        let recomputed = causal::greedy_recompute(&model, prompt.as_tensor(), &input, want.len(), &[]).unwrap();
+        let recomputed = causal::greedy_recompute(model, prompt.as_tensor(), &input, want.len(), &[]).unwrap();
         assert_eq!(recomputed, want, "greedy by recomputation");
         singles.push((loss, want));
         batch.push(example);
     }
 
     // The padded batch: mean over all target tokens, and every example as computed alone.
-    let out = causal::loss(&model, prompt.as_tensor(), &batch).unwrap();
+    let out = causal::loss(model, prompt.as_tensor(), &batch).unwrap();
     assert_rel(
         out.loss.to_scalar().unwrap(),
         expected["batch"]["loss"].as_f64().unwrap(),
@@ -154,7 +154,7 @@ fn llama_case(name: &str) {
         .unwrap();
     let rows = vec![prompt.as_tensor(); batch.len()];
     for scale in [1.0, 0.25] {
-        let (ck, ck_grads) = causal::loss_grad_checkpointed(&model, &rows, &batch, scale).unwrap();
+        let (ck, ck_grads) = causal::loss_grad_checkpointed(model, &rows, &batch, scale).unwrap();
         assert_eq!(
             ck.loss.to_scalar::<f32>().unwrap(),
             out.loss.to_scalar::<f32>().unwrap(),
@@ -176,7 +176,7 @@ fn llama_case(name: &str) {
         .iter()
         .map(|e| ids(&e["input_ids"]))
         .collect();
-    let greedy = causal::greedy(&model, prompt.as_tensor(), &inputs, 6, &[]).unwrap();
+    let greedy = causal::greedy(model, prompt.as_tensor(), &inputs, 6, &[]).unwrap();
     for (got, (_, want)) in greedy.iter().zip(&singles) {
         assert_eq!(got, want, "batched greedy = single");
     }
@@ -192,10 +192,42 @@ fn llama_tied_head_old_style_config_matches_hf() {
     llama_case("llama_tied");
 }
 
+// The other decoder families (`tests/reference/family_fixtures.py`, the same three examples,
+// prompt and checks; each fixture's config.json as the family's hub files write it).
+
+#[test]
+fn qwen2_qkv_biases_match_hf() {
+    llama_case("qwen2_bias");
+}
+
+#[test]
+fn qwen3_qk_norms_head_dim_and_tied_head_match_hf() {
+    llama_case("qwen3_qknorm_tied");
+}
+
+#[test]
+fn mistral_sliding_window_matches_hf() {
+    llama_case("mistral_window");
+}
+
+#[test]
+fn phi3_fused_projections_and_window_match_hf() {
+    llama_case("phi3_fused");
+}
+
+#[test]
+fn gemma2_softcapping_windows_and_sandwich_norms_match_hf() {
+    llama_case("gemma2_softcap");
+}
+
+#[test]
+fn gemma3_text_local_and_global_rope_and_qk_norms_match_hf() {
+    llama_case("gemma3_text");
+}
+
 fn t5_case(name: &str) {
-    let (Model::T5(model), expected) = fixture(name) else {
-        panic!("not a t5")
-    };
+    let (model, expected) = fixture(name);
+    let model = model.downcast_ref::<T5>().expect("a t5");
     let prompt = prompt_var(&expected, model.hidden_size());
     let mut batch = Vec::new();
     let mut singles = Vec::new();
@@ -204,7 +236,7 @@ fn t5_case(name: &str) {
             input: ids(&ex["input_ids"]),
             target: ids(&ex["labels"]),
         };
-        let out = t5::loss(&model, prompt.as_tensor(), std::slice::from_ref(&example), None).unwrap();
+        let out = t5::loss(model, prompt.as_tensor(), std::slice::from_ref(&example), None).unwrap();
         let loss: f32 = out.loss.to_scalar().unwrap();
         assert_rel(loss, ex["loss"].as_f64().unwrap(), 1e-5, "loss");
         assert_max_abs(&out.logits, &floats(&ex["logits"]), 1e-4, "logits");
@@ -221,14 +253,14 @@ fn t5_case(name: &str) {
         if want.last() == Some(&1) {
             want.pop();
         }
-        let got = t5::greedy(&model, prompt.as_tensor(), std::slice::from_ref(&example.input), 6).unwrap();
+        let got = t5::greedy(model, prompt.as_tensor(), std::slice::from_ref(&example.input), 6).unwrap();
         assert_eq!(got[0], want, "greedy tokens");
-        let recomputed = t5::greedy_recompute(&model, prompt.as_tensor(), &example.input, 6).unwrap();
+        let recomputed = t5::greedy_recompute(model, prompt.as_tensor(), &example.input, 6).unwrap();
         assert_eq!(recomputed, want, "greedy by recomputation");
         singles.push((loss, want));
         batch.push(example);
     }
-    let out = t5::loss(&model, prompt.as_tensor(), &batch, None).unwrap();
+    let out = t5::loss(model, prompt.as_tensor(), &batch, None).unwrap();
     assert_rel(
         out.loss.to_scalar().unwrap(),
         expected["batch"]["loss"].as_f64().unwrap(),
@@ -246,7 +278,7 @@ fn t5_case(name: &str) {
         assert_rel(*got, f64::from(*want), 1e-5, "padded example loss = single");
     }
     let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input.clone()).collect();
-    let greedy = t5::greedy(&model, prompt.as_tensor(), &inputs, 6).unwrap();
+    let greedy = t5::greedy(model, prompt.as_tensor(), &inputs, 6).unwrap();
     for (got, (_, want)) in greedy.iter().zip(&singles) {
         assert_eq!(got, want, "batched greedy = single");
     }
@@ -255,7 +287,7 @@ fn t5_case(name: &str) {
     let train_loss = |seed| {
         let mut rng = SplitMix64::new(seed);
         let out = t5::loss(
-            &model,
+            model,
             prompt.as_tensor(),
             &batch,
             Some(Train {

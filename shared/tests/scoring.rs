@@ -14,12 +14,18 @@ use std::path::{Path, PathBuf};
 use tpv_shared::eval::{EncodeOptions, Encoded, Loaded, Scoring};
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::model::causal::{self, Example};
+use tpv_shared::model::decoder::Decoder;
 use tpv_shared::model::load::Model;
 use tpv_shared::model::t5;
 use tpv_shared::model::{DType, Device, Tensor, Var};
 use tpv_shared::tasks::{LabelKind, Origin, Record, TaskSpec};
 
 const MODELS: [&str; 4] = ["llama_tied", "llama_gqa_rope3", "t5_gated_untied", "t5_relu_tied"];
+
+/// The model as its family's own type: a decoder-only model, or T5.
+fn decoder_or_t5(model: &Model) -> (Option<&Decoder>, Option<&t5::T5>) {
+    (model.downcast_ref(), model.downcast_ref())
+}
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -223,15 +229,16 @@ fn rank_over_every_token_picks_the_greedy_token() {
         for p in &ps {
             let inputs: Vec<&[u32]> = encoded.iter().map(|e| e.input()).collect();
             let prompts = vec![p; inputs.len()];
-            let (scores, greedy): (Vec<Vec<f32>>, Vec<Vec<u32>>) = match &loaded.model {
-                Model::Llama(m) => {
+            let (scores, greedy): (Vec<Vec<f32>>, Vec<Vec<u32>>) = match decoder_or_t5(&loaded.model) {
+                (Some(m), _) => {
                     let owned: Vec<Vec<u32>> = inputs.iter().map(|i| i.to_vec()).collect();
                     (
                         causal::rank(m, &prompts, &inputs, &candidates).unwrap(),
                         causal::greedy(m, p, &owned, 1, &[]).unwrap(),
                     )
                 }
-                Model::T5(m) => {
+                (None, m) => {
+                    let m = m.unwrap();
                     let owned: Vec<Vec<u32>> = inputs.iter().map(|i| i.to_vec()).collect();
                     let eos = m.cfg.eos_token_id.unwrap_or(1);
                     let g = t5::greedy(m, p, &owned, 1).unwrap();
@@ -255,7 +262,7 @@ fn rank_over_every_token_picks_the_greedy_token() {
 fn a_shared_prefix_gives_each_example_its_loss_and_gradient() {
     for name in ["llama_tied", "llama_gqa_rope3"] {
         let loaded = load(name);
-        let Model::Llama(m) = &loaded.model else { panic!() };
+        let m = loaded.model.downcast_ref::<Decoder>().unwrap();
         let d = m.hidden_size();
         let var = Var::from_tensor(&random(3, d, 9)).unwrap();
         // Examples that share a long beginning (the chat template and the instruction).
@@ -344,9 +351,9 @@ fn rank_in_groups_gives_the_scores_of_one_pass() {
         let inputs: Vec<&[u32]> = encoded.iter().map(|e| e.input()).collect();
         let prompts = vec![&ps[1]; inputs.len()];
         let grouped = loaded.model.rank(&prompts, &inputs, &candidates).unwrap();
-        let one_pass = match &loaded.model {
-            Model::Llama(m) => causal::rank(m, &prompts, &inputs, &candidates).unwrap(),
-            Model::T5(m) => t5::rank(m, &prompts, &inputs, &candidates).unwrap(),
+        let one_pass = match decoder_or_t5(&loaded.model) {
+            (Some(m), _) => causal::rank(m, &prompts, &inputs, &candidates).unwrap(),
+            (None, m) => t5::rank(m.unwrap(), &prompts, &inputs, &candidates).unwrap(),
         };
         for (g, o) in grouped.iter().zip(&one_pass) {
             assert_eq!(g.len(), candidates.len());

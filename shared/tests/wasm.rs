@@ -11,8 +11,9 @@ mod similarity_bits;
 
 use serde_json::Value;
 use tpv_shared::model::causal::{self, Example};
-use tpv_shared::model::load::{Model, from_safetensors};
-use tpv_shared::model::t5;
+use tpv_shared::model::decoder::Decoder;
+use tpv_shared::model::load::from_safetensors;
+use tpv_shared::model::t5::{self, T5};
 use tpv_shared::model::{DType, Device, Tensor, Var};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -58,9 +59,8 @@ fn llama_in_the_browser_matches_hf() {
         "../../tests/fixtures/models/llama_gqa_rope3/expected.json"
     ))
     .unwrap();
-    let Model::Llama(model) = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap() else {
-        panic!("not a llama")
-    };
+    let model = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap();
+    let model = model.downcast_ref::<Decoder>().expect("a decoder-only model");
     let p = prompt(&expected);
     let mut batch = Vec::new();
     for ex in expected["examples"].as_array().unwrap() {
@@ -88,9 +88,8 @@ fn t5_in_the_browser_matches_hf() {
         "../../tests/fixtures/models/t5_gated_untied/expected.json"
     ))
     .unwrap();
-    let Model::T5(model) = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap() else {
-        panic!("not a t5")
-    };
+    let model = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap();
+    let model = model.downcast_ref::<T5>().expect("a t5");
     let p = prompt(&expected);
     for ex in expected["examples"].as_array().unwrap() {
         let example = t5::Example {

@@ -8,7 +8,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::llama::{KvCache, Llama, select_rows};
+use super::decoder::{Decoder, KvCache, select_rows};
 use super::ops;
 
 /// One sequence: token ids, and the index of the first target token (the loss covers
@@ -54,7 +54,7 @@ struct Packed {
 
 /// `[pads][prompt of the row][tokens]` for every row; rows may carry different prompts (of any
 /// length, none included), and each is laid out exactly as it would be alone.
-fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
+fn pack(model: &Decoder, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
     pack_tails(model, prompts, seqs, &vec![0; seqs.len()])
 }
 
@@ -63,8 +63,8 @@ fn pack(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]]) -> Result<Packed> {
 /// right-padded. Causal attention never lets a real column see the padding after it, so each row
 /// still computes what it computes alone; the columns before `head_width` are what a pass over
 /// the heads alone computes (teacher-forced answers after inputs that decoding continues).
-fn pack_tails(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], tails: &[usize]) -> Result<Packed> {
-    let (lens, _) = super::row_lengths(prompts, seqs, model.cfg.max_position_embeddings)?;
+fn pack_tails(model: &Decoder, prompts: &[&Tensor], seqs: &[&[u32]], tails: &[usize]) -> Result<Packed> {
+    let (lens, _) = super::row_lengths(prompts, seqs, model.max_positions())?;
     if tails.len() != seqs.len() || tails.iter().zip(seqs).any(|(t, s)| *t > s.len()) {
         candle_core::bail!("a row's tail is longer than its tokens");
     }
@@ -152,7 +152,7 @@ struct Shared {
 /// when that saves work: at least [`MIN_SHARED`] ids, and fewer distinct prompts than rows.
 /// Exact: a row that continues the shared keys and values computes what it computes alone, and
 /// gradients reach the prompt through them.
-fn share_prefix(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], limit: usize) -> Result<Option<Shared>> {
+fn share_prefix(model: &Decoder, prompts: &[&Tensor], seqs: &[&[u32]], limit: usize) -> Result<Option<Shared>> {
     let Some(first) = seqs.first() else { return Ok(None) };
     let mut p = first.len().min(limit);
     for s in &seqs[1..] {
@@ -164,7 +164,7 @@ fn share_prefix(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], limit: usiz
     }
     let shared = &first[..p];
     let packed = pack(model, &groups, &vec![shared; groups.len()])?;
-    let mut cache = KvCache::new(model.cfg.num_hidden_layers, groups.len());
+    let mut cache = KvCache::new(model.num_layers(), groups.len());
     model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, Some(&mut cache))?;
     let next = row_group
         .iter()
@@ -179,7 +179,7 @@ fn share_prefix(model: &Llama, prompts: &[&Tensor], seqs: &[&[u32]], limit: usiz
 
 /// The rows' tokens after a shared prefix, laid out as [`pack_tails`] does, positions continuing
 /// the prefix's.
-fn pack_rest(model: &Llama, shared: &Shared, seqs: &[&[u32]], tails: &[usize]) -> Result<Packed> {
+fn pack_rest(model: &Decoder, shared: &Shared, seqs: &[&[u32]], tails: &[usize]) -> Result<Packed> {
     let empty = Tensor::zeros((0, model.hidden_size()), model.dtype(), model.device())?;
     let rest: Vec<&[u32]> = seqs.iter().map(|s| &s[shared.tokens..]).collect();
     let mut packed = pack_tails(model, &vec![&empty; seqs.len()], &rest, tails)?;
@@ -197,7 +197,7 @@ fn pack_rest(model: &Llama, shared: &Shared, seqs: &[&[u32]], tails: &[usize]) -
 /// that pays: the packing of the columns computed, how many leading ids of every row the prefix
 /// covered, and the cache (prefix + rows) when `keep_cache`.
 fn run(
-    model: &Llama,
+    model: &Decoder,
     prompts: &[&Tensor],
     seqs: &[&[u32]],
     (limit, tails): (usize, &[usize]),
@@ -213,7 +213,7 @@ fn run(
         }
         None => {
             let packed = pack_tails(model, prompts, seqs, tails)?;
-            let mut cache = keep_cache.then(|| KvCache::new(model.cfg.num_hidden_layers, seqs.len()));
+            let mut cache = keep_cache.then(|| KvCache::new(model.num_layers(), seqs.len()));
             let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, cache.as_mut())?;
             Ok((hidden, packed, 0, cache))
         }
@@ -221,13 +221,13 @@ fn run(
 }
 
 /// The mean NLL of the targets of `examples` under θ = `prompt` ([R, d]; a `Var` for training).
-pub fn loss(model: &Llama, prompt: &Tensor, examples: &[Example]) -> Result<LossOutput> {
+pub fn loss(model: &Decoder, prompt: &Tensor, examples: &[Example]) -> Result<LossOutput> {
     loss_rows(model, &vec![prompt; examples.len()], examples)
 }
 
 /// [`loss`] with a prompt per example (a batch that mixes prompts; each row computes what it
 /// computes alone).
-pub fn loss_rows(model: &Llama, prompts: &[&Tensor], examples: &[Example]) -> Result<LossOutput> {
+pub fn loss_rows(model: &Decoder, prompts: &[&Tensor], examples: &[Example]) -> Result<LossOutput> {
     let seqs: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
     // A prefix may be shared up to the column before the first target (its hidden state is read).
     let limit = examples
@@ -252,7 +252,7 @@ pub fn loss_rows(model: &Llama, prompts: &[&Tensor], examples: &[Example]) -> Re
 /// answers' dropped) are the prefill that greedy decoding continues. `examples[b].ids` must begin
 /// with `inputs[b]`; where one does not, the two passes run separately. No gradient.
 pub fn loss_and_greedy_rows(
-    model: &Llama,
+    model: &Decoder,
     prompts: &[&Tensor],
     examples: &[Example],
     inputs: &[&[u32]],
@@ -280,7 +280,7 @@ pub fn loss_and_greedy_rows(
         ));
     }
     for (p, s) in prompts.iter().zip(inputs) {
-        super::check_positions(p.dim(0)?, s.len(), max_new, model.cfg.max_position_embeddings)?;
+        super::check_positions(p.dim(0)?, s.len(), max_new, model.max_positions())?;
     }
     let seqs: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
     let tails: Vec<usize> = examples
@@ -313,12 +313,12 @@ pub fn loss_and_greedy_rows(
     Ok((loss, decode(model, cache, last, next_pos, (max_new, eos))?))
 }
 
-/// [`loss_rows`] with gradient checkpointing ([`Llama::checkpointed_grad`]): the activations of
+/// [`loss_rows`] with gradient checkpointing ([`Decoder::checkpointed_grad`]): the activations of
 /// one layer at a time instead of all of them, for one more forward pass of compute. Returns the
 /// loss (detached) and the gradients of `scale` × the loss w.r.t. the prompts' variables. No
 /// prefix is shared between rows: the prefix's keys and values would tie the layers together.
 pub fn loss_grad_checkpointed(
-    model: &Llama,
+    model: &Decoder,
     prompts: &[&Tensor],
     examples: &[Example],
     scale: f64,
@@ -379,7 +379,7 @@ impl Targets {
 
     /// The mean NLL and the NLL of every target; only the columns that predict a target go
     /// through the LM head.
-    fn nll(&self, model: &Llama, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn nll(&self, model: &Decoder, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
         let logits = model.logits(&select_rows(hidden, &self.rows)?)?;
         let targets = Tensor::from_slice(&self.ids, self.ids.len(), model.device())?;
         ops::nll(&logits, &targets)
@@ -399,7 +399,7 @@ impl Targets {
 }
 
 /// Logits at every position of one unpadded sequence, [len, V] (for checks against HF).
-pub fn sequence_logits(model: &Llama, prompt: &Tensor, ids: &[u32]) -> Result<Tensor> {
+pub fn sequence_logits(model: &Decoder, prompt: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let packed = pack(model, &[prompt], &[ids])?;
     let hidden = model.forward_embeds(&packed.embeds, &packed.positions, &packed.valid, None)?;
     let r = prompt.dim(0)?;
@@ -409,7 +409,7 @@ pub fn sequence_logits(model: &Llama, prompt: &Tensor, ids: &[u32]) -> Result<Te
 /// Greedy continuations of `inputs` under the prompt, with a KV cache: at most `max_new` tokens
 /// each, stopping after any of `eos` (not included in the result).
 pub fn greedy(
-    model: &Llama,
+    model: &Decoder,
     prompt: &Tensor,
     inputs: &[Vec<u32>],
     max_new: usize,
@@ -420,14 +420,14 @@ pub fn greedy(
 
 /// [`greedy`] with a prompt per input.
 pub fn greedy_rows(
-    model: &Llama,
+    model: &Decoder,
     prompts: &[&Tensor],
     inputs: &[Vec<u32>],
     max_new: usize,
     eos: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     for (p, s) in prompts.iter().zip(inputs) {
-        super::check_positions(p.dim(0)?, s.len(), max_new, model.cfg.max_position_embeddings)?;
+        super::check_positions(p.dim(0)?, s.len(), max_new, model.max_positions())?;
     }
     let detached = detach_rows(prompts);
     let prompts: Vec<&Tensor> = detached.iter().collect();
@@ -443,7 +443,7 @@ pub fn greedy_rows(
 /// Greedy decoding from a prefill: `last` [B, 1, d] the hidden state of each row's last column,
 /// `cache` its keys and values, `next_pos` the next rotary position of each row.
 fn decode(
-    model: &Llama,
+    model: &Decoder,
     mut cache: KvCache,
     mut last: Tensor,
     mut next_pos: Vec<u32>,
@@ -489,7 +489,7 @@ fn decode(
 /// the prompt, the input and the candidate's own earlier tokens (not the other candidates), at
 /// the positions they would have right after the input, so the pass computes what L separate
 /// teacher-forced passes over `input + candidate` compute.
-pub fn rank(model: &Llama, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+pub fn rank(model: &Decoder, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
     if prompts.len() != inputs.len() {
         candle_core::bail!("{} prompts for {} inputs", prompts.len(), inputs.len());
     }
@@ -498,7 +498,7 @@ pub fn rank(model: &Llama, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &
     }
     let longest_candidate = candidates.iter().map(Vec::len).max().unwrap_or(0);
     for (p, i) in prompts.iter().zip(inputs) {
-        super::check_positions(p.dim(0)?, i.len(), longest_candidate, model.cfg.max_position_embeddings)?;
+        super::check_positions(p.dim(0)?, i.len(), longest_candidate, model.max_positions())?;
     }
     let detached = detach_rows(prompts);
     let prompts: Vec<&Tensor> = detached.iter().collect();
@@ -599,7 +599,7 @@ pub fn rank(model: &Llama, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &
 
 /// Greedy continuation by full recomputation at every step (no cache), to check [`greedy`].
 pub fn greedy_recompute(
-    model: &Llama,
+    model: &Decoder,
     prompt: &Tensor,
     input: &[u32],
     max_new: usize,

@@ -8,10 +8,11 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 
-use super::llama::{Llama, LlamaConfig, RopeParameters};
-use super::t5::{T5, T5Config};
+use super::decoder::Decoder;
+use super::decoder::config::{Arch, DecoderConfig, RopeParameters};
+use super::decoder::spec::DecoderSpec;
+pub use super::family::Model;
 
 /// tpv's bounds on a model's dimensions: far above every released model of the families it runs
 /// (LLaMA-3.1-405B: hidden 16,384, intermediate 53,248, 126 layers, 128 heads of 128; T5-11B:
@@ -227,49 +228,9 @@ pub(crate) fn check_layer_count(
     Ok(())
 }
 
-/// A loaded frozen model of a supported family.
-#[derive(Debug, Clone)]
-pub enum Model {
-    T5(Box<T5>),
-    Llama(Box<Llama>),
-}
-
-impl Model {
-    /// The input embedding matrix [V, d].
-    pub fn embeddings(&self) -> &Tensor {
-        match self {
-            Self::T5(m) => m.embeddings(),
-            Self::Llama(m) => m.embeddings(),
-        }
-    }
-
-    pub fn hidden_size(&self) -> usize {
-        match self {
-            Self::T5(m) => m.hidden_size(),
-            Self::Llama(m) => m.hidden_size(),
-        }
-    }
-
-    /// The dropout the model's config trains with (T5's `dropout_rate`; LLaMA-family models: 0).
-    pub fn config_dropout(&self) -> f32 {
-        match self {
-            Self::T5(m) => m.cfg.dropout_rate as f32,
-            Self::Llama(_) => 0.0,
-        }
-    }
-
-    pub fn is_seq2seq(&self) -> bool {
-        matches!(self, Self::T5(_))
-    }
-
-    /// The most positions (prompt rows + tokens) a sequence may have: LLaMA's
-    /// `max_position_embeddings`, T5's [`super::t5::T5_MAX_POSITIONS`].
-    pub fn max_positions(&self) -> usize {
-        match self {
-            Self::T5(_) => super::t5::T5_MAX_POSITIONS,
-            Self::Llama(m) => m.cfg.max_position_embeddings,
-        }
-    }
+/// `config.json` parsed into `T` (an error naming the file).
+pub fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| candle_core::Error::msg(format!("config.json: {e}")))
 }
 
 /// A [`VarBuilder`] that hands each tensor over on its first request and forgets it: a layer
@@ -321,56 +282,25 @@ impl candle_nn::var_builder::SimpleBackend for Handover {
     }
 }
 
-#[derive(Deserialize)]
-struct ModelType {
-    #[serde(default)]
-    model_type: Option<String>,
-}
-
 /// Parses `config.json` and builds the model from safetensors buffers (one per shard): bytes in
 /// memory (the browser) or memory-mapped files (`tpv`, so a file is never read into the heap).
+/// The family comes from the registry ([`super::families::FAMILIES`]).
 pub fn from_safetensors<B: AsRef<[u8]>>(
     config_json: &str,
     shards: &[B],
     dtype: DType,
     device: &Device,
 ) -> Result<Model> {
-    let kind: ModelType =
-        serde_json::from_str(config_json).map_err(|e| candle_core::Error::msg(format!("config.json: {e}")))?;
-    let parse_err = |e: serde_json::Error| candle_core::Error::msg(format!("config.json: {e}"));
     // Every value checked, then the dimensions against the headers' shapes, before any tensor is
     // loaded or anything built.
-    let shapes = header_shapes(shards)?;
-    let cfg = match kind.model_type.as_deref() {
-        Some("t5") => {
-            let cfg: T5Config = serde_json::from_str(config_json).map_err(parse_err)?;
-            cfg.validate()?;
-            cfg.check_tensors(&shapes)?;
-            Config::T5(cfg)
-        }
-        Some("llama") => {
-            let cfg: LlamaConfig = serde_json::from_str(config_json).map_err(parse_err)?;
-            cfg.validate()?;
-            cfg.check_tensors(&shapes)?;
-            Config::Llama(Box::new(cfg))
-        }
-        other => candle_core::bail!("model_type {other:?} is not supported (t5 and llama are)"),
-    };
+    let spec = super::families::parse(config_json)?;
+    spec.check_tensors(&header_shapes(shards)?)?;
     let mut tensors = HashMap::new();
     for shard in shards {
         tensors.extend(candle_core::safetensors::load_buffer(shard.as_ref(), device)?);
     }
-    let vb = handover(tensors, dtype, device);
-    Ok(match cfg {
-        Config::T5(cfg) => Model::T5(Box::new(T5::load(vb, &cfg)?)),
-        Config::Llama(cfg) => Model::Llama(Box::new(Llama::load(vb, &cfg)?)),
-    })
-}
-
-/// A parsed and checked config of a supported family.
-enum Config {
-    T5(T5Config),
-    Llama(Box<LlamaConfig>),
+    spec.adapt(&mut tensors)?;
+    spec.build(handover(tensors, dtype, device))
 }
 
 /// What a GGUF file carries besides the weights: its tokenizer and chat template.
@@ -393,7 +323,7 @@ pub fn from_gguf<R: Read + Seek>(
     reader: &mut R,
     dtype: DType,
     device: &Device,
-) -> Result<(Model, LlamaConfig, GgufExtras)> {
+) -> Result<(Model, DecoderConfig, GgufExtras)> {
     let content = gguf_file::Content::read(reader)?;
     let md = &content.metadata;
     let get = |key: &str| {
@@ -424,7 +354,7 @@ pub fn from_gguf<R: Read + Seek>(
         None => tokens.len(),
     };
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let cfg = LlamaConfig {
+    let cfg = DecoderConfig {
         vocab_size,
         hidden_size: u("embedding_length")?,
         intermediate_size: u("feed_forward_length")?,
@@ -446,6 +376,17 @@ pub fn from_gguf<R: Read + Seek>(
         mlp_bias: false,
         bos_token_id: None,
         eos_token_id: None,
+        hidden_activation: None,
+        sliding_window: None,
+        use_sliding_window: false,
+        max_window_layers: None,
+        layer_types: None,
+        sliding_window_pattern: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        rope_local_base_freq: None,
+        partial_rotary_factor: None,
     };
     // Checked, and against the header's shapes, before any tensor is dequantized (and before
     // the head counts unpermute Q/K: a count of 0 divided by zero).
@@ -473,16 +414,18 @@ pub fn from_gguf<R: Read + Seek>(
         tensors.insert(hf, t.to_dtype(dtype)?);
     }
     let vb = handover(tensors, dtype, device);
-    let mut model = Llama::load(vb, &cfg)?;
+    let arch = Arch::llama("llama", &cfg, Arch::global(&cfg))?;
+    let spec = DecoderSpec { cfg, arch };
+    let mut model = Decoder::load(vb, &spec)?;
     if let Some(factors) = freq_factors {
         model.set_rope_freq_factors(&factors)?;
     }
 
     let extras = gguf_extras(md, tokens)?;
-    let mut cfg = cfg;
-    cfg.bos_token_id = extras.bos_token_id.map(super::llama::TokenIds::One);
-    cfg.eos_token_id = extras.eos_token_id.map(super::llama::TokenIds::One);
-    Ok((Model::Llama(Box::new(model)), cfg, extras))
+    let mut cfg = spec.cfg;
+    cfg.bos_token_id = extras.bos_token_id.map(super::decoder::TokenIds::One);
+    cfg.eos_token_id = extras.eos_token_id.map(super::decoder::TokenIds::One);
+    Ok((Model::new(model), cfg, extras))
 }
 
 /// The tokenizer and chat template a GGUF file's metadata carries (`tokens` already read).

@@ -5,13 +5,16 @@
 
 pub mod attention;
 pub mod causal;
+pub mod decoder;
+pub mod families;
+pub mod family;
 pub mod fused;
 pub mod gpu;
-pub mod llama;
 pub mod load;
 pub mod ops;
 pub mod panel;
-pub mod t5;
+
+pub use families::{llama, t5};
 
 pub use candle_core::{DType, Device, Tensor, Var};
 

@@ -197,6 +197,25 @@ pub fn attention_composed(
         .reshape((b, h, tq, d))
 }
 
+/// [`attention`] with Gemma 2's soft-capped scores: softmax(cap · tanh(scale · q·kᵀ / cap) +
+/// mask) · v, of candle ops (the capping sits between the product and the mask, where the CPU
+/// kernel has no place for it). `mask` is `[B or 1, 1, Tq, Tk]`.
+pub fn attention_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, cap: f64, mask: &Tensor) -> Result<Tensor> {
+    let (b, h, tq, d) = q.dims4()?;
+    let (_, hkv, tk, _) = k.dims4()?;
+    if hkv == 0 || h % hkv != 0 {
+        candle_core::bail!("attention: {h} query heads over {hkv} key/value heads");
+    }
+    let n_rep = h / hkv;
+    let q = q.contiguous()?.reshape((b, hkv, n_rep * tq, d))?;
+    let scores = q.matmul(&k.contiguous()?.t()?)?.reshape((b, h, tq, tk))?;
+    let capped = ((scores * (scale / cap))?.tanh()? * cap)?;
+    softmax_last(&capped.broadcast_add(&mask.to_dtype(capped.dtype())?)?)?
+        .reshape((b, hkv, n_rep * tq, tk))?
+        .matmul(&v.contiguous()?)?
+        .reshape((b, h, tq, d))
+}
+
 /// Mean of the negative log-likelihood of `targets` ([N], u32) under `logits` ([N, V]), and the
 /// per-row NLL ([N]).
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -464,6 +483,11 @@ pub fn swiglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x:
         let (da, db) = super::fused::swiglu_grad(&rows_matmul(dy, &wd)?, &a, &b)?;
         rows_matmul(&da, &wg)? + rows_matmul(&db, &wu)?
     })
+}
+
+/// Gemma's feed-forward block, y = (gelu_tanh(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ, of candle ops.
+pub fn geglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
+    linear(down, &(gelu_tanh(&linear(gate, x)?)? * linear(up, x)?)?)
 }
 
 /// x `[.., inp]` times Wᵀ held in panels: `[.., out]`, with dx = dy·W as its backward; or, when

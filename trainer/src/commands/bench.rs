@@ -16,11 +16,11 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::{Value, json};
+use tpv_shared::TaskType;
 use tpv_shared::merge::SplitMix64;
 use tpv_shared::model::causal;
-use tpv_shared::model::llama::{Llama, LlamaConfig};
 use tpv_shared::model::load::Model;
-use tpv_shared::model::t5::{self, T5, T5Config};
+use tpv_shared::model::t5;
 
 use super::print_json;
 use crate::cli::BenchArgs;
@@ -91,24 +91,13 @@ fn frozen(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
     Ok(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect())
 }
 
-/// A model with random weights of a known shape.
+/// A model with random weights of a known shape: the family's own spec builds it twice, once
+/// to draw the weights into a VarMap and once from them, frozen.
 fn random_model(config: &Value, dtype: DType, device: &Device) -> Result<Model> {
+    let spec = tpv_shared::model::families::parse(&config.to_string())?;
     let varmap = VarMap::new();
-    if config["model_type"] == "t5" {
-        let cfg: T5Config = serde_json::from_value(config.clone())?;
-        T5::load(VarBuilder::from_varmap(&varmap, dtype, device), &cfg)?;
-        Ok(Model::T5(Box::new(T5::load(
-            VarBuilder::from_tensors(frozen(&varmap)?, dtype, device),
-            &cfg,
-        )?)))
-    } else {
-        let cfg: LlamaConfig = serde_json::from_value(config.clone())?;
-        Llama::load(VarBuilder::from_varmap(&varmap, dtype, device), &cfg)?;
-        Ok(Model::Llama(Box::new(Llama::load(
-            VarBuilder::from_tensors(frozen(&varmap)?, dtype, device),
-            &cfg,
-        )?)))
-    }
+    spec.build(VarBuilder::from_varmap(&varmap, dtype, device))?;
+    Ok(spec.build(VarBuilder::from_tensors(frozen(&varmap)?, dtype, device))?)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -119,49 +108,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn random_ids(rng: &mut SplitMix64, n: usize, vocab: usize) -> Vec<u32> {
     // Ids from 3 up, so no special token (pad 0, eos 1/2) is drawn.
     (0..n).map(|_| (3 + rng.below(vocab - 3)) as u32).collect()
-}
-
-/// Analytic matmul FLOPs of one forward pass over the bench batch.
-fn forward_flops(model: &Model, r: usize, b: usize, l: usize, t: usize) -> f64 {
-    match model {
-        Model::Llama(m) => {
-            let c = &m.cfg;
-            let d = c.hidden_size as f64;
-            let heads = c.num_attention_heads as f64;
-            let hd = c.head_dim.map_or(d / heads, |h| h as f64);
-            let q = heads * hd;
-            let kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads) as f64 * hd;
-            let s = (r + l) as f64;
-            let per_token = 2.0 * (d * (q + 2.0 * kv) + q * d + 3.0 * d * c.intermediate_size as f64);
-            let attention = 2.0 * 2.0 * s * s * q; // QKᵀ and AV (full, as computed)
-            let layers = c.num_hidden_layers as f64;
-            // The LM head runs at the loss positions: every input token (whole-sequence loss).
-            let head = 2.0 * d * c.vocab_size as f64 * l as f64;
-            b as f64 * (layers * (s * per_token + attention) + head)
-        }
-        Model::T5(m) => {
-            let c = &m.cfg;
-            let d = c.d_model as f64;
-            let inner = (c.num_heads * c.d_kv) as f64;
-            let ff = c.d_ff as f64
-                * if c.feed_forward_proj.contains("gated") {
-                    3.0
-                } else {
-                    2.0
-                };
-            let se = (r + l) as f64;
-            let sd = t as f64;
-            let enc = c.num_layers as f64 * (se * 2.0 * (4.0 * d * inner + d * ff) + 4.0 * se * se * inner);
-            let dec_layers = c.num_decoder_layers.unwrap_or(c.num_layers) as f64;
-            let dec = dec_layers
-                * (sd * 2.0 * (4.0 * d * inner + 2.0 * d * inner + d * ff) // self-attn, cross q/o, ff
-                    + se * 2.0 * 2.0 * d * inner // cross-attention k, v over the encoder output
-                    + 4.0 * sd * sd * inner
-                    + 4.0 * sd * se * inner);
-            let head = 2.0 * d * c.vocab_size as f64 * sd;
-            b as f64 * (enc + dec + head)
-        }
-    }
 }
 
 /// Median GFLOP/s of an n×n×n matmul in `dtype` on `device`.
@@ -324,7 +270,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Ok(())
         };
     }
-    let seq2seq = model.is_seq2seq();
+    let seq2seq = model.task_type() == TaskType::Seq2SeqLm;
     let r = args.virtual_tokens.unwrap_or(if seq2seq { 50 } else { 100 });
     let b = args.batch.unwrap_or(if seq2seq { 8 } else { 4 });
     let l = args.tokens.unwrap_or(if seq2seq { 256 } else { 64 });
@@ -376,7 +322,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let n = if device.is_cpu() { 1024 } else { 8192 };
     let peak = matmul_peak(&device, dtype, n, 5)?;
-    let train_flops = 2.0 * forward_flops(&model, r, b, l, tt);
+    let train_flops = 2.0 * model.spec().forward_flops(r, b, l, tt);
     let achieved = train_flops / step_s / 1e9;
     let threads = candle_core::utils::get_num_threads();
     let out = json!({

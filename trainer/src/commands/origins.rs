@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use tpv_shared::origins::{Sampling, origin_token_ids};
-use tpv_shared::{Layout, ModelRef, OriginRef, PromptTensor, SoftPrompt, TaskType};
+use tpv_shared::{Layout, ModelRef, OriginRef, PromptTensor, SoftPrompt};
 
 use super::print_json;
 use crate::cli::OriginsArgs;
@@ -23,11 +23,7 @@ pub fn run(args: &OriginsArgs) -> Result<()> {
         }
     };
     let ids = origin_token_ids(sampling, args.count, args.tokens, args.seed, vocab)?;
-    let task_type = if loaded.model.is_seq2seq() {
-        TaskType::Seq2SeqLm
-    } else {
-        TaskType::CausalLm
-    };
+    let task_type = loaded.model.task_type();
     let mut written = Vec::new();
     for (i, ids) in ids.iter().enumerate() {
         let index = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;

@@ -218,16 +218,6 @@ fn device_check(spec: &str) -> Check {
     }
 }
 
-/// Bytes a layer keeps per token for the backward pass, per unit of the hidden size, in 16-bit
-/// precision: tpv's own footprint, measured with `tpv bench --short 0 --long 1` (docs/numbers.md).
-/// LLaMA family (`--model llama31-8b-shaped --dtype bf16`, the composed ops every GPU runs): 5.9 GB
-/// over the weights for 1 × 164 tokens × 32 layers at d = 4096. Megatron keeps 34 (Korthikanti et
-/// al. 2022); candle keeps every intermediate of the composed ops.
-const ACTIVATION_BYTES_PER_D_LLAMA: f64 = 264.0;
-/// T5 (`--model t5-base-shaped --dtype f32`, the CPU's fused ops): 4.6 GB over the weights for
-/// 8 × 306 tokens × 12 encoder layers at d = 768.
-const ACTIVATION_BYTES_PER_D_T5: f64 = 78.0;
-
 /// Weights (parameters from the safetensors headers × the dtype's bytes) and activations kept
 /// for the backward pass (per layer ≈ batch·seq·(k·d + 5·heads·seq) half-precision bytes, k
 /// measured per family,
@@ -246,7 +236,7 @@ fn memory_check(c: &Config) -> Check {
         };
     };
     let bytes = if c.model.dtype == "f32" { 4.0 } else { 2.0 };
-    let (Some(params), Some(shape)) = (safetensors_params(&path), model_shape(&path)) else {
+    let (Some(params), Some(spec)) = (safetensors_params(&path), model_spec(&path)) else {
         return Check {
             what,
             ok: true,
@@ -254,14 +244,11 @@ fn memory_check(c: &Config) -> Check {
         };
     };
     let seq = (c.prompt.virtual_tokens + c.data.max_source_tokens.unwrap_or(256)) as f64;
-    let (d, layers, heads) = (shape.0 as f64, shape.1 as f64, shape.2 as f64);
+    let dims = spec.dims();
+    let (d, layers, heads) = (dims.hidden as f64, dims.layers as f64, dims.heads as f64);
     let batch = c.optim.batch_size as f64;
     let weights = params * bytes;
-    let per_d = if shape.3 {
-        ACTIVATION_BYTES_PER_D_T5
-    } else {
-        ACTIVATION_BYTES_PER_D_LLAMA
-    };
+    let per_d = spec.activation_bytes_per_d();
     let per_layer = batch * seq * (per_d * d + 5.0 * heads * seq) * bytes / 2.0;
     let checkpointing = c.train.gradient_checkpointing;
     // With gradient checkpointing: every layer's input, and one layer's activations at a time.
@@ -398,18 +385,11 @@ fn safetensors_params(path: &Path) -> Option<f64> {
     Some(total)
 }
 
-/// (hidden size, layers, attention heads, T5?) from a model folder's config.json (LLaMA or T5
-/// keys).
-fn model_shape(path: &Path) -> Option<(usize, usize, usize, bool)> {
+/// The model's family spec from its config.json (hidden size, layers, heads, and the family's
+/// activation footprint), through the same registry loading uses.
+fn model_spec(path: &Path) -> Option<Box<dyn tpv_shared::model::family::Spec>> {
     let text = std::fs::read_to_string(path.join("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let get = |keys: &[&str]| keys.iter().find_map(|k| v.get(*k)?.as_u64()).map(|x| x as usize);
-    Some((
-        get(&["hidden_size", "d_model"])?,
-        get(&["num_hidden_layers", "num_layers"])?,
-        get(&["num_attention_heads", "num_heads"])?,
-        v.get("d_model").is_some(),
-    ))
+    tpv_shared::model::families::parse(&text).ok()
 }
 
 /// The device's memory: the host's available memory for `cpu`, the GPU's from nvidia-smi for

@@ -281,10 +281,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     if r >= max_positions {
         bail!("prompt.virtual_tokens is {r}: it leaves no room for the input in the model's {max_positions} positions");
     }
-    if config.train.gradient_checkpointing && loaded.model.is_seq2seq() {
+    if config.train.gradient_checkpointing && loaded.model.task_type() == TaskType::Seq2SeqLm {
         bail!(
-            "train.gradient_checkpointing is implemented for decoder-only (LLaMA-family) models; {} is T5 (whose activations fit without it): remove the setting",
-            config.model.path
+            "train.gradient_checkpointing is implemented for decoder-only models; {} is {} (whose activations fit without it): remove the setting",
+            config.model.path,
+            loaded.model.family()
         );
     }
     let all = data::load_all(&config.data).context("loading data")?;
@@ -687,11 +688,7 @@ impl Trainer<'_> {
                 SoftPrompt::new(PromptKind::TaskPrompt, values, Some(theta0))?
             }
         };
-        let task_type = if self.loaded.model.is_seq2seq() {
-            TaskType::Seq2SeqLm
-        } else {
-            TaskType::CausalLm
-        };
+        let task_type = self.loaded.model.task_type();
         prompt.meta.model = Some(ModelRef {
             id: self.loaded.id.clone(),
             revision: None,

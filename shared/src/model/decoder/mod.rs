@@ -1,333 +1,28 @@
-//! LLaMA-family decoder (LLaMA 2/3/3.1, DeepSeek-LLM, SmolLM2) with an input-embedding entry point,
-//! per-example positions, a padding mask, a KV cache and hidden states at every position.
+//! The decoder-only transformer every decoder family runs (LLaMA 2/3/3.1, SmolLM2, Mistral,
+//! Qwen2/2.5, Qwen3, Phi-3, Gemma 2/3): an input-embedding entry point, per-example positions, a
+//! padding mask, sliding-window layers, a KV cache and hidden states at every position. What
+//! differs between families is data ([`config::Arch`]), set by each family's folder.
 //!
 //! Parameter names mirror the HF checkpoint (`model.layers.N.self_attn.q_proj`, …). Every op has a
 //! backward pass (see [`super::ops`]).
 
+pub mod config;
+pub mod spec;
+
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 
-use super::load::{ConfigError, Shapes, check_count, check_dims, check_layer_count, check_positive, limits};
+use self::config::{Activation, Arch, DecoderConfig, EmbedScale};
+pub use self::config::{RopeParameters, RopeScaling, TokenIds, inv_freq};
+use self::spec::DecoderSpec;
+use super::load::{ConfigError, check_positive};
 use super::ops;
 use super::ops::FrozenLinear as Linear;
 
-/// `config.json` of a LLaMA-family model, field names as in transformers.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LlamaConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    #[serde(default)]
-    pub head_dim: Option<usize>,
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_max_positions")]
-    pub max_position_embeddings: usize,
-    /// transformers 4.x: top-level `rope_theta` and `rope_scaling`.
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    #[serde(default)]
-    pub rope_scaling: Option<RopeParameters>,
-    /// transformers 5.x: `rope_parameters` with `rope_theta` inside.
-    #[serde(default)]
-    pub rope_parameters: Option<RopeParameters>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(default)]
-    pub mlp_bias: bool,
-    #[serde(default)]
-    pub bos_token_id: Option<TokenIds>,
-    #[serde(default)]
-    pub eos_token_id: Option<TokenIds>,
-}
-
-fn default_max_positions() -> usize {
-    4096
-}
-
-fn default_act() -> String {
-    "silu".into()
-}
-
-/// A token id or a list of them (LLaMA-3.1 lists several EOS ids).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(id) => vec![*id],
-            Self::Many(ids) => ids.clone(),
-        }
-    }
-}
-
-/// RoPE parameters in either transformers layout.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RopeParameters {
-    #[serde(default, alias = "type")]
-    pub rope_type: Option<String>,
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    #[serde(default)]
-    pub factor: Option<f64>,
-    #[serde(default)]
-    pub low_freq_factor: Option<f64>,
-    #[serde(default)]
-    pub high_freq_factor: Option<f64>,
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<usize>,
-}
-
-/// How rotary frequencies are scaled.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    None,
-    Linear {
-        factor: f64,
-    },
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
-}
-
-impl LlamaConfig {
-    pub fn num_kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
-    /// `head_dim`, or hidden_size / num_attention_heads (0 for 0 heads, which
-    /// [`Self::validate`] refuses).
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or_else(|| self.hidden_size.checked_div(self.num_attention_heads).unwrap_or(0))
-    }
-
-    /// Checks every value before anything is built from it: counts from 1 to tpv's bounds
-    /// ([`limits`]), heads that group evenly, an even head dimension, a positive finite
-    /// epsilon, θ and rope scaling as [`Self::rope`] checks them, and the activation.
-    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
-        check_count("vocab_size", self.vocab_size, limits::VOCAB)?;
-        check_count("hidden_size", self.hidden_size, limits::HIDDEN)?;
-        check_count("intermediate_size", self.intermediate_size, limits::INTERMEDIATE)?;
-        let heads = self.num_attention_heads;
-        check_count("num_attention_heads", heads, limits::HEADS)?;
-        match self.head_dim {
-            Some(hd) => check_count("head_dim", hd, limits::HEAD_DIM)?,
-            None if !self.hidden_size.is_multiple_of(heads) => {
-                return Err(ConfigError::new(
-                    "num_attention_heads",
-                    heads,
-                    format!(
-                        "a divisor of hidden_size ({}) when no head_dim is given",
-                        self.hidden_size
-                    ),
-                ));
-            }
-            None => check_count("head_dim", self.head_dim(), limits::HEAD_DIM)?,
-        }
-        if !self.head_dim().is_multiple_of(2) {
-            return Err(ConfigError::new(
-                "head_dim",
-                self.head_dim(),
-                "even (rotary embeddings rotate its columns in pairs)",
-            ));
-        }
-        if let Some(kv) = self.num_key_value_heads {
-            check_count("num_key_value_heads", kv, limits::HEADS)?;
-            if !heads.is_multiple_of(kv) {
-                return Err(ConfigError::new(
-                    "num_key_value_heads",
-                    kv,
-                    format!(
-                        "a divisor of num_attention_heads ({heads}): each key/value head serves a group of query heads"
-                    ),
-                ));
-            }
-        }
-        check_count("num_hidden_layers", self.num_hidden_layers, limits::LAYERS)?;
-        check_positive("rms_norm_eps", self.rms_norm_eps, f64::from(f32::MIN_POSITIVE), 1.0)?;
-        check_count(
-            "max_position_embeddings",
-            self.max_position_embeddings,
-            limits::POSITIONS,
-        )?;
-        self.rope()?;
-        if self.hidden_act != "silu" {
-            return Err(ConfigError::new(
-                "hidden_act",
-                format!("{:?}", self.hidden_act),
-                "\"silu\" (the activation tpv implements)",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The dimensions against the weights' shapes (embeddings, the first layer's projections,
-    /// the number of layers), before anything is built: the error names the field and the tensor.
-    pub fn check_tensors(&self, shapes: &Shapes) -> std::result::Result<(), ConfigError> {
-        let (d, hd) = (self.hidden_size, self.head_dim());
-        let embed = [("vocab_size", self.vocab_size), ("hidden_size", d)];
-        check_dims(shapes, "model.embed_tokens.weight", &embed)?;
-        if !self.tie_word_embeddings {
-            check_dims(shapes, "lm_head.weight", &embed)?;
-        }
-        let q = self.num_attention_heads.saturating_mul(hd);
-        let kv = self.num_kv_heads().saturating_mul(hd);
-        let layer = "model.layers.0";
-        for (name, rows, field) in [
-            ("self_attn.q_proj.weight", q, "num_attention_heads × head_dim"),
-            ("self_attn.k_proj.weight", kv, "num_key_value_heads × head_dim"),
-            ("self_attn.v_proj.weight", kv, "num_key_value_heads × head_dim"),
-            ("mlp.gate_proj.weight", self.intermediate_size, "intermediate_size"),
-            ("mlp.up_proj.weight", self.intermediate_size, "intermediate_size"),
-        ] {
-            check_dims(shapes, &format!("{layer}.{name}"), &[(field, rows), ("hidden_size", d)])?;
-        }
-        check_layer_count(shapes, "model.layers", "num_hidden_layers", self.num_hidden_layers)
-    }
-
-    /// θ and the scaling, from `rope_parameters` (5.x) or `rope_theta` + `rope_scaling` (4.x),
-    /// checked: θ finite and at least 1 (frequencies of at most 1 radian per position), factors
-    /// finite and positive, llama3's high_freq_factor above its low_freq_factor (transformers'
-    /// `_validate_llama3_parameters`; the smoothing divides by their difference). A config with
-    /// no θ is an error: defaulting θ silently changes every result.
-    pub fn rope(&self) -> std::result::Result<(f64, RopeScaling), ConfigError> {
-        let (params, at) = match (&self.rope_parameters, &self.rope_scaling) {
-            (Some(p), _) => (p.clone(), "rope_parameters"),
-            (None, Some(p)) => (p.clone(), "rope_scaling"),
-            (None, None) => (RopeParameters::default(), "rope_parameters"),
-        };
-        let (theta, theta_field) = match (params.rope_theta, self.rope_theta) {
-            (Some(t), _) => (t, format!("{at}.rope_theta")),
-            (None, Some(t)) => (t, "rope_theta".to_owned()),
-            (None, None) => {
-                return Err(ConfigError::new(
-                    "rope_theta",
-                    "missing",
-                    "given, top-level or in rope_parameters",
-                ));
-            }
-        };
-        check_positive(&theta_field, theta, 1.0, f64::from(f32::MAX))?;
-        let rope = RopeFields { params: &params, at };
-        let scaling = match params.rope_type.as_deref() {
-            None | Some("default") => RopeScaling::None,
-            Some("linear") => RopeScaling::Linear {
-                factor: rope.need(params.factor, "factor", MIN_ROPE_FACTOR)?,
-            },
-            Some("llama3") => rope.llama3()?,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    rope.field("rope_type"),
-                    format!("{other:?}"),
-                    "default, linear or llama3 (the rope types tpv implements)",
-                ));
-            }
-        };
-        Ok((theta, scaling))
-    }
-}
-
-/// The smallest rope scaling factor accepted (transformers warns below 1; far below, positions
-/// times frequencies overflow f32).
-const MIN_ROPE_FACTOR: f64 = 1e-3;
-
-/// One rope parameters object of config.json (`at`: `rope_parameters` or `rope_scaling`), its
-/// values read and checked.
-struct RopeFields<'a> {
-    params: &'a RopeParameters,
-    at: &'static str,
-}
-
-impl RopeFields<'_> {
-    fn field(&self, name: &str) -> String {
-        format!("{}.{name}", self.at)
-    }
-
-    /// A value the rope type needs: given, finite, from `min`.
-    fn need(&self, v: Option<f64>, name: &str, min: f64) -> std::result::Result<f64, ConfigError> {
-        let v = v.ok_or_else(|| ConfigError::new(self.field(name), "missing", "given for this rope type"))?;
-        check_positive(&self.field(name), v, min, f64::from(f32::MAX))?;
-        Ok(v)
-    }
-
-    /// llama3 scaling: positive factors, high_freq_factor above low_freq_factor (the smoothing
-    /// divides by their difference), original positions from 1.
-    fn llama3(&self) -> std::result::Result<RopeScaling, ConfigError> {
-        let p = self.params;
-        let factor = self.need(p.factor, "factor", MIN_ROPE_FACTOR)?;
-        let tiny = f64::from(f32::MIN_POSITIVE);
-        let low_freq_factor = self.need(p.low_freq_factor, "low_freq_factor", tiny)?;
-        let high_freq_factor = self.need(p.high_freq_factor, "high_freq_factor", tiny)?;
-        if high_freq_factor as f32 <= low_freq_factor as f32 {
-            return Err(ConfigError::new(
-                self.field("high_freq_factor"),
-                format!("{high_freq_factor:?}"),
-                format!("above low_freq_factor ({low_freq_factor:?})"),
-            ));
-        }
-        let name = self.field("original_max_position_embeddings");
-        let original = p
-            .original_max_position_embeddings
-            .ok_or_else(|| ConfigError::new(&name, "missing", "given for this rope type"))?;
-        check_count(&name, original, limits::POSITIONS)?;
-        Ok(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: original,
-        })
-    }
-}
-
-/// Inverse frequencies as transformers computes them (in f32).
-pub fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
-    let base = theta as f32;
-    let inv: Vec<f32> = (0..head_dim / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    match *scaling {
-        RopeScaling::None => inv,
-        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let (factor, low, high) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
-            let old = original_max_position_embeddings as f32;
-            let (low_wavelen, high_wavelen) = (old / low, old / high);
-            inv.iter()
-                .map(|&f| {
-                    let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    if wavelen < high_wavelen || wavelen > low_wavelen {
-                        scaled
-                    } else {
-                        let smooth = (old / wavelen - low) / (high - low);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    }
-                })
-                .collect()
-        }
-    }
+/// An RMSNorm weight, as the family applies it: Gemma's (1 + w) is stored as such.
+fn norm_weight(vb: &VarBuilder, size: usize, name: &str, arch: &Arch) -> Result<Tensor> {
+    let w = vb.get(size, name)?;
+    if arch.norm_plus_one { w + 1.0 } else { Ok(w) }
 }
 
 #[derive(Debug, Clone)]
@@ -336,38 +31,61 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3's and Gemma 3's RMSNorm over each head's queries and keys.
+    qk_norm: Option<(Tensor, Tensor)>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+    eps: f64,
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DecoderConfig, arch: &Arch) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (h, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
-        let lin = |i, o, name| Linear::load(i, o, cfg.attention_bias, vb.pp(name));
+        let lin = |i, o, bias, name| Linear::load(i, o, bias, vb.pp(name));
+        let qk_norm = if arch.qk_norm {
+            Some((
+                norm_weight(&vb, hd, "q_norm.weight", arch)?,
+                norm_weight(&vb, hd, "k_norm.weight", arch)?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
-            q_proj: lin(d, h * hd, "q_proj")?,
-            k_proj: lin(d, kv * hd, "k_proj")?,
-            v_proj: lin(d, kv * hd, "v_proj")?,
-            o_proj: lin(h * hd, d, "o_proj")?,
+            q_proj: lin(d, h * hd, arch.qkv_bias, "q_proj")?,
+            k_proj: lin(d, kv * hd, arch.qkv_bias, "k_proj")?,
+            v_proj: lin(d, kv * hd, arch.qkv_bias, "v_proj")?,
+            o_proj: lin(h * hd, d, arch.o_bias, "o_proj")?,
+            qk_norm,
             n_heads: h,
             n_kv_heads: kv,
             head_dim: hd,
+            scale: arch.attn_scale,
+            softcap: arch.attn_softcap,
+            eps: cfg.rms_norm_eps,
         })
     }
 
     fn forward(&self, xs: &Tensor, rot: &Rotary, mask: &Tensor, cache: Option<&mut KvEntry>) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        let heads = |proj: &Linear, n| -> Result<Tensor> {
-            ops::linear(proj, xs)?
-                .reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+        let heads = |proj: &Linear, n, norm: Option<&Tensor>| -> Result<Tensor> {
+            let x = ops::linear(proj, xs)?.reshape((b, t, n, self.head_dim))?;
+            let x = match norm {
+                Some(w) => ops::rms_norm(&x, w, self.eps)?,
+                None => x,
+            };
+            x.transpose(1, 2)?.contiguous()
         };
-        let q = ops::rope(&heads(&self.q_proj, self.n_heads)?, &rot.cos, &rot.sin)?;
-        let mut k = ops::rope(&heads(&self.k_proj, self.n_kv_heads)?, &rot.cos, &rot.sin)?;
-        let mut v = heads(&self.v_proj, self.n_kv_heads)?;
+        let (qn, kn) = match &self.qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let q = ops::rope(&heads(&self.q_proj, self.n_heads, qn)?, &rot.cos, &rot.sin)?;
+        let mut k = ops::rope(&heads(&self.k_proj, self.n_kv_heads, kn)?, &rot.cos, &rot.sin)?;
+        let mut v = heads(&self.v_proj, self.n_kv_heads, None)?;
         if let Some(entry) = cache {
             if let Some((pk, pv)) = &entry.0 {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -375,10 +93,11 @@ impl Attention {
             }
             entry.0 = Some((k.clone(), v.clone()));
         }
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = ops::attention(&q, &k, &v, scale, Some(mask), None)?
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_heads * self.head_dim))?;
+        let out = match self.softcap {
+            Some(cap) => ops::attention_softcapped(&q, &k, &v, self.scale, cap, mask)?,
+            None => ops::attention(&q, &k, &v, self.scale, Some(mask), None)?,
+        };
+        let out = out.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
         ops::linear(&self.o_proj, &out)
     }
 }
@@ -388,48 +107,86 @@ struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    activation: Activation,
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DecoderConfig, arch: &Arch) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::load(d, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
-            up_proj: Linear::load(d, i, cfg.mlp_bias, vb.pp("up_proj"))?,
-            down_proj: Linear::load(i, d, cfg.mlp_bias, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(d, i, arch.mlp_bias, vb.pp("gate_proj"))?,
+            up_proj: Linear::load(d, i, arch.mlp_bias, vb.pp("up_proj"))?,
+            down_proj: Linear::load(i, d, arch.mlp_bias, vb.pp("down_proj"))?,
+            activation: arch.activation,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        ops::swiglu_ff(&self.gate_proj, &self.up_proj, &self.down_proj, xs)
+        match self.activation {
+            Activation::Silu => ops::swiglu_ff(&self.gate_proj, &self.up_proj, &self.down_proj, xs),
+            Activation::GeluTanh => ops::geglu_ff(&self.gate_proj, &self.up_proj, &self.down_proj, xs),
+        }
     }
+}
+
+/// A layer's norms: before attention and before the feed-forward block, and (Gemma) on their
+/// outputs too.
+#[derive(Debug, Clone)]
+struct Norms {
+    input: Tensor,
+    pre_ff: Tensor,
+    post_attn: Option<Tensor>,
+    post_ff: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
 struct Block {
     self_attn: Attention,
     mlp: Mlp,
-    input_layernorm: Tensor,
-    post_attention_layernorm: Tensor,
+    norms: Norms,
     eps: f64,
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DecoderConfig, arch: &Arch) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let norm = |name: &str| norm_weight(&vb, d, name, arch);
+        // LLaMA's `post_attention_layernorm` is the norm before the feed-forward block; Gemma's
+        // is on the attention output, with `pre_feedforward_layernorm` before the block.
+        let norms = if arch.sandwich_norms {
+            Norms {
+                input: norm("input_layernorm.weight")?,
+                pre_ff: norm("pre_feedforward_layernorm.weight")?,
+                post_attn: Some(norm("post_attention_layernorm.weight")?),
+                post_ff: Some(norm("post_feedforward_layernorm.weight")?),
+            }
+        } else {
+            Norms {
+                input: norm("input_layernorm.weight")?,
+                pre_ff: norm("post_attention_layernorm.weight")?,
+                post_attn: None,
+                post_ff: None,
+            }
+        };
         Ok(Self {
-            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
-            input_layernorm: vb.get(cfg.hidden_size, "input_layernorm.weight")?,
-            post_attention_layernorm: vb.get(cfg.hidden_size, "post_attention_layernorm.weight")?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg, arch)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, arch)?,
+            norms,
             eps: cfg.rms_norm_eps,
         })
     }
 
     fn forward(&self, xs: &Tensor, rot: &Rotary, mask: &Tensor, cache: Option<&mut KvEntry>) -> Result<Tensor> {
-        let h = ops::rms_norm(xs, &self.input_layernorm, self.eps)?;
-        let xs = (xs + self.self_attn.forward(&h, rot, mask, cache)?)?;
-        let h = ops::rms_norm(&xs, &self.post_attention_layernorm, self.eps)?;
-        xs + self.mlp.forward(&h)?
+        let post = |y: Tensor, w: &Option<Tensor>| match w {
+            Some(w) => ops::rms_norm(&y, w, self.eps),
+            None => Ok(y),
+        };
+        let h = ops::rms_norm(xs, &self.norms.input, self.eps)?;
+        let a = post(self.self_attn.forward(&h, rot, mask, cache)?, &self.norms.post_attn)?;
+        let xs = (xs + a)?;
+        let h = ops::rms_norm(&xs, &self.norms.pre_ff, self.eps)?;
+        let m = post(self.mlp.forward(&h)?, &self.norms.post_ff)?;
+        xs + m
     }
 }
 
@@ -449,6 +206,9 @@ pub struct KvCache {
     layers: Vec<KvEntry>,
     /// `valid[b][s]`: key column s of sequence b is a real token (not padding).
     valid: Vec<Vec<bool>>,
+    /// `positions[b][s]`: the rotary position of key column s of sequence b (sliding windows
+    /// count positions).
+    positions: Vec<Vec<u32>>,
 }
 
 impl KvCache {
@@ -456,6 +216,7 @@ impl KvCache {
         Self {
             layers: vec![KvEntry::default(); num_layers],
             valid: vec![Vec::new(); batch],
+            positions: vec![Vec::new(); batch],
         }
     }
 
@@ -484,6 +245,9 @@ impl KvCache {
         for v in &mut self.valid {
             v.truncate(len);
         }
+        for p in &mut self.positions {
+            p.truncate(len);
+        }
         Ok(())
     }
 
@@ -511,73 +275,119 @@ impl KvCache {
             .iter()
             .map(|&r| self.valid.get(r as usize).cloned().unwrap_or_default())
             .collect();
-        Ok(Self { layers, valid })
+        let positions = rows
+            .iter()
+            .map(|&r| self.positions.get(r as usize).cloned().unwrap_or_default())
+            .collect();
+        Ok(Self {
+            layers,
+            valid,
+            positions,
+        })
     }
 }
 
-/// A LLaMA-family causal LM with frozen weights.
+/// A decoder-only causal LM with frozen weights.
 #[derive(Debug, Clone)]
-pub struct Llama {
+pub struct Decoder {
     embed_tokens: Tensor,
     layers: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
-    inv_freq: Vec<f32>,
-    pub cfg: LlamaConfig,
+    /// Inverse frequencies of each rotary table ([`config::Arch::ropes`]).
+    inv_freqs: Vec<Vec<f32>>,
+    pub spec: DecoderSpec,
 }
 
-impl Llama {
+/// The rotary tables and masks of one pass, one per kind of layer.
+struct Pass {
+    rots: Vec<Rotary>,
+    /// The mask of global layers, and of each window size.
+    masks: Vec<(Option<usize>, Tensor)>,
+}
+
+impl Pass {
+    fn for_layer(&self, kind: config::LayerKind) -> Result<(&Rotary, &Tensor)> {
+        let rot = self.rots.get(kind.rope);
+        let mask = self.masks.iter().find(|(w, _)| *w == kind.window).map(|(_, m)| m);
+        match (rot, mask) {
+            (Some(r), Some(m)) => Ok((r, m)),
+            _ => candle_core::bail!("no rotary table or mask for a layer"),
+        }
+    }
+}
+
+impl Decoder {
     /// Loads from HF-named tensors (`model.embed_tokens.weight`, …); a tied head reuses the
     /// input embeddings.
-    pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, spec: &DecoderSpec) -> Result<Self> {
+        let (cfg, arch) = (&spec.cfg, &spec.arch);
         cfg.validate()?;
-        let (theta, scaling) = cfg.rope()?;
         let m = vb.pp("model");
-        let embed_tokens = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let raw = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
+            .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg, arch))
             .collect::<Result<Vec<_>>>()?;
-        let norm = m.get(cfg.hidden_size, "norm.weight")?;
+        let norm = norm_weight(&m, cfg.hidden_size, "norm.weight", arch)?;
         let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
+            raw.clone()
         } else {
             vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
         };
         let lm_head = Linear::new(&candle_nn::Linear::new(lm_head, None))?;
+        let embed_tokens = match arch.embed_scale {
+            EmbedScale::None => raw,
+            // As Gemma's embedding module: the scale in the model's dtype, times the rows.
+            EmbedScale::Tokens(s) => raw.affine(dtype_round(s, raw.dtype()), 0.0)?,
+        };
         Ok(Self {
             embed_tokens,
             layers,
             norm,
             lm_head,
-            inv_freq: inv_freq(cfg.head_dim(), theta, &scaling),
-            cfg: cfg.clone(),
+            inv_freqs: arch
+                .ropes
+                .iter()
+                .map(|(theta, scaling)| inv_freq(cfg.head_dim(), *theta, scaling))
+                .collect(),
+            spec: spec.clone(),
         })
     }
 
     /// Divides the rotary inverse frequencies by per-dimension factors: how GGUF files store
     /// LLaMA-3.1's rope scaling (`rope_freqs.weight`, head_dim/2 values).
     pub fn set_rope_freq_factors(&mut self, factors: &[f32]) -> Result<()> {
-        if factors.len() != self.inv_freq.len() {
-            candle_core::bail!(
-                "rope_freqs has {} values, head_dim/2 is {}",
-                factors.len(),
-                self.inv_freq.len()
-            );
-        }
         for (i, &d) in factors.iter().enumerate() {
             // Each divides a rotary frequency, as a linear rope factor does.
             check_positive(
                 &format!("rope_freqs.weight[{i}]"),
                 f64::from(d),
-                MIN_ROPE_FACTOR,
+                config::MIN_ROPE_FACTOR,
                 f64::from(f32::MAX),
             )
             .map_err(|e| ConfigError { file: "GGUF file", ..e })?;
         }
-        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
-            *f /= d;
+        for inv in &mut self.inv_freqs {
+            if factors.len() != inv.len() {
+                candle_core::bail!("rope_freqs has {} values, head_dim/2 is {}", factors.len(), inv.len());
+            }
+            for (f, d) in inv.iter_mut().zip(factors) {
+                *f /= d;
+            }
         }
         Ok(())
+    }
+
+    pub fn cfg(&self) -> &DecoderConfig {
+        &self.spec.cfg
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.spec.cfg.max_position_embeddings
     }
 
     pub fn device(&self) -> &Device {
@@ -589,10 +399,10 @@ impl Llama {
     }
 
     pub fn hidden_size(&self) -> usize {
-        self.cfg.hidden_size
+        self.spec.cfg.hidden_size
     }
 
-    /// The input embedding matrix [V, d] (origins are sampled from it).
+    /// The rows token ids are looked up as [V, d] (origins are sampled from them).
     pub fn embeddings(&self) -> &Tensor {
         &self.embed_tokens
     }
@@ -600,7 +410,7 @@ impl Llama {
     /// Embeddings of token ids, any shape → shape + [d].
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let mut shape = ids.dims().to_vec();
-        shape.push(self.cfg.hidden_size);
+        shape.push(self.hidden_size());
         self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape(shape)
     }
 
@@ -624,36 +434,77 @@ impl Llama {
                 k
             })
             .collect();
-        let mask = causal_mask(&keys, past, t, embeds.device())?.to_dtype(embeds.dtype())?;
-        self.forward_masked(embeds, positions, &mask, cache, valid)
+        let mask = causal_mask(&keys, past, t);
+        self.forward_masked_data(embeds, positions, mask, cache, valid)
     }
 
     /// Runs the decoder on `embeds` [B, T, d] with an explicit additive attention mask
     /// [B, 1, T, past + T] (0 where a query column may see a key column, `f32::MIN` elsewhere) and
     /// rotary `positions[b]` per column. With a cache, the new columns are appended to it, `valid`
     /// saying which are real tokens. For layouts a causal mask cannot express, such as several
-    /// continuations of one input side by side ([`super::causal::rank`]).
+    /// continuations of one input side by side ([`super::causal::rank`]). Sliding-window layers
+    /// also hide keys `window` or more positions before the query.
     pub fn forward_masked(
         &self,
         embeds: &Tensor,
         positions: &[Vec<u32>],
         mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        valid: &[Vec<bool>],
+    ) -> Result<Tensor> {
+        let mask: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        self.forward_masked_data(embeds, positions, mask, cache, valid)
+    }
+
+    fn forward_masked_data(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<u32>],
+        mask: Vec<f32>,
         mut cache: Option<&mut KvCache>,
         valid: &[Vec<bool>],
     ) -> Result<Tensor> {
-        let (_, t, _) = embeds.dims3()?;
-        let rot = self.rotary(positions, t)?;
+        let key_positions = key_positions(cache.as_deref(), positions);
+        let pass = self.pass(embeds, positions, &key_positions, mask)?;
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
+            let (rot, mask) = pass.for_layer(self.spec.arch.layers[i])?;
             let entry = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(&xs, &rot, mask, entry)?;
+            xs = layer.forward(&xs, rot, mask, entry)?;
         }
         if let Some(c) = cache {
             for (row, v) in c.valid.iter_mut().zip(valid) {
                 row.extend_from_slice(v);
             }
+            c.positions = key_positions;
         }
-        ops::rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps)
+        ops::rms_norm(&xs, &self.norm, self.spec.cfg.rms_norm_eps)
+    }
+
+    /// The rotary tables and masks of a pass of `t` columns over `keys[b]` key positions (cached
+    /// and new), from `mask` (the global layers' additive mask [B, 1, T, S], as data).
+    fn pass(&self, embeds: &Tensor, positions: &[Vec<u32>], keys: &[Vec<u32>], mask: Vec<f32>) -> Result<Pass> {
+        let (b, t, _) = embeds.dims3()?;
+        let s = keys.first().map_or(0, Vec::len);
+        let dev = embeds.device();
+        let to_tensor = |data: Vec<f32>| Tensor::from_vec(data, (b, 1, t, s), dev)?.to_dtype(embeds.dtype());
+        let mut windows: Vec<Option<usize>> = self.spec.arch.layers.iter().map(|l| l.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let mut masks = Vec::with_capacity(windows.len());
+        for w in windows {
+            let data = match w {
+                None => mask.clone(),
+                Some(w) => window_mask(&mask, positions, keys, w, t),
+            };
+            masks.push((w, to_tensor(data)?));
+        }
+        let rots = self
+            .inv_freqs
+            .iter()
+            .map(|inv| rotary(inv, positions, t, dev, self.dtype()))
+            .collect::<Result<_>>()?;
+        Ok(Pass { rots, masks })
     }
 
     /// The gradient of a scalar loss w.r.t. `embeds` [B, T, d] (mask and positions as
@@ -671,61 +522,113 @@ impl Llama {
         head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let (_, t, _) = embeds.dims3()?;
-        let mask = causal_mask(valid, 0, t, embeds.device())?.to_dtype(embeds.dtype())?;
-        let rot = self.rotary(positions, t)?;
+        let pass = self.pass(embeds, positions, positions, causal_mask(valid, 0, t))?;
         // Untracked inputs: no layer keeps its activations for a backward pass.
         let mut inputs = vec![embeds.detach()];
-        for layer in &self.layers {
-            let next = layer.forward(&inputs[inputs.len() - 1], &rot, &mask, None)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (rot, mask) = pass.for_layer(self.spec.arch.layers[i])?;
+            let next = layer.forward(&inputs[inputs.len() - 1], rot, mask, None)?;
             inputs.push(next);
         }
         let Some(last) = inputs.pop() else {
             candle_core::bail!("no layer input")
         };
         let last = candle_core::Var::from_tensor(&last)?;
-        let loss = head(&ops::rms_norm(last.as_tensor(), &self.norm, self.cfg.rms_norm_eps)?)?;
+        let loss = head(&ops::rms_norm(
+            last.as_tensor(),
+            &self.norm,
+            self.spec.cfg.rms_norm_eps,
+        )?)?;
         let mut grad = gradient_of(&loss, &last)?;
-        for (layer, input) in self.layers.iter().zip(&inputs).rev() {
+        for (i, (layer, input)) in self.layers.iter().zip(&inputs).enumerate().rev() {
+            let (rot, mask) = pass.for_layer(self.spec.arch.layers[i])?;
             let x = candle_core::Var::from_tensor(input)?;
-            let y = layer.forward(x.as_tensor(), &rot, &mask, None)?;
+            let y = layer.forward(x.as_tensor(), rot, mask, None)?;
             // d(Σ y·g)/dx is the upstream gradient g carried through the layer.
             grad = gradient_of(&(y * &grad)?.sum_all()?, &x)?;
         }
         Ok((loss.detach(), grad))
     }
 
-    /// Logits of hidden states [.., d] → [.., V].
+    /// Logits of hidden states [.., d] → [.., V] (Gemma 2: soft-capped, cap · tanh(x / cap)).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::linear(&self.lm_head, hidden)
+        let logits = ops::linear(&self.lm_head, hidden)?;
+        match self.spec.arch.final_softcap {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
+}
 
-    fn rotary(&self, positions: &[Vec<u32>], t: usize) -> Result<Rotary> {
-        let half = self.inv_freq.len();
-        let hd = 2 * half;
-        let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * t * hd), Vec::new());
-        sin.reserve(positions.len() * t * hd);
-        for row in positions {
-            for &p in row {
-                let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
-                for _ in 0..2 {
-                    cos.extend(freqs.iter().map(|x| x.cos()));
-                    sin.extend(freqs.iter().map(|x| x.sin()));
+/// `s` as the model's dtype holds it (transformers multiplies by a tensor of that dtype).
+fn dtype_round(s: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => f64::from(half::bf16::from_f64(s)),
+        DType::F16 => f64::from(half::f16::from_f64(s)),
+        DType::F32 => f64::from(s as f32),
+        _ => s,
+    }
+}
+
+/// The rotary position of every key column of a pass: the cached ones', then the new columns'.
+fn key_positions(cache: Option<&KvCache>, positions: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    positions
+        .iter()
+        .enumerate()
+        .map(|(b, p)| {
+            let mut k = cache.and_then(|c| c.positions.get(b)).cloned().unwrap_or_default();
+            k.extend_from_slice(p);
+            k
+        })
+        .collect()
+}
+
+/// `mask` [B, 1, T, S] with the keys at or beyond `window` positions before each query hidden
+/// too (transformers' sliding window: a query sees the `window` latest positions, its own
+/// included).
+fn window_mask(mask: &[f32], queries: &[Vec<u32>], keys: &[Vec<u32>], window: usize, t: usize) -> Vec<f32> {
+    let mut out = mask.to_vec();
+    let s = keys.first().map_or(0, Vec::len);
+    for (b, (qp, kp)) in queries.iter().zip(keys).enumerate() {
+        for (q, &pq) in qp.iter().enumerate().take(t) {
+            let row = (b * t + q) * s;
+            for (k, &pk) in kp.iter().enumerate() {
+                if i64::from(pq) - i64::from(pk) >= window as i64
+                    && let Some(cell) = out.get_mut(row + k)
+                {
+                    *cell = f32::MIN;
                 }
             }
         }
-        let shape = (positions.len(), 1, t, hd);
-        let dev = self.device();
-        Ok(Rotary {
-            cos: Tensor::from_vec(cos, shape, dev)?.to_dtype(self.dtype())?,
-            sin: Tensor::from_vec(sin, shape, dev)?.to_dtype(self.dtype())?,
-        })
     }
+    out
+}
+
+/// cos/sin of `inv_freq` at a batch of positions, [B, 1, T, head_dim].
+fn rotary(inv_freq: &[f32], positions: &[Vec<u32>], t: usize, dev: &Device, dtype: DType) -> Result<Rotary> {
+    let hd = 2 * inv_freq.len();
+    let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * t * hd), Vec::new());
+    sin.reserve(positions.len() * t * hd);
+    for row in positions {
+        for &p in row {
+            let freqs: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(freqs.iter().map(|x| x.cos()));
+                sin.extend(freqs.iter().map(|x| x.sin()));
+            }
+        }
+    }
+    let shape = (positions.len(), 1, t, hd);
+    Ok(Rotary {
+        cos: Tensor::from_vec(cos, shape, dev)?.to_dtype(dtype)?,
+        sin: Tensor::from_vec(sin, shape, dev)?.to_dtype(dtype)?,
+    })
 }
 
 /// Additive mask [B, 1, T, S] for T new query columns after `past` cached ones: a query may see a
 /// key at or before its own column that is a real token. Blocked cells get f32::MIN (as HF), not
 /// −∞, so a row with nothing visible (a padding query) stays finite.
-fn causal_mask(keys: &[Vec<bool>], past: usize, t: usize, device: &Device) -> Result<Tensor> {
+fn causal_mask(keys: &[Vec<bool>], past: usize, t: usize) -> Vec<f32> {
     let s = past + t;
     let mut data = Vec::with_capacity(keys.len() * t * s);
     for valid in keys {
@@ -733,7 +636,7 @@ fn causal_mask(keys: &[Vec<bool>], past: usize, t: usize, device: &Device) -> Re
             data.extend((0..s).map(|k| if valid[k] && k <= past + q { 0.0 } else { f32::MIN }));
         }
     }
-    Tensor::from_vec(data, (keys.len(), 1, t, s), device)
+    data
 }
 
 /// d`scalar`/d`var` (zeros when the scalar does not depend on it).

@@ -8,14 +8,17 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops::FrozenLinear as Linear;
+use crate::model::ops::FrozenLinear as Linear;
 use serde::Deserialize;
 
-use super::load::{
+use crate::merge::SplitMix64;
+use crate::model::load::{
     ConfigError, Shapes, check_count, check_dims, check_layer_count, check_positive, check_range, limits,
 };
-use super::ops;
-use crate::merge::SplitMix64;
+use crate::model::ops;
+
+mod family;
+pub use family::FAMILY;
 
 /// The longest encoder input or decoder output tpv runs through T5. T5's relative position
 /// buckets set no hard limit, but its attention scores grow with the square of the length: 8×
@@ -650,7 +653,7 @@ fn encode_prompted(
     inputs: &[&[u32]],
     train: Option<Train<'_>>,
 ) -> Result<(Tensor, Tensor)> {
-    let (lens, width) = super::row_lengths(prompts, inputs, T5_MAX_POSITIONS)?;
+    let (lens, width) = crate::model::row_lengths(prompts, inputs, T5_MAX_POSITIONS)?;
     let d = model.hidden_size();
     let mut rows = Vec::with_capacity(inputs.len());
     let mut valid = Vec::with_capacity(inputs.len());
@@ -686,7 +689,7 @@ fn decode_nll(
     if longest == 0 {
         candle_core::bail!("the batch has no target tokens");
     }
-    super::check_positions(0, longest, 0, T5_MAX_POSITIONS)?;
+    crate::model::check_positions(0, longest, 0, T5_MAX_POSITIONS)?;
     let b = targets.len();
     let mut dec_ids = Vec::with_capacity(b * longest);
     let (mut rows, mut picked_targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
@@ -773,7 +776,7 @@ pub fn loss_and_greedy_rows(
     examples: &[Example],
     max_new: usize,
 ) -> Result<(LossOutput, Vec<Vec<u32>>)> {
-    super::check_positions(0, 0, max_new, T5_MAX_POSITIONS)?;
+    crate::model::check_positions(0, 0, max_new, T5_MAX_POSITIONS)?;
     let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
     let detached: Vec<&Tensor> = detached.iter().collect();
     let inputs: Vec<&[u32]> = examples.iter().map(|e| e.input.as_slice()).collect();
@@ -813,7 +816,7 @@ pub fn greedy(model: &T5, prompt: &Tensor, inputs: &[Vec<u32>], max_new: usize) 
 
 /// [`greedy`] with a prompt per input.
 pub fn greedy_rows(model: &T5, prompts: &[&Tensor], inputs: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
-    super::check_positions(0, 0, max_new, T5_MAX_POSITIONS)?;
+    crate::model::check_positions(0, 0, max_new, T5_MAX_POSITIONS)?;
     let seqs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
     let detached: Vec<Tensor> = prompts.iter().map(|p| p.detach()).collect();
     let detached: Vec<&Tensor> = detached.iter().collect();
