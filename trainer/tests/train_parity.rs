@@ -161,3 +161,16 @@ fn llama_cosine_accumulation_clipping_match_torch_peft() {
 fn llama_with_gradient_checkpointing_matches_torch_peft() {
     check("llama_cosine_accum_clip.json", "llama_gqa_rope3", true, causal_example);
 }
+
+/// A newer family (Qwen3: per-head q/k norms, explicit head_dim, tied head) trains as torch +
+/// peft train it: `tests/reference/train_fixtures.py qwen3_cosine_accum_clip`, the LLaMA case's
+/// micro-batches and hyper-parameters on `models/qwen3_qknorm_tied`.
+#[test]
+fn qwen3_cosine_accumulation_clipping_match_torch_peft() {
+    check("qwen3_cosine_accum_clip.json", "qwen3_qknorm_tied", false, causal_example);
+}
+
+#[test]
+fn qwen3_with_gradient_checkpointing_matches_torch_peft() {
+    check("qwen3_cosine_accum_clip.json", "qwen3_qknorm_tied", true, causal_example);
+}
