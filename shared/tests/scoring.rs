@@ -20,7 +20,31 @@ use tpv_shared::model::t5;
 use tpv_shared::model::{DType, Device, Tensor, Var};
 use tpv_shared::tasks::{LabelKind, Origin, Record, TaskSpec};
 
-const MODELS: [&str; 4] = ["llama_tied", "llama_gqa_rope3", "t5_gated_untied", "t5_relu_tied"];
+/// Every family's fixture: each check runs on each.
+const MODELS: [&str; 10] = [
+    "llama_tied",
+    "llama_gqa_rope3",
+    "qwen2_bias",
+    "qwen3_qknorm_tied",
+    "mistral_window",
+    "phi3_fused",
+    "gemma2_softcap",
+    "gemma3_text",
+    "t5_gated_untied",
+    "t5_relu_tied",
+];
+
+/// The decoder-only ones.
+const DECODERS: [&str; 8] = [
+    "llama_tied",
+    "llama_gqa_rope3",
+    "qwen2_bias",
+    "qwen3_qknorm_tied",
+    "mistral_window",
+    "phi3_fused",
+    "gemma2_softcap",
+    "gemma3_text",
+];
 
 /// The model as its family's own type: a decoder-only model, or T5.
 fn decoder_or_t5(model: &Model) -> (Option<&Decoder>, Option<&t5::T5>) {
@@ -260,7 +284,7 @@ fn rank_over_every_token_picks_the_greedy_token() {
 
 #[test]
 fn a_shared_prefix_gives_each_example_its_loss_and_gradient() {
-    for name in ["llama_tied", "llama_gqa_rope3"] {
+    for name in DECODERS {
         let loaded = load(name);
         let m = loaded.model.downcast_ref::<Decoder>().unwrap();
         let d = m.hidden_size();

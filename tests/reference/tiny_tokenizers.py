@@ -52,6 +52,10 @@ for name, tok, cfg in [
     ("t5_gated_untied", T5, {"eos_token": "</s>"}),
     ("llama_gqa_rope3", LLAMA, {"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT}),
     ("llama_tied", LLAMA, {"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT}),
+] + [
+    # The other decoder families' fixtures (tests/reference/family_fixtures.py) use LLaMA's ids.
+    (name, LLAMA, {"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT})
+    for name in ["qwen2_bias", "qwen3_qknorm_tied", "mistral_window", "phi3_fused", "gemma2_softcap", "gemma3_text"]
 ]:
     (OUT / name / "tokenizer.json").write_text(json.dumps(tok))
     (OUT / name / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
