@@ -324,6 +324,30 @@ fn swiglu_feed_forward_matches_composed() {
 }
 
 #[test]
+fn geglu_feed_forward_matches_composed() {
+    // Gemma's block: gelu_tanh(x·Wgᵀ) ⊙ x·Wuᵀ, then down; the fused node against candle ops
+    // (`ops::gelu_tanh`, the tanh formula written out), values and gradients.
+    let (d, f) = (16, 40);
+    let small = |shape: &[usize], seed| (randn(shape, seed) * 0.5).unwrap();
+    let (wg, wu, wd) = (small(&[f, d], 130), small(&[f, d], 131), small(&[d, f], 132));
+    let frozen = |w: &Tensor| ops::FrozenLinear::new(&candle_nn::Linear::new(w.clone(), None)).unwrap();
+    let (g, u, dn) = (frozen(&wg), frozen(&wu), frozen(&wd));
+    let x = small(&[2, 29, d], 133);
+    let f = |t: &[Tensor]| ops::geglu_ff(&g, &u, &dn, &t[0]);
+    let c = |t: &[Tensor]| {
+        let a = t[0].broadcast_matmul(&wg.t()?)?;
+        let b = t[0].broadcast_matmul(&wu.t()?)?;
+        (ops::gelu_tanh(&a)? * b)?.broadcast_matmul(&wd.t()?)
+    };
+    check("geglu feed-forward", std::slice::from_ref(&x), &f, &c, 1e-5);
+    // Without a graph (evaluation), and large enough for the threaded gradient.
+    let y = ops::geglu_ff(&g, &u, &dn, &x.detach()).unwrap();
+    assert!(max_abs_diff(&y, &c(std::slice::from_ref(&x)).unwrap()) < 1e-5);
+    let x = small(&[64, 64, d], 134);
+    check("geglu feed-forward (threaded)", std::slice::from_ref(&x), &f, &c, 1e-5);
+}
+
+#[test]
 fn nll_matches_composed() {
     for (rows, vocab) in [(5, 11), (40, 3000)] {
         let logits = (randn(&[rows, vocab], 80) * 3.0).unwrap();

@@ -697,6 +697,110 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// GeGLU (Gemma's feed-forward gate): gelu_tanh(a) ⊙ b, f32 on the CPU
+
+/// √(2/π), transformers' `gelu_pytorch_tanh` constant.
+const GELU_C: f32 = 0.797_884_6;
+
+/// gelu_tanh(a) and its derivative at a: 0.5·a·(1 + tanh u), u = √(2/π)·(a + 0.044715·a³).
+#[inline(always)]
+fn gelu_tanh(a: f32) -> (f32, f32) {
+    let t = (GELU_C * (a + 0.044_715 * a * a * a)).tanh();
+    let y = 0.5 * a * (1.0 + t);
+    let dy = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044_715 * a * a);
+    (y, dy)
+}
+
+struct Geglu;
+
+impl CustomOp2 for Geglu {
+    fn name(&self) -> &'static str {
+        "fused-geglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), l1, l2)?;
+        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
+        let n = last_dim(l1)?;
+        let mut y = vec![0f32; a.len()];
+        for_rows(&mut y, n, |i, row| {
+            let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
+            for ((o, &ai), &bi) in row.iter_mut().zip(a).zip(b) {
+                *o = gelu_tanh(ai).0 * bi;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = geglu_grad(grad, a, b)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// [da; db] of gelu_tanh(a) ⊙ b: da = g ⊙ b ⊙ gelu_tanh'(a), db = g ⊙ gelu_tanh(a).
+struct GegluGrad;
+
+impl CustomOp3 for GegluGrad {
+    fn name(&self) -> &'static str {
+        "fused-geglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), gl, l1)?;
+        same_shape(self.name(), gl, l2)?;
+        let (g, a, b) = (
+            contiguous::<f32>(gs, gl)?,
+            contiguous::<f32>(s1, l1)?,
+            contiguous::<f32>(s2, l2)?,
+        );
+        let len = g.len();
+        let mut out = vec![0f32; 2 * len];
+        let (da, db) = out.split_at_mut(len);
+        let n = last_dim(gl)?;
+        let kernel = |(i, (da, db)): (usize, (&mut [f32], &mut [f32]))| {
+            let r = i * n..(i + 1) * n;
+            let (g, a, b) = (&g[r.clone()], &a[r.clone()], &b[r]);
+            for j in 0..n {
+                let (y, dy) = gelu_tanh(a[j]);
+                db[j] = g[j] * y;
+                da[j] = g[j] * b[j] * dy;
+            }
+        };
+        if len >= PAR_MIN {
+            da.par_chunks_mut(n)
+                .zip(db.par_chunks_mut(n))
+                .with_min_len((PAR_MIN / 4 / n).max(1))
+                .enumerate()
+                .for_each(kernel);
+        } else {
+            da.chunks_mut(n).zip(db.chunks_mut(n)).enumerate().for_each(kernel);
+        }
+        Ok((CpuStorage::F32(out), stacked(gl)))
+    }
+}
+
+/// gelu_tanh(a) ⊙ b (f32 on the CPU).
+pub fn geglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, Geglu)
+}
+
+/// The gradients of gelu_tanh(a) ⊙ b with respect to `a` and `b`, given the output's `grad`
+/// (f32 on the CPU).
+pub fn geglu_grad(grad: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+    let both = grad.contiguous()?.apply_op3_no_bwd(a, b, &GegluGrad)?;
+    Ok((both.get(0)?, both.get(1)?))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Token-level cross-entropy: nll_i = logsumexp(x_i) − x_i[t_i]
 
 fn logsumexp(x: &[f32]) -> f32 {

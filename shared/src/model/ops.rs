@@ -485,9 +485,23 @@ pub fn swiglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x:
     })
 }
 
-/// Gemma's feed-forward block, y = (gelu_tanh(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ, of candle ops.
+/// Gemma's feed-forward block, y = (gelu_tanh(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ: on the CPU in f32 one node
+/// of the graph as [`swiglu_ff`] (the fused GeGLU and its gradient), elsewhere candle ops.
 pub fn geglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
-    linear(down, &(gelu_tanh(&linear(gate, x)?)? * linear(up, x)?)?)
+    if !cpu_f32(x) {
+        return linear(down, &(gelu_tanh(&linear(gate, x)?)? * linear(up, x)?)?);
+    }
+    if !(x.track_op() && [gate, up, down].iter().all(|l| l.dense())) {
+        return linear(down, &super::fused::geglu(&linear(gate, x)?, &linear(up, x)?)?);
+    }
+    let x0 = x.detach();
+    let (a, b) = (linear(gate, &x0)?, linear(up, &x0)?);
+    let y = linear(down, &super::fused::geglu(&a, &b)?)?;
+    let (wg, wu, wd) = (gate.w()?, up.w()?, down.w()?);
+    with_input_grad(x, y, move |dy| {
+        let (da, db) = super::fused::geglu_grad(&rows_matmul(dy, &wd)?, &a, &b)?;
+        rows_matmul(&da, &wg)? + rows_matmul(&db, &wu)?
+    })
 }
 
 /// x `[.., inp]` times Wᵀ held in panels: `[.., out]`, with dx = dy·W as its backward; or, when
