@@ -110,14 +110,7 @@ fn llama_case(name: &str) {
         );
 
         let want = ids(&ex["greedy"]);
-        let cached = causal::greedy(
-            model,
-            prompt.as_tensor(),
-            std::slice::from_ref(&input),
-            want.len(),
-            &[],
-        )
-        .unwrap();
+        let cached = causal::greedy(model, prompt.as_tensor(), std::slice::from_ref(&input), want.len(), &[]).unwrap();
         assert_eq!(cached[0], want, "greedy tokens");
         let recomputed = causal::greedy_recompute(model, prompt.as_tensor(), &input, want.len(), &[]).unwrap();
         assert_eq!(recomputed, want, "greedy by recomputation");

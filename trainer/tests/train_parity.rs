@@ -167,10 +167,20 @@ fn llama_with_gradient_checkpointing_matches_torch_peft() {
 /// micro-batches and hyper-parameters on `models/qwen3_qknorm_tied`.
 #[test]
 fn qwen3_cosine_accumulation_clipping_match_torch_peft() {
-    check("qwen3_cosine_accum_clip.json", "qwen3_qknorm_tied", false, causal_example);
+    check(
+        "qwen3_cosine_accum_clip.json",
+        "qwen3_qknorm_tied",
+        false,
+        causal_example,
+    );
 }
 
 #[test]
 fn qwen3_with_gradient_checkpointing_matches_torch_peft() {
-    check("qwen3_cosine_accum_clip.json", "qwen3_qknorm_tied", true, causal_example);
+    check(
+        "qwen3_cosine_accum_clip.json",
+        "qwen3_qknorm_tied",
+        true,
+        causal_example,
+    );
 }
