@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The dependency rule, checked: `shared` (native and wasm32) pulls in no CLI, GPU or UI crate, and
-# `web` never depends on `trainer`.
+# The dependency rule, checked: `shared` (native and wasm32) pulls in no CLI, GPU or UI crate,
+# `web` never depends on `trainer`, and the core's file formats and arithmetic never reach into
+# the model layer (`model`, `eval`'s loading and scoring, `attempt`'s mixing, `nearest`, `text`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +19,22 @@ if cargo tree --offline -p tpv-web -e normal --target wasm32-unknown-unknown --p
   echo "layering: tpv-web depends on tpv-trainer" >&2
   status=1
 fi
-[ $status -eq 0 ] && echo "layering: ok (shared has no CLI/GPU/UI dependency; web does not use trainer)"
+# The core: file formats (prompts, run files, peft adapters, documents, reports, studies, eval
+# sets), arithmetic, merges, similarity, statistics, metrics and tasks. They may use each other,
+# candle's types and `eval::set`/`eval::summary` (plain data), nothing of the model layer.
+core=(tensor prompt attempt_params arith merge similarity stats metrics runfile peft document report
+  study st records tasks names error versioned time eval/set eval/summary)
+model_layer='crate::(model|attempt|nearest|text)\b|crate::eval::(\{|[A-Za-z_]+\b)'
+for m in "${core[@]}"; do
+  f="shared/src/$m.rs"
+  [ -f "$f" ] || { echo "layering: $f is missing (update the core list)" >&2; status=1; continue; }
+  # Code only (doc links name the model layer without depending on it).
+  bad=$(grep -nE "$model_layer" "$f" | grep -vE '^[0-9]+:\s*//' | grep -vE 'crate::eval::(set|summary)\b' || true)
+  if [ -n "$bad" ]; then
+    echo "layering: $f (the core) uses the model layer:" >&2
+    echo "$bad" >&2
+    status=1
+  fi
+done
+[ $status -eq 0 ] && echo "layering: ok (shared has no CLI/GPU/UI dependency; web does not use trainer; the core does not use the model layer)"
 exit $status

@@ -6,6 +6,7 @@
 
 pub mod arith;
 pub mod attempt;
+pub mod attempt_params;
 pub mod document;
 pub mod error;
 pub mod eval;

@@ -146,7 +146,7 @@ mod tests {
         round_trips::<SignElection>();
         round_trips::<Measure>();
         round_trips::<Precision>();
-        round_trips::<crate::eval::Scoring>();
+        round_trips::<crate::eval::set::Scoring>();
         round_trips::<crate::prompt::TaskType>();
         round_trips::<crate::stats::TestKind>();
         round_trips::<crate::study::InitMethod>();

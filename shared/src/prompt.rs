@@ -235,7 +235,7 @@ pub struct SoftPrompt {
     pub meta: PromptMeta,
     pub curves: BTreeMap<String, Curve>,
     /// The attention module and sources of an ATTEMPT run (kind [`PromptKind::Attempt`]).
-    pub attempt: Option<Box<crate::attempt::Module>>,
+    pub attempt: Option<Box<crate::attempt_params::Module>>,
 }
 
 impl SoftPrompt {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::eval::ReportModel;
+use crate::eval::set::ReportModel;
 
 /// `format` of a report manifest.
 pub const FORMAT: &str = "tpv-report";
@@ -93,7 +93,7 @@ pub struct ManifestRun {
     pub metrics: BTreeMap<String, Option<f64>>,
 }
 
-/// A task's bundled examples (`examples/TASK.json`, an [`crate::eval::EvalSet`]).
+/// A task's bundled examples (`examples/TASK.json`, an [`crate::eval::set::EvalSet`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExampleSet {
     pub task: String,

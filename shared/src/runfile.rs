@@ -192,7 +192,7 @@ struct AttemptHead {
 }
 
 /// The module of an ATTEMPT run file (its shapes are checked by `SoftPrompt::validate`).
-fn read_attempt(loaded: &Loaded<'_>) -> Result<crate::attempt::Module> {
+fn read_attempt(loaded: &Loaded<'_>) -> Result<crate::attempt_params::Module> {
     let json = loaded
         .metadata
         .get(KEY_ATTEMPT)
@@ -200,7 +200,7 @@ fn read_attempt(loaded: &Loaded<'_>) -> Result<crate::attempt::Module> {
     let head: AttemptHead =
         serde_json::from_str(json).map_err(|e| Error::BadMetadata(format!("`{KEY_ATTEMPT}`: {e}")))?;
     let m = |name: &str| -> Result<PromptTensor> { Ok(loaded.matrix(name)?.0) };
-    Ok(crate::attempt::Module {
+    Ok(crate::attempt_params::Module {
         sources: m("attempt.sources")?,
         source_labels: head.sources,
         w_down: m("attempt.w_down")?,

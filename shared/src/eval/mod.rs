@@ -10,14 +10,19 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::metrics;
 use crate::model::load::{self, Model};
 use crate::model::{causal, t5};
 use crate::prompt::TaskType;
 use crate::tasks::{Record, Style, TaskError, TaskSpec};
 use crate::text::{TextCodec, TextError};
+
+pub mod set;
+pub mod summary;
+
+pub use set::*;
+pub use summary::*;
 
 /// Why an example could not be evaluated.
 #[derive(Debug, thiserror::Error)]
@@ -30,72 +35,12 @@ pub enum EvalError {
     Candle(#[from] candle_core::Error),
     #[error("an example of the wrong family for a {0} model")]
     WrongFamily(&'static str),
-    #[error("eval set: {0}")]
-    BadSet(String),
+    #[error(transparent)]
+    Set(#[from] SetError),
     #[error("model files: {0}")]
     Files(String),
     #[error("rank scoring needs a task with a label set; {0} has none (use generation)")]
     NoLabels(String),
-}
-
-/// Which tokens of a causal example the loss covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LossOn {
-    /// The answer tokens only (default).
-    #[default]
-    Answer,
-    /// Every token of the sequence (trl's default).
-    Sequence,
-}
-
-/// How records become model inputs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncodeOptions {
-    /// Chat models: the input is a user turn of the chat template, when the model has one (else
-    /// raw text).
-    pub chat: bool,
-    #[serde(default)]
-    pub loss_on: LossOn,
-    /// Truncate inputs to this many tokens.
-    #[serde(default)]
-    pub max_source_tokens: Option<usize>,
-    /// Chat models: the system turn before the input (`Some("")`: an empty one). `None` leaves
-    /// it to the chat template, which may insert a default (SmolLM2's is ~20 tokens).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<String>,
-}
-
-impl Default for EncodeOptions {
-    fn default() -> Self {
-        Self {
-            chat: true,
-            loss_on: LossOn::Answer,
-            max_source_tokens: None,
-            system: None,
-        }
-    }
-}
-
-/// How an example's prediction is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Scoring {
-    /// Greedy generation of at most `max_new_tokens` tokens (the paper's evaluation).
-    #[default]
-    Generate,
-    /// Rank classification over the task's label set: every label's answer tokens (with the end
-    /// token) scored in one forward pass, the most likely label is the prediction. The loss is
-    /// the target label's, as training computes it.
-    Rank,
-}
-
-crate::named!(Scoring, "scoring", { Generate => "generate", Rank => "rank" });
-
-impl Scoring {
-    pub fn as_str(self) -> &'static str {
-        crate::names::Named::name(self)
-    }
 }
 
 /// How a batch is scored: the scoring, the generation length and, for rank classification, the
@@ -723,201 +668,6 @@ fn family_examples<T: Clone>(
                 .ok_or_else(|| candle_core::Error::Msg(format!("an example of the wrong family for a {family} model")))
         })
         .collect()
-}
-
-/// A number JSON may have written as `null` (serde_json writes NaN so).
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
-    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
-}
-
-/// What the evaluation of one example gives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExampleResult {
-    /// Mean NLL over the example's target tokens (NaN when not computed: JSON writes it `null`,
-    /// and `null` reads back as NaN).
-    #[serde(deserialize_with = "nan_if_null")]
-    pub loss: f32,
-    /// How many target tokens the loss covers.
-    pub tokens: usize,
-    pub prediction: String,
-    /// Rank classification: the summed NLL of each label, in the task's label order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scores: Vec<f32>,
-}
-
-/// A task's examples and how to encode and decode them (the `examples/TASK.json` of a study).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalSet {
-    /// `tpv-eval-set`.
-    pub format: String,
-    pub version: u32,
-    /// The task's name in the study (run files' task).
-    pub name: String,
-    /// Which split the records are (`test`).
-    pub split: String,
-    /// How many records the split has (the set may hold the first `records.len()` of them).
-    pub split_size: usize,
-    pub task: TaskSpec,
-    pub encode: EncodeOptions,
-    pub max_new_tokens: usize,
-    /// How the study scored its runs (version 2; version 1 sets generate).
-    #[serde(default)]
-    pub scoring: Scoring,
-    pub records: Vec<Record>,
-}
-
-impl EvalSet {
-    pub const FORMAT: &'static str = "tpv-eval-set";
-    /// 2: `scoring` and `encode.system`.
-    pub const VERSION: u32 = 2;
-
-    /// Parses and checks an eval set (format and version first, so a newer set is refused by
-    /// its version, not by a field this reader does not know).
-    pub fn from_json(bytes: &[u8]) -> Result<Self, EvalError> {
-        #[derive(Deserialize)]
-        struct Head {
-            format: Option<String>,
-            version: Option<u32>,
-        }
-        let head: Head = serde_json::from_slice(bytes).map_err(|e| EvalError::BadSet(e.to_string()))?;
-        if head.format.as_deref() != Some(Self::FORMAT) {
-            return Err(EvalError::BadSet(format!(
-                "format is {:?}, expected {:?}",
-                head.format.unwrap_or_default(),
-                Self::FORMAT
-            )));
-        }
-        if let Some(v) = head.version
-            && v > Self::VERSION
-        {
-            return Err(EvalError::BadSet(format!(
-                "version {v} is newer than this tpv reads ({}); upgrade tpv",
-                Self::VERSION
-            )));
-        }
-        serde_json::from_slice(bytes).map_err(|e| EvalError::BadSet(e.to_string()))
-    }
-
-    /// The targets of the records (the references of the metrics).
-    pub fn targets(&self) -> Result<Vec<String>, TaskError> {
-        self.records.iter().map(|r| self.task.target(r)).collect()
-    }
-}
-
-/// The model of a report (`manifest.json`'s `model`): where the Evaluate view fetches it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReportModel {
-    /// A `.gguf` file or an HF folder (ending in `/`), relative to the manifest or absolute.
-    pub url: String,
-    /// How the study named it (`smollm2`, `org/name`, a path).
-    pub name: String,
-    /// The files' total size, when bundled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-    /// True when the files are in the report (`SITE/model/`).
-    #[serde(default)]
-    pub bundled: bool,
-}
-
-/// Plain examples (`{"input": …, "target": …}` lines) as an eval set of the `plain` task.
-pub fn plain_set(records: Vec<Record>, chat: bool, max_new_tokens: usize) -> EvalSet {
-    EvalSet {
-        format: EvalSet::FORMAT.into(),
-        version: EvalSet::VERSION,
-        name: "plain".into(),
-        split: "given".into(),
-        split_size: records.len(),
-        task: crate::tasks::plain(),
-        encode: EncodeOptions {
-            chat,
-            ..EncodeOptions::default()
-        },
-        max_new_tokens,
-        scoring: Scoring::Generate,
-        records,
-    }
-}
-
-/// Summary of an evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Mean NLL over all target tokens (token-weighted, as the training curves).
-    pub loss: f64,
-    /// Mean of the per-example losses.
-    pub mean_example_loss: f64,
-    /// exact_match and the task's metrics.
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// Loss and metrics of finished results against their references.
-pub fn summarize(task: &TaskSpec, results: &[ExampleResult], refs: &[String]) -> Summary {
-    let (mut nll, mut count) = (0f64, 0usize);
-    for r in results.iter().filter(|r| r.tokens > 0 && r.loss.is_finite()) {
-        nll += f64::from(r.loss) * r.tokens as f64;
-        count += r.tokens;
-    }
-    let n = results.len().max(1) as f64;
-    let preds: Vec<String> = results.iter().map(|r| r.prediction.clone()).collect();
-    Summary {
-        loss: if count == 0 { f64::NAN } else { nll / count as f64 },
-        mean_example_loss: results.iter().map(|r| f64::from(r.loss)).sum::<f64>() / n,
-        metrics: metrics::compute(&task.metrics, &preds, refs, &task.labels),
-    }
-}
-
-/// Counts of (reference, prediction) pairs: rows are references, columns the same classes plus
-/// `other` for predictions outside them. Classes are the task's label words, or the distinct
-/// references (sorted) when it has none; strings compare after [`metrics::normalize_label`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Confusion {
-    pub classes: Vec<String>,
-    /// `counts[reference][prediction]`, `classes.len()` rows of `classes.len() + 1` columns.
-    pub counts: Vec<Vec<usize>>,
-    /// The number of classes when it is over [`CONFUSION_MAX_CLASSES`]: no matrix then
-    /// (`classes` and `counts` empty); a generative task's distinct targets are no label set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub omitted: Option<usize>,
-}
-
-/// The most classes a confusion matrix is made for (the paper's tasks have at most 14 labels). A
-/// matrix grows with the square of its classes: 16,000 distinct targets took 2.0 GB.
-pub const CONFUSION_MAX_CLASSES: usize = 100;
-
-impl Confusion {
-    pub fn new(labels: &[String], preds: &[String], refs: &[String]) -> Self {
-        let classes: Vec<String> = if labels.is_empty() {
-            let mut c: Vec<String> = refs.iter().map(|r| metrics::normalize_label(r)).collect();
-            c.sort();
-            c.dedup();
-            c
-        } else {
-            labels.iter().map(|l| metrics::normalize_label(l)).collect()
-        };
-        let k = classes.len();
-        if k > CONFUSION_MAX_CLASSES {
-            return Self {
-                classes: Vec::new(),
-                counts: Vec::new(),
-                omitted: Some(k),
-            };
-        }
-        let index = |s: &str| {
-            let s = metrics::normalize_label(s);
-            classes.iter().position(|c| *c == s)
-        };
-        let mut counts = vec![vec![0; k + 1]; k];
-        for (p, r) in preds.iter().zip(refs) {
-            if let Some(row) = index(r) {
-                counts[row][index(p).unwrap_or(k)] += 1;
-            }
-        }
-        Self {
-            classes,
-            counts,
-            omitted: None,
-        }
-    }
 }
 
 #[cfg(test)]
