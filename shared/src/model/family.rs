@@ -61,6 +61,8 @@ pub trait Spec: std::fmt::Debug + Send + Sync {
     /// Bytes a layer keeps per token for the backward pass, per unit of the hidden size, in
     /// 16-bit precision (measured: `tpv bench --short 0 --long 1`, docs/numbers.md).
     fn activation_bytes_per_d(&self) -> f64;
+    /// The parameters the checkpoint holds (a tied head counted once), from the config alone.
+    fn parameters(&self) -> u64;
 }
 
 /// A frozen model with a soft prompt in front: the heads training, evaluation, studies and the

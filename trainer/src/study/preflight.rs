@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use tpv_shared::model::family::Spec;
 
 use serde::Serialize;
 use tpv_shared::study::NAME_MAX;
@@ -218,11 +219,31 @@ fn device_check(spec: &str) -> Check {
     }
 }
 
-/// Weights (parameters from the safetensors headers × the dtype's bytes) and activations kept
-/// for the backward pass (per layer ≈ batch·seq·(k·d + 5·heads·seq) half-precision bytes, k
-/// measured per family,
-/// scaled to the dtype; with gradient checkpointing each layer's input, batch·seq·d values, and
-/// one layer's activations) against the device's memory.
+/// The preflight's estimate in bytes: weights (`params` × `bytes` per value) and the
+/// activations a training step keeps for its backward pass, for `batch` rows of `seq` positions
+/// (prompt + source tokens): per layer ≈ batch·seq·(k·d + 5·heads·seq) half-precision bytes (k
+/// the family's measured [`Spec::activation_bytes_per_d`]) scaled to the dtype; with gradient
+/// checkpointing each layer's input (batch·seq·d values) and one layer's activations.
+pub fn memory_estimate(
+    spec: &dyn Spec,
+    params: f64,
+    bytes: f64,
+    (batch, seq): (usize, usize),
+    checkpointing: bool,
+) -> (f64, f64) {
+    let dims = spec.dims();
+    let (d, layers, heads) = (dims.hidden as f64, dims.layers as f64, dims.heads as f64);
+    let (batch, seq) = (batch as f64, seq as f64);
+    let per_layer = batch * seq * (spec.activation_bytes_per_d() * d + 5.0 * heads * seq) * bytes / 2.0;
+    let activations = if checkpointing {
+        layers * batch * seq * d * bytes + per_layer
+    } else {
+        layers * per_layer
+    };
+    (params * bytes, activations)
+}
+
+/// [`memory_estimate`] (parameters from the safetensors headers) against the device's memory.
 fn memory_check(c: &Config) -> Check {
     let what = format!(
         "memory {} ({}, batch {}, {})",
@@ -243,20 +264,9 @@ fn memory_check(c: &Config) -> Check {
             detail: "not estimated (a GGUF file or a folder without safetensors headers)".into(),
         };
     };
-    let seq = (c.prompt.virtual_tokens + c.data.max_source_tokens.unwrap_or(256)) as f64;
-    let dims = spec.dims();
-    let (d, layers, heads) = (dims.hidden as f64, dims.layers as f64, dims.heads as f64);
-    let batch = c.optim.batch_size as f64;
-    let weights = params * bytes;
-    let per_d = spec.activation_bytes_per_d();
-    let per_layer = batch * seq * (per_d * d + 5.0 * heads * seq) * bytes / 2.0;
+    let seq = c.prompt.virtual_tokens + c.data.max_source_tokens.unwrap_or(256);
     let checkpointing = c.train.gradient_checkpointing;
-    // With gradient checkpointing: every layer's input, and one layer's activations at a time.
-    let activations = if checkpointing {
-        layers * batch * seq * d * bytes + per_layer
-    } else {
-        layers * per_layer
-    };
+    let (weights, activations) = memory_estimate(&*spec, params, bytes, (c.optim.batch_size, seq), checkpointing);
     let need = weights + activations;
     let detail = format!(
         "needs ≈ {} (weights {}, activations {}{})",
@@ -387,7 +397,7 @@ fn safetensors_params(path: &Path) -> Option<f64> {
 
 /// The model's family spec from its config.json (hidden size, layers, heads, and the family's
 /// activation footprint), through the same registry loading uses.
-fn model_spec(path: &Path) -> Option<Box<dyn tpv_shared::model::family::Spec>> {
+fn model_spec(path: &Path) -> Option<Box<dyn Spec>> {
     let text = std::fs::read_to_string(path.join("config.json")).ok()?;
     tpv_shared::model::families::parse(&text).ok()
 }

@@ -155,6 +155,19 @@ impl Spec for DecoderSpec {
     fn activation_bytes_per_d(&self) -> f64 {
         ACTIVATION_BYTES_PER_D
     }
+
+    fn parameters(&self) -> u64 {
+        let c = &self.cfg;
+        let a = &self.arch;
+        let (d, hd, i) = (c.hidden_size as u64, c.head_dim() as u64, c.intermediate_size as u64);
+        let (q, kv) = (c.num_attention_heads as u64 * hd, c.num_kv_heads() as u64 * hd);
+        let embed = c.vocab_size as u64 * d;
+        let attn = d * (q + 2 * kv) + q * d + u64::from(a.qkv_bias) * (q + 2 * kv) + u64::from(a.o_bias) * d;
+        let mlp = 3 * d * i + u64::from(a.mlp_bias) * (2 * i + d);
+        let norms = d * if a.sandwich_norms { 4 } else { 2 } + if a.qk_norm { 2 * hd } else { 0 };
+        let head = if c.tie_word_embeddings { 0 } else { embed };
+        embed + c.num_hidden_layers as u64 * (attn + mlp + norms) + d + head
+    }
 }
 
 /// Phi-3's fused projections split into LLaMA's: `qkv_proj` rows are q (heads × head_dim), then

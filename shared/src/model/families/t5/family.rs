@@ -79,6 +79,18 @@ impl Spec for T5Config {
     fn activation_bytes_per_d(&self) -> f64 {
         ACTIVATION_BYTES_PER_D
     }
+
+    fn parameters(&self) -> u64 {
+        let (d, inner) = (self.d_model as u64, (self.num_heads * self.d_kv) as u64);
+        let ff = self.d_ff as u64 * d * if self.feed_forward_proj.contains("gated") { 3 } else { 2 };
+        let bias = (self.relative_attention_num_buckets * self.num_heads) as u64;
+        let encoder = self.num_layers as u64 * (4 * d * inner + ff + 2 * d) + bias + d;
+        let dec_layers = self.num_decoder_layers.unwrap_or(self.num_layers) as u64;
+        let decoder = dec_layers * (8 * d * inner + ff + 3 * d) + bias + d;
+        let embed = self.vocab_size as u64 * d;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + encoder + decoder + head
+    }
 }
 
 /// T5's loss as the family-neutral one (its logits dropped).
