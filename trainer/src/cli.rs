@@ -247,11 +247,20 @@ pub enum InputStyle {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// `smollm2-shaped`, `t5-base-shaped` or `llama31-8b-shaped` (random weights of that shape;
-    /// the 8B one needs ≈ 16 GB in bf16), or a model spec as in `tpv eval` (HF directory, .gguf,
-    /// hub id in the local cache, `smollm2`).
+    /// `smollm2-shaped`, `t5-base-shaped`, `llama31-8b-shaped`, `qwen3-1.7b-shaped` or
+    /// `gemma3-1b-shaped` (random weights of that released model's shape; the 8B one needs ≈ 16
+    /// GB in bf16), or a model spec as in `tpv eval` (HF directory, .gguf, hub id in the local
+    /// cache, `smollm2`).
     #[arg(long, default_value = "smollm2-shaped")]
     pub model: String,
+    /// A named shape's first N layers only (a large shape measured quickly; the FLOPs count
+    /// these layers).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Run a named shape's dimensions as another family's model_type (e.g. `llama`: the same
+    /// work under LLaMA's code, to compare a family's overhead).
+    #[arg(long)]
+    pub family: Option<String>,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu", env = "TPV_DEVICE")]
     pub device: String,

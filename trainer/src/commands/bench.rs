@@ -236,18 +236,54 @@ fn engine_rows(state: &State, engine: &Engine<'_>) -> usize {
     state.params.len() / engine.model.hidden_size().max(1)
 }
 
+/// The named shapes `tpv bench --model NAME` builds with random weights: each a released
+/// model's config.json.
+pub fn shapes() -> Vec<(&'static str, Value)> {
+    vec![
+        ("smollm2-shaped", smollm2_config()),
+        ("t5-base-shaped", t5_base_config()),
+        ("llama31-8b-shaped", llama31_8b_config()),
+    ]
+}
+
+/// A named shape's config with `--layers` and `--family` applied: its first N layers (their
+/// `layer_types` too), or its dimensions run as another family (the same work under, say,
+/// LLaMA's code, to compare a family's overhead).
+fn shaped_config(mut config: Value, args: &BenchArgs) -> Result<Value> {
+    if let Some(n) = args.layers {
+        let mut set = false;
+        for key in ["num_hidden_layers", "num_layers", "num_decoder_layers"] {
+            if config.get(key).is_some_and(|v| !v.is_null()) {
+                config[key] = json!(n);
+                set = true;
+            }
+        }
+        if !set {
+            bail!("--layers: the shape's config has no layer count");
+        }
+        if let Some(types) = config.get_mut("layer_types").and_then(Value::as_array_mut) {
+            types.truncate(n);
+        }
+    }
+    if let Some(family) = &args.family {
+        config["model_type"] = json!(family);
+    }
+    Ok(config)
+}
+
 /// The benchmarked model: random weights of a named shape, or loaded (and how long that took).
 fn bench_model(args: &BenchArgs, dtype: DType, device: &Device) -> Result<(Model, Option<f64>)> {
     let t = Instant::now();
-    Ok(match args.model.as_str() {
-        "smollm2-shaped" => (random_model(&smollm2_config(), dtype, device)?, None),
-        "t5-base-shaped" => (random_model(&t5_base_config(), dtype, device)?, None),
-        "llama31-8b-shaped" => (random_model(&llama31_8b_config(), dtype, device)?, None),
-        spec => {
-            let loaded = models::load(spec, dtype, device).with_context(|| format!("loading {spec}"))?;
-            (loaded.loaded.model, Some(t.elapsed().as_secs_f64()))
-        }
-    })
+    if let Some((_, config)) = shapes().into_iter().find(|(name, _)| *name == args.model) {
+        let config = shaped_config(config, args)?;
+        let model = random_model(&config, dtype, device).with_context(|| format!("building {}", args.model))?;
+        return Ok((model, None));
+    }
+    if args.layers.is_some() || args.family.is_some() {
+        bail!("--layers and --family apply to the named shapes only");
+    }
+    let loaded = models::load(&args.model, dtype, device).with_context(|| format!("loading {}", args.model))?;
+    Ok((loaded.loaded.model, Some(t.elapsed().as_secs_f64())))
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
