@@ -51,33 +51,57 @@ fn prompt(expected: &Value) -> Var {
     Var::from_tensor(&Tensor::from_vec(floats(&expected["prompt"]), (r, 16), &Device::Cpu).unwrap()).unwrap()
 }
 
-#[wasm_bindgen_test]
-fn llama_in_the_browser_matches_hf() {
-    let config = include_str!("../../tests/fixtures/models/llama_gqa_rope3/config.json");
-    let weights = include_bytes!("../../tests/fixtures/models/llama_gqa_rope3/model.safetensors").to_vec();
-    let expected: Value = serde_json::from_str(include_str!(
-        "../../tests/fixtures/models/llama_gqa_rope3/expected.json"
-    ))
-    .unwrap();
+/// A decoder-only fixture (config.json, model.safetensors, expected.json) against HF: each
+/// example's loss, gradient, logits and greedy tokens, and the padded batch's loss.
+fn decoder_case(config: &str, weights: &[u8], expected: &str) {
+    let expected: Value = serde_json::from_str(expected).unwrap();
     let model = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap();
     let model = model.downcast_ref::<Decoder>().expect("a decoder-only model");
     let p = prompt(&expected);
     let mut batch = Vec::new();
     for ex in expected["examples"].as_array().unwrap() {
         let example = Example::answer(&ids(&ex["input_ids"]), &ids(&ex["answer_ids"]));
-        let out = causal::loss(&model, p.as_tensor(), std::slice::from_ref(&example)).unwrap();
+        let out = causal::loss(model, p.as_tensor(), std::slice::from_ref(&example)).unwrap();
         assert!(rel(out.loss.to_scalar().unwrap(), &ex["loss"]) <= 1e-5);
         let grads = out.loss.backward().unwrap();
         assert!(max_abs(grads.get(p.as_tensor()).unwrap(), &floats(&ex["grad"])) <= 1e-4);
-        let logits = causal::sequence_logits(&model, p.as_tensor(), &example.ids).unwrap();
+        let logits = causal::sequence_logits(model, p.as_tensor(), &example.ids).unwrap();
         assert!(max_abs(&logits, &floats(&ex["logits"])) <= 1e-4);
         let want = ids(&ex["greedy"]);
-        let got = causal::greedy(&model, p.as_tensor(), &[ids(&ex["input_ids"])], want.len(), &[]).unwrap();
+        let got = causal::greedy(model, p.as_tensor(), &[ids(&ex["input_ids"])], want.len(), &[]).unwrap();
         assert_eq!(got[0], want);
         batch.push(example);
     }
-    let out = causal::loss(&model, p.as_tensor(), &batch).unwrap();
+    let out = causal::loss(model, p.as_tensor(), &batch).unwrap();
     assert!(rel(out.loss.to_scalar().unwrap(), &expected["batch"]["loss"]) <= 1e-5);
+}
+
+/// `decoder_case` on `tests/fixtures/models/NAME`.
+macro_rules! decoder_fixture {
+    ($name:literal) => {
+        decoder_case(
+            include_str!(concat!("../../tests/fixtures/models/", $name, "/config.json")),
+            include_bytes!(concat!("../../tests/fixtures/models/", $name, "/model.safetensors")),
+            include_str!(concat!("../../tests/fixtures/models/", $name, "/expected.json")),
+        )
+    };
+}
+
+#[wasm_bindgen_test]
+fn llama_in_the_browser_matches_hf() {
+    decoder_fixture!("llama_gqa_rope3");
+}
+
+/// Every newer family's code in the browser (windows, soft-capping, fused projections, q/k
+/// norms, the fused GeGLU) against the same reference values.
+#[wasm_bindgen_test]
+fn the_other_decoder_families_in_the_browser_match_hf() {
+    decoder_fixture!("qwen2_bias");
+    decoder_fixture!("qwen3_qknorm_tied");
+    decoder_fixture!("mistral_window");
+    decoder_fixture!("phi3_fused");
+    decoder_fixture!("gemma2_softcap");
+    decoder_fixture!("gemma3_text");
 }
 
 #[wasm_bindgen_test]
@@ -96,7 +120,7 @@ fn t5_in_the_browser_matches_hf() {
             input: ids(&ex["input_ids"]),
             target: ids(&ex["labels"]),
         };
-        let out = t5::loss(&model, p.as_tensor(), std::slice::from_ref(&example), None).unwrap();
+        let out = t5::loss(model, p.as_tensor(), std::slice::from_ref(&example), None).unwrap();
         assert!(rel(out.loss.to_scalar().unwrap(), &ex["loss"]) <= 1e-5);
         assert!(max_abs(&out.logits, &floats(&ex["logits"])) <= 1e-4);
         let grads = out.loss.backward().unwrap();
@@ -106,7 +130,7 @@ fn t5_in_the_browser_matches_hf() {
             want.pop();
         }
         assert_eq!(
-            t5::greedy(&model, p.as_tensor(), &[example.input.clone()], 6).unwrap()[0],
+            t5::greedy(model, p.as_tensor(), &[example.input.clone()], 6).unwrap()[0],
             want
         );
     }
