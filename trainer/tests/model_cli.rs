@@ -103,10 +103,21 @@ fn assert_same_results(a: &Value, b: &Value) {
 }
 
 #[test]
-fn eval_batched_equals_one_by_one_on_llama_and_t5() {
+fn eval_batched_equals_one_by_one_on_every_family() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_data(tmp.path(), DATA);
-    for model in ["llama_gqa_rope3", "llama_tied", "t5_relu_tied", "t5_gated_untied"] {
+    for model in [
+        "llama_gqa_rope3",
+        "llama_tied",
+        "qwen2_bias",
+        "qwen3_qknorm_tied",
+        "mistral_window",
+        "phi3_fused",
+        "gemma2_softcap",
+        "gemma3_text",
+        "t5_relu_tied",
+        "t5_gated_untied",
+    ] {
         let origins = tmp.path().join(model);
         tpv()
             .args([

@@ -225,6 +225,22 @@ fn a_killed_llama_run_resumes_to_the_same_prompt() {
     kill_and_resume("llama_tied");
 }
 
+/// `tpv train` on every other decoder family: trains, evaluates, and a killed run resumes to the
+/// same prompt.
+#[test]
+fn a_killed_run_of_every_other_decoder_family_resumes_to_the_same_prompt() {
+    for model in [
+        "qwen2_bias",
+        "qwen3_qknorm_tied",
+        "mistral_window",
+        "phi3_fused",
+        "gemma2_softcap",
+        "gemma3_text",
+    ] {
+        kill_and_resume(model);
+    }
+}
+
 #[test]
 fn a_diverging_run_stops_and_keeps_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
