@@ -283,9 +283,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<PathBuf> {
     }
     if config.train.gradient_checkpointing && loaded.model.task_type() == TaskType::Seq2SeqLm {
         bail!(
-            "train.gradient_checkpointing is implemented for decoder-only models; {} is {} (whose activations fit without it): remove the setting",
+            "train.gradient_checkpointing is implemented for decoder-only models; {} is an encoder-decoder ({}, whose activations fit without it): remove the setting",
             config.model.path,
-            loaded.model.family()
+            loaded.model.family().to_uppercase()
         );
     }
     let all = data::load_all(&config.data).context("loading data")?;
