@@ -414,7 +414,7 @@ pub fn from_gguf<R: Read + Seek>(
         tensors.insert(hf, t.to_dtype(dtype)?);
     }
     let vb = handover(tensors, dtype, device);
-    let arch = Arch::llama("llama", &cfg, Arch::global(&cfg))?;
+    let arch = Arch::llama("llama", &cfg, Arch::global)?;
     let spec = DecoderSpec { cfg, arch };
     let mut model = Decoder::load(vb, &spec)?;
     if let Some(factors) = freq_factors {

@@ -34,14 +34,16 @@ pub struct DecoderSpec {
 
 impl Arch {
     /// LLaMA's reading of a config: biases from `attention_bias` (all four projections) and
-    /// `mlp_bias`, plain RMSNorm, head_dim^-½, one rotary table, the given windows. Other
-    /// families start from it and change what differs.
+    /// `mlp_bias`, plain RMSNorm, head_dim^-½, one rotary table, the layers' windows as
+    /// `windows` reads them (after every value is checked: a layer count of 2^60 never sizes
+    /// anything). Other families start from it and change what differs.
     pub fn llama(
         model_type: &'static str,
         cfg: &DecoderConfig,
-        windows: Vec<Option<usize>>,
+        windows: impl FnOnce(&DecoderConfig) -> std::result::Result<Vec<Option<usize>>, ConfigError>,
     ) -> std::result::Result<Self, ConfigError> {
         cfg.validate()?;
+        let windows = windows(cfg)?;
         Ok(Self {
             model_type,
             qkv_bias: cfg.attention_bias,
@@ -65,8 +67,13 @@ impl Arch {
     }
 
     /// Every layer global.
-    pub fn global(cfg: &DecoderConfig) -> Vec<Option<usize>> {
-        vec![None; cfg.num_hidden_layers]
+    pub fn global(cfg: &DecoderConfig) -> std::result::Result<Vec<Option<usize>>, ConfigError> {
+        Ok(vec![None; cfg.num_hidden_layers])
+    }
+
+    /// Every layer within `sliding_window` when the config sets one (Mistral, Phi-3).
+    pub fn all_sliding(cfg: &DecoderConfig) -> std::result::Result<Vec<Option<usize>>, ConfigError> {
+        cfg.windows(|_| cfg.sliding_window.is_some())
     }
 }
 

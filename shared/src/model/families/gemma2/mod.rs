@@ -15,8 +15,7 @@ pub const FAMILY: Family = Family {
     model_type: "gemma2",
     parse: |json| {
         let cfg = gemma_config(json)?;
-        let windows = cfg.windows(|i| (i + 1) % 2 != 0)?;
-        let mut arch = gemma_arch("gemma2", &cfg, windows)?;
+        let mut arch = gemma_arch("gemma2", &cfg, |c| c.windows(|i| (i + 1) % 2 != 0))?;
         arch.attn_softcap = cfg.attn_logit_softcapping;
         Ok(DecoderSpec::boxed(cfg, arch))
     },
@@ -38,7 +37,7 @@ pub fn gemma_config(json: &str) -> candle_core::Result<DecoderConfig> {
 pub fn gemma_arch(
     model_type: &'static str,
     cfg: &DecoderConfig,
-    windows: Vec<Option<usize>>,
+    windows: impl FnOnce(&DecoderConfig) -> Result<Vec<Option<usize>>, ConfigError>,
 ) -> Result<Arch, ConfigError> {
     let mut arch = Arch::llama(model_type, cfg, windows)?;
     arch.norm_plus_one = true;

@@ -22,8 +22,7 @@ pub const FAMILY: Family = Family {
         let cfg = gemma_config(json)?;
         let pattern = cfg.sliding_window_pattern.unwrap_or(DEFAULT_PATTERN);
         check_count("sliding_window_pattern", pattern, crate::model::load::limits::LAYERS)?;
-        let windows = cfg.windows(|i| (i + 1) % pattern != 0)?;
-        let mut arch = gemma_arch("gemma3_text", &cfg, windows)?;
+        let mut arch = gemma_arch("gemma3_text", &cfg, |c| c.windows(|i| (i + 1) % pattern != 0))?;
         arch.qk_norm = true;
         arch.ropes.push((
             cfg.rope_local_base_freq.unwrap_or(DEFAULT_LOCAL_THETA),

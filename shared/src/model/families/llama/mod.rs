@@ -15,7 +15,7 @@ pub const FAMILY: Family = Family {
     model_type: "llama",
     parse: |json| {
         let cfg: DecoderConfig = parse_json(json)?;
-        let arch = Arch::llama("llama", &cfg, Arch::global(&cfg))?;
+        let arch = Arch::llama("llama", &cfg, Arch::global)?;
         Ok(DecoderSpec::boxed(cfg, arch))
     },
 };

@@ -10,8 +10,7 @@ pub const FAMILY: Family = Family {
     model_type: "mistral",
     parse: |json| {
         let cfg: DecoderConfig = parse_json(json)?;
-        let windows = cfg.windows(|_| cfg.sliding_window.is_some())?;
-        let arch = Arch::llama("mistral", &cfg, windows)?;
+        let arch = Arch::llama("mistral", &cfg, Arch::all_sliding)?;
         Ok(DecoderSpec::boxed(cfg, arch))
     },
 };

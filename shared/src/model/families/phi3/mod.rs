@@ -12,8 +12,7 @@ pub const FAMILY: Family = Family {
     model_type: "phi3",
     parse: |json| {
         let cfg: DecoderConfig = parse_json(json)?;
-        let windows = cfg.windows(|_| cfg.sliding_window.is_some())?;
-        let mut arch = Arch::llama("phi3", &cfg, windows)?;
+        let mut arch = Arch::llama("phi3", &cfg, Arch::all_sliding)?;
         arch.fused_projections = true;
         Ok(DecoderSpec::boxed(cfg, arch))
     },

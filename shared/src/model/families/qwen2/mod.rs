@@ -11,7 +11,7 @@ pub const FAMILY: Family = Family {
     model_type: "qwen2",
     parse: |json| {
         let cfg: DecoderConfig = parse_json(json)?;
-        let mut arch = Arch::llama("qwen2", &cfg, qwen_windows(&cfg)?)?;
+        let mut arch = Arch::llama("qwen2", &cfg, qwen_windows)?;
         arch.qkv_bias = true;
         arch.o_bias = false;
         Ok(DecoderSpec::boxed(cfg, arch))
@@ -22,7 +22,7 @@ pub const FAMILY: Family = Family {
 /// when `use_sliding_window` (every released Qwen2.5/Qwen3 config has it false).
 pub fn qwen_windows(cfg: &DecoderConfig) -> Result<Vec<Option<usize>>, crate::model::load::ConfigError> {
     if cfg.layer_types.is_none() && !cfg.use_sliding_window {
-        return Ok(Arch::global(cfg));
+        return Arch::global(cfg);
     }
     let from = cfg.max_window_layers.unwrap_or(cfg.num_hidden_layers);
     cfg.windows(|i| cfg.use_sliding_window && i >= from)

@@ -11,7 +11,7 @@ pub const FAMILY: Family = Family {
     model_type: "qwen3",
     parse: |json| {
         let cfg: DecoderConfig = parse_json(json)?;
-        let mut arch = Arch::llama("qwen3", &cfg, super::qwen2::qwen_windows(&cfg)?)?;
+        let mut arch = Arch::llama("qwen3", &cfg, super::qwen2::qwen_windows)?;
         arch.qk_norm = true;
         Ok(DecoderSpec::boxed(cfg, arch))
     },
