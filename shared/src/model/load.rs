@@ -1,6 +1,6 @@
 //! Building models from bytes: HF `config.json` + safetensors (one file or shards), or GGUF
-//! (dequantized, llama.cpp's Q/K row permutation undone). Works on native and wasm32; file and
-//! hub handling live in the callers.
+//! (LLaMA, Qwen2 or Qwen3; dequantized, llama.cpp's Q/K row permutation undone). Works on native
+//! and wasm32; file and hub handling live in the callers.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -10,8 +10,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::decoder::Decoder;
-use super::decoder::config::{Arch, DecoderConfig, RopeParameters};
-use super::decoder::spec::DecoderSpec;
+use super::decoder::config::{DecoderConfig, RopeParameters};
 pub use super::family::Model;
 
 /// tpv's bounds on a model's dimensions: far above every released model of the families it runs
@@ -59,22 +58,30 @@ pub struct ConfigError {
     pub rule: String,
 }
 
-/// GGUF metadata keys of the `LlamaConfig` fields GGUF files carry.
+/// GGUF metadata keys of the [`DecoderConfig`] fields GGUF files carry, after the
+/// architecture's prefix (`llama.embedding_length`, `qwen3.attention.head_count`, …). `head_dim`
+/// is `attention.key_length` where the file gives it, else derived ([`gguf_head_dim`]).
 const GGUF_KEYS: &[(&str, &str)] = &[
-    ("vocab_size", "llama.vocab_size"),
-    ("hidden_size", "llama.embedding_length"),
-    ("intermediate_size", "llama.feed_forward_length"),
-    ("num_hidden_layers", "llama.block_count"),
-    ("num_attention_heads", "llama.attention.head_count"),
-    ("num_key_value_heads", "llama.attention.head_count_kv"),
-    (
-        "head_dim",
-        "head_dim (llama.embedding_length / llama.attention.head_count)",
-    ),
-    ("rms_norm_eps", "llama.attention.layer_norm_rms_epsilon"),
-    ("max_position_embeddings", "llama.context_length"),
-    ("rope_parameters.rope_theta", "llama.rope.freq_base"),
+    ("vocab_size", "vocab_size"),
+    ("hidden_size", "embedding_length"),
+    ("intermediate_size", "feed_forward_length"),
+    ("num_hidden_layers", "block_count"),
+    ("num_attention_heads", "attention.head_count"),
+    ("num_key_value_heads", "attention.head_count_kv"),
+    ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
+    ("max_position_embeddings", "context_length"),
+    ("rope_parameters.rope_theta", "rope.freq_base"),
 ];
+
+/// How a GGUF file names `head_dim`: its `{arch}.attention.key_length` when it has one
+/// (`key_length`), else the quotient it is derived as.
+fn gguf_head_dim(arch: &str, key_length: bool) -> String {
+    if key_length {
+        format!("{arch}.attention.key_length")
+    } else {
+        format!("head_dim ({arch}.embedding_length / {arch}.attention.head_count)")
+    }
+}
 
 impl ConfigError {
     /// A `config.json` value that breaks `rule`.
@@ -87,18 +94,28 @@ impl ConfigError {
         }
     }
 
-    /// The same error about the GGUF metadata the config was built from: fields renamed to
-    /// their keys (each part of an expression such as `num_attention_heads × head_dim`).
+    /// The same error about the metadata of a `llama` GGUF file (head_dim derived): see
+    /// [`Self::in_gguf_arch`].
     #[must_use]
     pub fn in_gguf(self) -> Self {
+        self.in_gguf_arch("llama", false)
+    }
+
+    /// The same error about the GGUF metadata the config was built from, the file's
+    /// architecture `arch` (`llama`, `qwen2`, `qwen3`) prefixing its keys: fields renamed to
+    /// their keys (each part of an expression such as `num_attention_heads × head_dim`);
+    /// `key_length`: whether the file gives head_dim as `{arch}.attention.key_length`.
+    #[must_use]
+    pub fn in_gguf_arch(self, arch: &str, key_length: bool) -> Self {
         let field = self
             .field
             .split(" × ")
-            .map(|part| {
-                GGUF_KEYS
+            .map(|part| match part {
+                "head_dim" => gguf_head_dim(arch, key_length),
+                _ => GGUF_KEYS
                     .iter()
                     .find(|(hf, _)| *hf == part)
-                    .map_or(part, |(_, key)| key)
+                    .map_or_else(|| part.to_owned(), |(_, key)| format!("{arch}.{key}")),
             })
             .collect::<Vec<_>>()
             .join(" × ");
@@ -317,8 +334,16 @@ pub struct GgufExtras {
     pub name: Option<String>,
 }
 
-/// Reads a LLaMA-architecture GGUF file, dequantizing every tensor to `dtype`. LLaMA-3.1's rope
-/// scaling comes as `rope_freqs.weight` (per-dimension divisors of the inverse frequencies).
+/// The GGUF architectures tpv reads (`general.architecture`, as llama.cpp's converter writes
+/// it), each the `model_type` of the family in the registry that builds it, and whether the
+/// converter permuted its Q/K rows (it does for `llama` only).
+pub const GGUF_ARCHITECTURES: &[(&str, bool)] = &[("llama", true), ("qwen2", false), ("qwen3", false)];
+
+/// Reads a GGUF file of one of [`GGUF_ARCHITECTURES`], dequantizing every tensor to `dtype`:
+/// its metadata becomes the [`DecoderConfig`] that config.json would give, read by the family of
+/// the registry ([`super::families::family`]) as config.json is (Qwen2's q/k/v biases, Qwen3's
+/// q/k norms). LLaMA-3.1's rope scaling comes as `rope_freqs.weight` (per-dimension divisors of
+/// the inverse frequencies).
 pub fn from_gguf<R: Read + Seek>(
     reader: &mut R,
     dtype: DType,
@@ -326,15 +351,14 @@ pub fn from_gguf<R: Read + Seek>(
 ) -> Result<(Model, DecoderConfig, GgufExtras)> {
     let content = gguf_file::Content::read(reader)?;
     let md = &content.metadata;
-    let get = |key: &str| {
-        md.get(key)
-            .ok_or_else(|| candle_core::Error::msg(format!("GGUF metadata has no {key}")))
+    let arch = gguf_value(md, "general.architecture")?.to_string()?.clone();
+    let Some(&(model_type, permuted)) = GGUF_ARCHITECTURES.iter().find(|(a, _)| *a == arch) else {
+        let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|(a, _)| *a).collect();
+        candle_core::bail!(
+            "GGUF architecture {arch:?} is not supported (tpv reads {})",
+            known.join(", ")
+        );
     };
-    let arch = get("general.architecture")?.to_string()?.clone();
-    if arch != "llama" {
-        candle_core::bail!("GGUF architecture {arch:?} is not supported (llama is)");
-    }
-    let u = |key: &str| -> Result<usize> { Ok(get(&format!("llama.{key}"))?.to_u32()? as usize) };
     let tokens: Vec<String> = match md.get("tokenizer.ggml.tokens") {
         Some(v) => v
             .to_vec()?
@@ -343,36 +367,98 @@ pub fn from_gguf<R: Read + Seek>(
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
+    let cfg = gguf_config(&content, &arch, tokens.len())?;
+    let in_gguf = |e: ConfigError| e.in_gguf_arch(&arch, cfg.head_dim.is_some());
+    // Checked, and against the header's shapes, before any tensor is dequantized (and before
+    // the head counts unpermute Q/K: a count of 0 divided by zero).
+    cfg.validate().map_err(in_gguf)?;
+    let family = super::families::family(model_type)
+        .ok_or_else(|| candle_core::Error::msg(format!("no family reads model_type {model_type:?}")))?;
+    let spec = (family.parse)(&gguf_config_json(&cfg, model_type).to_string())?;
+    let heads = permuted.then_some((cfg.num_attention_heads, cfg.num_kv_heads()));
+    let shapes: Shapes = content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| (hf_name(name, heads).0, info.shape.dims().to_vec()))
+        .collect();
+    spec.check_tensors(&shapes).map_err(in_gguf)?;
+    let mut tensors = HashMap::new();
+    let mut freq_factors = None;
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    for name in names {
+        let t = content.tensor(reader, &name, device)?.dequantize(device)?;
+        if name == "rope_freqs.weight" {
+            freq_factors = Some(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            continue;
+        }
+        let (hf, heads) = hf_name(&name, heads);
+        let t = match heads {
+            Some(h) => unpermute(&t, h)?,
+            None => t,
+        };
+        tensors.insert(hf, t.to_dtype(dtype)?);
+    }
+    spec.adapt(&mut tensors)?;
+    let built = spec.build(handover(tensors, dtype, device))?;
+    let Some(decoder) = built.downcast_ref::<Decoder>() else {
+        candle_core::bail!("GGUF architecture {arch:?} built no decoder-only model");
+    };
+    let mut cfg = decoder.spec.cfg.clone();
+    let model = match freq_factors {
+        Some(factors) => {
+            let mut decoder = decoder.clone();
+            decoder.set_rope_freq_factors(&factors)?;
+            Model::new(decoder)
+        }
+        None => built,
+    };
+
+    let extras = gguf_extras(md, tokens)?;
+    cfg.bos_token_id = extras.bos_token_id.map(super::decoder::TokenIds::One);
+    cfg.eos_token_id = extras.eos_token_id.map(super::decoder::TokenIds::One);
+    Ok((model, cfg, extras))
+}
+
+/// A GGUF metadata value, or an error naming its missing key.
+fn gguf_value<'a>(md: &'a HashMap<String, gguf_file::Value>, key: &str) -> Result<&'a gguf_file::Value> {
+    md.get(key)
+        .ok_or_else(|| candle_core::Error::msg(format!("GGUF metadata has no {key}")))
+}
+
+/// The config a GGUF file's metadata (keys prefixed with its architecture `arch`) and tensors
+/// describe, unchecked: vocab_size falls back to the tokenizer's `tokens` count, head_dim (from
+/// `attention.key_length`) to hidden_size / heads, the head is tied when there is no
+/// `output.weight`.
+fn gguf_config(content: &gguf_file::Content, arch: &str, tokens: usize) -> Result<DecoderConfig> {
+    let md = &content.metadata;
+    let key = |name: &str| format!("{arch}.{name}");
+    let opt_u =
+        |name: &str| -> Result<Option<usize>> { md.get(&key(name)).map(|v| Ok(v.to_u32()? as usize)).transpose() };
+    let u = |name: &str| -> Result<usize> { Ok(gguf_value(md, &key(name))?.to_u32()? as usize) };
+    let f = |name: &str| -> Result<f64> { Ok(f64::from(gguf_value(md, &key(name))?.to_f32()?)) };
     let n_head = u("attention.head_count")?;
-    let n_kv = match md.get("llama.attention.head_count_kv") {
-        Some(v) => v.to_u32()? as usize,
-        None => n_head,
-    };
-    let theta = get("llama.rope.freq_base")?.to_f32()?;
-    let vocab_size = match md.get("llama.vocab_size") {
-        Some(v) => v.to_u32()? as usize,
-        None => tokens.len(),
-    };
-    let has_output = content.tensor_infos.contains_key("output.weight");
-    let cfg = DecoderConfig {
-        vocab_size,
+    let has = |tensor: &str| content.tensor_infos.contains_key(tensor);
+    Ok(DecoderConfig {
+        vocab_size: opt_u("vocab_size")?.unwrap_or(tokens),
         hidden_size: u("embedding_length")?,
         intermediate_size: u("feed_forward_length")?,
         num_hidden_layers: u("block_count")?,
         num_attention_heads: n_head,
-        num_key_value_heads: Some(n_kv),
-        head_dim: None,
-        rms_norm_eps: f64::from(get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?),
+        num_key_value_heads: Some(opt_u("attention.head_count_kv")?.unwrap_or(n_head)),
+        head_dim: opt_u("attention.key_length")?,
+        rms_norm_eps: f("attention.layer_norm_rms_epsilon")?,
         max_position_embeddings: u("context_length").unwrap_or(4096),
         rope_theta: None,
         rope_scaling: None,
         rope_parameters: Some(RopeParameters {
-            rope_theta: Some(f64::from(theta)),
+            rope_theta: Some(f("rope.freq_base")?),
             ..Default::default()
         }),
-        tie_word_embeddings: !has_output,
+        tie_word_embeddings: !has("output.weight"),
         hidden_act: "silu".into(),
-        attention_bias: false,
+        // LLaMA's and Qwen3's `attention_bias`: biases on all four projections (Qwen2's
+        // family puts them on q/k/v whatever this says).
+        attention_bias: has("blk.0.attn_output.bias"),
         mlp_bias: false,
         bos_token_id: None,
         eos_token_id: None,
@@ -387,45 +473,31 @@ pub fn from_gguf<R: Read + Seek>(
         final_logit_softcapping: None,
         rope_local_base_freq: None,
         partial_rotary_factor: None,
-    };
-    // Checked, and against the header's shapes, before any tensor is dequantized (and before
-    // the head counts unpermute Q/K: a count of 0 divided by zero).
-    cfg.validate().map_err(ConfigError::in_gguf)?;
-    let shapes: Shapes = content
-        .tensor_infos
-        .iter()
-        .map(|(name, info)| (hf_name(name, n_head, n_kv).0, info.shape.dims().to_vec()))
-        .collect();
-    cfg.check_tensors(&shapes).map_err(ConfigError::in_gguf)?;
-    let mut tensors = HashMap::new();
-    let mut freq_factors = None;
-    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
-    for name in names {
-        let t = content.tensor(reader, &name, device)?.dequantize(device)?;
-        if name == "rope_freqs.weight" {
-            freq_factors = Some(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-            continue;
-        }
-        let (hf, heads) = hf_name(&name, n_head, n_kv);
-        let t = match heads {
-            Some(h) => unpermute(&t, h)?,
-            None => t,
-        };
-        tensors.insert(hf, t.to_dtype(dtype)?);
-    }
-    let vb = handover(tensors, dtype, device);
-    let arch = Arch::llama("llama", &cfg, Arch::global)?;
-    let spec = DecoderSpec { cfg, arch };
-    let mut model = Decoder::load(vb, &spec)?;
-    if let Some(factors) = freq_factors {
-        model.set_rope_freq_factors(&factors)?;
-    }
+    })
+}
 
-    let extras = gguf_extras(md, tokens)?;
-    let mut cfg = spec.cfg;
-    cfg.bos_token_id = extras.bos_token_id.map(super::decoder::TokenIds::One);
-    cfg.eos_token_id = extras.eos_token_id.map(super::decoder::TokenIds::One);
-    Ok((Model::new(model), cfg, extras))
+/// The config.json of a config read from GGUF metadata (every field [`from_gguf`] sets), with
+/// its `model_type`: what the family's parser reads.
+fn gguf_config_json(cfg: &DecoderConfig, model_type: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_parameters": {
+            "rope_theta": cfg.rope_parameters.as_ref().and_then(|p| p.rope_theta),
+        },
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "hidden_act": cfg.hidden_act,
+        "attention_bias": cfg.attention_bias,
+        "mlp_bias": cfg.mlp_bias,
+    })
 }
 
 /// The tokenizer and chat template a GGUF file's metadata carries (`tokens` already read).
@@ -454,8 +526,9 @@ fn gguf_extras(md: &HashMap<String, gguf_file::Value>, tokens: Vec<String>) -> R
     })
 }
 
-/// The HF name of a GGUF tensor, and the head count to unpermute Q/K rows with.
-fn hf_name(gguf: &str, n_head: usize, n_kv: usize) -> (String, Option<usize>) {
+/// The HF name of a GGUF tensor, and, where `heads` (query, key/value head counts) says the
+/// file's Q/K rows are permuted, the head count to unpermute its rows with.
+fn hf_name(gguf: &str, heads: Option<(usize, usize)>) -> (String, Option<usize>) {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -471,11 +544,19 @@ fn hf_name(gguf: &str, n_head: usize, n_kv: usize) -> (String, Option<usize>) {
     let Some((layer, what)) = rest.split_once('.') else {
         return (gguf.to_owned(), None);
     };
+    let q = heads.map(|(q, _)| q);
+    let kv = heads.map(|(_, kv)| kv);
     let (hf, heads) = match what {
-        "attn_q.weight" => ("self_attn.q_proj.weight", Some(n_head)),
-        "attn_k.weight" => ("self_attn.k_proj.weight", Some(n_kv)),
+        "attn_q.weight" => ("self_attn.q_proj.weight", q),
+        "attn_k.weight" => ("self_attn.k_proj.weight", kv),
         "attn_v.weight" => ("self_attn.v_proj.weight", None),
         "attn_output.weight" => ("self_attn.o_proj.weight", None),
+        "attn_q.bias" => ("self_attn.q_proj.bias", q),
+        "attn_k.bias" => ("self_attn.k_proj.bias", kv),
+        "attn_v.bias" => ("self_attn.v_proj.bias", None),
+        "attn_output.bias" => ("self_attn.o_proj.bias", None),
+        "attn_q_norm.weight" => ("self_attn.q_norm.weight", None),
+        "attn_k_norm.weight" => ("self_attn.k_norm.weight", None),
         "attn_norm.weight" => ("input_layernorm.weight", None),
         "ffn_norm.weight" => ("post_attention_layernorm.weight", None),
         "ffn_gate.weight" => ("mlp.gate_proj.weight", None),
@@ -486,11 +567,13 @@ fn hf_name(gguf: &str, n_head: usize, n_kv: usize) -> (String, Option<usize>) {
     (format!("model.layers.{layer}.{hf}"), heads)
 }
 
-/// Undoes llama.cpp's conversion permutation of Q/K rows: GGUF stores
-/// `w.reshape(h, 2, rows/h/2, in).swapaxes(1, 2)`; HF wants `w`.
+/// Undoes llama.cpp's conversion permutation of Q/K rows (of a weight, or of a bias as one
+/// column): GGUF stores `w.reshape(h, 2, rows/h/2, in).swapaxes(1, 2)`; HF wants `w`.
 fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
+    let shape = w.shape().clone();
+    let rows = shape.dims().first().copied().unwrap_or(0);
+    let cols = shape.elem_count().checked_div(rows).unwrap_or(0);
     w.reshape((heads, rows / heads / 2, 2, cols))?
         .transpose(1, 2)?
-        .reshape((rows, cols))
+        .reshape(shape)
 }
