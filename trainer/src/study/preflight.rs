@@ -243,7 +243,8 @@ pub fn memory_estimate(
     (params * bytes, activations)
 }
 
-/// [`memory_estimate`] (parameters from the safetensors headers) against the device's memory.
+/// [`memory_estimate`] (parameters from the safetensors headers, or from the config) against the
+/// device's memory.
 fn memory_check(c: &Config) -> Check {
     let what = format!(
         "memory {} ({}, batch {}, {})",
@@ -257,13 +258,16 @@ fn memory_check(c: &Config) -> Check {
         };
     };
     let bytes = if c.model.dtype == "f32" { 4.0 } else { 2.0 };
-    let (Some(params), Some(spec)) = (safetensors_params(&path), model_spec(&path)) else {
+    let Some(spec) = model_spec(&path) else {
         return Check {
             what,
             ok: true,
-            detail: "not estimated (a GGUF file or a folder without safetensors headers)".into(),
+            detail: "not estimated (a GGUF file, or a folder without a config.json tpv reads)".into(),
         };
     };
+    // The headers' count; without weights yet (a config looked at before downloading them),
+    // the family's count from the config.
+    let params = safetensors_params(&path).unwrap_or(spec.parameters() as f64);
     let seq = c.prompt.virtual_tokens + c.data.max_source_tokens.unwrap_or(256);
     let checkpointing = c.train.gradient_checkpointing;
     let (weights, activations) = memory_estimate(&*spec, params, bytes, (c.optim.batch_size, seq), checkpointing);
