@@ -6,6 +6,7 @@
 #   bash bench/compare.sh                 # CPU, both model shapes
 #   DEVICE=cuda:0 DTYPE=bf16 bash bench/compare.sh   # a GPU build (cargo build --release --features cuda)
 #   DROPOUT=0.1 MODELS=t5-base-shaped bash bench/compare.sh   # training steps with dropout (train mode)
+#   MODELS=qwen3-1.7b-shaped LAYERS=4 bash bench/compare.sh    # a newer family, its first 4 layers
 #
 # Work (bench/torch_bench.py and `tpv bench` do the same): a SmolLM2-135M-shaped LLaMA (random
 # weights) with 100 virtual tokens, batch 4 × 64 tokens, loss on every token; a T5-base-shaped model
@@ -36,6 +37,7 @@ out=$(mktemp -d)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); device $DEVICE, $DTYPE"
 for model in ${MODELS:-smollm2-shaped t5-base-shaped}; do
   args=(--model "$model" --dtype "$DTYPE" --short "$SHORT" --long "$LONG" --repeats "$REPEATS" --dropout "${DROPOUT:-0}" --json)
+  [ -n "${LAYERS:-}" ] && args+=(--layers "$LAYERS")
   "$tpv" bench --device "$DEVICE" "${args[@]}" > "$out/tpv.json"
   "$PY" bench/torch_bench.py --device "$tdev" "${args[@]}" 2>/dev/null > "$out/torch.json"
   "$PY" - "$out/tpv.json" "$out/torch.json" <<'PY'

@@ -6,13 +6,16 @@
   timed as the difference between a long and a short run of steps, median over repeats;
 - evaluation: `generate` of exactly --target-tokens greedy tokens for one batch;
 - loading (for a model directory): `from_pretrained`.
-Random weights of SmolLM2-135M's or T5-base's shape unless a directory is given. Dropout off
-(model.eval()), as in `tpv bench`.
+Random weights of SmolLM2-135M's or T5-base's shape, or of a released model's config.json in
+tests/fixtures/known_models (`qwen3-1.7b-shaped`, `gemma2-2b-shaped`; `--layers N` keeps the first
+N layers, as `tpv bench --layers`), unless a directory is given. Dropout off (model.eval()), as in
+`tpv bench`.
 """
 import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
@@ -27,6 +30,24 @@ T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12,
                relative_attention_num_buckets=32, relative_attention_max_distance=128,
                dropout_rate=0.1, layer_norm_epsilon=1e-6, feed_forward_proj="relu",
                tie_word_embeddings=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+# `tpv bench`'s shapes of released models: their config.json, as tests/fixtures/known_models holds it.
+KNOWN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "known_models"
+SHAPED = {
+    "qwen3-1.7b-shaped": KNOWN / "Qwen--Qwen3-1.7B",
+    "gemma2-2b-shaped": KNOWN / "google--gemma-2-2b-it",
+}
+
+
+def shaped(name, layers):
+    """A random model of a released model's config (its first `layers` layers)."""
+    cfg = AutoConfig.from_pretrained(SHAPED[name])
+    if layers:
+        cfg.num_hidden_layers = layers
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = cfg.layer_types[:layers]
+    return AutoModelForCausalLM.from_config(cfg)
 
 
 def main():
@@ -46,6 +67,7 @@ def main():
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout in the training steps (train mode); 0 = eval mode")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--layers", type=int, help="a named shape's first N layers")
     a = p.parse_args()
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
     dev = torch.device("cuda:0" if a.device.startswith("cuda") else "cpu")
@@ -57,6 +79,8 @@ def main():
         model = LlamaForCausalLM(LlamaConfig(**SMOLLM2))
     elif a.model == "t5-base-shaped":
         model = T5ForConditionalGeneration(T5Config(**T5_BASE))
+    elif a.model in SHAPED:
+        model = shaped(a.model, a.layers)
     else:
         cfg = AutoConfig.from_pretrained(a.model)
         cls = AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else AutoModelForCausalLM

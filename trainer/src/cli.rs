@@ -248,7 +248,7 @@ pub enum InputStyle {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// `smollm2-shaped`, `t5-base-shaped`, `llama31-8b-shaped`, `qwen3-1.7b-shaped` or
-    /// `gemma3-1b-shaped` (random weights of that released model's shape; the 8B one needs ≈ 16
+    /// `gemma2-2b-shaped` (random weights of that released model's shape; the 8B one needs ≈ 16
     /// GB in bf16), or a model spec as in `tpv eval` (HF directory, .gguf, hub id in the local
     /// cache, `smollm2`).
     #[arg(long, default_value = "smollm2-shaped")]

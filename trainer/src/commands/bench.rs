@@ -237,12 +237,26 @@ fn engine_rows(state: &State, engine: &Engine<'_>) -> usize {
 }
 
 /// The named shapes `tpv bench --model NAME` builds with random weights: each a released
-/// model's config.json.
+/// model's config.json (the newer families' as tests/fixtures/known_models holds them, copied
+/// from the sources its SOURCES.md names).
 pub fn shapes() -> Vec<(&'static str, Value)> {
+    let known = |text: &str| serde_json::from_str(text).unwrap_or(Value::Null);
     vec![
         ("smollm2-shaped", smollm2_config()),
         ("t5-base-shaped", t5_base_config()),
         ("llama31-8b-shaped", llama31_8b_config()),
+        (
+            "qwen3-1.7b-shaped",
+            known(include_str!(
+                "../../../tests/fixtures/known_models/Qwen--Qwen3-1.7B/config.json"
+            )),
+        ),
+        (
+            "gemma2-2b-shaped",
+            known(include_str!(
+                "../../../tests/fixtures/known_models/google--gemma-2-2b-it/config.json"
+            )),
+        ),
     ]
 }
 
