@@ -629,6 +629,45 @@ fn stacked(gl: &Layout) -> Shape {
     Shape::from(dims)
 }
 
+/// [da; db] of a gated product act(a) ⊙ b on the CPU, `f(g, a, b)` giving both for one element
+/// (rows in parallel when large): [`SwigluGrad`] and [`GegluGrad`].
+fn gated_grad(
+    name: &str,
+    (gs, gl): (&CpuStorage, &Layout),
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32, f32) -> (f32, f32) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    same_shape(name, gl, l1)?;
+    same_shape(name, gl, l2)?;
+    let (g, a, b) = (
+        contiguous::<f32>(gs, gl)?,
+        contiguous::<f32>(s1, l1)?,
+        contiguous::<f32>(s2, l2)?,
+    );
+    let len = g.len();
+    let mut out = vec![0f32; 2 * len];
+    let (da, db) = out.split_at_mut(len);
+    let n = last_dim(gl)?;
+    let kernel = |(i, (da, db)): (usize, (&mut [f32], &mut [f32]))| {
+        let r = i * n..(i + 1) * n;
+        let (g, a, b) = (&g[r.clone()], &a[r.clone()], &b[r]);
+        for j in 0..n {
+            (da[j], db[j]) = f(g[j], a[j], b[j]);
+        }
+    };
+    if len >= PAR_MIN {
+        da.par_chunks_mut(n)
+            .zip(db.par_chunks_mut(n))
+            .with_min_len((PAR_MIN / 4 / n).max(1))
+            .enumerate()
+            .for_each(kernel);
+    } else {
+        da.chunks_mut(n).zip(db.chunks_mut(n)).enumerate().for_each(kernel);
+    }
+    Ok((CpuStorage::F32(out), stacked(gl)))
+}
+
 impl CustomOp3 for SwigluGrad {
     fn name(&self) -> &'static str {
         "fused-swiglu-grad"
@@ -643,36 +682,10 @@ impl CustomOp3 for SwigluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), gl, l1)?;
-        same_shape(self.name(), gl, l2)?;
-        let (g, a, b) = (
-            contiguous::<f32>(gs, gl)?,
-            contiguous::<f32>(s1, l1)?,
-            contiguous::<f32>(s2, l2)?,
-        );
-        let len = g.len();
-        let mut out = vec![0f32; 2 * len];
-        let (da, db) = out.split_at_mut(len);
-        let n = last_dim(gl)?;
-        let kernel = |(i, (da, db)): (usize, (&mut [f32], &mut [f32]))| {
-            let r = i * n..(i + 1) * n;
-            let (g, a, b) = (&g[r.clone()], &a[r.clone()], &b[r]);
-            for j in 0..n {
-                let s = sigmoid(a[j]);
-                db[j] = g[j] * a[j] * s;
-                da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
-            }
-        };
-        if len >= PAR_MIN {
-            da.par_chunks_mut(n)
-                .zip(db.par_chunks_mut(n))
-                .with_min_len((PAR_MIN / 4 / n).max(1))
-                .enumerate()
-                .for_each(kernel);
-        } else {
-            da.chunks_mut(n).zip(db.chunks_mut(n)).enumerate().for_each(kernel);
-        }
-        Ok((CpuStorage::F32(out), stacked(gl)))
+        gated_grad(self.name(), (gs, gl), (s1, l1), (s2, l2), |g, a, b| {
+            let s = sigmoid(a);
+            (g * b * s * (1.0 + a * (1.0 - s)), g * a * s)
+        })
     }
 
     fn cuda_fwd(
@@ -755,36 +768,10 @@ impl CustomOp3 for GegluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), gl, l1)?;
-        same_shape(self.name(), gl, l2)?;
-        let (g, a, b) = (
-            contiguous::<f32>(gs, gl)?,
-            contiguous::<f32>(s1, l1)?,
-            contiguous::<f32>(s2, l2)?,
-        );
-        let len = g.len();
-        let mut out = vec![0f32; 2 * len];
-        let (da, db) = out.split_at_mut(len);
-        let n = last_dim(gl)?;
-        let kernel = |(i, (da, db)): (usize, (&mut [f32], &mut [f32]))| {
-            let r = i * n..(i + 1) * n;
-            let (g, a, b) = (&g[r.clone()], &a[r.clone()], &b[r]);
-            for j in 0..n {
-                let (y, dy) = gelu_tanh(a[j]);
-                db[j] = g[j] * y;
-                da[j] = g[j] * b[j] * dy;
-            }
-        };
-        if len >= PAR_MIN {
-            da.par_chunks_mut(n)
-                .zip(db.par_chunks_mut(n))
-                .with_min_len((PAR_MIN / 4 / n).max(1))
-                .enumerate()
-                .for_each(kernel);
-        } else {
-            da.chunks_mut(n).zip(db.chunks_mut(n)).enumerate().for_each(kernel);
-        }
-        Ok((CpuStorage::F32(out), stacked(gl)))
+        gated_grad(self.name(), (gs, gl), (s1, l1), (s2, l2), |g, a, b| {
+            let (y, dy) = gelu_tanh(a);
+            (g * b * dy, g * y)
+        })
     }
 }
 
