@@ -578,9 +578,8 @@ pub fn rank(model: &Decoder, prompts: &[&Tensor], inputs: &[&[u32]], candidates:
         }
     }
     let embeds = Tensor::stack(&rows, 0)?;
-    let mask = Tensor::from_vec(mask, (inputs.len(), 1, width, past + width), dev)?.to_dtype(model.dtype())?;
     let mut cache = shared.map(|s| s.cache);
-    let hidden = model.forward_masked(&embeds, &positions, &mask, cache.as_mut(), &valid)?;
+    let hidden = model.forward_masked(&embeds, &positions, mask, cache.as_mut(), &valid)?;
     let logits = model.logits(&select_rows(&hidden, &picked)?)?;
     let (_, per_row) = ops::nll(&logits, &Tensor::from_slice(&targets, targets.len(), dev)?)?;
     let per_row: Vec<f32> = per_row.to_vec1()?;

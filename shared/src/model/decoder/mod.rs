@@ -438,8 +438,9 @@ impl Decoder {
         self.forward_masked_data(embeds, positions, mask, cache, valid)
     }
 
-    /// Runs the decoder on `embeds` [B, T, d] with an explicit additive attention mask
-    /// [B, 1, T, past + T] (0 where a query column may see a key column, `f32::MIN` elsewhere) and
+    /// Runs the decoder on `embeds` [B, T, d] with an explicit additive attention mask, the data
+    /// of [B, 1, T, past + T] row-major (0 where a query column may see a key column, `f32::MIN`
+    /// elsewhere; made on the host, as the windows' masks are derived from it there), and
     /// rotary `positions[b]` per column. With a cache, the new columns are appended to it, `valid`
     /// saying which are real tokens. For layouts a causal mask cannot express, such as several
     /// continuations of one input side by side ([`super::causal::rank`]). Sliding-window layers
@@ -448,11 +449,15 @@ impl Decoder {
         &self,
         embeds: &Tensor,
         positions: &[Vec<u32>],
-        mask: &Tensor,
+        mask: Vec<f32>,
         cache: Option<&mut KvCache>,
         valid: &[Vec<bool>],
     ) -> Result<Tensor> {
-        let mask: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (b, t, _) = embeds.dims3()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if mask.len() != b * t * (past + t) {
+            candle_core::bail!("a mask of {} values for [{b}, 1, {t}, {}]", mask.len(), past + t);
+        }
         self.forward_masked_data(embeds, positions, mask, cache, valid)
     }
 
