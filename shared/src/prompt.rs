@@ -81,7 +81,7 @@ pub enum TaskType {
     /// Encoder-decoder (T5): peft stores two blocks, only the first (encoder) one is used.
     #[serde(rename = "SEQ_2_SEQ_LM")]
     Seq2SeqLm,
-    /// Decoder-only (LLaMA family): one block in front of the whole input.
+    /// Decoder-only (LLaMA, Qwen, Gemma, …): one block in front of the whole input.
     #[serde(rename = "CAUSAL_LM")]
     CausalLm,
 }

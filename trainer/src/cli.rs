@@ -294,11 +294,11 @@ pub struct BenchArgs {
     /// medians over --repeats.
     #[arg(long)]
     pub phases: bool,
-    /// Train with gradient checkpointing (`train.gradient_checkpointing`; LLaMA-family models).
+    /// Train with gradient checkpointing (`train.gradient_checkpointing`; decoder-only models).
     #[arg(long, conflicts_with = "phases")]
     pub gradient_checkpointing: bool,
     /// Dropout probability in the training steps (T5, whose training default is 0.1; 0 = off,
-    /// as torch's eval mode; LLaMA-family models have none).
+    /// as torch's eval mode; decoder-only models have none).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
     /// The global `--json` (set by `commands::run`).

@@ -291,7 +291,7 @@ pub struct TrainSection {
     pub scoring: Scoring,
     /// Keep only each layer's input during the forward pass and recompute its activations in the
     /// backward pass (transformers' `gradient_checkpointing`): activation memory of one layer
-    /// instead of all, for one more forward pass. LLaMA-family models; the gradient is the same.
+    /// instead of all, for one more forward pass. Decoder-only models; the gradient is the same.
     #[serde(default, skip_serializing_if = "is_false")]
     pub gradient_checkpointing: bool,
 }

@@ -1,7 +1,8 @@
 //! Soft-prompt forward passes on candle, shared by the trainer and the browser: T5 (encoder-
-//! decoder, prompt in front of the encoder input) and the LLaMA family (decoder-only, prompt in
-//! front of the whole input). Verified against HF transformers + peft on tiny random models
-//! (`tests/fixtures/models`, `shared/tests/models.rs`).
+//! decoder, prompt in front of the encoder input) and the decoder-only families (LLaMA, Mistral,
+//! Qwen2/3, Phi-3, Gemma 2/3: prompt in front of the whole input), one folder each under
+//! `families/` behind the interface of `family`. Verified against HF transformers + peft on tiny
+//! random models (`tests/fixtures/models`, `shared/tests/models.rs`).
 
 pub mod attention;
 pub mod causal;

@@ -293,7 +293,7 @@ fn memory_check(c: &Config) -> Check {
                 if checkpointing {
                     ""
                 } else {
-                    ", or set train.gradient_checkpointing = true (LLaMA-family models)"
+                    ", or set train.gradient_checkpointing = true (decoder-only models)"
                 }
             ),
         },

@@ -75,7 +75,7 @@ impl Engine<'_> {
     }
 
     /// `share` × the loss of `batch` under the variable `theta`, and its gradients: with gradient
-    /// checkpointing when the engine has it on (then without dropout: LLaMA-family models have
+    /// checkpointing when the engine has it on (then without dropout: decoder-only models have
     /// none).
     pub fn scaled_loss_grads(
         &self,
