@@ -539,6 +539,27 @@ fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + exp(-v))
 }
 
+/// A gated product act(a) ⊙ b on the CPU, `f(a, b)` per element (rows in parallel when large):
+/// [`Swiglu`] and [`Geglu`].
+fn gated(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    same_shape(name, l1, l2)?;
+    let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
+    let n = last_dim(l1)?;
+    let mut y = vec![0f32; a.len()];
+    for_rows(&mut y, n, |i, row| {
+        let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
+        for ((o, &ai), &bi) in row.iter_mut().zip(a).zip(b) {
+            *o = f(ai, bi);
+        }
+    });
+    Ok((CpuStorage::F32(y), l1.shape().clone()))
+}
+
 struct Swiglu;
 
 impl CustomOp2 for Swiglu {
@@ -547,17 +568,7 @@ impl CustomOp2 for Swiglu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
-        let n = last_dim(l1)?;
-        let mut y = vec![0f32; a.len()];
-        for_rows(&mut y, n, |i, row| {
-            let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
-            for ((o, &ai), &bi) in row.iter_mut().zip(a).zip(b) {
-                *o = ai * sigmoid(ai) * bi;
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        gated(self.name(), (s1, l1), (s2, l2), |a, b| a * sigmoid(a) * b)
     }
 
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -732,17 +743,7 @@ impl CustomOp2 for Geglu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
-        let n = last_dim(l1)?;
-        let mut y = vec![0f32; a.len()];
-        for_rows(&mut y, n, |i, row| {
-            let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
-            for ((o, &ai), &bi) in row.iter_mut().zip(a).zip(b) {
-                *o = gelu_tanh(ai).0 * bi;
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        gated(self.name(), (s1, l1), (s2, l2), |a, b| gelu_tanh(a).0 * b)
     }
 
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {

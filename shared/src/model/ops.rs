@@ -173,34 +173,33 @@ pub fn attention_composed(
     bias: Option<&Tensor>,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (b, h, tq, d) = q.dims4()?;
-    let (_, hkv, tk, _) = k.dims4()?;
-    if hkv == 0 || h % hkv != 0 {
-        candle_core::bail!("attention: {h} query heads over {hkv} key/value heads");
-    }
-    // The n_rep query heads that share a key/value head form one [n_rep·Tq, D] block against
-    // that head's keys, so the keys and values are not repeated.
-    let n_rep = h / hkv;
-    let q = q.contiguous()?.reshape((b, hkv, n_rep * tq, d))?;
-    let scores = q.matmul(&k.contiguous()?.t()?)?.reshape((b, h, tq, tk))?;
-    let probs = match bias {
-        Some(bias) => attention_softmax(&scores, scale, bias)?,
-        None => softmax_last(&(scores * scale)?)?,
-    };
-    let probs = match mask {
-        Some(m) => (probs * m)?,
-        None => probs,
-    };
-    probs
-        .reshape((b, hkv, n_rep * tq, tk))?
-        .matmul(&v.contiguous()?)?
-        .reshape((b, h, tq, d))
+    grouped(q, k, v, |scores| {
+        let probs = match bias {
+            Some(bias) => attention_softmax(&scores, scale, bias)?,
+            None => softmax_last(&(scores * scale)?)?,
+        };
+        match mask {
+            Some(m) => probs * m,
+            None => Ok(probs),
+        }
+    })
 }
 
 /// [`attention`] with Gemma 2's soft-capped scores: softmax(cap · tanh(scale · q·kᵀ / cap) +
 /// mask) · v, of candle ops (the capping sits between the product and the mask, where the CPU
 /// kernel has no place for it). `mask` is `[B or 1, 1, Tq, Tk]`.
 pub fn attention_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, cap: f64, mask: &Tensor) -> Result<Tensor> {
+    grouped(q, k, v, |scores| {
+        let capped = ((scores * (scale / cap))?.tanh()? * cap)?;
+        softmax_last(&capped.broadcast_add(&mask.to_dtype(capped.dtype())?)?)
+    })
+}
+
+/// Attention of candle ops with grouped query heads: `probs` turns the scores q·kᵀ `[B, H, Tq,
+/// Tk]` into attention weights, which then weigh v. The n_rep query heads that share a key/value
+/// head form one `[n_rep·Tq, D]` block against that head's keys, so keys and values are not
+/// repeated.
+fn grouped(q: &Tensor, k: &Tensor, v: &Tensor, probs: impl FnOnce(Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let (b, h, tq, d) = q.dims4()?;
     let (_, hkv, tk, _) = k.dims4()?;
     if hkv == 0 || h % hkv != 0 {
@@ -209,8 +208,7 @@ pub fn attention_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, cap:
     let n_rep = h / hkv;
     let q = q.contiguous()?.reshape((b, hkv, n_rep * tq, d))?;
     let scores = q.matmul(&k.contiguous()?.t()?)?.reshape((b, h, tq, tk))?;
-    let capped = ((scores * (scale / cap))?.tanh()? * cap)?;
-    softmax_last(&capped.broadcast_add(&mask.to_dtype(capped.dtype())?)?)?
+    probs(scores)?
         .reshape((b, hkv, n_rep * tq, tk))?
         .matmul(&v.contiguous()?)?
         .reshape((b, h, tq, d))

@@ -497,12 +497,11 @@ impl Decoder {
         windows.sort_unstable();
         windows.dedup();
         let mut masks = Vec::with_capacity(windows.len());
-        for w in windows {
-            let data = match w {
-                None => mask.clone(),
-                Some(w) => window_mask(&mask, positions, keys, w, t),
-            };
-            masks.push((w, to_tensor(data)?));
+        for &w in windows.iter().flatten() {
+            masks.push((Some(w), to_tensor(window_mask(&mask, positions, keys, w, t))?));
+        }
+        if windows.contains(&None) {
+            masks.push((None, to_tensor(mask)?));
         }
         let rots = self
             .inv_freqs
