@@ -30,9 +30,16 @@ fn every_fixture() -> Vec<(String, String)> {
     out
 }
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
 #[test]
 fn every_family_has_a_fixture_and_every_model_type_one_family() {
     let fixtures = every_fixture();
+    let mut listed: Vec<&str> = fixtures::MODELS.to_vec();
+    listed.sort_unstable();
+    let on_disk: Vec<&str> = fixtures.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(listed, on_disk, "common/fixtures.rs's list is the fixtures folder");
     for f in FAMILIES {
         assert_eq!(FAMILIES.iter().filter(|g| g.model_type == f.model_type).count(), 1);
         assert!(

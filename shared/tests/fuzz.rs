@@ -27,6 +27,9 @@ use tpv_shared::report::{ExampleSet, Manifest, ManifestRun, Tables};
 use tpv_shared::tasks::Record;
 use tpv_shared::{Document, runfile};
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
@@ -223,25 +226,14 @@ fn gguf_sample() -> Vec<u8> {
 fn model_fixtures() -> &'static [(&'static str, Value, Vec<u8>)] {
     static FIXTURES: std::sync::OnceLock<Vec<(&'static str, Value, Vec<u8>)>> = std::sync::OnceLock::new();
     FIXTURES.get_or_init(|| {
-        [
-            "llama_tied",
-            "llama_gqa_rope3",
-            "t5_relu_tied",
-            "t5_gated_untied",
-            "qwen2_bias",
-            "qwen3_qknorm_tied",
-            "mistral_window",
-            "phi3_fused",
-            "gemma2_softcap",
-            "gemma3_text",
-        ]
-        .into_iter()
-        .map(|name| {
-            let dir = format!("models/{name}");
-            let config = serde_json::from_slice(&read(&format!("{dir}/config.json"))).unwrap();
-            (name, config, read(&format!("{dir}/model.safetensors")))
-        })
-        .collect()
+        fixtures::MODELS
+            .into_iter()
+            .map(|name| {
+                let dir = format!("models/{name}");
+                let config = serde_json::from_slice(&read(&format!("{dir}/config.json"))).unwrap();
+                (name, config, read(&format!("{dir}/model.safetensors")))
+            })
+            .collect()
     })
 }
 
@@ -347,7 +339,7 @@ proptest! {
     /// Every family's config.json with hostile values (issue items 5 and 6), loaded with the
     /// fixture's weights: an error, or a model whose loss is a number (not NaN).
     #[test]
-    fn model_configs(which in 0..10usize,
+    fn model_configs(which in 0..fixtures::MODELS.len(),
                      edits in prop::collection::vec((any::<usize>(), any::<usize>(), any::<bool>()), 1..4)) {
         let (name, config, weights) = &model_fixtures()[which];
         // Every edit lands on one of the config's values (mutate_json picks among 64 positions).

@@ -18,15 +18,17 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::Value as V;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use serde_json::Value;
-use tpv_shared::model::causal::{self, Example};
 use tpv_shared::model::decoder::Decoder;
 use tpv_shared::model::llama::{RopeScaling, inv_freq};
 use tpv_shared::model::load::{Model, from_gguf};
-use tpv_shared::model::{DType, Device, Tensor, Var};
+use tpv_shared::model::{DType, Device, Tensor};
 
 #[path = "common/gguf_names.rs"]
 mod gguf_names;
+#[path = "common/reference.rs"]
+mod reference;
 use gguf_names::{gguf_name, permute};
+use reference::assert_decoder_matches_hf;
 
 /// A model fixture's weights, config.json and expected.json.
 fn fixture(name: &str) -> (HashMap<String, Tensor>, Value, Value) {
@@ -133,57 +135,11 @@ fn qwen_gguf(name: &str, arch: &str, changes: &[(&str, V)]) -> (Vec<u8>, Value) 
     (bytes, expected)
 }
 
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-#[track_caller]
-fn assert_max_abs(got: &Tensor, want: &[f32], tol: f32, what: &str) {
-    let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(worst <= tol, "{what}: max abs diff {worst} > {tol}");
-}
-
-/// Per example of expected.json: the loss (1e-5 relative), the prompt's gradient (1e-4
-/// absolute), the logits (1e-4 absolute) and the greedy tokens, as transformers + peft gave them.
+/// A GGUF-loaded model against the fixture's HF numbers ([`reference::assert_decoder_matches_hf`]).
 #[track_caller]
 fn assert_matches_hf(model: &Model, expected: &Value) {
     let model = model.downcast_ref::<Decoder>().expect("a decoder-only model");
-    let r = expected["virtual_tokens"].as_u64().unwrap() as usize;
-    let prompt = Tensor::from_vec(floats(&expected["prompt"]), (r, model.hidden_size()), &Device::Cpu).unwrap();
-    let prompt = Var::from_tensor(&prompt).unwrap();
-    for (i, ex) in expected["examples"].as_array().unwrap().iter().enumerate() {
-        let (input, answer) = (ids(&ex["input_ids"]), ids(&ex["answer_ids"]));
-        let example = Example::answer(&input, &answer);
-        let out = causal::loss(model, prompt.as_tensor(), std::slice::from_ref(&example)).unwrap();
-        let loss: f32 = out.loss.to_scalar().unwrap();
-        let want = ex["loss"].as_f64().unwrap();
-        let rel = (f64::from(loss) - want).abs() / want.abs();
-        assert!(rel <= 1e-5, "example {i}: loss {loss} vs {want} (relative {rel:e})");
-        let grads = out.loss.backward().unwrap();
-        let grad = grads.get(prompt.as_tensor()).unwrap();
-        assert_max_abs(grad, &floats(&ex["grad"]), 1e-4, &format!("example {i}: gradient"));
-
-        let logits = causal::sequence_logits(model, prompt.as_tensor(), &example.ids).unwrap();
-        assert_max_abs(&logits, &floats(&ex["logits"]), 1e-4, &format!("example {i}: logits"));
-
-        let want = ids(&ex["greedy"]);
-        let greedy = causal::greedy(model, prompt.as_tensor(), std::slice::from_ref(&input), want.len(), &[]).unwrap();
-        assert_eq!(greedy[0], want, "example {i}: greedy tokens");
-    }
+    assert_decoder_matches_hf(model, expected);
 }
 
 #[test]

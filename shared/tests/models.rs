@@ -28,7 +28,11 @@ use tpv_shared::model::causal::{self, Example};
 use tpv_shared::model::decoder::Decoder;
 use tpv_shared::model::load::{Model, from_safetensors};
 use tpv_shared::model::t5::{self, T5, Train};
-use tpv_shared::model::{DType, Device, Tensor, Var};
+use tpv_shared::model::{DType, Device};
+
+#[path = "common/reference.rs"]
+mod reference;
+use reference::{assert_max_abs, assert_rel, floats, ids, prompt_var};
 
 fn fixture(name: &str) -> (Model, Value) {
     let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,41 +43,6 @@ fn fixture(name: &str) -> (Model, Value) {
     let model = from_safetensors(&config, &[weights], DType::F32, &Device::Cpu).unwrap();
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     (model, expected)
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn prompt_var(expected: &Value, d: usize) -> Var {
-    let r = expected["virtual_tokens"].as_u64().unwrap() as usize;
-    Var::from_tensor(&Tensor::from_vec(floats(&expected["prompt"]), (r, d), &Device::Cpu).unwrap()).unwrap()
-}
-
-#[track_caller]
-fn assert_max_abs(got: &Tensor, want: &[f32], tol: f32, what: &str) {
-    let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(worst <= tol, "{what}: max abs diff {worst} > {tol}");
-}
-
-#[track_caller]
-fn assert_rel(got: f32, want: f64, tol: f64, what: &str) {
-    let rel = (f64::from(got) - want).abs() / want.abs().max(1e-12);
-    assert!(rel <= tol, "{what}: {got} vs {want} (relative {rel:e})");
 }
 
 fn llama_case(name: &str) {

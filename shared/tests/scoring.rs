@@ -20,24 +20,9 @@ use tpv_shared::model::t5;
 use tpv_shared::model::{DType, Device, Tensor, Var};
 use tpv_shared::tasks::{LabelKind, Origin, Record, TaskSpec};
 
-/// Every family's fixture: each check runs on each.
-const MODELS: [&str; 10] = [
-    "llama_tied",
-    "llama_gqa_rope3",
-    "qwen2_bias",
-    "qwen3_qknorm_tied",
-    "mistral_window",
-    "phi3_fused",
-    "gemma2_softcap",
-    "gemma3_text",
-    "t5_gated_untied",
-    "t5_relu_tied",
-];
-
-/// The decoder-only ones.
-fn decoders() -> impl Iterator<Item = &'static str> {
-    MODELS.into_iter().filter(|m| !m.starts_with("t5"))
-}
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::{MODELS, decoders};
 
 /// The model as its family's own type: a decoder-only model, or T5.
 fn decoder_or_t5(model: &Model) -> (Option<&Decoder>, Option<&t5::T5>) {

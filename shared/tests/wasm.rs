@@ -6,8 +6,11 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/reference.rs"]
+mod reference;
 #[path = "common/similarity_bits.rs"]
 mod similarity_bits;
+use reference::{assert_decoder_matches_hf, assert_max_abs, assert_rel, floats, ids, prompt_var};
 
 use serde_json::Value;
 use tpv_shared::model::causal::{self, Example};
@@ -19,61 +22,15 @@ use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn max_abs(got: &Tensor, want: &[f32]) -> f32 {
-    let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
-}
-
-fn rel(got: f32, want: &Value) -> f64 {
-    let want = want.as_f64().unwrap();
-    (f64::from(got) - want).abs() / want.abs()
-}
-
-fn prompt(expected: &Value) -> Var {
-    let r = expected["virtual_tokens"].as_u64().unwrap() as usize;
-    Var::from_tensor(&Tensor::from_vec(floats(&expected["prompt"]), (r, 16), &Device::Cpu).unwrap()).unwrap()
-}
-
-/// A decoder-only fixture (config.json, model.safetensors, expected.json) against HF: each
-/// example's loss, gradient, logits and greedy tokens, and the padded batch's loss.
+/// A decoder-only fixture (config.json, model.safetensors, expected.json) against HF
+/// ([`reference::assert_decoder_matches_hf`]).
 fn decoder_case(config: &str, weights: &[u8], expected: &str) {
     let expected: Value = serde_json::from_str(expected).unwrap();
     let model = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap();
-    let model = model.downcast_ref::<Decoder>().expect("a decoder-only model");
-    let p = prompt(&expected);
-    let mut batch = Vec::new();
-    for ex in expected["examples"].as_array().unwrap() {
-        let example = Example::answer(&ids(&ex["input_ids"]), &ids(&ex["answer_ids"]));
-        let out = causal::loss(model, p.as_tensor(), std::slice::from_ref(&example)).unwrap();
-        assert!(rel(out.loss.to_scalar().unwrap(), &ex["loss"]) <= 1e-5);
-        let grads = out.loss.backward().unwrap();
-        assert!(max_abs(grads.get(p.as_tensor()).unwrap(), &floats(&ex["grad"])) <= 1e-4);
-        let logits = causal::sequence_logits(model, p.as_tensor(), &example.ids).unwrap();
-        assert!(max_abs(&logits, &floats(&ex["logits"])) <= 1e-4);
-        let want = ids(&ex["greedy"]);
-        let got = causal::greedy(model, p.as_tensor(), &[ids(&ex["input_ids"])], want.len(), &[]).unwrap();
-        assert_eq!(got[0], want);
-        batch.push(example);
-    }
-    let out = causal::loss(model, p.as_tensor(), &batch).unwrap();
-    assert!(rel(out.loss.to_scalar().unwrap(), &expected["batch"]["loss"]) <= 1e-5);
+    assert_decoder_matches_hf(
+        model.downcast_ref::<Decoder>().expect("a decoder-only model"),
+        &expected,
+    );
 }
 
 /// `decoder_case` on `tests/fixtures/models/NAME`.
@@ -114,17 +71,27 @@ fn t5_in_the_browser_matches_hf() {
     .unwrap();
     let model = from_safetensors(config, &[weights], DType::F32, &Device::Cpu).unwrap();
     let model = model.downcast_ref::<T5>().expect("a t5");
-    let p = prompt(&expected);
+    let p = prompt_var(&expected, model.hidden_size());
     for ex in expected["examples"].as_array().unwrap() {
         let example = t5::Example {
             input: ids(&ex["input_ids"]),
             target: ids(&ex["labels"]),
         };
         let out = t5::loss(model, p.as_tensor(), std::slice::from_ref(&example), None).unwrap();
-        assert!(rel(out.loss.to_scalar().unwrap(), &ex["loss"]) <= 1e-5);
-        assert!(max_abs(&out.logits, &floats(&ex["logits"])) <= 1e-4);
+        assert_rel(
+            out.loss.to_scalar().unwrap(),
+            ex["loss"].as_f64().unwrap(),
+            1e-5,
+            "loss",
+        );
+        assert_max_abs(&out.logits, &floats(&ex["logits"]), 1e-4, "logits");
         let grads = out.loss.backward().unwrap();
-        assert!(max_abs(grads.get(p.as_tensor()).unwrap(), &floats(&ex["grad"])) <= 1e-4);
+        assert_max_abs(
+            grads.get(p.as_tensor()).unwrap(),
+            &floats(&ex["grad"]),
+            1e-4,
+            "gradient",
+        );
         let mut want = ids(&ex["greedy"])[1..].to_vec();
         if want.last() == Some(&1) {
             want.pop();

@@ -12,6 +12,9 @@ use tpv_shared::model::load::from_safetensors;
 use tpv_shared::model::{DType, Device, Tensor};
 use tpv_shared::{PromptKind, runfile};
 
+#[path = "../../shared/tests/common/fixtures.rs"]
+mod fixtures;
+
 fn model_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/models")
@@ -106,18 +109,7 @@ fn assert_same_results(a: &Value, b: &Value) {
 fn eval_batched_equals_one_by_one_on_every_family() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_data(tmp.path(), DATA);
-    for model in [
-        "llama_gqa_rope3",
-        "llama_tied",
-        "qwen2_bias",
-        "qwen3_qknorm_tied",
-        "mistral_window",
-        "phi3_fused",
-        "gemma2_softcap",
-        "gemma3_text",
-        "t5_relu_tied",
-        "t5_gated_untied",
-    ] {
+    for model in fixtures::MODELS {
         let origins = tmp.path().join(model);
         tpv()
             .args([

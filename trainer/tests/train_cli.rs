@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+#[path = "../../shared/tests/common/fixtures.rs"]
+mod fixtures;
 #[path = "common/run_result.rs"]
 mod run_result;
 use run_result::result;
@@ -229,14 +231,7 @@ fn a_killed_llama_run_resumes_to_the_same_prompt() {
 /// same prompt.
 #[test]
 fn a_killed_run_of_every_other_decoder_family_resumes_to_the_same_prompt() {
-    for model in [
-        "qwen2_bias",
-        "qwen3_qknorm_tied",
-        "mistral_window",
-        "phi3_fused",
-        "gemma2_softcap",
-        "gemma3_text",
-    ] {
+    for model in fixtures::decoders().filter(|m| !m.starts_with("llama")) {
         kill_and_resume(model);
     }
 }
