@@ -108,6 +108,11 @@ pub struct SweepArgs {
     /// anything is missing. Every sweep and Slurm emission starts with it.
     #[arg(long, conflicts_with_all = ["list", "job", "stage", "todo"])]
     pub check: bool,
+    /// With --check: a hub model not in the cache is checked from its config.json and
+    /// safetensors headers (a few KB, by HTTP range requests) instead of downloaded: its family,
+    /// its shapes, its memory estimate, and how much the sweep will download.
+    #[arg(long, requires = "check")]
+    pub no_download: bool,
     /// Print the array indexes of STAGE's unfinished jobs, comma-separated (for `sbatch
     /// --array=…`: what the emitted resubmit.sh re-runs), and exit.
     #[arg(long, value_name = "STAGE", conflicts_with_all = ["stage", "job", "emit", "list"])]

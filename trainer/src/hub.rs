@@ -63,6 +63,12 @@ const CONVERTED: &str = "refs/convert/parquet";
 /// Attempts per file (the first and four retries).
 const ATTEMPTS: u32 = 5;
 
+/// tpv's bounds on what it reads into memory from the hub: a repo's listing, a model's
+/// config.json, a safetensors header (safetensors' own limit).
+const LISTING_BYTES: u64 = 32 << 20;
+const CONFIG_BYTES: u64 = 4 << 20;
+const HEADER_BYTES: u64 = 100 << 20;
+
 fn endpoint() -> String {
     std::env::var("HF_ENDPOINT")
         .unwrap_or_else(|_| "https://huggingface.co".into())
@@ -120,25 +126,29 @@ impl Hub {
     }
 
     fn get(&self, url: &str, range_from: u64) -> Result<ureq::http::Response<ureq::Body>> {
+        self.get_range(url, (range_from > 0).then(|| format!("bytes={range_from}-")))
+    }
+
+    /// GET with the token and an HTTP `Range` value (`bytes=A-` or `bytes=A-B`).
+    fn get_range(&self, url: &str, range: Option<String>) -> Result<ureq::http::Response<ureq::Body>> {
         let mut req = self.agent.get(url);
         if let Ok(token) = std::env::var("HF_TOKEN") {
             req = req.header("Authorization", &format!("Bearer {token}"));
         }
-        if range_from > 0 {
-            req = req.header("Range", &format!("bytes={range_from}-"));
+        if let Some(range) = range {
+            req = req.header("Range", &range);
         }
         req.call().with_context(|| format!("GET {url}"))
     }
 
-    /// A repo's commit and files at `revision`, retried like a file.
-    fn info(&self, kind: &str, repo_id: &str, revision: &str) -> Result<RepoInfo> {
-        let rev = revision.replace('/', "%2F");
-        let url = format!("{}/api/{kind}/{repo_id}/revision/{rev}?blobs=true", self.base);
-        let what = format!("{} {repo_id} (revision {revision})", &kind[..kind.len() - 1]);
+    /// A small answer (a listing, a config, a header) in memory: retried like a file, at most
+    /// `limit` bytes (a longer one is an error, never read whole). `range`: bytes `A..=B` of the
+    /// file, from a server that honours ranges (206) or one that sends the file from its start.
+    fn get_small(&self, url: &str, range: Option<(u64, u64)>, limit: u64, what: &str) -> Result<Vec<u8>> {
         let mut attempt = 0;
-        let text = loop {
+        loop {
             attempt += 1;
-            let mut resp = match self.get(&url, 0) {
+            let mut resp = match self.get_range(url, range.map(|(a, b)| format!("bytes={a}-{b}"))) {
                 Ok(r) => r,
                 // No answer at all (no route, no name): one more try, not the full series.
                 Err(e) if attempt < 2 => {
@@ -148,7 +158,7 @@ impl Hub {
                 }
                 Err(e) => {
                     return Err(e.context(format!(
-                        "cannot reach the HF hub for {repo_id} (set HF_ENDPOINT, HF_TOKEN, or put it into the cache)"
+                        "cannot reach the HF hub for {what} (set HF_ENDPOINT, HF_TOKEN, or put it into the cache)"
                     )));
                 }
             };
@@ -157,15 +167,44 @@ impl Hub {
                 std::thread::sleep(backoff(attempt, retry_after(&resp)));
                 continue;
             }
-            if status != 200 {
-                return Err(status_error(status, &url, &what));
-            }
-            break resp
-                .body_mut()
-                .read_to_string()
+            // A server that ignores the range sends the file from its start: read up to B only.
+            let skip = match (status, range) {
+                (206, _) | (200, None) => 0,
+                (200, Some((a, _))) => a,
+                _ => return Err(status_error(status, url, what)),
+            };
+            // At most the range (a server may send more), or one byte past the bound to tell.
+            let cap = match range {
+                Some((a, b)) => skip.saturating_add(b.saturating_sub(a).saturating_add(1)),
+                None => limit.saturating_add(1),
+            };
+            let mut body = Vec::new();
+            resp.body_mut()
+                .as_reader()
+                .take(cap)
+                .read_to_end(&mut body)
                 .with_context(|| format!("{url}: cannot read the answer"))?;
-        };
-        let info: RepoInfo = serde_json::from_str(&text).with_context(|| format!("{url}: unexpected answer"))?;
+            let body = body.split_off(usize::try_from(skip).unwrap_or(usize::MAX).min(body.len()));
+            match range {
+                None if body.len() as u64 > limit => {
+                    bail!("{url}: the answer is longer than {limit} bytes (tpv's bound for {what})")
+                }
+                Some((a, b)) if (body.len() as u64) < b - a + 1 => {
+                    bail!("{url}: {} bytes where {} were asked for", body.len(), b - a + 1)
+                }
+                _ => {}
+            }
+            return Ok(body);
+        }
+    }
+
+    /// A repo's commit and files at `revision`, retried like a file.
+    fn info(&self, kind: &str, repo_id: &str, revision: &str) -> Result<RepoInfo> {
+        let rev = revision.replace('/', "%2F");
+        let url = format!("{}/api/{kind}/{repo_id}/revision/{rev}?blobs=true", self.base);
+        let what = format!("{} {repo_id} (revision {revision})", &kind[..kind.len() - 1]);
+        let text = self.get_small(&url, None, LISTING_BYTES, &what)?;
+        let info: RepoInfo = serde_json::from_slice(&text).with_context(|| format!("{url}: unexpected answer"))?;
         if info.sha.len() < 7 || !info.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
             bail!("{url}: unexpected commit {:?}", info.sha);
         }
@@ -396,6 +435,73 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     }
     let repo_dir = models::hub_repo_dir("models", repo_id)?;
     download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
+}
+
+/// What the preflight learns of a hub model without downloading its weights: its config and
+/// its safetensors headers (by HTTP range requests: a few KB, as huggingface_hub's
+/// `get_safetensors_metadata` reads them).
+pub struct ModelMetadata {
+    pub commit: String,
+    pub config_json: String,
+    /// Every tensor's shape, from all the weight files' headers.
+    pub shapes: tpv_shared::model::load::Shapes,
+    /// The bytes a download of the model's needed files would fetch.
+    pub download_bytes: u64,
+}
+
+/// [`ModelMetadata`] of `repo_id` at `revision`; nothing is written to the cache (a snapshot
+/// without its weights would pass for a downloaded model).
+pub fn model_metadata(repo_id: &str, revision: &str) -> Result<ModelMetadata> {
+    check_repo_id(repo_id)?;
+    crate::io::check_relative_path(revision, "the revision")?;
+    if offline() {
+        bail!("HF_HUB_OFFLINE=1: not asking the hub about {repo_id}");
+    }
+    let hub = Hub::new();
+    let info = hub.info("models", repo_id, revision)?;
+    let files: Vec<&Sibling> = info
+        .siblings
+        .iter()
+        .filter(|s| tpv_shared::eval::hf_files::is_needed(&s.rfilename))
+        .collect();
+    let size = |s: &Sibling| s.lfs.as_ref().map(|l| l.size).or(s.size);
+    let url = |file: &str| format!("{}/{repo_id}/resolve/{}/{file}", hub.base, info.sha);
+    if !files.iter().any(|f| f.rfilename == "config.json") {
+        bail!("{repo_id} has no config.json at {revision}");
+    }
+    let config = hub.get_small(&url("config.json"), None, CONFIG_BYTES, "config.json")?;
+    let config_json = String::from_utf8(config).with_context(|| format!("{repo_id}: config.json is not UTF-8"))?;
+    let weights: Vec<&&Sibling> = files.iter().filter(|f| f.rfilename.ends_with(".safetensors")).collect();
+    if weights.is_empty() {
+        bail!("{repo_id} has no safetensors weights at {revision} (tpv does not read .bin checkpoints)");
+    }
+    let mut shapes = tpv_shared::model::load::Shapes::new();
+    for file in weights {
+        let name = &file.rfilename;
+        let len = hub.get_small(&url(name), Some((0, 7)), 8, name)?;
+        let n = u64::from_le_bytes(len.as_slice().try_into().context("8 bytes")?);
+        if !(2..=HEADER_BYTES).contains(&n) {
+            bail!("{repo_id}/{name}: a safetensors header of {n} bytes (safetensors' limit is {HEADER_BYTES})");
+        }
+        let header = hub.get_small(&url(name), Some((8, 7 + n)), n, name)?;
+        let (mut these, data) =
+            tpv_shared::model::load::header_json_shapes(&header).with_context(|| format!("{repo_id}/{name}"))?;
+        if let Some(listed) = size(file)
+            && 8 + n + data != listed
+        {
+            bail!(
+                "{repo_id}/{name}: its header describes {} bytes, the hub lists {listed}",
+                8 + n + data
+            );
+        }
+        shapes.extend(these.drain());
+    }
+    Ok(ModelMetadata {
+        commit: info.sha.clone(),
+        config_json,
+        shapes,
+        download_bytes: files.iter().filter_map(|f| size(f)).sum(),
+    })
 }
 
 /// The parquet files of `config`'s `splits` in a listing: under the config's directory

@@ -110,10 +110,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if spec == assets::SMOLLM2.name {
         return assets::ensure(&assets::SMOLLM2);
     }
-    if let Some((org, name)) = spec.split_once('/')
-        && !org.is_empty()
-        && !name.contains('/')
-    {
+    if is_hub_id(spec) {
         return match hub_snapshot(spec) {
             Ok(snapshot) => Ok(snapshot),
             // Not cached: download it (unless HF_HUB_OFFLINE=1), naming both failures if that fails too.
@@ -121,6 +118,14 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         };
     }
     bail!("{spec}: no such file or directory, and not `smollm2` or an `org/name` hub id")
+}
+
+/// Whether `spec` (not a path that exists) names a hub model: `org/name`.
+pub fn is_hub_id(spec: &str) -> bool {
+    !Path::new(spec).exists()
+        && spec
+            .split_once('/')
+            .is_some_and(|(org, name)| !org.is_empty() && !name.contains('/'))
 }
 
 /// [`resolve`] without downloading a hub model: a local path, `smollm2`, or a hub id already in

@@ -11,13 +11,15 @@
 )]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use assert_cmd::Command;
 use sha2::{Digest, Sha256};
+
+#[path = "common/hub_server.rs"]
+mod hub_server;
+use hub_server::{Fault, File, Repos, add, serve_repos};
 
 const GLUE: &str = "1111111111111111111111111111111111111111";
 const SNLI_CONVERTED: &str = "2222222222222222222222222222222222222222";
@@ -29,33 +31,6 @@ fn fixture(repo: &str, file: &str) -> Vec<u8> {
         .join(format!("datasets--{}", repo.replace('/', "--")))
         .join("snapshots/0123456789abcdef0123456789abcdef01234567");
     std::fs::read(snap.join(file)).unwrap()
-}
-
-/// How the server answers a file.
-#[derive(Clone, Copy, PartialEq)]
-enum Fault {
-    None,
-    /// The first answer announces the whole file and sends half, then closes.
-    CutOnce,
-    /// The first answer is 429 (Retry-After: 0).
-    RateLimitedOnce,
-    /// Every answer sends half the file (the listing says the whole size).
-    AlwaysTruncated,
-}
-
-struct File {
-    bytes: Vec<u8>,
-    fault: Fault,
-}
-
-/// `datasets/ORG/NAME` or `models/ORG/NAME` → revision (as the client asks for it:
-/// `refs%2Fconvert%2Fparquet`) → (commit, files).
-type Repos = BTreeMap<String, BTreeMap<String, (String, BTreeMap<String, File>)>>;
-
-fn add(r: &mut Repos, repo: &str, rev: &str, sha: &str, files: BTreeMap<String, File>) {
-    r.entry(repo.to_owned())
-        .or_default()
-        .insert(rev.to_owned(), (sha.to_owned(), files));
 }
 
 fn repos() -> Repos {
@@ -133,116 +108,9 @@ fn repos() -> Repos {
 /// The revision name of the hub's parquet conversion, as the client puts it in a URL.
 const CONVERTED: &str = "refs%2Fconvert%2Fparquet";
 
-fn respond(stream: &mut std::net::TcpStream, status: &str, headers: &str, body: &[u8], send: usize) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    let _ = stream.write_all(&body[..send.min(body.len())]);
-}
-
 /// Serves `repos()`; logs each request as `PATH RANGE`.
 fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
     serve_repos(repos)
-}
-
-/// Serves the repos `make` builds (in the server's thread), datasets and models as the hub does.
-fn serve_repos(make: fn() -> Repos) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&log);
-    std::thread::spawn(move || {
-        let repos = make();
-        let mut served: BTreeMap<String, usize> = BTreeMap::new();
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            reader.read_line(&mut request).unwrap();
-            let mut range = 0usize;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_lowercase().strip_prefix("range: bytes=") {
-                    range = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
-            let target = request.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let path = target.split('?').next().unwrap_or("").to_owned();
-            seen.lock().unwrap().push(format!("{path} {range}"));
-            if path.contains("/gated/repo/") {
-                respond(&mut stream, "401 Unauthorized", "", b"gated", usize::MAX);
-                continue;
-            }
-            if let Some(rest) = path.strip_prefix("/api/") {
-                let (repo, rev) = rest.split_once("/revision/").unwrap();
-                match repos.get(repo).and_then(|r| r.get(rev)) {
-                    Some((sha, files)) => {
-                        let siblings: Vec<_> = files
-                            .iter()
-                            .map(|(name, f)| {
-                                let sum = format!("{:x}", Sha256::digest(&f.bytes));
-                                serde_json::json!({ "rfilename": name, "size": f.bytes.len(),
-                                    "lfs": { "sha256": sum, "size": f.bytes.len() } })
-                            })
-                            .collect();
-                        let body = serde_json::json!({ "sha": sha, "siblings": siblings }).to_string();
-                        respond(&mut stream, "200 OK", "", body.as_bytes(), usize::MAX);
-                    }
-                    None => respond(&mut stream, "404 Not Found", "", b"no such repo", usize::MAX),
-                }
-                continue;
-            }
-            let file = repos.iter().find_map(|(repo, revs)| {
-                // Files of a model repo are under /ORG/NAME, of a dataset under /datasets/ORG/NAME.
-                let url = repo.strip_prefix("models/").unwrap_or(repo);
-                revs.values().find_map(|(sha, files)| {
-                    let name = path.strip_prefix(&format!("/{url}/resolve/{sha}/"))?;
-                    files.get(name)
-                })
-            });
-            let Some(file) = file else {
-                respond(&mut stream, "404 Not Found", "", b"not found", usize::MAX);
-                continue;
-            };
-            let n = served.entry(path.clone()).or_default();
-            *n += 1;
-            match file.fault {
-                Fault::RateLimitedOnce if *n == 1 => {
-                    respond(
-                        &mut stream,
-                        "429 Too Many Requests",
-                        "Retry-After: 0\r\n",
-                        b"slow down",
-                        usize::MAX,
-                    );
-                }
-                Fault::CutOnce if *n == 1 => {
-                    let half = file.bytes.len() / 2;
-                    respond(&mut stream, "200 OK", "", &file.bytes, half);
-                }
-                Fault::AlwaysTruncated => {
-                    let half = &file.bytes[..file.bytes.len() / 2];
-                    respond(&mut stream, "200 OK", "", half, usize::MAX);
-                }
-                _ if range > 0 && range < file.bytes.len() => {
-                    let h = format!(
-                        "Content-Range: bytes {range}-{}/{}\r\n",
-                        file.bytes.len() - 1,
-                        file.bytes.len()
-                    );
-                    respond(&mut stream, "206 Partial Content", &h, &file.bytes[range..], usize::MAX);
-                }
-                _ => respond(&mut stream, "200 OK", "", &file.bytes, usize::MAX),
-            }
-        }
-    });
-    (addr, log)
 }
 
 fn tpv(cache: &Path, endpoint: &str, args: &[&str]) -> std::process::Output {

@@ -189,6 +189,45 @@ fn header_shapes<B: AsRef<[u8]>>(shards: &[B]) -> Result<Shapes> {
     Ok(shapes)
 }
 
+/// The shapes a safetensors header names, from the header's JSON alone (the bytes after its
+/// 8-byte length; no tensor data): for a file not here (the hub's headers, fetched by range) or
+/// not read whole. Also the bytes the data takes (the largest end offset): the file is 8 + the
+/// header + that long.
+pub fn header_json_shapes(json: &[u8]) -> Result<(Shapes, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        shape: Vec<usize>,
+        data_offsets: (u64, u64),
+    }
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(json).map_err(|e| candle_core::Error::msg(format!("a safetensors header: {e}")))?;
+    let mut shapes = Shapes::new();
+    let mut end = 0;
+    for (name, value) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: Entry = serde_json::from_value(value)
+            .map_err(|e| candle_core::Error::msg(format!("a safetensors header: tensor {name}: {e}")))?;
+        if entry.data_offsets.0 > entry.data_offsets.1 {
+            return Err(candle_core::Error::msg(format!(
+                "a safetensors header: tensor {name} ends before it starts"
+            )));
+        }
+        end = end.max(entry.data_offsets.1);
+        shapes.insert(name, entry.shape);
+    }
+    Ok((shapes, end))
+}
+
+/// The values the tensors of `shapes` hold (saturating: a hostile header cannot overflow it).
+pub fn parameter_count(shapes: &Shapes) -> u64 {
+    shapes
+        .values()
+        .map(|s| s.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64)))
+        .fold(0, u64::saturating_add)
+}
+
 /// Whether any tensor's name starts with `prefix` (e.g. `model.layers.2.`).
 fn has_prefix(shapes: &Shapes, prefix: &str) -> bool {
     shapes.keys().any(|k| k.starts_with(prefix))
@@ -576,4 +615,31 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     w.reshape((heads, rows / heads / 2, 2, cols))?
         .transpose(1, 2)?
         .reshape(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_header_read_alone_gives_shapes_and_the_data_length_and_refuses_what_cannot_be() {
+        let json = br#"{"__metadata__": {"format": "pt"},
+            "a": {"dtype": "BF16", "shape": [3, 4], "data_offsets": [0, 24]},
+            "b": {"dtype": "F32", "shape": [5], "data_offsets": [24, 44]}}"#;
+        let (shapes, end) = header_json_shapes(json).unwrap();
+        assert_eq!((shapes["a"].clone(), shapes["b"].clone(), end), (vec![3, 4], vec![5], 44));
+        assert_eq!(parameter_count(&shapes), 17);
+        // A hostile header: an overflowing count saturates; a tensor ending before it starts, a
+        // shape that is not a list of sizes, and a header that is not an object are errors.
+        let huge = br#"{"a": {"dtype": "F32", "shape": [18446744073709551615, 4], "data_offsets": [0, 0]}}"#;
+        assert_eq!(parameter_count(&header_json_shapes(huge).unwrap().0), u64::MAX);
+        for bad in [
+            &br#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}"#[..],
+            br#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#,
+            br#"[1, 2]"#,
+        ] {
+            assert!(header_json_shapes(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -9,7 +9,7 @@ use crate::study::jobs::{
     self, BUSY_EXIT, JobOutcome, SWEEP_CHILD, SweepOptions, SweepOutcome, run_locked, sweep_gpus, write_eval_sets,
     write_manifest,
 };
-use crate::study::preflight::Scope;
+use crate::study::preflight::{Scope, Weights};
 use crate::study::slurm::{SlurmOptions, emit};
 use crate::study::{Job, Study, aggregate as agg, report as rep};
 use crate::train::stop::{self, Mode};
@@ -32,7 +32,12 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     if args.check {
-        return preflight(&study, Scope::Everything, args.json);
+        let weights = if args.no_download {
+            Weights::HeadersOnly
+        } else {
+            Weights::Download
+        };
+        return preflight(&study, Scope::Everything, weights, args.json);
     }
     if let Some(scheduler) = &args.emit {
         return emit_scripts(&study, scheduler, args);
@@ -56,7 +61,7 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
     if !gpus.is_empty() && args.jobs > 1 {
         eprintln!("job slots on GPUs {} (one each, round robin)", gpus.join(", "));
     }
-    preflight(&study, Scope::Everything, false)?;
+    preflight(&study, Scope::Everything, Weights::Download, false)?;
     let abort_in_job = match &args.abort_in_job {
         Some(s) => {
             let (n, step) = s.split_once(':').context("--abort-in-job N:S")?;
@@ -174,8 +179,8 @@ pub(crate) fn interrupted(what: &str, signal: i32, resume: &str) -> ! {
 
 /// The study's preflight: the table on stderr (or JSON on stdout for `--check --json`), and an
 /// error naming what is missing.
-fn preflight(study: &Study, scope: Scope, json: bool) -> Result<()> {
-    let checks = crate::study::preflight::preflight(study, scope);
+fn preflight(study: &Study, scope: Scope, weights: Weights, json: bool) -> Result<()> {
+    let checks = crate::study::preflight::preflight(study, scope, weights);
     let missing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.what.as_str()).collect();
     if json {
         print_json(&serde_json::to_value(&checks)?)?;
@@ -228,7 +233,7 @@ fn emit_scripts(study: &Study, scheduler: &str, args: &SweepArgs) -> Result<()> 
         sets: args.sets.clone(),
     };
     crate::study::slurm::check_values(study, dir, &opts)?;
-    preflight(study, Scope::NoDevices, false)?;
+    preflight(study, Scope::NoDevices, Weights::Download, false)?;
     let files = emit(study, dir, &opts)?;
     write_manifest(study)?;
     // The array tasks run single jobs; the eval sets the report bundles are written here.

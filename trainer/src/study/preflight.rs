@@ -1,6 +1,7 @@
 //! The preflight of a study (`tpv sweep STUDY --check`, and the start of every sweep and Slurm
 //! emission): before the first of possibly thousands of GPU hours, every model and every task's
-//! data is resolved (downloaded into the caches unless `HF_HUB_OFFLINE=1`), the devices are
+//! data is resolved (downloaded into the caches unless `HF_HUB_OFFLINE=1`; with `--check
+//! --no-download` a hub model is read from its config and safetensors headers instead), the devices are
 //! opened, each job's memory (weights + activations at its batch size and dtype) is estimated
 //! against the device's, and the disk the unfinished runs need against what is free. One table;
 //! anything missing fails the sweep before it starts.
@@ -48,9 +49,19 @@ pub enum Scope {
     NoDevices,
 }
 
+/// How the preflight resolves a hub model that is not in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// Download it (the sweep's jobs then find it; what every sweep and emission does).
+    Download,
+    /// Read its config.json and safetensors headers from the hub (a few KB) and say what the
+    /// download will take (`tpv sweep --check --no-download`).
+    HeadersOnly,
+}
+
 /// Runs every check; the table is in the order the user acts on it (data, models, devices,
 /// memory, disk).
-pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
+pub fn preflight(study: &Study, scope: Scope, weights: Weights) -> Vec<Check> {
     let jobs = study.jobs();
     let mut checks = Vec::new();
     let (mut data_seen, mut models_seen, mut devices_seen) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
@@ -75,9 +86,13 @@ pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
             checks.push(data_check(c));
         }
     }
+    let mut facts = std::collections::BTreeMap::new();
     for c in &configs {
         if models_seen.insert(c.model.path.clone()) {
-            checks.push(model_check(c));
+            let f = facts
+                .entry(c.model.path.clone())
+                .or_insert_with(|| model_facts(&c.model.path, weights));
+            checks.push(model_check(c, f));
         }
         if scope == Scope::Everything && devices_seen.insert(c.model.device.clone()) {
             checks.push(device_check(&c.model.device));
@@ -91,8 +106,10 @@ pub fn preflight(study: &Study, scope: Scope) -> Vec<Check> {
             (c.optim.batch_size, c.prompt.virtual_tokens, c.data.max_source_tokens),
             c.train.gradient_checkpointing,
         );
-        if memory_seen.insert(key) {
-            checks.push(memory_check(c));
+        if memory_seen.insert(key)
+            && let Some(f) = facts.get(&c.model.path)
+        {
+            checks.push(memory_check(c, f));
         }
     }
     checks.push(disk_check(study, &jobs, &configs));
@@ -188,18 +205,58 @@ fn data_check(c: &Config) -> Check {
     }
 }
 
-fn model_check(c: &Config) -> Check {
-    let what = format!("model {}", c.model.path);
-    match models::resolve(&c.model.path) {
-        Ok(path) => Check {
-            what,
-            ok: true,
-            detail: format!("{} ({})", path.display(), gb(dir_size(&path))),
-        },
-        Err(e) => Check {
-            what,
-            ok: false,
-            detail: format!("{e:#}"),
+/// What the preflight knows of a model: where it is (or what downloading it takes), and, from
+/// its config.json through the families' registry, its spec and parameter count.
+struct ModelFacts {
+    detail: String,
+    spec: Option<Box<dyn Spec>>,
+    params: Option<f64>,
+}
+
+/// [`ModelFacts`] of a model path: resolved (downloaded if need be), or with
+/// [`Weights::HeadersOnly`] a hub model not in the cache read from the hub's config and headers
+/// (its family must read the config and agree with the headers' shapes). The error is the
+/// check's detail.
+fn model_facts(spec: &str, weights: Weights) -> Result<ModelFacts, String> {
+    if weights == Weights::HeadersOnly && models::is_hub_id(spec) && models::resolve_local(spec).is_err() {
+        let m = crate::hub::model_metadata(spec, "main").map_err(|e| format!("{e:#}"))?;
+        let family = tpv_shared::model::families::parse(&m.config_json)
+            .map_err(|e| format!("{spec} on the hub: config.json: {e}"))?;
+        family
+            .check_tensors(&m.shapes)
+            .map_err(|e| format!("{spec} on the hub: config.json against its weights' headers: {e}"))?;
+        let params = tpv_shared::model::load::parameter_count(&m.shapes) as f64;
+        return Ok(ModelFacts {
+            detail: format!(
+                "{spec} at {} on the hub: {}, {:.2} B parameters; {} to download when the sweep starts",
+                &m.commit[..m.commit.len().min(7)],
+                family.model_type(),
+                params / 1e9,
+                gb(m.download_bytes as f64)
+            ),
+            spec: Some(family),
+            params: Some(params),
+        });
+    }
+    let path = models::resolve(spec).map_err(|e| format!("{e:#}"))?;
+    let family = model_spec(&path);
+    // The headers' count; without weights yet (a config looked at before downloading them),
+    // the family's count from the config.
+    let params = safetensors_params(&path).or_else(|| family.as_ref().map(|f| f.parameters() as f64));
+    Ok(ModelFacts {
+        detail: format!("{} ({})", path.display(), gb(dir_size(&path))),
+        spec: family,
+        params,
+    })
+}
+
+fn model_check(c: &Config, facts: &Result<ModelFacts, String>) -> Check {
+    Check {
+        what: format!("model {}", c.model.path),
+        ok: facts.is_ok(),
+        detail: match facts {
+            Ok(f) => f.detail.clone(),
+            Err(e) => e.clone(),
         },
     }
 }
@@ -245,12 +302,12 @@ pub fn memory_estimate(
 
 /// [`memory_estimate`] (parameters from the safetensors headers, or from the config) against the
 /// device's memory.
-fn memory_check(c: &Config) -> Check {
+fn memory_check(c: &Config, facts: &Result<ModelFacts, String>) -> Check {
     let what = format!(
         "memory {} ({}, batch {}, {})",
         c.model.path, c.model.dtype, c.optim.batch_size, c.model.device
     );
-    let Ok(path) = models::resolve(&c.model.path) else {
+    let Ok(facts) = facts else {
         return Check {
             what,
             ok: false,
@@ -258,19 +315,16 @@ fn memory_check(c: &Config) -> Check {
         };
     };
     let bytes = if c.model.dtype == "f32" { 4.0 } else { 2.0 };
-    let Some(spec) = model_spec(&path) else {
+    let (Some(spec), Some(params)) = (&facts.spec, facts.params) else {
         return Check {
             what,
             ok: true,
             detail: "not estimated (a GGUF file, or a folder without a config.json tpv reads)".into(),
         };
     };
-    // The headers' count; without weights yet (a config looked at before downloading them),
-    // the family's count from the config.
-    let params = safetensors_params(&path).unwrap_or(spec.parameters() as f64);
     let seq = c.prompt.virtual_tokens + c.data.max_source_tokens.unwrap_or(256);
     let checkpointing = c.train.gradient_checkpointing;
-    let (weights, activations) = memory_estimate(&*spec, params, bytes, (c.optim.batch_size, seq), checkpointing);
+    let (weights, activations) = memory_estimate(&**spec, params, bytes, (c.optim.batch_size, seq), checkpointing);
     let need = weights + activations;
     let detail = format!(
         "needs ≈ {} (weights {}, activations {}{})",
@@ -382,19 +436,13 @@ fn safetensors_params(path: &Path) -> Option<f64> {
         let mut len = [0u8; 8];
         file.read_exact(&mut len).ok()?;
         let n = u64::from_le_bytes(len);
-        if n > tpv_shared::st::MAX_HEADER_BYTES.max(100 << 20) {
+        if n > 100 << 20 {
             return None;
         }
         let mut header = vec![0u8; usize::try_from(n).ok()?];
         file.read_exact(&mut header).ok()?;
-        let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
-        for (k, v) in json.as_object()? {
-            if k == "__metadata__" {
-                continue;
-            }
-            let shape = v.get("shape")?.as_array()?;
-            total += shape.iter().map(|x| x.as_f64().unwrap_or(0.0)).product::<f64>();
-        }
+        let (shapes, _) = tpv_shared::model::load::header_json_shapes(&header).ok()?;
+        total += tpv_shared::model::load::parameter_count(&shapes) as f64;
     }
     Some(total)
 }
