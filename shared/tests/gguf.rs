@@ -245,3 +245,55 @@ fn qwen_gguf_metadata_errors_name_the_files_keys() {
         assert!(err.contains("GGUF") && err.contains(key), "{key} = {value:?}: {err}");
     }
 }
+
+/// llama.cpp's `rope.scaling.type` and `.factor`: a linear-scaled GGUF computes what the same
+/// weights compute from a config.json with `rope_parameters = {rope_type: linear, factor}`
+/// (transformers' linear scaling, checked against HF by the gemma3_text fixture), not what the
+/// unscaled model computes; a type tpv does not implement is refused naming the key.
+#[test]
+fn a_gguf_with_linear_rope_scaling_computes_what_its_config_json_does() {
+    let (_, mut config, expected) = fixture("qwen2_bias");
+    let linear = [
+        ("qwen2.rope.scaling.type", V::String("linear".into())),
+        ("qwen2.rope.scaling.factor", V::F32(4.0)),
+    ];
+    let (bytes, _) = qwen_gguf("qwen2_bias", "qwen2", &linear);
+    let gguf = load(&bytes);
+    config["rope_scaling"] = serde_json::json!({ "type": "linear", "factor": 4.0 });
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2_bias");
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let from_config =
+        tpv_shared::model::load::from_safetensors(&config.to_string(), &[&weights], DType::F32, &Device::Cpu).unwrap();
+    let (unscaled, _) = qwen_gguf("qwen2_bias", "qwen2", &[]);
+    let unscaled = load(&unscaled);
+    let example = &expected["examples"][0];
+    let ids: Vec<u32> = reference::ids(&example["input_ids"]);
+    let logits = |m: &Model| {
+        let d = m.downcast_ref::<Decoder>().unwrap();
+        let prompt = reference::prompt_var(&expected, d.hidden_size());
+        tpv_shared::model::causal::sequence_logits(d, prompt.as_tensor(), &ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let (g, c, u) = (logits(&gguf), logits(&from_config), logits(&unscaled));
+    assert!(max_diff(&g, &c) < 1e-6, "GGUF vs config.json: {}", max_diff(&g, &c));
+    assert!(
+        max_diff(&g, &u) > 1e-3,
+        "the scaling changed nothing: {}",
+        max_diff(&g, &u)
+    );
+    let (yarn, _) = qwen_gguf(
+        "qwen2_bias",
+        "qwen2",
+        &[("qwen2.rope.scaling.type", V::String("yarn".into()))],
+    );
+    let err = load_error(&yarn);
+    assert!(
+        err.contains("qwen2.rope.scaling.type") && err.contains("linear"),
+        "{err}"
+    );
+}

@@ -71,6 +71,8 @@ const GGUF_KEYS: &[(&str, &str)] = &[
     ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
     ("max_position_embeddings", "context_length"),
     ("rope_parameters.rope_theta", "rope.freq_base"),
+    ("rope_parameters.rope_type", "rope.scaling.type"),
+    ("rope_parameters.factor", "rope.scaling.factor"),
 ];
 
 /// How a GGUF file names `head_dim`: its `{arch}.attention.key_length` when it has one
@@ -477,6 +479,16 @@ fn gguf_config(content: &gguf_file::Content, arch: &str, tokens: usize) -> Resul
     let f = |name: &str| -> Result<f64> { Ok(f64::from(gguf_value(md, &key(name))?.to_f32()?)) };
     let n_head = u("attention.head_count")?;
     let has = |tensor: &str| content.tensor_infos.contains_key(tensor);
+    // llama.cpp's `rope.scaling.type` ("none", "linear", "yarn", …) and `rope.scaling.factor`:
+    // the family's validation accepts the types tpv implements and names the key otherwise.
+    let scaling = match md.get(&key("rope.scaling.type")) {
+        Some(v) => Some(v.to_string()?.clone()).filter(|t| t != "none"),
+        None => None,
+    };
+    let factor = match (&scaling, md.get(&key("rope.scaling.factor"))) {
+        (Some(_), Some(v)) => Some(f64::from(v.to_f32()?)),
+        _ => None,
+    };
     Ok(DecoderConfig {
         vocab_size: opt_u("vocab_size")?.unwrap_or(tokens),
         hidden_size: u("embedding_length")?,
@@ -491,6 +503,8 @@ fn gguf_config(content: &gguf_file::Content, arch: &str, tokens: usize) -> Resul
         rope_scaling: None,
         rope_parameters: Some(RopeParameters {
             rope_theta: Some(f("rope.freq_base")?),
+            rope_type: scaling,
+            factor,
             ..Default::default()
         }),
         tie_word_embeddings: !has("output.weight"),
@@ -531,6 +545,8 @@ fn gguf_config_json(cfg: &DecoderConfig, model_type: &str) -> serde_json::Value 
         "max_position_embeddings": cfg.max_position_embeddings,
         "rope_parameters": {
             "rope_theta": cfg.rope_parameters.as_ref().and_then(|p| p.rope_theta),
+            "rope_type": cfg.rope_parameters.as_ref().and_then(|p| p.rope_type.clone()),
+            "factor": cfg.rope_parameters.as_ref().and_then(|p| p.factor),
         },
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "hidden_act": cfg.hidden_act,
@@ -628,7 +644,10 @@ mod tests {
             "a": {"dtype": "BF16", "shape": [3, 4], "data_offsets": [0, 24]},
             "b": {"dtype": "F32", "shape": [5], "data_offsets": [24, 44]}}"#;
         let (shapes, end) = header_json_shapes(json).unwrap();
-        assert_eq!((shapes["a"].clone(), shapes["b"].clone(), end), (vec![3, 4], vec![5], 44));
+        assert_eq!(
+            (shapes["a"].clone(), shapes["b"].clone(), end),
+            (vec![3, 4], vec![5], 44)
+        );
         assert_eq!(parameter_count(&shapes), 17);
         // A hostile header: an overflowing count saturates; a tensor ending before it starts, a
         // shape that is not a list of sizes, and a header that is not an object are errors.
