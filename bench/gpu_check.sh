@@ -3,6 +3,7 @@
 # `bash bench/gpu_build.sh` built here (tpv and the tests train_parity and cuda_kernels with
 # `--features cuda`, stripped and xz-compressed into .gpu/), with $OUT for the log:
 #   1. the fused ops' CUDA kernels against their CPU twins (trainer/tests/cuda_kernels.rs);
+#   1b. the same kernels' self-test as tpv runs it when a device opens (the preflight's device row);
 #   2. the training parity test (torch + peft fixtures) on cuda:0, with the kernels, then without;
 #   3. the tiny fixture study (tests/fixtures/study) swept on cuda:0;
 #   4. `tpv bench` and bench/torch_bench.py on the same GPU, f32 and bf16, both model shapes, and
@@ -22,6 +23,8 @@ log "libraries from $lib"
 chmod +x .gpu/*
 log "fused kernels on cuda:0 against their CPU twins"
 timeout 60 .gpu/cuda_kernels --test-threads 1 --nocapture 2>&1 | tee -a "$OUT/log"
+log "the self-test when cuda:0 opens (tpv sweep --check: the device row)"
+timeout 60 .gpu/tpv sweep tests/fixtures/study/study.toml --check --set 'study.output="/tmp/gpu-study"' --set 'model.device="cuda:0"' 2>&1 | grep -E "device|warning" | tee -a "$OUT/log"
 log "parity on cuda:0"
 TPV_TEST_DEVICE=cuda:0 timeout 90 .gpu/train_parity --test-threads 1 2>&1 | tee -a "$OUT/log"
 log "parity on cuda:0 with candle's composed ops (TPV_CUDA_KERNELS=0)"

@@ -32,8 +32,8 @@ pub fn dtype(spec: &str) -> Result<DType> {
 }
 
 /// `cpu` or `cuda:N` ([`tpv_shared::DeviceSpec`]; CUDA needs the `cuda` feature). Opening a GPU
-/// installs the fused ops' CUDA kernels (`cuda_kernels`) unless `TPV_CUDA_KERNELS=0` asks for
-/// candle's composed ops instead.
+/// installs the fused ops' CUDA kernels (`cuda_kernels`) as [`KernelMode`] says: by default
+/// each op's kernels run once against their CPU twins first and only those that agree are used.
 pub fn device(spec: &str) -> Result<Device> {
     match spec.parse::<tpv_shared::DeviceSpec>()? {
         tpv_shared::DeviceSpec::Cpu => Ok(Device::Cpu),
@@ -41,14 +41,118 @@ pub fn device(spec: &str) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("this tpv was built without CUDA; rebuild with `cargo build --release --features cuda`");
             }
+            let mode = KernelMode::from_env()?;
             let device = Device::new_cuda(n).with_context(|| format!("cannot open {spec}"))?;
             #[cfg(feature = "cuda")]
-            if std::env::var_os("TPV_CUDA_KERNELS").is_none_or(|v| v != "0") {
+            if mode != KernelMode::Off {
                 crate::cuda_kernels::install();
             }
+            install_checked(spec, &device, mode, tpv_shared::model::kernel_check::self_test);
             Ok(device)
         }
     }
+}
+
+/// How a GPU uses the fused ops' kernels: `TPV_CUDA_KERNELS` = `check` (the default: each op's
+/// kernels run once against their CPU twins when the device opens, and only the ops whose every
+/// check passes use them), `1` (all, without the self-test), `0` (none: candle's composed ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMode {
+    Checked,
+    Trusted,
+    Off,
+}
+
+impl KernelMode {
+    pub fn parse(value: Option<&str>) -> Result<Self> {
+        match value {
+            None | Some("check") => Ok(Self::Checked),
+            Some("1") => Ok(Self::Trusted),
+            Some("0") => Ok(Self::Off),
+            Some(v) => bail!(
+                "TPV_CUDA_KERNELS={v:?}: 0 (candle's composed ops), 1 (every kernel, untested) or check (the default: the kernels that pass the self-test)"
+            ),
+        }
+    }
+
+    fn from_env() -> Result<Self> {
+        Self::parse(std::env::var("TPV_CUDA_KERNELS").ok().as_deref())
+    }
+}
+
+/// What the kernels' self-test said on each GPU this process opened (for the preflight).
+static KERNEL_SUMMARY: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The fused kernels' state on the GPU `spec` this process opened: which ops use them and why.
+pub fn kernel_summary(spec: &str) -> Option<String> {
+    let seen = KERNEL_SUMMARY.lock().ok()?;
+    seen.iter().find(|(s, _)| s == spec).map(|(_, summary)| summary.clone())
+}
+
+/// Decides which ops use the installed kernels on `device` (`spec`) under `mode`, running
+/// `self_test` (the device's kernels against their CPU twins) when asked; warns for each failed
+/// kernel, and records the summary. A process with several GPUs uses an op's kernels only where
+/// every one of them passed.
+pub fn install_checked(
+    spec: &str,
+    device: &Device,
+    mode: KernelMode,
+    self_test: impl Fn(&Device) -> candle_core::Result<Vec<tpv_shared::model::kernel_check::KernelCheck>>,
+) {
+    use tpv_shared::model::gpu::{self, FusedOp};
+    let Ok(mut seen) = KERNEL_SUMMARY.lock() else {
+        return;
+    };
+    if seen.iter().any(|(s, _)| s == spec) {
+        return;
+    }
+    let summary = match mode {
+        KernelMode::Off => "fused kernels off (TPV_CUDA_KERNELS=0): candle's composed ops".to_owned(),
+        KernelMode::Trusted => format!(
+            "all {} fused ops' kernels in use without the self-test (TPV_CUDA_KERNELS=1)",
+            FusedOp::ALL.len()
+        ),
+        KernelMode::Checked => {
+            let verdict = match self_test(device) {
+                Ok(checks) => {
+                    let mut v = tpv_shared::model::kernel_check::verdict(&checks);
+                    // Another GPU of this process may have turned some off already.
+                    v.enabled.retain(|op| gpu::enabled(*op));
+                    (v, checks.len())
+                }
+                Err(e) => (
+                    tpv_shared::model::kernel_check::Verdict {
+                        enabled: Vec::new(),
+                        warnings: vec![format!(
+                            "the fused kernels' self-test could not run ({e}): none is used"
+                        )],
+                    },
+                    0,
+                ),
+            };
+            let (v, checks) = verdict;
+            gpu::set_enabled(&v.enabled);
+            for w in &v.warnings {
+                eprintln!("warning: {spec}: {w}");
+            }
+            let off: Vec<&str> = FusedOp::ALL
+                .iter()
+                .filter(|op| !v.enabled.contains(op))
+                .map(|op| op.name())
+                .collect();
+            format!(
+                "fused kernels: {} of {} ops passed the self-test ({checks} checks against the CPU twins){}",
+                v.enabled.len(),
+                FusedOp::ALL.len(),
+                if off.is_empty() {
+                    String::new()
+                } else {
+                    format!("; candle's composed ops for {}", off.join(", "))
+                }
+            )
+        }
+    };
+    seen.push((spec.to_owned(), summary));
 }
 
 /// The GPUs this process sees, by their physical ids (`CUDA_VISIBLE_DEVICES`'s entries); `None`
@@ -251,4 +355,53 @@ pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
         std::fs::canonicalize(&path).unwrap_or(path).display().to_string()
     };
     Ok(LoadedModel { loaded, id })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tpv_shared::model::gpu::{self, FusedOp};
+    use tpv_shared::model::kernel_check::{Case, self_test_with};
+
+    #[test]
+    fn tpv_cuda_kernels_takes_0_1_or_check() {
+        assert_eq!(KernelMode::parse(None).unwrap(), KernelMode::Checked);
+        assert_eq!(KernelMode::parse(Some("check")).unwrap(), KernelMode::Checked);
+        assert_eq!(KernelMode::parse(Some("1")).unwrap(), KernelMode::Trusted);
+        assert_eq!(KernelMode::parse(Some("0")).unwrap(), KernelMode::Off);
+        let err = KernelMode::parse(Some("yes")).unwrap_err().to_string();
+        assert!(
+            err.contains("TPV_CUDA_KERNELS=\"yes\"") && err.contains("check"),
+            "{err}"
+        );
+    }
+
+    /// Opening a GPU whose softmax kernel is wrong (here the CPU with a twin whose softmax
+    /// gradient is off by a constant): the op falls back, the preflight's summary says so, and
+    /// the other ops keep their kernels. Opening a second GPU never turns an op back on.
+    #[test]
+    fn a_gpu_whose_kernel_fails_the_self_test_uses_the_composed_op_and_the_preflight_says_so() {
+        let wrong = |case: &Case, inputs: &[candle_core::Tensor], _: DType| {
+            let mut out = (case.run)(inputs, DType::F32)?;
+            if case.op == FusedOp::Softmax {
+                out[1] = (&out[1] + 0.5)?;
+            }
+            Ok(out)
+        };
+        install_checked("cuda:7", &Device::Cpu, KernelMode::Checked, |_| self_test_with(wrong));
+        let summary = kernel_summary("cuda:7").unwrap();
+        assert!(
+            summary.starts_with("fused kernels: 6 of 7 ops passed the self-test")
+                && summary.ends_with("candle's composed ops for softmax"),
+            "{summary}"
+        );
+        assert!(!gpu::enabled(FusedOp::Softmax) && gpu::enabled(FusedOp::RmsNorm));
+        let right = |case: &Case, inputs: &[candle_core::Tensor], _: DType| (case.run)(inputs, DType::F32);
+        install_checked("cuda:8", &Device::Cpu, KernelMode::Checked, |_| self_test_with(right));
+        assert!(!gpu::enabled(FusedOp::Softmax), "a second GPU turned softmax back on");
+        assert!(kernel_summary("cuda:8").unwrap().contains("6 of 7"));
+        install_checked("cuda:9", &Device::Cpu, KernelMode::Off, |_| unreachable!());
+        assert!(kernel_summary("cuda:9").unwrap().contains("TPV_CUDA_KERNELS=0"));
+    }
 }

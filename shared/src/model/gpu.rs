@@ -51,6 +51,60 @@ pub trait CudaKernels: Send + Sync {
 
 static CUDA: OnceLock<&'static dyn CudaKernels> = OnceLock::new();
 
+/// The fused ops whose kernels [`CudaKernels`] supplies, each the unit a GPU uses or not: an op
+/// runs its kernels (forward and backward) only when all of them passed the self-test
+/// ([`super::kernel_check`]), else candle's composed op runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusedOp {
+    /// [`CudaKernels::softmax`] (with and without a bias) and [`CudaKernels::softmax_grad`].
+    Softmax,
+    /// [`CudaKernels::rms_norm`] and [`CudaKernels::rms_norm_grad`].
+    RmsNorm,
+    /// [`CudaKernels::rope`], both directions.
+    Rope,
+    /// [`CudaKernels::swiglu`] and [`CudaKernels::swiglu_grad`].
+    Swiglu,
+    /// [`CudaKernels::relu_grad`] (T5's feed-forward backward).
+    ReluGrad,
+    /// [`CudaKernels::nll`] and [`CudaKernels::nll_grad`].
+    Nll,
+    /// [`CudaKernels::dropout_mask`].
+    Dropout,
+}
+
+impl FusedOp {
+    pub const ALL: [Self; 7] = [
+        Self::Softmax,
+        Self::RmsNorm,
+        Self::Rope,
+        Self::Swiglu,
+        Self::ReluGrad,
+        Self::Nll,
+        Self::Dropout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Softmax => "softmax",
+            Self::RmsNorm => "rms_norm",
+            Self::Rope => "rope",
+            Self::Swiglu => "swiglu",
+            Self::ReluGrad => "relu_grad",
+            Self::Nll => "nll",
+            Self::Dropout => "dropout",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// The ops whose installed kernels a GPU uses (a bit per [`FusedOp`]); all until
+/// [`set_enabled`] says otherwise.
+static ENABLED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
 /// Installs the CUDA kernels for the rest of the process; false when some already were.
 pub fn install_cuda(kernels: &'static dyn CudaKernels) -> bool {
     CUDA.set(kernels).is_ok()
@@ -59,6 +113,23 @@ pub fn install_cuda(kernels: &'static dyn CudaKernels) -> bool {
 /// The installed CUDA kernels, if any.
 pub fn cuda() -> Option<&'static dyn CudaKernels> {
     CUDA.get().copied()
+}
+
+/// Uses the installed kernels of `ops` only (the self-test's verdict); the others' composed ops
+/// run on a GPU.
+pub fn set_enabled(ops: &[FusedOp]) {
+    let mask = ops.iter().fold(0u8, |m, op| m | op.bit());
+    ENABLED.store(mask, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_enabled`] leaves `op`'s kernels in use (installed or not).
+pub fn enabled(op: FusedOp) -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed) & op.bit() != 0
+}
+
+/// Whether a CUDA tensor's `op` runs the installed kernels: installed, and not turned off.
+pub fn uses_kernel(op: FusedOp) -> bool {
+    cuda().is_some() && enabled(op)
 }
 
 /// The installed CUDA kernels, or the error an op on a CUDA tensor gives without them.

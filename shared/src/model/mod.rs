@@ -11,6 +11,7 @@ pub mod families;
 pub mod family;
 pub mod fused;
 pub mod gpu;
+pub mod kernel_check;
 pub mod load;
 pub mod ops;
 pub mod panel;

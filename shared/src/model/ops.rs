@@ -6,6 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 use candle_nn::Linear;
 
+use super::gpu::FusedOp;
 use crate::merge::SplitMix64;
 
 /// f32 on the CPU (native and wasm): where the CPU's layouts of frozen layers (Wᵀ, panels) and
@@ -14,16 +15,17 @@ fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
-/// Whether the fused ops of [`super::fused`] apply: f32 on the CPU, or f32 and bf16 on a CUDA
-/// device whose kernels the trainer installed ([`super::gpu`]).
-fn fused(xs: &Tensor) -> bool {
+/// Whether the fused op `op` of [`super::fused`] applies: f32 on the CPU, or f32 and bf16 on a
+/// CUDA device whose kernels for it the trainer installed and its self-test passed
+/// ([`super::gpu`]).
+fn fused(xs: &Tensor, op: FusedOp) -> bool {
     cpu_f32(xs)
-        || (xs.device().is_cuda() && matches!(xs.dtype(), DType::F32 | DType::BF16) && super::gpu::cuda().is_some())
+        || (xs.device().is_cuda() && matches!(xs.dtype(), DType::F32 | DType::BF16) && super::gpu::uses_kernel(op))
 }
 
 /// Softmax over the last dimension.
 pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
-    if fused(xs) {
+    if fused(xs, FusedOp::Softmax) {
         return super::fused::softmax(xs, 1.0, None);
     }
     softmax_last_composed(xs)
@@ -32,7 +34,11 @@ pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
 /// softmax(x · scale + bias) over the last dimension of an `x` of [B, H, T, S], with a frozen
 /// `bias` broadcast to it (an attention mask, T5's position bias).
 pub fn attention_softmax(xs: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
-    if fused(xs) && bias.dtype() == xs.dtype() && !bias.track_op() && super::fused::bias_fits(xs, bias) {
+    if fused(xs, FusedOp::Softmax)
+        && bias.dtype() == xs.dtype()
+        && !bias.track_op()
+        && super::fused::bias_fits(xs, bias)
+    {
         return super::fused::softmax(xs, scale as f32, Some(bias));
     }
     let scaled = if scale == 1.0 { xs.clone() } else { (xs * scale)? };
@@ -59,7 +65,7 @@ pub fn log_softmax_last(xs: &Tensor) -> Result<Tensor> {
 /// RMS normalization as LLaMA and T5 compute it: x · rsqrt(mean(x²) + eps) · w, in f32. The
 /// weight is frozen.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(xs) && weight.dtype() == xs.dtype() && !weight.track_op() {
+    if fused(xs, FusedOp::RmsNorm) && weight.dtype() == xs.dtype() && !weight.track_op() {
         return super::fused::rms_norm(xs, weight, eps);
     }
     rms_norm_composed(xs, weight, eps)
@@ -83,7 +89,7 @@ pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         && cos.dim(1)? == 1
         && (cos.dim(0)? == 1 || cos.dim(0)? == xs.dim(0)?)
         && cos.dims()[2..] == xs.dims()[2..];
-    if fused(xs) && tables_fit && cos.dtype() == xs.dtype() && sin.dtype() == xs.dtype() {
+    if fused(xs, FusedOp::Rope) && tables_fit && cos.dtype() == xs.dtype() && sin.dtype() == xs.dtype() {
         return super::fused::rope(xs, cos, sin);
     }
     rope_composed(xs, cos, sin)
@@ -100,7 +106,7 @@ pub fn rope_composed(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 
 /// silu(gate) ⊙ up, LLaMA's gated MLP activation.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(gate) && up.dtype() == gate.dtype() {
+    if fused(gate, FusedOp::Swiglu) && up.dtype() == gate.dtype() {
         return super::fused::swiglu(gate, up);
     }
     gate.silu()? * up
@@ -130,7 +136,7 @@ pub fn dropout(xs: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
 fn dropout_mask(shape: &Shape, like: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
     let (n, state) = (shape.elem_count(), rng.state());
     rng.skip(n as u64);
-    if like.device().is_cuda() && fused(like) {
+    if like.device().is_cuda() && fused(like, FusedOp::Dropout) {
         return super::fused::dropout_mask(like, shape, state, p);
     }
     Tensor::from_vec(super::fused::dropout_multipliers(state, p, n), shape, like.device())?.to_dtype(like.dtype())
@@ -218,7 +224,7 @@ fn grouped(q: &Tensor, k: &Tensor, v: &Tensor, probs: impl FnOnce(Tensor) -> Res
 /// per-row NLL ([N]).
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let logits = logits.to_dtype(DType::F32)?;
-    if fused(&logits) {
+    if fused(&logits, FusedOp::Nll) {
         let picked = super::fused::nll(&logits, targets)?;
         return Ok((picked.mean_all()?, picked));
     }
@@ -442,7 +448,7 @@ pub fn relu_ff(
     x: &Tensor,
     dropout: Option<(f32, &mut SplitMix64)>,
 ) -> Result<Tensor> {
-    if !(fused(x) && x.track_op() && wi.dense() && wo.dense()) {
+    if !(fused(x, FusedOp::ReluGrad) && x.track_op() && wi.dense() && wo.dense()) {
         let h = linear(wi, x)?.relu()?;
         let h = match dropout {
             Some((p, rng)) => self::dropout(&h, p, rng)?,
@@ -469,7 +475,7 @@ pub fn relu_ff(
 /// gradient, times Wg and Wu: candle's composed backward would zero and add a buffer for each of
 /// the three `[.., d_ff]` gradients, and keep the gated product alive besides its two inputs.
 pub fn swiglu_ff(gate: &FrozenLinear, up: &FrozenLinear, down: &FrozenLinear, x: &Tensor) -> Result<Tensor> {
-    if !(fused(x) && x.track_op() && [gate, up, down].iter().all(|l| l.dense())) {
+    if !(fused(x, FusedOp::Swiglu) && x.track_op() && [gate, up, down].iter().all(|l| l.dense())) {
         return linear(down, &swiglu(&linear(gate, x)?, &linear(up, x)?)?);
     }
     // The forward without a graph (x detached); the gradient is attached below.

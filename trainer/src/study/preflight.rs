@@ -266,7 +266,10 @@ fn device_check(spec: &str) -> Check {
         Ok(_) => Check {
             what: format!("device {spec}"),
             ok: true,
-            detail: "opens".into(),
+            detail: match models::kernel_summary(spec) {
+                Some(kernels) => format!("opens; {kernels}"),
+                None => "opens".into(),
+            },
         },
         Err(e) => Check {
             what: format!("device {spec}"),
