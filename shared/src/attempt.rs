@@ -163,7 +163,7 @@ pub fn evaluate(
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<&Encoded> = chunk.iter().map(|&i| examples[i]).collect();
         let (rows, attention) = prompts(&loaded.model, &parts, &sources, module.temperature, &batch)?;
-        for row in attention.to_vec2::<f32>()? {
+        for row in crate::model::host::vec2::<f32>(&attention)? {
             for (s, a) in attention_sum.iter_mut().zip(row) {
                 *s += f64::from(a);
             }

@@ -3,6 +3,7 @@
 //! shapes, including every broadcast the attention bias and the rotary tables allow.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods, reason = "a test reads tensors directly")]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use tpv_shared::model::{fused, ops};

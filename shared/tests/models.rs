@@ -102,7 +102,7 @@ fn llama_case(name: &str) {
         1e-4,
         "batch gradient",
     );
-    for (got, (want, _)) in out.per_example.iter().zip(&singles) {
+    for (got, (want, _)) in out.per_example().unwrap().iter().zip(&singles) {
         assert_rel(*got, f64::from(*want), 1e-5, "padded example loss = single");
     }
     // Gradient checkpointing (layers recomputed in the backward pass): the same loss, per-example
@@ -122,7 +122,11 @@ fn llama_case(name: &str) {
             out.loss.to_scalar::<f32>().unwrap(),
             "checkpointed loss"
         );
-        assert_eq!(ck.per_example, out.per_example, "checkpointed per-example losses");
+        assert_eq!(
+            ck.per_example().unwrap(),
+            out.per_example().unwrap(),
+            "checkpointed per-example losses"
+        );
         assert_eq!(ck.counts, out.counts);
         let want: Vec<f32> = plain.iter().map(|g| g * scale as f32).collect();
         assert_max_abs(
@@ -236,7 +240,7 @@ fn t5_case(name: &str) {
         1e-4,
         "batch gradient",
     );
-    for (got, (want, _)) in out.per_example.iter().zip(&singles) {
+    for (got, (want, _)) in out.per_example().unwrap().iter().zip(&singles) {
         assert_rel(*got, f64::from(*want), 1e-5, "padded example loss = single");
     }
     let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input.clone()).collect();

@@ -205,7 +205,7 @@ fn one_pass_gives_the_loss_and_the_greedy_continuation_of_two() {
         );
         for (i, (p, e)) in rows.iter().enumerate() {
             let (loss, count) = loaded.losses_rows(&[p], &[e]).unwrap();
-            close(out.per_example[i], loss[0], &format!("{name}: row {i} loss"));
+            close(out.per_example().unwrap()[i], loss[0], &format!("{name}: row {i} loss"));
             assert_eq!(out.counts[i], count[0], "{name}: row {i} target count");
             let alone = loaded
                 .model
@@ -282,7 +282,11 @@ fn a_shared_prefix_gives_each_example_its_loss_and_gradient() {
         let mut g_want = vec![0f32; g_batch.len()];
         for (i, ex) in examples.iter().enumerate() {
             let alone = causal::loss(m, var.as_tensor(), std::slice::from_ref(ex)).unwrap();
-            close(batch.per_example[i], alone.per_example[0], &format!("{name}: loss"));
+            close(
+                batch.per_example().unwrap()[i],
+                alone.per_example().unwrap()[0],
+                &format!("{name}: loss"),
+            );
             let g = gradient(&alone.loss, &var);
             let w = alone.counts[0] as f32 / total as f32;
             for (a, b) in g_want.iter_mut().zip(g) {

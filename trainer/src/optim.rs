@@ -1,6 +1,6 @@
 //! AdamW, learning-rate schedules and gradient clipping with the exact semantics of torch and
-//! transformers, on the host (the prompt is small: R×d values), so every device gives the same
-//! update. Checked step by step against torch + peft in `trainer/tests/train_parity.rs`.
+//! transformers: on the training device during a run (`AdamW::step_on_device`, so a step never
+//! waits for the host), and on the host for the reference and the checkpoints' state. Checked step by step against torch + peft in `trainer/tests/train_parity.rs`.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,36 @@ impl AdamW {
             let denom = v.sqrt() / bias2_sqrt + eps;
             *p += -step_size * (*m / denom);
         }
+    }
+}
+
+/// [`AdamW::step`] on the training device, one parameter tensor at a time: the same f32
+/// arithmetic on tensors, so the prompt never leaves the device between reads.
+impl AdamW {
+    /// Update `t` (already counted by the caller, 1-based) of the variable `p` with its gradient
+    /// `g` and moments `m`, `v` (f32, `p`'s shape), at learning rate `lr`.
+    pub fn step_on_device(
+        &self,
+        t: u64,
+        p: &candle_core::Var,
+        (m, v): (&mut candle_core::Tensor, &mut candle_core::Tensor),
+        g: &candle_core::Tensor,
+        lr: f64,
+    ) -> candle_core::Result<()> {
+        let decay = f64::from((1.0 - lr * self.weight_decay) as f32);
+        let w1 = f64::from((1.0 - self.beta1) as f32);
+        let b2 = f64::from(self.beta2 as f32);
+        let w2 = f64::from((1.0 - self.beta2) as f32);
+        let bias1 = 1.0 - self.beta1.powi(t as i32);
+        let bias2_sqrt = f64::from((1.0 - self.beta2.powi(t as i32)).sqrt() as f32);
+        let step_size = f64::from((lr / bias1) as f32);
+        let eps = f64::from(self.eps as f32);
+        // torch's lerp for weight < 0.5: self + weight * (end - self)
+        *m = (&*m + (g - &*m)?.affine(w1, 0.0)?)?;
+        *v = (v.affine(b2, 0.0)? + g.sqr()?.affine(w2, 0.0)?)?;
+        let denom = (v.sqrt()? / bias2_sqrt)?.affine(1.0, eps)?;
+        let updated = (p.as_tensor().affine(decay, 0.0)? - (&*m / denom)?.affine(step_size, 0.0)?)?;
+        p.set(&updated)
     }
 }
 

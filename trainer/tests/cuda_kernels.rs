@@ -6,6 +6,7 @@
 //! one (a GPU test that passes without a GPU would check nothing).
 #![cfg(feature = "cuda")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::disallowed_methods, reason = "a test reads tensors directly")]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use tpv_shared::model::fused;

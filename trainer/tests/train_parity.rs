@@ -184,3 +184,128 @@ fn qwen3_with_gradient_checkpointing_matches_torch_peft() {
         causal_example,
     );
 }
+
+/// The fixture's model, micro-batches, schedule, clipping and starting state of `fixture`.
+fn setup(fixture: &str, model_name: &str) -> (Model, Vec<Vec<Encoded>>, Schedule, Option<f64>, State) {
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
+            .unwrap();
+    let model = model(model_name);
+    let d = model.hidden_size();
+    let r = want["virtual_tokens"].as_u64().unwrap() as usize;
+    let micro: Vec<Vec<Encoded>> = want["micro_batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mb| mb.as_array().unwrap().iter().map(causal_example).collect())
+        .collect();
+    let schedule = Schedule {
+        kind: ScheduleKind::Cosine,
+        base_lr: want["learning_rate"].as_f64().unwrap(),
+        warmup: want["warmup_steps"].as_u64().unwrap(),
+        total: want["steps"].as_u64().unwrap(),
+    };
+    let state = State {
+        step: 0,
+        params: floats(&want["init"]),
+        adam: AdamW::new(r * d, want["weight_decay"].as_f64().unwrap()),
+        rng: 0,
+    };
+    (model, micro, schedule, want["max_grad_norm"].as_f64(), state)
+}
+
+/// Issue 34: a training step reads nothing back from the device (on a GPU the host would wait
+/// for the stream): the loss and gradient norm stay there until the loop reads every pending
+/// step's at once, and the values until a checkpoint or validation needs them. The reads are
+/// counted where every read of tpv's goes (`tpv_shared::model::host`; clippy refuses candle's
+/// own elsewhere). Stepping five times and reading once gives what five single steps give.
+#[test]
+fn a_training_step_reads_nothing_back_from_the_device() {
+    use tpv_shared::model::host;
+    use tpv_trainer::train::engine::Trainable;
+    use tpv_trainer::train::step::DeviceTraining;
+    for checkpointing in [false, true] {
+        let (model, micro, schedule, max_norm, state) = setup("llama_cosine_accum_clip.json", "llama_gqa_rope3");
+        let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
+        let engine = Engine {
+            model: &model,
+            codec: None,
+            eos: vec![],
+            dropout: 0.0,
+            device: device(),
+            checkpointing,
+        };
+        let (r, d) = (state.params.len() / model.hidden_size(), model.hidden_size());
+        let trainable = Trainable::Prompt((r, d));
+        let mut dev = DeviceTraining::new(&state, &trainable, &engine.device).unwrap();
+        for _ in 0..schedule.total {
+            let before = host::reads();
+            dev.step(&engine, &micro, &schedule, max_norm, &trainable).unwrap();
+            assert_eq!(
+                host::reads() - before,
+                0,
+                "reads in a step (checkpointing {checkpointing})"
+            );
+        }
+        let before = host::reads();
+        let stats = dev.read_stats().unwrap();
+        assert_eq!(
+            host::reads() - before,
+            1,
+            "one read for every pending step's statistics"
+        );
+        assert_eq!(
+            stats.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=schedule.total).collect::<Vec<_>>()
+        );
+        let mut deferred = state.clone();
+        let before = host::reads();
+        dev.sync(&mut deferred).unwrap();
+        assert_eq!(host::reads() - before, 1, "one read for the values and AdamW's moments");
+        // The same trajectory, a step at a time (a read after each).
+        let mut stepwise = state.clone();
+        for (s, (_, deferred_stats)) in stats.iter().enumerate() {
+            let one = train_step(&engine, &mut stepwise, &micro, &schedule, max_norm, (r, d)).unwrap();
+            assert_eq!(one, *deferred_stats, "step {}", s + 1);
+        }
+        assert_eq!(deferred, stepwise);
+    }
+}
+
+/// A step whose loss is not finite is found at the next read, naming it (the loop then stops
+/// before any value is copied out); a single step leaves the state as it was.
+#[test]
+fn a_non_finite_step_is_named_at_the_read_and_its_values_are_never_kept() {
+    use tpv_trainer::train::engine::{StepError, Trainable};
+    use tpv_trainer::train::step::DeviceTraining;
+    let (model, micro, mut schedule, max_norm, state) = setup("llama_cosine_accum_clip.json", "llama_gqa_rope3");
+    let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
+    // A learning rate that throws the prompt to ~1e38 at the first update (warmup off).
+    schedule.base_lr = 3e38;
+    schedule.warmup = 0;
+    let engine = Engine {
+        model: &model,
+        codec: None,
+        eos: vec![],
+        dropout: 0.0,
+        device: device(),
+        checkpointing: false,
+    };
+    let (r, d) = (state.params.len() / model.hidden_size(), model.hidden_size());
+    let trainable = Trainable::Prompt((r, d));
+    let mut dev = DeviceTraining::new(&state, &trainable, &engine.device).unwrap();
+    for _ in 0..3 {
+        dev.step(&engine, &micro, &schedule, max_norm, &trainable).unwrap();
+    }
+    match dev.read_stats() {
+        Err(StepError::NonFiniteLoss { step: 2, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Stepping one at a time: the failed step's values never reach the state.
+    let mut untouched = state.clone();
+    train_step(&engine, &mut untouched, &micro, &schedule, max_norm, (r, d)).expect("the first step is finite");
+    let before = untouched.clone();
+    let err = train_step(&engine, &mut untouched, &micro, &schedule, max_norm, (r, d)).unwrap_err();
+    assert!(matches!(err, StepError::NonFiniteLoss { step: 2, .. }), "{err}");
+    assert_eq!(untouched, before, "a failed step leaves the state as it was");
+}

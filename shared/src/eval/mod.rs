@@ -373,7 +373,7 @@ impl Loaded {
                     let (out, generated) =
                         self.model
                             .loss_and_greedy_rows(&prompts, &batch, scorer.max_new, &self.eos)?;
-                    (out.per_example, out.counts, generated)
+                    (out.per_example()?, out.counts, generated)
                 } else {
                     let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input().to_vec()).collect();
                     (
@@ -492,7 +492,7 @@ impl Loaded {
     pub fn losses_rows(&self, prompts: &[&Tensor], batch: &[&Encoded]) -> Result<(Vec<f32>, Vec<usize>), EvalError> {
         self.check_family(batch)?;
         let out = self.model.loss_rows(prompts, batch, None)?;
-        Ok((out.per_example, out.counts))
+        Ok((out.per_example()?, out.counts))
     }
 
     /// Loss, target-token count and decoded greedy prediction (trimmed) of each example of a batch.

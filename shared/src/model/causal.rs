@@ -241,7 +241,7 @@ pub fn loss_rows(model: &Decoder, prompts: &[&Tensor], examples: &[Example]) -> 
     let (loss, per_row) = targets.nll(model, &hidden)?;
     Ok(LossOutput {
         loss,
-        per_example: targets.per_example(&per_row.to_vec1()?),
+        per_token: per_row,
         counts: targets.counts,
     })
 }
@@ -302,7 +302,7 @@ pub fn loss_and_greedy_rows(
     let (loss, per_row) = targets.nll(model, &hidden)?;
     let loss = LossOutput {
         loss,
-        per_example: targets.per_example(&per_row.to_vec1()?),
+        per_token: per_row,
         counts: targets.counts,
     };
     let mut cache = cache.ok_or_else(|| candle_core::Error::Msg("no decoding cache".into()))?;
@@ -329,7 +329,7 @@ pub fn loss_grad_checkpointed(
     let mut kept = None;
     let (_, grad) = model.checkpointed_grad(&packed.embeds, &packed.positions, &packed.valid, &mut |hidden| {
         let (loss, rows) = targets.nll(model, hidden)?;
-        kept = Some((loss.detach(), rows.to_vec1::<f32>()?));
+        kept = Some((loss.detach(), rows.detach()));
         loss * scale
     })?;
     let Some((loss, per_row)) = kept else {
@@ -337,11 +337,10 @@ pub fn loss_grad_checkpointed(
     };
     // The prompts reach the layers through the packed embeddings: Σ embeds·g carries g to them.
     let grads = (&packed.embeds * grad)?.sum_all()?.backward()?;
-    let per_example = targets.per_example(&per_row);
     Ok((
         LossOutput {
             loss,
-            per_example,
+            per_token: per_row,
             counts: targets.counts,
         },
         grads,
@@ -383,18 +382,6 @@ impl Targets {
         let logits = model.logits(&select_rows(hidden, &self.rows)?)?;
         let targets = Tensor::from_slice(&self.ids, self.ids.len(), model.device())?;
         ops::nll(&logits, &targets)
-    }
-
-    /// Each example's mean NLL (NaN without targets) from the per-target NLL.
-    fn per_example(&self, per_row: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.counts.len());
-        let mut offset = 0;
-        for &n in &self.counts {
-            let sum: f32 = per_row.iter().skip(offset).take(n).sum();
-            out.push(if n == 0 { f32::NAN } else { sum / n as f32 });
-            offset += n;
-        }
-        out
     }
 }
 
@@ -453,11 +440,7 @@ fn decode(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut done = vec![false; n];
     for step in 0..max_new {
-        let next: Vec<u32> = model
-            .logits(&last)?
-            .squeeze(1)?
-            .argmax(candle_core::D::Minus1)?
-            .to_vec1()?;
+        let next: Vec<u32> = super::host::vec1(&model.logits(&last)?.squeeze(1)?.argmax(candle_core::D::Minus1)?)?;
         for (i, &tok) in next.iter().enumerate() {
             if done[i] {
                 continue;
@@ -582,7 +565,7 @@ pub fn rank(model: &Decoder, prompts: &[&Tensor], inputs: &[&[u32]], candidates:
     let hidden = model.forward_masked(&embeds, &positions, mask, cache.as_mut(), &valid)?;
     let logits = model.logits(&select_rows(&hidden, &picked)?)?;
     let (_, per_row) = ops::nll(&logits, &Tensor::from_slice(&targets, targets.len(), dev)?)?;
-    let per_row: Vec<f32> = per_row.to_vec1()?;
+    let per_row: Vec<f32> = super::host::vec1(&per_row)?;
     let mut out = Vec::with_capacity(inputs.len());
     let mut offset = 0;
     for _ in inputs {
@@ -608,7 +591,7 @@ pub fn greedy_recompute(
     let mut out = Vec::new();
     for _ in 0..max_new {
         let logits = sequence_logits(model, &prompt.detach(), &ids)?;
-        let tok: u32 = logits.get(ids.len() - 1)?.argmax(0)?.to_scalar()?;
+        let tok: u32 = super::host::scalar(&logits.get(ids.len() - 1)?.argmax(0)?)?;
         if eos.contains(&tok) {
             break;
         }

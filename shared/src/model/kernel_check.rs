@@ -265,8 +265,8 @@ fn difference(candidate: &[Tensor], reference: &[Tensor]) -> Result<f32> {
         }
         let c = c.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?;
         let r = r.to_dtype(DType::F32)?.flatten_all()?;
-        let scale = r.abs()?.max(D::Minus1)?.to_scalar::<f32>()?.max(1.0);
-        let diff = (c - &r)?.abs()?.max(D::Minus1)?.to_scalar::<f32>()?;
+        let scale = super::host::scalar::<f32>(&r.abs()?.max(D::Minus1)?)?.max(1.0);
+        let diff = super::host::scalar::<f32>(&(c - &r)?.abs()?.max(D::Minus1)?)?;
         // NaN (a kernel writing garbage) compares as a failure.
         worst = if diff.is_nan() {
             f32::INFINITY

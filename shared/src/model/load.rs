@@ -429,7 +429,7 @@ pub fn from_gguf<R: Read + Seek>(
     for name in names {
         let t = content.tensor(reader, &name, device)?.dequantize(device)?;
         if name == "rope_freqs.weight" {
-            freq_factors = Some(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            freq_factors = Some(super::host::flat_f32(&t)?);
             continue;
         }
         let (hf, heads) = hf_name(&name, heads);

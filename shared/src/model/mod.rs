@@ -11,6 +11,7 @@ pub mod families;
 pub mod family;
 pub mod fused;
 pub mod gpu;
+pub mod host;
 pub mod kernel_check;
 pub mod load;
 pub mod ops;
@@ -21,12 +22,44 @@ pub use families::{llama, t5};
 pub use candle_core::{DType, Device, Tensor, Var};
 
 /// A batch's loss, for either family: the mean NLL over all its target tokens (differentiable),
-/// and each example's own mean and target count.
+/// the NLL of every target token (examples in order, each `counts[i]` long) and each example's
+/// target count. The per-token values stay where they were computed: [`Self::per_example`]
+/// reads them (a training step never does).
 #[derive(Debug, Clone)]
 pub struct Loss {
     pub loss: Tensor,
-    pub per_example: Vec<f32>,
+    pub per_token: Tensor,
     pub counts: Vec<usize>,
+}
+
+impl Loss {
+    /// Each example's mean NLL (NaN for one without targets): one read of the device.
+    pub fn per_example(&self) -> candle_core::Result<Vec<f32>> {
+        per_example_means(&self.per_token, &self.counts)
+    }
+}
+
+/// The sum of each run of `counts[i]` consecutive values.
+pub(crate) fn group_sums(values: &[f32], counts: &[usize]) -> Vec<f32> {
+    let mut offset = 0;
+    counts
+        .iter()
+        .map(|&n| {
+            let sum = values.iter().skip(offset).take(n).sum();
+            offset += n;
+            sum
+        })
+        .collect()
+}
+
+/// Each example's mean of its `counts[i]` per-token values (NaN for none), read from the device.
+pub(crate) fn per_example_means(per_token: &Tensor, counts: &[usize]) -> candle_core::Result<Vec<f32>> {
+    let values = host::flat_f32(per_token)?;
+    Ok(group_sums(&values, counts)
+        .into_iter()
+        .zip(counts)
+        .map(|(s, &n)| if n == 0 { f32::NAN } else { s / n as f32 })
+        .collect())
 }
 
 /// The length of every row of a batch whose rows each carry a prompt (`prompts[i]` [R_i, d],

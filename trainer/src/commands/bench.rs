@@ -26,7 +26,9 @@ use super::print_json;
 use crate::cli::BenchArgs;
 use crate::models;
 use crate::optim::{AdamW, Schedule, ScheduleKind};
-use crate::train::engine::{Encoded, Engine, State, train_step};
+use crate::train::engine::{Encoded, Engine, State, Trainable, train_step};
+use crate::train::step::DeviceTraining;
+use tpv_shared::model::host;
 
 /// SmolLM2-135M-Instruct's shape (HF config.json of HuggingFaceTB/SmolLM2-135M-Instruct).
 pub fn smollm2_config() -> Value {
@@ -170,12 +172,12 @@ fn time_phases(
             let var = candle_core::Var::from_tensor(&Tensor::from_slice(&state.params, (r, d), &engine.device)?)?;
             let t = Instant::now();
             let out = engine.loss(var.as_tensor(), batch, None)?;
-            out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            host::scalar::<f32>(&out.loss.to_dtype(DType::F32)?)?;
             fwd.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
             let grads = out.loss.backward()?;
             if let Some(g) = grads.get(&var) {
-                g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                host::flat_f32(g)?;
             }
             bwd.push(t.elapsed().as_secs_f64());
         }
@@ -196,11 +198,16 @@ fn time_steps(
     args: &BenchArgs,
 ) -> Result<f64> {
     let (r, d) = (engine_rows(state, engine), engine.model.hidden_size());
+    // As `tpv train` steps: on the device, the statistics and the values read once at the end.
     let mut run_steps = |n: usize| -> Result<f64> {
         let t = Instant::now();
+        let trainable = Trainable::Prompt((r, d));
+        let mut dev = DeviceTraining::new(state, &trainable, &engine.device)?;
         for _ in 0..n {
-            train_step(engine, state, micro, schedule, Some(1.0), (r, d))?;
+            dev.step(engine, micro, schedule, Some(1.0), &trainable)?;
         }
+        dev.read_stats()?;
+        dev.sync(state)?;
         Ok(t.elapsed().as_secs_f64())
     };
     run_steps(1)?; // warm-up: kernels, allocations
@@ -339,12 +346,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let (rss_after_load, load_peak) = rss();
     reset_peak_rss();
-    let init: Vec<f32> = model
-        .embeddings()
-        .narrow(0, 1000.min(vocab.saturating_sub(r)), r)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
+    let init: Vec<f32> = host::flat_f32(&model.embeddings().narrow(0, 1000.min(vocab.saturating_sub(r)), r)?)?;
     let schedule = Schedule {
         kind: ScheduleKind::Constant,
         base_lr: 0.3,

@@ -20,7 +20,7 @@ fn nearest(loaded: &io::Loaded, model: Option<&str>, k: usize) -> Result<Vec<Vec
     };
     let m = models::load(&spec, candle_core::DType::F32, &candle_core::Device::Cpu)
         .with_context(|| format!("loading {spec}"))?;
-    let emb: Vec<f32> = m.model.embeddings().flatten_all()?.to_vec1()?;
+    let emb: Vec<f32> = tpv_shared::model::host::flat_f32(m.model.embeddings())?;
     let d = m.model.hidden_size();
     if prompt.values.dim() != d {
         anyhow::bail!(

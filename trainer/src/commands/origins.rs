@@ -27,7 +27,7 @@ pub fn run(args: &OriginsArgs) -> Result<()> {
     let mut written = Vec::new();
     for (i, ids) in ids.iter().enumerate() {
         let index = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
-        let rows: Vec<f32> = embeddings.index_select(&index, 0)?.flatten_all()?.to_vec1()?;
+        let rows: Vec<f32> = tpv_shared::model::host::flat_f32(&embeddings.index_select(&index, 0)?)?;
         let id = format!("origin{i}");
         let mut origin = SoftPrompt::origin(
             PromptTensor::new(ids.len(), d, rows)?,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 use tpv_shared::origins::{Sampling, origin_token_ids};
 use tpv_shared::{OriginRef, PromptTensor, SoftPrompt};
@@ -33,11 +33,7 @@ pub fn origin(config: &Config, loaded: &LoadedModel, d: usize) -> Result<(Prompt
             let ids = origin_token_ids(sampling, s.index + 1, r, s.seed, vocab)?;
             let ids = &ids[s.index];
             let index = Tensor::from_slice(ids, ids.len(), embeddings.device())?;
-            let rows: Vec<f32> = embeddings
-                .index_select(&index, 0)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
+            let rows: Vec<f32> = tpv_shared::model::host::flat_f32(&embeddings.index_select(&index, 0)?)?;
             Ok((
                 PromptTensor::new(r, d, rows)?,
                 Some(OriginRef {

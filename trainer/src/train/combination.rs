@@ -57,10 +57,7 @@ fn loss_and_grad(
         let (value, grads) = engine.scaled_loss_grads(&var, &refs, share, None)?;
         loss += value;
         if let Some(g) = grads.get(&var) {
-            for (a, b) in grad
-                .iter_mut()
-                .zip(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-            {
+            for (a, b) in grad.iter_mut().zip(tpv_shared::model::host::flat_f32(g)?) {
                 *a += b;
             }
         }
@@ -128,12 +125,8 @@ pub fn mean_loss(engine: &Engine<'_>, theta: &[f32], shape: (usize, usize), exam
     for chunk in examples.chunks(8) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let share = chunk.iter().map(Encoded::target_count).sum::<usize>() as f32 / total.max(1) as f32;
-        loss += engine
-            .loss(&t, &refs, None)?
-            .loss
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?
-            * share;
+        loss +=
+            tpv_shared::model::host::scalar::<f32>(&engine.loss(&t, &refs, None)?.loss.to_dtype(DType::F32)?)? * share;
     }
     Ok(loss)
 }

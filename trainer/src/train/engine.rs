@@ -1,5 +1,6 @@
-//! The training step and evaluation on top of the shared forward passes: one loss for both model
-//! families, AdamW on the host, losses normalized over all target tokens of an optimizer step.
+//! The training step and evaluation on top of the shared forward passes: one loss for every model
+//! family, losses normalized over all target tokens of an optimizer step (the step itself, on
+//! the device: `step.rs`).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,8 @@ use tpv_shared::model::t5;
 use tpv_shared::tasks::TaskSpec;
 use tpv_shared::text::TextCodec;
 
-use crate::optim::{AdamW, Schedule, clip_grad_norm, grad_norm};
+use super::step::DeviceTraining;
+use crate::optim::{AdamW, Schedule};
 
 pub use tpv_shared::eval::Encoded;
 
@@ -74,9 +76,9 @@ impl Engine<'_> {
         }
     }
 
-    /// `share` × the loss of `batch` under the variable `theta`, and its gradients: with gradient
-    /// checkpointing when the engine has it on (then without dropout: decoder-only models have
-    /// none).
+    /// `share` × the loss of `batch` under the variable `theta` (read), and its gradients: with
+    /// gradient checkpointing when the engine has it on (then without dropout: decoder-only
+    /// models have none).
     pub fn scaled_loss_grads(
         &self,
         theta: &Var,
@@ -84,25 +86,28 @@ impl Engine<'_> {
         share: f64,
         rng: Option<&mut SplitMix64>,
     ) -> candle_core::Result<(f32, candle_core::backprop::GradStore)> {
-        self.scaled_loss_grads_rows(&vec![theta.as_tensor(); batch.len()], batch, share, rng)
+        let (loss, grads) = self.scaled_loss_grads_rows(&vec![theta.as_tensor(); batch.len()], batch, share, rng)?;
+        Ok((tpv_shared::model::host::scalar(&loss)?, grads))
     }
 
     /// [`Self::scaled_loss_grads`] with a prompt per row, computed from variables (ATTEMPT's
-    /// mixed prompts): the gradients reach whatever the rows were computed from.
+    /// mixed prompts): the gradients reach whatever the rows were computed from. The scaled loss
+    /// (f32) stays on the device.
     pub fn scaled_loss_grads_rows(
         &self,
         rows: &[&Tensor],
         batch: &[&Encoded],
         share: f64,
         rng: Option<&mut SplitMix64>,
-    ) -> candle_core::Result<(f32, candle_core::backprop::GradStore)> {
+    ) -> candle_core::Result<(Tensor, candle_core::backprop::GradStore)> {
         if self.checkpointing {
             let (out, grads) = self.model.loss_grad_checkpointed(rows, batch, share)?;
-            return Ok(((out.loss.to_dtype(DType::F32)? * share)?.to_scalar::<f32>()?, grads));
+            return Ok(((out.loss.to_dtype(DType::F32)? * share)?, grads));
         }
         let out = self.model.loss_rows(rows, batch, self.train_mode(rng))?;
         let scaled = (out.loss.to_dtype(DType::F32)? * share)?;
-        Ok((scaled.to_scalar::<f32>()?, scaled.backward()?))
+        let grads = scaled.backward()?;
+        Ok((scaled.detach(), grads))
     }
 
     /// Greedy generations (token ids) for a batch.
@@ -175,7 +180,7 @@ impl AttemptSetup {
     }
 
     /// The parts of flat parameters as variables (in the flat order: [`attempt::Parts::all`]).
-    fn vars(&self, params: &[f32], device: &Device) -> candle_core::Result<attempt::Parts> {
+    pub(super) fn vars(&self, params: &[f32], device: &Device) -> candle_core::Result<attempt::Parts> {
         let (target, module) = self
             .split(params)
             .map_err(|e| candle_core::Error::Msg(format!("ATTEMPT parameters: {e}")))?;
@@ -204,10 +209,10 @@ pub fn train_step(
     )
 }
 
-/// One optimizer step over `micro_batches` (gradient accumulation): each micro-batch's mean loss
-/// is weighted by its share of the step's target tokens, so the step minimizes the mean NLL over
-/// all of them (as transformers' Trainer with `num_items_in_batch`); then clipping, the LR of
-/// this step, and AdamW.
+/// One optimizer step over `micro_batches` on the engine's device ([`DeviceTraining::step`]),
+/// its statistics read and the state copied back: for callers that step once at a time (the
+/// parity tests, `tpv recommend`). A step with a non-finite loss or gradient leaves `state` as
+/// it was.
 pub fn train_step_with(
     engine: &Engine<'_>,
     state: &mut State,
@@ -216,67 +221,14 @@ pub fn train_step_with(
     max_grad_norm: Option<f64>,
     trainable: &Trainable<'_>,
 ) -> Result<StepStats, StepError> {
-    // The variables, in the order of the flat parameters.
-    let (vars, parts): (Vec<Tensor>, _) = match trainable {
-        Trainable::Prompt(shape) => {
-            let theta = Tensor::from_slice(&state.params, *shape, &engine.device)?;
-            (vec![Var::from_tensor(&theta)?.as_tensor().clone()], None)
-        }
-        Trainable::Attempt(setup) => {
-            let parts = setup.vars(&state.params, &engine.device)?;
-            (parts.all().map(Tensor::clone).to_vec(), Some((parts, *setup)))
-        }
-    };
-    let mut rng = SplitMix64::new(state.rng);
-    let mut grads = vec![0f32; state.params.len()];
-    let total: usize = micro_batches.iter().flatten().map(|e| e.target_count()).sum();
-    let mut loss = 0f32;
-    for mb in micro_batches {
-        // Each micro-batch's share of the step's target tokens.
-        let share = mb.iter().map(|e| e.target_count()).sum::<usize>() as f64 / total.max(1) as f64;
-        let rows = match &parts {
-            None => vec![vars[0].clone(); mb.len()],
-            Some((parts, setup)) => {
-                attempt::prompts(engine.model, parts, &setup.sources, setup.module.temperature, mb)?.0
-            }
-        };
-        let rows: Vec<&Tensor> = rows.iter().collect();
-        let (value, g) = engine.scaled_loss_grads_rows(&rows, mb, share, Some(&mut rng))?;
-        loss += value;
-        let mut at = 0;
-        for var in &vars {
-            let n = var.elem_count();
-            if let Some(g) = g.get(var) {
-                let g = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                for (a, b) in grads[at..at + n].iter_mut().zip(g) {
-                    *a += b;
-                }
-            }
-            at += n;
-        }
-    }
-    if !loss.is_finite() {
-        return Err(StepError::NonFiniteLoss {
-            step: state.step + 1,
-            value: loss,
-        });
-    }
-    if grads.iter().any(|g| !g.is_finite()) {
-        return Err(StepError::NonFiniteGrad { step: state.step + 1 });
-    }
-    let norm = match max_grad_norm {
-        Some(max) => clip_grad_norm(&mut grads, max),
-        None => grad_norm(&grads),
-    };
-    let lr = schedule.lr(state.step);
-    state.adam.step(&mut state.params, &grads, lr);
-    state.step += 1;
-    state.rng = rng.state();
-    Ok(StepStats {
-        loss,
-        lr,
-        grad_norm: norm,
-    })
+    let mut dev = DeviceTraining::new(state, trainable, &engine.device)?;
+    dev.step(engine, micro_batches, schedule, max_grad_norm, trainable)?;
+    let (_, stats) = dev
+        .read_stats()?
+        .pop()
+        .ok_or_else(|| candle_core::Error::Msg("the step recorded no statistics".into()))?;
+    dev.sync(state)?;
+    Ok(stats)
 }
 
 /// Validation or test results.

@@ -17,6 +17,7 @@ pub mod combination;
 pub mod engine;
 mod progress;
 mod run_state;
+pub mod step;
 pub mod stop;
 
 use std::collections::BTreeMap;
@@ -32,11 +33,12 @@ pub use self::attempt::{attempt_module, attention_json, origin};
 use self::batches::Examples;
 pub use self::batches::{encode, encode_options, step_batches, step_counts};
 use self::checkpoint::Best;
-use self::engine::{AttemptSetup, Encoded, Engine, EvalOptions, EvalResult, StepError, Trainable, train_step_with};
+use self::engine::{AttemptSetup, Encoded, Engine, EvalOptions, EvalResult, StepError, Trainable};
 pub use self::progress::NO_PROGRESS_BAR;
 use self::progress::{Progress, fmt_metrics, progress_bar, say};
 use self::run_state::last_checkpoint;
 pub use self::run_state::{RunState, checkpoint_path, is_damage, prompt_path, run_state};
+use self::step::DeviceTraining;
 use crate::config::{Config, Select};
 use crate::models::{self, LoadedModel};
 use crate::optim::Schedule;
@@ -196,71 +198,55 @@ fn train_loop(
 ) -> Result<()> {
     let (config, (r, d), total) = (t.config, t.shape, schedule.total);
     let bar = progress_bar(total, p.state.step);
+    let trainable = match &t.attempt {
+        Some(a) => Trainable::Attempt(a),
+        None => Trainable::Prompt((r, d)),
+    };
+    // The values, AdamW's moments and each step's statistics stay on the device; read below.
+    let mut dev = DeviceTraining::new(&p.state, &trainable, &engine.device).context("the training state")?;
+    let mut last_read = std::time::Instant::now();
     // SIGTERM/SIGINT (where installed) stop the loop between steps, with a checkpoint.
     let _armed = stop::arm();
-    while p.state.step < total {
+    while dev.step_count() < total {
         let idx = step_batches(
             examples.train.len(),
-            p.state.step,
+            dev.step_count(),
             config.optim.batch_size,
             config.optim.gradient_accumulation,
             config.data.shuffle,
             config.train.seed,
         );
         let micro = examples.train_batches(&idx)?;
-        let trainable = match &t.attempt {
-            Some(a) => Trainable::Attempt(a),
-            None => Trainable::Prompt((r, d)),
-        };
-        let stats = match train_step_with(
-            engine,
-            &mut p.state,
-            &micro,
-            schedule,
-            config.optim.max_grad_norm,
-            &trainable,
-        ) {
-            Ok(s) => s,
-            Err(e @ (StepError::NonFiniteLoss { .. } | StepError::NonFiniteGrad { .. })) => {
-                bar.abandon();
-                bail!(
-                    "training stopped: {e}; lower optim.learning_rate or set optim.max_grad_norm; {}",
-                    last_checkpoint(ckpt_file)
-                );
-            }
-            Err(e) => return Err(e).context(format!("training step {}", p.state.step)),
-        };
-        let step = p.state.step;
-        p.record("train_loss", step, f64::from(stats.loss))?;
-        p.record("lr", step, stats.lr)?;
-        p.event("grad_norm", step, stats.grad_norm)?;
-        bar.set_position(step);
-        bar.set_message(format!("loss {:.4} lr {:.3e}", stats.loss, stats.lr));
-        tracing::debug!(
-            step,
-            loss = stats.loss,
-            lr = stats.lr,
-            grad_norm = stats.grad_norm,
-            "step"
-        );
-
+        dev.step(engine, &micro, schedule, config.optim.max_grad_norm, &trainable)
+            .with_context(|| format!("training step {}", dev.step_count()))?;
+        let step = dev.step_count();
         let due = step.is_multiple_of(config.train.eval_every) || step == total;
+        let save = step.is_multiple_of(config.save_every()) || step == total;
+        let signal = stop::requested().filter(|_| step < total);
+        let abort = opts.abort_after_step == Some(step);
+        // The values come back for a validation, a checkpoint or a stop; the statistics then too,
+        // and at least every READ_INTERVAL for the curves and the progress bar.
+        let sync = due || save || signal.is_some() || abort;
+        if sync || last_read.elapsed() >= READ_INTERVAL {
+            record_steps(p, &mut dev, &bar, ckpt_file)?;
+            last_read = std::time::Instant::now();
+        }
+        if !sync {
+            continue;
+        }
+        dev.sync(&mut p.state).context("reading the training state")?;
         let stop = due && !examples.validation.is_empty() && t.validate(p, &examples.validation, &bar)?;
         // At the last step too: the test pass that follows may be long, and a run stopped in it
         // (a scheduler's time limit) then resumes with the test pass alone.
-        if (step.is_multiple_of(config.save_every()) || step == total) && !stop {
+        if (save || signal.is_some()) && !stop {
             checkpoint::write(ckpt_file, &p.checkpoint(t))
                 .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))?;
         }
-        if opts.abort_after_step == Some(step) {
+        if abort {
             // Test hook: die as a killed process would, without cleanup.
             std::process::abort();
         }
-        if let Some(signal) = stop::requested().filter(|_| step < total && !stop) {
-            if !step.is_multiple_of(config.save_every()) {
-                checkpoint::write(ckpt_file, &p.checkpoint(t))
-                    .with_context(|| format!("writing checkpoint {}", ckpt_file.display()))?;
-            }
+        if let Some(signal) = signal.filter(|_| !stop) {
             bar.abandon();
             return Err(stop::Interrupted { signal, step }.into());
         }
@@ -269,6 +255,40 @@ fn train_loop(
         }
     }
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// How often, at most, the loop reads the steps' statistics back (a GPU's stream runs on
+/// between reads).
+const READ_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the statistics of the steps since the last read into the curves, the event log and the
+/// progress bar; a non-finite loss or gradient stops the run, naming its step.
+fn record_steps(
+    p: &mut Progress,
+    dev: &mut DeviceTraining,
+    bar: &indicatif::ProgressBar,
+    ckpt_file: &Path,
+) -> Result<()> {
+    let stats = match dev.read_stats() {
+        Ok(s) => s,
+        Err(e @ (StepError::NonFiniteLoss { .. } | StepError::NonFiniteGrad { .. })) => {
+            bar.abandon();
+            bail!(
+                "training stopped: {e}; lower optim.learning_rate or set optim.max_grad_norm; {}",
+                last_checkpoint(ckpt_file)
+            );
+        }
+        Err(e) => return Err(e).context("reading the steps' losses"),
+    };
+    for (step, s) in stats {
+        p.record("train_loss", step, f64::from(s.loss))?;
+        p.record("lr", step, s.lr)?;
+        p.event("grad_norm", step, s.grad_norm)?;
+        bar.set_position(step);
+        bar.set_message(format!("loss {:.4} lr {:.3e}", s.loss, s.lr));
+        tracing::debug!(step, loss = s.loss, lr = s.lr, grad_norm = s.grad_norm, "step");
+    }
     Ok(())
 }
 

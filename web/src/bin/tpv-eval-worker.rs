@@ -196,7 +196,10 @@ fn nearest(
             .embeddings()
             .to_dtype(DType::F32)
             .and_then(|e| e.flatten_all());
-        *embeddings = Some(e.and_then(|e| e.to_vec1()).map_err(|e| e.to_string())?);
+        *embeddings = Some(
+            e.and_then(|e| tpv_shared::model::host::vec1(&e))
+                .map_err(|e| e.to_string())?,
+        );
     }
     let emb = embeddings.as_deref().unwrap_or_default();
     let tokens = tpv_shared::nearest::readable(&prompt, emb, k, &loaded.codec).map_err(|e| e.to_string())?;

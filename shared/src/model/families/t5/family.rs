@@ -97,7 +97,7 @@ impl Spec for T5Config {
 fn neutral(out: super::LossOutput) -> Loss {
     Loss {
         loss: out.loss,
-        per_example: out.per_example,
+        per_token: out.per_token,
         counts: out.counts,
     }
 }

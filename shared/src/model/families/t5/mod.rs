@@ -639,10 +639,18 @@ pub struct Example {
 #[derive(Debug, Clone)]
 pub struct LossOutput {
     pub loss: Tensor,
-    pub per_example: Vec<f32>,
+    /// The NLL of every target token, examples in order (read by [`Self::per_example`]).
+    pub per_token: Tensor,
     pub counts: Vec<usize>,
     /// Decoder logits [B, T, V] (right-padded targets).
     pub logits: Tensor,
+}
+
+impl LossOutput {
+    /// Each example's mean NLL (NaN for one without targets): one read of the device.
+    pub fn per_example(&self) -> Result<Vec<f32>> {
+        crate::model::per_example_means(&self.per_token, &self.counts)
+    }
 }
 
 /// Encoder input `[prompt][tokens][pads]` (right-padded, as HF tokenizers pad T5), a prompt per
@@ -682,7 +690,7 @@ fn decode_nll(
     enc_mask: &Tensor,
     targets: &[&[u32]],
     train: Option<Train<'_>>,
-) -> Result<(Tensor, Vec<f32>, Vec<usize>, Tensor)> {
+) -> Result<(Tensor, Tensor, Vec<usize>, Tensor)> {
     let start = model.cfg.decoder_start_token_id.unwrap_or(0);
     let pad = model.cfg.pad_token_id.unwrap_or(0);
     let longest = targets.iter().map(|t| t.len()).max().unwrap_or(0);
@@ -712,14 +720,7 @@ fn decode_nll(
         &picked,
         &Tensor::from_slice(&picked_targets, picked_targets.len(), model.device())?,
     )?;
-    let per_row: Vec<f32> = per_row.to_vec1()?;
-    let mut sums = Vec::with_capacity(b);
-    let mut offset = 0;
-    for &n in &counts {
-        sums.push(per_row[offset..offset + n].iter().sum());
-        offset += n;
-    }
-    Ok((loss, sums, counts, logits))
+    Ok((loss, per_row, counts, logits))
 }
 
 /// Teacher-forced loss of `examples` under the prompt ([R, d]; a `Var` for training). `train`
@@ -753,15 +754,10 @@ fn teacher_forced(
     train: Option<Train<'_>>,
 ) -> Result<LossOutput> {
     let targets: Vec<&[u32]> = examples.iter().map(|e| e.target.as_slice()).collect();
-    let (loss, sums, counts, logits) = decode_nll(model, enc, enc_mask, &targets, train)?;
-    let per_example = sums
-        .iter()
-        .zip(&counts)
-        .map(|(s, &n)| if n == 0 { f32::NAN } else { s / n as f32 })
-        .collect();
+    let (loss, per_token, counts, logits) = decode_nll(model, enc, enc_mask, &targets, train)?;
     Ok(LossOutput {
         loss,
-        per_example,
+        per_token,
         counts,
         logits,
     })
@@ -804,7 +800,8 @@ pub fn rank(model: &T5, prompts: &[&Tensor], inputs: &[&[u32]], candidates: &[Ve
     let targets: Vec<&[u32]> = (0..inputs.len())
         .flat_map(|_| candidates.iter().map(Vec::as_slice))
         .collect();
-    let (_, sums, _, _) = decode_nll(model, &enc, &enc_mask, &targets, None)?;
+    let (_, per_token, counts, _) = decode_nll(model, &enc, &enc_mask, &targets, None)?;
+    let sums = crate::model::group_sums(&crate::model::host::flat_f32(&per_token)?, &counts);
     Ok(sums.chunks(l).map(<[f32]>::to_vec).collect())
 }
 
@@ -835,7 +832,7 @@ fn decode_greedy(model: &T5, enc: &Tensor, enc_mask: &Tensor, max_new: usize) ->
     for _ in 0..max_new {
         let ids = Tensor::from_slice(&next, (b, 1), model.device())?;
         let hidden = model.decode_step(&ids, enc_mask, &mut cache)?;
-        next = model.logits(&hidden)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+        next = crate::model::host::vec1(&model.logits(&hidden)?.squeeze(1)?.argmax(D::Minus1)?)?;
         for (i, &tok) in next.iter().enumerate() {
             if done[i] {
                 continue;
@@ -864,7 +861,7 @@ pub fn greedy_recompute(model: &T5, prompt: &Tensor, input: &[u32], max_new: usi
         let ids = Tensor::from_slice(&dec, (1, dec.len()), model.device())?;
         let hidden = model.decode(&ids, &enc, &enc_mask, None)?;
         let last = hidden.narrow(1, dec.len() - 1, 1)?;
-        let tok: u32 = model.logits(&last)?.flatten_all()?.argmax(0)?.to_scalar()?;
+        let tok: u32 = crate::model::host::scalar(&model.logits(&last)?.flatten_all()?.argmax(0)?)?;
         if tok == eos {
             break;
         }
