@@ -132,13 +132,7 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
 
 #[test]
 fn t5_five_steps_linear_warmup_match_torch_peft() {
-    check("t5_linear.json", "t5_relu_tied", false, |e| Encoded::Seq2Seq {
-        example: t5::Example {
-            input: ids(&e["input_ids"]),
-            target: ids(&e["labels"]),
-        },
-        target: String::new(),
-    });
+    check("t5_linear.json", "t5_relu_tied", false, t5_example);
 }
 
 fn causal_example(e: &Value) -> Encoded {
@@ -185,8 +179,13 @@ fn qwen3_with_gradient_checkpointing_matches_torch_peft() {
     );
 }
 
-/// The fixture's model, micro-batches, schedule, clipping and starting state of `fixture`.
-fn setup(fixture: &str, model_name: &str) -> (Model, Vec<Vec<Encoded>>, Schedule, Option<f64>, State) {
+/// The fixture's model, micro-batches (encoded by `encode`), schedule, clipping and starting
+/// state of `fixture`.
+fn setup(
+    fixture: &str,
+    model_name: &str,
+    encode: impl Fn(&Value) -> Encoded,
+) -> (Model, Vec<Vec<Encoded>>, Schedule, Option<f64>, State) {
     let want: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
             .unwrap();
@@ -197,7 +196,7 @@ fn setup(fixture: &str, model_name: &str) -> (Model, Vec<Vec<Encoded>>, Schedule
         .as_array()
         .unwrap()
         .iter()
-        .map(|mb| mb.as_array().unwrap().iter().map(causal_example).collect())
+        .map(|mb| mb.as_array().unwrap().iter().map(&encode).collect())
         .collect();
     let schedule = Schedule {
         kind: ScheduleKind::Cosine,
@@ -214,62 +213,145 @@ fn setup(fixture: &str, model_name: &str) -> (Model, Vec<Vec<Encoded>>, Schedule
     (model, micro, schedule, want["max_grad_norm"].as_f64(), state)
 }
 
+fn t5_example(e: &Value) -> Encoded {
+    Encoded::Seq2Seq {
+        example: t5::Example {
+            input: ids(&e["input_ids"]),
+            target: ids(&e["labels"]),
+        },
+        target: String::new(),
+    }
+}
+
+/// Steps `state` on the device through the whole schedule, counting the reads of each step (none
+/// allowed), of the statistics (one) and of the values (one); then the same steps one at a time
+/// (a read after each: [`train_step_with`]) give the same statistics and state.
+fn assert_steps_read_nothing(
+    engine: &Engine<'_>,
+    state: &State,
+    trainable: &tpv_trainer::train::engine::Trainable<'_>,
+    micro: &[Vec<&Encoded>],
+    (schedule, max_norm): (&Schedule, Option<f64>),
+    what: &str,
+) {
+    use tpv_shared::model::host;
+    use tpv_trainer::train::engine::train_step_with;
+    use tpv_trainer::train::step::DeviceTraining;
+    let mut dev = DeviceTraining::new(state, trainable, &engine.device).unwrap();
+    for step in 1..=schedule.total {
+        let before = host::reads();
+        dev.step(engine, micro, schedule, max_norm, trainable).unwrap();
+        assert_eq!(host::reads() - before, 0, "{what}: reads in step {step}");
+    }
+    let before = host::reads();
+    let stats = dev.read_stats().unwrap();
+    assert_eq!(
+        host::reads() - before,
+        1,
+        "{what}: one read for every pending step's statistics"
+    );
+    let steps: Vec<u64> = stats.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, (1..=schedule.total).collect::<Vec<_>>());
+    let mut deferred = state.clone();
+    let before = host::reads();
+    dev.sync(&mut deferred).unwrap();
+    assert_eq!(
+        host::reads() - before,
+        1,
+        "{what}: one read for the values and AdamW's moments"
+    );
+    let mut stepwise = state.clone();
+    for (step, deferred_stats) in &stats {
+        let one = train_step_with(engine, &mut stepwise, micro, schedule, max_norm, trainable).unwrap();
+        assert_eq!(one, *deferred_stats, "{what}: step {step}");
+    }
+    assert_eq!(deferred, stepwise, "{what}");
+    assert_ne!(deferred.params, state.params, "{what}: the steps moved nothing");
+}
+
 /// Issue 34: a training step reads nothing back from the device (on a GPU the host would wait
 /// for the stream): the loss and gradient norm stay there until the loop reads every pending
 /// step's at once, and the values until a checkpoint or validation needs them. The reads are
 /// counted where every read of tpv's goes (`tpv_shared::model::host`; clippy refuses candle's
-/// own elsewhere). Stepping five times and reading once gives what five single steps give.
+/// own elsewhere): a decoder-only model with and without gradient checkpointing, T5 with
+/// dropout, and ATTEMPT's target prompt and module.
 #[test]
 fn a_training_step_reads_nothing_back_from_the_device() {
-    use tpv_shared::model::host;
-    use tpv_trainer::train::engine::Trainable;
-    use tpv_trainer::train::step::DeviceTraining;
+    use tpv_trainer::train::engine::{AttemptSetup, Trainable};
+    let (llama, micro, schedule, max_norm, state) =
+        setup("llama_cosine_accum_clip.json", "llama_gqa_rope3", causal_example);
+    let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
+    let d = llama.hidden_size();
+    let r = state.params.len() / d;
     for checkpointing in [false, true] {
-        let (model, micro, schedule, max_norm, state) = setup("llama_cosine_accum_clip.json", "llama_gqa_rope3");
-        let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
         let engine = Engine {
-            model: &model,
+            model: &llama,
             codec: None,
             eos: vec![],
             dropout: 0.0,
             device: device(),
             checkpointing,
         };
-        let (r, d) = (state.params.len() / model.hidden_size(), model.hidden_size());
-        let trainable = Trainable::Prompt((r, d));
-        let mut dev = DeviceTraining::new(&state, &trainable, &engine.device).unwrap();
-        for _ in 0..schedule.total {
-            let before = host::reads();
-            dev.step(&engine, &micro, &schedule, max_norm, &trainable).unwrap();
-            assert_eq!(
-                host::reads() - before,
-                0,
-                "reads in a step (checkpointing {checkpointing})"
-            );
-        }
-        let before = host::reads();
-        let stats = dev.read_stats().unwrap();
-        assert_eq!(
-            host::reads() - before,
-            1,
-            "one read for every pending step's statistics"
+        let what = format!("llama, checkpointing {checkpointing}");
+        assert_steps_read_nothing(
+            &engine,
+            &state,
+            &Trainable::Prompt((r, d)),
+            &micro,
+            (&schedule, max_norm),
+            &what,
         );
-        assert_eq!(
-            stats.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            (1..=schedule.total).collect::<Vec<_>>()
-        );
-        let mut deferred = state.clone();
-        let before = host::reads();
-        dev.sync(&mut deferred).unwrap();
-        assert_eq!(host::reads() - before, 1, "one read for the values and AdamW's moments");
-        // The same trajectory, a step at a time (a read after each).
-        let mut stepwise = state.clone();
-        for (s, (_, deferred_stats)) in stats.iter().enumerate() {
-            let one = train_step(&engine, &mut stepwise, &micro, &schedule, max_norm, (r, d)).unwrap();
-            assert_eq!(one, *deferred_stats, "step {}", s + 1);
-        }
-        assert_eq!(deferred, stepwise);
     }
+    // ATTEMPT: two source prompts mixed per input by a module trained with the target prompt.
+    let engine = Engine {
+        model: &llama,
+        codec: None,
+        eos: vec![],
+        dropout: 0.0,
+        device: device(),
+        checkpointing: false,
+    };
+    let source = |k: usize| {
+        let values = (0..r * d).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5).collect();
+        tpv_shared::PromptTensor::new(r, d, values).unwrap()
+    };
+    let (a, b) = (source(1), source(2));
+    let module = tpv_shared::attempt::Module::init(&[&a, &b], vec!["a".into(), "b".into()], 7).unwrap();
+    let setup_attempt = AttemptSetup::new(module, (r, d), &engine.device).unwrap();
+    let attempt_state = State {
+        params: setup_attempt.initial(&state.params),
+        adam: AdamW::new(setup_attempt.param_count(), 0.01),
+        ..state.clone()
+    };
+    let trainable = Trainable::Attempt(&setup_attempt);
+    assert_steps_read_nothing(
+        &engine,
+        &attempt_state,
+        &trainable,
+        &micro,
+        (&schedule, max_norm),
+        "ATTEMPT",
+    );
+    // T5 with dropout (masks drawn on the host from the run's generator, uploaded).
+    let (t5_model, micro, schedule, max_norm, state) = setup("t5_linear.json", "t5_relu_tied", t5_example);
+    let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
+    let engine = Engine {
+        model: &t5_model,
+        codec: None,
+        eos: vec![],
+        dropout: 0.1,
+        device: device(),
+        checkpointing: false,
+    };
+    let (r, d) = (state.params.len() / t5_model.hidden_size(), t5_model.hidden_size());
+    assert_steps_read_nothing(
+        &engine,
+        &state,
+        &Trainable::Prompt((r, d)),
+        &micro,
+        (&schedule, max_norm),
+        "T5 with dropout",
+    );
 }
 
 /// A step whose loss is not finite is found at the next read, naming it (the loop then stops
@@ -278,7 +360,8 @@ fn a_training_step_reads_nothing_back_from_the_device() {
 fn a_non_finite_step_is_named_at_the_read_and_its_values_are_never_kept() {
     use tpv_trainer::train::engine::{StepError, Trainable};
     use tpv_trainer::train::step::DeviceTraining;
-    let (model, micro, mut schedule, max_norm, state) = setup("llama_cosine_accum_clip.json", "llama_gqa_rope3");
+    let (model, micro, mut schedule, max_norm, state) =
+        setup("llama_cosine_accum_clip.json", "llama_gqa_rope3", causal_example);
     let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
     // A learning rate that throws the prompt to ~1e38 at the first update (warmup off).
     schedule.base_lr = 3e38;
