@@ -28,11 +28,37 @@ fn device() -> Device {
     }
 }
 
+/// f32, or the dtype `TPV_TEST_DTYPE` names (`bf16`: the GPU check's second pass).
+fn dtype() -> DType {
+    match std::env::var("TPV_TEST_DTYPE").as_deref() {
+        Ok("bf16") => DType::BF16,
+        Ok(other) => panic!("TPV_TEST_DTYPE={other}: f32 or bf16"),
+        Err(_) => DType::F32,
+    }
+}
+
+/// The tolerances of the comparison with torch's f32 trajectory: (loss relative, gradient norm
+/// relative, trained prompt: f32 absolute per element, bf16 the update's relative L2 distance).
+/// In bf16 the frozen weights and activations carry 8 bits of mantissa (the prompt and AdamW stay
+/// f32), and an element whose gradient is near 0 may take Adam's ±lr step either way, so the
+/// update is compared as a whole (measured on the CPU, 2026-12-08: 0.05–0.23 on these fixtures).
+fn tolerances(dtype: DType) -> (f64, f64, f64) {
+    if dtype == DType::F32 {
+        (1e-5, 1e-4, 1e-4)
+    } else {
+        (2e-2, 5e-2, 0.35)
+    }
+}
+
 fn model(name: &str) -> Model {
+    model_in(name, dtype())
+}
+
+fn model_in(name: &str, dtype: DType) -> Model {
     let dir = root().join("tests/fixtures/models").join(name);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
-    from_safetensors(&config, &[weights], DType::F32, &device()).unwrap()
+    from_safetensors(&config, &[weights], dtype, &device()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -52,10 +78,15 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&Value) -> Encoded) {
+    check_in(dtype(), fixture, model_name, checkpointing, encode);
+}
+
+/// [`check`] with the frozen model in `dtype`.
+fn check_in(dtype: DType, fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&Value) -> Encoded) {
     let want: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
             .unwrap();
-    let model = model(model_name);
+    let model = model_in(model_name, dtype);
     let d = model.hidden_size();
     let r = want["virtual_tokens"].as_u64().unwrap() as usize;
     let micro: Vec<Vec<Encoded>> = want["micro_batches"]
@@ -90,11 +121,12 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
         adam: AdamW::new(r * d, want["weight_decay"].as_f64().unwrap()),
         rng: 0,
     };
+    let (loss_tol, norm_tol, prompt_tol) = tolerances(dtype);
     for s in 0..steps as usize {
         let stats = train_step(&engine, &mut state, &micro_refs, &schedule, max_grad_norm, (r, d)).unwrap();
         let loss = want["losses"][s].as_f64().unwrap();
         assert!(
-            (f64::from(stats.loss) - loss).abs() / loss <= 1e-5,
+            (f64::from(stats.loss) - loss).abs() / loss <= loss_tol,
             "step {s}: loss {} vs {loss}",
             stats.loss
         );
@@ -106,7 +138,7 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
         if let Some(norm) = want["grad_norms"].get(s) {
             let norm = norm.as_f64().unwrap();
             assert!(
-                (stats.grad_norm - norm).abs() / norm <= 1e-4,
+                (stats.grad_norm - norm).abs() / norm <= norm_tol,
                 "step {s}: grad norm {} vs {norm}",
                 stats.grad_norm
             );
@@ -119,7 +151,22 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
         .zip(&trained)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(worst <= 1e-4, "trained prompt differs by {worst}");
+    if dtype == DType::F32 {
+        assert!(f64::from(worst) <= prompt_tol, "trained prompt differs by {worst}");
+    } else {
+        // The update's relative L2 distance from torch's.
+        let init = floats(&want["init"]);
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for ((a, b), i) in state.params.iter().zip(&trained).zip(&init) {
+            diff += f64::from(a - b).powi(2);
+            norm += f64::from(b - i).powi(2);
+        }
+        let relative = (diff / norm).sqrt();
+        assert!(
+            relative <= prompt_tol,
+            "the update differs from torch's by {relative} (relative L2)"
+        );
+    }
     // The run moved the prompt: the comparison is not trivially true.
     let moved = state
         .params
@@ -133,6 +180,21 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
 #[test]
 fn t5_five_steps_linear_warmup_match_torch_peft() {
     check("t5_linear.json", "t5_relu_tied", false, t5_example);
+}
+
+/// bf16 (the frozen model's weights and activations; the prompt and AdamW in f32) against the same
+/// f32 trajectories, with [`tolerances`]' looser bounds: a left-padded decoder-only batch (whose
+/// padding rows see no key: their mask must stay finite in bf16) and T5.
+#[test]
+fn llama_and_t5_in_bf16_follow_torch_within_bf16_tolerances() {
+    check_in(
+        DType::BF16,
+        "llama_cosine_accum_clip.json",
+        "llama_gqa_rope3",
+        false,
+        causal_example,
+    );
+    check_in(DType::BF16, "t5_linear.json", "t5_relu_tied", false, t5_example);
 }
 
 fn causal_example(e: &Value) -> Encoded {

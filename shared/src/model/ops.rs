@@ -23,6 +23,29 @@ fn fused(xs: &Tensor, op: FusedOp) -> bool {
         || (xs.device().is_cuda() && matches!(xs.dtype(), DType::F32 | DType::BF16) && super::gpu::uses_kernel(op))
 }
 
+/// An additive attention mask of `shape` from host data (0 where a query may see a key, f32::MIN
+/// where not), in `dtype` on `device`. f32::MIN does not fit bf16 or f16 (it rounds to −∞, and a
+/// row with every key blocked — a padding query — then gives NaN); blocked cells take the
+/// dtype's own finite minimum instead, as transformers' `torch.finfo(dtype).min`.
+pub fn additive_mask(
+    mut data: Vec<f32>,
+    shape: impl Into<Shape>,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let floor = match dtype {
+        DType::BF16 => half::bf16::MIN.to_f32(),
+        DType::F16 => half::f16::MIN.to_f32(),
+        _ => f32::MIN,
+    };
+    if floor > f32::MIN {
+        for v in &mut data {
+            *v = v.max(floor);
+        }
+    }
+    Tensor::from_vec(data, shape, device)?.to_dtype(dtype)
+}
+
 /// Softmax over the last dimension.
 pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
     if fused(xs, FusedOp::Softmax) {

@@ -492,7 +492,7 @@ impl Decoder {
         let (b, t, _) = embeds.dims3()?;
         let s = keys.first().map_or(0, Vec::len);
         let dev = embeds.device();
-        let to_tensor = |data: Vec<f32>| Tensor::from_vec(data, (b, 1, t, s), dev)?.to_dtype(embeds.dtype());
+        let to_tensor = |data: Vec<f32>| ops::additive_mask(data, (b, 1, t, s), embeds.dtype(), dev);
         let mut windows: Vec<Option<usize>> = self.spec.arch.layers.iter().map(|l| l.window).collect();
         windows.sort_unstable();
         windows.dedup();

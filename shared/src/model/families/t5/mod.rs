@@ -517,7 +517,7 @@ impl T5 {
             .iter()
             .flat_map(|v| v.iter().map(|&ok| if ok { 0.0 } else { f32::MIN }))
             .collect();
-        let mask = Tensor::from_vec(mask, (b, 1, 1, t), embeds.device())?.to_dtype(embeds.dtype())?;
+        let mask = ops::additive_mask(mask, (b, 1, 1, t), embeds.dtype(), embeds.device())?;
         let bias = match self.encoder.first() {
             Some(first) => first
                 .self_attn
@@ -550,7 +550,7 @@ impl T5 {
         let causal: Vec<f32> = (0..t)
             .flat_map(|q| (0..t).map(move |k| if k <= q { 0.0 } else { f32::MIN }))
             .collect();
-        let causal = Tensor::from_vec(causal, (1, 1, t, t), ids.device())?.to_dtype(self.dtype())?;
+        let causal = ops::additive_mask(causal, (1, 1, t, t), self.dtype(), ids.device())?;
         let bias = match self.decoder.first() {
             Some(first) => first
                 .self_attn
