@@ -12,6 +12,7 @@ N layers, as `tpv bench --layers`), unless a directory is given. Dropout off (mo
 `tpv bench`.
 """
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -26,6 +27,13 @@ SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hi
                num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5,
                max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
                hidden_act="silu", bos_token_id=1, eos_token_id=2)
+LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
+                  max_position_embeddings=131072, rope_theta=500000.0,
+                  rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                    original_max_position_embeddings=8192, rope_type="llama3"),
+                  tie_word_embeddings=False, hidden_act="silu", bos_token_id=128000,
+                  eos_token_id=[128001, 128008, 128009])
 T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
                relative_attention_num_buckets=32, relative_attention_max_distance=128,
                dropout_rate=0.1, layer_norm_epsilon=1e-6, feed_forward_proj="relu",
@@ -75,12 +83,24 @@ def main():
 
     load_s = None
     t0 = time.perf_counter()
-    if a.model == "smollm2-shaped":
-        model = LlamaForCausalLM(LlamaConfig(**SMOLLM2))
-    elif a.model == "t5-base-shaped":
-        model = T5ForConditionalGeneration(T5Config(**T5_BASE))
-    elif a.model in SHAPED:
-        model = shaped(a.model, a.layers)
+    # Named shapes are drawn where they run, in the bench dtype (an 8B model in f32 on the host
+    # first would take minutes); --layers keeps the first N layers, as `tpv bench --layers`.
+    layers = {"num_hidden_layers": a.layers} if a.layers else {}
+    named = a.model in ("smollm2-shaped", "llama31-8b-shaped", "t5-base-shaped") or a.model in SHAPED
+    if named:
+        torch.set_default_dtype(dtype)
+    with torch.device(dev) if named else contextlib.nullcontext():
+        if a.model == "smollm2-shaped":
+            model = LlamaForCausalLM(LlamaConfig(**{**SMOLLM2, **layers}))
+        elif a.model == "llama31-8b-shaped":
+            model = LlamaForCausalLM(LlamaConfig(**{**LLAMA31_8B, **layers}))
+        elif a.model == "t5-base-shaped":
+            t5_layers = {"num_layers": a.layers, "num_decoder_layers": a.layers} if a.layers else {}
+            model = T5ForConditionalGeneration(T5Config(**{**T5_BASE, **t5_layers}))
+        elif a.model in SHAPED:
+            model = shaped(a.model, a.layers)
+    if named:
+        torch.set_default_dtype(torch.float32)
     else:
         cfg = AutoConfig.from_pretrained(a.model)
         cls = AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else AutoModelForCausalLM
