@@ -412,12 +412,13 @@ fn download_files(
     Ok(snapshot)
 }
 
-/// Downloads `repo_id` at `revision` into the hub cache unless it is there; returns the snapshot.
-pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
+/// A model repo's listing at `revision` and the files of it tpv needs (at least a config.json
+/// and safetensors weights); `doing` names what is refused offline.
+fn model_listing(repo_id: &str, revision: &str, doing: &str) -> Result<(Hub, RepoInfo, Vec<Sibling>)> {
     check_repo_id(repo_id)?;
     crate::io::check_relative_path(revision, "the revision")?;
     if offline() {
-        bail!("HF_HUB_OFFLINE=1: not downloading {repo_id}");
+        bail!("HF_HUB_OFFLINE=1: not {doing} {repo_id}");
     }
     let hub = Hub::new();
     let info = hub.info("models", repo_id, revision)?;
@@ -433,6 +434,12 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     if !files.iter().any(|f| f.rfilename.ends_with(".safetensors")) {
         bail!("{repo_id} has no safetensors weights at {revision} (tpv does not read .bin checkpoints)");
     }
+    Ok((hub, info, files))
+}
+
+/// Downloads `repo_id` at `revision` into the hub cache unless it is there; returns the snapshot.
+pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
+    let (hub, info, files) = model_listing(repo_id, revision, "downloading")?;
     let repo_dir = models::hub_repo_dir("models", repo_id)?;
     download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
 }
@@ -452,29 +459,12 @@ pub struct ModelMetadata {
 /// [`ModelMetadata`] of `repo_id` at `revision`; nothing is written to the cache (a snapshot
 /// without its weights would pass for a downloaded model).
 pub fn model_metadata(repo_id: &str, revision: &str) -> Result<ModelMetadata> {
-    check_repo_id(repo_id)?;
-    crate::io::check_relative_path(revision, "the revision")?;
-    if offline() {
-        bail!("HF_HUB_OFFLINE=1: not asking the hub about {repo_id}");
-    }
-    let hub = Hub::new();
-    let info = hub.info("models", repo_id, revision)?;
-    let files: Vec<&Sibling> = info
-        .siblings
-        .iter()
-        .filter(|s| tpv_shared::eval::hf_files::is_needed(&s.rfilename))
-        .collect();
+    let (hub, info, files) = model_listing(repo_id, revision, "asking the hub about")?;
     let size = |s: &Sibling| s.lfs.as_ref().map(|l| l.size).or(s.size);
     let url = |file: &str| format!("{}/{repo_id}/resolve/{}/{file}", hub.base, info.sha);
-    if !files.iter().any(|f| f.rfilename == "config.json") {
-        bail!("{repo_id} has no config.json at {revision}");
-    }
     let config = hub.get_small(&url("config.json"), None, CONFIG_BYTES, "config.json")?;
     let config_json = String::from_utf8(config).with_context(|| format!("{repo_id}: config.json is not UTF-8"))?;
-    let weights: Vec<&&Sibling> = files.iter().filter(|f| f.rfilename.ends_with(".safetensors")).collect();
-    if weights.is_empty() {
-        bail!("{repo_id} has no safetensors weights at {revision} (tpv does not read .bin checkpoints)");
-    }
+    let weights = files.iter().filter(|f| f.rfilename.ends_with(".safetensors"));
     let mut shapes = tpv_shared::model::load::Shapes::new();
     for file in weights {
         let name = &file.rfilename;
@@ -500,7 +490,7 @@ pub fn model_metadata(repo_id: &str, revision: &str) -> Result<ModelMetadata> {
         commit: info.sha.clone(),
         config_json,
         shapes,
-        download_bytes: files.iter().filter_map(|f| size(f)).sum(),
+        download_bytes: files.iter().filter_map(size).sum(),
     })
 }
 

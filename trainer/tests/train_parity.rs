@@ -50,10 +50,6 @@ fn tolerances(dtype: DType) -> (f64, f64, f64) {
     }
 }
 
-fn model(name: &str) -> Model {
-    model_in(name, dtype())
-}
-
 fn model_in(name: &str, dtype: DType) -> Model {
     let dir = root().join("tests/fixtures/models").join(name);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
@@ -83,18 +79,15 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
 
 /// [`check`] with the frozen model in `dtype`.
 fn check_in(dtype: DType, fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&Value) -> Encoded) {
-    let want: Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
-            .unwrap();
-    let model = model_in(model_name, dtype);
-    let d = model.hidden_size();
-    let r = want["virtual_tokens"].as_u64().unwrap() as usize;
-    let micro: Vec<Vec<Encoded>> = want["micro_batches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|mb| mb.as_array().unwrap().iter().map(&encode).collect())
-        .collect();
+    let Fixture {
+        want,
+        model,
+        micro,
+        schedule,
+        max_norm: max_grad_norm,
+        mut state,
+    } = setup(dtype, fixture, model_name, encode);
+    let (r, d) = (state.params.len() / model.hidden_size(), model.hidden_size());
     let micro_refs: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
     let engine = Engine {
         model: &model,
@@ -104,23 +97,7 @@ fn check_in(dtype: DType, fixture: &str, model_name: &str, checkpointing: bool, 
         device: device(),
         checkpointing,
     };
-    let steps = want["steps"].as_u64().unwrap();
-    let schedule = Schedule {
-        kind: match want["scheduler"].as_str().unwrap() {
-            "linear" => ScheduleKind::Linear,
-            _ => ScheduleKind::Cosine,
-        },
-        base_lr: want["learning_rate"].as_f64().unwrap(),
-        warmup: want["warmup_steps"].as_u64().unwrap(),
-        total: steps,
-    };
-    let max_grad_norm = want["max_grad_norm"].as_f64();
-    let mut state = State {
-        step: 0,
-        params: floats(&want["init"]),
-        adam: AdamW::new(r * d, want["weight_decay"].as_f64().unwrap()),
-        rng: 0,
-    };
+    let steps = schedule.total;
     let (loss_tol, norm_tol, prompt_tol) = tolerances(dtype);
     for s in 0..steps as usize {
         let stats = train_step(&engine, &mut state, &micro_refs, &schedule, max_grad_norm, (r, d)).unwrap();
@@ -241,17 +218,23 @@ fn qwen3_with_gradient_checkpointing_matches_torch_peft() {
     );
 }
 
-/// The fixture's model, micro-batches (encoded by `encode`), schedule, clipping and starting
-/// state of `fixture`.
-fn setup(
-    fixture: &str,
-    model_name: &str,
-    encode: impl Fn(&Value) -> Encoded,
-) -> (Model, Vec<Vec<Encoded>>, Schedule, Option<f64>, State) {
+/// A training fixture of tests/fixtures/train: the reference trajectory, the model (in
+/// `dtype`), the micro-batches (encoded by `encode`), the schedule, the clipping and the starting
+/// state.
+struct Fixture {
+    want: Value,
+    model: Model,
+    micro: Vec<Vec<Encoded>>,
+    schedule: Schedule,
+    max_norm: Option<f64>,
+    state: State,
+}
+
+fn setup(dtype: DType, fixture: &str, model_name: &str, encode: impl Fn(&Value) -> Encoded) -> Fixture {
     let want: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
             .unwrap();
-    let model = model(model_name);
+    let model = model_in(model_name, dtype);
     let d = model.hidden_size();
     let r = want["virtual_tokens"].as_u64().unwrap() as usize;
     let micro: Vec<Vec<Encoded>> = want["micro_batches"]
@@ -261,7 +244,10 @@ fn setup(
         .map(|mb| mb.as_array().unwrap().iter().map(&encode).collect())
         .collect();
     let schedule = Schedule {
-        kind: ScheduleKind::Cosine,
+        kind: match want["scheduler"].as_str().unwrap() {
+            "linear" => ScheduleKind::Linear,
+            _ => ScheduleKind::Cosine,
+        },
         base_lr: want["learning_rate"].as_f64().unwrap(),
         warmup: want["warmup_steps"].as_u64().unwrap(),
         total: want["steps"].as_u64().unwrap(),
@@ -272,7 +258,15 @@ fn setup(
         adam: AdamW::new(r * d, want["weight_decay"].as_f64().unwrap()),
         rng: 0,
     };
-    (model, micro, schedule, want["max_grad_norm"].as_f64(), state)
+    let max_norm = want["max_grad_norm"].as_f64();
+    Fixture {
+        want,
+        model,
+        micro,
+        schedule,
+        max_norm,
+        state,
+    }
 }
 
 fn t5_example(e: &Value) -> Encoded {
@@ -340,8 +334,19 @@ fn assert_steps_read_nothing(
 #[test]
 fn a_training_step_reads_nothing_back_from_the_device() {
     use tpv_trainer::train::engine::{AttemptSetup, Trainable};
-    let (llama, micro, schedule, max_norm, state) =
-        setup("llama_cosine_accum_clip.json", "llama_gqa_rope3", causal_example);
+    let Fixture {
+        model: llama,
+        micro,
+        schedule,
+        max_norm,
+        state,
+        ..
+    } = setup(
+        dtype(),
+        "llama_cosine_accum_clip.json",
+        "llama_gqa_rope3",
+        causal_example,
+    );
     let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
     let d = llama.hidden_size();
     let r = state.params.len() / d;
@@ -395,7 +400,14 @@ fn a_training_step_reads_nothing_back_from_the_device() {
         "ATTEMPT",
     );
     // T5 with dropout (masks drawn on the host from the run's generator, uploaded).
-    let (t5_model, micro, schedule, max_norm, state) = setup("t5_linear.json", "t5_relu_tied", t5_example);
+    let Fixture {
+        model: t5_model,
+        micro,
+        schedule,
+        max_norm,
+        state,
+        ..
+    } = setup(dtype(), "t5_linear.json", "t5_relu_tied", t5_example);
     let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
     let engine = Engine {
         model: &t5_model,
@@ -422,8 +434,19 @@ fn a_training_step_reads_nothing_back_from_the_device() {
 fn a_non_finite_step_is_named_at_the_read_and_its_values_are_never_kept() {
     use tpv_trainer::train::engine::{StepError, Trainable};
     use tpv_trainer::train::step::DeviceTraining;
-    let (model, micro, mut schedule, max_norm, state) =
-        setup("llama_cosine_accum_clip.json", "llama_gqa_rope3", causal_example);
+    let Fixture {
+        model,
+        micro,
+        mut schedule,
+        max_norm,
+        state,
+        ..
+    } = setup(
+        dtype(),
+        "llama_cosine_accum_clip.json",
+        "llama_gqa_rope3",
+        causal_example,
+    );
     let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
     // A learning rate that throws the prompt to ~1e38 at the first update (warmup off).
     schedule.base_lr = 3e38;
