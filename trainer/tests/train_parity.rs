@@ -79,24 +79,11 @@ fn check(fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&
 
 /// [`check`] with the frozen model in `dtype`.
 fn check_in(dtype: DType, fixture: &str, model_name: &str, checkpointing: bool, encode: impl Fn(&Value) -> Encoded) {
-    let Fixture {
-        want,
-        model,
-        micro,
-        schedule,
-        max_norm: max_grad_norm,
-        mut state,
-    } = setup(dtype, fixture, model_name, encode);
-    let (r, d) = (state.params.len() / model.hidden_size(), model.hidden_size());
-    let micro_refs: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
-    let engine = Engine {
-        model: &model,
-        codec: None,
-        eos: vec![],
-        dropout: 0.0,
-        device: device(),
-        checkpointing,
-    };
+    let f = setup(dtype, fixture, model_name, encode);
+    let (want, schedule, max_grad_norm, (r, d)) = (&f.want, f.schedule, f.max_norm, f.shape());
+    let micro_refs = f.micro_refs();
+    let engine = f.engine(0.0, checkpointing);
+    let mut state = f.state.clone();
     let steps = schedule.total;
     let (loss_tol, norm_tol, prompt_tol) = tolerances(dtype);
     for s in 0..steps as usize {
@@ -230,6 +217,30 @@ struct Fixture {
     state: State,
 }
 
+impl Fixture {
+    fn micro_refs(&self) -> Vec<Vec<&Encoded>> {
+        self.micro.iter().map(|mb| mb.iter().collect()).collect()
+    }
+
+    /// An engine on the test device over the fixture's model.
+    fn engine(&self, dropout: f32, checkpointing: bool) -> Engine<'_> {
+        Engine {
+            model: &self.model,
+            codec: None,
+            eos: vec![],
+            dropout,
+            device: device(),
+            checkpointing,
+        }
+    }
+
+    /// The prompt's shape (R, d).
+    fn shape(&self) -> (usize, usize) {
+        let d = self.model.hidden_size();
+        (self.state.params.len() / d, d)
+    }
+}
+
 fn setup(dtype: DType, fixture: &str, model_name: &str, encode: impl Fn(&Value) -> Encoded) -> Fixture {
     let want: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/train").join(fixture)).unwrap())
@@ -334,50 +345,21 @@ fn assert_steps_read_nothing(
 #[test]
 fn a_training_step_reads_nothing_back_from_the_device() {
     use tpv_trainer::train::engine::{AttemptSetup, Trainable};
-    let Fixture {
-        model: llama,
-        micro,
-        schedule,
-        max_norm,
-        state,
-        ..
-    } = setup(
+    let llama = setup(
         dtype(),
         "llama_cosine_accum_clip.json",
         "llama_gqa_rope3",
         causal_example,
     );
-    let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
-    let d = llama.hidden_size();
-    let r = state.params.len() / d;
+    let (micro, (r, d)) = (llama.micro_refs(), llama.shape());
+    let steps = (&llama.schedule, llama.max_norm);
     for checkpointing in [false, true] {
-        let engine = Engine {
-            model: &llama,
-            codec: None,
-            eos: vec![],
-            dropout: 0.0,
-            device: device(),
-            checkpointing,
-        };
+        let engine = llama.engine(0.0, checkpointing);
         let what = format!("llama, checkpointing {checkpointing}");
-        assert_steps_read_nothing(
-            &engine,
-            &state,
-            &Trainable::Prompt((r, d)),
-            &micro,
-            (&schedule, max_norm),
-            &what,
-        );
+        assert_steps_read_nothing(&engine, &llama.state, &Trainable::Prompt((r, d)), &micro, steps, &what);
     }
     // ATTEMPT: two source prompts mixed per input by a module trained with the target prompt.
-    let engine = Engine {
-        model: &llama,
-        codec: None,
-        eos: vec![],
-        dropout: 0.0,
-        device: device(),
-        checkpointing: false,
-    };
+    let engine = llama.engine(0.0, false);
     let source = |k: usize| {
         let values = (0..r * d).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5).collect();
         tpv_shared::PromptTensor::new(r, d, values).unwrap()
@@ -386,44 +368,20 @@ fn a_training_step_reads_nothing_back_from_the_device() {
     let module = tpv_shared::attempt::Module::init(&[&a, &b], vec!["a".into(), "b".into()], 7).unwrap();
     let setup_attempt = AttemptSetup::new(module, (r, d), &engine.device).unwrap();
     let attempt_state = State {
-        params: setup_attempt.initial(&state.params),
+        params: setup_attempt.initial(&llama.state.params),
         adam: AdamW::new(setup_attempt.param_count(), 0.01),
-        ..state.clone()
+        ..llama.state.clone()
     };
     let trainable = Trainable::Attempt(&setup_attempt);
-    assert_steps_read_nothing(
-        &engine,
-        &attempt_state,
-        &trainable,
-        &micro,
-        (&schedule, max_norm),
-        "ATTEMPT",
-    );
+    assert_steps_read_nothing(&engine, &attempt_state, &trainable, &micro, steps, "ATTEMPT");
     // T5 with dropout (masks drawn on the host from the run's generator, uploaded).
-    let Fixture {
-        model: t5_model,
-        micro,
-        schedule,
-        max_norm,
-        state,
-        ..
-    } = setup(dtype(), "t5_linear.json", "t5_relu_tied", t5_example);
-    let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
-    let engine = Engine {
-        model: &t5_model,
-        codec: None,
-        eos: vec![],
-        dropout: 0.1,
-        device: device(),
-        checkpointing: false,
-    };
-    let (r, d) = (state.params.len() / t5_model.hidden_size(), t5_model.hidden_size());
+    let t5 = setup(dtype(), "t5_linear.json", "t5_relu_tied", t5_example);
     assert_steps_read_nothing(
-        &engine,
-        &state,
-        &Trainable::Prompt((r, d)),
-        &micro,
-        (&schedule, max_norm),
+        &t5.engine(0.1, false),
+        &t5.state,
+        &Trainable::Prompt(t5.shape()),
+        &t5.micro_refs(),
+        (&t5.schedule, t5.max_norm),
         "T5 with dropout",
     );
 }
@@ -434,34 +392,20 @@ fn a_training_step_reads_nothing_back_from_the_device() {
 fn a_non_finite_step_is_named_at_the_read_and_its_values_are_never_kept() {
     use tpv_trainer::train::engine::{StepError, Trainable};
     use tpv_trainer::train::step::DeviceTraining;
-    let Fixture {
-        model,
-        micro,
-        mut schedule,
-        max_norm,
-        state,
-        ..
-    } = setup(
+    let f = setup(
         dtype(),
         "llama_cosine_accum_clip.json",
         "llama_gqa_rope3",
         causal_example,
     );
-    let micro: Vec<Vec<&Encoded>> = micro.iter().map(|mb| mb.iter().collect()).collect();
+    let (micro, (r, d), max_norm, state, engine) =
+        (f.micro_refs(), f.shape(), f.max_norm, &f.state, f.engine(0.0, false));
     // A learning rate that throws the prompt to ~1e38 at the first update (warmup off).
+    let mut schedule = f.schedule;
     schedule.base_lr = 3e38;
     schedule.warmup = 0;
-    let engine = Engine {
-        model: &model,
-        codec: None,
-        eos: vec![],
-        dropout: 0.0,
-        device: device(),
-        checkpointing: false,
-    };
-    let (r, d) = (state.params.len() / model.hidden_size(), model.hidden_size());
     let trainable = Trainable::Prompt((r, d));
-    let mut dev = DeviceTraining::new(&state, &trainable, &engine.device).unwrap();
+    let mut dev = DeviceTraining::new(state, &trainable, &engine.device).unwrap();
     for _ in 0..3 {
         dev.step(&engine, &micro, &schedule, max_norm, &trainable).unwrap();
     }
