@@ -63,6 +63,9 @@ pub enum Command {
     Aggregate(AggregateArgs),
     /// A static site of a study: the web app, the run files, a manifest and the tables.
     Report(ReportArgs),
+    /// Publish a study to the hub: its task prompts as peft adapters, its run files, origins,
+    /// tables, figures and a model card, in one commit.
+    Push(PushArgs),
     /// The demo studies on the embedded default (SmolLM2-135M-Instruct, CPU), reported and served.
     Demo(DemoArgs),
 }
@@ -189,6 +192,32 @@ pub struct ReportArgs {
     pub serve: bool,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The study directory.
+    pub study_dir: PathBuf,
+    /// The hub repo, ORG/NAME (created if missing).
+    pub repo: String,
+    /// `model` (the default) or `dataset`.
+    #[arg(long, default_value = "model")]
+    pub repo_type: String,
+    /// A token with write access (default: HF_TOKEN). The endpoint is HF_ENDPOINT.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// List what would be sent and what the repo already has; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Create the repo private.
+    #[arg(long)]
+    pub private: bool,
+    /// The commit message (default: `tpv push STUDY`).
+    #[arg(long, short)]
+    pub message: Option<String>,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,

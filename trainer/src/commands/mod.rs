@@ -9,6 +9,7 @@ mod fetch;
 mod inspect;
 mod origins;
 mod peft;
+mod push;
 mod recommend;
 mod similarity;
 mod study;
@@ -19,7 +20,8 @@ use serde_json::Value;
 
 use crate::cli::{
     AggregateArgs, BenchArgs, CombineArgs, Command, DataArgs, DemoArgs, EvalArgs, FetchArgs, InspectArgs, OriginsArgs,
-    PeftCommand, PeftExportArgs, PeftImportArgs, RecommendArgs, ReportArgs, SimilarityArgs, SweepArgs, TrainArgs,
+    PeftCommand, PeftExportArgs, PeftImportArgs, PushArgs, RecommendArgs, ReportArgs, SimilarityArgs, SweepArgs,
+    TrainArgs,
 };
 
 /// Runs a command; `json` is the global `--json`, handed to the command's arguments.
@@ -40,6 +42,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Sweep(args) => study::sweep(&SweepArgs { json, ..args }),
         Command::Aggregate(args) => study::aggregate(&AggregateArgs { json, ..args }),
         Command::Report(args) => study::report(&ReportArgs { json, ..args }),
+        Command::Push(args) => push::run(&PushArgs { json, ..args }),
         Command::Demo(args) => demo::run(&DemoArgs { json, ..args }),
     }
 }

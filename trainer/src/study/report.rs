@@ -156,7 +156,7 @@ fn copy_resolved(from: &Path, to: &Path) -> Result<()> {
 
 /// A model's name as a published report shows it: a hub id or a registry name as it is, a local
 /// path by its last component (the site is shared; the layout of this machine's disk is not).
-fn public_model_name(spec: &str) -> String {
+pub(crate) fn public_model_name(spec: &str) -> String {
     let path = Path::new(spec);
     if path.is_absolute() || spec.starts_with('.') || spec.starts_with('~') {
         path.file_name()

@@ -33,6 +33,8 @@ use sha2::{Digest, Sha256};
 
 use crate::models;
 
+pub mod upload;
+
 #[derive(Deserialize)]
 struct RepoInfo {
     sha: String,
@@ -48,6 +50,9 @@ struct Sibling {
     size: Option<u64>,
     #[serde(default)]
     lfs: Option<Lfs>,
+    /// The file's git blob id (with `blobs=true`).
+    #[serde(default, rename = "blobId")]
+    blob_id: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -598,6 +603,7 @@ mod tests {
             rfilename: name.into(),
             size: None,
             lfs: None,
+            blob_id: None,
         }
     }
 

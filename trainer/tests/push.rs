@@ -1,0 +1,404 @@
+//! `tpv push` (issue 35) against a local server that speaks the hub's upload protocol as
+//! huggingface_hub uses it: repo creation, the listing with blob ids and LFS sha256s, preupload
+//! (`.safetensors` through LFS, as the hub's .gitattributes send them), the LFS batch API with
+//! upload and verify actions on a storage URL that must not see the token, and the NDJSON commit.
+//! It fails the first preupload with a 503 (the client retries) and keeps what was committed, so
+//! a second push finds everything unchanged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::disallowed_methods, reason = "native test: files and fixtures")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use assert_cmd::Command;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "hf_test_write";
+const REPO: &str = "tpv-tests/tiny-study";
+
+/// What the test hub holds and saw.
+#[derive(Default)]
+struct Remote {
+    created: bool,
+    files: BTreeMap<String, Vec<u8>>,
+    lfs: BTreeMap<String, Vec<u8>>,
+    commits: usize,
+    /// `METHOD PATH` of every request, `+token` when it carried the bearer token.
+    log: Vec<String>,
+    preuploads: usize,
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(b))
+}
+
+fn git_blob(b: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", b.len()).as_bytes());
+    h.update(b);
+    format!("{:x}", h.finalize())
+}
+
+fn is_lfs(path: &str) -> bool {
+    path.ends_with(".safetensors")
+}
+
+fn reply(stream: &mut std::net::TcpStream, status: &str, body: &Value) {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+}
+
+/// Answers one request of the upload protocol.
+fn handle(remote: &mut Remote, addr: &str, method: &str, path: &str, auth: bool, body: &[u8]) -> (&'static str, Value) {
+    let api = format!("/api/models/{REPO}");
+    let needs_token = path.starts_with("/api/repos") || path.contains("/preupload/") || path.contains("/commit/");
+    if needs_token && !auth {
+        return ("401 Unauthorized", json!({ "error": "no token" }));
+    }
+    match (method, path) {
+        ("POST", "/api/repos/create") => {
+            let req: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(
+                (req["organization"].as_str(), req["name"].as_str()),
+                (Some("tpv-tests"), Some("tiny-study"))
+            );
+            if remote.created {
+                return (
+                    "409 Conflict",
+                    json!({ "error": "You already created this model repo" }),
+                );
+            }
+            remote.created = true;
+            ("200 OK", json!({ "url": format!("{addr}/{REPO}") }))
+        }
+        ("GET", p) if p == format!("{api}/revision/main") => {
+            if !remote.created {
+                return ("404 Not Found", json!({ "error": "Repository not found" }));
+            }
+            let siblings: Vec<Value> = remote
+                .files
+                .iter()
+                .map(|(name, b)| {
+                    let mut s = json!({ "rfilename": name, "size": b.len(), "blobId": git_blob(b) });
+                    if is_lfs(name) {
+                        s["lfs"] = json!({ "sha256": sha256(b), "size": b.len() });
+                    }
+                    s
+                })
+                .collect();
+            (
+                "200 OK",
+                json!({ "sha": format!("{:040x}", remote.commits + 1), "siblings": siblings }),
+            )
+        }
+        ("POST", p) if p == format!("{api}/preupload/main") => {
+            remote.preuploads += 1;
+            if remote.preuploads == 1 {
+                return ("503 Service Unavailable", json!({ "error": "try again" }));
+            }
+            let req: Value = serde_json::from_slice(body).unwrap();
+            let files: Vec<Value> = req["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let path = f["path"].as_str().unwrap();
+                    assert!(f["sample"].is_string() && f["size"].is_u64());
+                    json!({ "path": path, "uploadMode": if is_lfs(path) { "lfs" } else { "regular" }, "shouldIgnore": false })
+                })
+                .collect();
+            ("200 OK", json!({ "files": files }))
+        }
+        ("POST", p) if p == format!("/{REPO}.git/info/lfs/objects/batch") => lfs_batch(remote, addr, body),
+        ("PUT", p) if p.starts_with("/storage/") => {
+            let oid = &p["/storage/".len()..];
+            assert_eq!(sha256(body), oid, "the stored bytes are the object's");
+            remote.lfs.insert(oid.to_owned(), body.to_vec());
+            ("200 OK", json!({}))
+        }
+        ("POST", p) if p.starts_with("/verify/") => {
+            let req: Value = serde_json::from_slice(body).unwrap();
+            let known = remote.lfs.contains_key(req["oid"].as_str().unwrap());
+            if known {
+                ("200 OK", json!({}))
+            } else {
+                ("404 Not Found", json!({}))
+            }
+        }
+        ("POST", p) if p == format!("{api}/commit/main") => apply_commit(remote, addr, body),
+        _ => ("404 Not Found", json!({ "error": format!("{method} {path}") })),
+    }
+}
+
+/// The LFS batch API: an upload and a verify action for each object the store lacks.
+fn lfs_batch(remote: &Remote, addr: &str, body: &[u8]) -> (&'static str, Value) {
+    let req: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(req["operation"], "upload");
+    let objects: Vec<Value> = req["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let oid = o["oid"].as_str().unwrap();
+            if remote.lfs.contains_key(oid) {
+                json!({ "oid": oid, "size": o["size"] })
+            } else {
+                json!({ "oid": oid, "size": o["size"], "actions": {
+                    "upload": { "href": format!("{addr}/storage/{oid}"), "header": { "X-Storage-Signature": "signed" } },
+                    "verify": { "href": format!("{addr}/verify/{oid}"), "header": { "Authorization": "Basic lfs-verify" } },
+                }})
+            }
+        })
+        .collect();
+    ("200 OK", json!({ "transfer": "basic", "objects": objects }))
+}
+
+/// An NDJSON commit: its files (regular ones inline, LFS ones from the store) into the repo.
+fn apply_commit(remote: &mut Remote, addr: &str, body: &[u8]) -> (&'static str, Value) {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut lines = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap());
+    let header = lines.next().unwrap();
+    assert_eq!(header["key"], "header");
+    assert!(header["value"]["summary"].as_str().unwrap().starts_with("tpv push"));
+    for line in lines {
+        let v = &line["value"];
+        let path = v["path"].as_str().unwrap().to_owned();
+        let bytes = match line["key"].as_str().unwrap() {
+            "file" => base64::engine::general_purpose::STANDARD
+                .decode(v["content"].as_str().unwrap())
+                .unwrap(),
+            "lfsFile" => match remote.lfs.get(v["oid"].as_str().unwrap()) {
+                Some(b) => b.clone(),
+                None => {
+                    return (
+                        "400 Bad Request",
+                        json!({ "error": format!("LFS object of {path} missing") }),
+                    );
+                }
+            },
+            other => panic!("a commit line {other}"),
+        };
+        remote.files.insert(path, bytes);
+    }
+    remote.commits += 1;
+    (
+        "200 OK",
+        json!({ "commitOid": format!("{:040x}", remote.commits + 1), "commitUrl": format!("{addr}/{REPO}/commit/x") }),
+    )
+}
+
+fn serve() -> (String, Arc<Mutex<Remote>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let remote = Arc::new(Mutex::new(Remote::default()));
+    let (state, base) = (Arc::clone(&remote), addr.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            let (mut auth, mut len, mut storage_signed) = (false, 0usize, false);
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                let lower = line.to_lowercase();
+                auth |= lower.starts_with("authorization:") && line.contains(TOKEN);
+                storage_signed |= lower.starts_with("x-storage-signature: signed");
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            let mut parts = request.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or("");
+            let mut remote = state.lock().unwrap();
+            remote
+                .log
+                .push(format!("{method} {path}{}", if auth { " +token" } else { "" }));
+            if path.starts_with("/storage/") {
+                assert!(storage_signed, "the storage URL got the action's own headers");
+            }
+            let (status, answer) = handle(&mut remote, &base, method, path, auth, &body);
+            drop(remote);
+            reply(&mut stream, status, &answer);
+        }
+    });
+    (addr, remote)
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tpv(endpoint: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::cargo_bin("tpv").unwrap();
+    cmd.args(args).env("HF_ENDPOINT", endpoint).env_remove("HF_TOKEN");
+    if let Some(t) = token {
+        cmd.env("HF_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+/// The fixture study swept and aggregated into `dir`.
+fn study(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny");
+    let config = root().join("tests/fixtures/study/study.toml");
+    let sweep = tpv(
+        "http://127.0.0.1:9",
+        None,
+        &[
+            "sweep",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("study.output=\"{}\"", out.display()),
+            "--aggregate",
+        ],
+    );
+    assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
+    out
+}
+
+#[test]
+fn a_study_is_published_in_one_commit_and_a_second_push_sends_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = study(tmp.path());
+    let (endpoint, remote) = serve();
+    let study = dir.to_str().unwrap();
+
+    // A dry run lists what would go and changes nothing (the repo does not exist yet).
+    let dry = tpv(&endpoint, None, &["--json", "push", study, REPO, "--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let report: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let would: Vec<&str> = report["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for want in [
+        "README.md",
+        "adapters/a/origin0/adapter_config.json",
+        "adapters/b/origin1/adapter_model.safetensors",
+        "runs/prompt_tuning/a/origin0.safetensors",
+        "origins/origin1.safetensors",
+        "tables.md",
+        "study.json",
+    ] {
+        assert!(would.contains(&want), "{want} not in {would:?}");
+    }
+    assert!(would.iter().any(|f| f.starts_with("figures/")) && would.iter().any(|f| f.starts_with("runs/addition/")));
+    assert!(
+        remote.lock().unwrap().log.iter().all(|l| l.starts_with("GET ")),
+        "a dry run only looks"
+    );
+
+    // Without a token: a clear error, nothing sent.
+    let no_token = tpv(&endpoint, None, &["push", study, REPO]);
+    assert!(!no_token.status.success());
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("HF_TOKEN"));
+
+    // The push: created, preupload retried after a 503, safetensors through LFS, one commit.
+    let pushed = tpv(&endpoint, Some(TOKEN), &["--json", "push", study, REPO]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let report: Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let r = remote.lock().unwrap();
+    assert_eq!((r.commits, r.preuploads), (1, 2), "{:#?}", r.log);
+    assert!(
+        r.log
+            .iter()
+            .filter(|l| l.starts_with("PUT /storage/"))
+            .all(|l| !l.ends_with("+token")),
+        "the token went to storage: {:#?}",
+        r.log
+    );
+    assert_eq!(report["sent"].as_array().unwrap().len(), would.len());
+    assert!(
+        report["lfs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.as_str().unwrap().ends_with(".safetensors"))
+    );
+    assert_repo_holds_the_study(&r, &dir, &endpoint, tmp.path());
+    drop(r);
+
+    // Again: the remote has every file (by LFS sha256 or git blob id): no upload, no commit.
+    let again = tpv(&endpoint, Some(TOKEN), &["--json", "push", study, REPO]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report["sent"].as_array().unwrap().len(), 0, "{report:#}");
+    assert_eq!(report["unchanged"].as_array().unwrap().len(), would.len());
+    let r = remote.lock().unwrap();
+    assert_eq!(r.commits, 1);
+    assert_eq!(
+        r.log.iter().filter(|l| l.starts_with("PUT ")).count(),
+        report_lfs_count(&r)
+    );
+}
+
+/// The run files as they are, the adapters as `tpv peft export` writes them, the card, the
+/// tables, and no path of this machine.
+fn assert_repo_holds_the_study(r: &Remote, dir: &Path, endpoint: &str, tmp: &Path) {
+    // What the repo holds: the run files as they are, the adapters as `tpv peft export` writes them.
+    let run = dir.join("prompt_tuning/a/origin0/prompt.safetensors");
+    assert_eq!(
+        r.files["runs/prompt_tuning/a/origin0.safetensors"],
+        std::fs::read(&run).unwrap()
+    );
+    let export = tmp.join("export");
+    let out = tpv(
+        endpoint,
+        None,
+        &["peft", "export", run.to_str().unwrap(), "-o", export.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert_eq!(
+            r.files[&format!("adapters/a/origin0/{f}")],
+            std::fs::read(export.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let config: Value = serde_json::from_slice(&r.files["adapters/a/origin0/adapter_config.json"]).unwrap();
+    assert_eq!(config["peft_type"], "PROMPT_TUNING");
+    let card = String::from_utf8(r.files["README.md"].clone()).unwrap();
+    assert!(
+        card.starts_with("---\n") && card.contains("library_name: peft") && card.contains("- task-prompt-vectors"),
+        "{card}"
+    );
+    assert!(
+        card.contains("subfolder=\"adapters/a/origin0\"") && card.contains("## Prompt tuning"),
+        "{card}"
+    );
+    assert_eq!(r.files["tables.md"], std::fs::read(dir.join("tables.md")).unwrap());
+    // No path of this machine in what is public: the card and study.json name the model by its folder.
+    assert!(card.contains("on `llama_tied`") && !card.contains("/work/"), "{card}");
+    let published: Value = serde_json::from_slice(&r.files["study.json"]).unwrap();
+    assert_eq!(
+        (published["model"].as_str(), published["config"].as_str()),
+        (Some("llama_tied"), Some("study.toml"))
+    );
+}
+
+/// How many LFS objects the remote stores (each PUT once).
+fn report_lfs_count(r: &Remote) -> usize {
+    r.lfs.len()
+}
