@@ -192,6 +192,13 @@ pub struct ReportArgs {
     pub serve: bool,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Publish the site as a static Space ORG/NAME on the hub (created if missing; HF_TOKEN or
+    /// --token, HF_ENDPOINT): one link opens the report, web app included.
+    #[arg(long, value_name = "ORG/NAME")]
+    pub push: Option<String>,
+    /// A token with write access for --push (default: HF_TOKEN).
+    #[arg(long, requires = "push")]
+    pub token: Option<String>,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,

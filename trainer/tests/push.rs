@@ -26,6 +26,10 @@ const REPO: &str = "tpv-tests/tiny-study";
 /// What the test hub holds and saw.
 #[derive(Default)]
 struct Remote {
+    /// `models` or `spaces`: the kind of repo this hub holds.
+    kind: &'static str,
+    /// The create request's body.
+    create: Value,
     created: bool,
     files: BTreeMap<String, Vec<u8>>,
     lfs: BTreeMap<String, Vec<u8>>,
@@ -62,7 +66,8 @@ fn reply(stream: &mut std::net::TcpStream, status: &str, body: &Value) {
 
 /// Answers one request of the upload protocol.
 fn handle(remote: &mut Remote, addr: &str, method: &str, path: &str, auth: bool, body: &[u8]) -> (&'static str, Value) {
-    let api = format!("/api/models/{REPO}");
+    let api = format!("/api/{}/{REPO}", remote.kind);
+    let prefix = if remote.kind == "spaces" { "spaces/" } else { "" };
     let needs_token = path.starts_with("/api/repos") || path.contains("/preupload/") || path.contains("/commit/");
     if needs_token && !auth {
         return ("401 Unauthorized", json!({ "error": "no token" }));
@@ -74,6 +79,7 @@ fn handle(remote: &mut Remote, addr: &str, method: &str, path: &str, auth: bool,
                 (req["organization"].as_str(), req["name"].as_str()),
                 (Some("tpv-tests"), Some("tiny-study"))
             );
+            remote.create = req.clone();
             if remote.created {
                 return (
                     "409 Conflict",
@@ -121,7 +127,7 @@ fn handle(remote: &mut Remote, addr: &str, method: &str, path: &str, auth: bool,
                 .collect();
             ("200 OK", json!({ "files": files }))
         }
-        ("POST", p) if p == format!("/{REPO}.git/info/lfs/objects/batch") => lfs_batch(remote, addr, body),
+        ("POST", p) if p == format!("/{prefix}{REPO}.git/info/lfs/objects/batch") => lfs_batch(remote, addr, body),
         ("PUT", p) if p.starts_with("/storage/") => {
             let oid = &p["/storage/".len()..];
             assert_eq!(sha256(body), oid, "the stored bytes are the object's");
@@ -171,7 +177,7 @@ fn apply_commit(remote: &mut Remote, addr: &str, body: &[u8]) -> (&'static str, 
     let mut lines = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap());
     let header = lines.next().unwrap();
     assert_eq!(header["key"], "header");
-    assert!(header["value"]["summary"].as_str().unwrap().starts_with("tpv push"));
+    assert!(header["value"]["summary"].as_str().unwrap().starts_with("tpv "));
     for line in lines {
         let v = &line["value"];
         let path = v["path"].as_str().unwrap().to_owned();
@@ -199,10 +205,13 @@ fn apply_commit(remote: &mut Remote, addr: &str, body: &[u8]) -> (&'static str, 
     )
 }
 
-fn serve() -> (String, Arc<Mutex<Remote>>) {
+fn serve(kind: &'static str) -> (String, Arc<Mutex<Remote>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let remote = Arc::new(Mutex::new(Remote::default()));
+    let remote = Arc::new(Mutex::new(Remote {
+        kind,
+        ..Remote::default()
+    }));
     let (state, base) = (Arc::clone(&remote), addr.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -280,7 +289,7 @@ fn study(dir: &Path) -> PathBuf {
 fn a_study_is_published_in_one_commit_and_a_second_push_sends_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = study(tmp.path());
-    let (endpoint, remote) = serve();
+    let (endpoint, remote) = serve("models");
     let study = dir.to_str().unwrap();
 
     // A dry run lists what would go and changes nothing (the repo does not exist yet).
@@ -401,4 +410,54 @@ fn assert_repo_holds_the_study(r: &Remote, dir: &Path, endpoint: &str, tmp: &Pat
 /// How many LFS objects the remote stores (each PUT once).
 fn report_lfs_count(r: &Remote) -> usize {
     r.lfs.len()
+}
+
+/// `tpv report --push`: the site, every file of it, as a static Space (`sdk: static` in its
+/// README and in the creation request), so one link opens the report.
+#[test]
+fn a_report_is_published_as_a_static_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = study(tmp.path());
+    let (endpoint, remote) = serve("spaces");
+    let site = tmp.path().join("tiny-site");
+    let out = tpv(
+        &endpoint,
+        Some(TOKEN),
+        &[
+            "--json",
+            "report",
+            dir.to_str().unwrap(),
+            "-o",
+            site.to_str().unwrap(),
+            "--push",
+            REPO,
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["pushed"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/spaces/{REPO}"))
+    );
+    let r = remote.lock().unwrap();
+    assert_eq!(
+        (r.create["type"].as_str(), r.create["sdk"].as_str()),
+        (Some("space"), Some("static"))
+    );
+    let readme = String::from_utf8(r.files["README.md"].clone()).unwrap();
+    assert!(
+        readme.contains("sdk: static") && readme.contains("app_file: index.html"),
+        "{readme}"
+    );
+    for f in ["index.html", "manifest.json", "tables.md"] {
+        assert_eq!(r.files[f], std::fs::read(site.join(f)).unwrap(), "{f}");
+    }
+    let runs = r.files.keys().filter(|k| k.starts_with("runs/")).count();
+    assert_eq!(
+        runs,
+        report["runs"].as_u64().unwrap() as usize,
+        "every run file of the site"
+    );
 }

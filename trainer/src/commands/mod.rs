@@ -9,7 +9,7 @@ mod fetch;
 mod inspect;
 mod origins;
 mod peft;
-mod push;
+pub(crate) mod push;
 mod recommend;
 mod similarity;
 mod study;

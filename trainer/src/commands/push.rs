@@ -64,6 +64,61 @@ pub fn run(args: &PushArgs) -> Result<()> {
     Ok(())
 }
 
+/// The most a site may hold to be pushed as a Space (read into memory; a bundled model is at most
+/// 256 MB, the `auto` limit).
+const SITE_MAX_BYTES: u64 = 1 << 30;
+
+/// `tpv report --push ORG/NAME`: the written site, every file of it, as a static Space (the hub
+/// serves it as it is: the site is relative links only) with the Space's README.
+pub fn push_site(site: &Path, repo: &str, token: Option<String>) -> Result<crate::hub::upload::PushReport> {
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![site.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let rel = path.strip_prefix(site)?.to_string_lossy().replace('\\', "/");
+                if rel == "README.md" {
+                    continue;
+                }
+                let bytes = io::read_bytes(&path)?;
+                total += bytes.len() as u64;
+                if total > SITE_MAX_BYTES {
+                    anyhow::bail!(
+                        "{} holds more than {SITE_MAX_BYTES} bytes: too much for a Space push",
+                        site.display()
+                    );
+                }
+                files.push(Upload { path: rel, bytes });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let name = site.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let readme = format!(
+        "---\ntitle: {name}\nsdk: static\napp_file: index.html\npinned: false\ntags:\n- task-prompt-vectors\n- tpv\n---\n\nA task prompt vectors study report written by `tpv report`: the tables, heatmaps, composer, curves and in-browser evaluation.\n"
+    );
+    files.push(Upload {
+        path: "README.md".into(),
+        bytes: readme.into_bytes(),
+    });
+    let opts = PushOptions {
+        repo_id: repo.to_owned(),
+        repo_type: RepoType::Space,
+        message: format!("tpv report {name}"),
+        token: token.or_else(|| std::env::var("HF_TOKEN").ok()),
+        dry_run: false,
+        private: false,
+        space_sdk: Some("static".into()),
+    };
+    push(&files, &opts).with_context(|| format!("pushing {} to the Space {repo}", site.display()))
+}
+
 /// Everything `tpv push` publishes from a study directory, with the model card.
 pub fn study_files(dir: &Path, repo: &str) -> Result<Vec<Upload>> {
     let study_path = dir.join("study.json");

@@ -272,10 +272,26 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             grid_intensity: Some(args.stats.grid_intensity),
         },
     )?;
+    let pushed = match &args.push {
+        Some(repo) => Some(super::push::push_site(&r.site, repo, args.token.clone())?),
+        None => None,
+    };
     if args.json {
-        print_json(&serde_json::to_value(&r)?)?;
+        let mut value = serde_json::to_value(&r)?;
+        if let Some(p) = &pushed {
+            value["pushed"] = serde_json::to_value(p)?;
+        }
+        print_json(&value)?;
     } else {
         print_report(&r)?;
+        if let Some(p) = &pushed {
+            out!(
+                "pushed to the Space {}: {} file(s) sent, {} unchanged",
+                p.url,
+                p.sent.len(),
+                p.unchanged.len()
+            );
+        }
     }
     if args.serve {
         rep::serve(&r.site, args.port)?;
