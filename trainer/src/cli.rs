@@ -552,7 +552,10 @@ pub struct CombineArgs {
     /// Origin θ₀ to apply the vectors to; without it the merged vector itself is written.
     #[arg(long)]
     pub origin: Option<PathBuf>,
-    /// A task prompt with a stored origin, or a task prompt vector (repeat).
+    /// A task prompt with a stored origin, or a task prompt vector (repeat); or a prompt
+    /// published with `tpv push`: ORG/NAME:TASK (the origin of --origin, else origin0) or
+    /// ORG/NAME:TASK@originN, downloaded into the hub cache and used only with the library's
+    /// base model and origins.
     #[arg(long = "vector", required = true)]
     pub vectors: Vec<PathBuf>,
     /// One weight per vector, in order (default 1 each).

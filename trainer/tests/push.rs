@@ -55,13 +55,17 @@ fn is_lfs(path: &str) -> bool {
 }
 
 fn reply(stream: &mut std::net::TcpStream, status: &str, body: &Value) {
-    let body = body.to_string();
+    // A file (resolve): its bytes; any other answer: JSON.
+    let body = match body {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
+        other => other.to_string().into_bytes(),
+    };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
 }
 
 /// Answers one request of the upload protocol.
@@ -144,6 +148,18 @@ fn handle(remote: &mut Remote, addr: &str, method: &str, path: &str, auth: bool,
             }
         }
         ("POST", p) if p == format!("{api}/commit/main") => apply_commit(remote, addr, body),
+        ("GET", p) if p.starts_with(&format!("/{prefix}{REPO}/resolve/")) => {
+            // `resolve/COMMIT/FILE`: the repo's file as committed (bytes, not JSON).
+            let rest = &p[format!("/{prefix}{REPO}/resolve/").len()..];
+            let file = rest.split_once('/').map_or("", |(_, f)| f);
+            match remote.files.get(file) {
+                Some(b) => (
+                    "200 OK",
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+                ),
+                None => ("404 Not Found", json!({ "error": "no such file" })),
+            }
+        }
         _ => ("404 Not Found", json!({ "error": format!("{method} {path}") })),
     }
 }
@@ -459,5 +475,123 @@ fn a_report_is_published_as_a_static_space() {
         runs,
         report["runs"].as_u64().unwrap() as usize,
         "every run file of the site"
+    );
+}
+
+/// `origin0.safetensors` in `dir` exported to peft and imported again as an origin of another
+/// model (`foreign.safetensors`).
+fn foreign_origin(dir: &Path, endpoint: &str) {
+    let adapter = dir.join("adapter");
+    let origin0 = dir.join("origin0.safetensors");
+    let out = tpv(
+        endpoint,
+        None,
+        &[
+            "peft",
+            "export",
+            origin0.to_str().unwrap(),
+            "-o",
+            adapter.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let foreign = dir.join("foreign.safetensors");
+    let out = tpv(
+        endpoint,
+        None,
+        &[
+            "peft",
+            "import",
+            adapter.to_str().unwrap(),
+            "--as",
+            "origin",
+            "--model",
+            "other-org/other-model",
+            "-o",
+            foreign.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 35's reuse: `tpv combine --vector ORG/NAME:TASK[@originN]` reads a published library's
+/// task prompts through the download path (into the hub cache) and combines them as the study's
+/// own run files combine; a library is used only with its base model and its own origins.
+#[test]
+fn a_published_library_is_combined_only_with_its_model_and_origins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = study(tmp.path());
+    let (endpoint, remote) = serve("models");
+    let pushed = tpv(&endpoint, Some(TOKEN), &["push", dir.to_str().unwrap(), REPO]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    for o in ["origin0", "origin1"] {
+        let bytes = remote.lock().unwrap().files[&format!("origins/{o}.safetensors")].clone();
+        std::fs::write(tmp.path().join(format!("{o}.safetensors")), bytes).unwrap();
+    }
+    let cache = tmp.path().join("hub");
+    let combine = |origin: &str, vectors: &[String], out: &str| {
+        let mut args = vec![
+            "--json".to_owned(),
+            "combine".into(),
+            "--origin".into(),
+            tmp.path().join(origin).display().to_string(),
+        ];
+        for v in vectors {
+            args.extend(["--vector".to_owned(), v.clone()]);
+        }
+        args.extend(["-o".to_owned(), tmp.path().join(out).display().to_string()]);
+        Command::cargo_bin("tpv")
+            .unwrap()
+            .args(&args)
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HUB_CACHE", &cache)
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap()
+    };
+    let lib = combine(
+        "origin0.safetensors",
+        &[format!("{REPO}:a"), format!("{REPO}:b")],
+        "lib.safetensors",
+    );
+    assert!(lib.status.success(), "{}", String::from_utf8_lossy(&lib.stderr));
+    let run = |t: &str| {
+        dir.join(format!("prompt_tuning/{t}/origin0/prompt.safetensors"))
+            .display()
+            .to_string()
+    };
+    let local = combine("origin0.safetensors", &[run("a"), run("b")], "local.safetensors");
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let (lib, local): (Value, Value) = (
+        serde_json::from_slice(&lib.stdout).unwrap(),
+        serde_json::from_slice(&local.stdout).unwrap(),
+    );
+    assert_eq!(lib["norms"], local["norms"], "the library's prompts are the study's");
+    assert_eq!(lib["mixed_origins"], false);
+    assert!(
+        cache.join("models--tpv-tests--tiny-study").is_dir(),
+        "downloaded into the hub cache"
+    );
+    // Another origin than the one the prompt was tuned from: refused, naming it.
+    let other = combine("origin1.safetensors", &[format!("{REPO}:a@origin0")], "x.safetensors");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && err.contains("another origin") && err.contains("origins/origin0.safetensors"),
+        "{err}"
+    );
+    // A task the library does not have: the error lists what it has.
+    let missing = combine("origin0.safetensors", &[format!("{REPO}:zzz")], "y.safetensors");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && err.contains("has no runs/prompt_tuning/zzz/origin0.safetensors"),
+        "{err}"
+    );
+    // Another base model: an origin imported under another model's name is refused.
+    foreign_origin(tmp.path(), &endpoint);
+    let wrong = combine("foreign.safetensors", &[format!("{REPO}:a@origin0")], "z.safetensors");
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && err.contains("was tuned on llama_tied") && err.contains("other-org/other-model"),
+        "{err}"
     );
 }

@@ -100,20 +100,97 @@ fn learn(
     Ok((result, summary))
 }
 
+/// A `--vector` naming a prompt published with `tpv push`: `ORG/NAME:TASK` or
+/// `ORG/NAME:TASK@originN` (when no such file exists here).
+struct LibraryRef<'a> {
+    repo: &'a str,
+    task: &'a str,
+    origin: Option<&'a str>,
+}
+
+fn library_ref(arg: &std::path::Path) -> Option<LibraryRef<'_>> {
+    if arg.exists() {
+        return None;
+    }
+    let (repo, rest) = arg.to_str()?.split_once(':')?;
+    if !models::is_hub_id(repo) {
+        return None;
+    }
+    let (task, origin) = match rest.split_once('@') {
+        Some((t, o)) => (t, Some(o)),
+        None => (rest, None),
+    };
+    Some(LibraryRef { repo, task, origin })
+}
+
+/// The `--vector`s: run files, or task prompts of a published library (downloaded into the hub
+/// cache). A library's prompt is used only with its base model and its own origin: against
+/// `--origin` (when given, else the first library prompt's) a prompt of another model or
+/// origin is refused, naming both.
+fn load_vectors(args: &CombineArgs, origin: Option<&SoftPrompt>) -> Result<Vec<SoftPrompt>> {
+    let mut out: Vec<SoftPrompt> = Vec::new();
+    let mut anchor: Option<(String, SoftPrompt)> = origin.map(|o| ("--origin".to_owned(), o.clone()));
+    for arg in &args.vectors {
+        let Some(lib) = library_ref(arg) else {
+            out.push(io::load_prompt(arg)?);
+            continue;
+        };
+        let origin_id = match (lib.origin, anchor.as_ref().and_then(|(_, a)| a.origin_id())) {
+            (Some(o), _) => o.to_owned(),
+            (None, Some(o)) => o.to_owned(),
+            (None, None) => "origin0".to_owned(),
+        };
+        let file = format!("runs/prompt_tuning/{}/{origin_id}.safetensors", lib.task);
+        let snapshot = crate::hub::library_files(lib.repo, &[file.clone(), "study.json".into()])
+            .with_context(|| format!("--vector {}", arg.display()))?;
+        let prompt = io::load_prompt(&snapshot.join(&file))?;
+        let published: serde_json::Value = serde_json::from_slice(&io::read_bytes(&snapshot.join("study.json"))?)?;
+        let name = format!("{}:{}@{origin_id}", lib.repo, lib.task);
+        if let Some((what, a)) = &anchor {
+            let (theirs, ours) = (
+                published["model"].as_str().unwrap_or("an unrecorded model").to_owned(),
+                a.meta.model.as_ref().map(|m| super::push::public_name(&m.id)),
+            );
+            if let Some(ours) = ours.filter(|o| *o != theirs) {
+                anyhow::bail!(
+                    "{name} was tuned on {theirs}; {what} is of {ours}: a library is used with its own base model"
+                );
+            }
+            let same_origin = match (a.kind(), a.origin_values(), prompt.origin_values()) {
+                (tpv_shared::PromptKind::Origin, _, Some(p)) => a.values == *p,
+                (_, Some(x), Some(p)) => x == p,
+                _ => true,
+            };
+            if !same_origin {
+                anyhow::bail!(
+                    "{name} was tuned from the library's {origin_id}, and {what} is another origin: use its origins/{origin_id}.safetensors (or name the origin: {}:{}@originN)",
+                    lib.repo,
+                    lib.task
+                );
+            }
+        } else {
+            anchor = Some((name.clone(), prompt.clone()));
+        }
+        out.push(prompt);
+    }
+    Ok(out)
+}
+
 pub fn run(args: &CombineArgs) -> Result<()> {
     let method = method(args)?;
-    let vectors: Vec<SoftPrompt> = args.vectors.iter().map(|p| io::load_prompt(p)).collect::<Result<_>>()?;
+    let given_origin = args.origin.as_deref().map(io::load_prompt).transpose()?;
+    let vectors = load_vectors(args, given_origin.as_ref())?;
     let refs: Vec<&SoftPrompt> = vectors.iter().collect();
     let mut learned = None;
     let mut result = match (&args.origin, &args.learn.learn) {
-        (Some(path), Some(data)) => {
-            let origin = io::load_prompt(path)?;
+        (Some(_), Some(data)) => {
+            let origin = given_origin.clone().context("the origin")?;
             let (result, summary) = learn(args, data, &origin, &refs, &method)?;
             learned = Some(summary);
             Ok(result)
         }
-        (Some(path), None) => {
-            let origin = io::load_prompt(path)?;
+        (Some(_), None) => {
+            let origin = given_origin.clone().context("the origin")?;
             arith::combine(&origin, &refs, &args.weights, args.lambda, &method)
         }
         (None, _) => arith::merge_vectors(&refs, &args.weights, args.lambda, &method),

@@ -165,6 +165,7 @@ pub fn study_files(dir: &Path, repo: &str) -> Result<Vec<Upload>> {
             });
             let mut origin = SoftPrompt::origin(values.clone(), reference);
             origin.meta.model.clone_from(&prompt.meta.model);
+            origin.meta.layout = prompt.meta.layout;
             // The run's time, not this push's: the same study publishes the same bytes.
             origin.meta.created_at.clone_from(&prompt.meta.created_at);
             origins.push((index, origin));
@@ -222,7 +223,7 @@ pub fn study_files(dir: &Path, repo: &str) -> Result<Vec<Upload>> {
 
 /// A model or config as a public repo names it: a hub id as it is, a local path by its last
 /// component (the layout of this machine's disk is not published).
-fn public_name(spec: &str) -> String {
+pub(crate) fn public_name(spec: &str) -> String {
     if crate::models::is_hub_id(spec) {
         return spec.to_owned();
     }

@@ -449,6 +449,56 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
 }
 
+/// Downloads `paths` of the model repo `repo_id` (a library of published prompts: `tpv push`'s
+/// layout) into the hub cache, as models are (retried, resumed, checked against the listing);
+/// the snapshot. A path the repo does not list is an error naming the files it has of that kind.
+pub fn library_files(repo_id: &str, paths: &[String]) -> Result<PathBuf> {
+    check_repo_id(repo_id)?;
+    let repo_dir = models::hub_repo_dir("models", repo_id)?;
+    // Cached already (offline too): the snapshot refs/main points at, when it holds them all.
+    if let Ok(rev) = std::fs::read_to_string(repo_dir.join("refs/main")) {
+        let snapshot = repo_dir.join("snapshots").join(rev.trim());
+        if paths.iter().all(|p| snapshot.join(p).is_file()) {
+            return Ok(snapshot);
+        }
+    }
+    if offline() {
+        bail!(
+            "HF_HUB_OFFLINE=1: {repo_id} is not in the hub cache with {}",
+            paths.join(", ")
+        );
+    }
+    let hub = Hub::new();
+    let info = hub.info("models", repo_id, "main")?;
+    let mut files = Vec::new();
+    for p in paths {
+        crate::io::check_relative_path(p, "a library file")?;
+        match info.siblings.iter().find(|s| &s.rfilename == p) {
+            Some(s) => files.push(s.clone()),
+            None => {
+                let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+                let dir = dir.rsplit_once('/').map_or(dir, |(d, _)| d);
+                let near: Vec<&str> = info
+                    .siblings
+                    .iter()
+                    .map(|s| s.rfilename.as_str())
+                    .filter(|f| f.starts_with(dir))
+                    .take(12)
+                    .collect();
+                bail!(
+                    "{repo_id} has no {p} (it has: {})",
+                    if near.is_empty() {
+                        "nothing there".to_owned()
+                    } else {
+                        near.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    download_files(&hub, repo_id, &repo_dir, "main", &info, &files)
+}
+
 /// What the preflight learns of a hub model without downloading its weights: its config and
 /// its safetensors headers (by HTTP range requests: a few KB, as huggingface_hub's
 /// `get_safetensors_metadata` reads them).
