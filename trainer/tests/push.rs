@@ -414,6 +414,16 @@ fn assert_repo_holds_the_study(r: &Remote, dir: &Path, endpoint: &str, tmp: &Pat
         "{card}"
     );
     assert_eq!(r.files["tables.md"], std::fs::read(dir.join("tables.md")).unwrap());
+    // The paper-ready tables: booktabs, a row per task, the cross-origin p-values marked.
+    let tex = String::from_utf8(r.files["tables.tex"].clone()).unwrap();
+    assert!(
+        tex.contains("\\toprule") && tex.contains("\\bottomrule") && tex.contains("\\caption{Prompt tuning (test).}"),
+        "{tex}"
+    );
+    assert!(
+        tex.contains("\na & exact\\_match & ") && tex.contains("\\caption{Cross-origin"),
+        "{tex}"
+    );
     // No path of this machine in what is public: the card and study.json name the model by its folder.
     assert!(card.contains("on `llama_tied`") && !card.contains("/work/"), "{card}");
     let published: Value = serde_json::from_slice(&r.files["study.json"]).unwrap();

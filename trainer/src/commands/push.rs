@@ -188,7 +188,7 @@ pub fn study_files(dir: &Path, repo: &str) -> Result<Vec<Upload>> {
         path: "study.json".into(),
         bytes: serde_json::to_vec_pretty(&doc)?,
     });
-    for name in ["tables.md", "tables.csv", "tables.json"] {
+    for name in ["tables.md", "tables.csv", "tables.json", "tables.tex"] {
         let path = dir.join(name);
         if path.is_file() {
             files.push(Upload {
@@ -280,7 +280,7 @@ fn model_card(study: &StudyFile, dir: &Path, repo: &str, adapters: &[String]) ->
             "## Use a task prompt\n\n```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"{repo}\", subfolder=\"{first}\")\n```\n"
         );
     }
-    card.push_str("## Files\n\n- `adapters/TASK/originN/`: each task prompt as a peft prompt-tuning adapter\n- `runs/`: every finished run as a tpv run file (`tpv inspect`, `tpv combine`)\n- `origins/`: the origins θ₀\n- `tables.md`, `tables.csv`, `tables.json`, `figures/`: the study's results; `examples/`: its eval sets\n\n");
+    card.push_str("## Files\n\n- `adapters/TASK/originN/`: each task prompt as a peft prompt-tuning adapter\n- `runs/`: every finished run as a tpv run file (`tpv inspect`, `tpv combine`)\n- `origins/`: the origins θ₀\n- `tables.md`, `tables.csv`, `tables.json`, `tables.tex` (LaTeX, booktabs), `figures/`: the study's results; `examples/`: its eval sets\n\n");
     if let Ok(tables) = std::fs::read_to_string(dir.join("tables.md")) {
         // The first table section (prompt tuning), as the headline.
         let mut sections = tables.split("\n## ");

@@ -903,16 +903,17 @@ impl Aggregate {
         Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?)
     }
 
-    /// Writes tables.md, tables.csv and tables.json into `dir`; returns their paths.
+    /// Writes tables.md, tables.csv, tables.json and tables.tex into `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut files = vec![
             (dir.join("tables.md"), self.markdown().into_bytes()),
             (dir.join("tables.csv"), self.csv()?.into_bytes()),
             (dir.join("tables.json"), serde_json::to_vec_pretty(self)?),
+            (dir.join("tables.tex"), self.latex().into_bytes()),
         ];
         files.extend(self.figures(&dir.join("figures")));
-        if files.len() > 3 {
+        if files.len() > 4 {
             std::fs::create_dir_all(dir.join("figures")).with_context(|| format!("creating {}", dir.display()))?;
         }
         for (path, bytes) in &files {

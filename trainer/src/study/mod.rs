@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod jobs;
+pub mod latex;
 pub mod preflight;
 pub mod report;
 pub mod slurm;
