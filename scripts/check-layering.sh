@@ -22,7 +22,7 @@ fi
 # The core: file formats (prompts, run files, peft adapters, documents, reports, studies, eval
 # sets), arithmetic, merges, similarity, statistics, metrics and tasks. They may use each other,
 # candle's types and `eval::set`/`eval::summary` (plain data), nothing of the model layer.
-core=(tensor prompt attempt_params arith merge similarity stats metrics runfile peft document report
+core=(tensor prompt attempt_params arith merge similarity stats metrics runfile peft document report diff
   study st records tasks names error versioned time eval/set eval/summary)
 model_layer='crate::(model|attempt|nearest|text)\b|crate::eval::(\{|[A-Za-z_]+\b)'
 for m in "${core[@]}"; do

@@ -7,6 +7,7 @@
 pub mod arith;
 pub mod attempt;
 pub mod attempt_params;
+pub mod diff;
 pub mod document;
 pub mod error;
 pub mod eval;

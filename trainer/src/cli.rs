@@ -63,6 +63,8 @@ pub enum Command {
     Aggregate(AggregateArgs),
     /// A static site of a study: the web app, the run files, a manifest and the tables.
     Report(ReportArgs),
+    /// What differs between two runs: configuration, metadata, metrics, curves, prompts.
+    Diff(DiffArgs),
     /// Publish a study to the hub: its task prompts as peft adapters, its run files, origins,
     /// tables, figures and a model card, in one commit.
     Push(PushArgs),
@@ -199,6 +201,17 @@ pub struct ReportArgs {
     /// A token with write access for --push (default: HF_TOKEN).
     #[arg(long, requires = "push")]
     pub token: Option<String>,
+    /// The global `--json` (set by `commands::run`).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Run A: a run file or a run directory.
+    pub a: PathBuf,
+    /// Run B.
+    pub b: PathBuf,
     /// The global `--json` (set by `commands::run`).
     #[arg(skip)]
     pub json: bool,

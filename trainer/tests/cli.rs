@@ -453,3 +453,45 @@ fn a_closed_pipe_is_not_a_crash() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success(), "{err}");
 }
+
+/// Issue 35: `tpv diff` says what differs between two runs: the metadata (tasks, data), the
+/// results with B − A, the curves' last values, and the prompts' and vectors' distance (the
+/// same cosine `tpv similarity` gives); a run against itself differs in nothing.
+#[test]
+fn diff_shows_what_differs_between_two_runs() {
+    let (a, b) = (sample("sst2-origin0"), sample("mnli-origin0"));
+    let d = json_out(tpv().args(["--json", "diff"]).arg(&a).arg(&b));
+    let keys: Vec<&str> = d["meta"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["data_fingerprint", "tasks"]);
+    let metric = &d["metrics"][0];
+    assert_eq!(
+        (metric["key"].as_str(), metric["a"].as_f64(), metric["b"].as_f64()),
+        (Some("test_accuracy"), Some(0.9), Some(0.8))
+    );
+    assert!((metric["b_minus_a"].as_f64().unwrap() + 0.1).abs() < 1e-12);
+    let (va, vb) = (read_run(&a).vector_values().unwrap(), read_run(&b).vector_values().unwrap());
+    let want = matrix(&[&va, &vb], Measure::CosineMean).unwrap()[0][1];
+    assert!((d["vectors"]["cosine_mean"].as_f64().unwrap() - want).abs() < 1e-9);
+    let same = json_out(tpv().args(["--json", "diff"]).arg(&a).arg(&a));
+    assert!(same["meta"].as_array().unwrap().is_empty() && same["config"].as_array().unwrap().is_empty());
+    assert_eq!(same["prompts"]["l2"], 0.0);
+    let text = tpv()
+        .arg("diff")
+        .arg(&a)
+        .arg(&b)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("test_accuracy: 0.9000 → 0.8000  (-0.1000)") && text.contains("config: the same"),
+        "{text}"
+    );
+}

@@ -4,6 +4,7 @@ mod bench;
 mod combine;
 mod data;
 pub(crate) mod demo;
+mod diff;
 mod eval;
 mod fetch;
 mod inspect;
@@ -19,9 +20,9 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::cli::{
-    AggregateArgs, BenchArgs, CombineArgs, Command, DataArgs, DemoArgs, EvalArgs, FetchArgs, InspectArgs, OriginsArgs,
-    PeftCommand, PeftExportArgs, PeftImportArgs, PushArgs, RecommendArgs, ReportArgs, SimilarityArgs, SweepArgs,
-    TrainArgs,
+    AggregateArgs, BenchArgs, CombineArgs, Command, DataArgs, DemoArgs, DiffArgs, EvalArgs, FetchArgs, InspectArgs,
+    OriginsArgs, PeftCommand, PeftExportArgs, PeftImportArgs, PushArgs, RecommendArgs, ReportArgs, SimilarityArgs,
+    SweepArgs, TrainArgs,
 };
 
 /// Runs a command; `json` is the global `--json`, handed to the command's arguments.
@@ -43,6 +44,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Aggregate(args) => study::aggregate(&AggregateArgs { json, ..args }),
         Command::Report(args) => study::report(&ReportArgs { json, ..args }),
         Command::Push(args) => push::run(&PushArgs { json, ..args }),
+        Command::Diff(args) => diff::run(&DiffArgs { json, ..args }),
         Command::Demo(args) => demo::run(&DemoArgs { json, ..args }),
     }
 }
