@@ -414,6 +414,30 @@ fn assert_repo_holds_the_study(r: &Remote, dir: &Path, endpoint: &str, tmp: &Pat
         "{card}"
     );
     assert_eq!(r.files["tables.md"], std::fs::read(dir.join("tables.md")).unwrap());
+    // Training curves over origins: mean ± std per step of the origins' own curves, and a figure.
+    let tables: Value = serde_json::from_slice(&r.files["tables.json"]).unwrap();
+    let band = tables["curves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["task"] == "a" && c["curve"] == "train_loss")
+        .unwrap();
+    let last = |o: usize| {
+        let run = tpv_shared::runfile::read_run(
+            &std::fs::read(dir.join(format!("prompt_tuning/a/origin{o}/prompt.safetensors"))).unwrap(),
+        )
+        .unwrap();
+        f64::from(*run.curves["train_loss"].values.last().unwrap())
+    };
+    let (x, y) = (last(0), last(1));
+    let means = band["mean"].as_array().unwrap();
+    assert!(
+        (means.last().unwrap().as_f64().unwrap() - (x + y) / 2.0).abs() < 1e-6,
+        "{band}"
+    );
+    assert!((band["std"].as_array().unwrap().last().unwrap().as_f64().unwrap() - (x - y).abs() / 2.0).abs() < 1e-6);
+    assert_eq!(band["n"], 2);
+    assert!(String::from_utf8_lossy(&r.files["figures/curves_a.svg"]).contains("mean ± std over origins"));
     // The paper-ready tables: booktabs, a row per task, the cross-origin p-values marked.
     let tex = String::from_utf8(r.files["tables.tex"].clone()).unwrap();
     assert!(

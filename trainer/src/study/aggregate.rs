@@ -148,6 +148,75 @@ pub struct Aggregate {
     /// The study's energy (the paper's impact statement), when its runs recorded it.
     #[serde(default)]
     pub energy: Option<EnergyStatement>,
+    /// Each tuned task's training and validation curves over origins (mean ± std per step).
+    #[serde(default)]
+    pub curves: Vec<CurveBand>,
+}
+
+/// A curve of a task's prompt-tuning runs over origins: at every step all of them recorded, the
+/// mean and std (numpy's ddof 0) of their values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurveBand {
+    pub task: String,
+    /// `train_loss`, `valid_loss`, `valid_exact_match`, …
+    pub curve: String,
+    pub steps: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// Origins averaged.
+    pub n: usize,
+}
+
+/// [`CurveBand`]s of every tuned task and curve its finished runs share.
+fn curve_bands(f: &Finished) -> Vec<CurveBand> {
+    let mut out = Vec::new();
+    for task in &f.study.tasks {
+        let runs: Vec<&SoftPrompt> = f
+            .study
+            .origins
+            .iter()
+            .filter_map(|o| f.runs.get(&super::prompt_tuning_id(task, *o)))
+            .collect();
+        let Some(first) = runs.first() else { continue };
+        for name in first.curves.keys() {
+            let curves: Vec<&tpv_shared::Curve> = runs.iter().filter_map(|r| r.curves.get(name)).collect();
+            if curves.len() != runs.len() {
+                continue;
+            }
+            let (mut steps, mut mean_v, mut std_v) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, &step) in curves[0].steps.iter().enumerate() {
+                // The value of every run at this step (a run's curve may be cut short or sparse).
+                let values: Vec<f64> = curves
+                    .iter()
+                    .filter_map(|c| {
+                        let j = c
+                            .steps
+                            .iter()
+                            .position(|&s| s == step)
+                            .or((c.steps.get(i) == Some(&step)).then_some(i))?;
+                        c.values.get(j).map(|&v| f64::from(v))
+                    })
+                    .filter(|v| v.is_finite())
+                    .collect();
+                if values.len() == curves.len() {
+                    steps.push(f64::from(step));
+                    mean_v.push(mean(&values));
+                    std_v.push(std(&values, 0));
+                }
+            }
+            if !steps.is_empty() {
+                out.push(CurveBand {
+                    task: task.clone(),
+                    curve: name.clone(),
+                    steps,
+                    mean: mean_v,
+                    std: std_v,
+                    n: curves.len(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The score names of a task: exact match (accuracy; not for regression tasks scored by
@@ -265,6 +334,7 @@ pub fn aggregate_with(dir: &Path, test: TestKind, grid_intensity: f64) -> Result
         transfer: transfer_rows(&f),
         similarity,
         energy,
+        curves: curve_bands(&f),
         test: f.test,
         name: f.study.name.clone(),
         origins: f.study.origins.clone(),
@@ -922,6 +992,37 @@ impl Aggregate {
         Ok(files.into_iter().map(|(p, _)| p).collect())
     }
 
+    /// Per tuned task, its training and validation losses over steps: one line and ± std band
+    /// over origins per curve (`curves_TASK.svg`).
+    fn curve_figures(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut tasks: Vec<&str> = self.curves.iter().map(|c| c.task.as_str()).collect();
+        tasks.dedup();
+        tasks
+            .into_iter()
+            .filter_map(|task| {
+                let series: Vec<tpv_shared::figures::Series> = self
+                    .curves
+                    .iter()
+                    .filter(|c| c.task == task && c.curve.ends_with("loss"))
+                    .map(|c| tpv_shared::figures::Series {
+                        name: format!("{} (n = {})", c.curve, c.n),
+                        points: c.steps.iter().copied().zip(c.mean.iter().copied()).collect(),
+                        band: Some(c.std.clone()),
+                    })
+                    .collect();
+                if series.is_empty() {
+                    return None;
+                }
+                let title = format!("{}: {task}, losses over steps (mean ± std over origins)", self.name);
+                let file = dir.join(format!("curves_{task}.svg"));
+                Some((
+                    file,
+                    tpv_shared::figures::line_chart_svg(&title, "step", &series).into_bytes(),
+                ))
+            })
+            .collect()
+    }
+
     /// The few-shot figures: per target, its first metric's test score against shots, one line
     /// and ± std band per init (SVG, `tpv_shared::figures::line_chart_svg`).
     fn transfer_figures(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -978,6 +1079,7 @@ impl Aggregate {
     /// maps of every task pair.
     fn figures(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = self.transfer_figures(dir);
+        out.extend(self.curve_figures(dir));
         let Some(sim) = &self.similarity else { return out };
         for (name, what, a) in [
             ("vectors", "task prompt vectors", &sim.vectors),
