@@ -606,7 +606,8 @@ pub struct CombineArgs {
 
 #[derive(Debug, Args)]
 pub struct RecommendArgs {
-    /// The library: a study directory (its finished prompt-tuning runs, every origin).
+    /// The library: a study directory (its finished prompt-tuning runs, every origin), or a hub
+    /// repo `tpv push` published (ORG/NAME; its runs downloaded into the hub cache).
     #[arg(long)]
     pub library: PathBuf,
     /// A few examples of the new task: records (`{"input", "target"}` lines, or a registry task's

@@ -629,3 +629,62 @@ fn a_published_library_is_combined_only_with_its_model_and_origins() {
         "{err}"
     );
 }
+
+/// `tpv recommend --library ORG/NAME`: a published library ranks its vectors for a new task as
+/// the study directory it came from does (its runs downloaded into the hub cache); without
+/// --model it names the model the runs were tuned on rather than guessing a path.
+#[test]
+fn a_published_library_recommends_as_its_study_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = study(tmp.path());
+    let (endpoint, _remote) = serve("models");
+    let pushed = tpv(&endpoint, Some(TOKEN), &["push", dir.to_str().unwrap(), REPO]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let model = root().join("tests/fixtures/models/llama_tied");
+    let data = dir.join("examples/c.json");
+    let recommend = |library: &str, model: Option<&Path>| {
+        let mut cmd = Command::cargo_bin("tpv").unwrap();
+        cmd.args([
+            "--json",
+            "recommend",
+            "--library",
+            library,
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--tune-steps", "2", "--max-examples", "4"])
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .env_remove("HF_HUB_OFFLINE");
+        if let Some(m) = model {
+            cmd.arg("--model").arg(m);
+        }
+        cmd.output().unwrap()
+    };
+    let local = recommend(dir.to_str().unwrap(), Some(&model));
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let hub = recommend(REPO, Some(&model));
+    assert!(hub.status.success(), "{}", String::from_utf8_lossy(&hub.stderr));
+    let (local, hub): (Value, Value) = (
+        serde_json::from_slice(&local.stdout).unwrap(),
+        serde_json::from_slice(&hub.stdout).unwrap(),
+    );
+    assert_eq!(
+        local["candidates"], hub["candidates"],
+        "the same ranking from the published runs"
+    );
+    assert_eq!(hub["origins"], json!([0, 1]));
+    let names: Vec<&str> = hub["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"a") && names.contains(&"a+b"), "{names:?}");
+    let no_model = recommend(REPO, None);
+    let err = String::from_utf8_lossy(&no_model.stderr);
+    assert!(
+        !no_model.status.success() && err.contains("pass --model") && err.contains("llama_tied"),
+        "{err}"
+    );
+}

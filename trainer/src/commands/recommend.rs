@@ -45,16 +45,77 @@ struct Library {
     taus: BTreeMap<String, PromptTensor>,
 }
 
-/// The finished prompt-tuning runs of a study, by origin; and the config one of them ran with.
-fn libraries(dir: &Path) -> Result<(Vec<Library>, Config)> {
-    let study = tpv_shared::study::StudyFile::from_json(&crate::io::read_bytes(&dir.join("study.json"))?)
-        .with_context(|| format!("reading {}", dir.join("study.json").display()))?;
+/// Where a library's finished prompt-tuning runs are: a study directory, or a hub repo `tpv
+/// push` wrote (its `runs/prompt_tuning/TASK/originN.safetensors`, downloaded into the hub cache).
+enum Source {
+    Study(std::path::PathBuf),
+    Hub {
+        snapshot: std::path::PathBuf,
+        present: Vec<String>,
+    },
+}
+
+impl Source {
+    fn open(library: &Path) -> Result<(Self, tpv_shared::study::StudyFile)> {
+        let hub_id = library.to_str().filter(|s| models::is_hub_id(s));
+        let (source, study_json) = match hub_id {
+            Some(repo) => {
+                let snapshot = crate::hub::library_files(repo, &["study.json".to_owned()])?;
+                let study =
+                    tpv_shared::study::StudyFile::from_json(&crate::io::read_bytes(&snapshot.join("study.json"))?)
+                        .with_context(|| format!("{repo}: study.json"))?;
+                let wanted: Vec<String> = study
+                    .origins
+                    .iter()
+                    .flat_map(|o| {
+                        study
+                            .tasks
+                            .iter()
+                            .map(move |t| format!("runs/{}.safetensors", tpv_shared::study::prompt_tuning_id(t, *o)))
+                    })
+                    .collect();
+                let (snapshot, present) = crate::hub::library_present(repo, &wanted)?;
+                return Ok((Self::Hub { snapshot, present }, study));
+            }
+            None => (Self::Study(library.to_owned()), library.join("study.json")),
+        };
+        let study = tpv_shared::study::StudyFile::from_json(&crate::io::read_bytes(&study_json)?)
+            .with_context(|| format!("reading {}", study_json.display()))?;
+        Ok((source, study))
+    }
+
+    /// The finished run of job `id`, and where it is (for messages).
+    fn run(&self, id: &str) -> Result<Option<(tpv_shared::SoftPrompt, std::path::PathBuf)>> {
+        match self {
+            Self::Study(dir) => {
+                let out = dir.join(id);
+                Ok(match train::run_state(&out) {
+                    RunState::Finished(run) => Some((*run, out)),
+                    _ => None,
+                })
+            }
+            Self::Hub { snapshot, present } => {
+                let file = format!("runs/{id}.safetensors");
+                if !present.contains(&file) {
+                    return Ok(None);
+                }
+                let path = snapshot.join(&file);
+                Ok(Some((crate::io::load_prompt(&path)?, path)))
+            }
+        }
+    }
+}
+
+/// The finished prompt-tuning runs of a library (a study directory or a published repo), by
+/// origin; and the config one of them ran with.
+fn libraries(library: &Path) -> Result<(Vec<Library>, Config)> {
+    let (source, study) = Source::open(library)?;
+    let dir = library;
     let (mut libs, mut config) = (Vec::new(), None);
     for &o in &study.origins {
         let (mut theta0, mut taus) = (None, BTreeMap::new());
         for task in &study.tasks {
-            let out = dir.join(tpv_shared::study::prompt_tuning_id(task, o));
-            let RunState::Finished(run) = train::run_state(&out) else {
+            let Some((run, out)) = source.run(&tpv_shared::study::prompt_tuning_id(task, o))? else {
                 continue;
             };
             if theta0.is_none() {
@@ -152,7 +213,24 @@ fn ranked(scores: BTreeMap<String, (Vec<f64>, Vec<f64>)>) -> Vec<Candidate> {
 pub fn run(args: &RecommendArgs) -> Result<()> {
     let (libs, config) = libraries(&args.library)?;
     let set = super::eval::read_set(&args.data, args.task.as_deref())?;
-    let spec = args.model.clone().unwrap_or_else(|| config.model.path.clone());
+    let published = !args.library.exists();
+    let theirs = &config.model.path;
+    let spec = match &args.model {
+        // A library is used with its own base model: two hub ids must be the same one.
+        Some(m) if published && models::is_hub_id(m) && models::is_hub_id(theirs) && m != theirs => {
+            bail!(
+                "{} was tuned on {theirs}; --model {m} is another model",
+                args.library.display()
+            )
+        }
+        Some(m) => m.clone(),
+        None if published && !models::is_hub_id(theirs) => bail!(
+            "{}'s runs were tuned on {} (a path on the publisher's machine): pass --model with that model",
+            args.library.display(),
+            super::push::public_name(theirs)
+        ),
+        None => theirs.clone(),
+    };
     let device = models::device(&args.device)?;
     let loaded = models::load(&spec, DType::F32, &device).with_context(|| format!("loading {spec}"))?;
     // A records file is encoded as the library's runs encoded theirs; an eval set as it says.

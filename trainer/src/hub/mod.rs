@@ -499,6 +499,27 @@ pub fn library_files(repo_id: &str, paths: &[String]) -> Result<PathBuf> {
     download_files(&hub, repo_id, &repo_dir, "main", &info, &files)
 }
 
+/// Of `paths`, those the library `repo_id` lists, downloaded into the hub cache (see
+/// [`library_files`]); the snapshot and the paths it holds.
+pub fn library_present(repo_id: &str, paths: &[String]) -> Result<(PathBuf, Vec<String>)> {
+    check_repo_id(repo_id)?;
+    let present: Vec<String> = if offline() {
+        let repo_dir = models::hub_repo_dir("models", repo_id)?;
+        let rev = std::fs::read_to_string(repo_dir.join("refs/main"))
+            .with_context(|| format!("HF_HUB_OFFLINE=1 and {repo_id} is not in the hub cache"))?;
+        let snapshot = repo_dir.join("snapshots").join(rev.trim());
+        paths.iter().filter(|p| snapshot.join(p).is_file()).cloned().collect()
+    } else {
+        let info = Hub::new().info("models", repo_id, "main")?;
+        paths
+            .iter()
+            .filter(|p| info.siblings.iter().any(|s| &&s.rfilename == p))
+            .cloned()
+            .collect()
+    };
+    Ok((library_files(repo_id, &present)?, present))
+}
+
 /// What the preflight learns of a hub model without downloading its weights: its config and
 /// its safetensors headers (by HTTP range requests: a few KB, as huggingface_hub's
 /// `get_safetensors_metadata` reads them).
