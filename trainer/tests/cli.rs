@@ -474,7 +474,10 @@ fn diff_shows_what_differs_between_two_runs() {
         (Some("test_accuracy"), Some(0.9), Some(0.8))
     );
     assert!((metric["b_minus_a"].as_f64().unwrap() + 0.1).abs() < 1e-12);
-    let (va, vb) = (read_run(&a).vector_values().unwrap(), read_run(&b).vector_values().unwrap());
+    let (va, vb) = (
+        read_run(&a).vector_values().unwrap(),
+        read_run(&b).vector_values().unwrap(),
+    );
     let want = matrix(&[&va, &vb], Measure::CosineMean).unwrap()[0][1];
     assert!((d["vectors"]["cosine_mean"].as_f64().unwrap() - want).abs() < 1e-9);
     let same = json_out(tpv().args(["--json", "diff"]).arg(&a).arg(&a));
