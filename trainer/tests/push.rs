@@ -366,13 +366,19 @@ fn a_study_is_published_in_one_commit_and_a_second_push_sends_nothing() {
     drop(r);
 
     // Again: the remote has every file (by LFS sha256 or git blob id): no upload, no commit.
-    let again = tpv(&endpoint, Some(TOKEN), &["--json", "push", study, REPO]);
+    // (With --token rather than HF_TOKEN: the listing carries it too, as a private repo needs.)
+    let again = tpv(&endpoint, None, &["--json", "push", study, REPO, "--token", TOKEN]);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let report: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(report["sent"].as_array().unwrap().len(), 0, "{report:#}");
     assert_eq!(report["unchanged"].as_array().unwrap().len(), would.len());
     let r = remote.lock().unwrap();
     assert_eq!(r.commits, 1);
+    assert!(
+        r.log.last().unwrap().starts_with("GET ") && r.log.last().unwrap().ends_with("+token"),
+        "{:#?}",
+        r.log
+    );
     assert_eq!(
         r.log.iter().filter(|l| l.starts_with("PUT ")).count(),
         report_lfs_count(&r)

@@ -89,6 +89,8 @@ fn offline() -> bool {
 struct Hub {
     agent: ureq::Agent,
     base: String,
+    /// The token the hub's requests carry: `HF_TOKEN`, or `--token` where a command takes one.
+    token: Option<String>,
 }
 
 /// What a failed request means for the user.
@@ -127,6 +129,7 @@ impl Hub {
         Self {
             agent,
             base: endpoint(),
+            token: std::env::var("HF_TOKEN").ok(),
         }
     }
 
@@ -137,7 +140,7 @@ impl Hub {
     /// GET with the token and an HTTP `Range` value (`bytes=A-` or `bytes=A-B`).
     fn get_range(&self, url: &str, range: Option<String>) -> Result<ureq::http::Response<ureq::Body>> {
         let mut req = self.agent.get(url);
-        if let Ok(token) = std::env::var("HF_TOKEN") {
+        if let Some(token) = &self.token {
             req = req.header("Authorization", &format!("Bearer {token}"));
         }
         if let Some(range) = range {

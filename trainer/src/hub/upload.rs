@@ -191,7 +191,11 @@ pub fn push(files: &[Upload], opts: &PushOptions) -> Result<PushReport> {
     for f in files {
         crate::io::check_relative_path(&f.path, "a file to push")?;
     }
-    let hub = Hub::new();
+    let mut hub = Hub::new();
+    // --token reads (the listing of a private repo) as it writes.
+    if opts.token.is_some() {
+        hub.token.clone_from(&opts.token);
+    }
     let (api, prefix) = (opts.repo_type.api(), opts.repo_type.url_prefix());
     let mut report = PushReport {
         repo: opts.repo_id.clone(),
