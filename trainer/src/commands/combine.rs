@@ -141,7 +141,7 @@ fn load_vectors(args: &CombineArgs, origin: Option<&SoftPrompt>) -> Result<Vec<S
             (None, None) => "origin0".to_owned(),
         };
         let file = format!("runs/prompt_tuning/{}/{origin_id}.safetensors", lib.task);
-        let snapshot = crate::hub::library_files(lib.repo, &[file.clone(), "study.json".into()])
+        let (snapshot, _) = crate::hub::library_files(lib.repo, &[file.clone(), "study.json".into()], None)
             .with_context(|| format!("--vector {}", arg.display()))?;
         let prompt = io::load_prompt(&snapshot.join(&file))?;
         let published: serde_json::Value = serde_json::from_slice(&io::read_bytes(&snapshot.join("study.json"))?)?;

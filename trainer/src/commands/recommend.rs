@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::models;
 use crate::optim::{AdamW, Schedule, ScheduleKind};
 use crate::train::combination::mean_loss;
-use crate::train::engine::{Engine, State, train_step};
+use crate::train::engine::{Engine, State, Trainable};
+use crate::train::step::DeviceTraining;
 use crate::train::{self, RunState};
 
 /// One candidate's scores, averaged over the origins.
@@ -59,23 +60,12 @@ impl Source {
     fn open(library: &Path) -> Result<(Self, tpv_shared::study::StudyFile)> {
         let hub_id = library.to_str().filter(|s| models::is_hub_id(s));
         let (source, study_json) = match hub_id {
+            // One listing: study.json and every prompt-tuning run the library holds.
             Some(repo) => {
-                let snapshot = crate::hub::library_files(repo, &["study.json".to_owned()])?;
-                let study =
-                    tpv_shared::study::StudyFile::from_json(&crate::io::read_bytes(&snapshot.join("study.json"))?)
-                        .with_context(|| format!("{repo}: study.json"))?;
-                let wanted: Vec<String> = study
-                    .origins
-                    .iter()
-                    .flat_map(|o| {
-                        study
-                            .tasks
-                            .iter()
-                            .map(move |t| format!("runs/{}.safetensors", tpv_shared::study::prompt_tuning_id(t, *o)))
-                    })
-                    .collect();
-                let (snapshot, present) = crate::hub::library_present(repo, &wanted)?;
-                return Ok((Self::Hub { snapshot, present }, study));
+                let (snapshot, present) =
+                    crate::hub::library_files(repo, &["study.json".to_owned()], Some("runs/prompt_tuning/"))?;
+                let study_json = snapshot.join("study.json");
+                (Self::Hub { snapshot, present }, study_json)
             }
             None => (Self::Study(library.to_owned()), library.join("study.json")),
         };
@@ -167,17 +157,15 @@ fn tune(
         total: steps as u64,
     };
     let batches: Vec<Vec<&Encoded>> = examples.chunks(4).map(|c| c.iter().collect()).collect();
+    // On the device throughout (as `tpv train` steps), read once at the end.
+    let trainable = Trainable::Prompt((theta0.rows(), theta0.dim()));
+    let mut dev = DeviceTraining::new(&state, &trainable, &engine.device)?;
     for s in 0..steps {
         let batch = &batches[s % batches.len()];
-        train_step(
-            engine,
-            &mut state,
-            std::slice::from_ref(batch),
-            &schedule,
-            Some(1.0),
-            (theta0.rows(), theta0.dim()),
-        )?;
+        dev.step(engine, std::slice::from_ref(batch), &schedule, Some(1.0), &trainable)?;
     }
+    dev.read_stats()?;
+    dev.sync(&mut state)?;
     Ok(PromptTensor::new(theta0.rows(), theta0.dim(), state.params)?)
 }
 

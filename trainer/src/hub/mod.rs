@@ -452,18 +452,22 @@ pub fn download_model(repo_id: &str, revision: &str) -> Result<PathBuf> {
     download_files(&hub, repo_id, &repo_dir, revision, &info, &files)
 }
 
-/// Downloads `paths` of the model repo `repo_id` (a library of published prompts: `tpv push`'s
-/// layout) into the hub cache, as models are (retried, resumed, checked against the listing);
-/// the snapshot. A path the repo does not list is an error naming the files it has of that kind.
-pub fn library_files(repo_id: &str, paths: &[String]) -> Result<PathBuf> {
+/// Downloads from the model repo `repo_id` (a library of published prompts: `tpv push`'s layout)
+/// into the hub cache, as models are (retried, resumed, checked against the listing): every one of
+/// `paths`, and every file under `prefix` (when given) the repo lists; one listing. Returns the
+/// snapshot and the files of `prefix` it holds. A path the repo does not list is an error naming
+/// the files it has beside it. Offline, or with everything cached, the cached snapshot answers.
+pub fn library_files(repo_id: &str, paths: &[String], prefix: Option<&str>) -> Result<(PathBuf, Vec<String>)> {
     check_repo_id(repo_id)?;
     let repo_dir = models::hub_repo_dir("models", repo_id)?;
-    // Cached already (offline too): the snapshot refs/main points at, when it holds them all.
-    if let Ok(rev) = std::fs::read_to_string(repo_dir.join("refs/main")) {
-        let snapshot = repo_dir.join("snapshots").join(rev.trim());
-        if paths.iter().all(|p| snapshot.join(p).is_file()) {
-            return Ok(snapshot);
-        }
+    let cached = std::fs::read_to_string(repo_dir.join("refs/main"))
+        .ok()
+        .map(|rev| repo_dir.join("snapshots").join(rev.trim()))
+        .filter(|snapshot| paths.iter().all(|p| snapshot.join(p).is_file()));
+    // A prefix asks for whatever the repo has now: only offline does the cache answer for it.
+    if let Some(snapshot) = cached.filter(|_| prefix.is_none() || offline()) {
+        let under = prefix.map(|p| cached_under(&snapshot, p)).unwrap_or_default();
+        return Ok((snapshot, under));
     }
     if offline() {
         bail!(
@@ -499,28 +503,35 @@ pub fn library_files(repo_id: &str, paths: &[String]) -> Result<PathBuf> {
             }
         }
     }
-    download_files(&hub, repo_id, &repo_dir, "main", &info, &files)
+    let under: Vec<Sibling> = match prefix {
+        Some(pre) => info
+            .siblings
+            .iter()
+            .filter(|s| s.rfilename.starts_with(pre))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    files.extend(under.iter().cloned());
+    let snapshot = download_files(&hub, repo_id, &repo_dir, "main", &info, &files)?;
+    Ok((snapshot, under.into_iter().map(|s| s.rfilename).collect()))
 }
 
-/// Of `paths`, those the library `repo_id` lists, downloaded into the hub cache (see
-/// [`library_files`]); the snapshot and the paths it holds.
-pub fn library_present(repo_id: &str, paths: &[String]) -> Result<(PathBuf, Vec<String>)> {
-    check_repo_id(repo_id)?;
-    let present: Vec<String> = if offline() {
-        let repo_dir = models::hub_repo_dir("models", repo_id)?;
-        let rev = std::fs::read_to_string(repo_dir.join("refs/main"))
-            .with_context(|| format!("HF_HUB_OFFLINE=1 and {repo_id} is not in the hub cache"))?;
-        let snapshot = repo_dir.join("snapshots").join(rev.trim());
-        paths.iter().filter(|p| snapshot.join(p).is_file()).cloned().collect()
-    } else {
-        let info = Hub::new().info("models", repo_id, "main")?;
-        paths
-            .iter()
-            .filter(|p| info.siblings.iter().any(|s| &&s.rfilename == p))
-            .cloned()
-            .collect()
-    };
-    Ok((library_files(repo_id, &present)?, present))
+/// The files under `prefix` (a folder path) in a cached snapshot, as repo paths.
+fn cached_under(snapshot: &Path, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![snapshot.join(prefix)];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(snapshot) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out
 }
 
 /// What the preflight learns of a hub model without downloading its weights: its config and

@@ -184,16 +184,12 @@ fn curve_bands(f: &Finished) -> Vec<CurveBand> {
                 continue;
             }
             let (mut steps, mut mean_v, mut std_v) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, &step) in curves[0].steps.iter().enumerate() {
+            for &step in &curves[0].steps {
                 // The value of every run at this step (a run's curve may be cut short or sparse).
                 let values: Vec<f64> = curves
                     .iter()
                     .filter_map(|c| {
-                        let j = c
-                            .steps
-                            .iter()
-                            .position(|&s| s == step)
-                            .or((c.steps.get(i) == Some(&step)).then_some(i))?;
+                        let j = c.steps.iter().position(|&s| s == step)?;
                         c.values.get(j).map(|&v| f64::from(v))
                     })
                     .filter(|v| v.is_finite())

@@ -91,14 +91,6 @@ impl DeviceTraining {
         self.step
     }
 
-    /// θ on the device (a soft prompt's run), for a scorer that needs it there.
-    pub fn theta(&self) -> Option<&Tensor> {
-        match self.parts {
-            None => self.vars.first().map(Var::as_tensor),
-            Some(_) => None,
-        }
-    }
-
     /// One optimizer step over `micro_batches` (gradient accumulation): each micro-batch's mean
     /// loss weighted by its share of the step's target tokens (the mean NLL over all of them, as
     /// transformers' Trainer with `num_items_in_batch`); the gradient norm, clipping to
